@@ -1,0 +1,25 @@
+"""Entry point: `watchdog-singleton ...` and `python -m watchdog_singleton ...`.
+
+`run` goes straight to the launcher, which imports only the standard library: cron may call it
+every minute, and typer alone costs several bare interpreter starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["run"]:
+        from .launch import main as launch_main
+
+        sys.exit(launch_main(args[1:]))
+    from .cli import main as cli_main
+
+    cli_main(args)
+
+
+if __name__ == "__main__":
+    main()

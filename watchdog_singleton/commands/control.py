@@ -1,0 +1,46 @@
+"""stop, start, restart: disable and stop NAME's tree, enable and start it, or both."""
+
+from __future__ import annotations
+
+from ..errors import OK, UserError, NO_SUCH_JOB
+from ..jobs import Job
+from .common import Context, Echo, launch_detached, stop_processes
+
+
+def _set_enabled(ctx: Context, job: Job, on: bool) -> None:
+    job.enabled = on
+    ctx.jobs.save(job)
+    editor = ctx.editor()
+    if not editor.set_enabled(job.name, on) and on:
+        # The line was removed by hand: put it back from the definition.
+        editor.set_entry(job.name, ctx.cron_line(job))
+
+
+def stop(name: str, ctx: Context, echo: Echo) -> int:
+    job, state = ctx.known(name)
+    if job is not None:
+        _set_enabled(ctx, job, False)
+    lock_path = job.lock_path if job else (state.lock_path if state else "")
+    grace = job.grace if job else 10.0
+    found = stop_processes(lock_path, state, grace)
+    echo(f"stopped {name}" if found else f"{name} was not running; its entry is disabled")
+    return OK
+
+
+def start(name: str, ctx: Context, echo: Echo) -> int:
+    job = ctx.jobs.load(name)
+    if job is None:
+        raise UserError(f"no such job: {name} (install it first)", NO_SUCH_JOB)
+    _set_enabled(ctx, job, True)
+    launch_detached(ctx, name)
+    state = ctx.states.load(name)
+    echo(f"running {name}: pid {state.pid}" if state and state.pid else f"started {name}")
+    return OK
+
+
+def restart(name: str, ctx: Context, echo: Echo) -> int:
+    job = ctx.jobs.load(name)
+    if job is None:
+        raise UserError(f"no such job: {name} (install it first)", NO_SUCH_JOB)
+    stop_processes(job.lock_path, ctx.states.load(name), job.grace)
+    return start(name, ctx, echo)

@@ -1,0 +1,103 @@
+"""install: store NAME's definition, put its line in the crontab, start it now."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .. import paths
+from ..errors import OK, UserError
+from ..files import creatable_dir_problem
+from ..hostinfo import cron_daemon_running
+from ..jobs import (DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES, RESTART_POLICIES, Job, check_name,
+                    check_schedule, now_iso, parse_env, resolve_command, snapshot_env)
+from ..lock import check_lock_dir
+from .common import Context, Echo, launch_detached, stop_processes
+
+
+@dataclass
+class InstallRequest:
+    name: str
+    command: list[str]
+    schedule: str = "* * * * *"
+    start: bool = True
+    log_dir: Optional[str] = None
+    workdir: Optional[str] = None
+    env: list[str] = field(default_factory=list)
+    grace: float = 10.0
+    lock_dir: Optional[str] = None
+    allow_network_fs: bool = False
+    restart: str = "always"
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    min_uptime: float = 10.0
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    log_backups: int = DEFAULT_LOG_BACKUPS
+    lean: bool = False
+
+
+def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job:
+    """Check every input and build the definition; changes nothing anywhere."""
+    name = check_name(req.name)
+    schedule = check_schedule(req.schedule)
+    env = snapshot_env(environ)
+    env.update(parse_env(req.env))
+    workdir = os.path.abspath(req.workdir or os.getcwd())
+    if not os.path.isdir(workdir):
+        raise UserError(f"working directory {workdir} does not exist")
+    command = resolve_command(req.command, workdir, env.get("PATH"))
+    if req.grace < 0 or req.backoff_initial < 0 or req.backoff_max < 0 or req.min_uptime < 0:
+        raise UserError("--grace and the backoff times cannot be negative")
+    if req.restart not in RESTART_POLICIES:
+        raise UserError(f"--restart must be one of {', '.join(RESTART_POLICIES)}")
+    if req.log_max_bytes < 0 or req.log_backups < 0:
+        raise UserError("--log-max-bytes and --log-backups cannot be negative")
+    lock_dir = os.path.abspath(req.lock_dir) if req.lock_dir else paths.default_lock_dir()
+    check_lock_dir(lock_dir, req.allow_network_fs)
+    log_dir = os.path.abspath(req.log_dir) if req.log_dir else paths.default_log_dir(ctx.root)
+    problem = creatable_dir_problem(log_dir)
+    if problem:
+        raise UserError(f"log folder {log_dir} cannot be used: {problem}")
+    stdout_log, stderr_log = paths.log_files(log_dir, name)
+    return Job(name=name, command=command, workdir=workdir, schedule=schedule, env=env,
+               grace=req.grace, restart=req.restart, backoff_initial=req.backoff_initial,
+               backoff_max=req.backoff_max, min_uptime=req.min_uptime, stdout_log=stdout_log,
+               stderr_log=stderr_log, log_max_bytes=req.log_max_bytes, log_backups=req.log_backups,
+               lock_dir=lock_dir, allow_network_fs=req.allow_network_fs, lean=req.lean,
+               enabled=True, installed_at=now_iso())
+
+
+def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,
+            environ: Optional[dict[str, str]] = None) -> int:
+    job = build_job(req, ctx, dict(os.environ) if environ is None else environ)
+    editor = ctx.editor()
+    editor.io.read()  # no crontab binary, or cron.allow/deny: say so before anything changes
+    line = ctx.cron_line(job)
+    previous = ctx.jobs.load(job.name)
+    if previous is not None:
+        job.installed_at = previous.installed_at or job.installed_at
+    ctx.jobs.save(job)
+    try:
+        editor.set_entry(job.name, line)
+    except BaseException:
+        if previous is None:
+            ctx.jobs.delete(job.name)
+        else:
+            ctx.jobs.save(previous)
+        raise
+    echo(f"installed {job.name}: {job.schedule} {' '.join(job.command)}")
+    if cron_daemon_running() is False:
+        warn("warning: no cron daemon runs on this host: the entry will not fire until one does")
+    if not req.start:
+        return OK
+    state = ctx.states.load(job.name)
+    running = state is not None and (state.supervisor_alive() or state.daemon_alive())
+    if running and previous is not None and not previous.same_definition(job):
+        stop_processes(previous.lock_path, state, previous.grace)
+        echo(f"stopped the old definition of {job.name}")
+    launch_detached(ctx, job.name)
+    state = ctx.states.load(job.name)
+    if state is not None and state.pid:
+        echo(f"running {job.name}: pid {state.pid}")
+    return OK

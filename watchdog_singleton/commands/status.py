@@ -1,0 +1,117 @@
+"""status: what is known and what runs on this host."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Optional
+
+from .. import lock, paths
+from ..crontab import Entry
+from ..errors import NO_SUCH_JOB, NOT_RUNNING, OK, UserError
+from ..hostinfo import cron_daemon_running
+from ..jobs import Job, check_name
+from ..state import RunState
+from .common import Context, Echo
+
+
+def describe(name: str, job: Optional[Job], state: Optional[RunState], entry: Optional[Entry],
+             entries_known: bool, cron_running: Optional[bool]) -> dict[str, Any]:
+    running = state is not None and state.daemon_alive()
+    supervisor = state is not None and state.supervisor_alive()
+    lock_path = job.lock_path if job else (state.lock_path if state else "")
+    phase = (state.phase if state and (running or supervisor) else "stopped") if state else "never started"
+    if state and not (running or supervisor) and state.phase in ("running", "starting", "backoff"):
+        phase = "dead"  # recorded as running, but its processes are gone (reboot, SIGKILL)
+    return {
+        "name": name,
+        "host": paths.host(),
+        "installed": job is not None,
+        "enabled": bool(job and job.enabled and (entry.enabled if entry else not entries_known)),
+        "cron_entry": ("unknown" if not entries_known else
+                       "missing" if entry is None else "enabled" if entry.enabled else "disabled"),
+        "cron_daemon_running": cron_running,
+        "running": running,
+        "phase": phase if not running else (state.phase if state else "running"),
+        "pid": state.pid if running and state else None,
+        "supervisor_pid": state.supervisor_pid if supervisor and state else None,
+        "started_at": state.started_at if running and state else None,
+        "restarts": state.restarts if state else 0,
+        "last_exit_code": state.last_exit_code if state else None,
+        "last_exit_at": state.last_exit_at if state else None,
+        "next_start_at": state.next_start_at if supervisor and state and not running else None,
+        "backoff_seconds": state.backoff_seconds if supervisor and state and not running else 0.0,
+        "schedule": job.schedule if job else None,
+        "command": job.command if job else (state.command if state else None),
+        "stdout_log": job.stdout_log if job else (state.stdout_log if state else None),
+        "stderr_log": job.stderr_log if job else (state.stderr_log if state else None),
+        "lock_path": lock_path,
+        "lock_held": bool(lock_path) and lock.is_held(lock_path),
+        "lean": bool(job and job.lean),
+        "message": state.message if state else "",
+    }
+
+
+def collect(ctx: Context, names: list[str]) -> list[dict[str, Any]]:
+    entries: dict[str, Entry] = {}
+    entries_known = True
+    try:
+        entries = ctx.editor().entries()
+    except UserError:
+        entries_known = False
+    cron_running = cron_daemon_running()
+    return [describe(n, ctx.jobs.load(n), ctx.states.load(n), entries.get(n), entries_known, cron_running)
+            for n in names]
+
+
+def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool = False) -> int:
+    if name is not None:
+        check_name(name)
+        if ctx.jobs.load(name) is None and ctx.states.load(name) is None:
+            raise UserError(f"no such job: {name}", NO_SUCH_JOB)
+        info = collect(ctx, [name])[0]
+        echo(json.dumps(info, indent=2) if as_json else table([info]))
+        return OK if info["running"] else NOT_RUNNING
+    names = sorted(set(ctx.jobs.names()) | set(ctx.states.names()))
+    infos = collect(ctx, names)
+    if as_json:
+        echo(json.dumps(infos, indent=2))
+    else:
+        echo(table(infos) if infos else "no jobs on this host")
+        if cron_daemon_running() is False:
+            echo("warning: no cron daemon runs on this host: entries will not fire")
+    return OK
+
+
+def _state_word(info: dict[str, Any]) -> str:
+    if info["running"]:
+        return "running"
+    if info["phase"] == "backoff" and info["next_start_at"]:
+        return f"backoff until {info['next_start_at'][11:19]}"
+    if info["installed"] and not info["enabled"]:
+        return "disabled"
+    return info["phase"]
+
+
+def _since(iso: Optional[str]) -> str:
+    if not iso:
+        return "-"
+    try:
+        started = time.mktime(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return iso
+    seconds = int(time.time() - started)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def table(infos: list[dict[str, Any]]) -> str:
+    rows = [("NAME", "STATE", "PID", "UP", "RESTARTS", "LAST EXIT", "SCHEDULE", "COMMAND")]
+    for i in infos:
+        rows.append((i["name"], _state_word(i), str(i["pid"] or "-"), _since(i["started_at"]),
+                     str(i["restarts"]), "-" if i["last_exit_code"] is None else str(i["last_exit_code"]),
+                     i["schedule"] or "(ad hoc)", " ".join(i["command"] or [])))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1] for r in rows)

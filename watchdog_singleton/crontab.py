@@ -1,0 +1,187 @@
+"""The lines of the user's crontab that we own, and nothing else.
+
+Each of our lines ends with the tag ` #watchdog-singleton:NAME` (to sh, a comment). Every
+other line is kept as bytes and written back exactly as read: python-crontab is used only to
+validate schedules, because on a read-then-write it rewrites lines it did not create.
+Edits are serialised by a lock (fasteners) and re-read just before writing, so that a foreign
+write between our read and our write is seen and the edit is redone on top of it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from . import paths
+from .errors import FAILED, UserError
+from .jobs import Job
+
+TAG = "#watchdog-singleton:"
+DISABLED = "#disabled "
+LINE_RE = re.compile(rb"^(?P<off>#disabled )?(?P<body>.*) #watchdog-singleton:(?P<name>[A-Za-z0-9_.@+-]+)$")
+CONFLICT_EXIT = 75  # flock -E: tells "the lock is held" apart from "flock could not run"
+
+
+@dataclass
+class Entry:
+    name: str
+    enabled: bool
+    line: bytes
+
+
+def find_crontab_binary() -> str:
+    found = shutil.which("crontab") or next(
+        (p for p in ("/usr/bin/crontab", "/bin/crontab") if os.access(p, os.X_OK)), None)
+    if not found:
+        raise UserError("no crontab command on this host (install cron, e.g. the Debian package 'cron')")
+    return found
+
+
+class CrontabIO:
+    """Reads and writes the invoking user's crontab through the real crontab(1)."""
+
+    def __init__(self, binary: Optional[str] = None) -> None:
+        self.binary = binary or find_crontab_binary()
+
+    def read(self) -> bytes:
+        proc = subprocess.run([self.binary, "-l"], capture_output=True)
+        if proc.returncode == 0:
+            return proc.stdout
+        err = proc.stderr.decode(errors="replace").strip()
+        if "no crontab for" in err:
+            return b""
+        raise UserError(_crontab_problem(err), FAILED if "not allowed" not in err else 2)
+
+    def write(self, data: bytes) -> None:
+        proc = subprocess.run([self.binary, "-"], input=data, capture_output=True)
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip()
+            raise UserError(_crontab_problem(err), FAILED)
+
+
+def _crontab_problem(err: str) -> str:
+    first = err.splitlines()[0] if err else "crontab failed"
+    if "not allowed" in err:
+        return f"crontab refused: {first} (see /etc/cron.allow and /etc/cron.deny)"
+    return f"crontab failed: {first}"
+
+
+def cron_escape(text: str) -> str:
+    # In a crontab command an unescaped % ends the command and starts its stdin.
+    return text.replace("%", r"\%")
+
+
+def render(job: Job, python: str, state_root: str, flock_binary: Optional[str]) -> bytes:
+    """Our line for `job`. While the lock is held it costs one sh and one flock(1), no Python."""
+    lock_dir = shlex.quote(job.lock_dir)
+    lock = shlex.quote(job.lock_path)
+    launcher = (f"exec {shlex.quote(python)} -m watchdog_singleton run --cron "
+                f"--state-dir {shlex.quote(state_root)} {job.name}")
+    if flock_binary:
+        # Only a lock file that is ours is probed; anything odd goes to the launcher, which says why.
+        command = (f"test -O {lock_dir} -a ! -h {lock_dir} -a -f {lock} && "
+                   f"{shlex.quote(flock_binary)} -n -E {CONFLICT_EXIT} {lock} true; "
+                   f"[ $? = {CONFLICT_EXIT} ] || {launcher}")
+    else:
+        command = launcher
+    line = f"{job.schedule} {cron_escape(command)} {TAG}{job.name}"
+    if "\n" in line or "\r" in line:
+        raise UserError("a newline cannot go into a crontab line")
+    return line.encode()
+
+
+def parse_entries(text: bytes) -> dict[str, Entry]:
+    entries = {}
+    for line in text.split(b"\n"):
+        match = LINE_RE.match(line)
+        if match:
+            name = match.group("name").decode()
+            entries[name] = Entry(name, match.group("off") is None, line)
+    return entries
+
+
+def with_entry(text: bytes, name: str, line: Optional[bytes]) -> bytes:
+    """`text` with our line for `name` replaced by `line` (appended if new; removed if None).
+
+    Every other byte of `text` is kept as it was.
+    """
+    lines = text.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # crontab(1) insists on a final newline: the split leaves an empty last piece
+    out: list[bytes] = []
+    placed = False
+    for current in lines:
+        match = LINE_RE.match(current)
+        if match and match.group("name").decode() == name:
+            if line is not None and not placed:
+                out.append(line)
+                placed = True
+            continue
+        out.append(current)
+    if line is not None and not placed:
+        out.append(line)
+    return b"\n".join(out) + b"\n" if out else b""
+
+
+def disabled(line: bytes) -> bytes:
+    return line if line.startswith(DISABLED.encode()) else DISABLED.encode() + line
+
+
+def enabled(line: bytes) -> bytes:
+    return line[len(DISABLED):] if line.startswith(DISABLED.encode()) else line
+
+
+class CrontabEditor:
+    """Read-modify-write of our lines under a lock, redone if someone else wrote in between."""
+
+    def __init__(self, io: CrontabIO, lock_dir: str,
+                 before_write: Optional[Callable[[], None]] = None, attempts: int = 5) -> None:
+        self.io = io
+        self.lock_dir = lock_dir
+        self.before_write = before_write  # a seam: tests write to the crontab here
+        self.attempts = attempts
+
+    def edit(self, change: Callable[[bytes], bytes]) -> bytes:
+        import fasteners
+
+        from .lock import open_private_dir
+
+        os.close(open_private_dir(self.lock_dir))
+        with fasteners.InterProcessLock(paths.crontab_edit_lock(self.lock_dir)):
+            for _ in range(self.attempts):
+                before = self.io.read()
+                after = change(before)
+                if after == before:
+                    return after
+                if self.before_write:
+                    self.before_write()
+                if self.io.read() != before:
+                    continue  # a foreign write landed since our read: redo the edit on top of it
+                self.io.write(after)
+                return after
+        raise UserError("the crontab kept changing under us; nothing was written", FAILED)
+
+    def entries(self) -> dict[str, Entry]:
+        return parse_entries(self.io.read())
+
+    def set_entry(self, name: str, line: Optional[bytes]) -> bytes:
+        return self.edit(lambda text: with_entry(text, name, line))
+
+    def set_enabled(self, name: str, on: bool) -> bool:
+        """Comment our line in or out; False if NAME has no line."""
+        found = []
+
+        def change(text: bytes) -> bytes:
+            entry = parse_entries(text).get(name)
+            found.append(entry is not None)
+            if entry is None:
+                return text
+            return with_entry(text, name, enabled(entry.line) if on else disabled(entry.line))
+
+        self.edit(change)
+        return bool(found and found[-1])

@@ -1,0 +1,180 @@
+"""What a job is (name, command, schedule, paths, policies), how input is checked, where it is stored."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional
+
+from . import files, paths
+from .errors import NO_SUCH_JOB, UserError
+
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,63}")
+ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+AT_WORDS = {"@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+RESTART_POLICIES = ("always", "on-failure", "never")
+
+# What decides how a program is found and loaded: kept from the install-time shell so the job
+# runs the same under cron's PATH=/usr/bin:/bin as it did when the user tried it.
+SNAPSHOT_ENV = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX",
+                "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+
+DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_LOG_BACKUPS = 3
+
+
+@dataclass
+class Job:
+    name: str
+    command: list[str]
+    workdir: str
+    schedule: str = "* * * * *"
+    env: dict[str, str] = field(default_factory=dict)
+    grace: float = 10.0
+    restart: str = "always"
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    min_uptime: float = 10.0
+    stdout_log: str = ""
+    stderr_log: str = ""
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    log_backups: int = DEFAULT_LOG_BACKUPS
+    lock_dir: str = ""
+    allow_network_fs: bool = False
+    lean: bool = False
+    enabled: bool = True
+    installed_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Job":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def lock_path(self) -> str:
+        return paths.lock_file(self.lock_dir, self.name)
+
+    def same_definition(self, other: "Job") -> bool:
+        mine, theirs = self.to_dict(), other.to_dict()
+        for volatile in ("enabled", "installed_at"):
+            mine.pop(volatile)
+            theirs.pop(volatile)
+        return mine == theirs
+
+
+def check_name(name: str) -> str:
+    if not name:
+        raise UserError("job name is empty")
+    if "\n" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise UserError(f"job name {name!r} contains a newline or control character")
+    if name.startswith("-"):
+        raise UserError(f"job name {name!r} starts with '-'")
+    if len(name) > 64:
+        raise UserError(f"job name is {len(name)} characters long; at most 64")
+    if not NAME_RE.fullmatch(name):
+        raise UserError(f"job name {name!r} may hold only letters, digits and _ . @ + - "
+                        "and must not start with '.' or '-'")
+    return name
+
+
+def check_schedule(schedule: str) -> str:
+    from crontab import CronSlices  # python-crontab validates; kept off the launcher's import path
+
+    text = schedule.strip()
+    if not re.fullmatch(r"[A-Za-z0-9*/,@ -]+", text or "?"):
+        raise UserError(f"schedule {schedule!r} has characters a cron schedule cannot hold")
+    if text.startswith("@"):
+        if text not in AT_WORDS:
+            raise UserError(f"schedule {schedule!r} is not one of {', '.join(sorted(AT_WORDS))}")
+        return text
+    count = len(text.split())
+    if count != 5:
+        raise UserError(f"schedule {schedule!r} has {count} fields; cron needs 5 (minute hour day month weekday)")
+    if not CronSlices.is_valid(text):
+        raise UserError(f"schedule {schedule!r} is not a valid cron expression (a value is out of range?)")
+    return " ".join(text.split())
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--env {item!r} is not KEY=VALUE")
+        if not ENV_KEY_RE.fullmatch(key):
+            raise UserError(f"--env {item!r}: {key!r} is not a valid variable name")
+        if "\0" in value:
+            raise UserError(f"--env {key}: value holds a NUL byte")
+        env[key] = value
+    return env
+
+
+def snapshot_env(environ: dict[str, str]) -> dict[str, str]:
+    return {key: environ[key] for key in SNAPSHOT_ENV if environ.get(key)}
+
+
+def resolve_command(command: list[str], workdir: str, search_path: Optional[str]) -> list[str]:
+    """argv with argv[0] made absolute, the way the install-time shell would have found it."""
+    if not command or not command[0]:
+        raise UserError("no command given: put it after --, e.g. install web -- python -u daemon.py")
+    for arg in command:
+        if "\n" in arg or "\r" in arg:
+            raise UserError(f"command argument {arg!r} contains a newline")
+        if "\0" in arg:
+            raise UserError("command argument contains a NUL byte")
+    program = command[0]
+    if "/" in program:
+        found = os.path.join(workdir, program)
+        if not os.path.isfile(found):
+            raise UserError(f"program {program} not found (looked in {workdir})")
+        if not os.access(found, os.X_OK):
+            raise UserError(f"program {found} is not executable")
+    else:
+        found_or_none = shutil.which(program, path=search_path)
+        if found_or_none is None:
+            raise UserError(f"program {program!r} not found on PATH or not executable")
+        found = os.path.join(workdir, found_or_none)
+    return [os.path.normpath(found)] + list(command[1:])
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime())
+
+
+class JobStore:
+    """Job definitions for this host: one JSON file each under <state dir>/jobs."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def path(self, name: str) -> str:
+        return paths.definition_file(self.root, name)
+
+    def load(self, name: str) -> Optional[Job]:
+        data = files.read_json(self.path(name))
+        return Job.from_dict(data) if data else None
+
+    def get(self, name: str) -> Job:
+        job = self.load(name)
+        if job is None:
+            raise UserError(f"no such job: {name}", NO_SUCH_JOB)
+        return job
+
+    def save(self, job: Job) -> None:
+        files.write_json(self.path(job.name), job.to_dict())
+
+    def delete(self, name: str) -> None:
+        files.remove(self.path(name))
+
+    def names(self) -> list[str]:
+        try:
+            entries = os.listdir(paths.jobs_dir(self.root))
+        except FileNotFoundError:
+            return []
+        return sorted(e[:-5] for e in entries if e.endswith(".json") and NAME_RE.fullmatch(e[:-5]))

@@ -1,0 +1,271 @@
+"""The singleton lock: flock(2) on NAME.lock in a private per-user folder under /tmp.
+
+flock(2), not lockf: it interoperates with `flock -n` on the same file, and it belongs to the
+open file description, so a daemon that inherits the descriptor keeps the lock held even if the
+supervisor that took it is SIGKILLed. The folder is checked before anything inside it is opened:
+another user may have planted it, or a symlink, in the world-writable /tmp.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+from typing import Optional, Protocol
+
+from .errors import UserError
+
+# Filesystems where flock(2) is emulated or node-local: not a lock one can trust per host.
+NETWORK_FS_MAGIC = {
+    0x6969: "NFS",
+    0x0BD00BD0: "Lustre",
+    0x47504653: "GPFS",
+    0xFF534D42: "CIFS",
+    0xFE534D42: "SMB2",
+    0x517B: "SMB",
+    0x65735546: "FUSE",
+    0x00C36400: "CephFS",
+    0x564C: "NCP",
+    0x6B414653: "AFS",
+    0x5346414F: "OpenAFS",
+    0x19830326: "BeeGFS",
+}
+
+
+class SingletonLock(Protocol):
+    """What the launcher and supervisor need of a lock; a cross-host lock will be a second kind."""
+
+    path: str
+
+    def try_acquire(self) -> bool: ...
+    def inheritable_fds(self) -> tuple[int, ...]: ...
+    def still_ours(self) -> bool: ...
+    def repair(self) -> bool: ...
+    def refresh(self) -> None: ...
+    def release(self) -> None: ...
+
+
+def filesystem_type(path: str) -> Optional[str]:
+    """The name of the network filesystem `path` (or its nearest existing parent) is on, else None."""
+    import ctypes
+    import ctypes.util
+
+    current = os.path.abspath(path)
+    while not os.path.exists(current):
+        current = os.path.dirname(current)
+
+    class Statfs(ctypes.Structure):
+        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 256)]
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    buf = Statfs()
+    if libc.statfs(os.fsencode(current), ctypes.byref(buf)) != 0:
+        return None
+    return NETWORK_FS_MAGIC.get(buf.f_type & 0xFFFFFFFF)
+
+
+def check_lock_dir(path: str, allow_network_fs: bool = False) -> None:
+    """Refuse a lock folder we must not use; never creates anything. Missing is fine."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        parent_fs = filesystem_type(path)
+        if parent_fs and not allow_network_fs:
+            raise UserError(_network_fs_message(path, parent_fs))
+        return
+    _check_dir_stat(path, st)
+    fs = filesystem_type(path)
+    if fs and not allow_network_fs:
+        raise UserError(_network_fs_message(path, fs))
+
+
+def _network_fs_message(path: str, fs: str) -> str:
+    return (f"lock folder {path} is on {fs}: flock there is not a per-host lock you can trust; "
+            "use local /tmp or pass --allow-network-fs")
+
+
+def _check_dir_stat(path: str, st: os.stat_result) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise UserError(f"lock folder {path} is a symlink: refusing to use it (someone may be hijacking it)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"lock folder {path} exists and is not a folder")
+    if st.st_uid != os.getuid():
+        raise UserError(f"lock folder {path} belongs to uid {st.st_uid}, not to you: refusing to use it")
+
+
+def open_private_dir(path: str) -> int:
+    """Open (creating if missing) our private 0700 lock folder and return an fd on it."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UserError(f"cannot create lock folder {path}: {exc.strerror}") from None
+    try:
+        # O_NOFOLLOW|O_DIRECTORY: a symlink or a file planted in /tmp is refused, not followed.
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            _check_dir_stat(path, os.lstat(path))
+        raise UserError(f"cannot open lock folder {path}: {exc.strerror}") from None
+    try:
+        _check_dir_stat(path, os.fstat(fd))
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o700)  # ours but loose (made by hand): tighten before using it
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class FlockLock:
+    """flock(2) on `<dir>/<name>.lock`, with the checks that keep it a singleton."""
+
+    def __init__(self, lock_dir: str, name: str) -> None:
+        self.lock_dir = lock_dir
+        self.name = f"{name}.lock"
+        self.path = os.path.join(lock_dir, self.name)
+        self.dir_fd: Optional[int] = None
+        self.fd: Optional[int] = None
+
+    def try_acquire(self) -> bool:
+        self.dir_fd = open_private_dir(self.lock_dir)
+        # A shared flock on the folder: systemd-tmpfiles skips folders that hold one.
+        fcntl.flock(self.dir_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        while True:
+            fd = self._open_lock_file(self.name, os.O_CREAT)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                self.release()
+                return False
+            # The file may have been unlinked or replaced between open() and flock().
+            if self._is_at_path(fd):
+                self.fd = fd
+                self._protect(fd)
+                return True
+            os.close(fd)
+
+    def _open_lock_file(self, name: str, extra: int) -> int:
+        assert self.dir_fd is not None
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | extra
+        try:
+            fd = os.open(name, flags, 0o600, dir_fd=self.dir_fd)
+        except OSError as exc:
+            raise UserError(f"cannot open lock file {self.path}: {exc.strerror}") from None
+        if os.fstat(fd).st_uid != os.getuid():
+            os.close(fd)
+            raise UserError(f"lock file {self.path} belongs to another user: refusing to use it")
+        return fd
+
+    def _is_at_path(self, fd: int) -> bool:
+        try:
+            here = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
+
+    @staticmethod
+    def _protect(fd: int) -> None:
+        # The sticky bit on a regular file makes systemd-tmpfiles never age it out.
+        try:
+            os.fchmod(fd, 0o1600)
+        except OSError:
+            pass
+
+    def inheritable_fds(self) -> tuple[int, ...]:
+        """Descriptors the daemon inherits so the lock outlives a SIGKILLed supervisor."""
+        return tuple(fd for fd in (self.fd, self.dir_fd) if fd is not None)
+
+    def still_ours(self) -> bool:
+        """True while the path still names the inode we hold (a /tmp cleaner may have removed it)."""
+        if self.fd is None:
+            return False
+        try:
+            folder = os.stat(self.lock_dir, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        assert self.dir_fd is not None
+        held = os.fstat(self.dir_fd)
+        if (folder.st_dev, folder.st_ino) != (held.st_dev, held.st_ino):
+            return False
+        return self._is_at_path(self.fd)
+
+    def repair(self) -> bool:
+        """Put a file we hold locked back at the path; False if someone else holds the new one."""
+        try:
+            if self.dir_fd is not None and not self._dir_is_current():
+                os.close(self.dir_fd)
+                self.dir_fd = open_private_dir(self.lock_dir)
+                fcntl.flock(self.dir_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            tmp = f"{self.name}.{os.getpid()}.new"
+            fd = self._open_lock_file(tmp, os.O_CREAT | os.O_EXCL)
+        except (OSError, UserError):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._protect(fd)
+            # rename() replaces atomically whatever a racing launcher may have created meanwhile.
+            os.rename(tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        except OSError:
+            os.close(fd)
+            return False
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd = fd
+        return True
+
+    def _dir_is_current(self) -> bool:
+        assert self.dir_fd is not None
+        try:
+            folder = os.stat(self.lock_dir, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(self.dir_fd)
+        return (folder.st_dev, folder.st_ino) == (held.st_dev, held.st_ino)
+
+    def refresh(self) -> None:
+        """Touch the file and folder so age-based cleaners (tmpwatch, tmpreaper) see them as new."""
+        for target in (self.fd, self.dir_fd):
+            if target is not None:
+                try:
+                    os.utime(target)
+                except OSError:
+                    pass
+
+    def release(self) -> None:
+        for fd in (self.fd, self.dir_fd):
+            if fd is not None:
+                os.close(fd)
+        self.fd = self.dir_fd = None
+
+
+def _proc_locks_ids() -> set[tuple[int, int, int]]:
+    """(major, minor, inode) of every file that holds an active lock, from /proc/locks."""
+    ids = set()
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 6 or parts[1] == "->":
+                    continue
+                try:
+                    major, minor, ino = parts[5].split(":")
+                    ids.add((int(major, 16), int(minor, 16), int(ino)))
+                except ValueError:
+                    continue
+    except OSError:
+        pass
+    return ids
+
+
+def is_held(path: str) -> bool:
+    """Whether some process holds a lock on `path`, read from /proc/locks without touching the lock."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in _proc_locks_ids()

@@ -1,0 +1,205 @@
+"""Where a daemon's stdout or stderr goes: a file, appended, rotated by size at line boundaries.
+
+The supervisor's loop only hands bytes over (`feed`); a writer thread does the file I/O, so a
+slow or full disk never stops the loop from draining the daemon's pipe. While the file cannot
+be written (ENOSPC, EDQUOT, EIO) data waits in memory up to `buffer_limit`; past that it is
+dropped and counted, and a marker line says how much was lost once writing resumes.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from typing import Callable, Deque, Optional, Union
+
+from .files import CREATE_FLAGS
+
+RETRY_SECONDS = 1.0
+
+
+class _PartialWrite(Exception):
+    def __init__(self, written: int, error: OSError) -> None:
+        super().__init__(str(error))
+        self.written = written
+        self.error = error
+
+
+class LogSink:
+    def __init__(self, path: str, max_bytes: int = 0, backups: int = 0,
+                 buffer_limit: int = 16 * 1024 * 1024,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.buffer_limit = buffer_limit
+        self.wall = wall
+        self._queue: Deque[Union[bytes, str]] = collections.deque()
+        self._queued = 0
+        self._dropped = 0
+        self._last_error: Optional[str] = None
+        self._reopen = False
+        self._closing = False
+        self._cond = threading.Condition()
+        self._fd: Optional[int] = None
+        self._size = 0
+        self._at_line_start = True
+        self._open()
+        self._thread = threading.Thread(target=self._run, name=f"log:{os.path.basename(path)}", daemon=True)
+        self._thread.start()
+
+    # -- the supervisor's side -------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        with self._cond:
+            if self._queued + len(data) > self.buffer_limit:
+                self._dropped += len(data)
+                return
+            self._queue.append(data)
+            self._queued += len(data)
+            self._cond.notify()
+
+    def note(self, text: str) -> None:
+        """An event line of ours, written on a line of its own."""
+        with self._cond:
+            self._queue.append(text)
+            self._cond.notify()
+
+    def reopen(self) -> None:
+        """Reopen the file at its path (after an external logrotate moved it)."""
+        with self._cond:
+            self._reopen = True
+            self._cond.notify()
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def pending(self) -> int:
+        with self._cond:
+            return self._queued
+
+    # -- the writer thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._reopen and not (self._closing or self._dropped):
+                    self._cond.wait()
+                if self._reopen:
+                    self._reopen = False
+                    self._close_fd()
+                if not self._queue and self._closing and not self._dropped:
+                    self._close_fd()
+                    return
+                item = self._queue[0] if self._queue else None
+                dropped = self._dropped
+            try:
+                if self._fd is None:
+                    self._open()
+                if dropped:
+                    self._write_marker(f"{dropped} bytes of output lost ({self._last_error or 'buffer full'})")
+                    with self._cond:
+                        self._dropped -= dropped
+                if isinstance(item, str):
+                    self._write_marker(item)
+                elif item is not None:
+                    self._write_lines(item)
+                if item is not None:
+                    with self._cond:
+                        self._queue.popleft()
+                        if isinstance(item, bytes):
+                            self._queued -= len(item)
+                self._last_error = None
+            except _PartialWrite as exc:
+                self._consume_front(exc.written)
+                if self._give_up_or_wait(exc.error):
+                    return
+            except OSError as exc:
+                if self._give_up_or_wait(exc):
+                    return
+
+    def _give_up_or_wait(self, error: OSError) -> bool:
+        """After a failed write: wait before retrying, or, when closing, drop what is left."""
+        self._last_error = error.strerror or str(error)
+        with self._cond:
+            if not self._closing:
+                self._cond.wait(RETRY_SECONDS)
+                return False
+            # Shutting down on a full disk: give up on what is left rather than hang.
+            self._queue.clear()
+            self._queued = 0
+            self._dropped = 0
+        self._close_fd()
+        return True
+
+    def _consume_front(self, count: int) -> None:
+        with self._cond:
+            head = self._queue[0]
+            if isinstance(head, bytes) and count:
+                self._queue[0] = head[count:]
+                self._queued -= count
+
+    def _open(self) -> None:
+        parent = os.path.dirname(self.path)
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent, 0o700, exist_ok=True)
+        self._fd = os.open(self.path, CREATE_FLAGS | os.O_APPEND, 0o600)
+        self._size = os.fstat(self._fd).st_size
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _write_marker(self, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.wall()))
+        line = f"[watchdog-singleton {stamp}] {text}\n".encode()
+        self._write_lines(line if self._at_line_start else b"\n" + line)
+
+    def _write_lines(self, data: bytes) -> None:
+        """Write `data`, rotating first whenever the file is full and we stand at a line start."""
+        done = 0
+        while done < len(data):
+            if self.max_bytes and self._size >= self.max_bytes and self._at_line_start:
+                self._rotate()
+            rest = data[done:]
+            room = self.max_bytes - self._size if self.max_bytes else len(rest)
+            if room >= len(rest):
+                part = len(rest)
+            else:
+                cut = rest.rfind(b"\n", 0, max(room, 0))
+                if cut < 0:  # no line ends within the room: finish this line, never split it
+                    cut = rest.find(b"\n")
+                part = cut + 1 if cut >= 0 else len(rest)
+            try:
+                self._write_all(rest[:part])
+            except _PartialWrite as exc:
+                raise _PartialWrite(done + exc.written, exc.error) from None
+            done += part
+
+    def _write_all(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        written = 0
+        while written < len(view):
+            try:
+                n = os.write(self._fd, view[written:])
+            except OSError as exc:
+                raise _PartialWrite(written, exc) from None
+            written += n
+            self._size += n
+            self._at_line_start = view[written - 1:written] == b"\n"
+
+    def _rotate(self) -> None:
+        self._close_fd()
+        if self.backups > 0:
+            for i in range(self.backups - 1, 0, -1):
+                src = f"{self.path}.{i}"
+                if os.path.lexists(src):
+                    os.replace(src, f"{self.path}.{i + 1}")
+            os.replace(self.path, f"{self.path}.1")
+        else:
+            os.unlink(self.path)
+        self._open()

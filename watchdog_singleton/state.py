@@ -1,0 +1,73 @@
+"""What runs now on this host for each job: pids with their start times, restarts, exits.
+
+Only the process that holds the job's lock writes its state, so writes need no further lock;
+each write replaces the file atomically, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Optional
+
+from . import files, paths, procs
+
+
+@dataclass
+class RunState:
+    name: str
+    phase: str = "stopped"  # starting | running | backoff | stopping | stopped | exited
+    boot_id: str = ""
+    supervisor_pid: Optional[int] = None
+    supervisor_start: Optional[int] = None
+    pid: Optional[int] = None
+    pid_start: Optional[int] = None
+    started_at: Optional[str] = None
+    restarts: int = 0
+    last_exit_code: Optional[int] = None
+    last_exit_at: Optional[str] = None
+    next_start_at: Optional[str] = None
+    backoff_seconds: float = 0.0
+    command: Optional[list[str]] = None
+    lock_path: str = ""
+    stdout_log: str = ""
+    stderr_log: str = ""
+    lean: bool = False
+    adhoc: bool = False
+    message: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunState":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def supervisor_alive(self) -> bool:
+        return procs.is_alive(self.supervisor_pid, self.supervisor_start, self.boot_id)
+
+    def daemon_alive(self) -> bool:
+        return procs.is_alive(self.pid, self.pid_start, self.boot_id)
+
+
+class StateStore:
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def path(self, name: str) -> str:
+        return paths.state_file(self.root, name)
+
+    def load(self, name: str) -> Optional[RunState]:
+        data = files.read_json(self.path(name))
+        return RunState.from_dict(data) if data else None
+
+    def save(self, state: RunState) -> None:
+        files.write_json(self.path(state.name), asdict(state))
+
+    def delete(self, name: str) -> None:
+        files.remove(self.path(name))
+
+    def names(self) -> list[str]:
+        try:
+            entries = os.listdir(paths.run_dir(self.root))
+        except FileNotFoundError:
+            return []
+        return sorted(e[:-5] for e in entries if e.endswith(".json"))
