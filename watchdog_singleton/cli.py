@@ -40,7 +40,7 @@ def _context():  # type: ignore[no-untyped-def]
     return Context.default()
 
 
-@app.command(context_settings={"allow_interspersed_args": False})
+@app.command()
 def install(
     name: str = typer.Argument(..., help="job name: letters, digits, _ . @ + -"),
     command: List[str] = typer.Argument(None, help="after --: the program and its arguments"),
