@@ -1,0 +1,272 @@
+"""Shared fixtures: an unprivileged test user, a sandbox per test, the CLI run as that user,
+the real crontab and cron daemon, and waiting on conditions with deadlines.
+
+Tests that talk to cron run the CLI as the test user (created when we run as root): our users are
+never root, and the crontab of the account running the tests is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HELPERS = os.path.join(HERE, "helpers")
+TEST_USER = os.environ.get("WATCHDOG_SINGLETON_TEST_USER", "wstest")
+CRON_MIN_PATH = "/usr/bin:/bin"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.05,
+             what: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def holds_for(condition: Callable[[], bool], seconds: float, interval: float = 0.05) -> bool:
+    """True if `condition` stays true for `seconds`, checked every `interval`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not condition():
+            return False
+        time.sleep(interval)
+    return condition()
+
+
+@dataclass
+class TestUser:
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        if os.getuid() == self.uid:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+
+def _proc_uid(pid: int) -> Optional[int]:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def user_pids(uid: int) -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _proc_uid(int(p)) == uid]
+
+
+def is_zombie(pid: int) -> bool:
+    stat = _read(f"/proc/{pid}/stat")
+    return not stat or stat[stat.rindex(b")") + 2:].split()[0] in (b"Z", b"X")
+
+
+def pids_with_arg(marker: str, uid: Optional[int] = None) -> list[int]:
+    """Live (non-zombie) processes whose command line holds `marker` as one argument."""
+    found = []
+    for pid in (user_pids(uid) if uid is not None else [int(p) for p in os.listdir("/proc") if p.isdigit()]):
+        args = _read(f"/proc/{pid}/cmdline").split(b"\0")
+        if marker.encode() in args and not is_zombie(pid):
+            found.append(pid)
+    return found
+
+
+@pytest.fixture(scope="session")
+def test_user() -> TestUser:
+    if os.getuid() != 0:
+        pytest.skip("needs root to create the unprivileged test user")
+    try:
+        entry = pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", TEST_USER], check=True)
+        entry = pwd.getpwnam(TEST_USER)
+    user = TestUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+    os.makedirs(user.home, exist_ok=True)
+    os.chown(user.home, user.uid, user.gid)
+    probe = subprocess.run([sys.executable, "-c", "import watchdog_singleton"], capture_output=True,
+                           env={"PATH": CRON_MIN_PATH}, cwd="/", **user.popen_kwargs())
+    if probe.returncode != 0:
+        pytest.fail(f"the test user cannot run {sys.executable}: {probe.stderr.decode().strip()} "
+                    "(make the venv from /usr/bin/python3 in a world-readable place)")
+    yield user
+    # Everything the test user runs was started by this suite: end it, by pid, and empty its crontab.
+    for pid in user_pids(user.uid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    subprocess.run(["crontab", "-u", user.name, "-r"], capture_output=True)
+
+
+def cron_running() -> bool:
+    for path in ("/run/crond.pid", "/var/run/crond.pid"):
+        pid = _read(path).strip()
+        if pid.isdigit() and os.path.exists(f"/proc/{int(pid)}"):
+            return True
+    return any(_read(f"/proc/{p}/comm").strip() in (b"cron", b"crond") for p in os.listdir("/proc") if p.isdigit())
+
+
+@pytest.fixture(scope="session")
+def cron_daemon(test_user: TestUser) -> None:
+    if not cron_running():
+        if not shutil.which("cron"):
+            pytest.fail("no cron daemon and no cron binary: tests/run.sh installs Debian's cron")
+        subprocess.run(["cron"], check=True)
+        wait_for(cron_running, 10, what="cron to start")
+
+
+@dataclass
+class Sandbox:
+    """One test's world as the test user: its own state folder, job names and helper files."""
+
+    user: TestUser
+    dir: str
+    tag: str
+    jobs: list[str] = field(default_factory=list)
+
+    @property
+    def state_home(self) -> str:
+        return os.path.join(self.dir, "state")
+
+    @property
+    def state_root(self) -> str:
+        return os.path.join(self.state_home, "watchdog-singleton", os.uname().nodename)
+
+    def job(self, base: str) -> str:
+        name = f"{base}-{self.tag}"
+        self.jobs.append(name)
+        return name
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.dir, *parts)
+
+    def env(self, extra: Optional[dict[str, str]] = None, path: str = CRON_MIN_PATH) -> dict[str, str]:
+        env = {"HOME": self.user.home, "USER": self.user.name, "LOGNAME": self.user.name,
+               "PATH": path, "XDG_STATE_HOME": self.state_home, "LANG": "C.UTF-8"}
+        env.update(extra or {})
+        return env
+
+    def run_as(self, argv: list[str], env: Optional[dict[str, str]] = None, cwd: Optional[str] = None,
+               input: Optional[bytes] = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, env=env if env is not None else self.env(), cwd=cwd or self.dir,
+                              input=input.decode() if input is not None else None, capture_output=True,
+                              text=True, timeout=timeout, **self.user.popen_kwargs())
+
+    def ws(self, *args: str, env: Optional[dict[str, str]] = None, cwd: Optional[str] = None,
+           timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """The CLI, as the test user: python -m watchdog_singleton ARGS."""
+        return self.run_as([sys.executable, "-m", "watchdog_singleton", *args], env=env, cwd=cwd,
+                           timeout=timeout)
+
+    def ok(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        proc = self.ws(*args, **kw)
+        assert proc.returncode == 0, f"{args} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    def status(self, name: str) -> dict[str, Any]:
+        proc = self.ws("status", name, "--json")
+        assert proc.returncode in (0, 3), proc.stderr
+        return json.loads(proc.stdout)
+
+    def crontab(self) -> bytes:
+        proc = subprocess.run(["crontab", "-u", self.user.name, "-l"], capture_output=True)
+        return proc.stdout if proc.returncode == 0 else b""
+
+    def set_crontab(self, data: bytes) -> None:
+        proc = subprocess.run(["crontab", "-"], input=data, capture_output=True, env=self.env(),
+                              cwd=self.dir, **self.user.popen_kwargs())
+        assert proc.returncode == 0, proc.stderr
+
+    def cron_line(self, name: str) -> str:
+        for line in self.crontab().decode().splitlines():
+            if line.endswith(f"#watchdog-singleton:{name}") and not line.startswith("#"):
+                return line
+        raise AssertionError(f"no enabled crontab line for {name}")
+
+    def fire_tick(self, name: str, wait: bool = True) -> subprocess.Popen[bytes]:
+        """Run NAME's crontab line the way cron does: /bin/sh -c, cron's minimal environment."""
+        line = self.cron_line(name)
+        command = line[len(line.split(" ")[0]) + 1:] if line.startswith("@") else line.split(" ", 5)[5]
+        command = re.sub(r"\\%", "%", command)
+        env = {"HOME": self.user.home, "LOGNAME": self.user.name, "SHELL": "/bin/sh", "PATH": CRON_MIN_PATH}
+        proc = subprocess.Popen(["/bin/sh", "-c", command], env=env, cwd=self.user.home,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, **self.user.popen_kwargs())
+        if wait:
+            out, _ = proc.communicate(timeout=60)
+            assert out == b"", f"a tick printed something (cron would mail it): {out!r}"
+        return proc
+
+    def write_helper(self, name: str) -> str:
+        """Copy tests/helpers/NAME into the sandbox, where the test user can read it."""
+        target = self.path(name)
+        shutil.copy(os.path.join(HELPERS, name), target)
+        os.chown(target, self.user.uid, self.user.gid)
+        return target
+
+    def mkdir(self, *parts: str) -> str:
+        target = self.path(*parts)
+        os.makedirs(target, exist_ok=True)
+        os.chown(target, self.user.uid, self.user.gid)
+        return target
+
+    def cleanup(self) -> None:
+        for name in self.jobs:
+            self.ws("uninstall", name)
+        # Anything left that this sandbox started: supervisors name its state folder, daemons
+        # carry their job's lock path in the environment.
+        tokens = [f"WATCHDOG_SINGLETON_JOB={n}".encode() for n in self.jobs]
+        for pid in user_pids(self.user.uid):
+            cmdline = _read(f"/proc/{pid}/cmdline")
+            environ = _read(f"/proc/{pid}/environ").split(b"\0")
+            if self.dir.encode() in cmdline or any(t in environ for t in tokens):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def make_sandbox(user: TestUser, label: str) -> Sandbox:
+    tag = secrets.token_hex(3)
+    base = os.path.join(user.home, "t")
+    os.makedirs(base, exist_ok=True)
+    os.chown(base, user.uid, user.gid)
+    box = Sandbox(user, os.path.join(base, f"{re.sub(r'[^A-Za-z0-9_-]', '_', label)[:40]}-{tag}"), tag)
+    os.makedirs(box.dir)
+    os.chown(box.dir, user.uid, user.gid)
+    return box
+
+
+@pytest.fixture
+def sandbox(test_user: TestUser, request: pytest.FixtureRequest) -> Sandbox:
+    box = make_sandbox(test_user, request.node.name)
+    yield box
+    box.cleanup()

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The test command: bash tests/run.sh [pytest args...]
+# Installs what the suite needs (the cron daemon, a virtualenv from Debian's python3, the test
+# user), starts cron, and runs pytest. Run as root on a fresh Debian machine; as a normal user
+# the tests that need the test user and the real cron daemon are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ]; then
+  if ! command -v cron >/dev/null 2>&1 || ! command -v crontab >/dev/null 2>&1 || ! command -v flock >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cron util-linux >/dev/null
+  fi
+  if ! { [ -f /run/crond.pid ] && kill -0 "$(cat /run/crond.pid)" 2>/dev/null; }; then
+    /usr/sbin/cron
+  fi
+fi
+
+# A venv the unprivileged test user can run: made from Debian's python3, in a world-readable place.
+base_python=/usr/bin/python3
+[ -x "$base_python" ] || base_python=$(command -v python3)
+venv=${WATCHDOG_SINGLETON_TEST_VENV:-/tmp/watchdog-singleton-test-venv}
+rm -rf "$venv"
+"$base_python" -m venv "$venv"
+"$venv/bin/pip" install -q --disable-pip-version-check ".[test]"
+chmod -R a+rX "$venv"
+
+set +e
+"$venv/bin/python" -m pytest -ra "$@"
+code=$?
+set -e
+[ "$code" = 5 ] && { echo "pytest collected no tests"; exit 1; }
+exit "$code"
