@@ -52,7 +52,7 @@ def holds_for(condition: Callable[[], bool], seconds: float, interval: float = 0
 
 
 @dataclass
-class TestUser:
+class UnprivilegedUser:
     name: str
     uid: int
     gid: int
@@ -99,7 +99,7 @@ def pids_with_arg(marker: str, uid: Optional[int] = None) -> list[int]:
 
 
 @pytest.fixture(scope="session")
-def test_user() -> TestUser:
+def test_user() -> UnprivilegedUser:
     if os.getuid() != 0:
         pytest.skip("needs root to create the unprivileged test user")
     try:
@@ -107,7 +107,7 @@ def test_user() -> TestUser:
     except KeyError:
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", TEST_USER], check=True)
         entry = pwd.getpwnam(TEST_USER)
-    user = TestUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+    user = UnprivilegedUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
     os.makedirs(user.home, exist_ok=True)
     os.chown(user.home, user.uid, user.gid)
     probe = subprocess.run([sys.executable, "-c", "import watchdog_singleton"], capture_output=True,
@@ -125,6 +125,25 @@ def test_user() -> TestUser:
     subprocess.run(["crontab", "-u", user.name, "-r"], capture_output=True)
 
 
+def locked_inodes() -> set[tuple[int, int, int]]:
+    """(major, minor, inode) of every file with an active lock, from /proc/locks."""
+    found = set()
+    for line in _read("/proc/locks").decode().splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and parts[1] != "->":
+            major, minor, ino = parts[5].split(":")
+            found.add((int(major, 16), int(minor, 16), int(ino)))
+    return found
+
+
+def is_locked(path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in locked_inodes()
+
+
 def cron_running() -> bool:
     for path in ("/run/crond.pid", "/var/run/crond.pid"):
         pid = _read(path).strip()
@@ -134,7 +153,7 @@ def cron_running() -> bool:
 
 
 @pytest.fixture(scope="session")
-def cron_daemon(test_user: TestUser) -> None:
+def cron_daemon(test_user: UnprivilegedUser) -> None:
     if not cron_running():
         if not shutil.which("cron"):
             pytest.fail("no cron daemon and no cron binary: tests/run.sh installs Debian's cron")
@@ -146,10 +165,11 @@ def cron_daemon(test_user: TestUser) -> None:
 class Sandbox:
     """One test's world as the test user: its own state folder, job names and helper files."""
 
-    user: TestUser
+    user: UnprivilegedUser
     dir: str
     tag: str
     jobs: list[str] = field(default_factory=list)
+    tmp_paths: list[str] = field(default_factory=list)
 
     @property
     def state_home(self) -> str:
@@ -231,6 +251,12 @@ class Sandbox:
         os.chown(target, self.user.uid, self.user.gid)
         return target
 
+    def tmp_path(self, label: str) -> str:
+        """A path under /tmp for this test (not created), removed at cleanup."""
+        target = f"/tmp/{label}-{self.tag}"
+        self.tmp_paths.append(target)
+        return target
+
     def mkdir(self, *parts: str) -> str:
         target = self.path(*parts)
         os.makedirs(target, exist_ok=True)
@@ -252,9 +278,14 @@ class Sandbox:
                 except ProcessLookupError:
                     pass
         shutil.rmtree(self.dir, ignore_errors=True)
+        for target in self.tmp_paths:
+            if os.path.islink(target) or os.path.isfile(target):
+                os.unlink(target)
+            else:
+                shutil.rmtree(target, ignore_errors=True)
 
 
-def make_sandbox(user: TestUser, label: str) -> Sandbox:
+def make_sandbox(user: UnprivilegedUser, label: str) -> Sandbox:
     tag = secrets.token_hex(3)
     base = os.path.join(user.home, "t")
     os.makedirs(base, exist_ok=True)
@@ -266,7 +297,7 @@ def make_sandbox(user: TestUser, label: str) -> Sandbox:
 
 
 @pytest.fixture
-def sandbox(test_user: TestUser, request: pytest.FixtureRequest) -> Sandbox:
+def sandbox(test_user: UnprivilegedUser, request: pytest.FixtureRequest) -> Sandbox:
     box = make_sandbox(test_user, request.node.name)
     yield box
     box.cleanup()

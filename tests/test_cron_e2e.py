@@ -12,7 +12,7 @@ import stat
 
 import pytest
 
-from conftest import Sandbox, TestUser, make_sandbox, pids_with_arg, wait_for
+from conftest import Sandbox, UnprivilegedUser, make_sandbox, pids_with_arg, wait_for
 
 pytestmark = pytest.mark.cron
 
@@ -21,7 +21,7 @@ TRICKY_ARGS = ["two words", "it's", 'say "hi"', "100%", "%%d", "$HOME", "${PATH}
 
 
 @pytest.fixture(scope="module")
-def cron_started(test_user: TestUser, cron_daemon: None) -> dict[str, object]:
+def cron_started(test_user: UnprivilegedUser, cron_daemon: None) -> dict[str, object]:
     box = make_sandbox(test_user, "cron_e2e")
     daemon = box.write_helper("argv_daemon.py")
     plain, tricky, pathy = box.job("plain"), box.job("tricky"), box.job("pathy")

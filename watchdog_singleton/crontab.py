@@ -36,7 +36,7 @@ class Entry:
 
 def find_crontab_binary() -> str:
     found = shutil.which("crontab") or next(
-        (p for p in ("/usr/bin/crontab", "/bin/crontab") if os.access(p, os.X_OK)), None)
+        (p for p in ("/usr/bin/crontab", "/bin/crontab") if os.path.isfile(p) and os.access(p, os.X_OK)), None)
     if not found:
         raise UserError("no crontab command on this host (install cron, e.g. the Debian package 'cron')")
     return found
@@ -45,11 +45,13 @@ def find_crontab_binary() -> str:
 class CrontabIO:
     """Reads and writes the invoking user's crontab through the real crontab(1)."""
 
-    def __init__(self, binary: Optional[str] = None) -> None:
+    def __init__(self, binary: Optional[str] = None,
+                 run: Callable[..., "subprocess.CompletedProcess[bytes]"] = subprocess.run) -> None:
         self.binary = binary or find_crontab_binary()
+        self.run = run  # a seam: tests run the real crontab(1) as their unprivileged user
 
     def read(self) -> bytes:
-        proc = subprocess.run([self.binary, "-l"], capture_output=True)
+        proc = self.run([self.binary, "-l"], capture_output=True)
         if proc.returncode == 0:
             return proc.stdout
         err = proc.stderr.decode(errors="replace").strip()
@@ -58,7 +60,7 @@ class CrontabIO:
         raise UserError(_crontab_problem(err), FAILED if "not allowed" not in err else 2)
 
     def write(self, data: bytes) -> None:
-        proc = subprocess.run([self.binary, "-"], input=data, capture_output=True)
+        proc = self.run([self.binary, "-"], input=data, capture_output=True)
         if proc.returncode != 0:
             err = proc.stderr.decode(errors="replace").strip()
             raise UserError(_crontab_problem(err), FAILED)

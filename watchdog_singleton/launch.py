@@ -86,9 +86,12 @@ def launch(args: argparse.Namespace) -> int:
             lock.release()
             return OK
     passthrough = adhoc and not job.stdout_log
+    # From cron, always in the background: cron's child (and its mail pipe) must not live as
+    # long as the daemon.
+    background = args.detach or args.cron
     if job.lean and not adhoc:
-        return run_lean(job, lock, states, args.detach)
-    if args.detach:
+        return run_lean(job, lock, states, background)
+    if background:
         return detach(lambda ready: supervise(job, lock, states, adhoc, passthrough, ready))
     return supervise(job, lock, states, adhoc, passthrough, None)
 
@@ -140,18 +143,24 @@ def detach(body: Callable[[Callable[[Optional[str]], None]], int]) -> int:
     if pid == 0:
         os.close(read_end)
         code = FAILED
+        reported = False
+
+        def ready(problem: Optional[str]) -> None:
+            nonlocal reported
+            if not reported:
+                reported = True
+                os.write(write_end, (problem or "ok").encode())
+                os.close(write_end)
+
         try:
             os.setsid()
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
             os.close(null)
-
-            def ready(problem: Optional[str]) -> None:
-                os.write(write_end, (problem or "ok").encode())
-                os.close(write_end)
-
             code = body(ready)
+        except BaseException as exc:  # the parent prints it: the child has no terminal any more
+            ready(f"the supervisor failed: {exc.__class__.__name__}: {exc}")
         finally:
             os._exit(code)
     os.close(write_end)

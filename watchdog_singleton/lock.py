@@ -12,9 +12,12 @@ import errno
 import fcntl
 import os
 import stat
+import time
 from typing import Optional, Protocol
 
 from .errors import UserError
+
+STALE_SECONDS = 3600.0
 
 # Filesystems where flock(2) is emulated or node-local: not a lock one can trust per host.
 NETWORK_FS_MAGIC = {
@@ -42,7 +45,7 @@ class SingletonLock(Protocol):
     def inheritable_fds(self) -> tuple[int, ...]: ...
     def still_ours(self) -> bool: ...
     def repair(self) -> bool: ...
-    def refresh(self) -> None: ...
+    def refresh(self, older_than: float = ...) -> None: ...
     def release(self) -> None: ...
 
 
@@ -227,14 +230,19 @@ class FlockLock:
         held = os.fstat(self.dir_fd)
         return (folder.st_dev, folder.st_ino) == (held.st_dev, held.st_ino)
 
-    def refresh(self) -> None:
-        """Touch the file and folder so age-based cleaners (tmpwatch, tmpreaper) see them as new."""
+    def refresh(self, older_than: float = STALE_SECONDS) -> None:
+        """Touch the file and folder once they look old, so age-based cleaners (tmpwatch,
+        tmpreaper, tmpfiles' age rule) always see them as new."""
+        now = time.time()
         for target in (self.fd, self.dir_fd):
-            if target is not None:
-                try:
+            if target is None:
+                continue
+            try:
+                st = os.fstat(target)
+                if now - min(st.st_atime, st.st_mtime) > older_than:
                     os.utime(target)
-                except OSError:
-                    pass
+            except OSError:
+                pass
 
     def release(self) -> None:
         for fd in (self.fd, self.dir_fd):

@@ -34,7 +34,6 @@ from .state import RunState, StateStore
 
 PR_SET_CHILD_SUBREAPER = 36
 LOCK_CHECK_SECONDS = 1.0
-LOCK_REFRESH_SECONDS = 600.0
 PIPE_SIZE = 1024 * 1024
 READ_SIZE = 1024 * 1024
 
@@ -119,7 +118,6 @@ class Supervisor:
             self.out = LogSink(self.job.stdout_log, self.job.log_max_bytes, self.job.log_backups)
             self.err = LogSink(self.job.stderr_log, self.job.log_max_bytes, self.job.log_backups)
         next_lock_check = self.seams.clock() + LOCK_CHECK_SECONDS
-        next_refresh = self.seams.clock() + LOCK_REFRESH_SECONDS
         try:
             while True:
                 self._handle_signals()
@@ -132,9 +130,6 @@ class Supervisor:
                 if now >= next_lock_check:
                     self._check_lock()
                     next_lock_check = now + LOCK_CHECK_SECONDS
-                if now >= next_refresh:
-                    self.lock.refresh()
-                    next_refresh = now + LOCK_REFRESH_SECONDS
                 wake_at = next_lock_check if self.daemon else min(next_lock_check, self.next_start)
                 self._poll(max(0.0, wake_at - now), wake_r)
             self._stop_tree("stopping: " + ("signal received" if self.stopping else "daemon done"))
@@ -328,6 +323,7 @@ class Supervisor:
     def _check_lock(self) -> None:
         if not self.lock.still_ours() and self.lock.repair():
             self._note(f"lock file {self.lock.path} was removed; put it back")
+        self.lock.refresh()
 
     def _note(self, text: str) -> None:
         if not self.passthrough:

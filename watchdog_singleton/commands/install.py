@@ -60,6 +60,11 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
     if problem:
         raise UserError(f"log folder {log_dir} cannot be used: {problem}")
     stdout_log, stderr_log = paths.log_files(log_dir, name)
+    for log in (stdout_log, stderr_log):
+        if os.path.islink(log):
+            raise UserError(f"log file {log} is a symlink: refusing to write through it")
+        if os.path.exists(log) and not os.access(log, os.W_OK):
+            raise UserError(f"log file {log} is not writable")
     return Job(name=name, command=command, workdir=workdir, schedule=schedule, env=env,
                grace=req.grace, restart=req.restart, backoff_initial=req.backoff_initial,
                backoff_max=req.backoff_max, min_uptime=req.min_uptime, stdout_log=stdout_log,
