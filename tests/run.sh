@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ]; then
-  if ! command -v cron >/dev/null 2>&1 || ! command -v crontab >/dev/null 2>&1 || ! command -v flock >/dev/null 2>&1; then
+  if ! command -v cron >/dev/null 2>&1 || ! command -v crontab >/dev/null 2>&1 || ! command -v flock >/dev/null 2>&1 || ! command -v bindfs >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cron util-linux >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cron util-linux bindfs >/dev/null
   fi
   if ! { [ -f /run/crond.pid ] && kill -0 "$(cat /run/crond.pid)" 2>/dev/null; }; then
     /usr/sbin/cron

@@ -140,4 +140,21 @@ def uninstall(
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="watchdog-singleton")
+    """Run the app; a usage error is one line on stderr and exit 2, like every other bad input."""
+    try:  # typer >= 0.20 carries its own copy of click
+        from typer._click.exceptions import UsageError
+    except ImportError:
+        from click.exceptions import UsageError
+
+    args = argv if argv is not None else sys.argv[1:]
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=args or ["--help"], prog_name="watchdog-singleton",
+                            standalone_mode=False)
+    except UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        typer.echo(f"watchdog-singleton: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from typing import Any, Optional
@@ -66,6 +67,10 @@ def read_bytes(path: str) -> Optional[bytes]:
         fd = os.open(path, READ_FLAGS)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{path} is a symlink: refusing to follow it") from None
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as f:
         return f.read()
 

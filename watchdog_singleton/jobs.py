@@ -154,7 +154,7 @@ class JobStore:
         self.root = root
 
     def path(self, name: str) -> str:
-        return paths.definition_file(self.root, name)
+        return paths.definition_file(self.root, check_name(name))  # never a path outside the store
 
     def load(self, name: str) -> Optional[Job]:
         data = files.read_json(self.path(name))

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
 from . import files, paths, procs
+from .jobs import check_name
 
 
 @dataclass
@@ -53,7 +54,7 @@ class StateStore:
         self.root = root
 
     def path(self, name: str) -> str:
-        return paths.state_file(self.root, name)
+        return paths.state_file(self.root, check_name(name))  # never a path outside the store
 
     def load(self, name: str) -> Optional[RunState]:
         data = files.read_json(self.path(name))
