@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -91,7 +92,7 @@ def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,
         else:
             ctx.jobs.save(previous)
         raise
-    echo(f"installed {job.name}: {job.schedule} {' '.join(job.command)}")
+    echo(f"installed {job.name}: {job.schedule} {shlex.join(job.command)}")
     if cron_daemon_running() is False:
         warn("warning: no cron daemon runs on this host: the entry will not fire until one does")
     if not req.start:

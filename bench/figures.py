@@ -1,0 +1,539 @@
+"""The seven measurements of issue 4, one function each; each returns its rows of the table.
+
+Every daemon here is /bin/sleep unless the figure is about what the daemon does, so what is
+measured is our cost, not the daemon's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from harness import (Bench, BenchError, Row, Sample, Scenario, alive, alternate, children_of, cmdline,
+                     compare, fmt_mb, fmt_rate, fmt_time, kill_pid, lock_held, median, status_field,
+                     wait_until)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SYSTEM_PYTHON = "/usr/bin/python3"
+SLEEPER = ["/bin/sleep", "1000000"]
+PY_SLEEP = "import time; time.sleep(1000)"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything: the full run and the --quick run CI uses to prove the script works."""
+
+    tick_reps: int
+    rss_jobs: int
+    chatty_bytes: int
+    recovery_reps: int
+    log_bytes: int
+    log_reps: int
+    slow_bytes: int
+    slow_rate: int  # bytes/s the slow log reader accepts
+    scale_points: tuple[int, ...]
+    scale_reps: int
+    tree_reps: int
+    cli_reps: int
+
+
+FULL = Plan(tick_reps=40, rss_jobs=3, chatty_bytes=50 * MIB, recovery_reps=15, log_bytes=200 * MIB,
+            log_reps=5, slow_bytes=32 * MIB, slow_rate=8 * MIB, scale_points=(1, 10, 100, 300),
+            scale_reps=5, tree_reps=5, cli_reps=10)
+QUICK = Plan(tick_reps=8, rss_jobs=1, chatty_bytes=10 * MIB, recovery_reps=3, log_bytes=20 * MIB,
+             log_reps=2, slow_bytes=8 * MIB, slow_rate=8 * MIB, scale_points=(1, 10, 30),
+             scale_reps=2, tree_reps=2, cli_reps=3)
+
+
+def judge(row: Row, met: bool, goal: str) -> Row:
+    """Judge a row against an absolute goal (the ratio column then is context only)."""
+    row.goal, row.verdict = goal, "met" if met else "MISSED"
+    return row
+
+
+def walls(samples: list[Sample]) -> list[float]:
+    return [s.wall for s in samples]
+
+
+def cpus(samples: list[Sample]) -> list[float]:
+    return [s.cpu for s in samples]
+
+
+def expect(samples: list[Sample], code: int, what: str, quiet: bool = False) -> None:
+    for s in samples:
+        if s.code != code or (quiet and s.output):
+            raise BenchError(f"{what} exited {s.code} (expected {code}) printing {s.output[:300]!r}")
+
+
+# -- 1. tick cost -------------------------------------------------------------------------------
+def tick_cost(bench: Bench, plan: Plan) -> list[Row]:
+    """The crontab line of a running job, as cron runs it, against flock -n and python -c pass."""
+    sc = bench.scenario("tick")
+    name = sc.job("tick")
+    try:
+        sc.install(name, SLEEPER)
+        info = sc.status(name)
+        if not (info["running"] and info["lock_held"]):
+            raise BenchError(f"{name} is not running with its lock held: {info}")
+        line = sc.cron_command(name)
+        env = bench.cron_env()
+        runs = alternate({
+            "tick": lambda: bench.timed(["/bin/sh", "-c", line], env),
+            "flock": lambda: bench.timed(["flock", "-n", info["lock_path"], "true"], env),
+            "system": lambda: bench.timed([SYSTEM_PYTHON, "-c", "pass"], env),
+            "venv": lambda: bench.timed([bench.python, "-c", "pass"], env),
+        }, plan.tick_reps)
+        expect(runs["tick"], 0, "the tick", quiet=True)  # cron mails whatever a tick prints
+        expect(runs["flock"], 1, "flock -n on the held lock")
+        if sc.status(name)["pid"] != info["pid"]:
+            raise BenchError("a tick started a second copy while the first ran")
+    finally:
+        sc.cleanup()
+    tick = runs["tick"]
+    rows = []
+    for kind, pick in (("wall", walls), ("CPU", cpus)):
+        rows += [
+            compare("1", f"tick while NAME runs, {kind}", pick(tick), "flock -n FILE true",
+                    pick(runs["flock"]), fmt_time, "<= 2x", at_most=2.0),
+            compare("1", f"tick while NAME runs, {kind}", pick(tick), f"{SYSTEM_PYTHON} -c pass",
+                    pick(runs["system"]), fmt_time, "<= 1.3x", at_most=1.3),
+            compare("1", f"tick while NAME runs, {kind}", pick(tick), "venv python -c pass",
+                    pick(runs["venv"]), fmt_time, "<= 1.3x", at_most=1.3),
+        ]
+    return rows
+
+
+# -- 2. resident footprint ----------------------------------------------------------------------
+def sleeping_rss(bench: Bench, argv: list[str]) -> int:
+    """VmRSS (KiB) of a process that started and went to sleep, measured like the supervisor's."""
+    proc = bench.spawn(argv, bench.cron_env())
+    try:
+        time.sleep(0.5)
+        rss = status_field(proc.pid, "VmRSS")
+        if rss is None:
+            raise BenchError(f"{argv[0]} exited before its RSS could be read")
+        return rss
+    finally:
+        for pid in children_of(proc.pid) + [proc.pid]:  # flock's child too
+            kill_pid(pid)
+        proc.wait()
+        bench.reap()
+
+
+def footprint(bench: Bench, plan: Plan) -> list[Row]:
+    """RSS of every process we keep beside the daemon, against a sleeping bare interpreter."""
+    sc = bench.scenario("rss")
+    try:
+        names = [sc.job(f"rss{i}") for i in range(plan.rss_jobs)]
+        for name in names:
+            sc.install(name, SLEEPER)
+        time.sleep(1.0)  # let every supervisor settle into its idle loop
+        ours = [status_field(sc.status(name)["supervisor_pid"], "VmRSS") or 0 for name in names]
+        per_job = len(sc.resident_ours()) / len(names)
+        flock_file = sc.path("flock.lock")
+        refs: dict[str, list[int]] = {"system": [], "venv": [], "flock": []}
+        for _ in range(plan.rss_jobs):
+            refs["system"].append(sleeping_rss(bench, [SYSTEM_PYTHON, "-c", PY_SLEEP]))
+            refs["venv"].append(sleeping_rss(bench, [bench.python, "-c", PY_SLEEP]))
+            refs["flock"].append(sleeping_rss(bench, ["flock", flock_file, "/bin/sleep", "1000"]))
+        chatty_rss, chatty_peak = chatty_supervisor(bench, sc, plan.chatty_bytes)
+        lean_count, lean_rss = lean_resident(sc)
+    finally:
+        sc.cleanup()
+    fmt = fmt_mb
+    return [
+        Row("2", "processes of ours per supervised daemon", f"{per_job:g}", n=len(names)),
+        compare("2", "supervisor RSS, idle daemon", ours, f"sleeping {SYSTEM_PYTHON}", refs["system"],
+                fmt, "<= 1.2x", at_most=1.2),
+        compare("2", "supervisor RSS, idle daemon", ours, "sleeping venv python", refs["venv"],
+                fmt, "<= 1.2x", at_most=1.2),
+        compare("2", "supervisor RSS, idle daemon", ours, "flock FILE CMD (flock's RSS)",
+                refs["flock"], fmt),
+        compare("2", f"supervisor RSS after {plan.chatty_bytes // MIB} MiB of logs",
+                [chatty_rss], f"sleeping {SYSTEM_PYTHON}", refs["system"], fmt, "<= 1.2x", at_most=1.2),
+        compare("2", f"supervisor peak RSS (VmHWM) during {plan.chatty_bytes // MIB} MiB",
+                [chatty_peak], f"sleeping {SYSTEM_PYTHON}", refs["system"], fmt),
+        Row("2", "lean mode: processes of ours, their RSS", f"{lean_count}, {fmt_mb(lean_rss)}",
+            goal="0", verdict="met" if lean_count == 0 else "MISSED", n=1),
+    ]
+
+
+def chatty_supervisor(bench: Bench, sc: Scenario, total: int) -> tuple[int, int]:
+    """RSS and peak RSS of a supervisor whose daemon wrote `total` bytes, then went quiet."""
+    writer = bench.copy_helper(os.path.join(HERE, "log_writer.py"))
+    name = sc.job("chatty")
+    result = sc.path("chatty.json")
+    sc.install(name, [SYSTEM_PYTHON, writer, result, str(total), "65536", "--then-sleep"],
+               "--log-max-bytes", "0")
+    log = sc.status(name)["stdout_log"]
+    wait_until(lambda: os.path.exists(result), 120, "the chatty daemon to finish writing", 0.05)
+    wait_until(lambda: os.path.exists(log) and os.path.getsize(log) >= total, 60,
+               "the chatty daemon's log to be complete", 0.05)
+    time.sleep(0.5)
+    supervisor = sc.status(name)["supervisor_pid"]
+    return status_field(supervisor, "VmRSS") or 0, status_field(supervisor, "VmHWM") or 0
+
+
+def lean_resident(sc: Scenario) -> tuple[int, int]:
+    """Lean mode: how many processes of ours stay beside the daemon, and their total RSS."""
+    name = sc.job("lean")
+    sc.install(name, SLEEPER, "--lean")
+    time.sleep(0.5)
+    info = sc.status(name)
+    if not info["running"] or info["supervisor_pid"] is not None:
+        raise BenchError(f"lean job {name} is not running on its own: {info}")
+    ours = [pid for pid in sc.resident_ours() if pid != info["pid"] and name.encode() in cmdline(pid)]
+    return len(ours), sum(status_field(pid, "VmRSS") or 0 for pid in ours)
+
+
+# -- 3. recovery --------------------------------------------------------------------------------
+MIN_UPTIME = 0.5  # the daemon must outlive this for a restart without backoff
+
+
+def recovery(bench: Bench, plan: Plan) -> list[Row]:
+    sc = bench.scenario("recovery")
+    try:
+        supervised = supervisor_restart(sc, plan.recovery_reps)
+        lean_dead, lean_tick = cron_restart(sc, plan.recovery_reps, "--lean")
+        never_dead, never_tick = cron_restart(sc, plan.recovery_reps, "--restart", "never")
+    finally:
+        sc.cleanup()
+    n = plan.recovery_reps
+    return [
+        Row("3", "supervisor restart: kill -9 -> new copy runs", fmt_time(median(supervised)),
+            "max", fmt_time(max(supervised)), goal="< 0.5 s",
+            verdict="met" if median(supervised) < 0.5 else "MISSED", n=n),
+        Row("3", "lean: kill -9 -> lock free", fmt_time(median(lean_dead)), n=n),
+        Row("3", "lean: cron tick -> new copy runs", fmt_time(median(lean_tick)), "+ wait for tick",
+            "0-60 s", goal="report", n=n),
+        Row("3", "--restart never: kill -9 -> lock free", fmt_time(median(never_dead)), n=n),
+        Row("3", "--restart never: cron tick -> new copy runs", fmt_time(median(never_tick)),
+            "+ wait for tick", "0-60 s", goal="report", n=n),
+    ]
+
+
+def supervisor_restart(sc: Scenario, reps: int) -> list[float]:
+    """kill -9 of the daemon until the supervisor's new copy runs, polled from the state file."""
+    name = sc.job("restart")
+    sc.install(name, SLEEPER, "--min-uptime", str(MIN_UPTIME))
+    times = []
+    for _ in range(reps):
+        old = wait_until(lambda: sc.running_pid(name), 10, f"{name} to run")
+        time.sleep(MIN_UPTIME + 0.3)  # a run that lasted: restart at once, no backoff
+        start = time.perf_counter()
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: sc.running_pid(name, not_pid=old), 10, f"{name} to be restarted")
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def cron_restart(sc: Scenario, reps: int, *options: str) -> tuple[list[float], list[float]]:
+    """kill -9 of the daemon with no supervisor to restart it: time until the lock is free, then
+    from firing the crontab line (as cron does at its next tick) until the new copy runs."""
+    name = sc.job("lean" if "--lean" in options else "never")
+    sc.install(name, SLEEPER, *options)
+    dead, tick = [], []
+    for _ in range(reps):
+        old = wait_until(lambda: sc.running_pid(name), 10, f"{name} to run")
+        lock = sc.state(name)["lock_path"]
+        start = time.perf_counter()
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: not lock_held(lock), 15, f"{name}'s lock to be free")
+        dead.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        launcher = sc.fire_tick(name)
+        wait_until(lambda: sc.running_pid(name, not_pid=old), 15, f"the tick to start {name}")
+        tick.append(time.perf_counter() - start)
+        launcher.wait(timeout=15)  # the tick returns once the daemon runs; then only the daemon holds the lock
+        sc.bench.reap()
+    return dead, tick
+
+
+# -- 4. log throughput --------------------------------------------------------------------------
+def log_throughput(bench: Bench, plan: Plan) -> list[Row]:
+    """A daemon writing flat out through our log handling, against writing straight to a file."""
+    sc = bench.scenario("log")
+    writer = bench.copy_helper(os.path.join(HERE, "log_writer.py"))
+    rows: list[Row] = []
+    try:
+        for chunk in (65536, 4096):
+            rows += fast_log(bench, sc, writer, chunk, plan)
+        rows += slow_log(bench, sc, writer, plan)
+    finally:
+        sc.cleanup()
+    return rows
+
+
+def writer_argv(writer: str, result: str, total: int, chunk: int) -> list[str]:
+    return [SYSTEM_PYTHON, writer, result, str(total), str(chunk)]
+
+
+def foreground_run(bench: Bench, sc: Scenario, name: str) -> list[str]:
+    """The launcher cron runs, minus --cron: the same supervisor, but in the foreground, so the
+    run ends when the daemon has exited and its output is in the log (and wait4 sees its CPU)."""
+    return [bench.python, "-m", "watchdog_singleton", "run", "--state-dir", sc.state_root, name]
+
+
+def read_result(path: str) -> dict[str, Any]:
+    with open(path) as f:
+        data: dict[str, Any] = json.load(f)
+    os.unlink(path)
+    return data
+
+
+def fast_log(bench: Bench, sc: Scenario, writer: str, chunk: int, plan: Plan) -> list[Row]:
+    total = plan.log_bytes
+    name = sc.job(f"log{chunk // 1024}k")
+    ours_result, direct_result = sc.path(f"{name}.ours.json"), sc.path(f"{name}.direct.json")
+    # No rotation, so the log's size proves every byte arrived; one run, then the supervisor exits.
+    sc.install(name, writer_argv(writer, ours_result, total, chunk), "--restart", "never",
+               "--log-max-bytes", "0", start=False)
+    log = sc.status(name)["stdout_log"]
+    direct_file = sc.path(f"{name}.direct.out")
+    supervise = foreground_run(bench, sc, name)
+    direct_cmd = shlex.join(writer_argv(writer, direct_result, total, chunk)) + " >> " + shlex.quote(direct_file)
+    env = bench.cron_env()
+    records: dict[str, list[dict[str, Any]]] = {"ours": [], "direct": []}
+
+    def ours() -> Sample:
+        remove(log)
+        sample = bench.timed(supervise, env)
+        size = os.path.getsize(log) if os.path.exists(log) else 0
+        if sample.code != 0 or size != total:
+            raise BenchError(f"{name}: tick exited {sample.code}; log has {size} of {total} bytes")
+        records["ours"].append(read_result(ours_result))
+        remove(log)
+        return sample
+
+    def direct() -> Sample:
+        remove(direct_file)
+        sample = bench.timed(["/bin/sh", "-c", "exec " + direct_cmd], env)
+        if sample.code != 0 or os.path.getsize(direct_file) != total:
+            raise BenchError(f"{name}: direct writer failed: {sample.output[-300:]!r}")
+        records["direct"].append(read_result(direct_result))
+        remove(direct_file)
+        return sample
+
+    runs = alternate({"ours": ours, "direct": direct}, plan.log_reps)
+    rate = {k: [total / r["elapsed"] for r in v[-plan.log_reps:]] for k, v in records.items()}
+    worst = {k: [r["worst_write"] for r in v[-plan.log_reps:]] for k, v in records.items()}
+    size = f"{chunk // 1024} KiB lines"
+    return [
+        compare("4", f"daemon write rate, {size}", rate["ours"], "straight to a file", rate["direct"],
+                fmt_rate, ">= 0.9x", at_least=0.9),
+        compare("4", f"CPU of daemon + ours, {size}", cpus(runs["ours"]), "daemon + sh, to a file",
+                cpus(runs["direct"]), fmt_time),
+        compare("4", f"run -> all {total // MIB} MiB in the log, {size}", walls(runs["ours"]),
+                "sh + daemon, to a file", walls(runs["direct"]), fmt_time),
+        compare("4", f"longest single write(), {size}", worst["ours"], "straight to a file",
+                worst["direct"], fmt_time),
+    ]
+
+
+def remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class SlowReader(threading.Thread):
+    """Drains a FIFO at `rate` bytes/s (a slow disk or a stuck log shipper) until told to hurry."""
+
+    def __init__(self, path: str, rate: int) -> None:
+        super().__init__(daemon=True)
+        self.path, self.rate = path, rate
+        self.hurry = threading.Event()
+        self.received = 0
+
+    def run(self) -> None:
+        with open(self.path, "rb", buffering=0) as fifo:
+            start = time.monotonic()
+            while True:
+                data = fifo.read(65536)
+                if not data:
+                    return
+                self.received += len(data)
+                if not self.hurry.is_set():
+                    behind = self.received / self.rate - (time.monotonic() - start)
+                    if behind > 0:
+                        self.hurry.wait(behind)
+
+
+def slow_log(bench: Bench, sc: Scenario, writer: str, plan: Plan) -> list[Row]:
+    """The log is a FIFO read at plan.slow_rate: the daemon must not be held back to that pace."""
+    total, rate = plan.slow_bytes, plan.slow_rate
+    name = sc.job("logslow")
+    log_dir = bench.mkdir(sc.label, "slowlogs")
+    fifo = os.path.join(log_dir, f"{name}.stdout.log")
+    os.mkfifo(fifo, 0o600)
+    os.chown(fifo, bench.user.uid, bench.user.gid)
+    result = sc.path(f"{name}.json")
+    sc.install(name, writer_argv(writer, result, total, 65536), "--restart", "never", "--log-dir", log_dir,
+               "--log-max-bytes", "0", start=False)
+    direct_cmd = "exec " + shlex.join(writer_argv(writer, result, total, 65536)) + " >> " + shlex.quote(fifo)
+    runs = {}
+    peak = 0
+    for label, argv in (("ours", foreground_run(bench, sc, name)), ("direct", ["/bin/sh", "-c", direct_cmd])):
+        reader = SlowReader(fifo, rate)
+        reader.start()
+        proc = bench.spawn(argv, bench.cron_env())
+        wait_until(lambda: os.path.exists(result), 60 + 2 * total / rate, f"the {label} slow writer", 0.01)
+        if label == "ours":
+            peak = status_field(proc.pid, "VmHWM") or 0  # proc is the supervisor
+        reader.hurry.set()
+        proc.wait(timeout=60)
+        reader.join(timeout=30)
+        runs[label] = (read_result(result), reader.received)
+    (ours, got), (direct, _) = runs["ours"], runs["direct"]
+    lost = max(0, total - got)
+    return [
+        compare("4", f"slow log ({rate // MIB} MiB/s): daemon's time to write {total // MIB} MiB",
+                [ours["elapsed"]], "straight to the slow log", [direct["elapsed"]], fmt_time),
+        judge(compare("4", "slow log: longest single write()", [ours["worst_write"]],
+                      "straight to the slow log", [direct["worst_write"]], fmt_time),
+              ours["worst_write"] < 0.1, "< 0.1 s"),
+        Row("4", "slow log: output dropped (marked in the log), supervisor peak RSS",
+            f"{lost / MIB:.1f} MiB, {fmt_mb(peak)}", n=1),
+    ]
+
+
+# -- 5. growth with the number of jobs ----------------------------------------------------------
+def scaling(bench: Bench, plan: Plan) -> list[Row]:
+    """install of the Nth job and status --json with N jobs, N in plan.scale_points."""
+    sc = bench.scenario("scale")
+    install_at: dict[int, list[float]] = {}
+    status_at: dict[int, list[float]] = {}
+    installed = 0
+    for point in plan.scale_points:
+        while installed < point - 1:  # fill up to N-1 jobs, untimed
+            installed += 1
+            sc.install(sc.job(f"s{installed:04d}"), SLEEPER, start=False)
+        name = sc.job(f"s{point:04d}")
+        install_at[point], status_at[point] = [], []
+        for rep in range(plan.scale_reps):
+            install_at[point].append(sc.install(name, SLEEPER, start=False).wall)
+            if rep < plan.scale_reps - 1:
+                sc.ok("uninstall", name)
+        installed = point
+        for _ in range(plan.scale_reps):
+            sample = sc.ws("status", "--json")
+            if sample.code != 0 or len(json.loads(sample.output)) != point:
+                raise BenchError(f"status --json with {point} jobs: exit {sample.code}")
+            status_at[point].append(sample.wall)
+    # No processes to stop: Bench.close() empties the crontab and removes the state folder.
+    first = plan.scale_points[0]
+    rows = []
+    for point in plan.scale_points[1:]:
+        rows.append(compare("5", f"install of job #{point}", install_at[point], f"install of job #{first}",
+                            install_at[first], fmt_time))
+    rows.append(Row("5", f"status --json, {first} job", fmt_time(median(status_at[first])),
+                    n=plan.scale_reps))
+    for point in plan.scale_points[1:]:
+        limit = 3.0 if point == 100 else None
+        rows.append(compare("5", f"status --json, {point} jobs", status_at[point], f"{first} job",
+                            status_at[first], fmt_time, "<= 3x" if limit else "", at_most=limit))
+    rows += slope_rows("install", install_at, plan) + slope_rows("status --json", status_at, plan)
+    return rows
+
+
+def slope_rows(what: str, at: dict[int, list[float]], plan: Plan) -> list[Row]:
+    """Cost per extra job over the last span against the span before: ~1x linear, ~Nx quadratic."""
+    points = plan.scale_points
+    if len(points) < 3:
+        return []
+    a, b, c = points[-3], points[-2], points[-1]
+    before = (median(at[b]) - median(at[a])) / (b - a)
+    after = (median(at[c]) - median(at[b])) / (c - b)
+    ratio = after / before if before > 0 else None
+    verdict = "" if ratio is None else ("met" if ratio <= 2.0 else "MISSED")
+    return [Row("5", f"{what}: cost per extra job, {b}->{c}", fmt_time(after), f"{a}->{b}",
+                fmt_time(before), ratio, "<= 2x (not quadratic)", verdict, plan.scale_reps)]
+
+
+# -- 6. uninstall of a 50-process tree ----------------------------------------------------------
+TREE_SCRIPT = 'i=1; while [ "$i" -lt 50 ]; do /bin/sleep 1000000 & i=$((i+1)); done; wait'
+
+
+def uninstall_tree(bench: Bench, plan: Plan) -> list[Row]:
+    sc = bench.scenario("tree")
+    tree, idle = [], []
+    try:
+        for rep in range(plan.tree_reps):
+            name, quiet = sc.job(f"tree{rep}"), sc.job(f"idle{rep}")
+            sc.install(name, ["/bin/sh", "-c", TREE_SCRIPT])
+            sc.install(quiet, SLEEPER, start=False)
+            wait_until(lambda: len(sc.tree(name)) == 50, 30, f"{name}'s 50 processes", 0.02)
+            supervisor = sc.state(name)["supervisor_pid"]
+            sample = sc.ok("uninstall", name)
+            left = sc.tree(name) + ([supervisor] if alive(supervisor) else [])
+            if left:
+                raise BenchError(f"uninstall {name} left pids {left}")
+            sc.started.remove(name)
+            tree.append(sample)
+            idle.append(sc.ok("uninstall", quiet))
+    finally:
+        sc.cleanup()
+    return [
+        judge(compare("6", "uninstall, 50-process tree (wall)", walls(tree), "uninstall, nothing running",
+                      walls(idle), fmt_time), median(walls(tree)) < 1.0, "< 1 s"),
+        compare("6", "uninstall, 50-process tree (CPU)", cpus(tree), "uninstall, nothing running",
+                cpus(idle), fmt_time),
+    ]
+
+
+# -- 7. interactive commands --------------------------------------------------------------------
+def interactive(bench: Bench, plan: Plan) -> list[Row]:
+    sc = bench.scenario("cli")
+    env = bench.cron_env()
+    counter = iter(range(10 ** 6))
+    try:
+        sc.install(sc.job("cli"), SLEEPER)  # status has one running job to show
+        pending: list[str] = []
+
+        def install() -> Sample:
+            name = sc.job(f"c{next(counter)}")
+            pending.append(name)
+            return sc.install(name, SLEEPER, start=False)
+
+        def uninstall() -> Sample:
+            return sc.ok("uninstall", pending.pop()) if pending else install()
+
+        runs = alternate({
+            "status": lambda: sc.ok("status"),
+            "install": install,
+            "uninstall": uninstall,
+            "venv": lambda: bench.timed([bench.python, "-c", "pass"], env),
+            "system": lambda: bench.timed([SYSTEM_PYTHON, "-c", "pass"], env),
+        }, plan.cli_reps)
+    finally:
+        sc.cleanup()
+    rows = []
+    for key, what in (("status", "status (table, 1 job)"), ("install", "install --no-start"),
+                      ("uninstall", "uninstall, nothing running")):
+        rows.append(compare("7", f"{what}, wall", walls(runs[key]), "venv python -c pass",
+                            walls(runs["venv"]), fmt_time, "report"))
+        rows.append(compare("7", f"{what}, CPU", cpus(runs[key]), "venv python -c pass",
+                            cpus(runs["venv"]), fmt_time, "report"))
+    rows.append(compare("7", "venv python -c pass, wall", walls(runs["venv"]), f"{SYSTEM_PYTHON} -c pass",
+                        walls(runs["system"]), fmt_time))
+    return rows
+
+
+FIGURES: dict[str, tuple[str, Callable[[Bench, Plan], list[Row]]]] = {
+    "1": ("tick cost while NAME runs", tick_cost),
+    "2": ("resident footprint", footprint),
+    "3": ("recovery time", recovery),
+    "4": ("log throughput", log_throughput),
+    "5": ("growth with the number of jobs", scaling),
+    "6": ("uninstall of a 50-process tree", uninstall_tree),
+    "7": ("interactive command latency", interactive),
+}
+
