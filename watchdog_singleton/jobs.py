@@ -93,12 +93,13 @@ def check_schedule(schedule: str) -> str:
         if text not in AT_WORDS:
             raise UserError(f"schedule {schedule!r} is not one of {', '.join(sorted(AT_WORDS))}")
         return text
+    text = " ".join(text.split())
     count = len(text.split())
     if count != 5:
         raise UserError(f"schedule {schedule!r} has {count} fields; cron needs 5 (minute hour day month weekday)")
     if not CronSlices.is_valid(text):
         raise UserError(f"schedule {schedule!r} is not a valid cron expression (a value is out of range?)")
-    return " ".join(text.split())
+    return text
 
 
 def parse_env(items: list[str]) -> dict[str, str]:

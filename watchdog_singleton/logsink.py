@@ -19,6 +19,13 @@ from .files import CREATE_FLAGS
 RETRY_SECONDS = 1.0
 
 
+class _Lost:
+    """A place in the stream where output was dropped; stands in the queue where the loss was."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+
 class _PartialWrite(Exception):
     def __init__(self, written: int, error: OSError) -> None:
         super().__init__(str(error))
@@ -35,9 +42,8 @@ class LogSink:
         self.backups = backups
         self.buffer_limit = buffer_limit
         self.wall = wall
-        self._queue: Deque[Union[bytes, str]] = collections.deque()
+        self._queue: Deque[Union[bytes, str, _Lost]] = collections.deque()
         self._queued = 0
-        self._dropped = 0
         self._last_error: Optional[str] = None
         self._reopen = False
         self._closing = False
@@ -53,7 +59,11 @@ class LogSink:
     def feed(self, data: bytes) -> None:
         with self._cond:
             if self._queued + len(data) > self.buffer_limit:
-                self._dropped += len(data)
+                if self._queue and isinstance(self._queue[-1], _Lost):
+                    self._queue[-1].count += len(data)
+                else:
+                    self._queue.append(_Lost(len(data)))
+                    self._cond.notify()
                 return
             self._queue.append(data)
             self._queued += len(data)
@@ -85,24 +95,21 @@ class LogSink:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._reopen and not (self._closing or self._dropped):
+                while not self._queue and not self._reopen and not self._closing:
                     self._cond.wait()
                 if self._reopen:
                     self._reopen = False
                     self._close_fd()
-                if not self._queue and self._closing and not self._dropped:
+                if not self._queue and self._closing:
                     self._close_fd()
                     return
                 item = self._queue[0] if self._queue else None
-                dropped = self._dropped
             try:
                 if self._fd is None:
                     self._open()
-                if dropped:
-                    self._write_marker(f"{dropped} bytes of output lost ({self._last_error or 'buffer full'})")
-                    with self._cond:
-                        self._dropped -= dropped
-                if isinstance(item, str):
+                if isinstance(item, _Lost):
+                    self._write_marker(f"{item.count} bytes of output lost ({self._last_error or 'buffer full'})")
+                elif isinstance(item, str):
                     self._write_marker(item)
                 elif item is not None:
                     self._write_lines(item)
@@ -130,7 +137,6 @@ class LogSink:
             # Shutting down on a full disk: give up on what is left rather than hang.
             self._queue.clear()
             self._queued = 0
-            self._dropped = 0
         self._close_fd()
         return True
 
