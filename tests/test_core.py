@@ -9,8 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from conftest import Sandbox, holds_for, is_zombie, pids_with_arg, wait_for
 
 TRICKY_CRONTAB = (
@@ -181,7 +179,7 @@ def test_stop_disables_and_stops_start_enables_and_starts(sandbox: Sandbox) -> N
     [pid] = pids_with_arg(marker, sandbox.user.uid)
     sandbox.ok("stop", name)
     assert not alive(pid)
-    line = [l for l in sandbox.crontab().decode().splitlines() if l.endswith(name)][0]
+    line = [x for x in sandbox.crontab().decode().splitlines() if x.endswith(name)][0]
     assert line.startswith("#")
     sandbox.run_as(["/bin/true"])
     info = sandbox.status(name)

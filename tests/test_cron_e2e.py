@@ -11,7 +11,6 @@ import os
 import stat
 
 import pytest
-
 from conftest import Sandbox, UnprivilegedUser, make_sandbox, pids_with_arg, wait_for
 
 pytestmark = pytest.mark.cron

@@ -12,7 +12,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import Sandbox, holds_for, is_locked, is_zombie, locked_inodes, pids_with_arg, wait_for
 
 
@@ -211,7 +210,7 @@ def test_sighup_reopens_the_log_files(sandbox: Sandbox) -> None:
     wait_for(lambda: os.path.exists(log) and os.path.getsize(log) > 100, 10, what="a new log file")
     old_size = os.path.getsize(log + ".old")
     assert holds_for(lambda: os.path.getsize(log + ".old") == old_size, 0.5)
-    numbers = [int(l.split()[1]) for f in (log + ".old", log) for l in open(f) if l.startswith("line ")]
+    numbers = [int(ln.split()[1]) for f in (log + ".old", log) for ln in open(f) if ln.startswith("line ")]
     assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "a line was lost at the reopen"
     assert sandbox.status(name)["running"]
 
@@ -286,7 +285,7 @@ def test_a_full_log_disk_neither_blocks_the_daemon_nor_stops_the_supervisor(sand
         os.unlink(filler)
         wait_for(lambda: os.path.getsize(info["stdout_log"]) > size_full + 10000, 10,
                  what="writing to resume once space returned")
-        numbers = [int(l.split()[1]) for l in open(info["stdout_log"], errors="replace") if l.startswith("line ")]
+        numbers = [int(ln.split()[1]) for ln in open(info["stdout_log"], errors="replace") if ln.startswith("line ")]
         assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), \
             "lines written during a short outage were lost"
         sandbox.ok("uninstall", name)

@@ -9,10 +9,8 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
 
 import pytest
-
 from conftest import TEST_USER, Sandbox, UnprivilegedUser, make_sandbox, pids_with_arg, wait_for
 
 FOREIGN = b"# mine\nMAILTO=\"\"\nFOO = spaced\n0 0 * * 7\techo 'a #b' % x\n"
@@ -177,7 +175,8 @@ def test_crontab_denied_by_cron_deny_is_refused(other_user: UnprivilegedUser) ->
         box.cleanup()
 
 
-def _as_user_in_namespace(box: Sandbox, unshare_args: list[str], setup: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
+def _as_user_in_namespace(box: Sandbox, unshare_args: list[str], setup: str,
+                          argv: list[str]) -> subprocess.CompletedProcess[str]:
     env = " ".join(f"{k}='{v}'" for k, v in box.env().items())
     inner = (f"{setup} setpriv --reuid={box.user.uid} --regid={box.user.gid} --clear-groups -- "
              f"env -i {env} {' '.join(argv)}; echo exit=$?")
@@ -259,7 +258,7 @@ def test_files_we_create_are_private(sandbox: Sandbox) -> None:
     sandbox.ok("install", name, "--", "/bin/sleep", "1000")
     wait_for(lambda: sandbox.status(name)["running"], 10)
     ours = os.path.join(sandbox.state_home, "watchdog-singleton")
-    for folder, dirs, files in os.walk(ours):
+    for folder, _dirs, files in os.walk(ours):
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700, folder
         for f in files:
             assert stat.S_IMODE(os.stat(os.path.join(folder, f)).st_mode) & 0o777 == 0o600, f

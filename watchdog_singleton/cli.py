@@ -6,11 +6,14 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 import typer
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .commands.common import Context
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
                   no_args_is_help=True,
@@ -30,11 +33,11 @@ def _call(body: Callable[[], int]) -> None:
         code = body()
     except UserError as exc:
         typer.echo(f"watchdog-singleton: {exc}", err=True)
-        raise typer.Exit(exc.exit_code)
+        raise typer.Exit(exc.exit_code) from None
     raise typer.Exit(code)
 
 
-def _context():  # type: ignore[no-untyped-def]
+def _context() -> "Context":
     from .commands.common import Context
 
     return Context.default()
@@ -61,7 +64,8 @@ def install(
     lean: bool = typer.Option(False, "--lean", help="no resident supervisor: the daemon holds the lock itself"),
 ) -> None:
     """Install NAME: a crontab entry that keeps one copy of COMMAND running; start it now."""
-    from .commands.install import InstallRequest, install as do_install
+    from .commands.install import InstallRequest
+    from .commands.install import install as do_install
 
     req = InstallRequest(name=name, command=list(command or []), schedule=schedule, start=not no_start,
                          log_dir=log_dir, workdir=workdir, env=list(env), grace=grace, lock_dir=lock_dir,
@@ -144,7 +148,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:  # typer >= 0.20 carries its own copy of click
         from typer._click.exceptions import UsageError
     except ImportError:
-        from click.exceptions import UsageError
+        from click.exceptions import UsageError  # type: ignore[no-redef]
 
     args = argv if argv is not None else sys.argv[1:]
     command = typer.main.get_command(app)

@@ -29,7 +29,7 @@ def ensure_dir(path: str) -> None:
             os.mkdir(folder, 0o700)
         except FileExistsError:
             if not os.path.isdir(folder):
-                raise UserError(f"{folder} exists and is not a folder")
+                raise UserError(f"{folder} exists and is not a folder") from None
         except OSError as exc:
             raise UserError(f"cannot create folder {folder}: {exc.strerror}") from None
 

@@ -75,7 +75,7 @@ def check_lock_dir(path: str, allow_network_fs: bool = False) -> None:
     except FileNotFoundError:
         parent_fs = filesystem_type(path)
         if parent_fs and not allow_network_fs:
-            raise UserError(_network_fs_message(path, parent_fs))
+            raise UserError(_network_fs_message(path, parent_fs)) from None
         return
     _check_dir_stat(path, st)
     fs = filesystem_type(path)

@@ -196,7 +196,7 @@ class LogSink:
                 raise _PartialWrite(written, exc) from None
             written += n
             self._size += n
-            self._at_line_start = view[written - 1:written] == b"\n"
+            self._at_line_start = view[written - 1] == ord("\n")
 
     def _rotate(self) -> None:
         self._close_fd()

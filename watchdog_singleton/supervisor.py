@@ -43,7 +43,7 @@ def become_subreaper() -> bool:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
 
@@ -185,7 +185,8 @@ class Supervisor:
     # -- the daemon ------------------------------------------------------------------------
     def _start_daemon(self) -> None:
         job = self.job
-        stdout = stderr = None
+        stdout: Optional[int] = None
+        stderr: Optional[int] = None
         if not self.passthrough:
             out_r, stdout = self._pipe()
             err_r, stderr = self._pipe()
@@ -208,9 +209,9 @@ class Supervisor:
                 self.ready = None
             return
         finally:
-            for fd in (stdout, stderr):
-                if fd is not None:
-                    os.close(fd)
+            for write_end in (stdout, stderr):
+                if write_end is not None:
+                    os.close(write_end)
         if not self.passthrough:
             self._watch(out_r, self.out)
             self._watch(err_r, self.err)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import OK, UserError, NO_SUCH_JOB
+from ..errors import NO_SUCH_JOB, OK, UserError
 from ..jobs import Job
 from .common import Context, Echo, launch_detached, stop_processes
 

@@ -11,8 +11,18 @@ from .. import paths
 from ..errors import OK, UserError
 from ..files import creatable_dir_problem
 from ..hostinfo import cron_daemon_running
-from ..jobs import (DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES, RESTART_POLICIES, Job, check_name,
-                    check_schedule, now_iso, parse_env, resolve_command, snapshot_env)
+from ..jobs import (
+    DEFAULT_LOG_BACKUPS,
+    DEFAULT_LOG_MAX_BYTES,
+    RESTART_POLICIES,
+    Job,
+    check_name,
+    check_schedule,
+    now_iso,
+    parse_env,
+    resolve_command,
+    snapshot_env,
+)
 from ..lock import check_lock_dir
 from .common import Context, Echo, launch_detached, stop_processes
 

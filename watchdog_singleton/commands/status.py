@@ -90,7 +90,7 @@ def _state_word(info: dict[str, Any]) -> str:
         return f"backoff until {info['next_start_at'][11:19]}"
     if info["installed"] and not info["enabled"]:
         return "disabled"
-    return info["phase"]
+    return str(info["phase"])
 
 
 def _since(iso: Optional[str]) -> str:
