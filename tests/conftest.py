@@ -116,13 +116,9 @@ def test_user() -> UnprivilegedUser:
         pytest.fail(f"the test user cannot run {sys.executable}: {probe.stderr.decode().strip()} "
                     "(make the venv from /usr/bin/python3 in a world-readable place)")
     yield user
-    # Everything the test user runs was started by this suite: end it, by pid, and empty its crontab.
-    for pid in user_pids(user.uid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    subprocess.run(["crontab", "-u", user.name, "-r"], capture_output=True)
+    # A last sweep over every sandbox of this session (each also cleans up after its own test).
+    for box in SANDBOXES:
+        box.cleanup()
 
 
 def locked_inodes() -> set[tuple[int, int, int]]:
@@ -264,6 +260,8 @@ class Sandbox:
         return target
 
     def cleanup(self) -> None:
+        if not os.path.isdir(self.dir):
+            return  # cleaned up already
         for name in self.jobs:
             self.ws("uninstall", name)
         # Anything left that this sandbox started: supervisors name its state folder, daemons
@@ -285,6 +283,9 @@ class Sandbox:
                 shutil.rmtree(target, ignore_errors=True)
 
 
+SANDBOXES: list["Sandbox"] = []
+
+
 def make_sandbox(user: UnprivilegedUser, label: str) -> Sandbox:
     tag = secrets.token_hex(3)
     base = os.path.join(user.home, "t")
@@ -293,6 +294,7 @@ def make_sandbox(user: UnprivilegedUser, label: str) -> Sandbox:
     box = Sandbox(user, os.path.join(base, f"{re.sub(r'[^A-Za-z0-9_-]', '_', label)[:40]}-{tag}"), tag)
     os.makedirs(box.dir)
     os.chown(box.dir, user.uid, user.gid)
+    SANDBOXES.append(box)
     return box
 
 
