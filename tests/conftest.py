@@ -98,16 +98,21 @@ def pids_with_arg(marker: str, uid: Optional[int] = None) -> list[int]:
     return found
 
 
+def ensure_user(name: str) -> UnprivilegedUser:
+    """The unprivileged user NAME, created if missing (needs root)."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to create an unprivileged test user")
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+        entry = pwd.getpwnam(name)
+    return UnprivilegedUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
 @pytest.fixture(scope="session")
 def test_user() -> UnprivilegedUser:
-    if os.getuid() != 0:
-        pytest.skip("needs root to create the unprivileged test user")
-    try:
-        entry = pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", TEST_USER], check=True)
-        entry = pwd.getpwnam(TEST_USER)
-    user = UnprivilegedUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+    user = ensure_user(TEST_USER)
     os.makedirs(user.home, exist_ok=True)
     os.chown(user.home, user.uid, user.gid)
     probe = subprocess.run([sys.executable, "-c", "import watchdog_singleton"], capture_output=True,

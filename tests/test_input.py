@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import stat
 import subprocess
 import sys
 
 import pytest
-from conftest import TEST_USER, Sandbox, UnprivilegedUser, make_sandbox, pids_with_arg, wait_for
+from conftest import TEST_USER, Sandbox, UnprivilegedUser, ensure_user, make_sandbox, pids_with_arg, wait_for
 
 FOREIGN = b"# mine\nMAILTO=\"\"\nFOO = spaced\n0 0 * * 7\techo 'a #b' % x\n"
 OTHER_USER = f"{TEST_USER}2"
@@ -105,12 +104,7 @@ def test_bad_names_are_refused_by_every_command(foreign: Sandbox) -> None:
 @pytest.fixture
 def other_user(test_user: UnprivilegedUser) -> UnprivilegedUser:
     """A second unprivileged user, whose default lock folder another user can pre-create."""
-    try:
-        entry = pwd.getpwnam(OTHER_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", OTHER_USER], check=True)
-        entry = pwd.getpwnam(OTHER_USER)
-    user = UnprivilegedUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+    user = ensure_user(OTHER_USER)
     yield user
     subprocess.run(["crontab", "-u", user.name, "-r"], capture_output=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .errors import UserError
 
@@ -95,3 +95,37 @@ def remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+class JsonFolder:
+    """One JSON file per name in a folder; every name is checked, so no path leaves the folder."""
+
+    def __init__(self, folder: str, check_name: Callable[[str], str]) -> None:
+        self.folder = folder
+        self.check_name = check_name
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.folder, f"{self.check_name(name)}.json")
+
+    def read(self, name: str) -> Optional[dict[str, Any]]:
+        return read_json(self.path(name))
+
+    def write(self, name: str, value: dict[str, Any]) -> None:
+        write_json(self.path(name), value)
+
+    def delete(self, name: str) -> None:
+        remove(self.path(name))
+
+    def names(self) -> list[str]:
+        try:
+            entries = os.listdir(self.folder)
+        except FileNotFoundError:
+            return []
+        found = []
+        for entry in entries:
+            if entry.endswith(".json"):
+                try:
+                    found.append(self.check_name(entry[:-5]))
+                except UserError:
+                    continue  # not one of ours (a temp file, a stray)
+        return sorted(found)

@@ -153,12 +153,10 @@ class JobStore:
 
     def __init__(self, root: str) -> None:
         self.root = root
-
-    def path(self, name: str) -> str:
-        return paths.definition_file(self.root, check_name(name))  # never a path outside the store
+        self.folder = files.JsonFolder(paths.jobs_dir(root), check_name)
 
     def load(self, name: str) -> Optional[Job]:
-        data = files.read_json(self.path(name))
+        data = self.folder.read(name)
         return Job.from_dict(data) if data else None
 
     def get(self, name: str) -> Job:
@@ -168,14 +166,10 @@ class JobStore:
         return job
 
     def save(self, job: Job) -> None:
-        files.write_json(self.path(job.name), job.to_dict())
+        self.folder.write(job.name, job.to_dict())
 
     def delete(self, name: str) -> None:
-        files.remove(self.path(name))
+        self.folder.delete(name)
 
     def names(self) -> list[str]:
-        try:
-            entries = os.listdir(paths.jobs_dir(self.root))
-        except FileNotFoundError:
-            return []
-        return sorted(e[:-5] for e in entries if e.endswith(".json") and NAME_RE.fullmatch(e[:-5]))
+        return self.folder.names()

@@ -43,14 +43,6 @@ def default_log_dir(root: str) -> str:
     return os.path.join(root, "logs")
 
 
-def definition_file(root: str, name: str) -> str:
-    return os.path.join(jobs_dir(root), f"{name}.json")
-
-
-def state_file(root: str, name: str) -> str:
-    return os.path.join(run_dir(root), f"{name}.json")
-
-
 def log_files(log_dir: str, name: str) -> tuple[str, str]:
     return os.path.join(log_dir, f"{name}.stdout.log"), os.path.join(log_dir, f"{name}.stderr.log")
 

@@ -6,7 +6,6 @@ each write replaces the file atomically, so a reader never sees half of one.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
@@ -50,25 +49,21 @@ class RunState:
 
 
 class StateStore:
+    """Run state for this host: one JSON file each under <state dir>/run."""
+
     def __init__(self, root: str) -> None:
         self.root = root
-
-    def path(self, name: str) -> str:
-        return paths.state_file(self.root, check_name(name))  # never a path outside the store
+        self.folder = files.JsonFolder(paths.run_dir(root), check_name)
 
     def load(self, name: str) -> Optional[RunState]:
-        data = files.read_json(self.path(name))
+        data = self.folder.read(name)
         return RunState.from_dict(data) if data else None
 
     def save(self, state: RunState) -> None:
-        files.write_json(self.path(state.name), asdict(state))
+        self.folder.write(state.name, asdict(state))
 
     def delete(self, name: str) -> None:
-        files.remove(self.path(name))
+        self.folder.delete(name)
 
     def names(self) -> list[str]:
-        try:
-            entries = os.listdir(paths.run_dir(self.root))
-        except FileNotFoundError:
-            return []
-        return sorted(e[:-5] for e in entries if e.endswith(".json"))
+        return self.folder.names()
