@@ -251,7 +251,7 @@ class FlockLock:
         self.fd = self.dir_fd = None
 
 
-def _proc_locks_ids() -> set[tuple[int, int, int]]:
+def locked_files() -> set[tuple[int, int, int]]:
     """(major, minor, inode) of every file that holds an active lock, from /proc/locks."""
     ids = set()
     try:
@@ -270,10 +270,11 @@ def _proc_locks_ids() -> set[tuple[int, int, int]]:
     return ids
 
 
-def is_held(path: str) -> bool:
-    """Whether some process holds a lock on `path`, read from /proc/locks without touching the lock."""
+def is_held(path: str, locked: Optional[set[tuple[int, int, int]]] = None) -> bool:
+    """Whether some process holds a lock on `path`, read from /proc/locks without touching the
+    lock; pass `locked_files()` when asking about many paths, to read /proc/locks once."""
     try:
         st = os.stat(path, follow_symlinks=False)
     except OSError:
         return False
-    return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in _proc_locks_ids()
+    return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in (locked if locked is not None else locked_files())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from .. import lock, paths
@@ -15,8 +16,26 @@ from ..state import RunState
 from .common import Context, Echo
 
 
-def describe(name: str, job: Optional[Job], state: Optional[RunState], entry: Optional[Entry],
-             entries_known: bool, cron_running: Optional[bool]) -> dict[str, Any]:
+@dataclass
+class HostView:
+    """What status reads once per call, not once per job."""
+
+    entries: dict[str, Entry]
+    entries_known: bool
+    cron_running: Optional[bool]
+    locked: set[tuple[int, int, int]]
+
+    @classmethod
+    def read(cls, ctx: Context) -> "HostView":
+        try:
+            entries, known = ctx.editor().entries(), True
+        except UserError:
+            entries, known = {}, False
+        return cls(entries, known, cron_daemon_running(), lock.locked_files())
+
+
+def describe(name: str, job: Optional[Job], state: Optional[RunState], host: HostView) -> dict[str, Any]:
+    entry = host.entries.get(name)
     running = state is not None and state.daemon_alive()
     supervisor = state is not None and state.supervisor_alive()
     lock_path = job.lock_path if job else (state.lock_path if state else "")
@@ -27,10 +46,10 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], entry: Op
         "name": name,
         "host": paths.host(),
         "installed": job is not None,
-        "enabled": bool(job and job.enabled and (entry.enabled if entry else not entries_known)),
-        "cron_entry": ("unknown" if not entries_known else
+        "enabled": bool(job and job.enabled and (entry.enabled if entry else not host.entries_known)),
+        "cron_entry": ("unknown" if not host.entries_known else
                        "missing" if entry is None else "enabled" if entry.enabled else "disabled"),
-        "cron_daemon_running": cron_running,
+        "cron_daemon_running": host.cron_running,
         "running": running,
         "phase": phase if not running else (state.phase if state else "running"),
         "pid": state.pid if running and state else None,
@@ -46,22 +65,14 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], entry: Op
         "stdout_log": job.stdout_log if job else (state.stdout_log if state else None),
         "stderr_log": job.stderr_log if job else (state.stderr_log if state else None),
         "lock_path": lock_path,
-        "lock_held": bool(lock_path) and lock.is_held(lock_path),
+        "lock_held": bool(lock_path) and lock.is_held(lock_path, host.locked),
         "lean": bool(job and job.lean),
         "message": state.message if state else "",
     }
 
 
-def collect(ctx: Context, names: list[str]) -> list[dict[str, Any]]:
-    entries: dict[str, Entry] = {}
-    entries_known = True
-    try:
-        entries = ctx.editor().entries()
-    except UserError:
-        entries_known = False
-    cron_running = cron_daemon_running()
-    return [describe(n, ctx.jobs.load(n), ctx.states.load(n), entries.get(n), entries_known, cron_running)
-            for n in names]
+def collect(ctx: Context, names: list[str], host: HostView) -> list[dict[str, Any]]:
+    return [describe(n, ctx.jobs.load(n), ctx.states.load(n), host) for n in names]
 
 
 def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool = False) -> int:
@@ -69,16 +80,17 @@ def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool =
         check_name(name)
         if ctx.jobs.load(name) is None and ctx.states.load(name) is None:
             raise UserError(f"no such job: {name}", NO_SUCH_JOB)
-        info = collect(ctx, [name])[0]
+        info = collect(ctx, [name], HostView.read(ctx))[0]
         echo(json.dumps(info, indent=2) if as_json else table([info]))
         return OK if info["running"] else NOT_RUNNING
     names = sorted(set(ctx.jobs.names()) | set(ctx.states.names()))
-    infos = collect(ctx, names)
+    host = HostView.read(ctx)
+    infos = collect(ctx, names, host)
     if as_json:
         echo(json.dumps(infos, indent=2))
     else:
         echo(table(infos) if infos else "no jobs on this host")
-        if cron_daemon_running() is False:
+        if host.cron_running is False:
             echo("warning: no cron daemon runs on this host: entries will not fire")
     return OK
 
