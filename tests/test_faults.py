@@ -291,3 +291,28 @@ def test_a_full_log_disk_neither_blocks_the_daemon_nor_stops_the_supervisor(sand
         sandbox.ok("uninstall", name)
     finally:
         subprocess.run(["umount", "-l", mount])
+
+
+def test_systemd_tmpfiles_clean_leaves_a_held_lock_alone(sandbox: Sandbox) -> None:
+    if os.getuid() != 0 or not shutil.which("systemd-tmpfiles"):
+        pytest.skip("needs root and systemd-tmpfiles")
+    parent = sandbox.tmp_path("wstest-aged")
+    os.mkdir(parent)
+    os.chmod(parent, 0o1777)  # like /tmp
+    name = sandbox.job("aged")
+    marker = install_sleeper(sandbox, name, "--lock-dir", os.path.join(parent, "locks"))
+    lock_path = sandbox.status(name)["lock_path"]
+    inode = os.stat(lock_path).st_ino
+    decoy = os.path.join(parent, "stale-file")
+    with open(decoy, "w") as f:
+        f.write("old\n")
+    time.sleep(2.5)  # everything is now older than the 1 s age below; none older than an hour
+    conf = sandbox.path("aggressive.conf")
+    with open(conf, "w") as f:
+        f.write(f"d {parent} 1777 root root 1s\n")
+    proc = subprocess.run(["systemd-tmpfiles", "--clean", conf], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not os.path.exists(decoy), "tmpfiles did not clean: the test proves nothing"
+    assert os.stat(lock_path).st_ino == inode, "tmpfiles removed the held lock"
+    sandbox.fire_tick(name)
+    assert len(copies(sandbox, marker)) == 1
