@@ -242,3 +242,36 @@ def test_adhoc_run_holds_the_lock_and_returns_the_exit_code(sandbox: Sandbox) ->
     finally:
         holder.terminate()
         holder.wait(30)
+
+
+def test_lean_mode_keeps_no_process_of_ours_and_cron_restarts_it(sandbox: Sandbox) -> None:
+    name = sandbox.job("lean")
+    daemon = sandbox.write_helper("argv_daemon.py")
+    marker = f"marker-{name}"
+    sandbox.ok("install", name, "--lean", "--env", f"ARGV_OUT={sandbox.path('rec.json')}", "--",
+               "/usr/bin/python3", daemon, marker)
+    [pid] = pids_with_arg(marker, sandbox.user.uid)
+    info = sandbox.status(name)
+    assert info["running"] and info["lean"] and info["pid"] == pid and info["supervisor_pid"] is None
+    # Nothing of ours beside the daemon: no process of the user names this sandbox's state folder.
+    ours = [p for p in pids_with_arg("watchdog_singleton", sandbox.user.uid)
+            if sandbox.dir.encode() in open(f"/proc/{p}/cmdline", "rb").read()]
+    assert ours == []
+    assert sandbox.run_as(["flock", "-n", info["lock_path"], "true"]).returncode == 1  # the daemon holds it
+    wait_for(lambda: os.path.exists(info["stderr_log"]) and "stderr line" in open(info["stderr_log"]).read(), 10)
+    sandbox.fire_tick(name)
+    assert pids_with_arg(marker, sandbox.user.uid) == [pid]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not alive(pid), 10)
+    assert sandbox.status(name)["running"] is False
+    sandbox.fire_tick(name)  # lean: only cron brings it back
+    [pid2] = wait_for(lambda: pids_with_arg(marker, sandbox.user.uid), 10)
+    assert pid2 != pid
+    sandbox.ok("uninstall", name)
+    assert pids_with_arg(marker, sandbox.user.uid) == []
+
+
+def test_adhoc_run_killed_by_a_signal_exits_128_plus_the_signal(sandbox: Sandbox) -> None:
+    name = sandbox.job("sig")
+    proc = sandbox.ws("run", name, "--", "/bin/sh", "-c", "kill -TERM $$")
+    assert proc.returncode == 128 + 15

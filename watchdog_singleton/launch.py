@@ -136,8 +136,12 @@ def supervise(job: Job, lock: FlockLock, states: StateStore, adhoc: bool, passth
                       inherit_env=inherit, ready=ready).run()
 
 
-def detach(body: Callable[[Callable[[Optional[str]], None]], int]) -> int:
-    """Run `body` in a new session in the background; return once it reports readiness."""
+def detach(body: Callable[[Callable[[Optional[str]], None]], int], exec_is_ready: bool = False) -> int:
+    """Run `body` in a new session in the background; return once it reports readiness.
+
+    With `exec_is_ready`, the child becoming another program (exec closes the O_CLOEXEC pipe
+    without a word) counts as ready.
+    """
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -172,7 +176,7 @@ def detach(body: Callable[[Callable[[Optional[str]], None]], int]) -> int:
         chunks.append(chunk)
     os.close(read_end)
     answer = b"".join(chunks).decode(errors="replace")
-    if answer == "ok":
+    if answer == "ok" or (exec_is_ready and not answer):
         return OK
     print(f"watchdog-singleton: {answer or 'the supervisor exited before the daemon started'}",
           file=sys.stderr)
@@ -211,14 +215,12 @@ def run_lean(job: Job, lock: FlockLock, states: StateStore, background: bool) ->
     ensure_dir(os.path.dirname(job.stderr_log))
     if not background:
         become_daemon()
-    return detach(lambda ready: _lean_child(become_daemon, ready))
+    return detach(lambda ready: _lean_child(become_daemon, ready), exec_is_ready=True)
 
 
 def _lean_child(become_daemon: Callable[[], None], ready: Callable[[Optional[str]], None]) -> int:
     try:
-        # exec closes the readiness pipe (O_CLOEXEC): "ok" must be sent just before.
-        ready(None)
-        become_daemon()
+        become_daemon()  # returns only if exec failed
     except OSError as exc:
-        print(f"cannot start: {exc}", file=sys.stderr)
+        ready(f"cannot start: {exc.strerror}")
     return FAILED

@@ -133,7 +133,8 @@ class Supervisor:
                 wake_at = next_lock_check if self.daemon else min(next_lock_check, self.next_start)
                 self._poll(max(0.0, wake_at - now), wake_r)
             self._stop_tree("stopping: " + ("signal received" if self.stopping else "daemon done"))
-            return self.done_code if self.done_code is not None else 0
+            code = self.done_code if self.done_code is not None else 0
+            return 128 - code if code < 0 else code  # killed by signal N: exit 128+N, as shells do
         finally:
             self._close_sinks()
             signal.set_wakeup_fd(old_wakeup)

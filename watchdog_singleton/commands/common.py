@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ def stop_processes(lock_path: str, state: Optional[RunState], grace: float,
         assert state.supervisor_pid is not None and state.supervisor_start is not None
         supervisor = {state.supervisor_pid: state.supervisor_start}
         found += 1
-        killer.signal_all(supervisor, 15)
+        killer.signal_all(supervisor, signal.SIGTERM)
         killer.wait_gone(supervisor, killer.clock() + grace + 5.0)
     for _ in range(5):
         # What the supervisor could not reach: orphans of a SIGKILLed supervisor, lean daemons.

@@ -39,9 +39,12 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
     running = state is not None and state.daemon_alive()
     supervisor = state is not None and state.supervisor_alive()
     lock_path = job.lock_path if job else (state.lock_path if state else "")
-    phase = (state.phase if state and (running or supervisor) else "stopped") if state else "never started"
-    if state and not (running or supervisor) and state.phase in ("running", "starting", "backoff"):
-        phase = "dead"  # recorded as running, but its processes are gone (reboot, SIGKILL)
+    if state is None:
+        phase = "never started"
+    elif running or supervisor or state.phase in ("stopped", "exited"):
+        phase = state.phase
+    else:
+        phase = "dead"  # recorded as alive, but its processes are gone (reboot, SIGKILL)
     return {
         "name": name,
         "host": paths.host(),
@@ -51,7 +54,7 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
                        "missing" if entry is None else "enabled" if entry.enabled else "disabled"),
         "cron_daemon_running": host.cron_running,
         "running": running,
-        "phase": phase if not running else (state.phase if state else "running"),
+        "phase": phase,
         "pid": state.pid if running and state else None,
         "supervisor_pid": state.supervisor_pid if supervisor and state else None,
         "started_at": state.started_at if running and state else None,
