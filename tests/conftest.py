@@ -231,13 +231,18 @@ class Sandbox:
                 return line
         raise AssertionError(f"no enabled crontab line for {name}")
 
-    def fire_tick(self, name: str, wait: bool = True) -> subprocess.Popen[bytes]:
-        """Run NAME's crontab line the way cron does: /bin/sh -c, cron's minimal environment."""
+    def tick_command(self, name: str) -> str:
+        """The command cron hands to /bin/sh for NAME's line."""
         line = self.cron_line(name)
         command = line[len(line.split(" ")[0]) + 1:] if line.startswith("@") else line.split(" ", 5)[5]
-        command = re.sub(r"\\%", "%", command)
-        env = {"HOME": self.user.home, "LOGNAME": self.user.name, "SHELL": "/bin/sh", "PATH": CRON_MIN_PATH}
-        proc = subprocess.Popen(["/bin/sh", "-c", command], env=env, cwd=self.user.home,
+        return re.sub(r"\\%", "%", command)
+
+    def cron_env(self) -> dict[str, str]:
+        return {"HOME": self.user.home, "LOGNAME": self.user.name, "SHELL": "/bin/sh", "PATH": CRON_MIN_PATH}
+
+    def fire_tick(self, name: str, wait: bool = True) -> subprocess.Popen[bytes]:
+        """Run NAME's crontab line the way cron does: /bin/sh -c, cron's minimal environment."""
+        proc = subprocess.Popen(["/bin/sh", "-c", self.tick_command(name)], env=self.cron_env(), cwd=self.user.home,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True, **self.user.popen_kwargs())
         if wait:

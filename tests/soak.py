@@ -8,9 +8,11 @@ Installs a few jobs whose daemon carries a unique marker argument, then for --se
     zombies excluded);
   * a cron stand-in fires every job's crontab line every second, the way cron would (no real
     cron minute passes often enough to recover anything in a short soak);
-  * a fault injector, every 0.3-1 s, picks one of: SIGKILL a supervisor or a daemon, delete the
-    lock file or the whole lock folder, a burst of extra ticks, a manual `run` (foreground or
-    --detach), `restart`.
+  * a fault injector, every 0.3-1 s, picks one of: SIGKILL a supervisor, a daemon or both,
+    delete the lock file or the whole lock folder, a burst of extra ticks (sometimes with the
+    lock file deleted in their midst), a "race start" (the tree dies, launchers start 15 ms
+    apart and the lock file is deleted the moment the first one holds it), a manual `run`
+    (foreground or --detach), `restart`.
 Then faults stop and every job must settle back to exactly one copy. The script prints the
 samples taken, the faults injected by kind, the maximum copies seen and the longest gap with
 zero copies per job. Exit 0 only if no job ever ran two copies, no zero-copy gap exceeded
@@ -47,7 +49,6 @@ from typing import IO, Any, Callable, Optional
 SOAK_USER = "wssoak"
 CRON_PATH = "/usr/bin:/bin"
 SAMPLE_SECONDS = 0.05
-TAG = "#watchdog-singleton:"
 # The job's settings: small, so that recovery is quick and a long gap stands out.
 GRACE, BACKOFF_INITIAL, BACKOFF_MAX, MIN_UPTIME = 1.0, 0.2, 2.0, 1.0
 # Worst legitimate zero-copy gap: a daemon killed at the end of a quick-failure streak waits
@@ -58,8 +59,8 @@ DEFAULT_MAX_GAP = BACKOFF_MAX + 1.0 + GRACE + 3.0
 SETTLE_STABLE = 2.0  # after the faults: one copy must hold this long for a job to count as settled
 DAEMON_CODE = "import time; [time.sleep(60) for _ in iter(int, 1)]"  # forever, on one line
 FAULT_WEIGHTS = {
-    "kill_daemon": 3, "kill_supervisor": 2, "delete_lock": 2, "delete_lock_dir": 1,
-    "tick_burst": 2, "run_foreground": 1, "run_detach": 1, "restart": 1,
+    "kill_daemon": 3, "kill_supervisor": 2, "kill_tree": 2, "delete_lock": 2, "delete_lock_dir": 1,
+    "tick_burst": 3, "race_start": 2, "run_foreground": 1, "run_detach": 1, "restart": 1,
 }
 MAX_CHILDREN = 60  # background commands in flight (long-lived supervisors included)
 
@@ -96,6 +97,21 @@ def cmdline(pid: int) -> list[str]:
 
 def pids_of(uid: int) -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and proc_uid(int(p)) == uid]
+
+
+def lock_holders(path: str) -> set[int]:
+    """The pids /proc/locks names as holding a lock on the file at `path` (read, never locked)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return set()
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    holders = set()
+    for line in read_bytes("/proc/locks").decode().splitlines():
+        parts = line.split()
+        if len(parts) > 5 and parts[1] != "->" and parts[5] == wanted:
+            holders.add(int(parts[4]))
+    return holders
 
 
 def kill_verified(pid: int, start: int, check: Callable[[int], bool]) -> bool:
@@ -238,7 +254,8 @@ class Job:
     marker: str
     argv: tuple[str, ...] = ()  # the daemon's exact command line, as /proc shows it
     lock_path: str = ""
-    state_file: str = ""
+    state_file: str = ""  # its run state: the supervisor's pid and start time, to kill it safely
+    stderr_log: str = ""
 
 
 def daemon_python() -> str:
@@ -258,9 +275,11 @@ def install_jobs(runner: Runner, count: int, tag: str) -> list[Job]:
         if proc.returncode != 0:
             raise RuntimeError(f"install {name} failed ({proc.returncode}): {proc.stderr.strip()}")
         info = json.loads(runner.ws("status", name, "--json").stdout)
-        job.lock_path = info["lock_path"]
+        job.lock_path, job.stderr_log = info["lock_path"], info["stderr_log"]
         job.state_file = os.path.join(runner.workdir, "state", "watchdog-singleton", os.uname().nodename,
                                       "run", f"{name}.json")
+        if not os.path.exists(job.state_file):
+            raise RuntimeError(f"no run state at {job.state_file} after install: has its layout changed?")
     return jobs
 
 
@@ -343,7 +362,7 @@ class Soak:
             next_at += SAMPLE_SECONDS
             time.sleep(max(0.0, next_at - time.monotonic()))
             next_at = max(next_at, time.monotonic() - SAMPLE_SECONDS)  # no burst after a stall
-        for name, stats in self.stats.items():  # a gap still open at the end counts too
+        for stats in self.stats.values():  # a gap still open at the end counts too
             if stats.zero_since is not None:
                 self.close_gap(stats, self.now())
 
@@ -379,7 +398,7 @@ class Soak:
         return f"{pid}({' '.join(a for a in args if not a.startswith('/'))[-60:] or '?'})"
 
     # -- the cron stand-in ----------------------------------------------------------------------
-    def tick(self, kind: str = "tick") -> None:
+    def tick(self) -> None:
         commands = cron_commands(self.runner)
         for job in self.jobs:
             command = commands.get(job.name)
@@ -396,14 +415,16 @@ class Soak:
             self.runner.reap()
 
     # -- faults -----------------------------------------------------------------------------------
-    def inject(self, seconds: float) -> None:
-        kinds = list(FAULT_WEIGHTS)
+    def inject(self, seconds: float, skip: list[str]) -> None:
+        kinds = [k for k in FAULT_WEIGHTS if k not in skip]
         weights = [FAULT_WEIGHTS[k] for k in kinds]
         end = time.monotonic() + seconds
+        if not kinds:
+            time.sleep(seconds)  # every fault left out: only the cron stand-in ticks
         # Faults run on a few workers: a status or restart takes a while, and overlapping faults
         # are the point of the exercise.
         with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-            while time.monotonic() < end:
+            while time.monotonic() < end and kinds:
                 kind = self.rng.choices(kinds, weights)[0]
                 job = self.rng.choice(self.jobs)
                 burst = self.rng.randint(2, 3)
@@ -430,31 +451,92 @@ class Soak:
             return True
         return False
 
+    def recorded_supervisor(self, job: Job) -> Optional[tuple[int, int]]:
+        """(pid, start time) of the supervisor as it recorded itself in the job's run state."""
+        try:
+            with open(job.state_file) as f:
+                state = json.load(f)
+        except (OSError, ValueError):
+            return None
+        pid, start = state.get("supervisor_pid"), state.get("supervisor_start")
+        return (pid, start) if pid and start is not None else None
+
+    def kill_supervisor(self, job: Job, pid: int, start: int) -> bool:
+        def is_supervisor(p: int) -> bool:
+            args = cmdline(p)
+            return proc_uid(p) == self.runner.user.uid and "watchdog_singleton" in args and job.name in args
+
+        return kill_verified(pid, start, is_supervisor)
+
     def fault_kill_supervisor(self, job: Job, _: int) -> bool:
         proc = self.runner.ws("status", job.name, "--json", timeout=60)
         if proc.returncode not in (0, 3):
             self.event(job.name, "kill_supervisor", f"status exit {proc.returncode}: {proc.stderr.strip()}")
             return False
         pid = json.loads(proc.stdout).get("supervisor_pid")
-        if not pid:
+        recorded = self.recorded_supervisor(job)
+        # The start time to check the pid against is the one the supervisor recorded itself;
+        # if the state names another pid, a new supervisor came since status ran: leave it alone.
+        if not pid or not recorded or recorded[0] != pid:
             return False
-        # The identity to check the pid against: the start time the supervisor recorded itself.
-        try:
-            with open(job.state_file) as f:
-                state = json.load(f)
-        except (OSError, ValueError):
-            return False
-        if state.get("supervisor_pid") != pid or state.get("supervisor_start") is None:
-            return False  # a new supervisor since status ran: leave it alone
-
-        def is_supervisor(p: int) -> bool:
-            args = cmdline(p)
-            return proc_uid(p) == self.runner.user.uid and "watchdog_singleton" in args and job.name in args
-
-        if kill_verified(pid, state["supervisor_start"], is_supervisor):
+        if self.kill_supervisor(job, *recorded):
             self.event(job.name, "kill_supervisor", str(pid))
             return True
         return False
+
+    def kill_tree(self, job: Job) -> list[str]:
+        recorded = self.recorded_supervisor(job)
+        with self.lock:
+            daemons = dict(self.daemons[job.name])
+        killed = []
+        if recorded and self.kill_supervisor(job, *recorded):
+            killed.append(f"supervisor {recorded[0]}")
+        for pid, start in daemons.items():
+            if kill_verified(pid, start, lambda p: tuple(cmdline(p)) == job.argv):
+                killed.append(f"daemon {pid}")
+        return killed
+
+    def fault_kill_tree(self, job: Job, burst: int) -> bool:
+        """The supervisor and the daemon at once, as the OOM killer or a `kill -9 -1` would;
+        half the time cron fires right after, so launchers race to start the job afresh."""
+        killed = self.kill_tree(job)
+        if not killed:
+            return False
+        self.event(job.name, "kill_tree", ", ".join(killed))
+        if self.rng.random() < 0.5:
+            self.fault_tick_burst(job, burst)
+        return True
+
+    def fault_race_start(self, job: Job, _: int) -> bool:
+        """The nastiest timing of the faults above: the tree dies, launchers start 15 ms apart,
+        and the lock file is deleted the moment the first launcher holds it (not the brief hold
+        of the crontab line's flock(1) pre-check), while the next launcher is a step behind.
+        Whatever the timing, only one copy may end up running."""
+        command = cron_commands(self.runner).get(job.name)
+        before = set(pids_of(self.runner.user.uid))
+        killed = self.kill_tree(job)
+        if command is None or not killed:
+            return False
+        self.event(job.name, "race_start", f"killed {', '.join(killed)}; 5 ticks 15 ms apart")
+        start = time.monotonic()
+        launched = 0
+        deleted_at: Optional[float] = None
+        while time.monotonic() - start < 0.6:
+            if launched < 5 and time.monotonic() >= start + 0.015 * launched:
+                launched += self.runner.background("tick", job.name, ["/bin/sh", "-c", command], cron=True)
+            if deleted_at is None and any("watchdog_singleton" in cmdline(pid)
+                                          for pid in lock_holders(job.lock_path) - before):
+                try:
+                    os.unlink(job.lock_path)
+                    deleted_at = time.monotonic() - start
+                    self.event(job.name, "race_start", f"a launcher holds the lock {deleted_at * 1000:.0f} ms "
+                                                       "after the first tick: deleted it")
+                except FileNotFoundError:
+                    pass
+            time.sleep(0.001)
+        with self.lock:
+            self.ticks += launched
+        return True
 
     def fault_delete_lock(self, job: Job, _: int) -> bool:
         try:
@@ -473,12 +555,24 @@ class Soak:
         return True
 
     def fault_tick_burst(self, job: Job, burst: int) -> bool:
-        commands = cron_commands(self.runner)
-        command = commands.get(job.name)
+        """Several launchers within 0.3 s (cron firing late, a user's manual tick), half the time
+        with the lock file deleted in their midst: while one launcher is on its way from taking
+        the lock to recording its supervisor, that is where a second copy could slip in."""
+        command = cron_commands(self.runner).get(job.name)
         if command is None:
             return False
-        started = sum(self.runner.background("tick", job.name, ["/bin/sh", "-c", command], cron=True)
-                      for _ in range(burst))
+        plan = [(self.rng.uniform(0.0, 0.3), "tick") for _ in range(burst)]
+        if self.rng.random() < 0.5:
+            plan.append((self.rng.uniform(0.05, 0.25), "delete"))
+        start = time.monotonic()
+        started = 0
+        for offset, action in sorted(plan):
+            time.sleep(max(0.0, start + offset - time.monotonic()))
+            if action == "tick":
+                started += self.runner.background("tick", job.name, ["/bin/sh", "-c", command], cron=True)
+            elif self.fault_delete_lock(job, 0):
+                with self.lock:
+                    self.faults["delete_lock"] += 1
         with self.lock:
             self.ticks += started
         self.event(job.name, "tick_burst", str(started))
@@ -591,8 +685,9 @@ def report(soak: Soak, args: argparse.Namespace, settled: dict[str, bool], logs:
     total = sum(soak.faults.values())
     print(f"faults injected: {total}")
     for kind in FAULT_WEIGHTS:
-        skipped = soak.skipped.get(kind, 0)
-        print(f"  {kind:<16} {soak.faults.get(kind, 0):>5}" + (f"   ({skipped} found nothing to do)" if skipped else ""))
+        idle = soak.skipped.get(kind, 0)
+        note = "   (left out: --skip)" if kind in args.skip else f"   ({idle} found nothing to do)" if idle else ""
+        print(f"  {kind:<16} {soak.faults.get(kind, 0):>5}{note}")
     print()
     header = ("JOB", "MAX COPIES", "LONGEST ZERO GAP", "AT", "ZERO TOTAL", "SETTLED", "RESULT")
     rows = [header]
@@ -623,17 +718,17 @@ def report(soak: Soak, args: argparse.Namespace, settled: dict[str, bool], logs:
             print(f"  {count:>4}  {text}")
     for job, problems in failed:
         s = soak.stats[job.name]
-        moments = s.over_one_at[:1] + [s.longest_gap_at]
+        moments = s.over_one_at[:1] + ([s.longest_gap_at] if s.longest_gap > args.max_gap else [])
         print(f"\n{job.name}: {', '.join(problems)}; the timeline around it:")
         shown = set()
         for t in moments:
             for event in soak.events:
                 if t - 6 <= event[0] <= t + 3 and event[1] in (job.name, "*") and event not in shown:
                     shown.add(event)
-        for t, name, what, detail in sorted(shown):
+        for t, _, what, detail in sorted(shown):
             print(f"  t={t:7.2f}  {what:<16} {detail}")
         if logs.get(job.name):
-            print(f"  last lines of its stderr log:\n    " + "\n    ".join(logs[job.name].splitlines()[-15:]))
+            print("  last lines of its stderr log:\n    " + "\n    ".join(logs[job.name].splitlines()[-15:]))
     if args.event_log:
         with open(args.event_log, "w") as f:
             for t, name, what, detail in soak.events:
@@ -661,6 +756,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--tick-period", type=float, default=1.0, help="seconds between cron stand-in ticks")
     p.add_argument("--python", default=sys.executable,
                    help="the interpreter with watchdog_singleton installed (default: this one)")
+    p.add_argument("--skip", action="append", default=[], choices=sorted(FAULT_WEIGHTS), metavar="FAULT",
+                   help=f"leave out this kind of fault (repeatable): {', '.join(FAULT_WEIGHTS)}")
     p.add_argument("--event-log", help="write the whole timeline of faults and copy counts here")
     args = p.parse_args(argv)
     if args.seed is None:
@@ -696,15 +793,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                    threading.Thread(target=soak.ticker, args=(args.tick_period,), daemon=True)]
         for thread in threads:
             thread.start()
-        soak.inject(args.seconds)
+        soak.inject(args.seconds, args.skip)
         # Faults over: cron keeps ticking, and every job must come back to one copy.
         settled = soak.settle(args.max_gap + SETTLE_STABLE)
         soak.stop_ticking.set()
         soak.stop_sampling.set()
         for thread in threads:
             thread.join(timeout=10)
-        logs = {job.name: tail(os.path.join(workdir, "state", "watchdog-singleton", os.uname().nodename,
-                                            "logs", f"{job.name}.stderr.log")) for job in jobs}
+        logs = {job.name: tail(job.stderr_log) for job in jobs}
         return report(soak, args, settled, logs)
     finally:
         if soak is not None:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 
 import pytest
@@ -316,3 +317,40 @@ def test_systemd_tmpfiles_clean_leaves_a_held_lock_alone(sandbox: Sandbox) -> No
     assert os.stat(lock_path).st_ino == inode, "tmpfiles removed the held lock"
     sandbox.fire_tick(name)
     assert len(copies(sandbox, marker)) == 1
+
+
+RACE_SCRIPT = """
+import os, subprocess, sys
+from watchdog_singleton import paths
+from watchdog_singleton.jobs import JobStore
+from watchdog_singleton.launch import settle
+from watchdog_singleton.lock import FlockLock
+from watchdog_singleton.state import StateStore
+
+root = paths.state_dir()
+job = JobStore(root).get(sys.argv[1])
+states = StateStore(root)
+lock = FlockLock(job.lock_dir, job.name)
+assert lock.try_acquire()
+cron_env = {"HOME": os.environ["HOME"], "LOGNAME": os.environ["LOGNAME"], "SHELL": "/bin/sh", "PATH": "/usr/bin:/bin"}
+
+
+def race() -> None:
+    # We have read the state (nobody runs) but not yet claimed: a /tmp cleaner deletes our lock
+    # file, and cron's tick takes a fresh one, finds nobody either, and starts a copy.
+    os.unlink(job.lock_path)
+    subprocess.run(["/bin/sh", "-c", sys.argv[2]], env=cron_env, check=True)
+
+
+print("went on" if settle(lock, job, states, before_claim=race) else "left")
+"""
+
+
+def test_a_lock_deleted_between_flock_and_claim_lets_only_one_launcher_on(sandbox: Sandbox) -> None:
+    name = sandbox.job("raced")
+    marker = install_sleeper(sandbox, name, "--no-start")
+    proc = sandbox.run_as([sys.executable, "-c", RACE_SCRIPT, name, sandbox.tick_command(name)])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "left", "the first launcher went on beside the tick's copy"
+    wait_for(lambda: copies(sandbox, marker), 10, what="the tick's copy")
+    assert holds_for(lambda: len(copies(sandbox, marker)) == 1, 2.5)

@@ -87,7 +87,7 @@ def render(job: Job, python: str, state_root: str, flock_binary: Optional[str]) 
     if flock_binary:
         # Only a lock file that is ours is probed; anything odd goes to the launcher, which says why.
         command = (f"test -O {lock_dir} -a ! -h {lock_dir} -a -f {lock} && "
-                   f"{shlex.quote(flock_binary)} -n -E {CONFLICT_EXIT} {lock} true; "
+                   f"{shlex.quote(flock_binary)} -n -E {CONFLICT_EXIT} {lock} true 2>/dev/null; "
                    f"[ $? = {CONFLICT_EXIT} ] || {launcher}")
     else:
         command = launcher

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 from . import paths, procs
 from .errors import FAILED, OK, UserError
 from .jobs import Job, JobStore, check_name, now_iso, parse_env, resolve_command
-from .lock import FlockLock, check_lock_dir
+from .lock import REPAIRED, FlockLock, check_lock_dir
 from .state import RunState, StateStore
 
 MANUAL_LOCK_WAIT = 1.0  # a manual start waits out a cron pre-check's brief hold of the lock
@@ -105,26 +105,53 @@ def acquire(lock: FlockLock, job: Job, states: StateStore, patient: bool) -> boo
         if running or time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
-    if live_instance(job, states.load(job.name)):
+    return settle(lock, job, states)
+
+
+def settle(lock: FlockLock, job: Job, states: StateStore,
+           before_claim: Optional[Callable[[], None]] = None) -> bool:
+    """Just after our flock: make sure this process is the one copy, or release and leave.
+
+    `before_claim` is a seam for tests: a racing launcher runs there.
+    """
+    state = states.load(job.name)
+    if state is not None and (state.supervisor_alive() or state.daemon_alive()):
+        # Alive although we got the lock: its lock file was deleted (a /tmp cleaner).
         lock.release()
         return False
+    if before_claim:
+        before_claim()
+    claim(job, states, state)
+    # Had the file been deleted between our flock and our claim, a racing launcher could hold a
+    # fresh one now: whoever holds the file at the path goes on, the other leaves.
+    if not lock.still_ours() and lock.repair() != REPAIRED:
+        lock.release()
+        return False
+    clear_debris(job)
     return True
 
 
-def live_instance(job: Job, state: Optional[RunState]) -> bool:
-    """A copy that runs although we got the lock: its lock file was deleted from under it.
+def claim(job: Job, states: StateStore, state: Optional[RunState]) -> None:
+    """Record at once that this process holds NAME's lock, before any daemon starts.
 
-    A held lock is the first proof of life; this is the second, for when a /tmp cleaner removed
-    the file and a new inode took its place. Debris of a dead tree (its daemon and supervisor
-    both gone) is cleared away instead, so that it cannot block a restart.
+    Should the lock file be deleted now, a launcher that takes a fresh one finds this claim
+    alive and leaves, instead of starting a second copy.
     """
-    if state is not None and (state.supervisor_alive() or state.daemon_alive()):
-        return True
+    me = os.getpid()
+    state = state or RunState(name=job.name)
+    state.phase, state.boot_id, state.lock_path = "starting", procs.boot_id(), job.lock_path
+    state.supervisor_pid, state.supervisor_start = me, procs.start_time(me)
+    state.pid = state.pid_start = None
+    states.save(state)
+
+
+def clear_debris(job: Job) -> None:
+    """End what is left of a dead tree (its daemon and supervisor both gone), so that it cannot
+    run beside the new copy; its processes carry the job's token in their environment."""
     table = procs.all_procs()
     leftovers = procs.marked_with(table, job.lock_path)
     if leftovers:
         procs.Killer().terminate(procs.identities(table, leftovers), job.grace)
-    return False
 
 
 def supervise(job: Job, lock: FlockLock, states: StateStore, adhoc: bool, passthrough: bool,

@@ -19,6 +19,11 @@ from .errors import UserError
 
 STALE_SECONDS = 3600.0
 
+# What repair() found.
+REPAIRED = "repaired"  # the path names a file we hold again
+TAKEN = "taken"  # another process holds the file at the path now
+NOT_NOW = "not now"  # it could not be done this time; try again later
+
 # Filesystems where flock(2) is emulated or node-local: not a lock one can trust per host.
 NETWORK_FS_MAGIC = {
     0x6969: "NFS",
@@ -44,7 +49,7 @@ class SingletonLock(Protocol):
     def try_acquire(self) -> bool: ...
     def inheritable_fds(self) -> tuple[int, ...]: ...
     def still_ours(self) -> bool: ...
-    def repair(self) -> bool: ...
+    def repair(self) -> str: ...
     def refresh(self, older_than: float = ...) -> None: ...
     def release(self) -> None: ...
 
@@ -144,8 +149,8 @@ class FlockLock:
                 os.close(fd)
                 self.release()
                 return False
-            # The file may have been unlinked or replaced between open() and flock().
-            if self._is_at_path(fd):
+            # The file, or its folder, may have been removed or replaced between open() and flock().
+            if self._is_at_path(fd) and self._dir_is_current():
                 self.fd = fd
                 self._protect(fd)
                 return True
@@ -197,29 +202,65 @@ class FlockLock:
             return False
         return self._is_at_path(self.fd)
 
-    def repair(self) -> bool:
-        """Put a file we hold locked back at the path; False if someone else holds the new one."""
+    def repair(self) -> str:
+        """Put a file we hold locked back at the path, never taking the lock from anyone else.
+
+        An unlocked file at the path is adopted; a missing one is linked into place (link(2),
+        unlike rename(2), fails rather than replace what a racing launcher created).
+        """
         try:
-            if self.dir_fd is not None and not self._dir_is_current():
-                os.close(self.dir_fd)
-                self.dir_fd = open_private_dir(self.lock_dir)
-                fcntl.flock(self.dir_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            tmp = f"{self.name}.{os.getpid()}.new"
-            fd = self._open_lock_file(tmp, os.O_CREAT | os.O_EXCL)
+            if self.dir_fd is None or not self._dir_is_current():
+                folder = open_private_dir(self.lock_dir)
+                fcntl.flock(folder, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                if self.dir_fd is not None:
+                    os.close(self.dir_fd)
+                self.dir_fd = folder
+            for _ in range(5):
+                try:
+                    fd = self._open_lock_file(self.name, 0)
+                except UserError:
+                    fd = None  # missing (or not ours): make a new one
+                if fd is None:
+                    fd = self._link_new_file()
+                    if fd is None:
+                        continue  # someone created one meanwhile: adopt theirs or lose to it
+                else:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        os.close(fd)
+                        return TAKEN
+                    if not self._is_at_path(fd):
+                        os.close(fd)
+                        continue
+                    self._protect(fd)
+                if self.fd is not None:
+                    os.close(self.fd)
+                self.fd = fd
+                return REPAIRED
         except (OSError, UserError):
-            return False
+            pass
+        return NOT_NOW
+
+    def _link_new_file(self) -> Optional[int]:
+        """A new locked file linked in at the path; None if a file appeared there first."""
+        assert self.dir_fd is not None
+        tmp = f"{self.name}.{os.getpid()}.new"
+        try:
+            os.unlink(tmp, dir_fd=self.dir_fd)  # left by a crashed supervisor with our pid
+        except FileNotFoundError:
+            pass
+        fd = self._open_lock_file(tmp, os.O_CREAT | os.O_EXCL)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._protect(fd)
-            # rename() replaces atomically whatever a racing launcher may have created meanwhile.
-            os.rename(tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-        except OSError:
+            os.link(tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        except FileExistsError:
             os.close(fd)
-            return False
-        if self.fd is not None:
-            os.close(self.fd)
-        self.fd = fd
-        return True
+            return None
+        finally:
+            os.unlink(tmp, dir_fd=self.dir_fd)
+        return fd
 
     def _dir_is_current(self) -> bool:
         assert self.dir_fd is not None

@@ -28,12 +28,13 @@ from typing import Callable, Optional
 
 from . import procs
 from .jobs import Job, now_iso
-from .lock import SingletonLock
+from .lock import REPAIRED, TAKEN, SingletonLock
 from .logsink import LogSink
 from .state import RunState, StateStore
 
 PR_SET_CHILD_SUBREAPER = 36
 LOCK_CHECK_SECONDS = 1.0
+LOCK_TAKEN_CHECKS = 3  # another process held our path this many checks in a row: we are a duplicate
 PIPE_SIZE = 1024 * 1024
 READ_SIZE = 1024 * 1024
 
@@ -92,15 +93,25 @@ class Supervisor:
         self.ready = ready
         self.seams = seams or Seams()
         self.seams.killer.reap = self._reap
-        self.state = RunState(name=job.name, boot_id=procs.boot_id(), supervisor_pid=os.getpid(),
-                              supervisor_start=procs.start_time(os.getpid()), command=job.command,
-                              lock_path=job.lock_path, stdout_log=job.stdout_log,
+        self.state = RunState(name=job.name, phase="starting", boot_id=procs.boot_id(),
+                              supervisor_pid=os.getpid(), supervisor_start=procs.start_time(os.getpid()),
+                              command=job.command, lock_path=job.lock_path, stdout_log=job.stdout_log,
                               stderr_log=job.stderr_log, adhoc=adhoc)
+        previous = store.load(job.name)
+        if previous is not None:  # the history goes on across supervisors
+            self.state.restarts = previous.restarts
+            self.state.last_exit_code = previous.last_exit_code
+            self.state.last_exit_at = previous.last_exit_at
+        # Claim the job before anything else: a launcher that finds a fresh lock file (the old
+        # one deleted) sees this live supervisor and leaves.
+        store.save(self.state)
         self.daemon: Optional[subprocess.Popen[bytes]] = None
         self.daemon_started = 0.0
         self.failures = 0
         self.next_start = 0.0
         self.stopping = False
+        self.duplicate = False
+        self.lock_taken_checks = 0
         self.done_code: Optional[int] = None
         self.sinks: dict[int, LogSink] = {}
         self.selector = selectors.DefaultSelector()
@@ -121,7 +132,7 @@ class Supervisor:
         try:
             while True:
                 self._handle_signals()
-                if self.stopping or self.done_code is not None:
+                if self.stopping or self.duplicate or self.done_code is not None:
                     break
                 now = self.seams.clock()
                 if self.daemon is None and now >= self.next_start:
@@ -132,6 +143,9 @@ class Supervisor:
                     next_lock_check = now + LOCK_CHECK_SECONDS
                 wake_at = next_lock_check if self.daemon else min(next_lock_check, self.next_start)
                 self._poll(max(0.0, wake_at - now), wake_r)
+            if self.duplicate:
+                self._stop_own_tree()
+                return 0
             self._stop_tree("stopping: " + ("signal received" if self.stopping else "daemon done"))
             code = self.done_code if self.done_code is not None else 0
             return 128 - code if code < 0 else code  # killed by signal N: exit 128+N, as shells do
@@ -317,15 +331,46 @@ class Supervisor:
         self.state.pid = self.state.pid_start = None
         self.store.save(self.state)
 
+    def _stop_own_tree(self) -> None:
+        """A duplicate steps down: only its own descendants go, and the state is not ours to write."""
+        table = procs.all_procs()
+        own = procs.identities(table, procs.descendants(table, [os.getpid()]))
+        if own:
+            self.seams.killer.terminate(own, self.job.grace)
+        self._reap()
+        self._drain_all()
+
     def _drain_all(self) -> None:
         for fd in list(self.sinks):
             self._drain(fd, until_eof=True)
 
     # -- the lock and the logs -------------------------------------------------------------
     def _check_lock(self) -> None:
-        if not self.lock.still_ours() and self.lock.repair():
-            self._note(f"lock file {self.lock.path} was removed; put it back")
+        if self.lock.still_ours():
+            self.lock_taken_checks = 0
+        else:
+            outcome = self.lock.repair()
+            if outcome == REPAIRED:
+                self.lock_taken_checks = 0
+                self._note(f"lock file {self.lock.path} was removed; put it back")
+            elif outcome == TAKEN:
+                # A launcher checking for a live copy holds it for a moment; a second supervisor
+                # (started in a race with a /tmp cleaner) holds it for good, and then it is the one.
+                self.lock_taken_checks += 1
+                if self.lock_taken_checks >= LOCK_TAKEN_CHECKS:
+                    self._note(f"another process holds {self.lock.path}: this supervisor is a duplicate; "
+                               "stopping its own tree")
+                    self.duplicate = True
         self.lock.refresh()
+        self._reassert_state()
+
+    def _reassert_state(self) -> None:
+        """Rewrite our state if someone else's is on file (a duplicate that stepped down)."""
+        if self.duplicate:
+            return
+        current = self.store.load(self.job.name)
+        if current is None or current.supervisor_pid != self.state.supervisor_pid:
+            self.store.save(self.state)
 
     def _note(self, text: str) -> None:
         if not self.passthrough:
