@@ -144,6 +144,26 @@ def alternate(commands: dict[str, Callable[[], Sample]], reps: int, warmup: int 
     return runs
 
 
+def time_process(argv: list[str], env: dict[str, str], cwd: str, timeout: float = RUN_TIMEOUT,
+                 **popen_kwargs: Any) -> Sample:
+    """Run argv to its end: wall from perf_counter around the whole process, CPU from wait4's rusage."""
+    with tempfile.TemporaryFile() as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, **popen_kwargs)
+        guard = threading.Timer(timeout, kill_pid, (proc.pid,))
+        guard.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        guard.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        output = out.read()
+    if proc.returncode == -signal.SIGKILL and wall >= timeout:
+        raise BenchError(f"{argv[:4]} ran longer than {timeout:g} s")
+    return Sample(wall, usage.ru_utime + usage.ru_stime, proc.returncode, output)
+
+
 # -- /proc ------------------------------------------------------------------------------------
 def _read(path: str) -> bytes:
     try:
@@ -260,6 +280,12 @@ class Bench:
         return bench
 
     @property
+    def python_label(self) -> str:
+        """How the table names the interpreter that runs our code."""
+        in_venv = os.path.exists(os.path.join(os.path.dirname(os.path.dirname(self.python)), "pyvenv.cfg"))
+        return "venv python" if in_venv else self.python
+
+    @property
     def lock_dir(self) -> str:
         return os.path.join(self.tmp_dir, "locks")
 
@@ -284,22 +310,28 @@ class Bench:
 
     def timed(self, argv: list[str], env: dict[str, str], cwd: Optional[str] = None,
               timeout: float = RUN_TIMEOUT) -> Sample:
-        """Run argv as the bench user; wall from perf_counter, CPU from wait4's rusage."""
-        with tempfile.TemporaryFile() as out:
-            start = time.perf_counter()
-            proc = subprocess.Popen(argv, env=env, cwd=cwd or self.user.home, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT, **self.user.popen_kwargs())
-            guard = threading.Timer(timeout, kill_pid, (proc.pid,))
-            guard.start()
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = time.perf_counter() - start
-            guard.cancel()
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            out.seek(0)
-            output = out.read()
-        if proc.returncode == -signal.SIGKILL and wall >= timeout:
-            raise BenchError(f"{argv[:4]} ran longer than {timeout:g} s")
-        return Sample(wall, usage.ru_utime + usage.ru_stime, proc.returncode, output)
+        """Run argv as the bench user and time it (see time_process)."""
+        return time_process(argv, env, cwd or self.user.home, timeout, **self.user.popen_kwargs())
+
+    def alternate_as_user(self, commands: dict[str, list[str]], env: dict[str, str],
+                          reps: int) -> dict[str, list[Sample]]:
+        """`alternate` run by a timer process that is the bench user already (bench/timer.py).
+
+        Switching user on every Popen stops Python from using vfork: each spawn then costs the
+        fork of this whole process, a constant that would pad both sides of a millisecond ratio.
+        Cron forks from a small daemon; the timer spawns the way it does.
+        """
+        timer = self.copy_helper(os.path.join(os.path.dirname(os.path.abspath(__file__)), "timer.py"))
+        self.copy_helper(os.path.abspath(__file__))  # the timer imports harness from beside it
+        job = {"commands": commands, "env": env, "cwd": self.user.home, "reps": reps}
+        proc = subprocess.run([self.python, timer], input=json.dumps(job).encode(), env=env,
+                              cwd=self.user.home, capture_output=True, timeout=30 * RUN_TIMEOUT,
+                              **self.user.popen_kwargs())
+        if proc.returncode != 0:
+            raise BenchError(f"the timer failed: {proc.stderr.decode(errors='replace')[-500:]}")
+        found = json.loads(proc.stdout)
+        return {name: [Sample(w, c, code, out.encode("latin-1")) for w, c, code, out in samples]
+                for name, samples in found.items()}
 
     def spawn(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         """Start argv as the bench user and leave it running (a tick that becomes a supervisor)."""
@@ -352,18 +384,19 @@ class Bench:
         if os.getuid() == 0:
             subprocess.run(["crontab", "-u", self.user.name, "-r"], capture_output=True)
         else:
-            self._strip_our_lines()
+            self.strip_lines(lambda name: name.endswith(f"-{self.tag}"))
         shutil.rmtree(self.run_dir, ignore_errors=True)
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
-    def _strip_our_lines(self) -> None:
-        """Unprivileged run on the user's own crontab: remove only the lines of this run's jobs."""
-        text = self.crontab()
-        ours = re.compile(rf" {re.escape(TAG)}[A-Za-z0-9_.@+-]+-{self.tag}$")
-        kept = [line for line in text.splitlines() if not ours.search(line)]
-        if len(kept) != len(text.splitlines()):
+    def strip_lines(self, ours: Callable[[str], bool]) -> None:
+        """Remove from the bench user's crontab the lines of the jobs `ours` names, and no other."""
+        lines = self.crontab().splitlines()
+        tagged = re.compile(rf" {re.escape(TAG)}([A-Za-z0-9_.@+-]+)$")
+        kept = [line for line in lines if not ((m := tagged.search(line)) and ours(m.group(1)))]
+        if len(kept) != len(lines):
             subprocess.run(["crontab", "-"], input=("\n".join(kept) + "\n").encode() if kept else b"",
-                           env=self.cron_env(), capture_output=True, check=True)
+                           env=self.cron_env(), cwd=self.user.home, capture_output=True, check=True,
+                           **self.user.popen_kwargs())
 
 
 def far_schedule() -> str:
@@ -456,6 +489,17 @@ class Scenario:
         """Live processes that carry NAME's token: the daemon and everything it started."""
         token = f"WATCHDOG_SINGLETON_JOB={name}".encode()
         return [pid for pid in user_pids(self.bench.user.uid) if alive(pid) and token in environ(pid)]
+
+    def discard(self) -> None:
+        """End many jobs at once without `uninstall` for each: kill their processes by PID and
+        drop their crontab lines, so they weigh on no later figure."""
+        names = set(self.started)
+        tokens = {f"WATCHDOG_SINGLETON_JOB={name}".encode() for name in names}
+        for pid in user_pids(self.bench.user.uid):
+            if alive(pid) and tokens & set(environ(pid)):
+                kill_pid(pid)
+        self.bench.strip_lines(lambda name: name in names)
+        self.started.clear()
 
     def cleanup(self) -> None:
         for name in self.started:

@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -354,3 +355,62 @@ def test_a_lock_deleted_between_flock_and_claim_lets_only_one_launcher_on(sandbo
     assert proc.stdout.strip() == "left", "the first launcher went on beside the tick's copy"
     wait_for(lambda: copies(sandbox, marker), 10, what="the tick's copy")
     assert holds_for(lambda: len(copies(sandbox, marker)) == 1, 2.5)
+
+
+def _run_through_a_stalling_log(sandbox: Sandbox, stall: float, chunks: int) -> tuple[int, float, float, bool]:
+    """Run a fast writer whose stdout log is a FIFO that nobody reads for `stall` seconds.
+
+    Returns (bytes of the daemon's that reached the log, the writer's longest write(), its total
+    time, whether the log holds a marker saying output was lost).
+    """
+    name = sandbox.job("stall")
+    logs = sandbox.mkdir("fifo-logs")
+    fifo = os.path.join(logs, f"{name}.stdout.log")
+    os.mkfifo(fifo)
+    os.chown(fifo, sandbox.user.uid, sandbox.user.gid)
+    received: list[int] = []
+    marked: list[bool] = []
+
+    def reader() -> None:
+        with open(fifo, "rb", buffering=0) as f:
+            data = f.read(65536)
+            time.sleep(stall)  # the disk stalls
+            total, marker = 0, False
+            os.set_blocking(f.fileno(), False)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not marker and total < chunks * 65535:
+                total += data.count(b"x")
+                marker = marker or b"bytes of output lost" in data
+                try:
+                    data = f.read(1 << 20) or b""
+                except BlockingIOError:
+                    data = b""
+                if not data:
+                    time.sleep(0.01)
+        received.append(total)
+        marked.append(marker)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    report = sandbox.path("writer.report")
+    writer = sandbox.write_helper("fast_writer.py")
+    sandbox.ok("install", name, "--log-dir", logs, "--log-max-bytes", "0",
+               "--", "/usr/bin/python3", writer, str(chunks), report)
+    thread.join(30)
+    wait_for(lambda: os.path.exists(report), 10, what="the writer's report")
+    worst, took = (float(x) for x in open(report).read().split())
+    return received[0], worst, took, marked[0]
+
+
+def test_a_brief_log_stall_loses_no_output(sandbox: Sandbox) -> None:
+    chunks = 768  # 48 MiB: three times the 16 MiB the supervisor queues
+    received, worst, took, marked = _run_through_a_stalling_log(sandbox, 0.3, chunks)
+    assert received == chunks * 65535, f"{chunks * 65535 - received} bytes lost in a 0.3 s stall"
+    assert not marked
+
+
+def test_a_stuck_log_does_not_block_the_daemon_for_long(sandbox: Sandbox) -> None:
+    received, worst, took, marked = _run_through_a_stalling_log(sandbox, 8.0, 768)
+    assert worst < 2.0, f"a single write() of the daemon blocked {worst:.1f} s"
+    assert took < 4.0, f"the daemon took {took:.1f} s to write 48 MiB while the log was stuck"
+    assert marked and received < 768 * 65535, "output was dropped, and the log must say so"

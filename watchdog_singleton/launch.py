@@ -92,7 +92,7 @@ def launch(args: argparse.Namespace) -> int:
     if job.lean and not adhoc:
         return run_lean(job, lock, states, background)
     if background:
-        return detach(lambda ready: supervise(job, lock, states, adhoc, passthrough, ready))
+        return detach(lambda ready: supervise(job, lock, states, adhoc, passthrough, ready), lock)
     return supervise(job, lock, states, adhoc, passthrough, None)
 
 
@@ -163,7 +163,8 @@ def supervise(job: Job, lock: FlockLock, states: StateStore, adhoc: bool, passth
                       inherit_env=inherit, ready=ready).run()
 
 
-def detach(body: Callable[[Callable[[Optional[str]], None]], int], exec_is_ready: bool = False) -> int:
+def detach(body: Callable[[Callable[[Optional[str]], None]], int], lock: FlockLock,
+           exec_is_ready: bool = False) -> int:
     """Run `body` in a new session in the background; return once it reports readiness.
 
     With `exec_is_ready`, the child becoming another program (exec closes the O_CLOEXEC pipe
@@ -195,6 +196,7 @@ def detach(body: Callable[[Callable[[Optional[str]], None]], int], exec_is_ready
         finally:
             os._exit(code)
     os.close(write_end)
+    lock.release()  # the child holds the same lock; our copy must not outlive a quick daemon
     chunks = []
     while True:
         chunk = os.read(read_end, 4096)
@@ -242,7 +244,7 @@ def run_lean(job: Job, lock: FlockLock, states: StateStore, background: bool) ->
     ensure_dir(os.path.dirname(job.stderr_log))
     if not background:
         become_daemon()
-    return detach(lambda ready: _lean_child(become_daemon, ready), exec_is_ready=True)
+    return detach(lambda ready: _lean_child(become_daemon, ready), lock, exec_is_ready=True)
 
 
 def _lean_child(become_daemon: Callable[[], None], ready: Callable[[Optional[str]], None]) -> int:

@@ -87,6 +87,10 @@ class LogSink:
             self._cond.notify()
         self._thread.join(timeout)
 
+    def has_room(self, size: int) -> bool:
+        with self._cond:
+            return self._queued + size <= self.buffer_limit
+
     def pending(self) -> int:
         with self._cond:
             return self._queued

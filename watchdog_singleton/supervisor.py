@@ -37,6 +37,10 @@ LOCK_CHECK_SECONDS = 1.0
 LOCK_TAKEN_CHECKS = 3  # another process held our path this many checks in a row: we are a duplicate
 PIPE_SIZE = 1024 * 1024
 READ_SIZE = 1024 * 1024
+# While a log's queue is full the daemon's pipe is not read (backpressure: the daemon waits, and a
+# disk that stalls for a moment loses nothing); a disk stuck longer than this gets output dropped
+# and counted instead, so that the daemon is never blocked for long.
+BACKPRESSURE_SECONDS = 0.5
 
 
 def become_subreaper() -> bool:
@@ -114,6 +118,8 @@ class Supervisor:
         self.lock_taken_checks = 0
         self.done_code: Optional[int] = None
         self.sinks: dict[int, LogSink] = {}
+        self.held: dict[int, float] = {}  # pipes not read for now (their log is full) -> since when
+        self.overflowing: set[int] = set()  # pipes whose log stayed full too long: read, and drop
         self.selector = selectors.DefaultSelector()
         self._signals: list[int] = []
 
@@ -142,6 +148,10 @@ class Supervisor:
                     self._check_lock()
                     next_lock_check = now + LOCK_CHECK_SECONDS
                 wake_at = next_lock_check if self.daemon else min(next_lock_check, self.next_start)
+                if self.held or self.overflowing:
+                    self._release_held(now)
+                if self.held:
+                    wake_at = min(wake_at, now + 0.05)
                 self._poll(max(0.0, wake_at - now), wake_r)
             if self.duplicate:
                 self._stop_own_tree()
@@ -182,6 +192,11 @@ class Supervisor:
 
     def _drain(self, fd: int, until_eof: bool = False) -> None:
         while True:
+            sink = self.sinks[fd]
+            if not until_eof and fd not in self.overflowing and not sink.has_room(READ_SIZE):
+                self.selector.unregister(fd)
+                self.held[fd] = self.seams.clock()
+                return
             try:
                 data = os.read(fd, READ_SIZE)
             except BlockingIOError:
@@ -189,13 +204,28 @@ class Supervisor:
             except OSError:
                 data = b""
             if not data:
-                self.selector.unregister(fd)
+                if self.held.pop(fd, None) is None:
+                    self.selector.unregister(fd)
+                self.overflowing.discard(fd)
                 os.close(fd)
                 del self.sinks[fd]
                 return
-            self.sinks[fd].feed(data)
+            sink.feed(data)
             if not until_eof:
                 return
+
+    def _release_held(self, now: float) -> None:
+        """Read held pipes again once their log has room, or drop their output once held too long."""
+        for fd, since in list(self.held.items()):
+            room = self.sinks[fd].has_room(READ_SIZE)
+            if room or now - since >= BACKPRESSURE_SECONDS:
+                if not room:
+                    self.overflowing.add(fd)
+                del self.held[fd]
+                self.selector.register(fd, selectors.EVENT_READ, "log")
+        for fd in list(self.overflowing):
+            if self.sinks[fd].has_room(READ_SIZE):
+                self.overflowing.discard(fd)
 
     # -- the daemon ------------------------------------------------------------------------
     def _start_daemon(self) -> None:
@@ -379,7 +409,8 @@ class Supervisor:
     def _close_sinks(self) -> None:
         if not self.passthrough:
             for fd in list(self.sinks):
-                self.selector.unregister(fd)
+                if self.held.pop(fd, None) is None:
+                    self.selector.unregister(fd)
                 os.close(fd)
             self.sinks.clear()
             self.out.close()
