@@ -5,9 +5,12 @@ from __future__ import annotations
 import errno
 import json
 import os
-from typing import Any, Callable, Optional
 
 from .errors import UserError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Any, Callable, Optional
 
 # O_NOFOLLOW: a symlink planted where we expect our own file is refused, never followed.
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional
 
 from . import files, paths
 from .errors import NO_SUCH_JOB, UserError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Any, Optional
 
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,63}")
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -129,6 +131,8 @@ def resolve_command(command: list[str], workdir: str, search_path: Optional[str]
             raise UserError(f"command argument {arg!r} contains a newline")
         if "\0" in arg:
             raise UserError("command argument contains a NUL byte")
+    import shutil  # install's concern only: kept out of the resident supervisor's memory
+
     program = command[0]
     if "/" in program:
         found = os.path.join(workdir, program)

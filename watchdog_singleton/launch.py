@@ -7,11 +7,10 @@ in the background and returns once the daemon runs.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from typing import Callable, Optional
+from types import SimpleNamespace
 
 from . import paths, procs
 from .errors import FAILED, OK, UserError
@@ -19,10 +18,17 @@ from .jobs import Job, JobStore, check_name, now_iso, parse_env, resolve_command
 from .lock import REPAIRED, FlockLock, check_lock_dir
 from .state import RunState, StateStore
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    import argparse
+    from typing import Callable, Optional
+
 MANUAL_LOCK_WAIT = 1.0  # a manual start waits out a cron pre-check's brief hold of the lock
 
 
-def parser() -> argparse.ArgumentParser:
+def parser() -> "argparse.ArgumentParser":
+    import argparse
+
     p = argparse.ArgumentParser(
         prog="watchdog-singleton run",
         description="Run NAME under its singleton lock (what cron calls). With -- COMMAND, run that "
@@ -43,10 +49,31 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def quick_parse(argv: list[str]) -> Optional[SimpleNamespace]:
+    """The two shapes our own crontab lines and `start` use, parsed without argparse, whose
+    import would stay in the resident supervisor's memory for the daemon's whole life."""
+    args = SimpleNamespace(detach=False, cron=False, state_dir=None, lock_dir=None, log_dir=None, workdir=None,
+                           env=[], grace=10.0, restart="never", allow_network_fs=False, command=[], name=None)
+    rest = list(argv)
+    while rest:
+        word = rest.pop(0)
+        if word in ("--cron", "--detach"):
+            setattr(args, word[2:], True)
+        elif word == "--state-dir" and rest:
+            args.state_dir = rest.pop(0)
+        elif not word.startswith("-") and args.name is None:
+            args.name = word
+        else:
+            return None
+    return args if args.name is not None else None
+
+
 def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    if args.command[:1] == ["--"]:
-        args.command = args.command[1:]
+    args = quick_parse(argv)
+    if args is None:
+        args = SimpleNamespace(**vars(parser().parse_args(argv)))
+        if args.command[:1] == ["--"]:
+            args.command = args.command[1:]
     try:
         return launch(args)
     except UserError as exc:
@@ -54,7 +81,7 @@ def main(argv: list[str]) -> int:
         return exc.exit_code
 
 
-def adhoc_job(args: argparse.Namespace, root: str) -> Job:
+def adhoc_job(args: SimpleNamespace, root: str) -> Job:
     name = check_name(args.name)
     workdir = os.path.abspath(args.workdir or os.getcwd())
     lock_dir = os.path.abspath(args.lock_dir) if args.lock_dir else paths.default_lock_dir()
@@ -69,7 +96,7 @@ def adhoc_job(args: argparse.Namespace, root: str) -> Job:
     return job
 
 
-def launch(args: argparse.Namespace) -> int:
+def launch(args: SimpleNamespace) -> int:
     root = os.path.abspath(args.state_dir) if args.state_dir else paths.state_dir()
     adhoc = bool(args.command)
     job = adhoc_job(args, root) if adhoc else JobStore(root).get(check_name(args.name))

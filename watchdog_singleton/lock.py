@@ -13,9 +13,25 @@ import fcntl
 import os
 import stat
 import time
-from typing import Optional, Protocol
 
 from .errors import UserError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Optional, Protocol
+
+    class SingletonLock(Protocol):
+        """What the launcher and supervisor need of a lock; a cross-host lock will be a second kind."""
+
+        path: str
+
+        def try_acquire(self) -> bool: ...
+        def inheritable_fds(self) -> tuple[int, ...]: ...
+        def still_ours(self) -> bool: ...
+        def repair(self) -> str: ...
+        def refresh(self, older_than: float = ...) -> None: ...
+        def release(self) -> None: ...
+
 
 STALE_SECONDS = 3600.0
 
@@ -39,19 +55,6 @@ NETWORK_FS_MAGIC = {
     0x5346414F: "OpenAFS",
     0x19830326: "BeeGFS",
 }
-
-
-class SingletonLock(Protocol):
-    """What the launcher and supervisor need of a lock; a cross-host lock will be a second kind."""
-
-    path: str
-
-    def try_acquire(self) -> bool: ...
-    def inheritable_fds(self) -> tuple[int, ...]: ...
-    def still_ours(self) -> bool: ...
-    def repair(self) -> str: ...
-    def refresh(self, older_than: float = ...) -> None: ...
-    def release(self) -> None: ...
 
 
 def filesystem_type(path: str) -> Optional[str]:

@@ -12,9 +12,12 @@ import collections
 import os
 import threading
 import time
-from typing import Callable, Deque, Optional, Union
 
 from .files import CREATE_FLAGS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Callable, Deque, Optional, Union
 
 RETRY_SECONDS = 1.0
 

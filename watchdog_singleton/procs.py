@@ -10,7 +10,10 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Callable, Iterable, Optional
 
 JOB_ENV = "WATCHDOG_SINGLETON_JOB"  # the job's name, for the daemon's own use
 TOKEN_ENV = "WATCHDOG_SINGLETON_LOCK"  # the lock path: marks every process of the job's tree

@@ -7,10 +7,13 @@ each write replaces the file atomically, so a reader never sees half of one.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Optional
 
 from . import files, paths, procs
 from .jobs import check_name
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Any, Optional
 
 
 @dataclass

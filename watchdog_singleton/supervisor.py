@@ -24,13 +24,18 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 from . import procs
 from .jobs import Job, now_iso
-from .lock import REPAIRED, TAKEN, SingletonLock
+from .lock import REPAIRED, TAKEN
 from .logsink import LogSink
 from .state import RunState, StateStore
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Callable, Optional
+
+    from .lock import SingletonLock
 
 PR_SET_CHILD_SUBREAPER = 36
 LOCK_CHECK_SECONDS = 1.0
