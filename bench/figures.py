@@ -565,10 +565,12 @@ def slope_rows(what: str, at: dict[int, list[Sample]], one: dict[int, list[Sampl
     before = (extra[b] - extra[a]) / (b - a)
     after = (extra[c] - extra[b]) / (c - b)
     ratio = after / before if before > 0 and after > 0 else None
-    small = extra[c] - extra[b] <= 0.1 * median(walls(at[b]))
+    # On a noisy machine a near-flat slope makes any ratio meaningless, so a marginal cost under
+    # 1 ms per job also passes (the quadratic /proc/locks read this caught cost 1.4-2 ms per job).
+    small = after < 0.001
     verdict = "met" if small or (ratio is not None and ratio <= 1.5) else "MISSED"
     return [Row("5", f"{what}: cost per extra job, {b}->{c}", fmt_time(after), f"{a}->{b}",
-                fmt_time(before), ratio, "<= 1.5x or < +10%", verdict, len(at[c]))]
+                fmt_time(before), ratio, "<= 1.5x or < 1 ms/job", verdict, len(at[c]))]
 
 
 # -- 6. uninstall of a 50-process tree ----------------------------------------------------------
