@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import secrets
 import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
+
+USERKIT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests")
+sys.path.insert(0, USERKIT_DIR)
+from userkit import UnprivilegedUser, read_bytes, unprivileged_user, user_pids  # noqa: E402  (tests/ shares it)
 
 BENCH_USER = "wsbench"
 CRON_PATH = "/usr/bin:/bin"
@@ -52,34 +56,12 @@ class Sample:
     output: bytes
 
 
-@dataclass
-class User:
-    name: str
-    uid: int
-    gid: int
-    home: str
-
-    def popen_kwargs(self) -> dict[str, Any]:
-        if os.getuid() == self.uid:
-            return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
-
-
-def bench_user() -> User:
+def bench_user() -> UnprivilegedUser:
     """As root: the unprivileged `wsbench` user, created if missing. Otherwise: ourselves."""
-    if os.getuid() != 0:
-        entry = pwd.getpwuid(os.getuid())
-    else:
-        try:
-            entry = pwd.getpwnam(BENCH_USER)
-        except KeyError:
-            subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", BENCH_USER], check=True)
-            entry = pwd.getpwnam(BENCH_USER)
-        if entry.pw_uid == 0:
-            raise BenchError(f"user {BENCH_USER} has uid 0: refusing to touch root's crontab")
-        os.makedirs(entry.pw_dir, exist_ok=True)
-        os.chown(entry.pw_dir, entry.pw_uid, entry.pw_gid)
-    return User(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+    try:
+        return unprivileged_user(BENCH_USER)
+    except RuntimeError as exc:
+        raise BenchError(str(exc)) from None
 
 
 # -- statistics and the table's rows ----------------------------------------------------------
@@ -165,48 +147,28 @@ def time_process(argv: list[str], env: dict[str, str], cwd: str, timeout: float 
 
 
 # -- /proc ------------------------------------------------------------------------------------
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
 def alive(pid: Optional[int]) -> bool:
     """The process exists and is not a zombie (a zombie has closed its files: its lock is free)."""
     if not pid:
         return False
-    stat = _read(f"/proc/{pid}/stat")
+    stat = read_bytes(f"/proc/{pid}/stat")
     return bool(stat) and stat[stat.rindex(b")") + 2:].split()[0] not in (b"Z", b"X")
 
 
 def status_field(pid: int, key: str) -> Optional[int]:
     """A kB figure from /proc/PID/status (VmRSS, VmHWM), in KiB."""
-    for line in _read(f"/proc/{pid}/status").decode(errors="replace").splitlines():
+    for line in read_bytes(f"/proc/{pid}/status").decode(errors="replace").splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1])
     return None
 
 
-def user_pids(uid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    found.append(int(entry))
-            except OSError:
-                continue
-    return found
-
-
 def environ(pid: int) -> list[bytes]:
-    return _read(f"/proc/{pid}/environ").split(b"\0")
+    return read_bytes(f"/proc/{pid}/environ").split(b"\0")
 
 
 def cmdline(pid: int) -> bytes:
-    return _read(f"/proc/{pid}/cmdline")
+    return read_bytes(f"/proc/{pid}/cmdline")
 
 
 def children_of(pid: int) -> list[int]:
@@ -214,7 +176,7 @@ def children_of(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            stat = _read(f"/proc/{entry}/stat")
+            stat = read_bytes(f"/proc/{entry}/stat")
             if stat and int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:
                 found.append(int(entry))
     return found
@@ -227,7 +189,7 @@ def lock_held(path: str) -> bool:
     except OSError:
         return False
     wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    return any(line.split()[5:6] == [wanted] for line in _read("/proc/locks").decode().splitlines()
+    return any(line.split()[5:6] == [wanted] for line in read_bytes("/proc/locks").decode().splitlines()
                if "->" not in line)
 
 
@@ -253,7 +215,7 @@ def kill_pid(pid: int) -> None:
 # -- the run ----------------------------------------------------------------------------------
 @dataclass
 class Bench:
-    user: User
+    user: UnprivilegedUser
     python: str
     tag: str
     run_dir: str  # under the user's home: state folders, logs, helper scripts
@@ -322,7 +284,8 @@ class Bench:
         Cron forks from a small daemon; the timer spawns the way it does.
         """
         timer = self.copy_helper(os.path.join(os.path.dirname(os.path.abspath(__file__)), "timer.py"))
-        self.copy_helper(os.path.abspath(__file__))  # the timer imports harness from beside it
+        self.copy_helper(os.path.abspath(__file__))  # the timer imports harness from beside it,
+        self.copy_helper(os.path.join(USERKIT_DIR, "userkit.py"))  # and harness imports userkit
         job = {"commands": commands, "env": env, "cwd": self.user.home, "reps": reps}
         proc = subprocess.run([self.python, timer], input=json.dumps(job).encode(), env=env,
                               cwd=self.user.home, capture_output=True, timeout=30 * RUN_TIMEOUT,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import secrets
 import shutil
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import pytest
+from userkit import UnprivilegedUser, read_bytes, unprivileged_user, user_pids
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELPERS = os.path.join(HERE, "helpers")
@@ -51,40 +51,8 @@ def holds_for(condition: Callable[[], bool], seconds: float, interval: float = 0
     return condition()
 
 
-@dataclass
-class UnprivilegedUser:
-    name: str
-    uid: int
-    gid: int
-    home: str
-
-    def popen_kwargs(self) -> dict[str, Any]:
-        if os.getuid() == self.uid:
-            return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
-
-
-def _proc_uid(pid: int) -> Optional[int]:
-    try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        return None
-
-
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def user_pids(uid: int) -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _proc_uid(int(p)) == uid]
-
-
 def is_zombie(pid: int) -> bool:
-    stat = _read(f"/proc/{pid}/stat")
+    stat = read_bytes(f"/proc/{pid}/stat")
     return not stat or stat[stat.rindex(b")") + 2:].split()[0] in (b"Z", b"X")
 
 
@@ -92,7 +60,7 @@ def pids_with_arg(marker: str, uid: Optional[int] = None) -> list[int]:
     """Live (non-zombie) processes whose command line holds `marker` as one argument."""
     found = []
     for pid in (user_pids(uid) if uid is not None else [int(p) for p in os.listdir("/proc") if p.isdigit()]):
-        args = _read(f"/proc/{pid}/cmdline").split(b"\0")
+        args = read_bytes(f"/proc/{pid}/cmdline").split(b"\0")
         if marker.encode() in args and not is_zombie(pid):
             found.append(pid)
     return found
@@ -102,12 +70,7 @@ def ensure_user(name: str) -> UnprivilegedUser:
     """The unprivileged user NAME, created if missing (needs root)."""
     if os.getuid() != 0:
         pytest.skip("needs root to create an unprivileged test user")
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
-        entry = pwd.getpwnam(name)
-    return UnprivilegedUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+    return unprivileged_user(name)
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +92,7 @@ def test_user() -> UnprivilegedUser:
 def locked_inodes() -> set[tuple[int, int, int]]:
     """(major, minor, inode) of every file with an active lock, from /proc/locks."""
     found = set()
-    for line in _read("/proc/locks").decode().splitlines():
+    for line in read_bytes("/proc/locks").decode().splitlines():
         parts = line.split()
         if len(parts) >= 6 and parts[1] != "->":
             major, minor, ino = parts[5].split(":")
@@ -147,10 +110,10 @@ def is_locked(path: str) -> bool:
 
 def cron_running() -> bool:
     for path in ("/run/crond.pid", "/var/run/crond.pid"):
-        pid = _read(path).strip()
+        pid = read_bytes(path).strip()
         if pid.isdigit() and os.path.exists(f"/proc/{int(pid)}"):
             return True
-    return any(_read(f"/proc/{p}/comm").strip() in (b"cron", b"crond") for p in os.listdir("/proc") if p.isdigit())
+    return any(read_bytes(f"/proc/{p}/comm").strip() in (b"cron", b"crond") for p in os.listdir("/proc") if p.isdigit())
 
 
 @pytest.fixture(scope="session")
@@ -278,8 +241,8 @@ class Sandbox:
         # carry their job's lock path in the environment.
         tokens = [f"WATCHDOG_SINGLETON_JOB={n}".encode() for n in self.jobs]
         for pid in user_pids(self.user.uid):
-            cmdline = _read(f"/proc/{pid}/cmdline")
-            environ = _read(f"/proc/{pid}/environ").split(b"\0")
+            cmdline = read_bytes(f"/proc/{pid}/cmdline")
+            environ = read_bytes(f"/proc/{pid}/environ").split(b"\0")
             if self.dir.encode() in cmdline or any(t in environ for t in tokens):
                 try:
                     os.kill(pid, signal.SIGKILL)

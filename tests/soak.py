@@ -32,7 +32,6 @@ import collections
 import concurrent.futures
 import json
 import os
-import pwd
 import random
 import re
 import secrets
@@ -44,7 +43,9 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Optional
+from typing import IO, Callable, Optional
+
+from userkit import UnprivilegedUser, proc_uid, read_bytes, unprivileged_user, user_pids
 
 SOAK_USER = "wssoak"
 CRON_PATH = "/usr/bin:/bin"
@@ -67,21 +68,6 @@ MAX_CHILDREN = 60  # background commands in flight (long-lived supervisors inclu
 
 # -- /proc ------------------------------------------------------------------------------------
 
-def read_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def proc_uid(pid: int) -> Optional[int]:
-    try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        return None
-
-
 def proc_stat(pid: int) -> Optional[tuple[str, int, int]]:
     """(state, ppid, start time in clock ticks), or None if the process is gone."""
     raw = read_bytes(f"/proc/{pid}/stat")
@@ -93,10 +79,6 @@ def proc_stat(pid: int) -> Optional[tuple[str, int, int]]:
 
 def cmdline(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in read_bytes(f"/proc/{pid}/cmdline").split(b"\0")[:-1]]
-
-
-def pids_of(uid: int) -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and proc_uid(int(p)) == uid]
 
 
 def lock_holders(path: str) -> set[int]:
@@ -139,33 +121,16 @@ def kill_verified(pid: int, start: int, check: Callable[[int], bool]) -> bool:
 # -- the soak user and the commands run as it -------------------------------------------------
 
 @dataclass
-class User:
-    name: str
-    uid: int
-    gid: int
-    home: str
-    dedicated: bool  # the soak user we created for this: all its processes and its crontab are ours
-
-    def popen_kwargs(self) -> dict[str, Any]:
-        if os.getuid() == self.uid:
-            return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+class User(UnprivilegedUser):
+    dedicated: bool = False  # the soak user we created for this: all its processes and its crontab are ours
 
 
 def soak_user() -> User:
-    if os.getuid() != 0:
-        me = pwd.getpwuid(os.getuid())
-        return User(me.pw_name, me.pw_uid, me.pw_gid, me.pw_dir, dedicated=False)
     try:
-        entry = pwd.getpwnam(SOAK_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", SOAK_USER], check=True)
-        entry = pwd.getpwnam(SOAK_USER)
-    if entry.pw_uid == 0:
-        raise SystemExit(f"soak: user {SOAK_USER} has uid 0; refusing to run as root")
-    os.makedirs(entry.pw_dir, exist_ok=True)
-    os.chown(entry.pw_dir, entry.pw_uid, entry.pw_gid)
-    return User(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, dedicated=True)
+        base = unprivileged_user(SOAK_USER)
+    except RuntimeError as exc:
+        raise SystemExit(f"soak: {exc}") from None
+    return User(base.name, base.uid, base.gid, base.home, dedicated=os.getuid() == 0)
 
 
 @dataclass
@@ -338,7 +303,7 @@ class Soak:
     # -- sampling -----------------------------------------------------------------------------
     def scan(self) -> dict[str, dict[int, int]]:
         found: dict[str, dict[int, int]] = {job.name: {} for job in self.jobs}
-        for pid in pids_of(self.runner.user.uid):
+        for pid in user_pids(self.runner.user.uid):
             job = self.by_argv.get(tuple(cmdline(pid)))
             info = proc_stat(pid) if job else None
             if job and info and info[0] not in ("Z", "X"):
@@ -513,7 +478,7 @@ class Soak:
         of the crontab line's flock(1) pre-check), while the next launcher is a step behind.
         Whatever the timing, only one copy may end up running."""
         command = cron_commands(self.runner).get(job.name)
-        before = set(pids_of(self.runner.user.uid))
+        before = set(user_pids(self.runner.user.uid))
         killed = self.kill_tree(job)
         if command is None or not killed:
             return False
@@ -634,7 +599,7 @@ def cleanup(runner: Runner, jobs: list[Job], workdir: str) -> None:
 
     def leftovers() -> list[int]:
         found = []
-        for pid in pids_of(user.uid):
+        for pid in user_pids(user.uid):
             info = proc_stat(pid)
             if pid == os.getpid() or info is None or info[0] in ("Z", "X"):
                 continue  # a zombie is dead already; its parent (maybe init) reaps it
