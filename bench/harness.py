@@ -182,17 +182,6 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-def lock_held(path: str) -> bool:
-    """Whether any process holds a lock on `path`, read from /proc/locks without touching it."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    return any(line.split()[5:6] == [wanted] for line in read_bytes("/proc/locks").decode().splitlines()
-               if "->" not in line)
-
-
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.002) -> Any:
     """Poll until `condition` returns something truthy; BenchError at the deadline."""
     deadline = time.monotonic() + timeout

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import pytest
-from userkit import UnprivilegedUser, read_bytes, unprivileged_user, user_pids
+from userkit import UnprivilegedUser, is_locked, locked_inodes, read_bytes, unprivileged_user, user_pids  # noqa: F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELPERS = os.path.join(HERE, "helpers")
@@ -87,25 +87,6 @@ def test_user() -> UnprivilegedUser:
     # A last sweep over every sandbox of this session (each also cleans up after its own test).
     for box in SANDBOXES:
         box.cleanup()
-
-
-def locked_inodes() -> set[tuple[int, int, int]]:
-    """(major, minor, inode) of every file with an active lock, from /proc/locks."""
-    found = set()
-    for line in read_bytes("/proc/locks").decode().splitlines():
-        parts = line.split()
-        if len(parts) >= 6 and parts[1] != "->":
-            major, minor, ino = parts[5].split(":")
-            found.add((int(major, 16), int(minor, 16), int(ino)))
-    return found
-
-
-def is_locked(path: str) -> bool:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in locked_inodes()
 
 
 def cron_running() -> bool:

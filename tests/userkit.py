@@ -60,3 +60,23 @@ def proc_uid(pid: int) -> Optional[int]:
 
 def user_pids(uid: int) -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and proc_uid(int(p)) == uid]
+
+
+def locked_inodes() -> set[tuple[int, int, int]]:
+    """(major, minor, inode) of every file with an active lock, from /proc/locks."""
+    found = set()
+    for line in read_bytes("/proc/locks").decode().splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and parts[1] != "->":
+            major, minor, ino = parts[5].split(":")
+            found.add((int(major, 16), int(minor, 16), int(ino)))
+    return found
+
+
+def is_locked(path: str) -> bool:
+    """Whether any process holds a lock on `path`, without touching the lock."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in locked_inodes()
