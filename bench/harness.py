@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 
 USERKIT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests")
 sys.path.insert(0, USERKIT_DIR)
-from userkit import UnprivilegedUser, read_bytes, unprivileged_user, user_pids  # noqa: E402  (tests/ shares it)
+from userkit import UnprivilegedUser, poll_until, read_bytes, unprivileged_user, user_pids  # noqa: E402  (tests/ shares it)
 
 BENCH_USER = "wsbench"
 CRON_PATH = "/usr/bin:/bin"
@@ -184,14 +184,10 @@ def children_of(pid: int) -> list[int]:
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.002) -> Any:
     """Poll until `condition` returns something truthy; BenchError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    value = poll_until(condition, timeout, interval)
+    if not value:
+        raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
+    return value
 
 
 def kill_pid(pid: int) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import pytest
-from userkit import UnprivilegedUser, is_locked, locked_inodes, read_bytes, unprivileged_user, user_pids  # noqa: F401
+from userkit import UnprivilegedUser, is_locked, locked_inodes, poll_until, read_bytes, unprivileged_user, user_pids  # noqa: F401  (the tests import these from here)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELPERS = os.path.join(HERE, "helpers")
@@ -31,14 +31,10 @@ CRON_MIN_PATH = "/usr/bin:/bin"
 def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.05,
              what: str = "condition") -> Any:
     """Poll `condition` until it returns something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    value = poll_until(condition, timeout, interval)
+    if not value:
+        pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+    return value
 
 
 def holds_for(condition: Callable[[], bool], seconds: float, interval: float = 0.05) -> bool:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 
 @dataclass
@@ -80,3 +81,15 @@ def is_locked(path: str) -> bool:
     except OSError:
         return False
     return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in locked_inodes()
+
+
+def poll_until(condition: Callable[[], Any], timeout: float, interval: float) -> Any:
+    """Poll `condition` until it returns something truthy (returned); None at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)
