@@ -226,7 +226,7 @@ def lean_resident(sc: Scenario) -> tuple[int, int]:
 
 
 # -- 3. recovery --------------------------------------------------------------------------------
-MIN_UPTIME = 0.5  # the daemon must outlive this for a restart without backoff
+RAN_FOR = 3.0  # how long the daemon runs before its kill -9 (issue 7: "a daemon that ran 3 s")
 
 
 def recovery(bench: Bench, plan: Plan) -> list[Row]:
@@ -239,9 +239,9 @@ def recovery(bench: Bench, plan: Plan) -> list[Row]:
         sc.cleanup()
     n = plan.recovery_reps
     return [
-        Row("3", "supervisor restart: kill -9 -> new copy runs", fmt_time(median(supervised)),
-            "max", fmt_time(max(supervised)), goal="< 0.5 s",
-            verdict="met" if median(supervised) < 0.5 else "MISSED", n=n),
+        Row("3", f"supervisor restart: kill -9 after {RAN_FOR:g} s -> new copy runs", fmt_time(median(supervised)),
+            "max", fmt_time(max(supervised)), goal="< 0.05 s",
+            verdict="met" if median(supervised) < 0.05 else "MISSED", n=n),
         Row("3", "lean: kill -9 -> lock free", fmt_time(median(lean_dead)), n=n),
         Row("3", "lean: cron tick -> new copy runs", fmt_time(median(lean_tick)), "+ wait for tick",
             "0-60 s", goal="report", n=n),
@@ -262,11 +262,11 @@ def lock_free(path: str) -> Callable[[], bool]:
 def supervisor_restart(sc: Scenario, reps: int) -> list[float]:
     """kill -9 of the daemon until the supervisor's new copy runs, polled from the state file."""
     name = sc.job("restart")
-    sc.install(name, SLEEPER, "--min-uptime", str(MIN_UPTIME))
+    sc.install(name, SLEEPER)
     times = []
     for _ in range(reps):
         old = wait_until(lambda: sc.running_pid(name), 10, f"{name} to run")
-        time.sleep(MIN_UPTIME + 0.3)  # a run that lasted: restart at once, no backoff
+        time.sleep(RAN_FOR)
         start = time.perf_counter()
         os.kill(old, signal.SIGKILL)
         wait_until(restarted(sc, name, old), 10, f"{name} to be restarted")

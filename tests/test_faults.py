@@ -72,7 +72,7 @@ def test_deleting_the_lock_while_the_daemon_runs_starts_no_second_copy(sandbox: 
         sandbox.fire_tick(name)
         assert copies(sandbox, marker) == [daemon]
     # The supervisor has put a held lock back at the path.
-    wait_for(lambda: is_locked(lock_path), 5, what="the lock to be put back")
+    wait_for(lambda: is_locked(lock_path), 15, what="the lock to be put back (the watch looks every 10 s)")
     assert sandbox.run_as(["flock", "-n", lock_path, "true"]).returncode == 1
     assert copies(sandbox, marker) == [daemon]
 
@@ -130,11 +130,17 @@ def test_after_a_reboot_a_reused_pid_is_not_taken_for_the_job(sandbox: Sandbox) 
         bystander.wait()
 
 
-def test_crash_loop_backs_off_exponentially_and_ticks_do_not_bypass_it(sandbox: Sandbox) -> None:
+def start_times(path: str) -> list[float]:
+    return [float(t) for t in open(path).read().split()] if os.path.exists(path) else []
+
+
+def test_crash_loop_restarts_at_once_then_backs_off_exponentially_and_ticks_do_not_bypass_it(
+        sandbox: Sandbox) -> None:
     name = sandbox.job("crashy")
     starts = sandbox.path("starts")
-    sandbox.ok("install", name, "--backoff-initial", "0.25", "--backoff-max", "2", "--min-uptime", "5",
-               "--", "/bin/sh", "-c", f"date +%s.%N >> {starts}; exit 3")
+    install = sandbox.ws("install", name, "--backoff-initial", "0.25", "--backoff-max", "2",
+                         "--", "/bin/sh", "-c", f"date +%s.%N >> {starts}; exit 3")
+    assert install.returncode == 1 and "exited with code 3" in install.stderr  # it died at once: said so
     deadline = time.monotonic() + 6.5
     while time.monotonic() < deadline:
         sandbox.fire_tick(name)
@@ -145,10 +151,11 @@ def test_crash_loop_backs_off_exponentially_and_ticks_do_not_bypass_it(sandbox: 
     assert info["phase"] in ("backoff", "starting")
     if info["phase"] == "backoff":
         assert info["next_start_at"] and info["backoff_seconds"] > 0
-    times = [float(t) for t in open(starts).read().split()]
+    times = start_times(starts)
     gaps = [b - a for a, b in zip(times, times[1:])]
-    expected = [min(2.0, 0.25 * 2 ** i) for i in range(len(gaps))]
-    assert 4 <= len(times) <= 8, times  # no fork storm, and not stuck
+    # BURST (3) quick runs restart at once; then 0.25, 0.5, 1, 2, 2 ...
+    expected = [0.0, 0.0] + [min(2.0, 0.25 * 2 ** i) for i in range(len(gaps))]
+    assert 6 <= len(times) <= 11, times  # no fork storm, and not stuck
     for gap, want in zip(gaps, expected):
         assert gap >= want * 0.9, f"restarted after {gap:.2f} s, backoff said {want} s: {gaps}"
         assert gap <= want + 1.5, f"restart came late: {gaps}"
@@ -159,16 +166,18 @@ def test_crash_loop_backs_off_exponentially_and_ticks_do_not_bypass_it(sandbox: 
 def test_a_run_that_lasted_resets_the_backoff(sandbox: Sandbox) -> None:
     name = sandbox.job("flaky")
     starts, count = sandbox.path("starts"), sandbox.path("count")
+    # Runs 1-5 fail at once, run 6 lasts 1.5 s, then quick failures again.
     script = (f"n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}; "
-              f"date +%s.%N >> {starts}; [ $n -eq 4 ] && sleep 1.5; exit 3")
-    sandbox.ok("install", name, "--backoff-initial", "0.5", "--backoff-max", "8", "--min-uptime", "1",
+              f"date +%s.%N >> {starts}; [ $n -eq 6 ] && sleep 1.5; exit 3")
+    sandbox.ws("install", name, "--backoff-initial", "0.5", "--backoff-max", "8", "--min-uptime", "1",
                "--", "/bin/sh", "-c", script)
-    wait_for(lambda: os.path.exists(starts) and len(open(starts).read().split()) >= 6, 20,
-             what="six starts")
-    t = [float(x) for x in open(starts).read().split()]
-    assert t[1] - t[0] >= 0.45 and t[2] - t[1] >= 0.9 and t[3] - t[2] >= 1.8  # 0.5, 1, 2
-    assert t[4] - t[3] < 1.5 + 0.8, "after a run that lasted, the restart is immediate"
-    assert 0.45 <= t[5] - t[4] < 1.5, "and the next quick failure starts the backoff again"
+    wait_for(lambda: len(start_times(starts)) >= 10, 30, what="ten starts")
+    t = start_times(starts)
+    assert t[1] - t[0] < 0.4 and t[2] - t[1] < 0.4, "the first quick failures restart at once"
+    assert t[3] - t[2] >= 0.45 and t[4] - t[3] >= 0.9 and t[5] - t[4] >= 1.8  # then 0.5, 1, 2
+    assert t[6] - t[5] < 1.5 + 0.4, "after a run that lasted, the restart is immediate"
+    assert t[7] - t[6] < 0.4 and t[8] - t[7] < 0.4, "and the burst allowance is back"
+    assert t[9] - t[8] >= 0.45, "the third quick failure in a row starts the backoff again"
 
 
 def test_a_child_ignoring_sigterm_is_killed_after_grace(sandbox: Sandbox) -> None:

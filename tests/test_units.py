@@ -14,7 +14,7 @@ from watchdog_singleton.commands.logs import tail_bytes
 from watchdog_singleton.errors import UserError
 from watchdog_singleton.jobs import Job, check_name, check_schedule, parse_env
 from watchdog_singleton.logsink import LogSink
-from watchdog_singleton.supervisor import next_delay
+from watchdog_singleton.supervisor import restart_delay
 
 FOREIGN = (b"# header\nMAILTO=\"\"\nFOO = spaced\n\n0 0 * * 7\techo 'a #b' % x\n@reboot true\n"
            b"# comment above a job\n1 2 3 4 5 true\nLAST=after\n")
@@ -109,10 +109,17 @@ def test_parse_env() -> None:
             parse_env(bad)
 
 
-def test_backoff_doubles_up_to_the_cap() -> None:
+def test_quick_exits_restart_at_once_then_back_off_doubling_up_to_the_cap() -> None:
     j = job()
     j.backoff_initial, j.backoff_max = 1.0, 10.0
-    assert [next_delay(j, n) for n in range(6)] == [0.0, 1.0, 2.0, 4.0, 8.0, 10.0]
+    assert [restart_delay(j, n) for n in range(9)] == [0.0, 0.0, 0.0, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+def test_backoff_never_overflows_and_has_a_floor() -> None:
+    j = job()
+    j.backoff_initial, j.backoff_max = 0.0, float("nan")
+    assert restart_delay(j, 3) == 0.1  # a floor on the restart rate whatever the options say
+    assert restart_delay(j, 10**6) == 60.0  # no OverflowError after a million quick exits
 
 
 def wait_written(sink: LogSink, timeout: float = 5.0) -> None:

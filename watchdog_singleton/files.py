@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 
+from . import lightjson
 from .errors import UserError
 
 TYPE_CHECKING = False
@@ -83,14 +83,14 @@ def read_json(path: str) -> Optional[dict[str, Any]]:
     if data is None:
         return None
     try:
-        value = json.loads(data)
+        value = lightjson.loads(data.decode(errors="surrogateescape"))
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
 
 
 def write_json(path: str, value: dict[str, Any]) -> None:
-    write_atomic(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
+    write_atomic(path, (lightjson.dumps(value) + "\n").encode())
 
 
 def remove(path: str) -> None:

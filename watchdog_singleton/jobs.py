@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import os
-import re
 import time
-from dataclasses import asdict, dataclass, field, fields
 
 from . import files, paths
 from .errors import NO_SUCH_JOB, UserError
+from .record import REQUIRED, Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
-    from typing import Any, Optional
+    from typing import Optional
 
-NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,63}")
-ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Names are checked without `re`, which the resident supervisor does not load.
+NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.@+-")
+ENV_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 AT_WORDS = {"@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 RESTART_POLICIES = ("always", "on-failure", "never")
 
@@ -28,35 +28,53 @@ DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_LOG_BACKUPS = 3
 
 
-@dataclass
-class Job:
+class Job(Record):
+    """One job's definition: what to run, when cron calls the launcher, and the policies."""
+
+    FIELDS = (
+        ("name", REQUIRED),
+        ("command", REQUIRED),
+        ("workdir", REQUIRED),
+        ("schedule", "* * * * *"),
+        ("env", {}),
+        ("grace", 10.0),
+        ("restart", "always"),
+        ("backoff_initial", 1.0),
+        ("backoff_max", 60.0),
+        ("min_uptime", 1.0),
+        ("forking", False),
+        ("settle", 1.0),
+        ("stdout_log", ""),
+        ("stderr_log", ""),
+        ("log_max_bytes", DEFAULT_LOG_MAX_BYTES),
+        ("log_backups", DEFAULT_LOG_BACKUPS),
+        ("lock_dir", ""),
+        ("allow_network_fs", False),
+        ("lean", False),
+        ("enabled", True),
+        ("installed_at", ""),
+    )
     name: str
     command: list[str]
     workdir: str
-    schedule: str = "* * * * *"
-    env: dict[str, str] = field(default_factory=dict)
-    grace: float = 10.0
-    restart: str = "always"
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    min_uptime: float = 10.0
-    stdout_log: str = ""
-    stderr_log: str = ""
-    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
-    log_backups: int = DEFAULT_LOG_BACKUPS
-    lock_dir: str = ""
-    allow_network_fs: bool = False
-    lean: bool = False
-    enabled: bool = True
-    installed_at: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Job":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    schedule: str
+    env: dict[str, str]
+    grace: float
+    restart: str
+    backoff_initial: float
+    backoff_max: float
+    min_uptime: float  # a run shorter than this is a quick exit; BURST of them in a row start the backoff
+    forking: bool  # the command puts itself in the background: follow the tree it leaves
+    settle: float  # install, start and run --detach wait this long to see the daemon still running
+    stdout_log: str
+    stderr_log: str
+    log_max_bytes: int
+    log_backups: int
+    lock_dir: str
+    allow_network_fs: bool
+    lean: bool
+    enabled: bool
+    installed_at: str
 
     @property
     def lock_path(self) -> str:
@@ -79,13 +97,15 @@ def check_name(name: str) -> str:
         raise UserError(f"job name {name!r} starts with '-'")
     if len(name) > 64:
         raise UserError(f"job name is {len(name)} characters long; at most 64")
-    if not NAME_RE.fullmatch(name):
+    if name[0] in ".@+" or not set(name) <= NAME_CHARS:
         raise UserError(f"job name {name!r} may hold only letters, digits and _ . @ + - "
                         "and must not start with '.' or '-'")
     return name
 
 
 def check_schedule(schedule: str) -> str:
+    import re
+
     from crontab import CronSlices  # python-crontab validates; kept off the launcher's import path
 
     text = schedule.strip()
@@ -110,7 +130,7 @@ def parse_env(items: list[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"--env {item!r} is not KEY=VALUE")
-        if not ENV_KEY_RE.fullmatch(key):
+        if not key or key[0].isdigit() or not set(key) <= ENV_KEY_CHARS:
             raise UserError(f"--env {item!r}: {key!r} is not a valid variable name")
         if "\0" in value:
             raise UserError(f"--env {key}: value holds a NUL byte")

@@ -89,7 +89,8 @@ def adhoc_job(args: SimpleNamespace, root: str) -> Job:
     env = parse_env(args.env)
     job = Job(name=name, command=resolve_command(args.command, workdir, os.environ.get("PATH")),
               workdir=workdir, env=env, grace=args.grace, restart=args.restart,
-              lock_dir=lock_dir, allow_network_fs=args.allow_network_fs)
+              lock_dir=lock_dir, allow_network_fs=args.allow_network_fs,
+              forking=bool(getattr(args, "forking", False)))
     if args.log_dir or args.detach:
         log_dir = os.path.abspath(args.log_dir) if args.log_dir else paths.default_log_dir(root)
         job.stdout_log, job.stderr_log = paths.log_files(log_dir, name)
@@ -100,12 +101,14 @@ def launch(args: SimpleNamespace) -> int:
     root = os.path.abspath(args.state_dir) if args.state_dir else paths.state_dir()
     adhoc = bool(args.command)
     job = adhoc_job(args, root) if adhoc else JobStore(root).get(check_name(args.name))
+    if getattr(args, "settle", None) is not None:
+        job.settle = args.settle
     if args.cron and not job.enabled:
         return OK
     states = StateStore(root)
     lock = FlockLock(job.lock_dir, job.name)
     if not acquire(lock, job, states, patient=not args.cron):
-        return OK
+        return OK if args.cron else report_held(job, states, args.detach)
     if args.cron:
         # Re-read after locking: a stop or uninstall may have raced this tick.
         current = JobStore(root).load(job.name)
@@ -118,9 +121,34 @@ def launch(args: SimpleNamespace) -> int:
     background = args.detach or args.cron
     if job.lean and not adhoc:
         return run_lean(job, lock, states, background)
+    history = previous_history(states, job.name)
     if background:
-        return detach(lambda ready: supervise(job, lock, states, adhoc, passthrough, ready), lock)
-    return supervise(job, lock, states, adhoc, passthrough, None)
+        return detach(lambda ready_fd: exec_supervisor(job, lock, root, adhoc, passthrough, ready_fd, history),
+                      lock, job.name, quiet=args.cron)
+    exec_supervisor(job, lock, root, adhoc, passthrough, None, history)
+    return FAILED  # not reached: exec_supervisor replaces this process
+
+
+def report_held(job: Job, states: StateStore, detach: bool) -> int:
+    """A manual run found the lock taken: say by whom. A live copy of NAME is no failure."""
+    state = states.load(job.name)
+    if state is not None and (state.supervisor_alive() or state.daemon_alive()):
+        pid = state.pid if state.daemon_alive() else state.supervisor_pid
+        if detach:
+            print(f"{job.name} already runs: pid {pid}")
+        return OK
+    holders = sorted(procs.holding_file(procs.scan(), job.lock_path))
+    who = ", ".join(f"pid {pid} ({procs.command_line(pid)[:80]})" for pid in holders) or "a process we cannot see"
+    print(f"watchdog-singleton: {job.name} not started: its lock {job.lock_path} is held by {who}, "
+          "which is not its recorded supervisor", file=sys.stderr)
+    return FAILED
+
+
+def previous_history(states: StateStore, name: str) -> dict[str, object]:
+    state = states.load(name)
+    if state is None:
+        return {}
+    return {"restarts": state.restarts, "last_exit_code": state.last_exit_code, "last_exit_at": state.last_exit_at}
 
 
 def acquire(lock: FlockLock, job: Job, states: StateStore, patient: bool) -> bool:
@@ -162,7 +190,8 @@ def claim(job: Job, states: StateStore, state: Optional[RunState]) -> None:
     """Record at once that this process holds NAME's lock, before any daemon starts.
 
     Should the lock file be deleted now, a launcher that takes a fresh one finds this claim
-    alive and leaves, instead of starting a second copy.
+    alive and leaves, instead of starting a second copy. The supervisor that this process
+    becomes (by exec, the same pid) keeps the claim.
     """
     me = os.getpid()
     state = state or RunState(name=job.name)
@@ -175,53 +204,85 @@ def claim(job: Job, states: StateStore, state: Optional[RunState]) -> None:
 def clear_debris(job: Job) -> None:
     """End what is left of a dead tree (its daemon and supervisor both gone), so that it cannot
     run beside the new copy; its processes carry the job's token in their environment."""
-    table = procs.all_procs()
-    leftovers = procs.marked_with(table, job.lock_path)
-    if leftovers:
-        procs.Killer().terminate(procs.identities(table, leftovers), job.grace)
+    from .tree import Finder, Stopper
+
+    Stopper().stop(Finder(job.lock_path), job.grace)
 
 
-def supervise(job: Job, lock: FlockLock, states: StateStore, adhoc: bool, passthrough: bool,
-              ready: Optional[Callable[[Optional[str]], None]]) -> int:
-    from .supervisor import Supervisor
-
-    inherit = dict(os.environ) if adhoc else None
-    return Supervisor(job, lock, states, adhoc=adhoc, passthrough=passthrough,
-                      inherit_env=inherit, ready=ready).run()
+# The resident supervisor is a fresh interpreter that loads only what supervising needs
+# (the launcher's checks load much more): python -c BOOT PACKAGE_PARENT --state-dir ROOT NAME FD
+BOOT = ("import sys; sys.path.append(sys.argv[1]); from watchdog_singleton.resident import main; "
+        "sys.exit(main(sys.argv[2:]))")
+PR_SET_CHILD_SUBREAPER = 36
 
 
-def detach(body: Callable[[Callable[[Optional[str]], None]], int], lock: FlockLock,
+def become_subreaper() -> bool:
+    """Orphans of the tree re-parent to us instead of init; the setting survives exec."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def exec_supervisor(job: Job, lock: FlockLock, root: str, adhoc: bool, passthrough: bool,
+                    ready_fd: Optional[int], history: dict[str, object]) -> None:
+    """Become NAME's resident supervisor: exec it in this process, handing over the lock."""
+    import marshal
+
+    payload = marshal.dumps({"job": job.to_dict(), "adhoc": adhoc, "passthrough": passthrough,
+                             "ready_fd": -1 if ready_fd is None else ready_fd, "lock_fd": lock.fd,
+                             "dir_fd": lock.dir_fd, "history": history})
+    job_fd = os.memfd_create("watchdog-singleton-job", 0)  # inherited by the exec'd supervisor
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(job_fd, view):]
+    os.lseek(job_fd, 0, os.SEEK_SET)
+    for fd in (lock.fd, lock.dir_fd, ready_fd):
+        if fd is not None:
+            os.set_inheritable(fd, True)
+    become_subreaper()
+    # Its own marker, never another job's: a job started from inside another job's tree must
+    # not be taken for part of it (and stopped with it).
+    env = procs.clean_environ(dict(os.environ))
+    env[procs.TOKEN_ENV] = job.lock_path
+    env[procs.JOB_ENV] = job.name
+    os.chdir("/")  # a supervisor pins no mount; and no ~/json.py shadows the standard library
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-c", BOOT, package_parent, "--state-dir", root, job.name,
+                               str(job_fd)], env)
+
+
+def detach(body: Callable[[int], None], lock: FlockLock, name: str, quiet: bool = False,
            exec_is_ready: bool = False) -> int:
-    """Run `body` in a new session in the background; return once it reports readiness.
+    """Run `body(ready_fd)` in a new session in the background; return once it reports readiness.
 
-    With `exec_is_ready`, the child becoming another program (exec closes the O_CLOEXEC pipe
-    without a word) counts as ready.
+    The child writes "ok PID" or a problem to ready_fd. With `exec_is_ready`, the child
+    becoming another program (exec closes the O_CLOEXEC pipe without a word) counts as ready.
     """
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        code = FAILED
-        reported = False
-
-        def ready(problem: Optional[str]) -> None:
-            nonlocal reported
-            if not reported:
-                reported = True
-                os.write(write_end, (problem or "ok").encode())
-                os.close(write_end)
-
         try:
             os.setsid()
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
             os.close(null)
-            code = body(ready)
+            body(write_end)
+            os.write(write_end, b"the supervisor did not start")
         except BaseException as exc:  # the parent prints it: the child has no terminal any more
-            ready(f"the supervisor failed: {exc.__class__.__name__}: {exc}")
+            try:
+                os.write(write_end, f"the supervisor failed: {exc.__class__.__name__}: {exc}".encode())
+            except OSError:
+                pass
         finally:
-            os._exit(code)
+            os._exit(FAILED)
     os.close(write_end)
     lock.release()  # the child holds the same lock; our copy must not outlive a quick daemon
     chunks = []
@@ -232,10 +293,13 @@ def detach(body: Callable[[Callable[[Optional[str]], None]], int], lock: FlockLo
         chunks.append(chunk)
     os.close(read_end)
     answer = b"".join(chunks).decode(errors="replace")
-    if answer == "ok" or (exec_is_ready and not answer):
+    if answer.startswith("ok") or (exec_is_ready and not answer):
+        if not quiet and answer.startswith("ok "):
+            print(f"running {name}: pid {answer[3:]}")
         return OK
-    print(f"watchdog-singleton: {answer or 'the supervisor exited before the daemon started'}",
-          file=sys.stderr)
+    if not quiet or answer:
+        print(f"watchdog-singleton: {answer or 'the supervisor exited before the daemon started'}",
+              file=sys.stderr)
     return FAILED
 
 
@@ -271,12 +335,4 @@ def run_lean(job: Job, lock: FlockLock, states: StateStore, background: bool) ->
     ensure_dir(os.path.dirname(job.stderr_log))
     if not background:
         become_daemon()
-    return detach(lambda ready: _lean_child(become_daemon, ready), lock, exec_is_ready=True)
-
-
-def _lean_child(become_daemon: Callable[[], None], ready: Callable[[Optional[str]], None]) -> int:
-    try:
-        become_daemon()  # returns only if exec failed
-    except OSError as exc:
-        ready(f"cannot start: {exc.strerror}")
-    return FAILED
+    return detach(lambda ready_fd: become_daemon(), lock, job.name, quiet=True, exec_is_ready=True)

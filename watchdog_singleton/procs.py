@@ -1,22 +1,25 @@
-"""The process table, read from /proc: identities that survive PID reuse, trees, and killing them.
+"""The process table, read from /proc: identities that survive PID reuse, and who owns a process.
 
 A PID alone proves nothing (monit#151: a reused PID looks alive), so a process is named by
-(pid, start time in clock ticks since boot) and the boot id.
+(pid, start time in clock ticks since boot) and the boot id. Every process of a job's tree
+carries the job's token (its lock path) in its environment, read here as `Proc.token`.
+Standard library only, and light: the resident supervisor imports this.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import time
-from dataclasses import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
-    from typing import Callable, Iterable, Optional
+    from typing import Iterable, Optional
 
 JOB_ENV = "WATCHDOG_SINGLETON_JOB"  # the job's name, for the daemon's own use
+NAME_ENV = "WATCHDOG_SINGLETON_NAME"  # the same, under the name periodic jobs and batch scripts use
 TOKEN_ENV = "WATCHDOG_SINGLETON_LOCK"  # the lock path: marks every process of the job's tree
+OUR_ENV = (JOB_ENV, NAME_ENV, TOKEN_ENV)  # what no process of ours inherits from another job
+
+_TOKEN_PREFIX = (TOKEN_ENV + "=").encode()
 
 
 def boot_id() -> str:
@@ -27,16 +30,29 @@ def boot_id() -> str:
         return ""
 
 
-@dataclass(frozen=True)
-class ProcInfo:
-    pid: int
-    ppid: int
-    start: int  # clock ticks since boot
-    state: str
-    uid: int
+class Proc:
+    """One process: its identity (pid, start), parent, state letter, owner and job token."""
+
+    __slots__ = ("pid", "ppid", "start", "state", "uid", "token")
+
+    def __init__(self, pid: int, ppid: int, start: int, state: str = "S", uid: int = 0,
+                 token: Optional[str] = None) -> None:
+        self.pid = pid
+        self.ppid = ppid
+        self.start = start
+        self.state = state
+        self.uid = uid
+        self.token = token  # TOKEN_ENV from its environment; None if unset or unreadable
+
+    @property
+    def gone(self) -> bool:
+        return self.state in ("Z", "X")
+
+    def __repr__(self) -> str:
+        return f"Proc({self.pid}, ppid={self.ppid}, start={self.start}, {self.state}, token={self.token!r})"
 
 
-def read_proc(pid: int) -> Optional[ProcInfo]:
+def read_proc(pid: int, with_token: bool = False) -> Optional[Proc]:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
@@ -45,7 +61,22 @@ def read_proc(pid: int) -> Optional[ProcInfo]:
         return None
     # comm may hold spaces and parentheses: the fields start after the last ')'.
     fields = raw[raw.rindex(b")") + 2:].split()
-    return ProcInfo(pid=pid, ppid=int(fields[1]), start=int(fields[19]), state=fields[0].decode(), uid=uid)
+    proc = Proc(pid, int(fields[1]), int(fields[19]), fields[0].decode(), uid)
+    if with_token:
+        proc.token = read_token(pid)
+    return proc
+
+
+def read_token(pid: int) -> Optional[str]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return None
+    for item in env.split(b"\0"):
+        if item.startswith(_TOKEN_PREFIX):
+            return item[len(_TOKEN_PREFIX):].decode(errors="surrogateescape")
+    return None
 
 
 def start_time(pid: int) -> Optional[int]:
@@ -58,57 +89,24 @@ def is_alive(pid: Optional[int], start: Optional[int], boot: Optional[str] = Non
     if not pid or start is None or (boot and boot != boot_id()):
         return False
     info = read_proc(pid)
-    return info is not None and info.start == start and info.state not in ("Z", "X")
+    return info is not None and info.start == start and not info.gone
 
 
-def all_procs() -> dict[int, ProcInfo]:
+def scan() -> dict[int, Proc]:
+    """Every process; the job token is read for our own processes only (others' are not ours)."""
+    uid = os.getuid()
     table = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             info = read_proc(int(entry))
             if info is not None:
+                if info.uid == uid and not info.gone:
+                    info.token = read_token(info.pid)
                 table[info.pid] = info
     return table
 
 
-def descendants(table: dict[int, ProcInfo], roots: Iterable[int]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for info in table.values():
-        children.setdefault(info.ppid, []).append(info.pid)
-    found: set[int] = set()
-    stack = list(roots)
-    while stack:
-        for child in children.get(stack.pop(), ()):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
-
-
-def marked_with(table: dict[int, ProcInfo], token: str) -> set[int]:
-    """Our processes whose environment carries TOKEN_ENV=token: the job's tree, even double-forked.
-
-    The environment is inherited through fork, setsid and exec alike, so a grandchild that was
-    reparented to init is still found here after its supervisor died.
-    """
-    needle = f"{TOKEN_ENV}={token}".encode()
-    uid = os.getuid()
-    me = os.getpid()
-    found = set()
-    for info in table.values():
-        if info.uid != uid or info.pid == me or info.state in ("Z", "X"):
-            continue
-        try:
-            with open(f"/proc/{info.pid}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        if needle in env.split(b"\0"):
-            found.add(info.pid)
-    return found
-
-
-def holding_file(table: dict[int, ProcInfo], path: str) -> set[int]:
+def holding_file(table: dict[int, Proc], path: str) -> set[int]:
     """Our processes with an open descriptor on `path`'s inode (holders of an inherited lock)."""
     try:
         target = os.stat(path)
@@ -135,46 +133,33 @@ def holding_file(table: dict[int, ProcInfo], path: str) -> set[int]:
     return found
 
 
-@dataclass
-class Killer:
-    """Sends signals and waits, through seams a test can drive."""
-
-    send: Callable[[int, int], None] = os.kill
-    clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
-    reap: Optional[Callable[[], None]] = None  # a parent must reap its own children to see them gone
-
-    def signal_all(self, pids: Iterable[int], sig: int) -> None:
-        for pid in pids:
-            try:
-                self.send(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-    def wait_gone(self, procs: dict[int, int], deadline: float) -> dict[int, int]:
-        """Wait until every (pid -> start) is gone or the deadline passes; return the survivors."""
-        pause = 0.005
-        while True:
-            if self.reap:
-                self.reap()
-            alive = {pid: st for pid, st in procs.items() if is_alive(pid, st)}
-            if not alive or self.clock() >= deadline:
-                return alive
-            self.sleep(pause)
-            pause = min(pause * 2, 0.05)
-
-    def terminate(self, procs: dict[int, int], grace: float) -> dict[int, int]:
-        """SIGTERM to all at once, `grace` seconds, SIGKILL to what is left; returns what survived."""
-        if not procs:
-            return {}
-        self.signal_all(procs, signal.SIGTERM)
-        self.signal_all(procs, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
-        left = self.wait_gone(procs, self.clock() + grace)
-        if left:
-            self.signal_all(left, signal.SIGKILL)
-            left = self.wait_gone(left, self.clock() + 5.0)
-        return left
+def command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return "?"
+    return " ".join(a.decode(errors="replace") for a in args)
 
 
-def identities(table: dict[int, ProcInfo], pids: Iterable[int]) -> dict[int, int]:
+def identities(table: dict[int, Proc], pids: Iterable[int]) -> dict[int, int]:
     return {pid: table[pid].start for pid in pids if pid in table}
+
+
+def clean_environ(environ: dict[str, str]) -> dict[str, str]:
+    """`environ` without another job's markers: a process of ours never carries them (a job
+    installed from inside another job's tree must not be taken for part of that tree)."""
+    return {k: v for k, v in environ.items() if k not in OUR_ENV}
+
+
+# Linux's numbers; the signal module would load enum into the resident supervisor.
+SIGNAL_NAMES = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS",
+                8: "SIGFPE", 9: "SIGKILL", 10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2", 13: "SIGPIPE",
+                14: "SIGALRM", 15: "SIGTERM", 24: "SIGXCPU", 25: "SIGXFSZ", 31: "SIGSYS"}
+
+
+def exit_text(code: int) -> str:
+    """'exited with code 1' or 'was killed by SIGKILL' (code -9, as waitstatus_to_exitcode gives)."""
+    if code < 0:
+        return f"was killed by {SIGNAL_NAMES.get(-code, f'signal {-code}')}"
+    return f"exited with code {code}"

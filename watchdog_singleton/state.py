@@ -6,43 +6,58 @@ each write replaces the file atomically, so a reader never sees half of one.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
 from . import files, paths, procs
 from .jobs import check_name
+from .record import REQUIRED, Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
-    from typing import Any, Optional
+    from typing import Optional
 
 
-@dataclass
-class RunState:
+class RunState(Record):
+    FIELDS = (
+        ("name", REQUIRED),
+        ("phase", "stopped"),  # starting | running | backoff | stopping | stopped | exited
+        ("boot_id", ""),
+        ("supervisor_pid", None),
+        ("supervisor_start", None),
+        ("pid", None),
+        ("pid_start", None),
+        ("started_at", None),
+        ("restarts", 0),
+        ("last_exit_code", None),
+        ("last_exit_at", None),
+        ("next_start_at", None),
+        ("backoff_seconds", 0.0),
+        ("command", None),
+        ("lock_path", ""),
+        ("stdout_log", ""),
+        ("stderr_log", ""),
+        ("lean", False),
+        ("adhoc", False),
+        ("message", ""),
+    )
     name: str
-    phase: str = "stopped"  # starting | running | backoff | stopping | stopped | exited
-    boot_id: str = ""
-    supervisor_pid: Optional[int] = None
-    supervisor_start: Optional[int] = None
-    pid: Optional[int] = None
-    pid_start: Optional[int] = None
-    started_at: Optional[str] = None
-    restarts: int = 0
-    last_exit_code: Optional[int] = None
-    last_exit_at: Optional[str] = None
-    next_start_at: Optional[str] = None
-    backoff_seconds: float = 0.0
-    command: Optional[list[str]] = None
-    lock_path: str = ""
-    stdout_log: str = ""
-    stderr_log: str = ""
-    lean: bool = False
-    adhoc: bool = False
-    message: str = ""
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunState":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    phase: str
+    boot_id: str
+    supervisor_pid: Optional[int]
+    supervisor_start: Optional[int]
+    pid: Optional[int]
+    pid_start: Optional[int]
+    started_at: Optional[str]
+    restarts: int
+    last_exit_code: Optional[int]
+    last_exit_at: Optional[str]
+    next_start_at: Optional[str]
+    backoff_seconds: float
+    command: Optional[list[str]]
+    lock_path: str
+    stdout_log: str
+    stderr_log: str
+    lean: bool
+    adhoc: bool
+    message: str
 
     def supervisor_alive(self) -> bool:
         return procs.is_alive(self.supervisor_pid, self.supervisor_start, self.boot_id)
@@ -63,7 +78,7 @@ class StateStore:
         return RunState.from_dict(data) if data else None
 
     def save(self, state: RunState) -> None:
-        self.folder.write(state.name, asdict(state))
+        self.folder.write(state.name, state.to_dict())
 
     def delete(self, name: str) -> None:
         self.folder.delete(name)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -15,6 +15,7 @@ from ..crontab import CrontabEditor, CrontabIO, render
 from ..errors import FAILED, NO_SUCH_JOB, UserError
 from ..jobs import Job, JobStore
 from ..state import RunState, StateStore
+from ..tree import Stopper, members
 
 Echo = Callable[[str], None]
 
@@ -51,53 +52,60 @@ class Context:
         return job, state
 
 
-def launch_detached(ctx: Context, name: str) -> None:
-    """Start NAME now through the launcher, in a fresh process; return once its daemon runs."""
-    proc = subprocess.run(
-        [ctx.python, "-m", "watchdog_singleton", "run", "--detach", "--state-dir", ctx.root, name],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True)
+def launch_detached(ctx: Context, name: str, settle: Optional[float] = None) -> str:
+    """Start NAME now through the launcher, in a fresh process; return its one-line report
+    ("running NAME: pid N" or "NAME already runs: pid N") once the daemon has run `settle` s."""
+    argv = [ctx.python, "-m", "watchdog_singleton", "run", "--detach", "--state-dir", ctx.root, name]
+    if settle is not None:
+        argv[5:5] = ["--settle", repr(settle)]
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd="/",
+                          env=procs.clean_environ(dict(os.environ)))
     if proc.returncode != 0:
         message = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "launcher failed"
         raise UserError(message.removeprefix("watchdog-singleton: "), FAILED)
+    return proc.stdout.strip()
 
 
-def tree_of(lock_path: str, state: Optional[RunState]) -> dict[int, int]:
-    """Every live process of the job: its supervisor and descendants, its marked processes, the
-    holders of its lock file, and the daemon recorded in the state."""
-    table = procs.all_procs()
-    pids = procs.marked_with(table, lock_path) | procs.holding_file(table, lock_path)
-    if state is not None:
-        if state.supervisor_alive():
-            assert state.supervisor_pid is not None
-            pids |= {state.supervisor_pid} | procs.descendants(table, [state.supervisor_pid])
-        if state.daemon_alive():
-            assert state.pid is not None
-            pids |= {state.pid} | procs.descendants(table, [state.pid])
-    pids.discard(os.getpid())
-    return procs.identities(table, pids)
+def start_now(ctx: Context, job: Job, why_kept: str) -> str:
+    """Start NAME and check it still runs after its settle time; a daemon that died at once is a
+    failure (exit 1) whose one line says how it ended, where its log is, and `why_kept`."""
+    try:
+        return launch_detached(ctx, job.name)
+    except UserError as exc:
+        raise UserError(f"{exc} ({why_kept})", exc.exit_code) from None
 
 
 def stop_processes(lock_path: str, state: Optional[RunState], grace: float,
-                   killer: Optional[procs.Killer] = None) -> int:
-    """Stop everything of the job; return how many processes were found. Returns when none is left."""
-    killer = killer or procs.Killer()
+                   stopper: Optional[Stopper] = None) -> int:
+    """Stop everything of the job; return how many processes were found. Returns only when a
+    scan finds none left: the supervisor first (it stops its own tree gracefully), then what it
+    could not reach (orphans of a SIGKILLed supervisor, lean daemons, holders of the lock)."""
+    stopper = stopper or Stopper()
     found = 0
     if state is not None and state.supervisor_alive():
-        # The supervisor stops its own tree gracefully (SIGTERM, grace, SIGKILL) and then exits.
         assert state.supervisor_pid is not None and state.supervisor_start is not None
         supervisor = {state.supervisor_pid: state.supervisor_start}
         found += 1
-        killer.signal_all(supervisor, signal.SIGTERM)
-        killer.wait_gone(supervisor, killer.clock() + grace + 5.0)
-    for _ in range(5):
-        # What the supervisor could not reach: orphans of a SIGKILLed supervisor, lean daemons.
-        tree = tree_of(lock_path, state)
-        if not tree:
-            return found
-        found += len(tree)
-        if killer.terminate(tree, grace):
-            break
-    left = tree_of(lock_path, state)
+        stopper.signal_all(supervisor, 15)
+        deadline = time.monotonic() + grace + 5.0
+        while procs.is_alive(state.supervisor_pid, state.supervisor_start) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    roots: list[int] = []
+    if state is not None:
+        for pid, start in ((state.supervisor_pid, state.supervisor_start), (state.pid, state.pid_start)):
+            if pid and procs.is_alive(pid, start, state.boot_id):
+                roots.append(pid)
+
+    def find() -> dict[int, int]:
+        table = procs.scan()
+        tree = members(table, lock_path, roots)
+        holders = procs.holding_file(table, lock_path) - {os.getpid()}
+        tree.update(procs.identities(table, holders))
+        return tree
+
+    counted: list[int] = []
+    left = stopper.stop(find, grace, on_first=counted.append)
+    found += counted[0] if counted else 0
     if left:
-        raise UserError(f"could not stop pids {sorted(left)}", FAILED)
+        raise UserError(f"could not stop pids {sorted(left)} (stuck in the kernel?)", FAILED)
     return found

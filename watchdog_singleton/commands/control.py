@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import NO_SUCH_JOB, OK, UserError
 from ..jobs import Job
-from .common import Context, Echo, launch_detached, stop_processes
+from .common import Context, Echo, start_now, stop_processes
 
 
 def _set_enabled(ctx: Context, job: Job, on: bool) -> None:
@@ -32,9 +32,7 @@ def start(name: str, ctx: Context, echo: Echo) -> int:
     if job is None:
         raise UserError(f"no such job: {name} (install it first)", NO_SUCH_JOB)
     _set_enabled(ctx, job, True)
-    launch_detached(ctx, name)
-    state = ctx.states.load(name)
-    echo(f"running {name}: pid {state.pid}" if state and state.pid else f"started {name}")
+    echo(start_now(ctx, job, "its entry stays enabled: cron tries again at the next tick"))
     return OK
 
 

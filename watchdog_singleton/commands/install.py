@@ -24,7 +24,7 @@ from ..jobs import (
     snapshot_env,
 )
 from ..lock import check_lock_dir
-from .common import Context, Echo, launch_detached, stop_processes
+from .common import Context, Echo, start_now, stop_processes
 
 
 @dataclass
@@ -107,13 +107,28 @@ def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,
         warn("warning: no cron daemon runs on this host: the entry will not fire until one does")
     if not req.start:
         return OK
-    state = ctx.states.load(job.name)
-    running = state is not None and (state.supervisor_alive() or state.daemon_alive())
-    if running and previous is not None and not previous.same_definition(job):
-        stop_processes(previous.lock_path, state, previous.grace)
-        echo(f"stopped the old definition of {job.name}")
-    launch_detached(ctx, job.name)
-    state = ctx.states.load(job.name)
-    if state is not None and state.pid:
-        echo(f"running {job.name}: pid {state.pid}")
+    replace_running_copy(ctx, job, previous, echo)
+    echo(start_now(ctx, job, f"{job.name} stays installed: cron tries again at the next tick; "
+                             f"'watchdog-singleton uninstall {job.name}' removes it"))
     return OK
+
+
+def replace_running_copy(ctx: Context, job: Job, previous: Optional[Job], echo: Echo) -> None:
+    """A copy that runs already is adopted when it runs what the new definition says, and
+    stopped otherwise (a changed definition, or one left by `uninstall --keep-running`)."""
+    state = ctx.states.load(job.name)
+    if state is None or not (state.supervisor_alive() or state.daemon_alive()):
+        return
+    pid = state.pid or state.supervisor_pid
+    if previous is not None:
+        same = previous.same_definition(job)
+    else:  # left running by `uninstall --keep-running`: only its command and lock are known
+        same = state.command == job.command and state.lock_path == job.lock_path
+    if same:
+        if previous is None:
+            echo(f"adopted the copy of {job.name} left running (pid {pid}): it runs the same command")
+        return
+    old_lock = previous.lock_path if previous is not None else state.lock_path
+    stop_processes(old_lock, state, previous.grace if previous is not None else job.grace)
+    echo(f"stopped the running copy of {job.name} (pid {pid}: {shlex.join(state.command or [])}), "
+         "which ran an older definition")

@@ -1,0 +1,101 @@
+"""Start a command in a session of its own, its output on pipes: fork and exec, no subprocess.
+
+subprocess would cost the resident supervisor about 2 MiB of imports (threading, signal's
+enum, selectors); the child side here is what supervisord does, a few system calls before
+exec. A failed exec is reported through a close-on-exec pipe, the way subprocess does it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Optional
+
+PIPE_SIZE = 1024 * 1024
+
+
+class SpawnError(Exception):
+    """The command could not be started; `code` is what a shell would exit with (127, 126)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Spawned:
+    __slots__ = ("pid", "stdout", "stderr")
+
+    def __init__(self, pid: int, stdout: Optional[int], stderr: Optional[int]) -> None:
+        self.pid = pid
+        self.stdout = stdout  # read ends (non-blocking), None when output is passed through
+        self.stderr = stderr
+
+
+def output_pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(w, 1031, PIPE_SIZE)  # F_SETPIPE_SZ: room for bursts while we write
+    except OSError:
+        pass
+    os.set_blocking(r, False)
+    return r, w
+
+
+def spawn(argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, ...] = (),
+          capture: bool = True) -> Spawned:
+    """fork + exec `argv` in a new session, stdin from /dev/null; stdout and stderr on pipes
+    (or inherited when not `capture`); `pass_fds` stay open in the child."""
+    pipes = [output_pipe(), output_pipe()] if capture else []
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    program = os.fsencode(argv[0])
+    args = [os.fsencode(a) for a in argv]
+    envb = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+    pid = os.fork()
+    if pid == 0:  # the child: system calls only, then exec
+        stage = "setup"
+        try:
+            os.close(err_r)
+            os.setsid()  # its own session: no terminal, one group to signal
+            os.dup2(null, 0)
+            if pipes:
+                os.dup2(pipes[0][1], 1)
+                os.dup2(pipes[1][1], 2)
+            for fd in pass_fds:
+                os.set_inheritable(fd, True)
+            stage = "chdir"
+            os.chdir(cwd)
+            stage = "exec"
+            os.execve(program, args, envb)
+        except BaseException as exc:
+            number = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
+            try:
+                os.write(err_w, f"{stage}:{number}".encode())
+            finally:
+                os._exit(127)
+    os.close(err_w)
+    os.close(null)
+    for _, w in pipes:
+        os.close(w)
+    report = b""
+    while True:
+        chunk = os.read(err_r, 64)  # EOF at the child's exec (close-on-exec) or exit
+        if not chunk:
+            break
+        report += chunk
+    os.close(err_r)
+    if report:
+        os.waitpid(pid, 0)
+        for r, _ in pipes:
+            os.close(r)
+        stage, _, number_text = report.decode().partition(":")
+        number = int(number_text)
+        if stage == "chdir":
+            raise SpawnError(f"cannot enter working directory {cwd}: {os.strerror(number)}", 126)
+        code = 127 if number == errno.ENOENT else 126
+        raise SpawnError(f"cannot start {argv[0]}: {os.strerror(number)}", code)
+    return Spawned(pid, pipes[0][0] if pipes else None, pipes[1][0] if pipes else None)
