@@ -96,15 +96,16 @@ class Seams:
     def __init__(self, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  spawn: Callable[..., Spawned] = spawn, scan: Callable[[], dict[int, procs.Proc]] = procs.scan,
                  reap: Callable[[], list[tuple[int, int]]] = reap_children,
-                 wait: Optional[Callable[[float], None]] = None,
-                 stopper: Optional[tree.Stopper] = None, pid: int = 0) -> None:
+                 wait: Optional[Callable[[float], None]] = None, send: Callable[[int, int], None] = os.kill,
+                 sleep: Callable[[float], None] = time.sleep, pid: int = 0) -> None:
         self.clock = clock
         self.wall = wall
         self.spawn = spawn
         self.scan = scan
         self.reap = reap
         self.wait = wait  # None: sleep in the output pump's poll
-        self.stopper = stopper
+        self.send = send
+        self.sleep = sleep
         self.pid = pid or os.getpid()
 
 
@@ -121,7 +122,8 @@ class Supervisor:
         self.inherit_env = inherit_env
         self.ready = ready
         self.seams = seams or Seams()
-        self.stopper = self.seams.stopper or tree.Stopper(reap=self._reap)
+        self.stopper = tree.Stopper(send=self.seams.send, clock=self.seams.clock, sleep=self.seams.sleep,
+                                    reap=self._reap)
         self.state = RunState(name=job.name, phase="starting", boot_id=procs.boot_id(),
                               supervisor_pid=self.seams.pid, supervisor_start=procs.start_time(self.seams.pid),
                               command=job.command, lock_path=job.lock_path, stdout_log=job.stdout_log,
@@ -149,8 +151,7 @@ class Supervisor:
     def run(self) -> int:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_wakeup = _signal.set_wakeup_fd(wake_w)
-        for sig in (SIGTERM, SIGINT, SIGHUP, SIGCHLD):
-            _signal.signal(sig, self._on_signal)
+        old_handlers = {sig: _signal.signal(sig, self._on_signal) for sig in (SIGTERM, SIGINT, SIGHUP, SIGCHLD)}
         self.pump = OutputPump(wake_r, self.seams.clock)
         self.wait = self.seams.wait or self.pump.wait
         if not self.passthrough:
@@ -175,6 +176,8 @@ class Supervisor:
             self.pump.close()
             self._close_sinks()
             _signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in old_handlers.items():
+                _signal.signal(sig, handler)
             os.close(wake_r)
             os.close(wake_w)
             self.lock.release()
@@ -255,8 +258,7 @@ class Supervisor:
         self.state.phase = "running"
         self.state.started_at = now_iso()
         self.state.next_start_at = None
-        self.state.backoff_seconds = 0.0
-        self.state.message = ""
+        self.state.backoff_seconds = 0.0  # the message stays: a hint about the last exit still holds
         self._save()
         self._note(f"started pid {child.pid}: {' '.join(job.command)}")
         if self.ready is not None:
@@ -289,7 +291,7 @@ class Supervisor:
             self._after_exit(code, "", lasted)
             return
         left = self._tree()
-        if left and code == 0 and (self.job_forking or self.following):
+        if left and (self.following or (code == 0 and self.job_forking)):
             self.following = True
             self._follow_or_exit(code, left)
             return

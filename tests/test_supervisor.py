@@ -1,0 +1,271 @@
+"""The supervisor's lifecycle driven through its seams: a fake clock and a fake process table
+(tests/fakeworld.py). No processes, no root, no sleeps; every time below is simulated."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import pytest
+from fakeworld import SUPERVISOR, TERM, FakeProc, FakeWorld
+
+from watchdog_singleton.jobs import Job
+from watchdog_singleton.spawn import SpawnError
+from watchdog_singleton.state import RunState, StateStore
+from watchdog_singleton.supervisor import Supervisor
+
+T0 = 1000.0
+
+
+class FakeLock:
+    path = "/nonexistent/fake.lock"
+
+    def try_acquire(self) -> bool:
+        return True
+
+    def inheritable_fds(self) -> tuple[int, ...]:
+        return ()
+
+    def still_ours(self) -> bool:
+        return True
+
+    def repair(self) -> str:
+        return "repaired"
+
+    def refresh(self, older_than: float = 0.0) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+class FlakyStore(StateStore):
+    """A state folder on a disk that fills up and empties again."""
+
+    broken = False
+
+    def save(self, state: RunState) -> bool:  # type: ignore[override]
+        if self.broken:
+            self.last_error = "No space left on device"
+            return False
+        super().save(state)
+        return True
+
+
+def supervisor(tmp_path: Any, world: FakeWorld, store: Optional[StateStore] = None,
+               ready: Optional[list[Optional[str]]] = None, **options: Any) -> Supervisor:
+    logs = os.path.join(str(tmp_path), "logs")
+    job = Job(name="j", command=["/bin/daemon"], workdir="/", lock_dir=os.path.join(str(tmp_path), "locks"),
+              stdout_log=os.path.join(logs, "j.out"), stderr_log=os.path.join(logs, "j.err"), **options)
+    return Supervisor(job, FakeLock(), store or StateStore(os.path.join(str(tmp_path), "state")),  # type: ignore[arg-type]
+                      seams=world.seams(), ready=ready.append if ready is not None else None)
+
+
+def births(world: FakeWorld) -> list[float]:
+    return [round(p.born - T0, 3) for p in world.spawned]
+
+
+def log_of(sup: Supervisor) -> str:
+    with open(sup.job.stderr_log) as f:
+        return f.read()
+
+
+def exit_after(world: FakeWorld, seconds: float, code: int) -> None:
+    def on_spawn(proc: FakeProc) -> None:
+        world.after(seconds, lambda: world.exit(proc.pid, code))
+    world.on_spawn = on_spawn
+
+
+def test_kill_9_of_a_daemon_that_ran_3_s_restarts_it_at_once(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = supervisor(tmp_path, world)
+    world.at(T0 + 3, lambda: world.exit(world.spawned[0].pid, -9))
+    world.at(T0 + 10, sup.request_stop)
+    assert sup.run() == 128 + TERM  # stopped by SIGTERM: the daemon's story, as a shell tells it
+    assert births(world) == [0.0, 3.0]
+    assert sup.state.restarts == 1 and sup.state.phase == "stopped"
+
+
+def test_three_quick_exits_restart_at_once_then_the_backoff_doubles(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = supervisor(tmp_path, world, backoff_initial=1.0, backoff_max=60.0)
+    exit_after(world, 0.1, 3)
+    world.at(T0 + 10, sup.request_stop)
+    sup.run()
+    assert births(world) == pytest.approx([0.0, 0.1, 0.2, 1.3, 3.4, 7.5])
+    assert "3 runs shorter than 1 s in a row" in log_of(sup)
+
+
+def test_backoff_state_is_shown_while_waiting(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = supervisor(tmp_path, world, backoff_initial=5.0)
+    exit_after(world, 0.1, 3)
+    seen: list[tuple[str, float]] = []
+    world.at(T0 + 2, lambda: seen.append((sup.state.phase, sup.state.backoff_seconds)))
+    world.at(T0 + 3, sup.request_stop)
+    sup.run()
+    assert seen == [("backoff", 5.0)]
+    assert "quick exits in a row" in (sup.state.message or "") or sup.state.phase == "stopped"
+
+
+def test_a_leftover_forked_during_the_grace_wait_is_stopped_before_the_next_copy(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = supervisor(tmp_path, world, grace=2.0)
+    late: list[FakeProc] = []
+
+    def daemon_leaves_a_stray(proc: FakeProc) -> None:
+        if len(world.spawned) > 1:
+            return
+
+        def go() -> None:
+            stray = world.fork(proc.pid)
+            stray.ignores_term = True  # trap "" TERM; sleep 0.5; sleep 1003 &
+            world.after(0.5, lambda: late.append(world.fork(stray.pid)))
+            world.exit(proc.pid, 0)
+        world.after(1.0, go)
+
+    world.on_spawn = daemon_leaves_a_stray
+    world.at(T0 + 8, sup.request_stop)
+    sup.run()
+    assert len(world.spawned) == 2
+    assert world.tree_at_spawn[1] == [], "the next copy started while the old tree lived"
+    assert late and TERM in late[0].signals, "the late child was never signalled"
+    assert births(world)[1] == pytest.approx(3.0, abs=0.05)  # exit at 1 s + 2 s grace, then at once
+    assert world.live(sup.job.lock_path) == []
+
+
+def test_exit_0_leaving_processes_gets_a_hint_without_forking(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = supervisor(tmp_path, world, grace=1.0)
+
+    def backgrounds_itself(proc: FakeProc) -> None:
+        if len(world.spawned) == 1:
+            def go() -> None:
+                world.fork(proc.pid)
+                world.fork(proc.pid)
+                world.exit(proc.pid, 0)
+            world.after(0.2, go)
+    world.on_spawn = backgrounds_itself
+    messages: list[str] = []
+    world.at(T0 + 0.5, lambda: messages.append(sup.state.message))
+    world.at(T0 + 2, sup.request_stop)
+    sup.run()
+    hint = "exited 0 leaving 2 processes: if it daemonizes itself, install it with --forking or run it in the foreground"
+    assert messages == [hint]
+    assert hint in log_of(sup)
+
+
+def test_forking_follows_the_tree_it_leaves_and_restarts_only_when_all_of_it_is_gone(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = supervisor(tmp_path, world, forking=True)
+    kept: list[FakeProc] = []
+
+    def double_fork(proc: FakeProc) -> None:
+        if len(world.spawned) == 1:
+            def go() -> None:
+                main = world.fork(proc.pid)
+                kept.append(main)
+                world.fork(main.pid)  # a worker of the daemon
+                world.exit(proc.pid, 0)
+            world.after(0.5, go)
+    world.on_spawn = double_fork
+    followed: list[Optional[int]] = []
+    world.at(T0 + 2, lambda: followed.append(sup.state.pid))
+    world.at(T0 + 3, lambda: world.exit(kept[0].pid, -9))  # its main process dies; the worker lives on
+    world.at(T0 + 4, lambda: followed.append(sup.state.pid))
+    world.at(T0 + 5, lambda: [world.exit(pid, -9) for pid in world.live(sup.job.lock_path)])
+    world.at(T0 + 9, sup.request_stop)
+    sup.run()
+    worker = kept[0].pid + 1
+    assert followed == [kept[0].pid, worker]
+    assert births(world) == [0.0, 5.0], "restarted only once the whole tree was gone"
+
+
+def test_stop_never_signals_a_job_started_from_inside_this_tree(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = supervisor(tmp_path, world, grace=1.0)
+    other: list[FakeProc] = []
+
+    def start_a_terminal(proc: FakeProc) -> None:
+        def go() -> None:
+            shell = world.fork(proc.pid)
+            other.append(world.fork(shell.pid, token="/tmp/watchdog-singleton-1/B.lock"))  # job B's supervisor
+            other.append(world.fork(other[0].pid))  # and B's daemon below it
+        world.after(0.1, go)
+    world.on_spawn = start_a_terminal
+    world.at(T0 + 2, sup.request_stop)
+    sup.run()
+    assert all(p.signals == [] for p in other)
+    assert all(p.pid in world.procs for p in other)
+    assert world.live(sup.job.lock_path) == []
+
+
+def test_stop_kills_a_term_ignoring_daemon_after_the_grace(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = supervisor(tmp_path, world, grace=3.0)
+    world.on_spawn = lambda proc: setattr(proc, "ignores_term", True)
+    world.at(T0 + 1, sup.request_stop)
+    sup.run()
+    assert world.now - T0 == pytest.approx(4.0, abs=0.05)
+    assert world.live(sup.job.lock_path) == []
+    assert sup.state.phase == "stopped"
+
+
+def test_a_full_state_disk_never_stops_the_supervisor_and_the_state_heals(tmp_path: Any) -> None:
+    world = FakeWorld()
+    store = FlakyStore(os.path.join(str(tmp_path), "state"))
+    sup = supervisor(tmp_path, world, store=store)
+    world.at(T0 + 1, lambda: setattr(store, "broken", True))
+    world.at(T0 + 2, lambda: world.exit(world.spawned[0].pid, -9))
+    world.at(T0 + 4, lambda: setattr(store, "broken", False))
+    world.at(T0 + 12, sup.request_stop)
+    world.at(T0 + 11, lambda: snapshot.append(store.load("j")))
+    snapshot: list[Optional[RunState]] = []
+    sup.run()
+    assert births(world) == [0.0, 2.0], "the daemon was restarted while the disk was full"
+    [state] = snapshot
+    assert state is not None and state.pid == world.spawned[1].pid and state.restarts == 1
+    log = log_of(sup)
+    assert "cannot write the state file: No space left on device" in log
+    assert "the state file is written again" in log
+
+
+def test_readiness_reports_a_daemon_that_died_within_the_settle_time(tmp_path: Any) -> None:
+    world = FakeWorld()
+    ready: list[Optional[str]] = []
+    sup = supervisor(tmp_path, world, ready=ready, restart="never")
+    exit_after(world, 0.3, 1)
+    sup.run()
+    assert len(ready) == 1 and ready[0] is not None
+    assert ready[0].startswith("j exited with code 1 0.3 s after it started; see ")
+
+
+def test_readiness_is_reported_once_the_daemon_outlived_the_settle_time(tmp_path: Any) -> None:
+    world = FakeWorld()
+    ready: list[Optional[str]] = []
+    sup = supervisor(tmp_path, world, ready=ready, settle=1.5)
+    when: list[float] = []
+    world.at(T0 + 1.4, lambda: when.append(len(ready)))
+    world.at(T0 + 5, sup.request_stop)
+    sup.run()
+    assert ready == [None] and when == [0]
+
+
+def test_a_command_that_cannot_start_is_reported_and_backs_off(tmp_path: Any) -> None:
+    world = FakeWorld()
+    world.spawn_error = SpawnError("cannot start /bin/daemon: No such file or directory", 127)
+    ready: list[Optional[str]] = []
+    sup = supervisor(tmp_path, world, ready=ready, backoff_initial=1.0)
+    world.at(T0 + 5, sup.request_stop)
+    sup.run()
+    assert ready == ["cannot start /bin/daemon: No such file or directory"]
+    assert len(world.tree_at_spawn) == 5  # tried at t = 0, 0, 0 (the burst), 1, 3 (backoff 1, 2, then 4 s)
+    assert sup.state.last_exit_code == 127
+
+
+def test_a_sigterm_to_the_supervisor_exits_with_the_daemons_story(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = supervisor(tmp_path, world, restart="never")
+    exit_after(world, 1.0, -9)
+    assert sup.run() == 128 + 9  # killed by signal 9: 128+9, as shells report it
+    assert SUPERVISOR not in world.procs
