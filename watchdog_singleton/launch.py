@@ -244,6 +244,9 @@ def exec_supervisor(job: Job, lock: FlockLock, root: str, adhoc: bool, passthrou
         if fd is not None:
             os.set_inheritable(fd, True)
     become_subreaper()
+    from .spawn import close_all_but
+
+    close_all_but(tuple(fd for fd in (lock.fd, lock.dir_fd, ready_fd, job_fd) if fd is not None))
     # Its own marker, never another job's: a job started from inside another job's tree must
     # not be taken for part of it (and stopped with it).
     env = procs.clean_environ(dict(os.environ))

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from typing import Optional
 
 PIPE_SIZE = 1024 * 1024
+MAX_FD = 65536  # closerange's upper bound (close_range(2) makes it cheap where the kernel has it)
 
 
 class SpawnError(Exception):
@@ -45,6 +46,16 @@ def output_pipe() -> tuple[int, int]:
     return r, w
 
 
+def close_all_but(keep: tuple[int, ...]) -> None:
+    """Close every descriptor above 2 except `keep`: descriptors inherited from whoever started
+    us (another job's lock, a terminal's pipes) must not reach the daemon."""
+    low = 3
+    for fd in sorted(set(k for k in keep if k >= 3)):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, MAX_FD)
+
+
 def spawn(argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, ...] = (),
           capture: bool = True) -> Spawned:
     """fork + exec `argv` in a new session, stdin from /dev/null; stdout and stderr on pipes
@@ -65,6 +76,7 @@ def spawn(argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, .
             if pipes:
                 os.dup2(pipes[0][1], 1)
                 os.dup2(pipes[1][1], 2)
+            close_all_but(tuple(pass_fds) + (err_w,))  # err_w closes itself at exec
             for fd in pass_fds:
                 os.set_inheritable(fd, True)
             stage = "chdir"

@@ -1,0 +1,140 @@
+"""What a first real user met in the first hour (issue 7), as the unprivileged test user with real
+processes: late-forked leftovers, self-backgrounding programs, daemons that die at once, jobs
+started from inside another job's tree, and copies left running by `uninstall --keep-running`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import Sandbox, holds_for, is_zombie, pids_with_arg, wait_for
+
+
+def alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}") and not is_zombie(pid)
+
+
+def max_copies(box: Sandbox, marker: str, seconds: float, interval: float = 0.02) -> int:
+    """The most processes with `marker` as an argument seen at once, sampled for `seconds`."""
+    most = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        most = max(most, len(pids_with_arg(marker, box.user.uid)))
+        time.sleep(interval)
+    return most
+
+
+def test_a_leftover_forked_late_never_runs_beside_the_next_copy(sandbox: Sandbox) -> None:
+    name = sandbox.job("stray")
+    # The issue's reproduction: a grandchild that ignores SIGTERM forks `sleep 1003` half a
+    # second into the grace wait, and the command itself exits at once.
+    sandbox.ws("install", name, "--grace", "1", "--backoff-initial", "0.5", "--backoff-max", "0.5", "--",
+               "/bin/sh", "-c", "sh -c 'trap \"\" TERM; sleep 0.5; sleep 1003 &' &")
+    wait_for(lambda: pids_with_arg("1003", sandbox.user.uid), 15, what="the first stray sleep")
+    assert max_copies(sandbox, "1003", 8.0) == 1
+    sandbox.ok("uninstall", name)
+    assert pids_with_arg("1003", sandbox.user.uid) == []
+
+
+def test_forking_keeps_exactly_one_background_copy_and_replaces_it_when_killed(sandbox: Sandbox) -> None:
+    name = sandbox.job("forker")
+    # A classic double fork: the command exits 0 at once, its daemon runs on in the background.
+    proc = sandbox.ws("install", name, "--forking", "--", "/bin/sh", "-c", "(setsid sleep 1004 &) ; exit 0")
+    assert proc.returncode == 0, proc.stderr
+    [daemon] = wait_for(lambda: pids_with_arg("1004", sandbox.user.uid), 10, what="the background copy")
+    assert holds_for(lambda: pids_with_arg("1004", sandbox.user.uid) == [daemon], 2.5)
+    info = sandbox.status(name)
+    assert info["running"] and info["pid"] == daemon and info["phase"] == "running"
+    os.kill(daemon, signal.SIGKILL)
+    new = wait_for(lambda: [p for p in pids_with_arg("1004", sandbox.user.uid) if p != daemon], 10,
+                   what="a new background copy")
+    assert len(new) == 1
+    assert max_copies(sandbox, "1004", 2.0) == 1
+    sandbox.ok("stop", name)
+    assert pids_with_arg("1004", sandbox.user.uid) == []
+
+
+def test_without_forking_a_command_that_backgrounds_itself_gets_a_hint(sandbox: Sandbox) -> None:
+    name = sandbox.job("bg")
+    sandbox.ws("install", name, "--grace", "0.5", "--", "/bin/sh", "-c", "sleep 1005 &")
+    hint = "if it daemonizes itself, install it with --forking or run it in the foreground"
+    wait_for(lambda: hint in sandbox.status(name)["message"], 15, what="the hint in status")
+    assert hint in sandbox.ok("logs", name, "--stderr", "-n", "50").stdout
+
+
+def test_install_of_a_command_that_dies_at_once_exits_1_with_its_code(sandbox: Sandbox) -> None:
+    name = sandbox.job("dies")
+    proc = sandbox.ws("install", name, "--", "/bin/sh", "-c", "echo nope >&2; exit 7")
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()
+    assert "exited with code 7" in line and f"{name}.stderr.log" in line and "stays installed" in line
+    assert f"#watchdog-singleton:{name}" in sandbox.cron_line(name)
+    assert "running" not in proc.stdout
+
+
+def test_start_says_who_holds_the_lock_when_an_orphan_does(sandbox: Sandbox) -> None:
+    name = sandbox.job("held")
+    sandbox.ok("install", name, "--no-start", "--", "/bin/sleep", "1006")
+    lock = sandbox.status(name)["lock_path"]
+    holder = subprocess.Popen(["flock", lock, "/bin/sleep", "1007"], env=sandbox.env(), cwd=sandbox.dir,
+                              **sandbox.user.popen_kwargs())
+    try:
+        wait_for(lambda: pids_with_arg("1007", sandbox.user.uid), 10, what="the orphan holding the lock")
+        proc = sandbox.ws("start", name)
+        assert proc.returncode == 1
+        assert "held by pid" in proc.stderr and "started" not in proc.stdout
+        assert pids_with_arg("1006", sandbox.user.uid) == []
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_job_installed_from_inside_another_jobs_tree_survives_that_jobs_restart(sandbox: Sandbox) -> None:
+    a, b = sandbox.job("outer"), sandbox.job("inner")
+    done = sandbox.path("b-installed")
+    ws = f"{sys.executable} -m watchdog_singleton"
+    script = (f"[ -e {done} ] || {{ {ws} install {b} -- /bin/sleep 1009 && touch {done}; }}; "
+              "exec /bin/sleep 1008")
+    sandbox.ok("install", a, "--env", f"XDG_STATE_HOME={sandbox.state_home}", "--", "/bin/sh", "-c", script)
+    wait_for(lambda: os.path.exists(done), 30, what="job B to be installed from inside job A")
+    [b_daemon] = pids_with_arg("1009", sandbox.user.uid)
+    b_supervisor = sandbox.status(b)["supervisor_pid"]
+    for step in ("restart", "stop", "start"):
+        sandbox.ok(step, a)
+        assert alive(b_daemon) and alive(b_supervisor), f"job B died with job A's {step}"
+    [a_daemon] = wait_for(lambda: pids_with_arg("1008", sandbox.user.uid), 10)
+    os.kill(a_daemon, signal.SIGKILL)  # A crashes and its supervisor restarts it
+    wait_for(lambda: [p for p in pids_with_arg("1008", sandbox.user.uid) if p != a_daemon], 10)
+    assert alive(b_daemon) and alive(b_supervisor)
+
+
+def test_install_after_uninstall_keep_running_replaces_the_old_command(sandbox: Sandbox) -> None:
+    name = sandbox.job("kept")
+    sandbox.ok("install", name, "--", "/bin/sleep", "1010")
+    [old] = pids_with_arg("1010", sandbox.user.uid)
+    sandbox.ok("uninstall", name, "--keep-running")
+    proc = sandbox.ok("install", name, "--", "/bin/sleep", "1011")
+    assert "stopped the running copy" in proc.stdout
+    assert not alive(old)
+    [new] = wait_for(lambda: pids_with_arg("1011", sandbox.user.uid), 10)
+    assert sandbox.status(name)["pid"] == new
+
+
+def test_install_after_uninstall_keep_running_adopts_the_same_command(sandbox: Sandbox) -> None:
+    name = sandbox.job("adopted")
+    sandbox.ok("install", name, "--", "/bin/sleep", "1012")
+    [old] = pids_with_arg("1012", sandbox.user.uid)
+    sandbox.ok("uninstall", name, "--keep-running")
+    proc = sandbox.ok("install", name, "--", "/bin/sleep", "1012")
+    assert "adopted" in proc.stdout
+    assert pids_with_arg("1012", sandbox.user.uid) == [old]
+
+
+def test_an_ad_hoc_row_goes_when_its_run_ends(sandbox: Sandbox) -> None:
+    name = sandbox.job("once")
+    assert sandbox.ws("run", name, "--", "/bin/true").returncode == 0
+    assert sandbox.ws("status", name).returncode == 4
+    assert name not in sandbox.ok("status").stdout
