@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 
 from . import files, paths
-from .errors import NO_SUCH_JOB, UserError
+from .errors import FAILED, NO_SUCH_JOB, UserError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -170,7 +170,10 @@ class JobStore:
         return job
 
     def save(self, job: Job) -> None:
-        self.folder.write(job.name, job.to_dict())
+        try:
+            self.folder.write(job.name, job.to_dict())
+        except OSError as exc:  # a full or read-only disk: one line, not a traceback
+            raise UserError(f"cannot save {self.folder.path(job.name)}: {exc.strerror or exc}", FAILED) from None
 
     def delete(self, name: str) -> None:
         self.folder.delete(name)
