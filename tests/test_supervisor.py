@@ -44,7 +44,7 @@ class FlakyStore(StateStore):
 
     broken = False
 
-    def save(self, state: RunState) -> bool:  # type: ignore[override]
+    def save(self, state: RunState) -> bool:
         if self.broken:
             self.last_error = "No space left on device"
             return False

@@ -6,7 +6,7 @@ import os
 import time
 
 from . import files, paths
-from .errors import NO_SUCH_JOB, UserError
+from .errors import FAILED, NO_SUCH_JOB, UserError
 from .record import REQUIRED, Record
 
 TYPE_CHECKING = False
@@ -190,7 +190,10 @@ class JobStore:
         return job
 
     def save(self, job: Job) -> None:
-        self.folder.write(job.name, job.to_dict())
+        try:
+            self.folder.write(job.name, job.to_dict())
+        except OSError as exc:  # a full or read-only disk: one line, not a traceback
+            raise UserError(f"cannot save {self.folder.path(job.name)}: {exc.strerror or exc}", FAILED) from None
 
     def delete(self, name: str) -> None:
         self.folder.delete(name)

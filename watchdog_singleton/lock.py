@@ -14,7 +14,7 @@ import os
 import stat
 import time
 
-from .errors import UserError
+from .errors import FAILED, UserError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -34,6 +34,13 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 
 
 STALE_SECONDS = 3600.0
+
+# systemd-tmpfiles holds LOCK_EX on each folder it scans, briefly: wait this long for it.
+FOLDER_LOCK_WAIT = 2.0
+# repair() runs in the supervisor's loop: a shorter wait, and it is retried at the next check.
+REPAIR_FOLDER_WAIT = 0.5
+# flock(2) errors of a filesystem that does not do it (NFS mounted nolock, some FUSE).
+NO_FLOCK = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
 
 # What repair() found.
 REPAIRED = "repaired"  # the path names a file we hold again
@@ -106,7 +113,11 @@ def _check_dir_stat(path: str, st: os.stat_result) -> None:
 
 
 def open_private_dir(path: str) -> int:
-    """Open (creating if missing) our private 0700 lock folder and return an fd on it."""
+    """Open (creating it 0700 if missing) our lock folder and return an fd on it.
+
+    A folder that exists already keeps its mode: it may be a home or a group-shared folder,
+    and the lock file inside is 0600 anyway.
+    """
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -122,12 +133,37 @@ def open_private_dir(path: str) -> int:
         raise UserError(f"cannot open lock folder {path}: {exc.strerror}") from None
     try:
         _check_dir_stat(path, os.fstat(fd))
-        if os.fstat(fd).st_mode & 0o077:
-            os.fchmod(fd, 0o700)  # ours but loose (made by hand): tighten before using it
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def share_folder(fd: int, path: str, wait: float = FOLDER_LOCK_WAIT) -> None:
+    """Take a shared flock on the lock folder (systemd-tmpfiles skips folders that hold one),
+    waiting up to `wait` seconds while a cleaner holds it exclusively. UserError if it cannot."""
+    deadline = time.monotonic() + wait
+    pause = 0.01
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise UserError(f"lock folder {path} is busy (a /tmp cleaner scanning it?); "
+                                "the next tick retries", FAILED) from None
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.1)
+        except OSError as exc:
+            raise UserError(_flock_problem(path, exc), FAILED) from None
+
+
+def _flock_problem(path: str, exc: OSError) -> str:
+    if exc.errno in NO_FLOCK:
+        return (f"flock(2) does not work in {path} ({exc.strerror}): "
+                "use a lock folder on a local filesystem, such as /tmp")
+    return f"cannot lock {path}: {exc.strerror}"
 
 
 class FlockLock:
@@ -142,8 +178,11 @@ class FlockLock:
 
     def try_acquire(self) -> bool:
         self.dir_fd = open_private_dir(self.lock_dir)
-        # A shared flock on the folder: systemd-tmpfiles skips folders that hold one.
-        fcntl.flock(self.dir_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        try:
+            share_folder(self.dir_fd, self.lock_dir)
+        except BaseException:
+            self.release()
+            raise
         while True:
             fd = self._open_lock_file(self.name, os.O_CREAT)
             try:
@@ -152,6 +191,10 @@ class FlockLock:
                 os.close(fd)
                 self.release()
                 return False
+            except OSError as exc:
+                os.close(fd)
+                self.release()
+                raise UserError(_flock_problem(self.path, exc), FAILED) from None
             # The file, or its folder, may have been removed or replaced between open() and flock().
             if self._is_at_path(fd) and self._dir_is_current():
                 self.fd = fd
@@ -214,7 +257,11 @@ class FlockLock:
         try:
             if self.dir_fd is None or not self._dir_is_current():
                 folder = open_private_dir(self.lock_dir)
-                fcntl.flock(folder, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                try:
+                    share_folder(folder, self.lock_dir, REPAIR_FOLDER_WAIT)
+                except UserError:
+                    os.close(folder)
+                    raise
                 if self.dir_fd is not None:
                     os.close(self.dir_fd)
                 self.dir_fd = folder

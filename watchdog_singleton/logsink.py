@@ -1,5 +1,11 @@
 """Where a daemon's stdout or stderr goes: a file, appended, rotated by size at line boundaries.
 
+A line that does not end within the limit may overrun it by `overrun` bytes (an eighth of the
+limit, at least 4 KiB); output with no newline in reach (a `\r` progress bar) is cut there, and
+the cut is marked by a line of ours at the end of that file, before it is rotated:
+`[watchdog-singleton TIME] line split at rotation: no newline in N bytes (it goes on in the next file)`.
+No file ever grows past max_bytes + overrun.
+
 The supervisor's loop only hands bytes over (`feed`); a writer thread does the file I/O, so a
 slow or full disk never stops the loop from draining the daemon's pipe. While the file cannot
 be written (ENOSPC, EDQUOT, EIO) data waits in memory up to `buffer_limit`; past that it is
@@ -13,13 +19,15 @@ import os
 import threading
 import time
 
-from .files import CREATE_FLAGS
+from .files import open_log_file
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
     from typing import Callable, Deque, Optional, Union
 
 RETRY_SECONDS = 1.0
+MIN_OVERRUN = 4096
+MARKER_ROOM = 256  # kept free under the hard limit for the split marker
 
 
 class _Lost:
@@ -37,6 +45,9 @@ class _PartialWrite(Exception):
 
 
 class LogSink:
+    """Raises files.RefusedFile (an OSError) at once if the path holds a FIFO, a symlink or
+    another user's file, and OSError if the file cannot be opened."""
+
     def __init__(self, path: str, max_bytes: int = 0, backups: int = 0,
                  buffer_limit: int = 16 * 1024 * 1024,
                  wall: Callable[[], float] = time.time) -> None:
@@ -54,6 +65,7 @@ class LogSink:
         self._fd: Optional[int] = None
         self._size = 0
         self._at_line_start = True
+        self._line_bytes = 0  # bytes since the last newline in the current file
         self._open()
         self._thread = threading.Thread(target=self._run, name=f"log:{os.path.basename(path)}", daemon=True)
         self._thread.start()
@@ -154,12 +166,18 @@ class LogSink:
                 self._queue[0] = head[count:]
                 self._queued -= count
 
+    @property
+    def overrun(self) -> int:
+        """How far past max_bytes a line may go before it is split."""
+        return max(MIN_OVERRUN, self.max_bytes // 8)
+
     def _open(self) -> None:
         parent = os.path.dirname(self.path)
         if parent and not os.path.isdir(parent):
             os.makedirs(parent, 0o700, exist_ok=True)
-        self._fd = os.open(self.path, CREATE_FLAGS | os.O_APPEND, 0o600)
+        self._fd = open_log_file(self.path)
         self._size = os.fstat(self._fd).st_size
+        self._line_bytes = 0
 
     def _close_fd(self) -> None:
         if self._fd is not None:
@@ -172,25 +190,53 @@ class LogSink:
         self._write_lines(line if self._at_line_start else b"\n" + line)
 
     def _write_lines(self, data: bytes) -> None:
-        """Write `data`, rotating first whenever the file is full and we stand at a line start."""
+        """Write `data`, rotating first whenever the file is full and we stand at a line start,
+        and splitting a line that finds no newline within the overrun."""
         done = 0
         while done < len(data):
-            if self.max_bytes and self._size >= self.max_bytes and self._at_line_start:
-                self._rotate()
-            rest = data[done:]
-            room = self.max_bytes - self._size if self.max_bytes else len(rest)
-            if room >= len(rest):
-                part = len(rest)
-            else:
-                cut = rest.rfind(b"\n", 0, max(room, 0))
-                if cut < 0:  # no line ends within the room: finish this line, never split it
-                    cut = rest.find(b"\n")
-                part = cut + 1 if cut >= 0 else len(rest)
             try:
+                if self.max_bytes and self._size >= self.max_bytes and self._at_line_start:
+                    self._rotate()
+                rest = data[done:]
+                part = self._next_part(rest)
+                split = part < 0
+                if split:
+                    part = max(0, self.max_bytes + self.overrun - MARKER_ROOM - self._size)
                 self._write_all(rest[:part])
+                done += part
             except _PartialWrite as exc:
                 raise _PartialWrite(done + exc.written, exc.error) from None
-            done += part
+            except OSError as exc:  # a failed rotation: what went out so far is not written again
+                raise _PartialWrite(done, exc) from None
+            if split:
+                try:
+                    self._split_line()
+                except _PartialWrite as exc:  # the marker's bytes are not the data's
+                    raise _PartialWrite(done, exc.error) from None
+                except OSError as exc:
+                    raise _PartialWrite(done, exc) from None
+
+    def _next_part(self, rest: bytes) -> int:
+        """How many bytes of `rest` go into this file now; -1: split the line at the hard limit."""
+        room = self.max_bytes - self._size if self.max_bytes else len(rest)
+        if room >= len(rest):
+            return len(rest)
+        cut = rest.rfind(b"\n", 0, max(room, 0))
+        if cut >= 0:
+            return cut + 1
+        # No line ends within the limit: let the line overrun it, up to where the marker still fits.
+        reach = self.max_bytes + self.overrun - MARKER_ROOM - self._size
+        cut = rest.find(b"\n", 0, max(reach, 0))
+        if cut >= 0:
+            return cut + 1
+        return len(rest) if len(rest) <= reach else -1
+
+    def _split_line(self) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.wall()))
+        marker = (f"[watchdog-singleton {stamp}] line split at rotation: no newline in "
+                  f"{self._line_bytes} bytes (it goes on in the next file)\n").encode()
+        self._write_all((b"" if self._at_line_start else b"\n") + marker[:MARKER_ROOM - 1])
+        self._rotate()
 
     def _write_all(self, data: bytes) -> None:
         assert self._fd is not None
@@ -201,6 +247,8 @@ class LogSink:
                 n = os.write(self._fd, view[written:])
             except OSError as exc:
                 raise _PartialWrite(written, exc) from None
+            end = data.rfind(b"\n", written, written + n)
+            self._line_bytes = written + n - end - 1 if end >= 0 else self._line_bytes + n
             written += n
             self._size += n
             self._at_line_start = view[written - 1] == ord("\n")

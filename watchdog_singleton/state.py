@@ -7,6 +7,7 @@ each write replaces the file atomically, so a reader never sees half of one.
 from __future__ import annotations
 
 from . import files, paths, procs
+from .errors import UserError
 from .jobs import check_name
 from .record import REQUIRED, Record
 
@@ -67,21 +68,45 @@ class RunState(Record):
 
 
 class StateStore:
-    """Run state for this host: one JSON file each under <state dir>/run."""
+    """Run state for this host: one JSON file each under <state dir>/run.
+
+    The disk may be full, read-only or an NFS home gone stale; the supervisor must outlive all
+    of that. So `save` never raises for it: it returns False and keeps the reason in
+    `last_error` (None again after the next success), and the caller saves again later. `load`
+    of a file that cannot be read gives None, with the reason in `last_error`, as if missing.
+    """
 
     def __init__(self, root: str) -> None:
         self.root = root
         self.folder = files.JsonFolder(paths.run_dir(root), check_name)
+        self.last_error: Optional[str] = None
 
     def load(self, name: str) -> Optional[RunState]:
-        data = self.folder.read(name)
+        """NAME's state, or None if missing or unreadable (see `last_error`); a symlink at its
+        path is refused (UserError)."""
+        try:
+            data = self.folder.read(name)
+        except files.Unreadable as exc:
+            self.last_error = str(exc)
+            return None
         return RunState.from_dict(data) if data else None
 
-    def save(self, state: RunState) -> None:
-        self.folder.write(state.name, state.to_dict())
+    def save(self, state: RunState) -> bool:
+        """Write `state`; False, with the reason in `last_error`, if the disk would not take it."""
+        try:
+            # Not fsynced: run state is void after a crash of the machine (a new boot id), and
+            # the restart path should not wait on the disk.
+            self.folder.write(state.name, state.to_dict(), durable=False)
+        except (OSError, UserError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.last_error = f"cannot save {self.folder.path(state.name)}: {reason}"
+            return False
+        self.last_error = None
+        return True
 
     def delete(self, name: str) -> None:
         self.folder.delete(name)
 
     def names(self) -> list[str]:
         return self.folder.names()
+

@@ -383,7 +383,7 @@ class Supervisor:
     def _save(self) -> None:
         """Write the state; a full or read-only disk must not stop the supervisor: retried later."""
         try:
-            ok: object = self.store.save(self.state)  # type: ignore[func-returns-value]
+            ok = self.store.save(self.state)
             problem = None if ok is not False else (getattr(self.store, "last_error", None) or "write failed")
         except OSError as exc:
             problem = exc.strerror or str(exc)
