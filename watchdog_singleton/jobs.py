@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -27,6 +28,19 @@ SNAPSHOT_ENV = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_LOG_BACKUPS = 3
 
+# The range of every number option, in one place: install, run and logs check against it, and
+# the README's option tables quote it. (low, high); --backoff-max's low is --backoff-initial.
+LIMITS: dict[str, tuple[float, float]] = {
+    "--grace": (0.0, 3600.0),
+    "--backoff-initial": (0.1, 3600.0),
+    "--backoff-max": (0.1, 86400.0),
+    "--min-uptime": (0.1, 86400.0),  # a floor on the restart rate whatever the other options
+    "--log-max-bytes": (4096, 2**40),  # or 0: never rotate
+    "--log-backups": (0, 100),  # each backup costs a rename at every rotation
+    "--settle": (0.0, 60.0),
+    "--lines": (0, 1_000_000),
+}
+
 
 @dataclass
 class Job:
@@ -39,7 +53,7 @@ class Job:
     restart: str = "always"
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
-    min_uptime: float = 10.0
+    min_uptime: float = 1.0
     stdout_log: str = ""
     stderr_log: str = ""
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
@@ -47,6 +61,8 @@ class Job:
     lock_dir: str = ""
     allow_network_fs: bool = False
     lean: bool = False
+    forking: bool = False  # the command daemonizes itself: follow the tree it leaves
+    settle: float = 1.0  # how long install/start wait to see the daemon still running
     enabled: bool = True
     installed_at: str = ""
 
@@ -102,6 +118,33 @@ def check_schedule(schedule: str) -> str:
     if not CronSlices.is_valid(text):
         raise UserError(f"schedule {schedule!r} is not a valid cron expression (a value is out of range?)")
     return text
+
+
+def check_range(option: str, value: float, low: float, high: float, also: Optional[float] = None,
+                low_text: str = "") -> float:
+    """`value` if it is finite and within [low, high] (or equal to `also`); else a UserError naming
+    the option, the value and the range. nan and inf pass float() and typer unchecked."""
+    if value == also or (math.isfinite(value) and low <= value <= high):
+        return value
+    allowed = f"from {low_text or _num(low)} to {_num(high)}"
+    if also is not None:
+        allowed = f"{_num(also)}, or {allowed}"
+    raise UserError(f"{option} {_num(value)}: must be {allowed}")
+
+
+def check_limit(option: str, value: float, also: Optional[float] = None,
+                low: Optional[tuple[str, float]] = None) -> float:
+    """check_range against LIMITS[option]; `low` (its option, its value) replaces the lower bound."""
+    table_low, high = LIMITS[option]
+    if low is None:
+        return check_range(option, value, table_low, high, also)
+    return check_range(option, value, max(table_low, low[1]), high, also, f"{low[0]} ({_num(low[1])})")
+
+
+def _num(value: float) -> str:
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e16:
+        return str(int(value))
+    return f"{value:g}"
 
 
 def parse_env(items: list[str]) -> dict[str, str]:
