@@ -153,8 +153,20 @@ INSTALL_NUMBERS = ["--grace", "--backoff-initial", "--backoff-max", "--min-uptim
 BAD_VALUES = ["nan", "inf", "-1", "huge"]
 
 
-def test_every_number_option_has_a_stated_range() -> None:
+def test_every_number_option_has_a_stated_range_and_the_readme_states_it() -> None:
     assert set(INSTALL_NUMBERS) | {"--lines"} == set(LIMITS)
+
+    def shown(x: float) -> str:
+        if x >= 2**20 and int(x) & (int(x) - 1) == 0:
+            return f"2^{int(x).bit_length() - 1}"
+        return str(int(x)) if x == int(x) else str(x)
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")) as f:
+        readme = " ".join(f.read().split())
+    for option, (low, high) in LIMITS.items():
+        assert option in readme
+        stated = f"to {shown(high)}" if option == "--backoff-max" else f"{shown(low)} to {shown(high)}"
+        assert stated in readme, (option, stated)
 
 
 @pytest.mark.parametrize("value", BAD_VALUES)

@@ -26,14 +26,14 @@ exit with its exit code. Options may come before or after NAME.
 
 options:
   --detach              return once the daemon runs (from cron: always)
-  --settle SECONDS      how long --detach waits to see the daemon still running (default 1)
+  --settle SECONDS      how long --detach waits to see the daemon still running (default 1, 0 to 60)
   --restart POLICY      ad-hoc runs: always | on-failure | never (default never)
   --forking             ad-hoc runs: the command puts itself in the background; follow its tree
   --lock-dir DIR        ad-hoc runs: where the lock lives
   --log-dir DIR         ad-hoc runs: write output to NAME's log files here
   --workdir DIR         ad-hoc runs: working directory (default: here)
   --env KEY=VALUE       ad-hoc runs: extra environment (repeatable)
-  --grace SECONDS       SIGTERM to SIGKILL wait when stopping (default 10)
+  --grace SECONDS       SIGTERM to SIGKILL wait when stopping (default 10, 0 to 3600)
   --allow-network-fs    accept a lock folder on NFS, Lustre, GPFS, ...
   -h, --help            show this text
 
