@@ -11,7 +11,8 @@ import sys
 from typing import Any
 
 import pytest
-from conftest import Sandbox, pids_with_arg, read_bytes, wait_for
+from conftest import Sandbox, pids_with_arg, wait_for
+from userkit import read_bytes
 
 from watchdog_singleton import runargs
 from watchdog_singleton.commands.status import exit_word, table
