@@ -83,7 +83,8 @@ def _example(*lines: str) -> str:
 NAME = typer.Argument(..., metavar="NAME", help="the job's name: letters, digits, _ . @ + -")
 
 
-@app.command(epilog=_example("install web -- python3 -u server.py --port 8080",
+@app.command(short_help="Install NAME: keep one copy of COMMAND running.",
+             epilog=_example("install web -- python3 -u server.py --port 8080",
                              "install sync --schedule '*/5 * * * *' --restart never -- ./sync.sh"))
 def install(
     name: str = NAME,
@@ -130,7 +131,7 @@ def install(
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-             add_help_option=False, options_metavar="[OPTIONS]",
+             add_help_option=False, options_metavar="[OPTIONS]", short_help="What cron calls: run NAME under its lock.",
              epilog=_example("run nightly-sync -- ./sync.sh", "run web --detach -- python3 -u server.py"))
 def run(ctx: typer.Context) -> None:
     """Take NAME's lock and run it, or exit 0 if a copy runs: what cron calls (see run --help)."""
@@ -139,7 +140,7 @@ def run(ctx: typer.Context) -> None:
     raise typer.Exit(launch_main(list(ctx.args)))
 
 
-@app.command(epilog=_example("status", "status web --json"))
+@app.command(short_help="Show every job on this host, or NAME.", epilog=_example("status", "status web --json"))
 def status(
     name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="one job (default: every job)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
