@@ -13,7 +13,7 @@ import itertools
 from typing import Callable, Optional
 
 from watchdog_singleton import procs
-from watchdog_singleton.spawn import SpawnError, Spawned
+from watchdog_singleton.spawn import Spawned, SpawnError
 from watchdog_singleton.supervisor import Seams
 
 SUPERVISOR = 4_000_000  # above any real pid_max, so /proc never answers for these

@@ -75,7 +75,7 @@ BAD_INSTALLS = [
     (["ok-name", "--log-dir", "/proc/1/no-logs-here", *CMD], "/proc/1/no-logs-here"),
     (["ok-name", "--log-dir", "/etc/hostname/logs", *CMD], "not a folder"),
     (["ok-name", "--workdir", "/no/such/dir", *CMD], "/no/such/dir"),
-    (["ok-name", "--grace", "-1", *CMD], "negative"),
+    (["ok-name", "--grace", "-1", *CMD], "--grace -1"),
     (["ok-name", "--restart", "sometimes", *CMD], "--restart"),
     (["ok-name", "--bogus-option", *CMD], "--bogus-option"),
 ]

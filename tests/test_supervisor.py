@@ -150,7 +150,8 @@ def test_exit_0_leaving_processes_gets_a_hint_without_forking(tmp_path: Any) -> 
     world.at(T0 + 0.5, lambda: messages.append(sup.state.message))
     world.at(T0 + 2, sup.request_stop)
     sup.run()
-    hint = "exited 0 leaving 2 processes: if it daemonizes itself, install it with --forking or run it in the foreground"
+    hint = ("exited 0 leaving 2 processes: if it daemonizes itself, install it with --forking "
+            "or run it in the foreground")
     assert messages == [hint]
     assert hint in log_of(sup)
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 import typer
 
@@ -15,9 +15,42 @@ from .errors import UserError
 if TYPE_CHECKING:
     from .commands.common import Context
 
-app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
+# Click rewraps help paragraphs; a paragraph that starts with \b keeps its lines as written.
+EXAMPLE = "\b\nExample:\n"
+
+app = typer.Typer(add_completion=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   no_args_is_help=True,
-                  help="Keep exactly one copy of a daemon running from cron, without root or systemd.")
+                  help="Keep exactly one copy of a daemon running from cron, without root or systemd.",
+                  epilog=(f"{EXAMPLE}  watchdog-singleton install web -- python3 -u server.py --port 8080\n"
+                          "  watchdog-singleton status\n\n"
+                          "'watchdog-singleton COMMAND --help' tells more; 'python3 -m watchdog_singleton' "
+                          "works wherever the package is importable."))
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as dist_version
+
+        return dist_version("watchdog-singleton")
+    except (ImportError, PackageNotFoundError):  # run from a source tree
+        from . import __version__
+
+        return __version__
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"watchdog-singleton {version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _top(
+    show_version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                      help="print the version and exit"),
+) -> None:
+    """Keep exactly one copy of a daemon running from cron, without root or systemd."""
 
 
 def _echo(text: str) -> None:
@@ -43,27 +76,49 @@ def _context() -> "Context":
     return Context.default()
 
 
-@app.command()
+def _example(*lines: str) -> str:
+    return EXAMPLE + "\n".join(f"  watchdog-singleton {line}" for line in lines)
+
+
+NAME = typer.Argument(..., metavar="NAME", help="the job's name: letters, digits, _ . @ + -")
+
+
+@app.command(short_help="Install NAME: keep one copy of COMMAND running.",
+             epilog=_example("install web -- python3 -u server.py --port 8080",
+                             "install sync --schedule '*/5 * * * *' --restart never -- ./sync.sh"))
 def install(
-    name: str = typer.Argument(..., help="job name: letters, digits, _ . @ + -"),
-    command: List[str] = typer.Argument(None, help="after --: the program and its arguments"),
-    schedule: str = typer.Option("* * * * *", help="cron expression or @-word for the launcher"),
-    no_start: bool = typer.Option(False, "--no-start", help="do not start it now; cron will"),
-    log_dir: Optional[str] = typer.Option(None, help="folder for NAME.stdout.log and NAME.stderr.log"),
-    workdir: Optional[str] = typer.Option(None, help="working directory (default: here)"),
-    env: List[str] = typer.Option([], "--env", help="KEY=VALUE for the daemon (repeatable)"),
-    grace: float = typer.Option(10.0, help="seconds from SIGTERM to SIGKILL when stopping"),
-    restart: str = typer.Option("always", help="always | on-failure | never (then cron restarts it)"),
-    backoff_initial: float = typer.Option(1.0, help="first delay after a quick failure, seconds"),
-    backoff_max: float = typer.Option(60.0, help="longest delay between restarts, seconds"),
-    min_uptime: float = typer.Option(10.0, help="a run this long resets the backoff, seconds"),
-    log_max_bytes: int = typer.Option(10 * 1024 * 1024, help="rotate a log file at this size (0: never)"),
-    log_backups: int = typer.Option(3, help="rotated files kept per log"),
-    lock_dir: Optional[str] = typer.Option(None, help="where the lock lives (default /tmp/watchdog-singleton-UID)"),
+    name: str = NAME,
+    command: List[str] = typer.Argument(None, metavar="-- COMMAND [ARG...]",
+                                        help="the program and its arguments, after --"),
+    schedule: str = typer.Option("* * * * *", metavar="EXPR",
+                                 help="when cron runs the launcher: 5 fields or an @-word"),
+    no_start: bool = typer.Option(False, "--no-start", help="do not start it now; the next tick will"),
+    log_dir: Optional[str] = typer.Option(None, metavar="DIR", help="folder for NAME.stdout.log and NAME.stderr.log"),
+    workdir: Optional[str] = typer.Option(None, metavar="DIR", help="the daemon's working directory (default: here)"),
+    env: List[str] = typer.Option([], "--env", metavar="KEY=VALUE", help="extra environment (repeatable)"),
+    grace: float = typer.Option(10.0, metavar="SECONDS", help="SIGTERM to SIGKILL wait when stopping, 0 to 3600"),
+    restart: str = typer.Option("always", metavar="POLICY",
+                                help="always | on-failure | never (then the next tick restarts it)"),
+    backoff_initial: float = typer.Option(1.0, metavar="SECONDS",
+                                          help="first delay after quick failures, 0.1 to 3600"),
+    backoff_max: float = typer.Option(60.0, metavar="SECONDS",
+                                      help="longest delay between restarts, --backoff-initial to 86400"),
+    min_uptime: float = typer.Option(1.0, metavar="SECONDS",
+                                     help="a run shorter than this is a quick failure, 0.1 to 86400"),
+    log_max_bytes: int = typer.Option(10 * 1024 * 1024, metavar="N",
+                                      help="rotate a log file at this size: 0 (never) or 4096 to 2^40"),
+    log_backups: int = typer.Option(3, metavar="N", help="rotated files kept per log, 0 to 100"),
+    lock_dir: Optional[str] = typer.Option(None, metavar="DIR",
+                                           help="where the lock lives (default /tmp/watchdog-singleton-UID)"),
     allow_network_fs: bool = typer.Option(False, "--allow-network-fs", help="accept a lock folder on NFS/Lustre/GPFS"),
     lean: bool = typer.Option(False, "--lean", help="no resident supervisor: the daemon holds the lock itself"),
+    forking: bool = typer.Option(False, "--forking",
+                                 help="the command puts itself in the background (like systemd Type=forking): "
+                                      "follow the tree it leaves"),
+    settle: float = typer.Option(1.0, metavar="SECONDS",
+                                 help="how long install/start wait to see the daemon still running, 0 to 60"),
 ) -> None:
-    """Install NAME: a crontab entry that keeps one copy of COMMAND running; start it now."""
+    """Install NAME: one crontab line that keeps one copy of COMMAND running; start it now."""
     from .commands.install import InstallRequest
     from .commands.install import install as do_install
 
@@ -71,35 +126,36 @@ def install(
                          log_dir=log_dir, workdir=workdir, env=list(env), grace=grace, lock_dir=lock_dir,
                          allow_network_fs=allow_network_fs, restart=restart, backoff_initial=backoff_initial,
                          backoff_max=backoff_max, min_uptime=min_uptime, log_max_bytes=log_max_bytes,
-                         log_backups=log_backups, lean=lean)
+                         log_backups=log_backups, lean=lean, forking=forking, settle=settle)
     _call(lambda: do_install(req, _context(), _echo, _warn))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-             add_help_option=False)
+             add_help_option=False, options_metavar="[OPTIONS]", short_help="What cron calls: run NAME under its lock.",
+             epilog=_example("run nightly-sync -- ./sync.sh", "run web --detach -- python3 -u server.py"))
 def run(ctx: typer.Context) -> None:
-    """The launcher cron calls: take NAME's lock and supervise it (see run --help)."""
+    """Take NAME's lock and run it, or exit 0 if a copy runs: what cron calls (see run --help)."""
     from .launch import main as launch_main
 
     raise typer.Exit(launch_main(list(ctx.args)))
 
 
-@app.command()
+@app.command(short_help="Show every job on this host, or NAME.", epilog=_example("status", "status web --json"))
 def status(
-    name: Optional[str] = typer.Argument(None),
+    name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="one job (default: every job)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Show every job on this host, or NAME (exit 0 running, 3 not running, 4 no such job)."""
+    """Show every job on this host, or NAME: exit 0 running, 3 not running, 4 no such job."""
     from .commands.status import status as do_status
 
     _call(lambda: do_status(_context(), _echo, name, as_json))
 
 
-@app.command()
+@app.command(epilog=_example("logs web -n 50", "logs web --stderr -f"))
 def logs(
-    name: str,
+    name: str = NAME,
     stderr: bool = typer.Option(False, "--stderr", help="the stderr log instead of stdout"),
-    lines: int = typer.Option(10, "-n", "--lines", help="how many lines from the end"),
+    lines: int = typer.Option(10, "-n", "--lines", metavar="N", help="how many lines from the end, 0 to 1000000"),
     follow: bool = typer.Option(False, "--follow", "-f", help="keep printing what is appended"),
 ) -> None:
     """Print the end of NAME's stdout (or stderr) log."""
@@ -108,39 +164,51 @@ def logs(
     _call(lambda: do_logs(name, _context(), stderr, lines, follow))
 
 
-@app.command()
-def stop(name: str) -> None:
-    """Disable NAME's entry and stop its whole process tree."""
+@app.command(epilog=_example("stop web"))
+def stop(name: str = NAME) -> None:
+    """Disable NAME's line and stop its whole process tree."""
     from .commands.control import stop as do_stop
 
     _call(lambda: do_stop(name, _context(), _echo))
 
 
-@app.command()
-def start(name: str) -> None:
-    """Enable NAME's entry and start it now."""
+@app.command(epilog=_example("start web"))
+def start(name: str = NAME) -> None:
+    """Enable NAME's line and start it now."""
     from .commands.control import start as do_start
 
     _call(lambda: do_start(name, _context(), _echo))
 
 
-@app.command()
-def restart(name: str) -> None:
+@app.command(epilog=_example("restart web"))
+def restart(name: str = NAME) -> None:
     """Stop NAME's tree and start it again."""
     from .commands.control import restart as do_restart
 
     _call(lambda: do_restart(name, _context(), _echo))
 
 
-@app.command()
+@app.command(epilog=_example("uninstall web", "uninstall web --keep-running"))
 def uninstall(
-    name: str,
-    keep_running: bool = typer.Option(False, "--keep-running", help="remove the entry, leave it running"),
+    name: str = NAME,
+    keep_running: bool = typer.Option(False, "--keep-running", help="remove the line, leave it running"),
 ) -> None:
-    """Remove NAME's entry and definition, and stop everything of it."""
+    """Remove NAME's line and definition, and stop everything of it."""
     from .commands.uninstall import uninstall as do_uninstall
 
     _call(lambda: do_uninstall(name, _context(), _echo, keep_running))
+
+
+def _plain_arguments(group: Any) -> None:
+    """Show arguments as their metavar (NAME, -- COMMAND [ARG...]), the way options show theirs.
+
+    typer >= 0.20 prints `{NAME}` in the usage line and `NAME <str>`, `<list[str]>` in the list.
+    """
+    for command in getattr(group, "commands", {}).values():
+        for param in command.params:
+            if param.param_type_name == "argument" and param.metavar:
+                param.display_type = lambda ctx: ""
+                param._usage_display_name = lambda metavar=param.metavar: metavar
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -152,6 +220,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     args = argv if argv is not None else sys.argv[1:]
     command = typer.main.get_command(app)
+    _plain_arguments(command)
     try:
         code = command.main(args=args or ["--help"], prog_name="watchdog-singleton",
                             standalone_mode=False)

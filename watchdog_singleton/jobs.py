@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -26,6 +27,19 @@ SNAPSHOT_ENV = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_
 
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_LOG_BACKUPS = 3
+
+# The range of every number option, in one place: install, run and logs check against it, and
+# the README's option tables quote it. (low, high); --backoff-max's low is --backoff-initial.
+LIMITS: dict[str, tuple[float, float]] = {
+    "--grace": (0.0, 3600.0),
+    "--backoff-initial": (0.1, 3600.0),
+    "--backoff-max": (0.1, 86400.0),
+    "--min-uptime": (0.1, 86400.0),  # a floor on the restart rate whatever the other options
+    "--log-max-bytes": (4096, 2**40),  # or 0: never rotate
+    "--log-backups": (0, 100),  # each backup costs a rename at every rotation
+    "--settle": (0.0, 60.0),
+    "--lines": (0, 1_000_000),
+}
 
 
 class Job(Record):
@@ -122,6 +136,33 @@ def check_schedule(schedule: str) -> str:
     if not CronSlices.is_valid(text):
         raise UserError(f"schedule {schedule!r} is not a valid cron expression (a value is out of range?)")
     return text
+
+
+def check_range(option: str, value: float, low: float, high: float, also: Optional[float] = None,
+                low_text: str = "") -> float:
+    """`value` if it is finite and within [low, high] (or equal to `also`); else a UserError naming
+    the option, the value and the range. nan and inf pass float() and typer unchecked."""
+    if value == also or (math.isfinite(value) and low <= value <= high):
+        return value
+    allowed = f"from {low_text or _num(low)} to {_num(high)}"
+    if also is not None:
+        allowed = f"{_num(also)}, or {allowed}"
+    raise UserError(f"{option} {_num(value)}: must be {allowed}")
+
+
+def check_limit(option: str, value: float, also: Optional[float] = None,
+                low: Optional[tuple[str, float]] = None) -> float:
+    """check_range against LIMITS[option]; `low` (its option, its value) replaces the lower bound."""
+    table_low, high = LIMITS[option]
+    if low is None:
+        return check_range(option, value, table_low, high, also)
+    return check_range(option, value, max(table_low, low[1]), high, also, f"{low[0]} ({_num(low[1])})")
+
+
+def _num(value: float) -> str:
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e16:
+        return str(int(value))
+    return f"{value:g}"
 
 
 def parse_env(items: list[str]) -> dict[str, str]:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from types import SimpleNamespace
 
-from . import paths, procs
+from . import paths, procs, runargs
 from .errors import FAILED, OK, UserError
 from .jobs import Job, JobStore, check_name, now_iso, parse_env, resolve_command
 from .lock import REPAIRED, FlockLock, check_lock_dir
@@ -20,68 +19,24 @@ from .state import RunState, StateStore
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
-    import argparse
     from typing import Callable, Optional
 
 MANUAL_LOCK_WAIT = 1.0  # a manual start waits out a cron pre-check's brief hold of the lock
 
 
-def parser() -> "argparse.ArgumentParser":
-    import argparse
-
-    p = argparse.ArgumentParser(
-        prog="watchdog-singleton run",
-        description="Run NAME under its singleton lock (what cron calls). With -- COMMAND, run that "
-                    "command under NAME's lock without any install.")
-    p.add_argument("name")
-    p.add_argument("--detach", action="store_true", help="return once the daemon runs")
-    p.add_argument("--cron", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--state-dir", help=argparse.SUPPRESS)
-    p.add_argument("--lock-dir", help="ad-hoc runs: where the lock lives")
-    p.add_argument("--log-dir", help="ad-hoc runs: write output to NAME's log files here")
-    p.add_argument("--workdir", help="ad-hoc runs: working directory (default: here)")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--grace", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL")
-    p.add_argument("--restart", choices=("always", "on-failure", "never"), default="never",
-                   help="ad-hoc runs: restart policy (default never: exit with the command's code)")
-    p.add_argument("--allow-network-fs", action="store_true")
-    p.add_argument("command", nargs=argparse.REMAINDER)
-    return p
-
-
-def quick_parse(argv: list[str]) -> Optional[SimpleNamespace]:
-    """The two shapes our own crontab lines and `start` use, parsed without argparse, whose
-    import would stay in the resident supervisor's memory for the daemon's whole life."""
-    args = SimpleNamespace(detach=False, cron=False, state_dir=None, lock_dir=None, log_dir=None, workdir=None,
-                           env=[], grace=10.0, restart="never", allow_network_fs=False, command=[], name=None)
-    rest = list(argv)
-    while rest:
-        word = rest.pop(0)
-        if word in ("--cron", "--detach"):
-            setattr(args, word[2:], True)
-        elif word == "--state-dir" and rest:
-            args.state_dir = rest.pop(0)
-        elif not word.startswith("-") and args.name is None:
-            args.name = word
-        else:
-            return None
-    return args if args.name is not None else None
-
-
 def main(argv: list[str]) -> int:
-    args = quick_parse(argv)
-    if args is None:
-        args = SimpleNamespace(**vars(parser().parse_args(argv)))
-        if args.command[:1] == ["--"]:
-            args.command = args.command[1:]
     try:
+        args = runargs.parse(argv)
+        if args.help:
+            print(runargs.HELP, end="")
+            return OK
         return launch(args)
     except UserError as exc:
         print(f"watchdog-singleton: {exc}", file=sys.stderr)
         return exc.exit_code
 
 
-def adhoc_job(args: SimpleNamespace, root: str) -> Job:
+def adhoc_job(args: runargs.RunArgs, root: str) -> Job:
     name = check_name(args.name)
     workdir = os.path.abspath(args.workdir or os.getcwd())
     lock_dir = os.path.abspath(args.lock_dir) if args.lock_dir else paths.default_lock_dir()
@@ -89,19 +44,19 @@ def adhoc_job(args: SimpleNamespace, root: str) -> Job:
     env = parse_env(args.env)
     job = Job(name=name, command=resolve_command(args.command, workdir, os.environ.get("PATH")),
               workdir=workdir, env=env, grace=args.grace, restart=args.restart,
-              lock_dir=lock_dir, allow_network_fs=args.allow_network_fs,
-              forking=bool(getattr(args, "forking", False)))
+              lock_dir=lock_dir, allow_network_fs=args.allow_network_fs, forking=args.forking,
+              settle=1.0 if args.settle is None else args.settle)
     if args.log_dir or args.detach:
         log_dir = os.path.abspath(args.log_dir) if args.log_dir else paths.default_log_dir(root)
         job.stdout_log, job.stderr_log = paths.log_files(log_dir, name)
     return job
 
 
-def launch(args: SimpleNamespace) -> int:
+def launch(args: runargs.RunArgs) -> int:
     root = os.path.abspath(args.state_dir) if args.state_dir else paths.state_dir()
     adhoc = bool(args.command)
     job = adhoc_job(args, root) if adhoc else JobStore(root).get(check_name(args.name))
-    if getattr(args, "settle", None) is not None:
+    if args.settle is not None:
         job.settle = args.settle
     if args.cron and not job.enabled:
         return OK

@@ -16,6 +16,7 @@ from ..jobs import (
     DEFAULT_LOG_MAX_BYTES,
     RESTART_POLICIES,
     Job,
+    check_limit,
     check_name,
     check_schedule,
     now_iso,
@@ -42,10 +43,24 @@ class InstallRequest:
     restart: str = "always"
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
-    min_uptime: float = 10.0
+    min_uptime: float = 1.0
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
     log_backups: int = DEFAULT_LOG_BACKUPS
     lean: bool = False
+    forking: bool = False
+    settle: float = 1.0
+
+
+def check_numbers(req: InstallRequest) -> None:
+    """Every number finite and within jobs.LIMITS: nan or inf would hang a stop or crash the
+    supervisor, and a tiny --min-uptime would restart hundreds of times a second."""
+    check_limit("--grace", req.grace)
+    check_limit("--backoff-initial", req.backoff_initial)
+    check_limit("--backoff-max", req.backoff_max, low=("--backoff-initial", req.backoff_initial))
+    check_limit("--min-uptime", req.min_uptime)
+    check_limit("--log-max-bytes", req.log_max_bytes, also=0)
+    check_limit("--log-backups", req.log_backups)
+    check_limit("--settle", req.settle)
 
 
 def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job:
@@ -58,12 +73,9 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
     if not os.path.isdir(workdir):
         raise UserError(f"working directory {workdir} does not exist")
     command = resolve_command(req.command, workdir, env.get("PATH"))
-    if req.grace < 0 or req.backoff_initial < 0 or req.backoff_max < 0 or req.min_uptime < 0:
-        raise UserError("--grace and the backoff times cannot be negative")
+    check_numbers(req)
     if req.restart not in RESTART_POLICIES:
         raise UserError(f"--restart must be one of {', '.join(RESTART_POLICIES)}")
-    if req.log_max_bytes < 0 or req.log_backups < 0:
-        raise UserError("--log-max-bytes and --log-backups cannot be negative")
     lock_dir = os.path.abspath(req.lock_dir) if req.lock_dir else paths.default_lock_dir()
     check_lock_dir(lock_dir, req.allow_network_fs)
     log_dir = os.path.abspath(req.log_dir) if req.log_dir else paths.default_log_dir(ctx.root)
@@ -81,7 +93,7 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
                backoff_max=req.backoff_max, min_uptime=req.min_uptime, stdout_log=stdout_log,
                stderr_log=stderr_log, log_max_bytes=req.log_max_bytes, log_backups=req.log_backups,
                lock_dir=lock_dir, allow_network_fs=req.allow_network_fs, lean=req.lean,
-               enabled=True, installed_at=now_iso())
+               forking=req.forking, settle=req.settle, enabled=True, installed_at=now_iso())
 
 
 def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,

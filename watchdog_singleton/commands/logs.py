@@ -8,6 +8,7 @@ import time
 from typing import BinaryIO, Callable, Optional
 
 from ..errors import OK, UserError
+from ..jobs import LIMITS, check_range
 from .common import Context
 
 POLL_SECONDS = 0.2
@@ -32,6 +33,7 @@ def tail_bytes(path: str, lines: int) -> bytes:
 
 def logs(name: str, ctx: Context, stderr: bool = False, lines: int = 10, follow: bool = False,
          out: Optional[BinaryIO] = None, keep_going: Callable[[], bool] = lambda: True) -> int:
+    check_range("-n", lines, *LIMITS["--lines"])
     job, state = ctx.known(name)
     path = (job.stderr_log if stderr else job.stdout_log) if job else \
         (state.stderr_log if stderr else state.stdout_log) if state else ""
@@ -39,7 +41,7 @@ def logs(name: str, ctx: Context, stderr: bool = False, lines: int = 10, follow:
         raise UserError(f"{name} has no log files (an ad-hoc run that wrote to the terminal)")
     sink = out or sys.stdout.buffer
     if os.path.exists(path):
-        sink.write(tail_bytes(path, max(lines, 0)))
+        sink.write(tail_bytes(path, lines))
         sink.flush()
     if not follow:
         return OK

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -122,11 +124,23 @@ def _since(iso: Optional[str]) -> str:
     return f"{seconds}s"
 
 
+def exit_word(code: Optional[int]) -> str:
+    """An exit code as a person reads it: the number, or for a negative code its signal's name."""
+    if code is None:
+        return "-"
+    if code >= 0:
+        return str(code)
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
 def table(infos: list[dict[str, Any]]) -> str:
     rows = [("NAME", "STATE", "PID", "UP", "RESTARTS", "LAST EXIT", "SCHEDULE", "COMMAND")]
     for i in infos:
         rows.append((i["name"], _state_word(i), str(i["pid"] or "-"), _since(i["started_at"]),
-                     str(i["restarts"]), "-" if i["last_exit_code"] is None else str(i["last_exit_code"]),
-                     i["schedule"] or "(ad hoc)", " ".join(i["command"] or [])))
+                     str(i["restarts"]), exit_word(i["last_exit_code"]),
+                     i["schedule"] or "(ad hoc)", shlex.join(i["command"] or [])))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1] for r in rows)
