@@ -298,7 +298,8 @@ class Supervisor:
         message = ""
         if left:
             if code == 0:
-                message = (f"exited 0 leaving {len(left)} processes: if it daemonizes itself, install it "
+                processes = "process" if len(left) == 1 else "processes"
+                message = (f"exited 0 leaving {len(left)} {processes}: if it daemonizes itself, install it "
                            "with --forking or run it in the foreground")
                 self._note(message)
             # Like systemd's KillMode=control-group: what the daemon left behind goes with it.
@@ -333,7 +334,8 @@ class Supervisor:
         self.state.message = message
         if self.settle_at is not None:
             log = "" if self.passthrough else f"; see {job.stderr_log}"
-            self._report_ready(f"{job.name} {procs.exit_text(code)} {lasted:.1f} s after it started{log}")
+            detail = f" ({message})" if message else ""
+            self._report_ready(f"{job.name} {procs.exit_text(code)} {lasted:.1f} s after it started{detail}{log}")
         policy_done = job.restart == "never" or (job.restart == "on-failure" and code == 0)
         if policy_done or self.stopping:
             self.done_code = code
@@ -348,7 +350,8 @@ class Supervisor:
         self.state.backoff_seconds = delay
         self.state.next_start_at = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.seams.wall() + delay))
         if delay:
-            self.state.message = f"{self.quick_runs} quick exits in a row: next start in {delay:g} s"
+            backoff = f"{self.quick_runs} quick exits in a row: next start in {delay:g} s"
+            self.state.message = f"{message}; {backoff}" if message else backoff
             self._note(f"restart in {delay:g} s ({self.quick_runs} runs shorter than {job.min_uptime:g} s in a row)")
         self._save()
 
