@@ -14,10 +14,10 @@ dropped and counted, and a marker line says how much was lost once writing resum
 
 from __future__ import annotations
 
-import collections
+import _thread
 import os
-import threading
 import time
+from _collections import deque
 
 from .files import open_log_file
 
@@ -28,6 +28,39 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 RETRY_SECONDS = 1.0
 MIN_OVERRUN = 4096
 MARKER_ROOM = 256  # kept free under the hard limit for the split marker
+
+
+class _Condition:
+    """The part of threading.Condition we use, for one waiting thread, on _thread: threading
+    and collections cost the resident supervisor about 1 MiB."""
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._wake = _thread.allocate_lock()
+        self._wake.acquire()
+
+    def __enter__(self) -> "_Condition":
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def notify(self) -> None:
+        if self._wake.locked():
+            self._wake.release()
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Release the lock, wait for a notify (or the timeout), take the lock again. A notify
+        that came first is not lost; a spurious return is possible: callers loop."""
+        self._lock.release()
+        try:
+            if timeout is None:
+                self._wake.acquire()
+            else:
+                self._wake.acquire(True, timeout)
+        finally:
+            self._lock.acquire()
 
 
 class _Lost:
@@ -56,19 +89,20 @@ class LogSink:
         self.backups = backups
         self.buffer_limit = buffer_limit
         self.wall = wall
-        self._queue: Deque[Union[bytes, str, _Lost]] = collections.deque()
+        self._queue: Deque[Union[bytes, str, _Lost]] = deque()
         self._queued = 0
         self._last_error: Optional[str] = None
         self._reopen = False
         self._closing = False
-        self._cond = threading.Condition()
+        self._cond = _Condition()
         self._fd: Optional[int] = None
         self._size = 0
         self._at_line_start = True
         self._line_bytes = 0  # bytes since the last newline in the current file
         self._open()
-        self._thread = threading.Thread(target=self._run, name=f"log:{os.path.basename(path)}", daemon=True)
-        self._thread.start()
+        self._finished = _thread.allocate_lock()
+        self._finished.acquire()  # released by the writer thread as it ends
+        _thread.start_new_thread(self._writer, ())
 
     # -- the supervisor's side -------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -100,7 +134,8 @@ class LogSink:
         with self._cond:
             self._closing = True
             self._cond.notify()
-        self._thread.join(timeout)
+        if self._finished.acquire(True, timeout):
+            self._finished.release()
 
     def has_room(self, size: int) -> bool:
         with self._cond:
@@ -111,6 +146,12 @@ class LogSink:
             return self._queued
 
     # -- the writer thread -----------------------------------------------------------------
+    def _writer(self) -> None:
+        try:
+            self._run()
+        finally:
+            self._finished.release()
+
     def _run(self) -> None:
         while True:
             with self._cond:

@@ -9,7 +9,7 @@ from typing import Optional
 
 from .. import paths
 from ..errors import OK, UserError
-from ..files import creatable_dir_problem
+from ..files import check_log_file, creatable_dir_problem
 from ..hostinfo import cron_daemon_running
 from ..jobs import (
     DEFAULT_LOG_BACKUPS,
@@ -84,8 +84,9 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
         raise UserError(f"log folder {log_dir} cannot be used: {problem}")
     stdout_log, stderr_log = paths.log_files(log_dir, name)
     for log in (stdout_log, stderr_log):
-        if os.path.islink(log):
-            raise UserError(f"log file {log} is a symlink: refusing to write through it")
+        problem = check_log_file(log)
+        if problem:
+            raise UserError(problem)
         if os.path.exists(log) and not os.access(log, os.W_OK):
             raise UserError(f"log file {log} is not writable")
     return Job(name=name, command=command, workdir=workdir, schedule=schedule, env=env,
