@@ -39,10 +39,11 @@ class Context:
 
     def editor(self) -> CrontabEditor:
         io = self.crontab_io or CrontabIO()
-        return CrontabEditor(io, paths.default_lock_dir(), before_write=self.before_crontab_write)
+        return CrontabEditor(io, paths.crontab_edit_lock(self.root), before_write=self.before_crontab_write)
 
     def cron_line(self, job: Job) -> bytes:
-        return render(job, self.python, self.root, shutil.which("flock"))
+        return render(job, self.python, self.root, shutil.which("flock"),
+                      paths.isolation_flag() if self.python == sys.executable else "")
 
     def known(self, name: str) -> tuple[Optional[Job], Optional[RunState]]:
         job, state = self.jobs.load(name), self.states.load(name)
@@ -53,9 +54,12 @@ class Context:
 
 def launch_detached(ctx: Context, name: str) -> None:
     """Start NAME now through the launcher, in a fresh process; return once its daemon runs."""
+    flag = paths.isolation_flag() if ctx.python == sys.executable else ""
+    # From /, like cron's line: a json.py in the caller's folder must not shadow the stdlib.
     proc = subprocess.run(
-        [ctx.python, "-m", "watchdog_singleton", "run", "--detach", "--state-dir", ctx.root, name],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        [ctx.python, *([flag] if flag else []), "-m", "watchdog_singleton", "run", "--detach",
+         "--state-dir", ctx.root, name],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd="/")
     if proc.returncode != 0:
         message = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "launcher failed"
         raise UserError(message.removeprefix("watchdog-singleton: "), FAILED)
