@@ -94,16 +94,16 @@ def render(job: Job, python: str, state_root: str, flock_binary: Optional[str], 
     lock_dir = shlex.quote(job.lock_dir)
     lock = shlex.quote(job.lock_path)
     flag = f" {isolation}" if isolation else ""
-    launcher = (f"exec {shlex.quote(python)}{flag} -m watchdog_singleton run --cron "
+    launcher = (f"cd / && exec {shlex.quote(python)}{flag} -m watchdog_singleton run --cron "
                 f"--state-dir {shlex.quote(state_root)} {job.name}")
     if flock_binary:
         # Only a lock file that is ours is probed; anything odd goes to the launcher, which says why.
         command = (f"test -O {lock_dir} -a ! -h {lock_dir} -a -f {lock} && "
                    f"{shlex.quote(flock_binary)} -n -E {CONFLICT_EXIT} {lock} true 2>/dev/null; "
-                   f"[ $? = {CONFLICT_EXIT} ] || {launcher}")
+                   f"[ $? = {CONFLICT_EXIT} ] || {{ {launcher}; }}")
     else:
         command = launcher
-    line = f"{job.schedule} cd /; {cron_escape(command)} {TAG}{job.name}"
+    line = f"{job.schedule} {cron_escape(command)} {TAG}{job.name}"
     if "\n" in line or "\r" in line:
         raise UserError("a newline cannot go into a crontab line")
     return line.encode()
