@@ -3,12 +3,15 @@
 Each of our lines ends with the tag ` #watchdog-singleton:NAME` (to sh, a comment). Every
 other line is kept as bytes and written back exactly as read: python-crontab is used only to
 validate schedules, because on a read-then-write it rewrites lines it did not create.
-Edits are serialised by a lock (fasteners) and re-read just before writing, so that a foreign
-write between our read and our write is seen and the edit is redone on top of it.
+Edits are serialised by a lock (fasteners) in the per-host state folder and re-read just before
+writing, so that a foreign write between our read and our write is seen and the edit is redone on
+top of it. crontab(1) has no compare-and-swap: a foreign write that lands between that re-read
+and our write is still lost, so the two run back to back (see CrontabEditor.edit).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shlex
@@ -17,7 +20,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import paths
+from . import files
 from .errors import FAILED, UserError
 from .jobs import Job
 
@@ -30,8 +33,12 @@ CONFLICT_EXIT = 75  # flock -E: tells "the lock is held" apart from "flock could
 @dataclass
 class Entry:
     name: str
-    enabled: bool
+    enabled: bool  # False for our `#disabled ` prefix and for a line commented out by hand
     line: bytes
+
+
+def is_commented(line: bytes) -> bool:
+    return line.lstrip(b" \t").startswith(b"#")
 
 
 def find_crontab_binary() -> str:
@@ -78,17 +85,22 @@ def cron_escape(text: str) -> str:
     return text.replace("%", r"\%")
 
 
-def render(job: Job, python: str, state_root: str, flock_binary: Optional[str]) -> bytes:
-    """Our line for `job`. While the lock is held it costs one sh and one flock(1), no Python."""
+def render(job: Job, python: str, state_root: str, flock_binary: Optional[str], isolation: str = "") -> bytes:
+    """Our line for `job`. While the lock is held it costs one sh and one flock(1), no Python.
+
+    The launcher runs from / (and with `isolation`, -I or -P): cron starts jobs in $HOME, where a
+    stray json.py or dataclasses.py would otherwise shadow the standard library.
+    """
     lock_dir = shlex.quote(job.lock_dir)
     lock = shlex.quote(job.lock_path)
-    launcher = (f"exec {shlex.quote(python)} -m watchdog_singleton run --cron "
+    flag = f" {isolation}" if isolation else ""
+    launcher = (f"cd / && exec {shlex.quote(python)}{flag} -m watchdog_singleton run --cron "
                 f"--state-dir {shlex.quote(state_root)} {job.name}")
     if flock_binary:
         # Only a lock file that is ours is probed; anything odd goes to the launcher, which says why.
         command = (f"test -O {lock_dir} -a ! -h {lock_dir} -a -f {lock} && "
                    f"{shlex.quote(flock_binary)} -n -E {CONFLICT_EXIT} {lock} true 2>/dev/null; "
-                   f"[ $? = {CONFLICT_EXIT} ] || {launcher}")
+                   f"[ $? = {CONFLICT_EXIT} ] || {{ {launcher}; }}")
     else:
         command = launcher
     line = f"{job.schedule} {cron_escape(command)} {TAG}{job.name}"
@@ -97,13 +109,58 @@ def render(job: Job, python: str, state_root: str, flock_binary: Optional[str]) 
     return line.encode()
 
 
+SPARSE_GAP_MINUTES = 10
+_FIELDS: tuple[tuple[int, int, dict[str, int]], ...] = (
+    (0, 59, {}), (0, 23, {}), (1, 31, {}),
+    (1, 12, {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())}),
+    (0, 7, {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())}))
+
+
+def _expand(field: str, lo: int, hi: int, names: dict[str, int]) -> Optional[set[int]]:
+    """The values one cron field matches; None if we cannot tell (then we say nothing)."""
+    values: set[int] = set()
+    for part in field.lower().split(","):
+        span, slash, step_text = part.partition("/")
+        step = int(step_text) if step_text.isdigit() else (0 if slash else 1)
+        first, dash, last = span.partition("-")
+        if span == "*":
+            a, b = lo, hi
+        else:
+            a = names.get(first, int(first) if first.isdigit() else -1)
+            b = names.get(last, int(last) if last.isdigit() else -1) if dash else (hi if slash else a)
+        if step <= 0 or not lo <= a <= b <= hi:
+            return None
+        values.update(range(a, b + 1, step))
+    return values
+
+
+def fires_sparsely(schedule: str) -> bool:
+    """True for an @-word, or a schedule with a gap of more than ~10 minutes between two ticks.
+    @reboot is not sparse: a daemon started at boot and kept alive is what it is for."""
+    if schedule.startswith("@"):
+        return schedule != "@reboot"
+    fields = schedule.split()
+    if len(fields) != 5:
+        return False
+    sets = [_expand(f, lo, hi, names) for f, (lo, hi, names) in zip(fields, _FIELDS)]
+    if any(v is None for v in sets):
+        return False
+    minutes, hours, days, months, weekdays = (v or set() for v in sets)
+    if days != set(range(1, 32)) or months != set(range(1, 13)) or not set(range(7)) <= weekdays | (
+            {0} if 7 in weekdays else set()):
+        return True  # some days have no tick at all
+    ticks = sorted(h * 60 + m for h in hours for m in minutes)
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])] + [ticks[0] + 24 * 60 - ticks[-1]]
+    return max(gaps) > SPARSE_GAP_MINUTES
+
+
 def parse_entries(text: bytes) -> dict[str, Entry]:
     entries = {}
     for line in text.split(b"\n"):
         match = LINE_RE.match(line)
         if match:
             name = match.group("name").decode()
-            entries[name] = Entry(name, match.group("off") is None, line)
+            entries[name] = Entry(name, not is_commented(line), line)
     return entries
 
 
@@ -141,20 +198,16 @@ def enabled(line: bytes) -> bytes:
 class CrontabEditor:
     """Read-modify-write of our lines under a lock, redone if someone else wrote in between."""
 
-    def __init__(self, io: CrontabIO, lock_dir: str,
+    def __init__(self, io: CrontabIO, lock_path: str,
                  before_write: Optional[Callable[[], None]] = None, attempts: int = 5) -> None:
         self.io = io
-        self.lock_dir = lock_dir
+        self.lock_path = lock_path  # paths.crontab_edit_lock(state folder)
         self.before_write = before_write  # a seam: tests write to the crontab here
         self.attempts = attempts
 
     def edit(self, change: Callable[[bytes], bytes]) -> bytes:
-        import fasteners
-
-        from .lock import open_private_dir
-
-        os.close(open_private_dir(self.lock_dir))
-        with fasteners.InterProcessLock(paths.crontab_edit_lock(self.lock_dir)):
+        release = self._lock()
+        try:
             for _ in range(self.attempts):
                 before = self.io.read()
                 after = change(before)
@@ -166,7 +219,32 @@ class CrontabEditor:
                     continue  # a foreign write landed since our read: redo the edit on top of it
                 self.io.write(after)
                 return after
+        finally:
+            release()
         raise UserError("the crontab kept changing under us; nothing was written", FAILED)
+
+    def _lock(self) -> Callable[[], None]:
+        """Take the edit lock; return its release. A file system without locks gets no lock."""
+        import threading
+
+        import fasteners
+
+        files.ensure_dir(os.path.dirname(self.lock_path))
+        try:
+            # Created here, 0600 and never through a symlink: fasteners would open(path, "a").
+            os.close(os.open(self.lock_path, files.CREATE_FLAGS, 0o600))
+        except OSError as exc:
+            raise UserError(f"cannot open the crontab edit lock {self.lock_path}: {exc.strerror}", FAILED) from None
+        lock = fasteners.InterProcessLock(self.lock_path)
+        try:
+            lock.acquire()
+        except threading.ThreadError as exc:
+            cause = exc.__context__
+            if isinstance(cause, OSError) and cause.errno in (errno.ENOLCK, errno.ENOSYS):
+                return lambda: None  # an odd home file system: the re-read before the write still guards
+            raise UserError(f"cannot lock {self.lock_path}: {cause or exc}", FAILED) from None
+        release: Callable[[], None] = lock.release
+        return release
 
     def entries(self) -> dict[str, Entry]:
         return parse_entries(self.io.read())
@@ -175,15 +253,21 @@ class CrontabEditor:
         return self.edit(lambda text: with_entry(text, name, line))
 
     def set_enabled(self, name: str, on: bool) -> bool:
-        """Comment our line in or out; False if NAME has no line."""
+        """Comment our line in or out; False if NAME has no line, or to enable one that was
+        commented out by hand (the caller writes a fresh line instead)."""
         found = []
 
         def change(text: bytes) -> bytes:
             entry = parse_entries(text).get(name)
-            found.append(entry is not None)
-            if entry is None:
+            if entry is None or entry.enabled == on:
+                found.append(entry is not None)
+                return text  # missing, or already as wanted (a hand-commented line is off already)
+            line = enabled(entry.line) if on else disabled(entry.line)
+            if is_commented(line) and on:
+                found.append(False)  # commented out by hand: only a fresh line turns it on
                 return text
-            return with_entry(text, name, enabled(entry.line) if on else disabled(entry.line))
+            found.append(True)
+            return with_entry(text, name, line)
 
         self.edit(change)
         return bool(found and found[-1])

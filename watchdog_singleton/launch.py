@@ -55,6 +55,8 @@ def adhoc_job(args: runargs.RunArgs, root: str) -> Job:
 def launch(args: runargs.RunArgs) -> int:
     root = os.path.abspath(args.state_dir) if args.state_dir else paths.state_dir()
     adhoc = bool(args.command)
+    if args.cron and not adhoc and JobStore(root).load(check_name(args.name)) is None:
+        return OK  # an orphan line (uninstalled while crontab edits were refused): nothing to run
     job = adhoc_job(args, root) if adhoc else JobStore(root).get(check_name(args.name))
     if args.settle is not None:
         job.settle = args.settle

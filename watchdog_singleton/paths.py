@@ -51,5 +51,31 @@ def lock_file(lock_dir: str, name: str) -> str:
     return os.path.join(lock_dir, f"{name}.lock")
 
 
-def crontab_edit_lock(lock_dir: str) -> str:
-    return os.path.join(lock_dir, "crontab.edit-lock")
+def crontab_edit_lock(root: str) -> str:
+    # In the per-host state folder, not under /tmp: it is always the user's own, so a folder
+    # another user planted in /tmp cannot block crontab edits even with --lock-dir.
+    return os.path.join(root, "crontab.edit-lock")
+
+
+def isolation_flag() -> str:
+    """The interpreter flag that keeps the current directory (and, when it is safe, the user's
+    site-packages and PYTHON* variables) out of our own `python -m watchdog_singleton` runs.
+
+    -I drops user site-packages and PYTHONPATH, so it is used only when this package is importable
+    without them (a venv, pipx, the system site-packages); otherwise -P (3.11+), else nothing and
+    the caller's `cd /` alone keeps a stray ~/json.py out.
+    """
+    import site
+    import sys
+
+    package_parent = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    dropped = {os.path.realpath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    user_site = os.path.realpath(site.getusersitepackages())
+    kept = set()
+    for entry in sys.path[1:]:  # sys.path[0] is the script's folder or the cwd: -I drops it
+        real = os.path.realpath(entry or ".")
+        if real not in dropped and not (real + os.sep).startswith(user_site + os.sep):
+            kept.add(real)
+    if package_parent in kept:
+        return "-I"
+    return "-P" if sys.version_info >= (3, 11) else ""

@@ -40,10 +40,11 @@ class Context:
 
     def editor(self) -> CrontabEditor:
         io = self.crontab_io or CrontabIO()
-        return CrontabEditor(io, paths.default_lock_dir(), before_write=self.before_crontab_write)
+        return CrontabEditor(io, paths.crontab_edit_lock(self.root), before_write=self.before_crontab_write)
 
     def cron_line(self, job: Job) -> bytes:
-        return render(job, self.python, self.root, shutil.which("flock"))
+        return render(job, self.python, self.root, shutil.which("flock"),
+                      paths.isolation_flag() if self.python == sys.executable else "")
 
     def known(self, name: str) -> tuple[Optional[Job], Optional[RunState]]:
         job, state = self.jobs.load(name), self.states.load(name)
@@ -52,14 +53,17 @@ class Context:
         return job, state
 
 
-def launch_detached(ctx: Context, name: str, settle: Optional[float] = None) -> str:
+def launch_detached(ctx: Context, name: str) -> str:
     """Start NAME now through the launcher, in a fresh process; return its one-line report
-    ("running NAME: pid N" or "NAME already runs: pid N") once the daemon has run `settle` s."""
-    argv = [ctx.python, "-m", "watchdog_singleton", "run", "--detach", "--state-dir", ctx.root, name]
-    if settle is not None:
-        argv[5:5] = ["--settle", repr(settle)]
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd="/",
-                          env=procs.clean_environ(dict(os.environ)))
+    ("running NAME: pid N" or "NAME already runs: pid N") once the daemon has run its settle time."""
+    flag = paths.isolation_flag() if ctx.python == sys.executable else ""
+    # From /, like cron's line: a json.py in the caller's folder must not shadow the stdlib. And
+    # without another job's markers: a job installed from inside another's tree is not part of it.
+    proc = subprocess.run(
+        [ctx.python, *([flag] if flag else []), "-m", "watchdog_singleton", "run", "--detach",
+         "--state-dir", ctx.root, name],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd="/",
+        env=procs.clean_environ(dict(os.environ)))
     if proc.returncode != 0:
         message = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "launcher failed"
         raise UserError(message.removeprefix("watchdog-singleton: "), FAILED)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import NO_SUCH_JOB, OK, UserError
+from ..errors import FAILED, NO_SUCH_JOB, OK, UserError
 from ..jobs import Job
 from .common import Context, Echo, start_now, stop_processes
 
@@ -12,18 +12,26 @@ def _set_enabled(ctx: Context, job: Job, on: bool) -> None:
     ctx.jobs.save(job)
     editor = ctx.editor()
     if not editor.set_enabled(job.name, on) and on:
-        # The line was removed by hand: put it back from the definition.
+        # The line was removed or commented out by hand: put a fresh one from the definition.
         editor.set_entry(job.name, ctx.cron_line(job))
 
 
 def stop(name: str, ctx: Context, echo: Echo) -> int:
     job, state = ctx.known(name)
     if job is not None:
-        _set_enabled(ctx, job, False)
+        job.enabled = False
+        ctx.jobs.save(job)  # the launcher reads this: no tick starts NAME again, whatever its line
     lock_path = job.lock_path if job else (state.lock_path if state else "")
     grace = job.grace if job else 10.0
+    # Stopping never depends on being allowed to edit the crontab (cron.deny): stop first.
     found = stop_processes(lock_path, state, grace)
-    echo(f"stopped {name}" if found else f"{name} was not running; its entry is disabled")
+    done = f"stopped {name}" if found else f"{name} was not running"
+    if job is not None:
+        try:
+            ctx.editor().set_enabled(name, False)
+        except UserError as exc:
+            raise UserError(f"{done} and disabled it, but its crontab line is unchanged: {exc}", FAILED) from None
+    echo(done if found else f"{done}; its entry is disabled")
     return OK
 
 

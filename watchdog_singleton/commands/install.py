@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import paths
+from ..crontab import fires_sparsely
 from ..errors import OK, UserError
 from ..files import check_log_file, creatable_dir_problem
 from ..hostinfo import cron_daemon_running
@@ -78,6 +79,9 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
         raise UserError(f"--restart must be one of {', '.join(RESTART_POLICIES)}")
     lock_dir = os.path.abspath(req.lock_dir) if req.lock_dir else paths.default_lock_dir()
     check_lock_dir(lock_dir, req.allow_network_fs)
+    problem = creatable_dir_problem(lock_dir)
+    if problem:
+        raise UserError(f"lock folder {lock_dir} cannot be used: {problem}")
     log_dir = os.path.abspath(req.log_dir) if req.log_dir else paths.default_log_dir(ctx.root)
     problem = creatable_dir_problem(log_dir)
     if problem:
@@ -116,6 +120,10 @@ def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,
             ctx.jobs.save(previous)
         raise
     echo(f"installed {job.name}: {job.schedule} {shlex.join(job.command)}")
+    if job.restart == "always" and not job.lean and fires_sparsely(job.schedule):
+        warn(f"warning: --restart always with schedule '{job.schedule}': the supervisor restarts it at once "
+             "after every exit; for a job that should run once per slot use --restart never "
+             "(periodic jobs proper come in a later release)")
     if cron_daemon_running() is False:
         warn("warning: no cron daemon runs on this host: the entry will not fire until one does")
     if not req.start:

@@ -101,13 +101,19 @@ def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool =
 
 
 def _state_word(info: dict[str, Any]) -> str:
+    """The STATE column: what runs, and whether cron would keep it so (no line, a line that is off)."""
+    off = info["installed"] and not info["enabled"]
     if info["running"]:
-        return "running"
-    if info["phase"] == "backoff" and info["next_start_at"]:
-        return f"backoff until {info['next_start_at'][11:19]}"
-    if info["installed"] and not info["enabled"]:
+        word = "running"
+    elif info["phase"] == "backoff" and info["next_start_at"]:
+        word = f"backoff until {info['next_start_at'][11:19]}"
+    elif off and info["cron_entry"] != "missing":
         return "disabled"
-    return str(info["phase"])
+    else:
+        word = str(info["phase"])
+    if info["installed"] and info["cron_entry"] == "missing":
+        return f"{word} (no cron line)"
+    return f"{word} (disabled)" if off else word
 
 
 def _since(iso: Optional[str]) -> str:

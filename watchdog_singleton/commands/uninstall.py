@@ -1,9 +1,11 @@
-"""uninstall: remove NAME's crontab line and definition, then stop everything of it."""
+"""uninstall: remove NAME's definition, stop everything of it, then remove its crontab line."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 from .. import paths
-from ..errors import NO_SUCH_JOB, OK, UserError
+from ..errors import FAILED, NO_SUCH_JOB, OK, UserError
 from ..jobs import check_name
 from .common import Context, Echo, stop_processes
 
@@ -12,18 +14,29 @@ def uninstall(name: str, ctx: Context, echo: Echo, keep_running: bool = False) -
     check_name(name)
     job, state = ctx.jobs.load(name), ctx.states.load(name)
     editor = ctx.editor()
-    has_line = name in editor.entries()
+    try:
+        has_line: Optional[bool] = name in editor.entries()
+    except UserError:
+        if job is None and state is None:
+            raise
+        has_line = None  # crontab(1) refused (cron.deny): stopping must not depend on it
     if job is None and state is None and not has_line:
         raise UserError(f"no such job: {name}", NO_SUCH_JOB)
-    if has_line:
-        editor.set_entry(name, None)
+    # The definition goes first: a tick of a line still in the crontab then finds nothing to run.
     ctx.jobs.delete(name)
     lock_path = job.lock_path if job else (state.lock_path if state else
                                            paths.lock_file(paths.default_lock_dir(), name))
-    if keep_running:
-        echo(f"uninstalled {name}; left running")
-        return OK
-    found = stop_processes(lock_path, state, job.grace if job else 10.0)
-    ctx.states.delete(name)
-    echo(f"uninstalled {name}" + ("; stopped its processes" if found else ""))
+    found = 0
+    if not keep_running:
+        found = stop_processes(lock_path, state, job.grace if job else 10.0)
+        ctx.states.delete(name)
+    done = f"uninstalled {name}" + ("; left running" if keep_running else
+                                    "; stopped its processes" if found else "")
+    if has_line is not False:
+        try:
+            editor.set_entry(name, None)
+        except UserError as exc:
+            raise UserError(f"{done}, but its crontab line is still there (it does nothing now): {exc}",
+                            FAILED) from None
+    echo(done)
     return OK
