@@ -27,13 +27,16 @@ from harness import (
     children_of,
     cmdline,
     compare,
+    cpu_ticks,
     fmt_mb,
     fmt_rate,
     fmt_time,
     kill_pid,
     median,
+    private_kib,
     status_field,
     wait_until,
+    wakeups,
 )
 from userkit import is_locked  # found through the path harness sets up
 
@@ -52,6 +55,7 @@ class Plan:
 
     tick_reps: int
     rss_jobs: int
+    idle_seconds: float  # how long an idle supervisor is watched for wake-ups
     chatty_bytes: int
     recovery_reps: int
     log_bytes: int
@@ -64,10 +68,10 @@ class Plan:
     cli_reps: int
 
 
-FULL = Plan(tick_reps=40, rss_jobs=3, chatty_bytes=50 * MIB, recovery_reps=15, log_bytes=200 * MIB,
+FULL = Plan(tick_reps=40, rss_jobs=3, idle_seconds=60.0, chatty_bytes=50 * MIB, recovery_reps=15, log_bytes=200 * MIB,
             log_reps=5, slow_bytes=32 * MIB, slow_rate=8 * MIB, scale_points=(1, 10, 100, 300),
             scale_reps=5, tree_reps=5, cli_reps=10)
-QUICK = Plan(tick_reps=8, rss_jobs=1, chatty_bytes=10 * MIB, recovery_reps=3, log_bytes=20 * MIB,
+QUICK = Plan(tick_reps=8, rss_jobs=1, idle_seconds=20.5, chatty_bytes=10 * MIB, recovery_reps=3, log_bytes=20 * MIB,
              log_reps=2, slow_bytes=8 * MIB, slow_rate=8 * MIB, scale_points=(1, 10, 30),
              scale_reps=2, tree_reps=2, cli_reps=3)
 
@@ -136,12 +140,13 @@ def tick_cost(bench: Bench, plan: Plan) -> list[Row]:
 
 
 # -- 2. resident footprint ----------------------------------------------------------------------
-def sleeping_rss(bench: Bench, argv: list[str]) -> int:
-    """VmRSS (KiB) of a process that started and went to sleep, measured like the supervisor's."""
+def sleeping_rss(bench: Bench, argv: list[str], private: bool = False) -> int:
+    """VmRSS (or, `private`, USS) in KiB of a process that started and went to sleep, measured
+    like the supervisor's."""
     proc = bench.spawn(argv, bench.cron_env())
     try:
         time.sleep(0.5)
-        rss = status_field(proc.pid, "VmRSS")
+        rss = private_kib(proc.pid) if private else status_field(proc.pid, "VmRSS")
         if rss is None:
             raise BenchError(f"{argv[0]} exited before its RSS could be read")
         return rss
@@ -160,11 +165,15 @@ def footprint(bench: Bench, plan: Plan) -> list[Row]:
         for name in names:
             sc.install(name, SLEEPER)
         time.sleep(1.0)  # let every supervisor settle into its idle loop
-        ours = [status_field(sc.status(name)["supervisor_pid"], "VmRSS") or 0 for name in names]
+        supervisors = [sc.status(name)["supervisor_pid"] for name in names]
+        ours = [status_field(pid, "VmRSS") or 0 for pid in supervisors]
+        ours_private = [private_kib(pid) or 0 for pid in supervisors]
+        idle_wakes, idle_cpu = idle_supervisor(supervisors[0], plan.idle_seconds)
         per_job = len(sc.resident_ours()) / len(names)
         flock_file = sc.path("flock.lock")
-        refs: dict[str, list[int]] = {"system": [], "venv": [], "floor": [], "flock": []}
+        refs: dict[str, list[int]] = {"system": [], "venv": [], "floor": [], "flock": [], "private": []}
         for _ in range(plan.rss_jobs):
+            refs["private"].append(sleeping_rss(bench, [bench.python, "-c", PY_SLEEP], private=True))
             refs["system"].append(sleeping_rss(bench, [SYSTEM_PYTHON, "-c", PY_SLEEP]))
             refs["venv"].append(sleeping_rss(bench, [bench.python, "-c", PY_SLEEP]))
             refs["floor"].append(sleeping_rss(bench, [SYSTEM_PYTHON, "-c", f"{SUPERVISOR_FLOOR}; {PY_SLEEP}"]))
@@ -180,6 +189,12 @@ def footprint(bench: Bench, plan: Plan) -> list[Row]:
                 fmt, "<= 1.2x", at_most=1.2),
         compare("2", "supervisor RSS, idle daemon", ours, f"sleeping {bench.python_label}", refs["venv"],
                 fmt, "<= 1.2x", at_most=1.2),
+        compare("2", "supervisor private memory (USS), idle daemon", ours_private,
+                f"sleeping {bench.python_label}", refs["private"], fmt, "<= 1.1x", at_most=1.1),
+        Row("2", f"idle supervisor: wake-ups per 10 s, over {plan.idle_seconds:g} s",
+            f"{idle_wakes * 10 / plan.idle_seconds:.2f}", goal="<= 1", n=1,
+            verdict="met" if idle_wakes * 10 / plan.idle_seconds <= 1.0 else "MISSED"),
+        Row("2", "idle supervisor: CPU per hour", f"{idle_cpu * 3600 / plan.idle_seconds:.2f} s", n=1),
         compare("2", "supervisor RSS, idle daemon", ours, "flock FILE CMD (flock's RSS)",
                 refs["flock"], fmt),
         compare("2", "sleeping python + a supervisor's stdlib", refs["floor"], f"sleeping {SYSTEM_PYTHON}",
@@ -191,6 +206,18 @@ def footprint(bench: Bench, plan: Plan) -> list[Row]:
         Row("2", "lean mode: processes of ours, their RSS", f"{lean_count}, {fmt_mb(lean_rss)}",
             goal="0", verdict="met" if lean_count == 0 else "MISSED", n=1),
     ]
+
+
+def idle_supervisor(pid: int, seconds: float) -> tuple[int, float]:
+    """Wake-ups of the supervisor's main thread and its CPU seconds while nothing happens."""
+    ticks_per_second = os.sysconf("SC_CLK_TCK")
+    wakes, cpu = wakeups(pid), cpu_ticks(pid)
+    time.sleep(seconds)
+    wakes_after, cpu_after = wakeups(pid), cpu_ticks(pid)
+    if None in (wakes, cpu, wakes_after, cpu_after):
+        raise BenchError(f"the idle supervisor {pid} went away")
+    assert wakes is not None and wakes_after is not None and cpu is not None and cpu_after is not None
+    return wakes_after - wakes, (cpu_after - cpu) / ticks_per_second
 
 
 def chatty_supervisor(bench: Bench, sc: Scenario, total: int) -> tuple[int, int]:

@@ -163,6 +163,31 @@ def status_field(pid: int, key: str) -> Optional[int]:
     return None
 
 
+def private_kib(pid: int) -> Optional[int]:
+    """USS: the KiB only this process holds (Private_Clean + Private_Dirty). RSS also counts the
+    interpreter's shared text pages, which every Python process on the host shares."""
+    total, seen = 0, False
+    for line in read_bytes(f"/proc/{pid}/smaps_rollup").decode(errors="replace").splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1])
+            seen = True
+    return total if seen else None
+
+
+def wakeups(pid: int) -> Optional[int]:
+    """How often the process's main thread went to sleep and woke (voluntary context switches)."""
+    return status_field(pid, "voluntary_ctxt_switches")
+
+
+def cpu_ticks(pid: int) -> Optional[int]:
+    """utime + stime of the whole process, in clock ticks."""
+    stat = read_bytes(f"/proc/{pid}/stat")
+    if not stat:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def environ(pid: int) -> list[bytes]:
     return read_bytes(f"/proc/{pid}/environ").split(b"\0")
 

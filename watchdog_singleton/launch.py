@@ -25,15 +25,23 @@ MANUAL_LOCK_WAIT = 1.0  # a manual start waits out a cron pre-check's brief hold
 
 
 def main(argv: list[str]) -> int:
+    name = "run"
     try:
         args = runargs.parse(argv)
         if args.help:
             print(runargs.HELP, end="")
             return OK
+        name = args.name or name
         return launch(args)
     except UserError as exc:
         print(f"watchdog-singleton: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # Environmental trouble (a full or vanished folder, EIO, too many processes): one line
+        # for cron to mail, never a traceback; the next tick tries again.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"watchdog-singleton: {name}: {exc.strerror or exc}{where}; the next tick retries", file=sys.stderr)
+        return FAILED
 
 
 def adhoc_job(args: runargs.RunArgs, root: str) -> Job:
