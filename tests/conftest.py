@@ -17,10 +17,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
-from userkit import UnprivilegedUser, is_locked, locked_inodes, poll_until, read_bytes, unprivileged_user, user_pids  # noqa: F401  (the tests import these from here)
+from userkit import UnprivilegedUser as UnprivilegedUser  # `X as X`: re-exported, the tests import these from here
+from userkit import is_locked as is_locked
+from userkit import locked_inodes as locked_inodes
+from userkit import poll_until, read_bytes, unprivileged_user, user_pids
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELPERS = os.path.join(HERE, "helpers")
@@ -70,7 +73,7 @@ def ensure_user(name: str) -> UnprivilegedUser:
 
 
 @pytest.fixture(scope="session")
-def test_user() -> UnprivilegedUser:
+def test_user() -> Iterator[UnprivilegedUser]:
     user = ensure_user(TEST_USER)
     os.makedirs(user.home, exist_ok=True)
     os.chown(user.home, user.uid, user.gid)
@@ -154,7 +157,9 @@ class Sandbox:
     def status(self, name: str) -> dict[str, Any]:
         proc = self.ws("status", name, "--json")
         assert proc.returncode in (0, 3), proc.stderr
-        return json.loads(proc.stdout)
+        status = json.loads(proc.stdout)
+        assert isinstance(status, dict), proc.stdout
+        return status
 
     def crontab(self) -> bytes:
         proc = subprocess.run(["crontab", "-u", self.user.name, "-l"], capture_output=True)
@@ -249,7 +254,7 @@ def make_sandbox(user: UnprivilegedUser, label: str) -> Sandbox:
 
 
 @pytest.fixture
-def sandbox(test_user: UnprivilegedUser, request: pytest.FixtureRequest) -> Sandbox:
+def sandbox(test_user: UnprivilegedUser, request: pytest.FixtureRequest) -> Iterator[Sandbox]:
     box = make_sandbox(test_user, request.node.name)
     yield box
     box.cleanup()

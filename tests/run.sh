@@ -25,6 +25,11 @@ rm -rf "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check ".[test]"
 chmod -R a+rX "$venv"
 
+echo "ruff check watchdog_singleton tests bench"
+"$venv/bin/ruff" check watchdog_singleton tests bench
+echo "mypy watchdog_singleton tests bench"
+"$venv/bin/mypy" watchdog_singleton tests bench
+
 set +e
 "$venv/bin/python" -m pytest -ra "$@"
 code=$?

@@ -220,6 +220,7 @@ def test_logs_command_prints_the_tail_of_each_stream(sandbox: Sandbox) -> None:
         time.sleep(0.5)  # let the follower reach the end of the file before we append
         with open(sandbox.status(name)["stdout_log"], "a") as f:
             f.write("appended later\n")
+        assert follower.stdout is not None
         assert follower.stdout.readline() == b"appended later\n"
     finally:
         follower.terminate()

@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import time
+from typing import Any, Iterator, TypedDict
 
 import pytest
 from conftest import Sandbox, UnprivilegedUser, make_sandbox, wait_for
@@ -20,8 +21,15 @@ TRICKY_ARGS = ["two words", "it's", 'say "hi"', "100%", "%%d", "$HOME", "${PATH}
                "a # b", "*", "back\\slash", "tab\there", "`date`", "$(id)", ";", "&&", "", "-n"]
 
 
+class CronStarted(TypedDict):
+    box: Sandbox
+    plain: str
+    tricky: str
+    pathy: str
+
+
 @pytest.fixture(scope="module")
-def cron_started(test_user: UnprivilegedUser, cron_daemon: None) -> dict[str, object]:
+def cron_started(test_user: UnprivilegedUser, cron_daemon: None) -> Iterator[CronStarted]:
     box = make_sandbox(test_user, "cron_e2e")
     daemon = box.write_helper("argv_daemon.py")
     plain, tricky, pathy = box.job("plain"), box.job("tricky"), box.job("pathy")
@@ -51,14 +59,16 @@ def cron_started(test_user: UnprivilegedUser, cron_daemon: None) -> dict[str, ob
     box.cleanup()
 
 
-def _record(box: Sandbox, name: str) -> dict[str, object]:
+def _record(box: Sandbox, name: str) -> dict[str, Any]:
     path = box.path(name + ".json")
     wait_for(lambda: os.path.exists(path), 75, interval=0.5, what=f"cron to start {name}")
     with open(path) as f:
-        return json.load(f)
+        record = json.load(f)
+    assert isinstance(record, dict), record
+    return record
 
 
-def test_first_start_comes_from_cron_and_output_reaches_both_logs(cron_started: dict) -> None:
+def test_first_start_comes_from_cron_and_output_reaches_both_logs(cron_started: CronStarted) -> None:
     box, name = cron_started["box"], cron_started["plain"]
     record = _record(box, name)
     info = wait_for(lambda: (lambda s: s if s["running"] else None)(box.status(name)), 10,
@@ -74,21 +84,21 @@ def test_first_start_comes_from_cron_and_output_reaches_both_logs(cron_started: 
     assert stat.S_IMODE(os.stat(info["stdout_log"]).st_mode) == 0o600
 
 
-def test_tricky_arguments_reach_the_daemon_intact_through_cron(cron_started: dict) -> None:
+def test_tricky_arguments_reach_the_daemon_intact_through_cron(cron_started: CronStarted) -> None:
     from test_cron_e2e import TRICKY_ARGS
 
     record = _record(cron_started["box"], cron_started["tricky"])
     assert record["argv"] == TRICKY_ARGS
 
 
-def test_program_found_through_install_time_path_runs_under_cron(cron_started: dict) -> None:
+def test_program_found_through_install_time_path_runs_under_cron(cron_started: CronStarted) -> None:
     box = cron_started["box"]
     record = _record(box, cron_started["pathy"])
     assert record["argv"] == ["via-path"]
     assert record["env"]["PATH"].startswith(box.path("bin1"))
 
 
-def test_cron_environment_is_the_install_time_one(cron_started: dict) -> None:
+def test_cron_environment_is_the_install_time_one(cron_started: CronStarted) -> None:
     box = cron_started["box"]
     record = _record(box, cron_started["plain"])
     env = record["env"]

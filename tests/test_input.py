@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from typing import Any, Iterator
 
 import pytest
 from conftest import TEST_USER, Sandbox, UnprivilegedUser, ensure_user, make_sandbox, pids_with_arg, wait_for
@@ -17,7 +18,7 @@ OTHER_USER = f"{TEST_USER}2"
 
 
 def tree(*roots: str) -> set[str]:
-    found = set()
+    found: set[str] = set()
     for root in roots:
         for folder, dirs, files in os.walk(root):
             found.update(os.path.join(folder, n) for n in dirs + files)
@@ -44,7 +45,7 @@ def assert_refused(box: Sandbox, args: list[str], needle: str, env: dict[str, st
 
 
 @pytest.fixture
-def foreign(sandbox: Sandbox) -> Sandbox:
+def foreign(sandbox: Sandbox) -> Iterator[Sandbox]:
     sandbox.set_crontab(FOREIGN)
     yield sandbox
     sandbox.set_crontab(b"")
@@ -102,7 +103,7 @@ def test_bad_names_are_refused_by_every_command(foreign: Sandbox) -> None:
 
 
 @pytest.fixture
-def other_user(test_user: UnprivilegedUser) -> UnprivilegedUser:
+def other_user(test_user: UnprivilegedUser) -> Iterator[UnprivilegedUser]:
     """A second unprivileged user, whose default lock folder another user can pre-create."""
     user = ensure_user(OTHER_USER)
     yield user
@@ -230,10 +231,12 @@ def test_twenty_concurrent_installs_then_uninstalls_keep_every_line(foreign: San
 def test_a_foreign_write_between_our_read_and_write_is_redone_not_overwritten(foreign: Sandbox) -> None:
     from watchdog_singleton.crontab import CrontabEditor, CrontabIO
 
-    def as_user(argv: list[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(argv, env=foreign.env(), cwd=foreign.dir, **foreign.user.popen_kwargs(), **kw)
+    def as_user(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        proc: subprocess.CompletedProcess[bytes] = subprocess.run(
+            argv, env=foreign.env(), cwd=foreign.dir, **foreign.user.popen_kwargs(), **kw)
+        return proc
 
-    writes = []
+    writes: list[int] = []
 
     def foreign_write() -> None:
         if not writes:  # once: another terminal's `crontab -e` lands right now

@@ -57,7 +57,7 @@ def supervisor(tmp_path: Any, world: FakeWorld, store: Optional[StateStore] = No
     logs = os.path.join(str(tmp_path), "logs")
     job = Job(name="j", command=["/bin/daemon"], workdir="/", lock_dir=os.path.join(str(tmp_path), "locks"),
               stdout_log=os.path.join(logs, "j.out"), stderr_log=os.path.join(logs, "j.err"), **options)
-    return Supervisor(job, FakeLock(), store or StateStore(os.path.join(str(tmp_path), "state")),  # type: ignore[arg-type]
+    return Supervisor(job, FakeLock(), store or StateStore(os.path.join(str(tmp_path), "state")),
                       seams=world.seams(), ready=ready.append if ready is not None else None)
 
 
@@ -174,7 +174,11 @@ def test_forking_follows_the_tree_it_leaves_and_restarts_only_when_all_of_it_is_
     world.at(T0 + 2, lambda: followed.append(sup.state.pid))
     world.at(T0 + 3, lambda: world.exit(kept[0].pid, -9))  # its main process dies; the worker lives on
     world.at(T0 + 4, lambda: followed.append(sup.state.pid))
-    world.at(T0 + 5, lambda: [world.exit(pid, -9) for pid in world.live(sup.job.lock_path)])
+
+    def kill_the_tree() -> None:
+        for pid in world.live(sup.job.lock_path):
+            world.exit(pid, -9)
+    world.at(T0 + 5, kill_the_tree)
     world.at(T0 + 9, sup.request_stop)
     sup.run()
     worker = kept[0].pid + 1

@@ -8,12 +8,14 @@ import os
 import signal
 import sys
 import time
+from types import FrameType
+from typing import Optional
 
 heartbeat, size, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 count = int(sys.argv[4]) if len(sys.argv) > 4 else None
 
 
-def on_term(signum, frame):
+def on_term(signum: int, frame: Optional[FrameType]) -> None:
     with open(heartbeat + ".term", "w") as f:
         f.write("TERM\n")
     sys.exit(0)
