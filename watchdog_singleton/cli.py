@@ -117,6 +117,19 @@ def install(
                                       "follow the tree it leaves"),
     settle: float = typer.Option(1.0, metavar="SECONDS",
                                  help="how long install/start wait to see the daemon still running, 0 to 60"),
+    periodic: bool = typer.Option(False, "--periodic",
+                                  help="run COMMAND to completion at each due time of --schedule, never two at once"),
+    every: float = typer.Option(0.0, metavar="SECONDS",
+                                help="periodic, start to start (the supervisor keeps it; under a minute too)"),
+    timeout: float = typer.Option(0.0, metavar="SECONDS",
+                                  help="periodic: stop a run's tree after this long (default min(3 periods, "
+                                       "period + 1 h))"),
+    jitter: float = typer.Option(0.0, metavar="SECONDS", help="periodic: start each run up to this much late"),
+    catch_up: str = typer.Option("none", "--catch-up", metavar="none|once",
+                                 help="periodic: once = one make-up run at start for a missed due time"),
+    loop: bool = typer.Option(False, "--loop", help="periodic: rerun at once while it exits 0, until the period ends"),
+    max_lifetime: float = typer.Option(0.0, metavar="SECONDS",
+                                       help="daemons: restart gracefully after this long (0: never)"),
 ) -> None:
     """Install NAME: one crontab line that keeps one copy of COMMAND running; start it now."""
     from .commands.install import InstallRequest
@@ -126,7 +139,9 @@ def install(
                          log_dir=log_dir, workdir=workdir, env=list(env), grace=grace, lock_dir=lock_dir,
                          allow_network_fs=allow_network_fs, restart=restart, backoff_initial=backoff_initial,
                          backoff_max=backoff_max, min_uptime=min_uptime, log_max_bytes=log_max_bytes,
-                         log_backups=log_backups, lean=lean, forking=forking, settle=settle)
+                         log_backups=log_backups, lean=lean, forking=forking, settle=settle, periodic=periodic,
+                         every=every, timeout=timeout, jitter=jitter, catch_up=catch_up, loop=loop,
+                         max_lifetime=max_lifetime)
     _call(lambda: do_install(req, _context(), _echo, _warn))
 
 

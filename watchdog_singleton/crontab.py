@@ -23,6 +23,7 @@ from typing import Callable, Optional
 from . import files
 from .errors import FAILED, UserError
 from .jobs import Job
+from .schedule import FIELDS, expand
 
 TAG = "#watchdog-singleton:"
 DISABLED = "#disabled "
@@ -103,37 +104,13 @@ def render(job: Job, python: str, state_root: str, flock_binary: Optional[str], 
                    f"[ $? = {CONFLICT_EXIT} ] || {{ {launcher}; }}")
     else:
         command = launcher
-    line = f"{job.schedule} {cron_escape(command)} {TAG}{job.name}"
+    line = f"{job.cron_schedule} {cron_escape(command)} {TAG}{job.name}"
     if "\n" in line or "\r" in line:
         raise UserError("a newline cannot go into a crontab line")
     return line.encode()
 
 
 SPARSE_GAP_MINUTES = 10
-_FIELDS: tuple[tuple[int, int, dict[str, int]], ...] = (
-    (0, 59, {}), (0, 23, {}), (1, 31, {}),
-    (1, 12, {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())}),
-    (0, 7, {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())}))
-
-
-def _expand(field: str, lo: int, hi: int, names: dict[str, int]) -> Optional[set[int]]:
-    """The values one cron field matches; None if we cannot tell (then we say nothing)."""
-    values: set[int] = set()
-    for part in field.lower().split(","):
-        span, slash, step_text = part.partition("/")
-        step = int(step_text) if step_text.isdigit() else (0 if slash else 1)
-        first, dash, last = span.partition("-")
-        if span == "*":
-            a, b = lo, hi
-        else:
-            a = names.get(first, int(first) if first.isdigit() else -1)
-            b = names.get(last, int(last) if last.isdigit() else -1) if dash else (hi if slash else a)
-        if step <= 0 or not lo <= a <= b <= hi:
-            return None
-        values.update(range(a, b + 1, step))
-    return values
-
-
 def fires_sparsely(schedule: str) -> bool:
     """True for an @-word, or a schedule with a gap of more than ~10 minutes between two ticks.
     @reboot is not sparse: a daemon started at boot and kept alive is what it is for."""
@@ -142,7 +119,7 @@ def fires_sparsely(schedule: str) -> bool:
     fields = schedule.split()
     if len(fields) != 5:
         return False
-    sets = [_expand(f, lo, hi, names) for f, (lo, hi, names) in zip(fields, _FIELDS)]
+    sets = [expand(f, lo, hi, names) for f, (lo, hi, names) in zip(fields, FIELDS)]
     if any(v is None for v in sets):
         return False
     minutes, hours, days, months, weekdays = (v or set() for v in sets)

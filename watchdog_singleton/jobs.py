@@ -38,6 +38,10 @@ LIMITS: dict[str, tuple[float, float]] = {
     "--log-max-bytes": (4096, 2**40),  # or 0: never rotate
     "--log-backups": (0, 100),  # each backup costs a rename at every rotation
     "--settle": (0.0, 60.0),
+    "--every": (1.0, 366 * 86400.0),  # periodic, start to start; under a minute the supervisor keeps it
+    "--timeout": (1.0, 366 * 86400.0),  # or 0: PanDA's default, min(period * 3, period + 3600)
+    "--jitter": (0.0, 86400.0),
+    "--max-lifetime": (10.0, 366 * 86400.0),  # or 0: never
     "--lines": (0, 1_000_000),
 }
 
@@ -58,6 +62,15 @@ class Job(Record):
         ("min_uptime", 1.0),
         ("forking", False),
         ("settle", 1.0),
+        ("periodic", False),
+        ("every", 0.0),
+        ("timeout", 0.0),
+        ("jitter", 0.0),
+        ("catch_up", "none"),
+        ("loop", False),
+        ("max_lifetime", 0.0),
+        ("sync", False),
+        ("applied_from", ""),
         ("stdout_log", ""),
         ("stderr_log", ""),
         ("log_max_bytes", DEFAULT_LOG_MAX_BYTES),
@@ -80,6 +93,15 @@ class Job(Record):
     min_uptime: float  # a run shorter than this is a quick exit; BURST of them in a row start the backoff
     forking: bool  # the command puts itself in the background: follow the tree it leaves
     settle: float  # install, start and run --detach wait this long to see the daemon still running
+    periodic: bool  # run COMMAND to completion at each due time, instead of keeping it alive
+    every: float  # periodic: seconds from start to start, kept by the supervisor; 0: the schedule decides
+    timeout: float  # periodic: a run is stopped (its whole tree) after this long; 0: PanDA's default
+    jitter: float  # periodic: each run starts a fresh random [0, jitter] seconds after its due time
+    catch_up: str  # periodic: "once" makes up one missed due time at start (systemd's Persistent=)
+    loop: bool  # periodic: rerun at once while it exits 0, until the period has passed (PanDA's loop)
+    max_lifetime: float  # keep-alive: restart gracefully after this long; 0: never
+    sync: bool  # periodic: one run per period across hosts (needs a cluster backend)
+    applied_from: str  # the config file whose `apply` created this job; "" for jobs installed by hand
     stdout_log: str
     stderr_log: str
     log_max_bytes: int
@@ -89,6 +111,36 @@ class Job(Record):
     lean: bool
     enabled: bool
     installed_at: str
+
+    @property
+    def supervised_schedule(self) -> bool:
+        """Whether the resident supervisor keeps the due times (--every, --catch-up once), with
+        cron's every-minute tick only keeping the supervisor alive; else cron's own schedule fires
+        each run."""
+        return self.periodic and (self.every > 0 or self.catch_up == "once")
+
+    @property
+    def cron_schedule(self) -> str:
+        """What the crontab line says: the job's schedule, or every minute when the supervisor
+        keeps the due times (the tick then only keeps the supervisor alive)."""
+        return "* * * * *" if self.supervised_schedule else self.schedule
+
+    @property
+    def period(self) -> float:
+        """Seconds between due times: --every, or the schedule's shortest gap (0 if unknown)."""
+        if self.every > 0:
+            return self.every
+        from .schedule import shortest_gap
+
+        return shortest_gap(self.schedule)
+
+    @property
+    def run_timeout(self) -> float:
+        """A periodic run's time limit: --timeout, else PanDA's min(period * 3, period + 3600)."""
+        if self.timeout > 0:
+            return self.timeout
+        period = self.period
+        return min(period * 3, period + 3600) if period > 0 else 3600.0
 
     @property
     def lock_path(self) -> str:

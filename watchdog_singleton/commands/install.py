@@ -50,6 +50,15 @@ class InstallRequest:
     lean: bool = False
     forking: bool = False
     settle: float = 1.0
+    periodic: bool = False
+    every: float = 0.0
+    timeout: float = 0.0
+    jitter: float = 0.0
+    catch_up: str = "none"
+    loop: bool = False
+    max_lifetime: float = 0.0
+    sync: bool = False
+    applied_from: str = ""
 
 
 def check_numbers(req: InstallRequest) -> None:
@@ -62,6 +71,34 @@ def check_numbers(req: InstallRequest) -> None:
     check_limit("--log-max-bytes", req.log_max_bytes, also=0)
     check_limit("--log-backups", req.log_backups)
     check_limit("--settle", req.settle)
+    check_limit("--every", req.every, also=0)
+    check_limit("--timeout", req.timeout, also=0)
+    check_limit("--jitter", req.jitter)
+    check_limit("--max-lifetime", req.max_lifetime, also=0)
+
+
+def check_kind(req: InstallRequest, schedule: str) -> None:
+    """The options of periodic jobs go with --periodic, and those of daemons without it."""
+    periodic = req.periodic or req.every > 0
+    if not periodic:
+        for option, value in (("--timeout", req.timeout), ("--jitter", req.jitter), ("--loop", req.loop),
+                              ("--catch-up once", req.catch_up == "once"), ("sync", req.sync)):
+            if value:
+                raise UserError(f"{option} is for periodic jobs: add --periodic (or --every SECONDS)")
+        return
+    if req.catch_up not in ("none", "once"):
+        raise UserError(f"--catch-up {req.catch_up}: must be none or once")
+    if req.max_lifetime:
+        raise UserError("--max-lifetime is for daemons kept alive; a periodic run has --timeout")
+    if req.forking or req.lean:
+        raise UserError("--forking and --lean are for daemons kept alive, not periodic jobs")
+    if req.every > 0 and schedule != "* * * * *":
+        raise UserError("give --every SECONDS or --schedule EXPR, not both")
+    if schedule == "@reboot" and not req.every:
+        raise UserError("a periodic job cannot run @reboot: use --every SECONDS or a 5-field --schedule")
+    if req.sync:
+        raise UserError("sync = true needs a cluster backend (--cluster postgresql://...), "
+                        "which this version does not have yet")
 
 
 def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job:
@@ -75,6 +112,7 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
         raise UserError(f"working directory {workdir} does not exist")
     command = resolve_command(req.command, workdir, env.get("PATH"))
     check_numbers(req)
+    check_kind(req, schedule)
     if req.restart not in RESTART_POLICIES:
         raise UserError(f"--restart must be one of {', '.join(RESTART_POLICIES)}")
     lock_dir = os.path.abspath(req.lock_dir) if req.lock_dir else paths.default_lock_dir()
@@ -98,7 +136,10 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
                backoff_max=req.backoff_max, min_uptime=req.min_uptime, stdout_log=stdout_log,
                stderr_log=stderr_log, log_max_bytes=req.log_max_bytes, log_backups=req.log_backups,
                lock_dir=lock_dir, allow_network_fs=req.allow_network_fs, lean=req.lean,
-               forking=req.forking, settle=req.settle, enabled=True, installed_at=now_iso())
+               forking=req.forking, settle=req.settle, periodic=req.periodic or req.every > 0,
+               every=req.every, timeout=req.timeout, jitter=req.jitter, catch_up=req.catch_up, loop=req.loop,
+               max_lifetime=req.max_lifetime, sync=req.sync, applied_from=req.applied_from,
+               enabled=True, installed_at=now_iso())
 
 
 def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,
