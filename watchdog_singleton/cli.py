@@ -159,11 +159,12 @@ def run(ctx: typer.Context) -> None:
 def status(
     name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="one job (default: every job)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    history: bool = typer.Option(False, "--history", help="a periodic job's last runs (with NAME)"),
 ) -> None:
     """Show every job on this host, or NAME: exit 0 running, 3 not running, 4 no such job."""
     from .commands.status import status as do_status
 
-    _call(lambda: do_status(_context(), _echo, name, as_json))
+    _call(lambda: do_status(_context(), _echo, name, as_json, history))
 
 
 @app.command(epilog=_example("logs web -n 50", "logs web --stderr -f"))

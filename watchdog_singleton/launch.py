@@ -15,7 +15,7 @@ from . import paths, procs, runargs
 from .errors import FAILED, OK, UserError
 from .jobs import Job, JobStore, check_name, now_iso, parse_env, resolve_command
 from .lock import REPAIRED, FlockLock, check_lock_dir
-from .state import RunState, StateStore
+from .state import CARRIED, RunState, StateStore
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -113,7 +113,7 @@ def previous_history(states: StateStore, name: str) -> dict[str, object]:
     state = states.load(name)
     if state is None:
         return {}
-    return {"restarts": state.restarts, "last_exit_code": state.last_exit_code, "last_exit_at": state.last_exit_at}
+    return {key: getattr(state, key) for key in CARRIED}
 
 
 def acquire(lock: FlockLock, job: Job, states: StateStore, patient: bool) -> bool:

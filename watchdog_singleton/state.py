@@ -13,7 +13,12 @@ from .record import REQUIRED, Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
-    from typing import Optional
+    from typing import Any, Optional
+
+
+# What goes on from one supervisor of a job to the next: the restart count and the run record.
+CARRIED = ("restarts", "last_exit_code", "last_exit_at", "runs", "failures", "timeouts", "skipped", "last_due",
+           "last_start_at", "last_result", "last_duration", "history")
 
 
 class RunState(Record):
@@ -38,6 +43,17 @@ class RunState(Record):
         ("lean", False),
         ("adhoc", False),
         ("message", ""),
+        # Periodic jobs: the record of their runs (periodic.PeriodicRuns writes it).
+        ("runs", 0),
+        ("failures", 0),
+        ("timeouts", 0),
+        ("skipped", 0),
+        ("last_due", None),
+        ("last_start_at", None),
+        ("last_result", None),
+        ("last_duration", None),
+        ("next_due_at", None),
+        ("history", []),
     )
     name: str
     phase: str
@@ -59,6 +75,16 @@ class RunState(Record):
     lean: bool
     adhoc: bool
     message: str
+    runs: int
+    failures: int
+    timeouts: int
+    skipped: int
+    last_due: Optional[float]  # Unix time of the last run's due time
+    last_start_at: Optional[str]
+    last_result: Optional[str]  # ok | failed (CODE) | timed out, and ", N skipped"
+    last_duration: Optional[float]
+    next_due_at: Optional[str]
+    history: list[dict[str, Any]]  # the last runs, oldest first
 
     def supervisor_alive(self) -> bool:
         return procs.is_alive(self.supervisor_pid, self.supervisor_start, self.boot_id)

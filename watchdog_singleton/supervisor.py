@@ -30,9 +30,10 @@ from . import procs, tree
 from .jobs import now_iso
 from .lockwatch import DUPLICATE, LockWatch
 from .logsink import LogSink
+from .periodic import PeriodicRuns, iso
 from .pump import OutputPump
 from .spawn import SpawnError, spawn
-from .state import RunState
+from .state import CARRIED, RunState
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -128,7 +129,7 @@ class Supervisor:
                               supervisor_pid=self.seams.pid, supervisor_start=procs.start_time(self.seams.pid),
                               command=job.command, lock_path=job.lock_path, stdout_log=job.stdout_log,
                               stderr_log=job.stderr_log, adhoc=adhoc)
-        for key in ("restarts", "last_exit_code", "last_exit_at"):  # the history goes on across supervisors
+        for key in CARRIED:  # the history goes on across supervisors
             if history and key in history:
                 setattr(self.state, key, history[key])
         self.state_error: Optional[str] = None
@@ -144,6 +145,10 @@ class Supervisor:
         self.stopping = False
         self.duplicate = False
         self.done_code: Optional[int] = None
+        # A periodic job's due times and record; None for a daemon kept alive.
+        self.periodic = PeriodicRuns(job, self.state, self.seams.wall) if job.periodic else None
+        self.deadline: Optional[float] = None  # the running command's timeout or max lifetime
+        self.ending: Optional[str] = None  # "timeout" or "lifetime" while we end the run ourselves
         self._signals: list[int] = []
         self._notes: list[str] = []
 
@@ -160,6 +165,12 @@ class Supervisor:
             for text in self._notes:
                 self.err.note(text)
         self.watch = LockWatch(self.lock, self._note, self.seams.clock())
+        if self.periodic is not None:
+            self._wait_for(self.periodic.first_due())
+            if self.periodic.note_catch_up is not None:
+                self._note(f"due time {iso(self.periodic.note_catch_up)} was missed: one make-up run now")
+            if not self.periodic.once:
+                self._report_ready(None)  # the supervisor keeps the due times: it runs now
         try:
             while True:
                 self._handle_events()
@@ -183,9 +194,12 @@ class Supervisor:
             self.lock.release()
 
     def _tick(self, now: float) -> None:
-        """The timed chores: readiness after the settle time, the lock watch, a failed state write."""
+        """The timed chores: readiness after the settle time, a run's timeout or lifetime, the lock
+        watch, a failed state write."""
         if self.settle_at is not None and now >= self.settle_at:
             self._report_ready(None)
+        if self.deadline is not None and now >= self.deadline and self.daemon is not None:
+            self._end_run_ourselves(now)
         if self.watch.due(now) and self.watch.check(now) == DUPLICATE:
             self.duplicate = True
         if not self.duplicate:
@@ -195,6 +209,8 @@ class Supervisor:
         times = [self.watch.next_check]
         if self.daemon is None:
             times.append(self.next_start)
+        elif self.deadline is not None:
+            times.append(self.deadline)
         if self.settle_at is not None:
             times.append(self.settle_at)
         if self.state_error is not None:
@@ -261,8 +277,81 @@ class Supervisor:
         self.state.backoff_seconds = 0.0  # the message stays: a hint about the last exit still holds
         self._save()
         self._note(f"started pid {child.pid}: {' '.join(job.command)}")
+        self._arm_deadline()
         if self.ready is not None:
             self.settle_at = self.daemon_started + max(0.0, _finite(getattr(job, "settle", 1.0), 1.0))
+
+    # -- periodic runs, timeouts, lifetimes ----------------------------------------------------
+    def _wait_for(self, due: float) -> None:
+        """Start the next run at wall time `due`, plus a fresh jitter: never early."""
+        assert self.periodic is not None
+        self.periodic.due = due
+        delay = max(0.0, due - self.seams.wall()) + self.periodic.jitter()
+        self.next_start = self.seams.clock() + delay
+        self.state.next_due_at = iso(due)
+        if delay > 0:
+            self.state.phase = "waiting"
+            self._save()
+
+    def _arm_deadline(self) -> None:
+        job, now = self.job, self.seams.clock()
+        if self.periodic is not None:
+            assert self.periodic.due is not None
+            if self.periodic.started_at is None or self.periodic.loops == 0:
+                self.periodic.started(self.periodic.due)
+                self.deadline = now + job.run_timeout
+                marker = f"run due {iso(self.periodic.due)} started (pid {self.state.pid})"
+                self._note(marker)
+                if not self.passthrough:
+                    self.out.note(marker)
+            else:
+                self.periodic.loops += 1  # loop mode: the same slot, its deadline unchanged
+        elif job.max_lifetime > 0:
+            self.deadline = now + job.max_lifetime
+        else:
+            self.deadline = None
+
+    def _end_run_ourselves(self, now: float) -> None:
+        """A periodic run past its timeout, or a daemon past its --max-lifetime: stop its tree
+        (SIGTERM, grace, SIGKILL), and record why."""
+        self.deadline = None
+        if self.periodic is not None:
+            self.ending = "timeout"
+            why = f"run timed out after {self.job.run_timeout:g} s"
+        else:
+            self.ending = "lifetime"
+            why = f"--max-lifetime {self.job.max_lifetime:g} s reached: restarting it"
+        self._note(why)
+        self._stop_tree(why, leftovers=True)
+
+    def _after_periodic_run(self, code: int, message: str) -> None:
+        assert self.periodic is not None
+        runs = self.periodic
+        timed_out, self.ending = self.ending == "timeout", None
+        if runs.started_at is None:  # it could not even start: still a run that failed
+            runs.started(runs.due if runs.due is not None else self.seams.wall())
+        if (not timed_out and code == 0 and self.job.loop and not self.stopping
+                and self.seams.wall() < runs.slot_end()):
+            self.next_start = self.seams.clock()  # PanDA's loop mode: again at once, within the period
+            self.state.phase = "starting"
+            return
+        result, skipped = runs.finished(code, timed_out, stopped=self.stopping)
+        runs.started_at = None
+        runs.loops = 0
+        self.deadline = None
+        self.state.message = message
+        if skipped:
+            self._note(f"the run outlasted its period: {skipped} due time(s) skipped")
+        self._note(f"run due {iso(runs.due or 0)}: {result}" + (f" (code {code})" if result == "failed" else ""))
+        due = None if self.stopping else runs.next_due()
+        if due is None:
+            self.done_code = code if not timed_out else 124  # timeout(1)'s code
+            self.state.phase = "exited"
+            self.state.next_due_at = None
+            self._save()
+            return
+        self._wait_for(due)
+        self._save()
 
     def _report_ready(self, problem: Optional[str]) -> None:
         """Tell whoever waits for the start (install, start, run --detach) how it went, once."""
@@ -287,8 +376,8 @@ class Supervisor:
         lasted = self.seams.clock() - self.daemon_started
         what = "the tree it left" if self.following else f"pid {self.state.pid}"
         self._note(f"{what} {procs.exit_text(code)} after {lasted:.1f} s")
-        if self.stopping:
-            self._after_exit(code, "", lasted)
+        if self.stopping or self.ending:
+            self._after_exit(code, "", lasted)  # we are stopping the tree already
             return
         left = self._tree()
         if left and (self.following or (code == 0 and self.job_forking)):
@@ -332,6 +421,10 @@ class Supervisor:
         self.state.last_exit_at = now_iso()
         self.state.pid = self.state.pid_start = None
         self.state.message = message
+        if self.periodic is not None:
+            self._after_periodic_run(code, message)
+            return
+        lifetime, self.ending = self.ending == "lifetime", None
         if self.settle_at is not None:
             log = "" if self.passthrough else f"; see {job.stderr_log}"
             detail = f" ({message})" if message else ""
@@ -342,7 +435,8 @@ class Supervisor:
             self.state.phase = "exited"
             self._save()
             return
-        self.quick_runs = self.quick_runs + 1 if lasted < _finite(job.min_uptime, 1.0) else 0
+        quick = lasted < _finite(job.min_uptime, 1.0) and not lifetime
+        self.quick_runs = self.quick_runs + 1 if quick else 0
         delay = restart_delay(job, self.quick_runs)
         self.next_start = self.seams.clock() + delay
         self.state.restarts += 1

@@ -72,7 +72,13 @@ def launch_detached(ctx: Context, name: str) -> str:
 
 def start_now(ctx: Context, job: Job, why_kept: str) -> str:
     """Start NAME and check it still runs after its settle time; a daemon that died at once is a
-    failure (exit 1) whose one line says how it ended, where its log is, and `why_kept`."""
+    failure (exit 1) whose one line says how it ended, where its log is, and `why_kept`. A
+    periodic job that cron fires at each due time is not run now: its next due time is said."""
+    if job.periodic and not job.supervised_schedule:
+        from ..schedule import CronSchedule
+
+        due = time.strftime("%H:%M", time.localtime(CronSchedule(job.schedule).next_after(time.time())))
+        return f"{job.name} runs at each due time of '{job.schedule}'; the next is {due}"
     try:
         return launch_detached(ctx, job.name)
     except UserError as exc:

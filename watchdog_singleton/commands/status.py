@@ -7,7 +7,7 @@ import shlex
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from .. import lock, paths
 from ..crontab import Entry
@@ -73,20 +73,49 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         "lock_held": bool(lock_path) and lock.is_held(lock_path, host.locked),
         "lean": bool(job and job.lean),
         "message": state.message if state else "",
+        "periodic": bool(job and job.periodic),
+        "every": job.every if job and job.every else None,
+        "runs": state.runs if state else 0,
+        "failures": state.failures if state else 0,
+        "timeouts": state.timeouts if state else 0,
+        "skipped": state.skipped if state else 0,
+        "last_start_at": state.last_start_at if state else None,
+        "last_duration": state.last_duration if state else None,
+        "last_result": state.last_result if state else None,
+        "next_due_at": _next_due(job, state, supervisor),
+        "history": list(state.history) if state else [],
     }
+
+
+def _next_due(job: Optional[Job], state: Optional[RunState], supervisor: bool) -> Optional[str]:
+    """When a periodic job runs next: its supervisor's plan, or cron's next due time."""
+    if job is None or not job.periodic or not job.enabled:
+        return None
+    if job.supervised_schedule:
+        return state.next_due_at if state is not None and supervisor else None
+    from ..periodic import iso
+    from ..schedule import CronSchedule
+
+    return iso(CronSchedule(job.schedule).next_after(time.time()))
 
 
 def collect(ctx: Context, names: list[str], host: HostView) -> list[dict[str, Any]]:
     return [describe(n, ctx.jobs.load(n), ctx.states.load(n), host) for n in names]
 
 
-def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool = False) -> int:
+def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool = False,
+           history: bool = False) -> int:
+    if history and name is None:
+        raise UserError("--history needs a NAME")
     if name is not None:
         check_name(name)
         if ctx.jobs.load(name) is None and ctx.states.load(name) is None:
             raise UserError(f"no such job: {name}", NO_SUCH_JOB)
         info = collect(ctx, [name], HostView.read(ctx))[0]
-        echo(json.dumps(info, indent=2) if as_json else table([info]))
+        if as_json:
+            echo(json.dumps(info, indent=2))
+        else:
+            echo(history_table(info) if history else table([info]))
         return OK if info["running"] else NOT_RUNNING
     names = sorted(set(ctx.jobs.names()) | set(ctx.states.names()))
     host = HostView.read(ctx)
@@ -105,6 +134,8 @@ def _state_word(info: dict[str, Any]) -> str:
     off = info["installed"] and not info["enabled"]
     if info["running"]:
         word = "running"
+    elif info["periodic"] and info["next_due_at"] and info["phase"] not in ("stopping",):
+        word = f"waiting (next {info['next_due_at'][11:16]})"
     elif info["phase"] == "backoff" and info["next_start_at"]:
         word = f"backoff until {info['next_start_at'][11:19]}"
     elif off and info["cron_entry"] != "missing":
@@ -142,11 +173,41 @@ def exit_word(code: Optional[int]) -> str:
         return f"signal {-code}"
 
 
-def table(infos: list[dict[str, Any]]) -> str:
-    rows = [("NAME", "STATE", "PID", "UP", "RESTARTS", "LAST EXIT", "SCHEDULE", "COMMAND")]
-    for i in infos:
-        rows.append((i["name"], _state_word(i), str(i["pid"] or "-"), _since(i["started_at"]),
-                     str(i["restarts"]), exit_word(i["last_exit_code"]),
-                     i["schedule"] or "(ad hoc)", shlex.join(i["command"] or [])))
+def _columns(rows: Sequence[tuple[str, ...]]) -> str:
+    """Rows as aligned columns; the last column is left as long as it is."""
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1] for r in rows)
+
+
+def table(infos: list[dict[str, Any]]) -> str:
+    """Daemons show their restarts and last exit; periodic jobs their runs/failures and last result."""
+    rows = [("NAME", "STATE", "PID", "UP", "RESTARTS", "LAST EXIT", "SCHEDULE", "COMMAND")]
+    for i in infos:
+        if i["periodic"]:
+            counts = f"{i['runs']} runs/{i['failures']} failed"
+            last = i["last_result"] or "-"
+            schedule = f"every {i['every']:g}s" if i["every"] else str(i["schedule"])
+        else:
+            counts, last, schedule = str(i["restarts"]), exit_word(i["last_exit_code"]), i["schedule"] or "(ad hoc)"
+        rows.append((i["name"], _state_word(i), str(i["pid"] or "-"), _since(i["started_at"] if i["running"] else None),
+                     counts, last, schedule, shlex.join(i["command"] or [])))
+    return _columns(rows)
+
+
+def history_table(info: dict[str, Any]) -> str:
+    """`status NAME --history`: the last runs of a periodic job, oldest first."""
+    if not info["history"]:
+        return f"{info['name']}: no runs recorded"
+    rows = [("DUE", "STARTED", "DURATION", "RESULT")]
+    for run in info["history"]:
+        duration = run.get("duration")
+        result = str(run.get("result"))
+        if result == "failed":
+            result = f"failed ({exit_word(run.get('code'))})"
+        if run.get("loops"):
+            result += f", {run['loops']} loops"
+        rows.append((str(run.get("due", "-"))[:19].replace("T", " "), str(run.get("start", "-"))[11:19] or "-",
+                     "-" if duration is None else f"{duration:.1f}s", result))
+    summary = (f"{info['runs']} runs, {info['failures']} failed, {info['timeouts']} timed out, "
+               f"{info['skipped']} skipped; next due {info['next_due_at'] or '-'}")
+    return _columns(rows) + "\n" + summary

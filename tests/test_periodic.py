@@ -1,0 +1,162 @@
+"""Periodic jobs and daemon lifetimes, driven through the supervisor's seams (tests/fakeworld.py):
+due times, skipped slots, timeouts, jitter, loop mode, catch-up, --max-lifetime. Simulated time."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import pytest
+from fakeworld import TERM, FakeProc, FakeWorld
+from test_supervisor import T0, FakeLock, births, log_of
+
+from watchdog_singleton.jobs import Job
+from watchdog_singleton.schedule import CronSchedule, EverySchedule, skipped_between
+from watchdog_singleton.state import RunState, StateStore
+from watchdog_singleton.supervisor import Supervisor
+
+
+def periodic(tmp_path: Any, world: FakeWorld, history: Optional[dict[str, Any]] = None, **options: Any) -> Supervisor:
+    logs = os.path.join(str(tmp_path), "logs")
+    options.setdefault("periodic", True)
+    job = Job(name="p", command=["/bin/job"], workdir="/", lock_dir=os.path.join(str(tmp_path), "locks"),
+              stdout_log=os.path.join(logs, "p.out"), stderr_log=os.path.join(logs, "p.err"), **options)
+    return Supervisor(job, FakeLock(), StateStore(os.path.join(str(tmp_path), "state")),  # type: ignore[arg-type]
+                      seams=world.seams(), history=history)
+
+
+def runs_for(world: FakeWorld, seconds: float, code: int = 0) -> None:
+    def on_spawn(proc: FakeProc) -> None:
+        world.after(seconds, lambda: world.exit(proc.pid, code))
+    world.on_spawn = on_spawn
+
+
+def test_every_runs_start_to_start_and_never_overlap(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = periodic(tmp_path, world, every=5.0)
+    runs_for(world, 1.0)
+    world.at(T0 + 22, sup.request_stop)
+    sup.run()
+    assert births(world) == [0.0, 5.0, 10.0, 15.0, 20.0]
+    assert sup.state.runs == 5 and sup.state.failures == 0 and sup.state.last_result == "ok"
+
+
+def test_a_run_that_outlasts_its_period_skips_the_slots_and_says_so(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = periodic(tmp_path, world, every=5.0, timeout=100.0)
+    runs_for(world, 12.0)
+    world.at(T0 + 16, sup.request_stop)
+    sup.run()
+    assert births(world) == [0.0, 15.0], "never joined by a second run; the missed slots are not made up"
+    assert sup.state.skipped == 2
+    assert [h["result"] for h in sup.state.history] == ["ok", "skipped", "skipped", "stopped"]
+    assert sup.state.failures == 0, "a run ended by `stop` is no failure"
+    assert "the run outlasted its period: 2 due time(s) skipped" in log_of(sup)
+
+
+def test_a_timeout_stops_the_runs_whole_tree(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = periodic(tmp_path, world, every=60.0, timeout=10.0, grace=2.0)
+    grandchild: list[FakeProc] = []
+
+    def hangs_with_a_setsid_grandchild(proc: FakeProc) -> None:
+        proc.ignores_term = True
+        grandchild.append(world.fork(proc.pid))
+    world.on_spawn = hangs_with_a_setsid_grandchild
+    world.at(T0 + 30, sup.request_stop)
+    sup.run()
+    assert TERM in grandchild[0].signals and grandchild[0].pid not in world.procs
+    assert world.live(sup.job.lock_path) == []
+    assert sup.state.timeouts == 1 and sup.state.history[0]["result"] == "timed out"
+    assert sup.state.history[0]["duration"] == pytest.approx(12.0, abs=0.1)  # timeout + grace, then SIGKILL
+    assert "run timed out after 10 s" in log_of(sup)
+
+
+def test_the_default_timeout_is_pandas() -> None:
+    every = Job(name="x", command=["/x"], workdir="/", periodic=True, every=240.0)
+    assert every.run_timeout == 720.0  # min(period * 3, period + 3600)
+    hourly = Job(name="x", command=["/x"], workdir="/", periodic=True, every=7200.0)
+    assert hourly.run_timeout == 7200.0 + 3600.0
+
+
+def test_jitter_delays_each_run_by_a_fresh_amount_never_early(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = periodic(tmp_path, world, every=10.0, jitter=3.0)
+    runs_for(world, 0.5)
+    world.at(T0 + 100, sup.request_stop)
+    sup.run()
+    delays = [b - 10.0 * i for i, b in enumerate(births(world)[1:], start=1)]
+    assert len(delays) >= 8
+    assert all(0.0 <= d <= 3.0 for d in delays), delays
+    assert len({round(d, 3) for d in delays}) > 1, "the jitter is drawn afresh for each run"
+
+
+def test_loop_mode_reruns_while_it_succeeds_until_the_period_ends(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = periodic(tmp_path, world, every=10.0, loop=True)
+    runs_for(world, 3.0)
+    world.at(T0 + 22, sup.request_stop)
+    sup.run()
+    # Reruns at 3, 6 and 9; the one from 9 outlasts the period, so the slot at 10 is skipped.
+    assert births(world) == [0.0, 3.0, 6.0, 9.0, 20.0]
+    assert sup.state.history[0]["loops"] == 4 and sup.state.history[1]["result"] == "skipped"
+
+
+def test_catch_up_once_makes_up_one_missed_due_time_at_start(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = periodic(tmp_path, world, every=60.0, catch_up="once", history={"last_due": T0 - 600.0})
+    runs_for(world, 1.0)
+    world.at(T0 + 30, sup.request_stop)
+    sup.run()
+    assert births(world) == [0.0]
+    assert "one make-up run now" in log_of(sup)
+
+
+def test_without_catch_up_a_missed_due_time_is_not_made_up(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = periodic(tmp_path, world, every=60.0, history={"last_due": T0 - 590.0})
+    runs_for(world, 1.0)
+    world.at(T0 + 70, sup.request_stop)
+    sup.run()
+    assert births(world) == [pytest.approx(10.0)]  # the next slot of the old cadence, not at once
+
+
+def test_a_cron_fired_run_runs_its_slot_once_and_exits_with_its_code(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = periodic(tmp_path, world, schedule="* * * * *")
+    runs_for(world, 2.0, code=3)
+    assert sup.run() == 3
+    assert len(world.spawned) == 1
+    assert sup.state.runs == 1 and sup.state.failures == 1 and sup.state.last_result == "failed (3)"
+
+
+def test_max_lifetime_restarts_a_daemon_gracefully(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = periodic(tmp_path, world, periodic=False, max_lifetime=100.0, grace=5.0)
+    world.at(T0 + 250, sup.request_stop)
+    sup.run()
+    assert births(world) == pytest.approx([0.0, 100.0, 200.0], abs=0.05)
+    first = world.spawned[0]
+    assert first.signals[0] == TERM, "SIGTERM first, so it can checkpoint"
+    assert "--max-lifetime 100 s reached" in log_of(sup)
+
+
+def test_history_carries_over_to_the_next_supervisor(tmp_path: Any) -> None:
+    world = FakeWorld()
+    previous = RunState(name="p", runs=7, failures=2, history=[{"due": "x", "result": "ok"}])
+    sup = periodic(tmp_path, world, schedule="* * * * *",
+                   history={k: getattr(previous, k) for k in ("runs", "failures", "history")})
+    runs_for(world, 1.0)
+    sup.run()
+    assert sup.state.runs == 8 and len(sup.state.history) == 2
+
+
+def test_cron_schedules_compute_due_times_and_skips() -> None:
+    every4 = CronSchedule("*/4 * * * *")
+    t = every4.next_after(1_700_000_000)
+    assert t % 240 == 0 and every4.next_after(t) == t + 240
+    assert skipped_between(every4, t, t + 600) == 2
+    assert CronSchedule("0 0 * * *").next_after(t) - t <= 86400
+    assert EverySchedule(5, anchor=100).next_after(112) == 115
+    with pytest.raises(ValueError):
+        CronSchedule("61 * * * *")
