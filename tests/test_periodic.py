@@ -21,7 +21,7 @@ def periodic(tmp_path: Any, world: FakeWorld, history: Optional[dict[str, Any]] 
     options.setdefault("periodic", True)
     job = Job(name="p", command=["/bin/job"], workdir="/", lock_dir=os.path.join(str(tmp_path), "locks"),
               stdout_log=os.path.join(logs, "p.out"), stderr_log=os.path.join(logs, "p.err"), **options)
-    return Supervisor(job, FakeLock(), StateStore(os.path.join(str(tmp_path), "state")),  # type: ignore[arg-type]
+    return Supervisor(job, FakeLock(), StateStore(os.path.join(str(tmp_path), "state")),
                       seams=world.seams(), history=history)
 
 
