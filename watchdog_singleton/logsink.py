@@ -35,7 +35,7 @@ class _Condition:
     and collections cost the resident supervisor about 1 MiB."""
 
     def __init__(self) -> None:
-        self._lock = _thread.allocate_lock()
+        self._lock = _thread.RLock()  # reentrant, as threading.Condition's default
         self._wake = _thread.allocate_lock()
         self._wake.acquire()
 
@@ -51,8 +51,8 @@ class _Condition:
             self._wake.release()
 
     def wait(self, timeout: Optional[float] = None) -> None:
-        """Release the lock, wait for a notify (or the timeout), take the lock again. A notify
-        that came first is not lost; a spurious return is possible: callers loop."""
+        """Release the lock (held once), wait for a notify (or the timeout), take the lock again.
+        A notify that came first is not lost; a spurious return is possible: callers loop."""
         self._lock.release()
         try:
             if timeout is None:
