@@ -204,15 +204,16 @@ def restart(name: str = NAME) -> None:
     _call(lambda: do_restart(name, _context(), _echo))
 
 
-@app.command(epilog=_example("uninstall web", "uninstall web --keep-running"))
+@app.command(epilog=_example("uninstall web", "uninstall web --keep-running", "uninstall web --purge"))
 def uninstall(
     name: str = NAME,
     keep_running: bool = typer.Option(False, "--keep-running", help="remove the line, leave it running"),
+    purge: bool = typer.Option(False, "--purge", help="also remove its WATCHDOG_SINGLETON_STATE_DIR folder and logs"),
 ) -> None:
     """Remove NAME's line and definition, and stop everything of it."""
     from .commands.uninstall import uninstall as do_uninstall
 
-    _call(lambda: do_uninstall(name, _context(), _echo, keep_running))
+    _call(lambda: do_uninstall(name, _context(), _echo, keep_running, purge))
 
 
 def _plain_arguments(group: Any) -> None:

@@ -71,6 +71,7 @@ class Job(Record):
         ("max_lifetime", 0.0),
         ("sync", False),
         ("applied_from", ""),
+        ("state_folder", ""),
         ("stdout_log", ""),
         ("stderr_log", ""),
         ("log_max_bytes", DEFAULT_LOG_MAX_BYTES),
@@ -102,6 +103,7 @@ class Job(Record):
     max_lifetime: float  # keep-alive: restart gracefully after this long; 0: never
     sync: bool  # periodic: one run per period across hosts (needs a cluster backend)
     applied_from: str  # the config file whose `apply` created this job; "" for jobs installed by hand
+    state_folder: str  # WATCHDOG_SINGLETON_STATE_DIR: kept across restarts and reinstalls
     stdout_log: str
     stderr_log: str
     log_max_bytes: int

@@ -53,7 +53,7 @@ def adhoc_job(args: runargs.RunArgs, root: str) -> Job:
     job = Job(name=name, command=resolve_command(args.command, workdir, os.environ.get("PATH")),
               workdir=workdir, env=env, grace=args.grace, restart=args.restart,
               lock_dir=lock_dir, allow_network_fs=args.allow_network_fs, forking=args.forking,
-              settle=1.0 if args.settle is None else args.settle)
+              settle=1.0 if args.settle is None else args.settle, state_folder=paths.job_state_dir(root, name))
     if args.log_dir or args.detach:
         log_dir = os.path.abspath(args.log_dir) if args.log_dir else paths.default_log_dir(root)
         job.stdout_log, job.stderr_log = paths.log_files(log_dir, name)

@@ -10,7 +10,11 @@ from __future__ import annotations
 import os
 
 LOCK_DIR_ENV = "WATCHDOG_SINGLETON_LOCK_DIR"
+HOME_ENV = "WATCHDOG_SINGLETON_HOME"  # overrides the whole per-host folder
+# Inside a job, WATCHDOG_SINGLETON_STATE_DIR is the job's own checkpoint folder; outside one it
+# is still read as the per-host folder's override, its meaning before jobs had that folder.
 STATE_DIR_ENV = "WATCHDOG_SINGLETON_STATE_DIR"
+JOB_ENV = "WATCHDOG_SINGLETON_JOB"
 
 
 def host() -> str:
@@ -24,11 +28,17 @@ def default_lock_dir() -> str:
 
 def state_dir() -> str:
     """The per-host folder that holds job definitions, run state and default logs."""
-    explicit = os.environ.get(STATE_DIR_ENV)
+    explicit = os.environ.get(HOME_ENV) or (os.environ.get(STATE_DIR_ENV) if JOB_ENV not in os.environ else None)
     if explicit:
         return os.path.abspath(explicit)
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(os.path.abspath(base), "watchdog-singleton", host())
+
+
+def job_state_dir(root: str, name: str) -> str:
+    """NAME's own folder for checkpoints (WATCHDOG_SINGLETON_STATE_DIR): keyed by the job's name,
+    not by the host, so a job that moves (a batch job, another node sharing the home) finds it."""
+    return os.path.join(os.path.dirname(os.path.abspath(root)), "job-state", name)
 
 
 def jobs_dir(root: str) -> str:

@@ -27,9 +27,12 @@ import pwd
 import time
 
 from . import procs, tree
+from .errors import UserError
+from .files import ensure_dir
 from .jobs import now_iso
 from .lockwatch import DUPLICATE, LockWatch
 from .logsink import LogSink
+from .paths import STATE_DIR_ENV
 from .periodic import PeriodicRuns, iso
 from .pump import OutputPump
 from .spawn import SpawnError, spawn
@@ -62,6 +65,8 @@ def daemon_env(job: Job, inherit: Optional[dict[str, str]] = None) -> dict[str, 
     env.update(job.env)
     env[procs.JOB_ENV] = env[procs.NAME_ENV] = job.name
     env[procs.TOKEN_ENV] = job.lock_path
+    if job.state_folder:
+        env[STATE_DIR_ENV] = job.state_folder
     return env
 
 
@@ -255,10 +260,15 @@ class Supervisor:
         job = self.job
         self.state.phase = "starting"
         try:
+            if job.state_folder:
+                ensure_dir(job.state_folder)
             child = self.seams.spawn(job.command, job.workdir, daemon_env(job, self.inherit_env),
                                      self.lock.inheritable_fds(), not self.passthrough)
-        except (SpawnError, OSError) as exc:
-            message = str(exc) if isinstance(exc, SpawnError) else f"cannot start {job.command[0]}: {exc.strerror}"
+        except (SpawnError, OSError, UserError) as exc:
+            if isinstance(exc, OSError) and not isinstance(exc, SpawnError):
+                message = f"cannot start {job.command[0]}: {exc.strerror}"
+            else:
+                message = str(exc)
             self._note(message)
             self._report_ready(message)
             self._after_exit(exc.code if isinstance(exc, SpawnError) else 126, message)

@@ -139,6 +139,7 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
                forking=req.forking, settle=req.settle, periodic=req.periodic or req.every > 0,
                every=req.every, timeout=req.timeout, jitter=req.jitter, catch_up=req.catch_up, loop=req.loop,
                max_lifetime=req.max_lifetime, sync=req.sync, applied_from=req.applied_from,
+               state_folder=paths.job_state_dir(ctx.root, name),
                enabled=True, installed_at=now_iso())
 
 

@@ -116,7 +116,8 @@ def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool =
             echo(json.dumps(info, indent=2))
         else:
             echo(history_table(info) if history else table([info]))
-        return OK if info["running"] else NOT_RUNNING
+        up = info["running"] or (info["periodic"] and info["supervisor_pid"] is not None)
+        return OK if up else NOT_RUNNING  # a periodic job's supervisor waiting for its due time is up
     names = sorted(set(ctx.jobs.names()) | set(ctx.states.names()))
     host = HostView.read(ctx)
     infos = collect(ctx, names, host)

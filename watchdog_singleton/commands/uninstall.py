@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from .. import paths
@@ -10,8 +11,29 @@ from ..jobs import check_name
 from .common import Context, Echo, stop_processes
 
 
-def uninstall(name: str, ctx: Context, echo: Echo, keep_running: bool = False) -> int:
+def purge(name: str, ctx: Context, logs: list[str]) -> list[str]:
+    """Remove NAME's checkpoint folder and its log files (with their rotated copies); returns what
+    was removed."""
+    import glob
+    import shutil
+
+    removed = []
+    folder = paths.job_state_dir(ctx.root, name)
+    if os.path.isdir(folder) and not os.path.islink(folder):
+        shutil.rmtree(folder)
+        removed.append(folder)
+    for log in logs:
+        for path in [log] + glob.glob(glob.escape(log) + ".[0-9]*"):
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.unlink(path)
+                removed.append(path)
+    return removed
+
+
+def uninstall(name: str, ctx: Context, echo: Echo, keep_running: bool = False, purge_files: bool = False) -> int:
     check_name(name)
+    if purge_files and keep_running:
+        raise UserError("--purge removes what a running copy uses: not with --keep-running")
     job, state = ctx.jobs.load(name), ctx.states.load(name)
     editor = ctx.editor()
     try:
@@ -32,6 +54,11 @@ def uninstall(name: str, ctx: Context, echo: Echo, keep_running: bool = False) -
         ctx.states.delete(name)
     done = f"uninstalled {name}" + ("; left running" if keep_running else
                                     "; stopped its processes" if found else "")
+    if purge_files:
+        logs = sorted({p for p in ((job.stdout_log, job.stderr_log) if job else
+                                   (state.stdout_log, state.stderr_log) if state else ()) if p})
+        removed = purge(name, ctx, logs)
+        done += f"; removed its state folder and logs ({len(removed)} paths)" if removed else ""
     if has_line is not False:
         try:
             editor.set_entry(name, None)
