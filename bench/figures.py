@@ -66,14 +66,15 @@ class Plan:
     scale_reps: int
     tree_reps: int
     cli_reps: int
+    drift_seconds: float  # how long `--every 5` runs for the drift figure
 
 
 FULL = Plan(tick_reps=40, rss_jobs=3, idle_seconds=60.0, chatty_bytes=50 * MIB, recovery_reps=15, log_bytes=200 * MIB,
             log_reps=5, slow_bytes=32 * MIB, slow_rate=8 * MIB, scale_points=(1, 10, 100, 300),
-            scale_reps=5, tree_reps=5, cli_reps=10)
+            scale_reps=5, tree_reps=5, cli_reps=10, drift_seconds=600.0)
 QUICK = Plan(tick_reps=8, rss_jobs=1, idle_seconds=20.5, chatty_bytes=10 * MIB, recovery_reps=3, log_bytes=20 * MIB,
              log_reps=2, slow_bytes=8 * MIB, slow_rate=8 * MIB, scale_points=(1, 10, 30),
-             scale_reps=2, tree_reps=2, cli_reps=3)
+             scale_reps=2, tree_reps=2, cli_reps=3, drift_seconds=31.0)
 
 
 def judge(row: Row, met: bool, goal: str) -> Row:
@@ -673,6 +674,49 @@ def interactive(bench: Bench, plan: Plan) -> list[Row]:
     return rows
 
 
+# -- 8. periodic jobs ---------------------------------------------------------------------------
+def periodic(bench: Bench, plan: Plan) -> list[Row]:
+    """A periodic job's tick while a run goes, against a keep-alive tick; the lateness of `--every 5`."""
+    sc = bench.scenario("periodic")
+    try:
+        slow, alive = sc.job("slow"), sc.job("alive")
+        sc.install(slow, ["/bin/sleep", "1000000"], "--periodic", "--timeout", "3600", start=False)
+        sc.install(alive, SLEEPER)
+        # A run of the periodic job, started by hand the way cron's tick would start it.
+        sc.ok("run", slow, "--detach")
+        wait_until(lambda: sc.status(slow)["running"], 10, f"{slow}'s run")
+        runs = bench.alternate_as_user({
+            "periodic": ["/bin/sh", "-c", sc.cron_command(slow)],
+            "alive": ["/bin/sh", "-c", sc.cron_command(alive)],
+        }, bench.cron_env(), plan.tick_reps)
+        expect(runs["periodic"], 0, "the periodic tick", quiet=True)
+        drift = every_drift(sc, plan.drift_seconds)
+    finally:
+        sc.cleanup()
+    return [
+        compare("8", "periodic tick while a run goes, wall", walls(runs["periodic"]), "keep-alive tick",
+                walls(runs["alive"]), fmt_time, "about 1x", at_most=1.3),
+        compare("8", "periodic tick while a run goes, CPU", cpus(runs["periodic"]), "keep-alive tick",
+                cpus(runs["alive"]), fmt_time, "about 1x", at_most=1.3),
+        Row("8", f"--every 5: median lateness against the due time, over {plan.drift_seconds:g} s",
+            fmt_time(median(drift)), "max", fmt_time(max(drift)), goal="< 50 ms",
+            verdict="met" if median(drift) < 0.05 else "MISSED", n=len(drift)),
+    ]
+
+
+def every_drift(sc: Scenario, seconds: float) -> list[float]:
+    """How late each run of `--every 5` starts against its due time (first start + k * 5 s)."""
+    name = sc.job("every")
+    starts = sc.path("starts")
+    # Not through sc.install: its far-off --schedule would clash with --every.
+    sc.ok("install", name, "--every", "5", "--", "/bin/sh", "-c", f"date +%s.%N >> {starts}")
+    time.sleep(seconds)
+    times = [float(t) for t in open(starts).read().split()]
+    if len(times) < 3:
+        raise BenchError(f"--every 5 ran {len(times)} times in {seconds:g} s")
+    return [t - (times[0] + 5 * k) for k, t in enumerate(times)][1:]
+
+
 FIGURES: dict[str, tuple[str, Callable[[Bench, Plan], list[Row]]]] = {
     "1": ("tick cost while NAME runs", tick_cost),
     "2": ("resident footprint", footprint),
@@ -681,5 +725,6 @@ FIGURES: dict[str, tuple[str, Callable[[Bench, Plan], list[Row]]]] = {
     "5": ("growth with the number of jobs", scaling),
     "6": ("uninstall of a 50-process tree", uninstall_tree),
     "7": ("interactive command latency", interactive),
+    "8": ("periodic jobs: the tick during a run, scheduling drift", periodic),
 }
 

@@ -175,7 +175,7 @@ def clear_debris(job: Job) -> None:
 
 
 # The resident supervisor is a fresh interpreter that loads only what supervising needs
-# (the launcher's checks load much more): python -c BOOT PACKAGE_PARENT --state-dir ROOT NAME FD
+# (the launcher's checks load much more): python -I -S -c BOOT PACKAGE_PARENT --state-dir ROOT NAME FD
 BOOT = ("import sys; sys.path.append(sys.argv[1]); from watchdog_singleton.resident import main; "
         "sys.exit(main(sys.argv[2:]))")
 PR_SET_CHILD_SUBREAPER = 36
@@ -217,12 +217,19 @@ def exec_supervisor(job: Job, lock: FlockLock, root: str, adhoc: bool, passthrou
     env = procs.clean_environ(dict(os.environ))
     env[procs.TOKEN_ENV] = job.lock_path
     env[procs.JOB_ENV] = job.name
+    # glibc reads these at the supervisor's start: big log buffers go back to the system once
+    # written (no heap that only grows), and its writer threads share one malloc arena.
+    from .resident import RESIDENT_MALLOC
+
+    env.update(RESIDENT_MALLOC)
     os.chdir("/")  # a supervisor pins no mount; and no ~/json.py shadows the standard library
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-c", BOOT, package_parent, "--state-dir", root, job.name,
-                               str(job_fd)], env)
+    # -I -S: no site-packages, user site or PYTHON* variables; it needs only the standard library
+    # and this package (found through package_parent), and skipping `site` saves half a MiB.
+    os.execve(sys.executable, [sys.executable, "-I", "-S", "-c", BOOT, package_parent, "--state-dir", root,
+                               job.name, str(job_fd)], env)
 
 
 def detach(body: Callable[[int], None], lock: FlockLock, name: str, quiet: bool = False,

@@ -1,6 +1,6 @@
 """The resident supervisor's entry point, exec'd by the launcher once it holds NAME's lock.
 
-    python -c BOOT PACKAGE_PARENT --state-dir ROOT NAME JOB_FD
+    python -I -S -c BOOT PACKAGE_PARENT --state-dir ROOT NAME JOB_FD
 
 A fresh interpreter that loads only what supervising needs, so the process that stays beside
 the daemon for its whole life costs about what a bare interpreter does. JOB_FD is a memfd
@@ -25,6 +25,10 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from typing import Optional
 
 
+# Set by the launcher in our environment, read by glibc at our start.
+RESIDENT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "1"}
+
+
 def read_all(fd: int) -> bytes:
     chunks = []
     while True:
@@ -38,6 +42,8 @@ def read_all(fd: int) -> bytes:
 
 def main(argv: list[str]) -> int:
     _, root, name, job_fd = argv
+    for key in RESIDENT_MALLOC:  # ours, read by glibc at our start; not the daemon's
+        os.environ.pop(key, None)
     hand_over = marshal.loads(read_all(int(job_fd)))
     job = Job.from_dict(hand_over["job"])
     lock = FlockLock(job.lock_dir, job.name)
