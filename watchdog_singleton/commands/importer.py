@@ -69,15 +69,33 @@ def cron_environ(p: Proposal) -> dict[str, str]:
     return environ
 
 
-def old_copy(lock: Optional[str]) -> tuple[Optional[int], str]:
-    """(pid, "") of the oldest process of ours at the top of the tree holding `lock`, or
-    (None, why none can be adopted) when the lock is free or held by someone else."""
-    if not lock or not is_held(lock):
-        return None, ""
+def running_argv(table: dict[int, procs.Proc], argvs: list[list[str]]) -> set[int]:
+    """Our processes whose command line is one of `argvs` (a run-one copy: its lock folder
+    varies between versions)."""
+    wanted = {"\0".join(a).encode() for a in argvs}
+    found = set()
+    for info in table.values():
+        if info.uid != os.getuid() or info.gone:
+            continue
+        try:
+            with open(f"/proc/{info.pid}/cmdline", "rb") as f:
+                if f.read().rstrip(b"\0") in wanted:
+                    found.add(info.pid)
+        except OSError:
+            continue
+    return found
+
+
+def old_copy(lock: Optional[str], argvs: list[list[str]]) -> tuple[Optional[int], str]:
+    """(pid, "") of the oldest process of ours at the top of the tree holding `lock` (or, with
+    the lock free, running one of `argvs`), or (None, why none can be adopted)."""
     table = procs.scan()
-    holders = procs.holding_file(table, lock) - {os.getpid()}
-    if not holders:
-        return None, f"the old lock {lock} is held by a process of another user; nothing of yours to adopt"
+    if lock and is_held(lock):
+        holders = procs.holding_file(table, lock) - {os.getpid()}
+        if not holders:
+            return None, f"the old lock {lock} is held by a process of another user; nothing of yours to adopt"
+    else:
+        holders = running_argv(table, argvs)
 
     def top(pid: int) -> bool:
         parent = table[pid].ppid if pid in table else 0
@@ -152,7 +170,10 @@ def apply_plans(ctx: Context, plans: list[Plan], echo: Echo, warn: Echo) -> int:
         raise
     adopted: dict[str, int] = {}
     for plan in plans:
-        pid, why = old_copy(plan.proposal.lock)
+        # run-one allows one copy per command line, so the same command line running is its copy.
+        argvs = [plan.proposal.command, plan.job.command] if plan.proposal.kind in ("run-one", "keep-one-running") \
+            else []
+        pid, why = old_copy(plan.proposal.lock, argvs)
         if why:
             warn(f"warning: {plan.job.name}: {why}")
         start = procs.start_time(pid) if pid else None
@@ -163,7 +184,7 @@ def apply_plans(ctx: Context, plans: list[Plan], echo: Echo, warn: Echo) -> int:
                 name=job.name, phase="running", boot_id=procs.boot_id(), pid=pid, pid_start=start,
                 started_at=now_iso(), command=job.command, lock_path=job.lock_path, stdout_log=job.stdout_log,
                 stderr_log=job.stderr_log, lean=True,
-                message=f"adopted: the copy started by the old crontab line (its lock {plan.proposal.lock})"))
+                message=f"adopted: the copy started by the old crontab line {plan.proposal.lineno}"))
         plan.job.enabled = True
         ctx.jobs.save(plan.job)
     code = OK
@@ -171,9 +192,9 @@ def apply_plans(ctx: Context, plans: list[Plan], echo: Echo, warn: Echo) -> int:
         job = plan.job
         echo(f"installed {job.name} in place of line {plan.proposal.lineno}")
         if job.name in adopted:
-            echo(f"{job.name}: adopted the old copy (pid {adopted[job.name]}, which holds "
-                 f"{plan.proposal.lock}): no second copy starts; the first tick after it exits starts "
-                 f"{job.name} ('watchdog-singleton restart {job.name}' switches now)")
+            echo(f"{job.name}: adopted the old copy (pid {adopted[job.name]}, started by the old line): no second "
+                 f"copy starts; the first tick after it exits starts {job.name} "
+                 f"('watchdog-singleton restart {job.name}' switches now)")
         elif plan.request.periodic:
             echo(f"{job.name}: first run at its next due time ({job.schedule})")
         else:
