@@ -130,6 +130,10 @@ def install(
     loop: bool = typer.Option(False, "--loop", help="periodic: rerun at once while it exits 0, until the period ends"),
     max_lifetime: float = typer.Option(0.0, metavar="SECONDS",
                                        help="daemons: restart gracefully after this long (0: never)"),
+    stdout_log: Optional[str] = typer.Option(None, metavar="FILE",
+                                             help="stdout to this file instead of LOG_DIR/NAME.stdout.log"),
+    stderr_log: Optional[str] = typer.Option(None, metavar="FILE",
+                                             help="stderr to this file (may be the --stdout-log file)"),
 ) -> None:
     """Install NAME: one crontab line that keeps one copy of COMMAND running; start it now."""
     from .commands.install import InstallRequest
@@ -141,7 +145,7 @@ def install(
                          backoff_max=backoff_max, min_uptime=min_uptime, log_max_bytes=log_max_bytes,
                          log_backups=log_backups, lean=lean, forking=forking, settle=settle, periodic=periodic,
                          every=every, timeout=timeout, jitter=jitter, catch_up=catch_up, loop=loop,
-                         max_lifetime=max_lifetime)
+                         max_lifetime=max_lifetime, stdout_log=stdout_log, stderr_log=stderr_log)
     _call(lambda: do_install(req, _context(), _echo, _warn))
 
 
@@ -214,6 +218,19 @@ def uninstall(
     from .commands.uninstall import uninstall as do_uninstall
 
     _call(lambda: do_uninstall(name, _context(), _echo, keep_running, purge))
+
+
+@app.command(name="import", short_help="Take over your hand-written crontab lines (flock -n, run-one, ...).",
+             epilog=_example("import", "import --apply"))
+def import_(
+    apply: bool = typer.Option(False, "--apply", help="replace those lines by jobs (default: only show)"),
+) -> None:
+    """Show the job each old crontab line would become (flock -n, run-one, keep-one-running, plain
+    periodic lines) and why any line is left alone; --apply replaces exactly those lines, keeps
+    their log files, and adopts a copy that still runs instead of starting a second one."""
+    from .commands.importer import import_lines
+
+    _call(lambda: import_lines(_context(), _echo, _warn, apply))
 
 
 def _plain_arguments(group: Any) -> None:

@@ -164,6 +164,27 @@ def with_entry(text: bytes, name: str, line: Optional[bytes]) -> bytes:
     return b"\n".join(out) + b"\n" if out else b""
 
 
+def replace_lines(text: bytes, pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """`text` with each original line of `pairs` replaced in place by its new line.
+
+    Every other byte, the final newline (or its absence) included, is kept as it was. Each
+    original replaces its first occurrence not replaced yet; one that is not there any more (the
+    crontab changed since it was read) is a UserError, and nothing is replaced.
+    """
+    lines = text.split(b"\n")
+    done: set[int] = set()
+    for old, new in pairs:
+        if b"\n" in new:
+            raise UserError("a newline cannot go into a crontab line")
+        at = next((k for k, line in enumerate(lines) if line == old and k not in done), None)
+        if at is None:
+            raise UserError(f"the crontab line {old.decode(errors='replace')!r} changed since it was read; "
+                            "nothing was written", FAILED)
+        lines[at] = new
+        done.add(at)
+    return b"\n".join(lines)
+
+
 def disabled(line: bytes) -> bytes:
     return line if line.startswith(DISABLED.encode()) else DISABLED.encode() + line
 

@@ -59,6 +59,8 @@ class InstallRequest:
     max_lifetime: float = 0.0
     sync: bool = False
     applied_from: str = ""
+    stdout_log: Optional[str] = None  # an explicit log file instead of LOG_DIR/NAME.stdout.log
+    stderr_log: Optional[str] = None  # the same file as stdout_log is fine: both streams go there
 
 
 def check_numbers(req: InstallRequest) -> None:
@@ -125,6 +127,11 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
     if problem:
         raise UserError(f"log folder {log_dir} cannot be used: {problem}")
     stdout_log, stderr_log = paths.log_files(log_dir, name)
+    stdout_log = os.path.abspath(req.stdout_log) if req.stdout_log else stdout_log
+    stderr_log = os.path.abspath(req.stderr_log) if req.stderr_log else stderr_log
+    for log in (req.stdout_log, req.stderr_log):
+        if log and not os.path.isdir(os.path.dirname(os.path.abspath(log))):
+            raise UserError(f"log file {os.path.abspath(log)}: its folder does not exist")
     for log in (stdout_log, stderr_log):
         problem = check_log_file(log)
         if problem:
