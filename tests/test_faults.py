@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from conftest import Sandbox, holds_for, is_locked, is_zombie, locked_inodes, pids_with_arg, wait_for
+from conftest import Sandbox, holds_for, is_locked, is_zombie, locked_inodes, pids_with_arg, poll_until, wait_for
 
 
 def alive(pid: int) -> bool:
@@ -367,48 +367,59 @@ def test_a_lock_deleted_between_flock_and_claim_lets_only_one_launcher_on(sandbo
 
 
 def _run_through_a_stalling_log(sandbox: Sandbox, stall: float, chunks: int) -> tuple[int, float, float, bool]:
-    """Run a fast writer whose stdout log is a FIFO that nobody reads for `stall` seconds.
+    """Run a fast writer whose stdout log is on a FUSE file system (bindfs) that we stop with
+    SIGSTOP for `stall` seconds once the first 64 KiB arrived: the disk stalls. (A FIFO would be
+    simpler, but a log path that holds a FIFO is refused.)
 
     Returns (bytes of the daemon's that reached the log, the writer's longest write(), its total
     time, whether the log holds a marker saying output was lost).
     """
+    if not shutil.which("bindfs"):
+        pytest.skip("needs bindfs (a FUSE file system) to stall a log disk")
     name = sandbox.job("stall")
-    logs = sandbox.mkdir("fifo-logs")
-    fifo = os.path.join(logs, f"{name}.stdout.log")
-    os.mkfifo(fifo)
-    os.chown(fifo, sandbox.user.uid, sandbox.user.gid)
-    received: list[int] = []
-    marked: list[bool] = []
+    src, logs = sandbox.mkdir("stall-src"), sandbox.mkdir("stall-logs")
+    fuse = subprocess.Popen(["bindfs", "-f", src, logs])
+    try:
+        wait_for(lambda: os.path.ismount(logs), 10, what="the bindfs mount")
+        log = os.path.join(src, f"{name}.stdout.log")
 
-    def reader() -> None:
-        with open(fifo, "rb", buffering=0) as f:
-            data = f.read(65536)
-            time.sleep(stall)  # the disk stalls
-            total, marker = 0, False
-            os.set_blocking(f.fileno(), False)
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and not marker and total < chunks * 65535:
-                total += data.count(b"x")
-                marker = marker or b"bytes of output lost" in data
+        def size() -> int:
+            try:
+                return os.path.getsize(log)
+            except OSError:
+                return 0
+
+        def stall_the_disk() -> None:
+            if poll_until(lambda: size() >= 65536, 30, 0.005):
+                fuse.send_signal(signal.SIGSTOP)
                 try:
-                    data = f.read(1 << 20) or b""
-                except BlockingIOError:
-                    data = b""
-                if not data:
-                    time.sleep(0.01)
-        received.append(total)
-        marked.append(marker)
+                    time.sleep(stall)  # the disk stalls
+                finally:
+                    fuse.send_signal(signal.SIGCONT)
 
-    thread = threading.Thread(target=reader)
-    thread.start()
-    report = sandbox.path("writer.report")
-    writer = sandbox.write_helper("fast_writer.py")
-    sandbox.ok("install", name, "--log-dir", logs, "--log-max-bytes", "0",
-               "--", "/usr/bin/python3", writer, str(chunks), report)
-    thread.join(30)
-    wait_for(lambda: os.path.exists(report), 10, what="the writer's report")
-    worst, took = (float(x) for x in open(report).read().split())
-    return received[0], worst, took, marked[0]
+        staller = threading.Thread(target=stall_the_disk)
+        staller.start()
+        report = sandbox.path("writer.report")
+        writer = sandbox.write_helper("fast_writer.py")
+        sandbox.ok("install", name, "--log-dir", logs, "--log-max-bytes", "0",
+                   "--", "/usr/bin/python3", writer, str(chunks), report)
+        staller.join(60)
+        wait_for(lambda: os.path.exists(report), 20, what="the writer's report")
+        worst, took = (float(x) for x in open(report).read().split())
+
+        def settled() -> tuple[int, bool] | None:
+            data = open(log, "rb").read()
+            total, marked = data.count(b"x"), b"bytes of output lost" in data
+            return (total, marked) if marked or total >= chunks * 65535 else None
+
+        received, marked = poll_until(settled, 15, 0.05) or settled() or (size(), False)
+        sandbox.ok("uninstall", name)
+        return received, worst, took, marked
+    finally:
+        fuse.send_signal(signal.SIGCONT)
+        subprocess.run(["umount", "-l", logs], check=False)
+        fuse.kill()
+        fuse.wait()
 
 
 def test_a_brief_log_stall_loses_no_output(sandbox: Sandbox) -> None:
