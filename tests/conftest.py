@@ -23,7 +23,8 @@ import pytest
 from userkit import UnprivilegedUser as UnprivilegedUser  # `X as X`: re-exported, the tests import these from here
 from userkit import is_locked as is_locked
 from userkit import locked_inodes as locked_inodes
-from userkit import poll_until, read_bytes, unprivileged_user, user_pids
+from userkit import poll_until as poll_until
+from userkit import read_bytes, unprivileged_user, user_pids
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELPERS = os.path.join(HERE, "helpers")

@@ -166,7 +166,9 @@ class Supervisor:
         self.wait = self.seams.wait or self.pump.wait
         if not self.passthrough:
             self.out = LogSink(self.job.stdout_log, self.job.log_max_bytes, self.job.log_backups)
-            self.err = LogSink(self.job.stderr_log, self.job.log_max_bytes, self.job.log_backups)
+            # One sink when both streams go to one file (`>> out 2>&1`): two would rotate it under each other.
+            self.err = self.out if self.job.stderr_log == self.job.stdout_log else \
+                LogSink(self.job.stderr_log, self.job.log_max_bytes, self.job.log_backups)
             for text in self._notes:
                 self.err.note(text)
         self.watch = LockWatch(self.lock, self._note, self.seams.clock())

@@ -116,7 +116,7 @@ def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool =
             echo(json.dumps(info, indent=2))
         else:
             echo(history_table(info) if history else table([info]))
-        up = info["running"] or (info["periodic"] and info["supervisor_pid"] is not None)
+        up = info["running"] or (info.get("periodic") and info["supervisor_pid"] is not None)
         return OK if up else NOT_RUNNING  # a periodic job's supervisor waiting for its due time is up
     names = sorted(set(ctx.jobs.names()) | set(ctx.states.names()))
     host = HostView.read(ctx)
@@ -135,7 +135,7 @@ def _state_word(info: dict[str, Any]) -> str:
     off = info["installed"] and not info["enabled"]
     if info["running"]:
         word = "running"
-    elif info["periodic"] and info["next_due_at"] and info["phase"] not in ("stopping",):
+    elif info.get("periodic") and info["next_due_at"] and info["phase"] not in ("stopping",):
         word = f"waiting (next {info['next_due_at'][11:16]})"
     elif info["phase"] == "backoff" and info["next_start_at"]:
         word = f"backoff until {info['next_start_at'][11:19]}"
@@ -184,7 +184,7 @@ def table(infos: list[dict[str, Any]]) -> str:
     """Daemons show their restarts and last exit; periodic jobs their runs/failures and last result."""
     rows = [("NAME", "STATE", "PID", "UP", "RESTARTS", "LAST EXIT", "SCHEDULE", "COMMAND")]
     for i in infos:
-        if i["periodic"]:
+        if i.get("periodic"):
             counts = f"{i['runs']} runs/{i['failures']} failed"
             last = i["last_result"] or "-"
             schedule = f"every {i['every']:g}s" if i["every"] else str(i["schedule"])
