@@ -68,6 +68,10 @@ def launch(args: runargs.RunArgs) -> int:
     job = adhoc_job(args, root) if adhoc else JobStore(root).get(check_name(args.name))
     if args.settle is not None:
         job.settle = args.settle
+    if args.cron:
+        # A tick returns once the daemon is started: a daemon that dies at once is the
+        # supervisor's to restart, not a mail every minute.
+        job.settle = 0.0
     if args.cron and not job.enabled:
         return OK
     states = StateStore(root)

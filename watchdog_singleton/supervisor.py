@@ -291,7 +291,11 @@ class Supervisor:
         self._note(f"started pid {child.pid}: {' '.join(job.command)}")
         self._arm_deadline()
         if self.ready is not None:
-            self.settle_at = self.daemon_started + max(0.0, _finite(getattr(job, "settle", 1.0), 1.0))
+            settle = max(0.0, _finite(job.settle, 1.0))
+            if settle == 0:
+                self._report_ready(None)  # started is enough (a cron tick): what follows is the supervisor's
+            else:
+                self.settle_at = self.daemon_started + settle
 
     # -- periodic runs, timeouts, lifetimes ----------------------------------------------------
     def _wait_for(self, due: float) -> None:
