@@ -218,7 +218,7 @@ def test_logs_refuses_a_line_count_out_of_range(sandbox: Sandbox, value: str) ->
 def row(**over: Any) -> dict[str, Any]:
     info = {"name": "web", "running": False, "phase": "exited", "next_start_at": None, "installed": True,
             "enabled": True, "pid": None, "started_at": None, "restarts": 0, "last_exit_code": None,
-            "schedule": "* * * * *", "command": ["/bin/true"]}
+            "schedule": "* * * * *", "command": ["/bin/true"], "cron_entry": "enabled", "periodic": False}
     info.update(over)
     return info
 
