@@ -13,7 +13,7 @@ from .record import REQUIRED, Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
-    from typing import Any, Optional
+    from typing import Any, Callable, Optional
 
 
 # What goes on from one supervisor of a job to the next: the restart count and the run record.
@@ -136,3 +136,40 @@ class StateStore:
     def names(self) -> list[str]:
         return self.folder.names()
 
+
+
+class StateKeeper:
+    """The supervisor's writer of its job's state: a full or read-only disk must never stop the
+    supervisor or the daemon, so a failed write is reported once, retried (`heal`, every
+    RETRY_SECONDS), and reported again once it succeeds."""
+
+    RETRY_SECONDS = 5.0
+
+    def __init__(self, store: StateStore, state: RunState, note: Callable[[str], None]) -> None:
+        self.store = store
+        self.state = state
+        self.note = note
+        self.error: Optional[str] = None
+
+    def save(self) -> None:
+        try:
+            problem = None if self.store.save(self.state) else (self.store.last_error or "write failed")
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+        except UserError as exc:  # the folder became unusable (a symlink planted, say)
+            problem = str(exc)
+        if problem and self.error is None:
+            self.note(f"cannot write the state file: {problem}; retrying every {self.RETRY_SECONDS:g} s")
+        elif not problem and self.error is not None:
+            self.note("the state file is written again")
+        self.error = problem
+
+    def heal(self) -> None:
+        """Write again after a failed write; else make sure the state on file is ours (a duplicate
+        supervisor that stepped down may have written its own)."""
+        if self.error is not None:
+            self.save()
+            return
+        current = self.store.load(self.state.name)
+        if current is None or current.supervisor_pid != self.state.supervisor_pid:
+            self.save()

@@ -36,7 +36,7 @@ from .paths import STATE_DIR_ENV
 from .periodic import PeriodicRuns, iso
 from .pump import OutputPump
 from .spawn import SpawnError, spawn
-from .state import CARRIED, RunState
+from .state import CARRIED, RunState, StateKeeper
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -50,7 +50,6 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     Ready = Callable[[Optional[str]], None]
 
 BURST = 3  # quick runs in a row restarted at once; backoff begins with the next
-STATE_RETRY_SECONDS = 5.0  # a state file that could not be written is tried again this often
 SIGTERM, SIGINT, SIGHUP, SIGCHLD = _signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGCHLD
 
 
@@ -137,10 +136,11 @@ class Supervisor:
         for key in CARRIED:  # the history goes on across supervisors
             if history and key in history:
                 setattr(self.state, key, history[key])
-        self.state_error: Optional[str] = None
+        self._notes: list[str] = []  # notes made before the log sinks exist
+        self.keeper = StateKeeper(store, self.state, self._note)
         # Claim the job before anything else: a launcher that finds a fresh lock file (the old
         # one deleted) sees this live supervisor and leaves.
-        self._save()
+        self.keeper.save()
         self.daemon: Optional[int] = None  # the pid we wait for: the command, or what it left (forking)
         self.following = False  # forking: the command exited 0 and its tree is followed as the daemon
         self.daemon_started = 0.0
@@ -155,7 +155,7 @@ class Supervisor:
         self.deadline: Optional[float] = None  # the running command's timeout or max lifetime
         self.ending: Optional[str] = None  # "timeout" or "lifetime" while we end the run ourselves
         self._signals: list[int] = []
-        self._notes: list[str] = []
+        self._healed_at = 0.0
 
     # -- main loop -------------------------------------------------------------------------
     def run(self) -> int:
@@ -209,8 +209,9 @@ class Supervisor:
             self._end_run_ourselves(now)
         if self.watch.due(now) and self.watch.check(now) == DUPLICATE:
             self.duplicate = True
-        if not self.duplicate:
-            self._reassert_state()
+        if not self.duplicate and (self.keeper.error is not None or self.watch.next_check != self._healed_at):
+            self._healed_at = self.watch.next_check  # once per lock check, or every wake while failing
+            self.keeper.heal()
 
     def _wake_at(self, now: float) -> float:
         times = [self.watch.next_check]
@@ -220,8 +221,8 @@ class Supervisor:
             times.append(self.deadline)
         if self.settle_at is not None:
             times.append(self.settle_at)
-        if self.state_error is not None:
-            times.append(now + STATE_RETRY_SECONDS)
+        if self.keeper.error is not None:
+            times.append(now + StateKeeper.RETRY_SECONDS)
         held = self.pump.next_wake(now)
         if held is not None:
             times.append(held)
@@ -287,7 +288,7 @@ class Supervisor:
         self.state.started_at = now_iso()
         self.state.next_start_at = None
         self.state.backoff_seconds = 0.0  # the message stays: a hint about the last exit still holds
-        self._save()
+        self.keeper.save()
         self._note(f"started pid {child.pid}: {' '.join(job.command)}")
         self._arm_deadline()
         if self.ready is not None:
@@ -307,7 +308,7 @@ class Supervisor:
         self.state.next_due_at = iso(due)
         if delay > 0:
             self.state.phase = "waiting"
-            self._save()
+            self.keeper.save()
 
     def _arm_deadline(self) -> None:
         job, now = self.job, self.seams.clock()
@@ -364,10 +365,10 @@ class Supervisor:
             self.done_code = code if not timed_out else 124  # timeout(1)'s code
             self.state.phase = "exited"
             self.state.next_due_at = None
-            self._save()
+            self.keeper.save()
             return
         self._wait_for(due)
-        self._save()
+        self.keeper.save()
 
     def _report_ready(self, problem: Optional[str]) -> None:
         """Tell whoever waits for the start (install, start, run --detach) how it went, once."""
@@ -428,7 +429,7 @@ class Supervisor:
         self.daemon = main
         self.state.pid, self.state.pid_start, self.state.phase = main, left[main], "running"
         self.state.message = ""
-        self._save()
+        self.keeper.save()
 
     def _after_exit(self, code: int, message: str, lasted: float = 0.0) -> None:
         job = self.job
@@ -449,7 +450,7 @@ class Supervisor:
         if policy_done or self.stopping:
             self.done_code = code
             self.state.phase = "exited"
-            self._save()
+            self.keeper.save()
             return
         quick = lasted < _finite(job.min_uptime, 1.0) and not lifetime
         self.quick_runs = self.quick_runs + 1 if quick else 0
@@ -463,13 +464,13 @@ class Supervisor:
             backoff = f"{self.quick_runs} quick exits in a row: next start in {delay:g} s"
             self.state.message = f"{message}; {backoff}" if message else backoff
             self._note(f"restart in {delay:g} s ({self.quick_runs} runs shorter than {job.min_uptime:g} s in a row)")
-        self._save()
+        self.keeper.save()
 
     # -- stopping ----------------------------------------------------------------------------
     def _stop_tree(self, why: str, leftovers: bool = False) -> None:
         self.state.phase = "stopping"
         self.state.pid = self.state.pid_start = None
-        self._save()
+        self.keeper.save()
         finder = tree.Finder(self.job.lock_path, roots=lambda: (self.seams.pid,), scan=self.seams.scan)
 
         def say(count: int) -> None:
@@ -485,43 +486,14 @@ class Supervisor:
         self.pump.drain_all()
         if not leftovers:
             self.state.phase = "stopped" if self.stopping else "exited"
-            self._save()
+            self.keeper.save()
 
     def _reap_quietly(self) -> None:
         for pid, _code in self.seams.reap():
             if pid == self.daemon:
                 self.daemon = None
 
-    # -- the state file and the log ----------------------------------------------------------
-    def _save(self) -> None:
-        """Write the state; a full or read-only disk must not stop the supervisor: retried later."""
-        try:
-            ok = self.store.save(self.state)
-            problem = None if ok is not False else (getattr(self.store, "last_error", None) or "write failed")
-        except OSError as exc:
-            problem = exc.strerror or str(exc)
-        except Exception as exc:  # a UserError from the store: the folder became unusable
-            problem = str(exc)
-        if problem and self.state_error is None:
-            self._note(f"cannot write the state file: {problem}; retrying every {STATE_RETRY_SECONDS:g} s")
-        elif not problem and self.state_error is not None:
-            self._note("the state file is written again")
-        self.state_error = problem
-
-    def _reassert_state(self) -> None:
-        """Rewrite the state after a failed write, or if someone else's is on file (a duplicate
-        that stepped down wrote it)."""
-        if self.state_error is not None:
-            self._save()
-            return
-        if self.watch.next_check != self._last_reassert:
-            self._last_reassert = self.watch.next_check
-            current = self.store.load(self.job.name)
-            if current is None or current.supervisor_pid != self.state.supervisor_pid:
-                self._save()
-
-    _last_reassert = 0.0
-
+    # -- the log ---------------------------------------------------------------------------
     def _note(self, text: str) -> None:
         if self.passthrough:
             return
