@@ -397,7 +397,7 @@ class Supervisor:
             self._after_exit(code, "", lasted)  # we are stopping the tree already
             return
         left = self._tree()
-        if left and (self.following or (code == 0 and self.job_forking)):
+        if left and (self.following or (code == 0 and self.job.forking)):
             self.following = True
             self._follow_or_exit(code, left)
             return
@@ -411,10 +411,6 @@ class Supervisor:
             # Like systemd's KillMode=control-group: what the daemon left behind goes with it.
             self._stop_tree(f"stopping {len(left)} leftover process(es) of the daemon's tree", leftovers=True)
         self._after_exit(code, message, lasted)
-
-    @property
-    def job_forking(self) -> bool:
-        return bool(getattr(self.job, "forking", False))
 
     def _follow_or_exit(self, code: int, left: Optional[dict[int, int]] = None) -> None:
         """Forking: the oldest process the command left is the daemon now; none left is an exit."""
