@@ -255,3 +255,16 @@ class JsonFolder:
                 except UserError:
                     continue  # not one of ours (a temp file, a stray)
         return sorted(found)
+
+
+def read_to_end(fd: int) -> bytes:
+    """Everything until EOF on `fd` (a pipe, a memfd), which is then closed."""
+    chunks: list[bytes] = []
+    try:
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)

@@ -264,14 +264,9 @@ def detach(body: Callable[[int], None], lock: FlockLock, name: str, quiet: bool 
             os._exit(FAILED)
     os.close(write_end)
     lock.release()  # the child holds the same lock; our copy must not outlive a quick daemon
-    chunks = []
-    while True:
-        chunk = os.read(read_end, 4096)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read_end)
-    answer = b"".join(chunks).decode(errors="replace")
+    from .files import read_to_end
+
+    answer = read_to_end(read_end).decode(errors="replace")
     if answer.startswith("ok") or (exec_is_ready and not answer):
         if not quiet and answer.startswith("ok "):
             print(f"running {name}: pid {answer[3:]}")

@@ -15,6 +15,7 @@ import os
 import sys
 
 from .errors import FAILED
+from .files import read_to_end
 from .jobs import Job
 from .lock import FlockLock
 from .state import StateStore
@@ -29,22 +30,11 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 RESIDENT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "1"}
 
 
-def read_all(fd: int) -> bytes:
-    chunks = []
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(fd)
-    return b"".join(chunks)
-
-
 def main(argv: list[str]) -> int:
     _, root, name, job_fd = argv
     for key in RESIDENT_MALLOC:  # ours, read by glibc at our start; not the daemon's
         os.environ.pop(key, None)
-    hand_over = marshal.loads(read_all(int(job_fd)))
+    hand_over = marshal.loads(read_to_end(int(job_fd)))
     job = Job.from_dict(hand_over["job"])
     lock = FlockLock(job.lock_dir, job.name)
     lock.fd, lock.dir_fd = hand_over["lock_fd"], hand_over["dir_fd"]

@@ -11,6 +11,8 @@ import errno
 import fcntl
 import os
 
+from .files import read_to_end
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
     from typing import Optional
@@ -93,13 +95,7 @@ def spawn(argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, .
     os.close(null)
     for _, w in pipes:
         os.close(w)
-    report = b""
-    while True:
-        chunk = os.read(err_r, 64)  # EOF at the child's exec (close-on-exec) or exit
-        if not chunk:
-            break
-        report += chunk
-    os.close(err_r)
+    report = read_to_end(err_r)  # EOF at the child's exec (close-on-exec) or exit
     if report:
         os.waitpid(pid, 0)
         for r, _ in pipes:
