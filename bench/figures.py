@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -61,7 +62,6 @@ class Plan:
     log_bytes: int
     log_reps: int
     slow_bytes: int
-    slow_rate: int  # bytes/s the slow log reader accepts
     scale_points: tuple[int, ...]
     scale_reps: int
     tree_reps: int
@@ -70,10 +70,10 @@ class Plan:
 
 
 FULL = Plan(tick_reps=40, rss_jobs=3, idle_seconds=60.0, chatty_bytes=50 * MIB, recovery_reps=15, log_bytes=200 * MIB,
-            log_reps=5, slow_bytes=32 * MIB, slow_rate=8 * MIB, scale_points=(1, 10, 100, 300),
+            log_reps=5, slow_bytes=32 * MIB, scale_points=(1, 10, 100, 300),
             scale_reps=5, tree_reps=5, cli_reps=10, drift_seconds=600.0)
 QUICK = Plan(tick_reps=8, rss_jobs=1, idle_seconds=20.5, chatty_bytes=10 * MIB, recovery_reps=3, log_bytes=20 * MIB,
-             log_reps=2, slow_bytes=8 * MIB, slow_rate=8 * MIB, scale_points=(1, 10, 30),
+             log_reps=2, slow_bytes=8 * MIB, scale_points=(1, 10, 30),
              scale_reps=2, tree_reps=2, cli_reps=3, drift_seconds=31.0)
 
 
@@ -427,58 +427,61 @@ def remove(path: str) -> None:
         pass
 
 
-class SlowReader(threading.Thread):
-    """Drains a FIFO at `rate` bytes/s (a slow disk or a stuck log shipper) until told to hurry."""
+class Staller(threading.Thread):
+    """Makes a FUSE file system (bindfs) a slow disk: stopped `stalled` s out of every
+    `stalled + running` s, until told to hurry. (A FIFO at the log path would be simpler, but a
+    log path that holds a FIFO is refused.)"""
 
-    def __init__(self, path: str, rate: int) -> None:
+    def __init__(self, fuse: "subprocess.Popen[bytes]", stalled: float = 0.2, running: float = 0.05) -> None:
         super().__init__(daemon=True)
-        self.path, self.rate = path, rate
+        self.fuse, self.stalled, self.running = fuse, stalled, running
         self.hurry = threading.Event()
-        self.received = 0
 
     def run(self) -> None:
-        with open(self.path, "rb", buffering=0) as fifo:
-            start = time.monotonic()
-            while True:
-                data = fifo.read(65536)
-                if not data:
-                    return
-                self.received += len(data)
-                if not self.hurry.is_set():
-                    behind = self.received / self.rate - (time.monotonic() - start)
-                    if behind > 0:
-                        self.hurry.wait(behind)
+        while not self.hurry.is_set():
+            self.fuse.send_signal(signal.SIGSTOP)
+            try:
+                self.hurry.wait(self.stalled)
+            finally:
+                self.fuse.send_signal(signal.SIGCONT)
+            self.hurry.wait(self.running)
 
 
 def slow_log(bench: Bench, sc: Scenario, writer: str, plan: Plan) -> list[Row]:
-    """The log is a FIFO read at plan.slow_rate: the daemon must not be held back to that pace."""
-    total, rate = plan.slow_bytes, plan.slow_rate
+    """The log is on a disk that stalls 80% of the time: the daemon must not be held back to its pace."""
+    total = plan.slow_bytes
     name = sc.job("logslow")
-    log_dir = bench.mkdir(sc.label, "slowlogs")
-    fifo = os.path.join(log_dir, f"{name}.stdout.log")
-    os.mkfifo(fifo, 0o600)
-    os.chown(fifo, bench.user.uid, bench.user.gid)
-    result = sc.path(f"{name}.json")
-    sc.install(name, writer_argv(writer, result, total, 65536), "--restart", "never", "--log-dir", log_dir,
-               "--log-max-bytes", "0", start=False)
-    direct_cmd = "exec " + shlex.join(writer_argv(writer, result, total, 65536)) + " >> " + shlex.quote(fifo)
-    runs = {}
-    peak = 0
-    for label, argv in (("ours", foreground_run(bench, sc, name)), ("direct", ["/bin/sh", "-c", direct_cmd])):
-        reader = SlowReader(fifo, rate)
-        reader.start()
-        proc = bench.spawn(argv, bench.cron_env())
-        wait_until(lambda: os.path.exists(result), 60 + 2 * total / rate, f"the {label} slow writer", 0.01)
-        if label == "ours":
-            peak = status_field(proc.pid, "VmHWM") or 0  # proc is the supervisor
-        reader.hurry.set()
-        proc.wait(timeout=60)
-        reader.join(timeout=30)
-        runs[label] = (read_result(result), reader.received)
-    (ours, got), (direct, _) = runs["ours"], runs["direct"]
+    src, log_dir = bench.mkdir(sc.label, "slow-src"), bench.mkdir(sc.label, "slowlogs")
+    fuse = subprocess.Popen(["bindfs", "-f", src, log_dir])
+    try:
+        wait_until(lambda: os.path.ismount(log_dir), 10, "the bindfs mount")
+        result = sc.path(f"{name}.json")
+        sc.install(name, writer_argv(writer, result, total, 65536), "--restart", "never", "--log-dir", log_dir,
+                   "--log-max-bytes", "0", start=False)
+        direct_log = os.path.join(log_dir, "direct.log")
+        direct_cmd = "exec " + shlex.join(writer_argv(writer, result, total, 65536)) + " >> " + shlex.quote(direct_log)
+        runs = {}
+        peak = 0
+        for label, argv in (("ours", foreground_run(bench, sc, name)), ("direct", ["/bin/sh", "-c", direct_cmd])):
+            staller = Staller(fuse)
+            staller.start()
+            proc = bench.spawn(argv, bench.cron_env())
+            wait_until(lambda: os.path.exists(result), 120, f"the {label} slow writer", 0.01)
+            if label == "ours":
+                peak = status_field(proc.pid, "VmHWM") or 0  # proc is the supervisor
+            staller.hurry.set()
+            staller.join(timeout=10)
+            proc.wait(timeout=60)
+            runs[label] = read_result(result)
+        got = payload_bytes(os.path.join(src, f"{name}.stdout.log"))
+    finally:
+        fuse.send_signal(signal.SIGCONT)
+        subprocess.run(["fusermount", "-u", log_dir], capture_output=True)
+        fuse.wait(timeout=10)
+    ours, direct = runs["ours"], runs["direct"]
     lost = max(0, total - got)
     return [
-        compare("4", f"slow log ({rate // MIB} MiB/s): daemon's time to write {total // MIB} MiB",
+        compare("4", f"slow log (stalled 80% of the time): daemon's time to write {total // MIB} MiB",
                 [ours["elapsed"]], "straight to the slow log", [direct["elapsed"]], fmt_time),
         judge(compare("4", "slow log: longest single write()", [ours["worst_write"]],
                       "straight to the slow log", [direct["worst_write"]], fmt_time),
