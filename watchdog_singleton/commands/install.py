@@ -175,6 +175,19 @@ def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,
     return OK
 
 
+# What a running copy was started with: a change to any of these needs a restart to take effect.
+# The command, its environment and folder; the lock (a copy under the old lock would not keep a
+# second copy under the new one out); and how the copy runs (periodic, lean, forking).
+RESTART_FIELDS = ("command", "env", "workdir", "lock_dir", "periodic", "lean", "forking")
+
+
+def needs_restart(old: Job, new: Job) -> bool:
+    """Whether a copy running `old` must be restarted to run `new`. Other changes (schedule,
+    grace, restart policy, logs, ...) are saved and the crontab line rewritten without one; a
+    supervisor that runs goes on with the values it started with until it starts again."""
+    return any(getattr(old, key) != getattr(new, key) for key in RESTART_FIELDS)
+
+
 def replace_running_copy(ctx: Context, job: Job, previous: Optional[Job], echo: Echo) -> None:
     """A copy that runs already is adopted when it runs what the new definition says, and
     stopped otherwise (a changed definition, or one left by `uninstall --keep-running`)."""
@@ -183,7 +196,7 @@ def replace_running_copy(ctx: Context, job: Job, previous: Optional[Job], echo: 
         return
     pid = state.pid or state.supervisor_pid
     if previous is not None:
-        same = previous.same_definition(job)
+        same = not needs_restart(previous, job)
     else:  # left running by `uninstall --keep-running`: only its command and lock are known
         same = state.command == job.command and state.lock_path == job.lock_path
     if same:
