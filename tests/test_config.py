@@ -299,3 +299,17 @@ def test_every_kind_of_bad_file_changes_nothing_and_names_file_line_job_key(sand
         assert snapshot(sandbox) == before, what
     assert (pid_of(sandbox, good), pid_of(sandbox, bad)) == pids
     assert pids_with_arg(f"m-{new}", sandbox.user.uid) == []
+
+
+def test_the_readme_example_parses_to_ten_jobs_eight_periodic_one_disabled(tmp_path: Any) -> None:
+    readme = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md")).read()
+    example = re.search(r"```toml\n(# /srv/panda/jobs.toml.*?)```", readme, re.S)
+    assert example, "the README's jobs.toml example is gone"
+    cfg = parse(tmp_path, example.group(1))
+    requests = [cfg.request(spec) for spec in cfg.jobs]
+    assert len(requests) == 10
+    assert sum(r.periodic or r.every > 0 for r in requests) == 8
+    assert [s.name for s in cfg.jobs if not s.enable] == ["pilot_streaming"]
+    server = requests[-1]
+    assert server.command[-2:] == ["--port", "25080"] and "CACHE_SIZE=512M" in server.env
+    assert "PANDA_HOME=/srv/panda" in server.env and server.log_dir == str(tmp_path / "logs")
