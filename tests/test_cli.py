@@ -19,7 +19,7 @@ from watchdog_singleton.commands.status import exit_word, table
 from watchdog_singleton.errors import USAGE, UserError
 from watchdog_singleton.jobs import LIMITS
 
-COMMANDS = ("install", "run", "status", "logs", "stop", "start", "restart", "uninstall")
+COMMANDS = ("install", "run", "status", "logs", "stop", "start", "restart", "uninstall", "apply", "export")
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

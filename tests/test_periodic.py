@@ -160,3 +160,24 @@ def test_cron_schedules_compute_due_times_and_skips() -> None:
     assert EverySchedule(5, anchor=100).next_after(112) == 115
     with pytest.raises(ValueError):
         CronSchedule("61 * * * *")
+
+
+def test_sigusr2_takes_new_settings_without_a_restart(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = periodic(tmp_path, world, every=10.0)
+    runs_for(world, 1.0)
+    store_root = os.path.join(str(tmp_path), "state")
+    from watchdog_singleton.jobs import JobStore
+
+    def change_the_period() -> None:
+        new = Job.from_dict(sup.job.to_dict())
+        new.every = 3.0
+        JobStore(store_root).save(new)
+        sup._signals.append(12)  # SIGUSR2, as install and apply send it
+
+    world.at(T0 + 12, change_the_period)
+    world.at(T0 + 20, sup.request_stop)
+    sup.run()
+    assert births(world)[:2] == [0.0, 10.0]
+    assert births(world)[2] == pytest.approx(13.0, abs=0.01)  # the new period, counted from the last start
+    assert len(world.spawned) >= 4 and "re-read its definition" in log_of(sup)

@@ -233,6 +233,38 @@ def import_(
     _call(lambda: import_lines(_context(), _echo, _warn, apply))
 
 
+@app.command(short_help="Make this host's jobs match a TOML file.",
+             epilog=_example("apply jobs.toml --dry-run", "apply jobs.toml", "export > jobs.toml"))
+def apply(
+    file: str = typer.Argument(..., metavar="FILE", help="the TOML file: [defaults] and [jobs.NAME] tables"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and change nothing"),
+) -> None:
+    """Install, update and remove jobs so that this host runs what FILE lists.
+
+    Prints the plan (create, update, restart, remove, unchanged) first. Only jobs whose command,
+    env, workdir, lock or kind changed are restarted; jobs an earlier apply of FILE created and
+    FILE no longer lists are uninstalled; jobs installed by hand are never removed. A bad file
+    (exit 2) changes nothing. Keys: command, arguments, enable, schedule, periodic, period,
+    timeout, jitter, catch_up, loop, max_lifetime, sync, workdir, env, grace, restart,
+    backoff_initial, backoff_max, min_uptime, settle, log_dir, log_max_bytes, log_backups,
+    lock_dir, allow_network_fs, lean, forking (see the README).
+    """
+    from .commands.apply import apply as do_apply
+
+    _call(lambda: do_apply(file, _context(), _echo, _warn, dry_run))
+
+
+@app.command(short_help="Write the jobs (all, or NAME...) as a TOML file for apply.",
+             epilog=_example("export > jobs.toml", "export web sync"))
+def export(
+    names: List[str] = typer.Argument(None, metavar="[NAME...]", help="these jobs only (default: every job)"),
+) -> None:
+    """Print the jobs of this host (all, or NAME...) as a TOML file; apply of it changes nothing."""
+    from .commands.export import export as do_export
+
+    _call(lambda: do_export(list(names or []), _context(), _echo))
+
+
 def _plain_arguments(group: Any) -> None:
     """Show arguments as their metavar (NAME, -- COMMAND [ARG...]), the way options show theirs.
 

@@ -46,6 +46,12 @@ LIMITS: dict[str, tuple[float, float]] = {
 }
 
 
+# What a running copy was started with: a change to any of these needs a restart to take effect.
+# The command, its environment and folder; the lock (a copy under the old lock would not keep a
+# second copy under the new one out); how the copy runs (periodic, lean, forking).
+RESTART_FIELDS = ("command", "env", "workdir", "lock_dir", "periodic", "lean", "forking")
+
+
 class Job(Record):
     """One job's definition: what to run, when cron calls the launcher, and the policies."""
 
@@ -147,6 +153,9 @@ class Job(Record):
     @property
     def lock_path(self) -> str:
         return paths.lock_file(self.lock_dir, self.name)
+
+    def needs_restart_from(self, old: "Job") -> bool:
+        return any(getattr(old, key) != getattr(self, key) for key in RESTART_FIELDS)
 
     def same_definition(self, other: "Job") -> bool:
         mine, theirs = self.to_dict(), other.to_dict()

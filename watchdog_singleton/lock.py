@@ -18,6 +18,7 @@ from .errors import FAILED, UserError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    import ctypes
     from typing import Optional, Protocol
 
     class SingletonLock(Protocol):
@@ -64,6 +65,9 @@ NETWORK_FS_MAGIC = {
 }
 
 
+_LIBC: list["ctypes.CDLL"] = []
+
+
 def filesystem_type(path: str) -> Optional[str]:
     """The name of the network filesystem `path` (or its nearest existing parent) is on, else None."""
     import ctypes
@@ -76,7 +80,9 @@ def filesystem_type(path: str) -> Optional[str]:
     class Statfs(ctypes.Structure):
         _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 256)]
 
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if not _LIBC:  # find_library runs ldconfig: once per process, not once per job (apply of 100 jobs)
+        _LIBC.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True))
+    libc = _LIBC[0]
     buf = Statfs()
     if libc.statfs(os.fsencode(current), ctypes.byref(buf)) != 0:
         return None

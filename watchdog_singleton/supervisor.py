@@ -29,7 +29,7 @@ import time
 from . import procs, tree
 from .errors import UserError
 from .files import ensure_dir
-from .jobs import now_iso
+from .jobs import JobStore, now_iso
 from .lockwatch import DUPLICATE, LockWatch
 from .logsink import LogSink
 from .paths import STATE_DIR_ENV
@@ -50,7 +50,8 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     Ready = Callable[[Optional[str]], None]
 
 BURST = 3  # quick runs in a row restarted at once; backoff begins with the next
-SIGTERM, SIGINT, SIGHUP, SIGCHLD = _signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGCHLD
+SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGUSR2 = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGCHLD,
+                                             _signal.SIGUSR2)
 
 
 def daemon_env(job: Job, inherit: Optional[dict[str, str]] = None) -> dict[str, str]:
@@ -161,7 +162,8 @@ class Supervisor:
     def run(self) -> int:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_wakeup = _signal.set_wakeup_fd(wake_w)
-        old_handlers = {sig: _signal.signal(sig, self._on_signal) for sig in (SIGTERM, SIGINT, SIGHUP, SIGCHLD)}
+        handled = (SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGUSR2)
+        old_handlers = {sig: _signal.signal(sig, self._on_signal) for sig in handled}
         self.pump = OutputPump(wake_r, self.seams.clock)
         self.wait = self.seams.wait or self.pump.wait
         if not self.passthrough:
@@ -256,6 +258,8 @@ class Supervisor:
             elif sig == SIGHUP and not self.passthrough:
                 self.out.reopen()
                 self.err.reopen()
+            elif sig == SIGUSR2:
+                self._reload()
         self._reap()
 
     # -- the daemon ------------------------------------------------------------------------
@@ -297,6 +301,47 @@ class Supervisor:
                 self._report_ready(None)  # started is enough (a cron tick): what follows is the supervisor's
             else:
                 self.settle_at = self.daemon_started + settle
+
+    def _reload(self) -> None:
+        """SIGUSR2 (install or apply changed the definition): take the new settings that need no
+        restart (schedule, grace, timeouts, backoff, log sizes and files) without one."""
+        if self.adhoc:
+            return
+        try:
+            new = JobStore(self.store.root).load(self.job.name)
+        except UserError as exc:
+            self._note(f"cannot re-read the definition: {exc}")
+            return
+        if new is None or new.needs_restart_from(self.job):
+            return  # uninstalled, or a change that needs a restart: install and apply do that
+        old, self.job = self.job, new
+        if not self.passthrough and (new.stdout_log, new.stderr_log) != (old.stdout_log, old.stderr_log):
+            try:
+                out = LogSink(new.stdout_log, new.log_max_bytes, new.log_backups)
+                err = out if new.stderr_log == new.stdout_log else \
+                    LogSink(new.stderr_log, new.log_max_bytes, new.log_backups)
+            except OSError as exc:
+                self.job = old
+                self._note(f"cannot re-read the definition: {exc}")
+                return
+            moved = {id(self.out): out, id(self.err): err}
+            for fd, sink in list(self.pump.sinks.items()):
+                self.pump.sinks[fd] = moved.get(id(sink), sink)
+            self._close_sinks()
+            self.out, self.err = out, err
+        elif not self.passthrough:
+            for sink in {id(self.out): self.out, id(self.err): self.err}.values():
+                sink.max_bytes, sink.backups = new.log_max_bytes, new.log_backups
+        self.state.stdout_log, self.state.stderr_log = new.stdout_log, new.stderr_log
+        if self.periodic is not None and (new.every, new.schedule, new.catch_up) != (old.every, old.schedule,
+                                                                                      old.catch_up):
+            self.periodic = PeriodicRuns(new, self.state, self.seams.wall)
+            if self.daemon is None:
+                self._wait_for(self.periodic.first_due())
+        if self.daemon is not None and self.periodic is None:
+            self.deadline = self.daemon_started + new.max_lifetime if new.max_lifetime > 0 else None
+        self._note("re-read its definition: new settings in force")
+        self.keeper.save()
 
     # -- periodic runs, timeouts, lifetimes ----------------------------------------------------
     def _wait_for(self, due: float) -> None:

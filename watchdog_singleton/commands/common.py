@@ -85,6 +85,18 @@ def start_now(ctx: Context, job: Job, why_kept: str) -> str:
         raise UserError(f"{exc} ({why_kept})", exc.exit_code) from None
 
 
+def tell_to_reload(state: Optional[RunState]) -> bool:
+    """Ask NAME's running supervisor to re-read its definition (SIGUSR2); False if none runs."""
+    if state is None or not state.supervisor_alive():
+        return False
+    assert state.supervisor_pid is not None
+    try:
+        os.kill(state.supervisor_pid, 12)  # SIGUSR2
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def stop_processes(lock_path: str, state: Optional[RunState], grace: float,
                    stopper: Optional[Stopper] = None) -> int:
     """Stop everything of the job; return how many processes were found. Returns only when a

@@ -26,7 +26,7 @@ from ..jobs import (
     snapshot_env,
 )
 from ..lock import check_lock_dir
-from .common import Context, Echo, start_now, stop_processes
+from .common import Context, Echo, start_now, stop_processes, tell_to_reload
 
 
 @dataclass
@@ -169,10 +169,9 @@ def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,
             ctx.jobs.save(previous)
         raise
     echo(f"installed {job.name}: {job.schedule} {shlex.join(job.command)}")
-    if job.restart == "always" and not job.lean and fires_sparsely(job.schedule):
+    if job.restart == "always" and not job.lean and not job.periodic and fires_sparsely(job.schedule):
         warn(f"warning: --restart always with schedule '{job.schedule}': the supervisor restarts it at once "
-             "after every exit; for a job that should run once per slot use --restart never "
-             "(periodic jobs proper come in a later release)")
+             "after every exit; for a job that should run once per due time use --periodic")
     if cron_daemon_running() is False:
         warn("warning: no cron daemon runs on this host: the entry will not fire until one does")
     if not req.start:
@@ -183,6 +182,13 @@ def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,
     return OK
 
 
+def needs_restart(old: Job, new: Job) -> bool:
+    """Whether a copy running `old` must be restarted to run `new` (jobs.RESTART_FIELDS). Other
+    changes (schedule, grace, restart policy, timeouts, ...) are saved, the crontab line is
+    rewritten, and a running supervisor is told to re-read its definition (SIGUSR2)."""
+    return new.needs_restart_from(old)
+
+
 def replace_running_copy(ctx: Context, job: Job, previous: Optional[Job], echo: Echo) -> None:
     """A copy that runs already is adopted when it runs what the new definition says, and
     stopped otherwise (a changed definition, or one left by `uninstall --keep-running`)."""
@@ -191,12 +197,14 @@ def replace_running_copy(ctx: Context, job: Job, previous: Optional[Job], echo: 
         return
     pid = state.pid or state.supervisor_pid
     if previous is not None:
-        same = previous.same_definition(job)
+        same = not needs_restart(previous, job)
     else:  # left running by `uninstall --keep-running`: only its command and lock are known
         same = state.command == job.command and state.lock_path == job.lock_path
     if same:
         if previous is None:
             echo(f"adopted the copy of {job.name} left running (pid {pid}): it runs the same command")
+        elif not previous.same_definition(job) and tell_to_reload(state):
+            echo(f"{job.name} runs on (pid {pid}) with the new settings")
         return
     old_lock = previous.lock_path if previous is not None else state.lock_path
     stop_processes(old_lock, state, previous.grace if previous is not None else job.grace)

@@ -1,0 +1,315 @@
+"""apply and export: the TOML file of many jobs, its errors, and what apply changes (only what
+the file says, restarting only what must restart)."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import pytest
+from conftest import Sandbox, pids_with_arg, wait_for
+
+from watchdog_singleton import config
+from watchdog_singleton.commands.install import InstallRequest, needs_restart
+from watchdog_singleton.jobs import Job
+
+SLEEP = "import time; time.sleep(10**6)"
+
+
+def parse(tmp_path: Any, text: str) -> config.ConfigFile:
+    path = tmp_path / "jobs.toml"
+    path.write_text(text)
+    return config.load(str(path))
+
+
+def refused(tmp_path: Any, text: str) -> str:
+    with pytest.raises(config.ConfigError) as caught:
+        parse(tmp_path, text)
+    assert caught.value.exit_code == 2
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'jobs.toml'}:"), message
+    return message
+
+
+# --- parsing, without any user or crontab ----------------------------------------------------
+
+def test_unknown_key_names_file_line_job_key_and_the_nearest_known_key(tmp_path: Any) -> None:
+    message = refused(tmp_path, '[jobs.web]\ncommand = "sleep 1"\n\nperoid = 60\n')
+    assert re.search(r"jobs\.toml:4: job web, key peroid: unknown key \(did you mean period\?\)$", message)
+
+
+def test_unknown_key_in_defaults_is_refused_too(tmp_path: Any) -> None:
+    message = refused(tmp_path, '[defaults]\ngrce = 5\n[jobs.web]\ncommand = "sleep 1"\n')
+    assert "jobs.toml:2: [defaults], key grce: unknown key (did you mean grace?)" in message
+
+
+def test_wrong_type_names_the_key_and_what_it_must_be(tmp_path: Any) -> None:
+    message = refused(tmp_path, '[jobs.web]\ncommand = "sleep 1"\nenable = "yes"\n')
+    assert "jobs.toml:3: job web, key enable: must be true or false" in message
+    message = refused(tmp_path, '[jobs.web]\ncommand = "sleep 1"\nperiod = true\n')
+    assert "jobs.toml:3: job web, key period: must be a number" in message
+    message = refused(tmp_path, '[jobs.web]\ncommand = [1, 2]\n')
+    assert "jobs.toml:2: job web, key command: must be a list of strings or a string" in message
+    message = refused(tmp_path, '[jobs.web]\ncommand = "x"\n[jobs.web.env]\nA = 1\n')
+    assert "jobs.toml:3: job web, key env: must be a table of strings" in message
+
+
+def test_duplicate_job_is_reported_from_tomls_own_error(tmp_path: Any) -> None:
+    message = refused(tmp_path, '[jobs.web]\ncommand = "a"\n\n[jobs.web]\ncommand = "b"\n')
+    assert "jobs.toml:4: job web is defined twice" in message
+
+
+def test_syntax_error_gives_tomls_line(tmp_path: Any) -> None:
+    message = refused(tmp_path, '[jobs.web]\ncommand = "a"\ngrace = \n')
+    assert "jobs.toml:3: TOML syntax error: " in message
+
+
+def test_sync_true_is_a_clear_error_not_ignored(tmp_path: Any) -> None:
+    message = refused(tmp_path, '[jobs.web]\ncommand = "a"\nperiod = 60\nsync = true\n')
+    assert "jobs.toml:4: job web, key sync: sync = true needs a cluster backend" in message
+
+
+def test_period_makes_a_job_periodic_and_contradicting_it_is_an_error(tmp_path: Any) -> None:
+    cfg = parse(tmp_path, '[jobs.add]\ncommand = "a"\nperiod = 240\n')
+    req = cfg.request(cfg.jobs[0])
+    assert req.every == 240 and not req.periodic  # build_job: periodic = periodic or every > 0
+    message = refused(tmp_path, '[jobs.add]\ncommand = "a"\nperiod = 240\nperiodic = false\n')
+    assert "jobs.toml:4: job add, key periodic:" in message
+
+
+def test_unknown_top_level_key_is_refused(tmp_path: Any) -> None:
+    message = refused(tmp_path, 'job = 1\n[jobs.web]\ncommand = "a"\n')
+    assert "jobs.toml:1: unknown top-level key 'job'" in message
+
+
+def test_a_job_without_command_is_refused_at_its_header(tmp_path: Any) -> None:
+    message = refused(tmp_path, '\n[jobs.web]\ngrace = 5\n')
+    assert "jobs.toml:2: job web: no command" in message
+
+
+def test_defaults_are_inherited_env_merges_and_arguments_are_appended(tmp_path: Any) -> None:
+    cfg = parse(tmp_path, '[defaults]\ngrace = 3\nenv = {A = "1", B = "2"}\nworkdir = "sub"\n'
+                          '[jobs."web.1"]\ncommand = "python3 -u d.py"\narguments = ["--port", "80"]\n'
+                          'env = {B = "3"}\n')
+    spec = cfg.jobs[0]
+    req = cfg.request(spec)
+    assert spec.name == "web.1" and spec.line == 5
+    assert req.command == ["python3", "-u", "d.py", "--port", "80"]
+    assert req.grace == 3 and sorted(req.env) == ["A=1", "B=3"]
+    assert req.workdir == str(tmp_path / "sub")  # relative paths from the file's folder
+    assert config.config_error(cfg.path, spec, "grace", "bad").args[0].endswith(
+        "jobs.toml:2: job web.1, key grace (from [defaults]): bad")
+
+
+def test_install_messages_are_told_in_the_files_words() -> None:
+    assert config.option_to_key("--every 0.5: must be 0, or from 1 to 31622400") == (
+        "period", "period 0.5: must be 0, or from 1 to 31622400")
+    assert config.option_to_key("--timeout is for periodic jobs: add --periodic (or --every SECONDS)") == (
+        "timeout", "timeout is for periodic jobs: add periodic = true (or period = SECONDS)")
+    assert config.option_to_key("program 'nope' not found on PATH or not executable")[0] == "command"
+    assert config.option_to_key("schedule '61 * * * *' is not a valid cron expression")[0] == "schedule"
+
+
+def test_every_install_option_has_a_key() -> None:
+    targets = {target for target, _ in config.KEYS.values() if target}
+    fields = set(InstallRequest.__dataclass_fields__) - {"name", "start", "applied_from"}
+    assert fields == targets
+
+
+def test_export_writes_what_parses_back_to_the_same_request(tmp_path: Any) -> None:
+    job = Job(name="add", command=["/bin/echo", "a b", "%"], workdir="/srv", periodic=True, every=240.0,
+              timeout=600.0, env={"PATH": "/usr/bin", "X": "y z"}, grace=2.5, enabled=False,
+              stdout_log="/logs/add.stdout.log", stderr_log="/logs/add.stderr.log", lock_dir="/tmp/lk")
+    text = config.dump([job], "/default/logs", "/tmp/lk")
+    cfg = parse(tmp_path, text)
+    req = cfg.request(cfg.jobs[0])
+    assert not cfg.jobs[0].enable
+    assert (req.command, req.workdir, req.every, req.timeout, req.grace, req.log_dir) == (
+        job.command, "/srv", 240, 600, 2.5, "/logs")
+    assert sorted(req.env) == ["PATH=/usr/bin", "X=y z"] and req.lock_dir is None
+
+
+def test_only_command_env_workdir_lock_and_kind_need_a_restart() -> None:
+    old = Job(name="a", command=["/bin/sleep", "1"], workdir="/", lock_dir="/tmp/l")
+    for change, restart in (({"grace": 3.0}, False), ({"schedule": "*/5 * * * *"}, False),
+                            ({"restart": "never"}, False), ({"stdout_log": "/x"}, False),
+                            ({"command": ["/bin/sleep", "2"]}, True), ({"env": {"A": "1"}}, True),
+                            ({"workdir": "/tmp"}, True), ({"lock_dir": "/tmp/m"}, True)):
+        new = Job.from_dict({**old.to_dict(), **change})
+        assert needs_restart(old, new) is restart, change
+
+
+# --- real runs as the test user --------------------------------------------------------------
+
+def sleeper(name: str) -> str:
+    """A command whose argv holds the marker m-NAME (NAME alone is in the supervisor's argv too)."""
+    return f'command = ["/usr/bin/python3", "-c", "{SLEEP}", "m-{name}"]\n'
+
+
+def write_file(box: Sandbox, text: str, name: str = "jobs.toml") -> str:
+    path = box.path(name)
+    with open(path, "w") as fh:
+        fh.write("[defaults]\nsettle = 0.3\ngrace = 2\n\n" + text)
+    os.chown(path, box.user.uid, box.user.gid)
+    return path
+
+
+def pid_of(box: Sandbox, name: str) -> int:
+    marker = f"m-{name}"
+    pids = wait_for(lambda: pids_with_arg(marker, box.user.uid), 10, what=f"{marker} to run")
+    assert len(pids) == 1, pids
+    return int(pids[0])
+
+
+def snapshot(box: Sandbox) -> tuple[bytes, dict[str, bytes]]:
+    jobs_dir = os.path.join(box.state_root, "jobs")
+    files = {}
+    if os.path.isdir(jobs_dir):
+        for name in sorted(os.listdir(jobs_dir)):
+            with open(os.path.join(jobs_dir, name), "rb") as fh:
+                files[name] = fh.read()
+    return box.crontab(), files
+
+
+def plan_of(output: str) -> dict[str, str]:
+    rows = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in ("create", "update", "restart", "remove", "unchanged"):
+            rows[parts[1]] = parts[0]
+    return rows
+
+
+def test_apply_twice_changes_nothing_the_second_time(sandbox: Sandbox) -> None:
+    a, b = sandbox.job("a"), sandbox.job("b")
+    path = write_file(sandbox, f"[jobs.{a}]\n{sleeper(a)}\n[jobs.{b}]\n{sleeper(b)}enable = false\n")
+    first = sandbox.ok("apply", path)
+    assert plan_of(first.stdout) == {a: "create", b: "create"}
+    pid = pid_of(sandbox, a)
+    assert pids_with_arg(f"m-{b}", sandbox.user.uid) == []  # enable = false: installed, not started
+    assert sandbox.status(b)["installed"] and not sandbox.status(b)["enabled"]
+    before = snapshot(sandbox)
+    second = sandbox.ok("apply", path)
+    assert plan_of(second.stdout) == {a: "unchanged", b: "unchanged"}
+    assert "nothing to change" in second.stdout
+    assert snapshot(sandbox) == before
+    assert pids_with_arg(f"m-{a}", sandbox.user.uid) == [pid] and pids_with_arg(f"m-{b}", sandbox.user.uid) == []
+
+
+def test_export_then_apply_is_a_no_op(sandbox: Sandbox) -> None:
+    a, p, hand = sandbox.job("a"), sandbox.job("p"), sandbox.job("hand")
+    sandbox.ok("install", hand, "--grace", "4", "--env", "K=v w", "--", "/usr/bin/python3", "-c", SLEEP, f"m-{hand}")
+    path = write_file(sandbox, f"[jobs.{a}]\n{sleeper(a)}restart = \"on-failure\"\nlog_backups = 5\n"
+                               f"[jobs.{p}]\ncommand = \"/bin/true\"\nperiod = 120\ntimeout = 30\nenable = false\n")
+    sandbox.ok("apply", path)
+    pids = (pid_of(sandbox, a), pid_of(sandbox, hand))
+    exported = sandbox.ok("export").stdout
+    assert f"[jobs.{a}]" in exported and "period = 120" in exported
+    before = snapshot(sandbox)
+    out = write_file(sandbox, "", "exported.toml")
+    with open(out, "w") as fh:
+        fh.write(exported)
+    again = sandbox.ok("apply", out)
+    assert plan_of(again.stdout) == {a: "unchanged", p: "unchanged", hand: "unchanged"}, again.stdout
+    assert snapshot(sandbox) == before
+    assert (pid_of(sandbox, a), pid_of(sandbox, hand)) == pids
+    assert sandbox.ok("export", a).stdout.count("command = ") == 1
+    assert sandbox.ws("export", "nope").returncode == 4
+
+
+def test_apply_of_a_changed_file_restarts_only_the_job_whose_command_changed(sandbox: Sandbox) -> None:
+    a, b, c = sandbox.job("a"), sandbox.job("b"), sandbox.job("c")
+    text = f"[jobs.{a}]\n{sleeper(a)}\n[jobs.{b}]\n{sleeper(b)}\n[jobs.{c}]\n{sleeper(c)}\n"
+    path = write_file(sandbox, text)
+    sandbox.ok("apply", path)
+    pids = {n: pid_of(sandbox, n) for n in (a, b, c)}
+    write_file(sandbox, text.replace(f'"m-{a}"]', f'"m-{a}", "v2"]').replace(
+        f'"m-{b}"]\n', f'"m-{b}"]\ngrace = 7\nschedule = "*/2 * * * *"\n'))
+    before = snapshot(sandbox)
+    dry = sandbox.ok("apply", path, "--dry-run")
+    assert plan_of(dry.stdout) == {a: "restart", b: "update", c: "unchanged"}, dry.stdout
+    assert re.search(rf"update\s+{re.escape(b)}\s+schedule, grace", dry.stdout), dry.stdout
+    assert snapshot(sandbox) == before and {n: pid_of(sandbox, n) for n in (a, b, c)} == pids
+    sandbox.ok("apply", path)
+    assert pids_with_arg(f"m-{a}", sandbox.user.uid) != [pids[a]] and pid_of(sandbox, a) != pids[a]
+    assert pid_of(sandbox, b) == pids[b] and pid_of(sandbox, c) == pids[c]
+    assert sandbox.status(b)["schedule"] == "*/2 * * * *"
+    assert sandbox.cron_line(b).startswith("*/2 * * * * ")
+    assert plan_of(sandbox.ok("apply", path).stdout) == {a: "unchanged", b: "unchanged", c: "unchanged"}
+
+
+def test_a_job_dropped_from_the_file_is_uninstalled_but_hand_installed_and_other_files_jobs_are_kept(
+        sandbox: Sandbox) -> None:
+    x, y, hand, other = sandbox.job("x"), sandbox.job("y"), sandbox.job("hand"), sandbox.job("other")
+    sandbox.ok("install", hand, "--settle", "0.3", "--", "/usr/bin/python3", "-c", SLEEP, f"m-{hand}")
+    sandbox.ok("apply", write_file(sandbox, f"[jobs.{other}]\n{sleeper(other)}", "other.toml"))
+    path = write_file(sandbox, f"[jobs.{x}]\n{sleeper(x)}\n[jobs.{y}]\n{sleeper(y)}")
+    sandbox.ok("apply", path)
+    pid_of(sandbox, y)
+    write_file(sandbox, f"[jobs.{x}]\n{sleeper(x)}")
+    out = sandbox.ok("apply", path).stdout
+    assert plan_of(out) == {x: "unchanged", y: "remove"}, out
+    assert pids_with_arg(f"m-{y}", sandbox.user.uid) == []
+    assert f"#watchdog-singleton:{y}" not in sandbox.crontab().decode()
+    assert sandbox.status(hand)["installed"]
+    assert sandbox.ws("status", y).returncode == 4
+    for kept in (x, hand, other):
+        assert pid_of(sandbox, kept) and sandbox.cron_line(kept)
+
+
+BAD_FILES = [
+    # (what is wrong, the job table's extra text, what the message must hold)
+    ("unknown key", "grcae = 3\n", ", key grcae: unknown key (did you mean grace?)"),
+    ("wrong type", "grace = \"3\"\n", ", key grace: must be a number"),
+    ("bad schedule", "schedule = \"61 * * * *\"\n", ", key schedule: schedule '61 * * * *'"),
+    ("number out of range", "grace = 99999\n", ", key grace: grace 99999: must be from 0 to 3600"),
+    ("period with schedule", "period = 60\nschedule = \"*/5 * * * *\"\n", ", key period: give period"),
+    ("sync", "sync = true\nperiod = 60\n", ", key sync: sync = true needs a cluster backend"),
+    ("missing workdir", "workdir = \"/nonexistent/dir\"\n", ", key workdir: working directory"),
+]
+
+
+def test_every_kind_of_bad_file_changes_nothing_and_names_file_line_job_key(sandbox: Sandbox) -> None:
+    good, bad, hand = sandbox.job("good"), sandbox.job("bad"), sandbox.job("hand")
+    sandbox.ok("install", hand, "--no-start", "--", "/bin/sleep", "1000")
+    path = write_file(sandbox, f"[jobs.{good}]\n{sleeper(good)}\n[jobs.{bad}]\n{sleeper(bad)}\n")
+    sandbox.ok("apply", path)
+    pids = (pid_of(sandbox, good), pid_of(sandbox, bad))
+    before = snapshot(sandbox)
+    new = sandbox.job("new")
+    # Each bad file also adds a job and changes a good one: none of it may happen.
+    head = (f"[jobs.{new}]\n{sleeper(new)}\n[jobs.{good}]\n{sleeper(good + '-v2')}\n\n"
+            f"[jobs.{bad}]\n{sleeper(bad)}")
+    bad_line = head.count("\n") + 5  # write_file's [defaults] block is 4 lines
+    cases = [(what, head + extra, f"{path}:{bad_line}: job {bad}{needle}") for what, extra, needle in BAD_FILES]
+    cases += [
+        ("program not found", head.replace(f'"/usr/bin/python3", "-c", "{SLEEP}", "m-{bad}"', '"no-such-prog-x"'),
+         f"{path}:{bad_line - 1}: job {bad}, key command: program 'no-such-prog-x' not found"),
+        ("duplicate job", head + f"[jobs.{good}]\ncommand = \"x\"\n", f"{path}:{bad_line}: job {good} is defined"),
+        ("syntax error", head + "grace = = 3\n", f"{path}:{bad_line}: TOML syntax error"),
+    ]
+    for what, text, needle in cases:
+        write_file(sandbox, text)
+        proc = sandbox.ws("apply", path)
+        assert proc.returncode == 2, (what, proc.returncode, proc.stdout, proc.stderr)
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and needle in lines[0], (what, needle, proc.stderr)
+        assert proc.stdout == "", (what, proc.stdout)
+        assert snapshot(sandbox) == before, what
+    assert (pid_of(sandbox, good), pid_of(sandbox, bad)) == pids
+    assert pids_with_arg(f"m-{new}", sandbox.user.uid) == []
+
+
+def test_the_readme_example_parses_to_ten_jobs_eight_periodic_one_disabled(tmp_path: Any) -> None:
+    readme = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md")).read()
+    example = re.search(r"```toml\n(# /srv/panda/jobs.toml.*?)```", readme, re.S)
+    assert example, "the README's jobs.toml example is gone"
+    cfg = parse(tmp_path, example.group(1))
+    requests = [cfg.request(spec) for spec in cfg.jobs]
+    assert len(requests) == 10
+    assert sum(r.periodic or r.every > 0 for r in requests) == 8
+    assert [s.name for s in cfg.jobs if not s.enable] == ["pilot_streaming"]
+    server = requests[-1]
+    assert server.command[-2:] == ["--port", "25080"] and "CACHE_SIZE=512M" in server.env
+    assert "PANDA_HOME=/srv/panda" in server.env and server.log_dir == str(tmp_path / "logs")

@@ -1,0 +1,347 @@
+"""The TOML file of many jobs that `apply` reads and `export` writes, with line numbers for errors.
+
+    [defaults]                # every job inherits these keys; its own keys win (env tables merge)
+    workdir = "/srv/panda"
+
+    [jobs.add]                # one table per job, named as `install NAME` would be
+    command = "python3 -u add.py"
+    period = 240              # seconds, start to start: a job with a period is periodic
+
+Key names follow PanDA's daemon config where they mean the same (enable, period, timeout, loop,
+arguments, sync); the others are the install options with `_` for `-`. Parsing stops at the
+first error, which names the file, the line, the job and the key (ConfigError, exit 2).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from . import paths
+from .errors import UserError
+from .jobs import Job
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - 3.9 and 3.10
+    import tomli as tomllib
+
+# key: (the InstallRequest field it sets, or "" when apply itself handles it; its kind)
+KEYS: dict[str, tuple[str, str]] = {
+    "command": ("command", "argv"),  # a list, or a string split as a shell would (shlex)
+    "arguments": ("", "list"),  # PanDA's: appended to command
+    "enable": ("", "bool"),  # PanDA's: false keeps the job installed but stopped and its line off
+    "schedule": ("schedule", "str"),
+    "periodic": ("periodic", "bool"),
+    "period": ("every", "number"),  # PanDA's period, seconds start to start: --every
+    "timeout": ("timeout", "number"),
+    "jitter": ("jitter", "number"),
+    "catch_up": ("catch_up", "str"),
+    "loop": ("loop", "bool"),
+    "max_lifetime": ("max_lifetime", "number"),
+    "sync": ("sync", "bool"),
+    "workdir": ("workdir", "path"),
+    "env": ("env", "env"),
+    "grace": ("grace", "number"),
+    "restart": ("restart", "str"),
+    "backoff_initial": ("backoff_initial", "number"),
+    "backoff_max": ("backoff_max", "number"),
+    "min_uptime": ("min_uptime", "number"),
+    "settle": ("settle", "number"),
+    "log_dir": ("log_dir", "path"),
+    "stdout_log": ("stdout_log", "path"),  # a file of its own instead of LOG_DIR/NAME.stdout.log
+    "stderr_log": ("stderr_log", "path"),
+    "log_max_bytes": ("log_max_bytes", "int"),
+    "log_backups": ("log_backups", "int"),
+    "lock_dir": ("lock_dir", "path"),
+    "allow_network_fs": ("allow_network_fs", "bool"),
+    "lean": ("lean", "bool"),
+    "forking": ("forking", "bool"),
+}
+KIND_TEXT = {"argv": "a list of strings or a string", "list": "a list of strings", "bool": "true or false",
+             "str": "a string", "path": "a string (a path)", "number": "a number", "int": "an integer",
+             "env": "a table of strings"}
+# install's option names in build_job's messages, as this file spells them
+OPTION_KEYS = [("--periodic (or --every SECONDS)", "periodic = true (or period = SECONDS)"),
+               ("--every SECONDS", "period"), ("--schedule EXPR", "schedule"), ("--periodic", "periodic = true"),
+               ("--catch-up once", "catch_up = \"once\""), ("--every", "period"), ("--catch-up", "catch_up"),
+               ("--max-lifetime", "max_lifetime"), ("--backoff-initial", "backoff_initial"),
+               ("--backoff-max", "backoff_max"), ("--min-uptime", "min_uptime"), ("--log-max-bytes", "log_max_bytes"),
+               ("--log-backups", "log_backups"), ("--forking", "forking"), ("--lean", "lean"), ("--loop", "loop"),
+               ("--timeout", "timeout"), ("--jitter", "jitter"), ("--grace", "grace"), ("--settle", "settle"),
+               ("--restart", "restart"), ("--env", "env")]
+
+
+class ConfigError(UserError):
+    """A bad file: the message names the file, the line, and the job and key when there is one."""
+
+
+@dataclass
+class JobSpec:
+    """One [jobs.NAME] table, defaults applied: what `install` would be given, and where it stands."""
+
+    name: str
+    values: dict[str, Any]  # the job's keys over [defaults]
+    line: int  # of the [jobs.NAME] header (or its inline table)
+    key_lines: dict[str, int] = field(default_factory=dict)  # key -> line, in the job or in [defaults]
+    from_defaults: set[str] = field(default_factory=set)
+
+    @property
+    def enable(self) -> bool:
+        return bool(self.values.get("enable", True))
+
+
+@dataclass
+class ConfigFile:
+    path: str  # absolute: jobs that apply creates remember it (Job.applied_from)
+    jobs: list[JobSpec]
+
+    def error(self, spec: Optional[JobSpec], key: str, message: str) -> ConfigError:
+        return config_error(self.path, spec, key, message)
+
+    def request(self, spec: JobSpec) -> Any:
+        """The InstallRequest for `spec`: relative paths are taken from the file's folder."""
+        from .commands.install import InstallRequest
+
+        values = spec.values
+        kwargs: dict[str, Any] = {"name": spec.name, "start": spec.enable}
+        folder = os.path.dirname(self.path)
+        for key, value in values.items():
+            target, kind = KEYS[key]
+            if not target:
+                continue
+            if kind == "argv":
+                value = shlex.split(value) if isinstance(value, str) else list(value)
+            elif kind == "env":
+                value = [f"{k}={v}" for k, v in value.items()]
+            elif kind == "path":
+                value = os.path.join(folder, os.path.expanduser(value))
+            kwargs[target] = value
+        kwargs["command"] = list(kwargs.get("command", [])) + list(values.get("arguments", []))
+        kwargs.setdefault("workdir", folder)  # the file's folder, not wherever apply was typed
+        return InstallRequest(**kwargs)
+
+
+def config_error(path: str, spec: Optional[JobSpec], key: str, message: str) -> ConfigError:
+    line = (spec.key_lines.get(key) or spec.line) if spec is not None else 0
+    where = f"{path}:{line}" if line else path
+    if spec is None:
+        return ConfigError(f"{where}: {message}")
+    origin = " (from [defaults])" if key in spec.from_defaults else ""
+    about = f"job {spec.name}, key {key}{origin}" if key else f"job {spec.name}"
+    return ConfigError(f"{where}: {about}: {message}")
+
+
+def option_to_key(message: str) -> tuple[str, str]:
+    """(the key a build_job message is about, the message in this file's words)."""
+    found = [(message.find(option), name.split(" ")[0]) for option, name in OPTION_KEYS if option in message]
+    if found:
+        key = min(found, key=lambda pos_name: pos_name[0])[1]  # the option the message opens with
+        for option, name in OPTION_KEYS:  # longest first: "--every SECONDS" before "--every"
+            message = message.replace(option, name)
+        return key, message
+    for start, name in (("program", "command"), ("no command", "command"), ("command argument", "command"),
+                        ("schedule", "schedule"), ("a periodic job cannot run", "schedule"),
+                        ("working directory", "workdir"), ("lock folder", "lock_dir"), ("log folder", "log_dir"),
+                        ("log file", "log_dir"), ("sync", "sync"), ("job name", "")):
+        if message.startswith(start) or start in message.split(":")[0]:
+            return name, message
+    return "", message
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+_KEY = r'(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|\'[^\']*\')'
+_DOTTED = rf"{_KEY}(?:\s*\.\s*{_KEY})*"
+_HEADER_RE = re.compile(rf"^\s*\[\s*({_DOTTED})\s*\]")
+_ASSIGN_RE = re.compile(rf"^\s*({_DOTTED})\s*=")
+_PIECE_RE = re.compile(_KEY)
+
+
+def _dotted(text: str) -> tuple[str, ...]:
+    pieces = []
+    for piece in _PIECE_RE.findall(text):
+        if piece[0] == '"':
+            piece = piece[1:-1].encode().decode("unicode_escape") if "\\" in piece else piece[1:-1]
+        elif piece[0] == "'":
+            piece = piece[1:-1]
+        pieces.append(piece)
+    return tuple(pieces)
+
+
+def scan_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Where each table and key starts: ("jobs", "web") -> line of [jobs.web], ("jobs", "web",
+    "grace") -> line of its grace key. Found by scanning the text, as tomllib gives no positions;
+    the first occurrence wins."""
+    where: dict[tuple[str, ...], int] = {}
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _HEADER_RE.match(line)
+        if header:
+            table = _dotted(header.group(1))
+            for i in range(1, len(table) + 1):
+                where.setdefault(table[:i], number)
+            continue
+        assign = _ASSIGN_RE.match(line)
+        if assign:
+            path = table + _dotted(assign.group(1))
+            for i in range(len(table) + 1, len(path) + 1):
+                where.setdefault(path[:i], number)
+    return where
+
+
+def load(path: str) -> ConfigFile:
+    path = os.path.abspath(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text") from None
+    return parse(text, path)
+
+
+def parse(text: str, path: str) -> ConfigFile:
+    """The jobs of `text` (the file at `path`), every key checked for name and type."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        at = re.search(r"\s*\(at line (\d+), column \d+\)$", message)
+        line = int(at.group(1)) if at else 0
+        core = message[:at.start()] if at else message
+        twice = re.fullmatch(r"Cannot declare \('jobs', '([^']*)'\) twice", core)
+        if twice:
+            core = f"job {twice.group(1)} is defined twice (TOML: {core})"
+        else:
+            core = f"TOML syntax error: {core}"
+        raise ConfigError(f"{path}:{line}: {core}" if line else f"{path}: {core}") from None
+    lines = scan_lines(text)
+    for key in data:
+        if key not in ("jobs", "defaults"):
+            raise ConfigError(f"{path}:{lines.get((key,), 0)}: unknown top-level key {key!r}: "
+                              "the file holds [defaults] and [jobs.NAME] tables")
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}:{lines.get(('defaults',), 0)}: defaults must be a table: [defaults]")
+    jobs = data.get("jobs", {})
+    if not isinstance(jobs, dict):
+        raise ConfigError(f"{path}:{lines.get(('jobs',), 0)}: jobs must hold tables: [jobs.NAME]")
+    default_spec = JobSpec("[defaults]", defaults, lines.get(("defaults",), 0),
+                           {k: lines.get(("defaults", k), 0) for k in defaults})
+    for key, value in defaults.items():
+        _check_key(path, default_spec, key, value, in_defaults=True)
+    specs = []
+    for name, table in jobs.items():
+        line = lines.get(("jobs", name), 0)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}:{line}: job {name} must be a table: [jobs.{name}]")
+        key_lines = {k: lines.get(("jobs", name, k), 0) or line for k in table}
+        values = dict(defaults)
+        values.update(table)
+        if isinstance(defaults.get("env"), dict) and isinstance(table.get("env"), dict):
+            values["env"] = {**defaults["env"], **table["env"]}
+        inherited = set(defaults) - set(table)
+        key_lines.update({k: default_spec.key_lines[k] for k in inherited})
+        spec = JobSpec(name, values, line, key_lines, inherited)
+        for key, value in table.items():
+            _check_key(path, spec, key, value)
+        if "command" not in values:
+            raise config_error(path, spec, "", "no command: add command = [\"program\", \"arg\", ...]")
+        if values.get("period") and values.get("periodic") is False:
+            raise config_error(path, spec, "periodic", "a job with a period is periodic: remove periodic = false")
+        if values.get("sync"):
+            raise config_error(path, spec, "sync", "sync = true needs a cluster backend, which this version "
+                                                   "does not have yet")
+        specs.append(spec)
+    return ConfigFile(path, specs)
+
+
+def _check_key(path: str, spec: JobSpec, key: str, value: Any, in_defaults: bool = False) -> None:
+    if key not in KEYS:
+        close = difflib.get_close_matches(key, KEYS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        where = f"{path}:{spec.key_lines.get(key) or spec.line}"
+        about = "[defaults]" if in_defaults else f"job {spec.name}"
+        raise ConfigError(f"{where}: {about}, key {key}: unknown key{hint}")
+    kind = KEYS[key][1]
+    if not _has_kind(value, kind):
+        got = "a table" if isinstance(value, dict) else type(value).__name__
+        where = f"{path}:{spec.key_lines.get(key) or spec.line}"
+        about = "[defaults]" if in_defaults else f"job {spec.name}"
+        raise ConfigError(f"{where}: {about}, key {key}: must be {KIND_TEXT[kind]}, not {got} {value!r}")
+
+
+def _has_kind(value: Any, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind in ("str", "path"):
+        return isinstance(value, str)
+    if kind == "list":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "argv":
+        return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+def job_table(job: Job, default_log_dir: str, default_lock_dir: str) -> dict[str, Any]:
+    """The keys that give `job` back when applied: command, workdir and env always (so the file
+    does not depend on where or from which shell it is applied), the rest when not the default."""
+    from .commands.install import InstallRequest
+
+    base = InstallRequest(name=job.name, command=[])
+    table: dict[str, Any] = {"command": list(job.command), "workdir": job.workdir}
+    if not job.enabled:
+        table["enable"] = False
+    if job.periodic and job.every > 0:
+        table["period"] = _number(job.every)
+    elif job.periodic:
+        table["periodic"] = True
+    if job.schedule != base.schedule:
+        table["schedule"] = job.schedule
+    for key in ("timeout", "jitter", "max_lifetime", "grace", "backoff_initial", "backoff_max", "min_uptime",
+                "settle"):
+        if getattr(job, key) != getattr(base, key):
+            table[key] = _number(getattr(job, key))
+    for key in ("catch_up", "restart", "log_max_bytes", "log_backups", "loop", "sync", "allow_network_fs", "lean",
+                "forking"):
+        if getattr(job, key) != getattr(base, key):
+            table[key] = getattr(job, key)
+    log_dir = os.path.dirname(job.stdout_log)
+    if (job.stdout_log, job.stderr_log) != paths.log_files(log_dir, job.name):
+        table["stdout_log"], table["stderr_log"] = job.stdout_log, job.stderr_log  # taken over from `>> FILE`
+    elif log_dir != default_log_dir:
+        table["log_dir"] = log_dir
+    if job.lock_dir != default_lock_dir:
+        table["lock_dir"] = job.lock_dir
+    if job.env:
+        table["env"] = dict(job.env)
+    return table
+
+
+def dump(jobs: list[Job], default_log_dir: str, default_lock_dir: str) -> str:
+    import tomli_w
+
+    tables = {job.name: job_table(job, default_log_dir, default_lock_dir) for job in jobs}
+    head = ("# watchdog-singleton jobs: 'watchdog-singleton apply FILE' makes a host's jobs match this file.\n"
+            "# Keys: see 'watchdog-singleton apply --help' and the README.\n\n")
+    return head + tomli_w.dumps({"jobs": tables}) if tables else head
+
+
+def _number(value: float) -> float | int:
+    return int(value) if value == int(value) else value
