@@ -306,7 +306,7 @@ try:
     from slurmkit import slurm_cluster as slurm_cluster  # the real single-node Slurm, started once
 except ImportError:
     @pytest.fixture
-    def slurm_cluster() -> None:  # type: ignore[misc]
+    def slurm_cluster() -> None:
         pytest.skip("tests/slurmkit.py (the real Slurm fixture) is not here")
 
 

@@ -12,11 +12,12 @@ import json
 import os
 import re
 import sys
+from typing import Any, Callable
 
 BASE = os.environ["FAKE_BATCH_DIR"]
 
 
-def locked(body):
+def locked(body: Callable[[dict[str, Any]], Any]) -> Any:
     with open(os.path.join(BASE, "lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         path = os.path.join(BASE, "queue.json")
@@ -28,7 +29,7 @@ def locked(body):
         return result
 
 
-def directive(script, pattern):
+def directive(script: str, pattern: str) -> str:
     for line in open(script):
         found = re.match(pattern, line)
         if found:
@@ -36,7 +37,7 @@ def directive(script, pattern):
     return ""
 
 
-def main():
+def main() -> None:
     tool = os.path.basename(sys.argv[0])
     args = sys.argv[1:]
     with open(os.path.join(BASE, "calls.jsonl"), "a") as f:
@@ -45,7 +46,7 @@ def main():
         script = args[-1]
         depend = args[args.index("-W") + 1] if "-W" in args else ""
 
-        def add(queue):
+        def add(queue: dict[str, Any]) -> str:
             queue["next"] += 1
             job_id = f"{queue['next']}.fakeserver"
             queue["jobs"].append({"id": job_id, "name": directive(script, r"#PBS -N (\S+)"),
@@ -61,7 +62,7 @@ def main():
     elif tool == "condor_submit":
         script = args[-1]
 
-        def add(queue):
+        def add(queue: dict[str, Any]) -> str:
             queue["next"] += 1
             job_id = f"{queue['next']}.0"
             queue["jobs"].append({"id": job_id, "name": directive(script, r"batch_name\s*=\s*(\S+)"), "state": "1"})
@@ -69,7 +70,8 @@ def main():
         job_id = locked(add)
         print(f"{job_id} - {job_id}")
     elif tool == "condor_q":
-        wanted = re.search(r'JobBatchName == "([^"]+)"', args[args.index("-constraint") + 1]).group(1)
+        found = re.search(r'JobBatchName == "([^"]+)"', args[args.index("-constraint") + 1])
+        wanted = found.group(1) if found else ""
         for job in locked(lambda q: q["jobs"]):
             if job["name"] == wanted:
                 cluster, proc = job["id"].split(".")
