@@ -159,6 +159,36 @@ def run(ctx: typer.Context) -> None:
     raise typer.Exit(launch_main(list(ctx.args)))
 
 
+@app.command(short_help="Keep NAME alive through Slurm, PBS or HTCondor instead of cron.",
+             epilog=_example("submit web --scheduler slurm --walltime 24:00:00 -- python3 -u server.py",
+                             "submit web --scheduler pbs --queue long --dry-run -- ./serve.sh"))
+def submit(
+    name: str = NAME,
+    command: List[str] = typer.Argument(None, metavar="-- COMMAND [ARG...]",
+                                        help="the program and its arguments, after --"),
+    scheduler: str = typer.Option(..., metavar="slurm|pbs|htcondor", help="the batch system"),
+    walltime: str = typer.Option("24:00:00", metavar="HH:MM:SS", help="each job's walltime ([DAYS-]HH:MM:SS)"),
+    account: str = typer.Option("", metavar="A", help="the account (HTCondor: accounting_group)"),
+    queue: str = typer.Option("", "--queue", "--partition", metavar="Q", help="the queue or partition"),
+    signal_lead: int = typer.Option(300, metavar="SECONDS",
+                                    help="warn the daemon (SIGTERM) this long before the walltime; > --grace"),
+    grace: float = typer.Option(10.0, metavar="SECONDS", help="SIGTERM to SIGKILL wait for the daemon, 0 to 3600"),
+    extra: List[str] = typer.Option([], "--extra", metavar="DIRECTIVE",
+                                    help="a raw directive for the script (repeatable), e.g. --extra '--mem=4G'"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the script; write and submit nothing"),
+) -> None:
+    """Submit NAME as a self-renewing batch job that runs COMMAND under `run NAME`: Slurm requeues it
+    (singleton dependency, USR1 before the walltime), PBS chains a successor (afterany), HTCondor
+    reruns it in place; the daemon gets SIGTERM and --grace before each end. `stop NAME` ends it."""
+    from .commands.submit import SubmitRequest
+    from .commands.submit import submit as do_submit
+
+    req = SubmitRequest(name=name, command=list(command or []), scheduler=scheduler, walltime=walltime,
+                        account=account, queue=queue, signal_lead=signal_lead, grace=grace, extra=list(extra),
+                        dry_run=dry_run)
+    _call(lambda: do_submit(req, _context(), _echo, _warn))
+
+
 @app.command(short_help="Show every job on this host, or NAME.", epilog=_example("status", "status web --json"))
 def status(
     name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="one job (default: every job)"),
@@ -186,7 +216,7 @@ def logs(
 
 @app.command(epilog=_example("stop web"))
 def stop(name: str = NAME) -> None:
-    """Disable NAME's line and stop its whole process tree."""
+    """Disable NAME's line and stop its whole process tree; a submitted batch chain ends for good."""
     from .commands.control import stop as do_stop
 
     _call(lambda: do_stop(name, _context(), _echo))

@@ -41,6 +41,11 @@ def job_state_dir(root: str, name: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(root)), "job-state", name)
 
 
+def batch_dir(root: str, name: str) -> str:
+    """Where `submit` keeps NAME's batch script, its submission record and the chain's stop marker."""
+    return os.path.join(job_state_dir(root, name), ".batch")
+
+
 def jobs_dir(root: str) -> str:
     return os.path.join(root, "jobs")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import FAILED, NO_SUCH_JOB, OK, UserError
-from ..jobs import Job
+from ..jobs import Job, check_name
 from .common import Context, Echo, start_now, stop_processes
 
 
@@ -17,6 +17,10 @@ def _set_enabled(ctx: Context, job: Job, on: bool) -> None:
 
 
 def stop(name: str, ctx: Context, echo: Echo) -> int:
+    from ..batch import load_record, stop_chain
+
+    if ctx.jobs.load(check_name(name)) is None and load_record(ctx.root, name) is not None:
+        return stop_chain(ctx.root, name, echo)  # a submitted batch chain: the scheduler ends it
     job, state = ctx.known(name)
     if job is not None:
         job.enabled = False

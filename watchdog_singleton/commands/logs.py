@@ -8,7 +8,7 @@ import time
 from typing import BinaryIO, Callable, Optional
 
 from ..errors import OK, UserError
-from ..jobs import LIMITS, check_range
+from ..jobs import LIMITS, check_name, check_range
 from .common import Context
 
 POLL_SECONDS = 0.2
@@ -34,9 +34,14 @@ def tail_bytes(path: str, lines: int) -> bytes:
 def logs(name: str, ctx: Context, stderr: bool = False, lines: int = 10, follow: bool = False,
          out: Optional[BinaryIO] = None, keep_going: Callable[[], bool] = lambda: True) -> int:
     check_range("-n", lines, *LIMITS["--lines"])
-    job, state = ctx.known(name)
+    from ..batch import load_record
+
+    record = load_record(ctx.root, name) if check_name(name) else None
+    job, state = (ctx.jobs.load(name), ctx.states.load(name)) if record else ctx.known(name)
     path = (job.stderr_log if stderr else job.stdout_log) if job else \
         (state.stderr_log if stderr else state.stdout_log) if state else ""
+    if record and not path:  # a submitted batch chain that has not run yet: its log files to be
+        path = str(record.get("stderr_log" if stderr else "stdout_log") or "")
     if not path:
         raise UserError(f"{name} has no log files (an ad-hoc run that wrote to the terminal)")
     sink = out or sys.stdout.buffer

@@ -100,7 +100,16 @@ def _next_due(job: Optional[Job], state: Optional[RunState], supervisor: bool) -
 
 
 def collect(ctx: Context, names: list[str], host: HostView) -> list[dict[str, Any]]:
-    return [describe(n, ctx.jobs.load(n), ctx.states.load(n), host) for n in names]
+    from .. import batch
+
+    infos = [describe(n, ctx.jobs.load(n), ctx.states.load(n), host) for n in names]
+    for info in infos:
+        # A submitted batch chain: its queue entries beside the run state its supervisor writes.
+        info["batch"] = batch.describe(ctx.root, info["name"])
+        for key in ("command", "stdout_log", "stderr_log"):
+            if info["batch"] and not info[key]:
+                info[key] = info["batch"][key]
+    return infos
 
 
 def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool = False,
@@ -109,16 +118,19 @@ def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool =
         raise UserError("--history needs a NAME")
     if name is not None:
         check_name(name)
-        if ctx.jobs.load(name) is None and ctx.states.load(name) is None:
+        if ctx.jobs.load(name) is None and ctx.states.load(name) is None and not _submitted(ctx, name):
             raise UserError(f"no such job: {name}", NO_SUCH_JOB)
         info = collect(ctx, [name], HostView.read(ctx))[0]
         if as_json:
             echo(json.dumps(info, indent=2))
         else:
             echo(history_table(info) if history else table([info]))
-        up = info["running"] or (info.get("periodic") and info["supervisor_pid"] is not None)
+        up = info["running"] or (info.get("periodic") and info["supervisor_pid"] is not None) or \
+            bool(info["batch"] and info["batch"]["running"])
         return OK if up else NOT_RUNNING  # a periodic job's supervisor waiting for its due time is up
-    names = sorted(set(ctx.jobs.names()) | set(ctx.states.names()))
+    from ..batch import submitted_names
+
+    names = sorted(set(ctx.jobs.names()) | set(ctx.states.names()) | set(submitted_names(ctx.root)))
     host = HostView.read(ctx)
     infos = collect(ctx, names, host)
     if as_json:
@@ -130,7 +142,25 @@ def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool =
     return OK
 
 
+def _submitted(ctx: Context, name: str) -> bool:
+    from ..batch import load_record
+
+    return load_record(ctx.root, name) is not None
+
+
+def _batch_word(info: dict[str, Any]) -> str:
+    """The STATE suffix of a batch chain: [slurm 123 RUNNING, 124 PENDING], or why it is unknown."""
+    b = info["batch"]
+    if b["error"]:
+        return f" [{b['scheduler']}: {b['error']}]"
+    jobs = ", ".join(f"{j['id']} {j['state']}" for j in b["jobs"])
+    return f" [{b['scheduler']} {jobs or b['state']}]"
+
+
 def _state_word(info: dict[str, Any]) -> str:
+    if info.get("batch"):
+        word = "running" if info["running"] else str(info["phase"])
+        return word + _batch_word(info)
     """The STATE column: what runs, and whether cron would keep it so (no line, a line that is off)."""
     off = info["installed"] and not info["enabled"]
     if info["running"]:
@@ -189,9 +219,11 @@ def table(infos: list[dict[str, Any]]) -> str:
             last = i["last_result"] or "-"
             schedule = f"every {i['every']:g}s" if i["every"] else str(i["schedule"])
         else:
-            counts, last, schedule = str(i["restarts"]), exit_word(i["last_exit_code"]), i["schedule"] or "(ad hoc)"
+            adhoc = f"(batch: {i['batch']['scheduler']})" if i.get("batch") else "(ad hoc)"
+            counts, last, schedule = str(i["restarts"]), exit_word(i["last_exit_code"]), i["schedule"] or adhoc
+        command = i["command"] or (i["batch"] and i["batch"]["command"]) or []
         rows.append((i["name"], _state_word(i), str(i["pid"] or "-"), _since(i["started_at"] if i["running"] else None),
-                     counts, last, schedule, shlex.join(i["command"] or [])))
+                     counts, last, schedule, shlex.join(command)))
     return _columns(rows)
 
 

@@ -1,0 +1,366 @@
+"""Keeping a daemon alive through a batch system: what every scheduler must do, and the registry.
+
+Usage::
+
+    sched = batch.get("slurm")
+    files = sched.render(spec)              # {"job.sbatch": "#!/bin/bash ..."}
+    ids = sched.submit(spec, folder)        # ["1234"]
+    sched.entries(spec.job_name)            # [Entry("1234", "RUNNING", running=True)]
+    sched.cancel(["1234"])
+
+One module per scheduler (slurm.py, pbs.py, htcondor.py). Each renders a script whose batch shell
+runs `watchdog-singleton run NAME ... -- CMD` as our supervisor in the background, waits on it
+(bash runs traps only between commands), and on the walltime warning gives it SIGTERM, so the
+daemon gets its --grace to checkpoint before the next job of the chain starts. A stop marker in
+the job's batch folder ends the chain: no script requeues, resubmits or reruns once it exists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .. import files, paths
+from ..errors import FAILED, UserError
+
+JOB_PREFIX = "ws-"  # the batch job's name: ws-NAME, the same for every job of the chain
+RECORD = "submission.json"
+STOP = "stop"
+RERUN_CODE = 75  # EX_TEMPFAIL: the wrapper ended for a reason the next job of the chain fixes
+LOCK_DIR_EXPR = '"/tmp/watchdog-singleton-$(id -u)"'  # node-local; literal /tmp, not a shared $TMPDIR
+
+
+@dataclass
+class Spec:
+    """What one chain runs and where its files are. Paths are plain strings; `render` quotes them."""
+
+    name: str
+    command: list[str]
+    workdir: str
+    root: str  # the per-host state folder of the submit host: run state and logs are written there
+    runner: list[str]  # how the script calls us: [python, -I, -m, watchdog_singleton] or [watchdog-singleton]
+    walltime: int = 24 * 3600
+    signal_lead: int = 300
+    grace: float = 10.0
+    account: str = ""
+    queue: str = ""
+    extra: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # exported by the script (PATH and the loader's)
+
+    @property
+    def job_name(self) -> str:
+        return JOB_PREFIX + self.name
+
+    @property
+    def folder(self) -> str:
+        return paths.batch_dir(self.root, self.name)
+
+    @property
+    def state_folder(self) -> str:
+        return paths.job_state_dir(self.root, self.name)
+
+    @property
+    def log_dir(self) -> str:
+        return paths.default_log_dir(self.root)
+
+    @property
+    def stdout_log(self) -> str:
+        return paths.log_files(self.log_dir, self.name)[0]
+
+    @property
+    def stderr_log(self) -> str:
+        return paths.log_files(self.log_dir, self.name)[1]
+
+    @property
+    def stop_marker(self) -> str:
+        return os.path.join(self.folder, STOP)
+
+
+@dataclass
+class Entry:
+    """One queue entry of a chain: the scheduler's id and state word, and whether it runs now."""
+
+    id: str
+    state: str
+    running: bool
+
+
+class Scheduler:
+    """What a scheduler must do. Subclasses set the class attributes and the five methods."""
+
+    name = ""
+    tools: tuple[str, ...] = ()  # submit, query, cancel: all must be on PATH
+    script = ""  # the file name `submit` hands to the submit tool
+
+    def render(self, spec: Spec) -> dict[str, str]:
+        """File name -> text of every file the chain needs; `script` among them."""
+        raise NotImplementedError
+
+    def submit(self, spec: Spec, script: str) -> list[str]:
+        raise NotImplementedError
+
+    def entries(self, job_name: str) -> list[Entry]:
+        """This user's queue entries named `job_name` that are queued, held or running."""
+        raise NotImplementedError
+
+    def cancel(self, ids: list[str]) -> None:
+        raise NotImplementedError
+
+    def ask_stop(self, entry: Entry, spec: Spec) -> None:
+        """Ask a running entry to end: its supervisor gets SIGTERM and the daemon its grace.
+        The stop marker exists already; by default the script's own watch sees it."""
+
+    def missing_tools(self) -> list[str]:
+        return [tool for tool in self.tools if shutil.which(tool) is None]
+
+
+def registry() -> dict[str, Scheduler]:
+    from .htcondor import HTCondor
+    from .pbs import PBS
+    from .slurm import Slurm
+
+    return {s.name: s for s in (Slurm(), PBS(), HTCondor())}
+
+
+def get(name: str) -> Scheduler:
+    known = registry()
+    if name not in known:
+        raise UserError(f"--scheduler {name!r}: must be one of {', '.join(known)}")
+    return known[name]
+
+
+def tool(argv: list[str], what: str) -> str:
+    """Run a scheduler tool; its stdout, or one line (UserError, exit 1) saying why it failed."""
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise UserError(f"{what}: {argv[0]} not found on PATH", FAILED) from None
+    except subprocess.TimeoutExpired:
+        raise UserError(f"{what}: {argv[0]} did not answer within 120 s", FAILED) from None
+    if proc.returncode != 0:
+        lines = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()
+        raise UserError(f"{what}: {argv[0]} failed: {lines[-1]}", FAILED)
+    return proc.stdout
+
+
+# ---- the shell every script shares -------------------------------------------------------------
+
+def q(word: str) -> str:
+    return shlex.quote(word)
+
+
+def run_line(spec: Spec) -> str:
+    """The supervisor's command line: our `run` with a node-local lock, the chain's state folder
+    (--state-dir keys WATCHDOG_SINGLETON_STATE_DIR by NAME), appended logs, a restart when the
+    daemon dies within the allocation."""
+    words = [*map(q, spec.runner), "run", "--state-dir", q(spec.root), "--lock-dir", LOCK_DIR_EXPR,
+             "--log-dir", q(spec.log_dir), "--workdir", q(spec.workdir), "--grace", f"{spec.grace:g}",
+             "--restart", "always", q(spec.name), "--", *map(q, spec.command)]
+    return " ".join(words)
+
+
+def prologue(spec: Spec, title: str) -> str:
+    """Variables, the log line helper and the trap helper."""
+    exports = "".join(f"export {key}={q(value)}\n" for key, value in sorted(spec.env.items()))
+    return (
+        f"# {title}\n"
+        f"# Generated by watchdog-singleton submit (see README, 'submit'). Stop the chain with:\n"
+        f"#   watchdog-singleton stop {spec.name}\n"
+        f"# or by hand: touch {q(spec.stop_marker)}, then cancel what is queued.\n"
+        "set -u\n"
+        f"{exports}"
+        f"ws_name={q(spec.name)}\n"
+        f"ws_stop={q(spec.stop_marker)}\n"
+        f"ws_grace={spec.grace:g}\n"
+        "ws_pid=\n"
+        "ws_why=\n"
+        "ws_say() { printf '[watchdog-singleton batch %s] %s\\n' \"$(date '+%Y-%m-%dT%H:%M:%S%z')\" \"$*\"; }\n"
+        "# SIGTERM to our supervisor: it gives the daemon SIGTERM and --grace, then SIGKILL.\n"
+        "ws_term() { ws_why=$1; if [ -n \"$ws_pid\" ]; then kill -TERM \"$ws_pid\" 2>/dev/null; fi; }\n"
+    )
+
+
+def stop_check(code: int = 0) -> str:
+    return ("if [ -e \"$ws_stop\" ]; then\n"
+            "  ws_say \"stop marker $ws_stop: the chain of $ws_name ends here\"\n"
+            f"  exit {code}\n"
+            "fi\n")
+
+
+def supervise(spec: Spec) -> str:
+    """Start the supervisor in the background and wait for it, re-waiting after each trap."""
+    return (
+        f"{run_line(spec)} &\n"
+        "ws_pid=$!\n"
+        "if [ -n \"$ws_why\" ]; then kill -TERM \"$ws_pid\" 2>/dev/null; fi  # a signal came before $!\n"
+        "ws_code=0\n"
+        "while :; do\n"
+        "  wait \"$ws_pid\"; ws_code=$?\n"
+        "  kill -0 \"$ws_pid\" 2>/dev/null || break  # a trap ended the wait, not the supervisor\n"
+        "done\n"
+        "ws_say \"supervisor of $ws_name ended (code $ws_code${ws_why:+, after $ws_why})\"\n"
+    )
+
+
+def timer(spec: Spec) -> str:
+    """PBS sends nothing before the walltime kill, HTCondor has no walltime of its own: a watch in
+    the background sends the batch shell USR1 LEAD seconds before the end, or TERM as soon as the
+    stop marker appears (so `stop` gives the daemon its whole grace, whatever the site's kill delay)."""
+    return (
+        f"ws_end=$(( $(date +%s) + {spec.walltime - spec.signal_lead} ))  # walltime - lead, from the start\n"
+        "( while :; do\n"
+        "    if [ -e \"$ws_stop\" ]; then kill -TERM $$; exit 0; fi\n"
+        "    ws_left=$(( ws_end - $(date +%s) ))\n"
+        "    if [ \"$ws_left\" -le 0 ]; then kill -USR1 $$; exit 0; fi\n"
+        "    sleep $(( ws_left < 2 ? ws_left : 2 ))\n"
+        "  done ) &\n"
+        "ws_watch=$!\n"
+    )
+
+
+# ---- walltime ----------------------------------------------------------------------------------
+
+def parse_walltime(text: str) -> int:
+    """[DAYS-]HH:MM:SS, HH:MM:SS with any hours, or MINUTES; seconds, or a UserError."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+):([0-5]?\d):([0-5]?\d)", text.strip())
+    if match:
+        days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+        total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    elif text.strip().isdigit():
+        total = int(text.strip()) * 60
+    else:
+        raise UserError(f"--walltime {text!r}: use HH:MM:SS, DAYS-HH:MM:SS or minutes (e.g. 24:00:00)")
+    if total <= 0:
+        raise UserError(f"--walltime {text!r}: must be longer than 0")
+    return total
+
+
+def hms(seconds: int) -> str:
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# ---- the record of a submission ------------------------------------------------------------------
+
+def record_path(root: str, name: str) -> str:
+    return os.path.join(paths.batch_dir(root, name), RECORD)
+
+
+def load_record(root: str, name: str) -> Optional[dict[str, Any]]:
+    return files.read_json(record_path(root, name))
+
+
+def save_record(root: str, name: str, record: dict[str, Any]) -> None:
+    files.write_json(record_path(root, name), record)
+
+
+def submitted_names(root: str) -> list[str]:
+    """Every NAME with a submission record (they live beside the job-state folders, by name)."""
+    base = os.path.dirname(paths.job_state_dir(root, "x"))
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return []
+    return sorted(n for n in names if os.path.isfile(record_path(root, n)))
+
+
+def spec_of(record: dict[str, Any]) -> Spec:
+    return Spec(name=record["name"], command=list(record["command"]), workdir=record["workdir"],
+                root=record["root"], runner=list(record["runner"]), walltime=int(record["walltime"]),
+                signal_lead=int(record["signal_lead"]), grace=float(record["grace"]))
+
+
+def describe(root: str, name: str) -> Optional[dict[str, Any]]:
+    """status's `batch` field: the scheduler, the chain's queue entries and a one-word state."""
+    record = load_record(root, name)
+    if record is None:
+        return None
+    info: dict[str, Any] = {"scheduler": record.get("scheduler"), "script": record.get("script"),
+                            "submitted": record.get("jobs", []), "submitted_at": record.get("submitted_at"),
+                            "command": record.get("command"), "stdout_log": record.get("stdout_log"),
+                            "stderr_log": record.get("stderr_log"),
+                            "stopped": os.path.exists(os.path.join(paths.batch_dir(root, name), STOP)),
+                            "jobs": [], "state": "unknown", "running": False, "error": None}
+    try:
+        entries = get(str(record.get("scheduler"))).entries(JOB_PREFIX + name)
+    except UserError as exc:
+        info["error"] = str(exc)
+        return info
+    info["jobs"] = [{"id": e.id, "state": e.state, "running": e.running} for e in entries]
+    info["running"] = any(e.running for e in entries)
+    info["state"] = ("running" if info["running"] else "queued" if entries else
+                     "stopped" if info["stopped"] else "not queued")
+    return info
+
+
+def stop_chain(root: str, name: str, say: Any, poll: float = 1.0) -> int:
+    """End NAME's chain for good: the stop marker first (no script requeues, resubmits or reruns
+    after it), then cancel what waits, ask what runs to stop gracefully, and return once nothing of
+    the chain is left in the queue (cancelling outright what outlives grace + 60 s)."""
+    record = load_record(root, name)
+    if record is None:
+        raise UserError(f"no such batch job: {name}", FAILED)
+    spec = spec_of(record)
+    sched = get(str(record["scheduler"]))
+    missing = sched.missing_tools()
+    if missing:
+        raise UserError(f"stop {name}: {', '.join(missing)} not found on PATH", FAILED)
+    files.ensure_dir(spec.folder)
+    files.write_atomic(spec.stop_marker, b"stop\n")
+    asked: set[str] = set()
+    cancelled: set[str] = set()
+    deadline = time.monotonic() + spec.grace + 60.0
+    while True:
+        entries = sched.entries(spec.job_name)
+        if not entries:
+            break
+        waiting = [e.id for e in entries if not e.running and e.id not in cancelled]
+        if waiting:
+            sched.cancel(waiting)
+            cancelled.update(waiting)
+        for entry in entries:
+            if entry.running and entry.id not in asked:
+                sched.ask_stop(entry, spec)
+                asked.add(entry.id)
+        if time.monotonic() > deadline:
+            sched.cancel([e.id for e in entries])
+            deadline = time.monotonic() + 30.0
+        time.sleep(poll)
+    said = []
+    if asked:
+        said.append(f"stopped {sched.name} job {', '.join(sorted(asked))} gracefully")
+    if cancelled:
+        said.append(f"cancelled {', '.join(sorted(cancelled))}")
+    say(f"stopped the {sched.name} chain of {name}" + (": " + "; ".join(said) if said else
+                                                       " (nothing was queued)") + "; nothing of it is queued")
+    return 0
+
+
+# ---- the templates in contrib/batch ---------------------------------------------------------------
+
+TEMPLATE_FILES = {"slurm": {"job.sbatch": "slurm.sbatch"}, "pbs": {"job.pbs.sh": "pbs.sh"},
+                  "htcondor": {"job.sub": "htcondor.sub", "job-wrapper.sh": "htcondor-wrapper.sh"}}
+
+
+def example_spec() -> Spec:
+    """The example the templates show: replace `me`, `login1`, `mydaemon` and the command."""
+    return Spec(name="mydaemon", command=["python3", "-u", "daemon.py"], workdir="/home/me/mydaemon",
+                root="/home/me/.local/state/watchdog-singleton/login1", runner=["watchdog-singleton"],
+                walltime=24 * 3600, signal_lead=300, grace=60.0,
+                env={"PATH": "/home/me/.local/bin:/usr/local/bin:/usr/bin:/bin"})
+
+
+def templates() -> dict[str, str]:
+    """contrib/batch's file name -> text, rendered by the same code as `submit`."""
+    out: dict[str, str] = {}
+    spec = example_spec()
+    for sched_name, names in TEMPLATE_FILES.items():
+        rendered = get(sched_name).render(spec)
+        for filename, target in names.items():
+            out[target] = rendered[filename]
+    return out

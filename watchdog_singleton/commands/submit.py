@@ -1,0 +1,110 @@
+"""submit: keep NAME alive through a batch system (Slurm, PBS, HTCondor) instead of cron."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .. import batch, files, paths
+from ..errors import FAILED, OK, UserError
+from ..jobs import check_limit, check_name, now_iso, resolve_command, snapshot_env
+from .common import Context, Echo
+
+MAX_SLURM_LEAD = 65535  # --signal's @TIME is 16 bits
+
+
+@dataclass
+class SubmitRequest:
+    name: str
+    command: list[str]
+    scheduler: str
+    walltime: str = "24:00:00"
+    account: str = ""
+    queue: str = ""
+    signal_lead: int = 300
+    grace: float = 10.0
+    extra: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    workdir: Optional[str] = None
+
+
+def runner(python: str) -> list[str]:
+    """How the batch script calls us: the interpreter that submitted, with its isolation flag."""
+    flag = paths.isolation_flag() if python == sys.executable else ""
+    return [python, *([flag] if flag else []), "-m", "watchdog_singleton"]
+
+
+def build_spec(req: SubmitRequest, ctx: Context) -> tuple[batch.Scheduler, batch.Spec]:
+    """Check everything; a UserError (exit 2, one line) before anything is written or submitted."""
+    check_name(req.name)
+    sched = batch.get(req.scheduler)
+    walltime = batch.parse_walltime(req.walltime)
+    check_limit("--grace", req.grace)
+    if req.signal_lead <= 0 or req.signal_lead >= walltime:
+        raise UserError(f"--signal-lead {req.signal_lead}: must be more than 0 and less than the walltime "
+                        f"({walltime} s)")
+    if req.signal_lead <= req.grace:
+        raise UserError(f"--signal-lead {req.signal_lead}: must be longer than --grace ({req.grace:g} s), or the "
+                        "walltime kill comes before the daemon's grace is over")
+    if sched.name == "slurm" and req.signal_lead > MAX_SLURM_LEAD:
+        raise UserError(f"--signal-lead {req.signal_lead}: Slurm takes at most {MAX_SLURM_LEAD}")
+    for directive in req.extra:
+        if "\n" in directive or "\r" in directive:
+            raise UserError(f"--extra {directive!r} holds a newline")
+    for value, option in ((req.account, "--account"), (req.queue, "--queue")):
+        if value and (not value.strip() or any(c.isspace() or c in "\"'\\" for c in value)):
+            raise UserError(f"{option} {value!r}: no spaces or quotes")
+    missing = sched.missing_tools()
+    if missing and not req.dry_run:
+        raise UserError(f"--scheduler {sched.name}: {', '.join(missing)} not found on PATH")
+    workdir = os.path.abspath(req.workdir or os.getcwd())
+    command = resolve_command(req.command, workdir, os.environ.get("PATH"))
+    extra = [f"{d}" for d in req.extra]
+    spec = batch.Spec(name=req.name, command=command, workdir=workdir, root=ctx.root, runner=runner(ctx.python),
+                      walltime=walltime, signal_lead=req.signal_lead, grace=req.grace, account=req.account,
+                      queue=req.queue, extra=extra, env=snapshot_env(dict(os.environ)))
+    return sched, spec
+
+
+def write_files(sched: batch.Scheduler, spec: batch.Spec) -> str:
+    """Write the script (and wrapper) under NAME's batch folder; the path of the one to submit."""
+    files.ensure_dir(spec.folder)
+    files.ensure_dir(spec.log_dir)
+    for filename, text in sched.render(spec).items():
+        path = os.path.join(spec.folder, filename)
+        files.write_atomic(path, text.encode())
+        os.chmod(path, 0o700)
+    return os.path.join(spec.folder, sched.script)
+
+
+def submit(req: SubmitRequest, ctx: Context, echo: Echo, warn: Echo) -> int:
+    sched, spec = build_spec(req, ctx)
+    if req.dry_run:
+        for filename, text in sched.render(spec).items():
+            echo(f"# ---- {os.path.join(spec.folder, filename)} (not written: --dry-run)")
+            echo(text.rstrip("\n"))
+        return OK
+    queued = sched.entries(spec.job_name)
+    if queued and sched.name != "slurm":
+        jobs = ", ".join(f"{e.id} ({e.state})" for e in queued)
+        raise UserError(f"{req.name} is already queued or running as {sched.name} job {jobs}: not submitting a "
+                        f"second chain (stop it first: watchdog-singleton stop {req.name})", FAILED)
+    script = write_files(sched, spec)
+    # A new chain: an old stop marker must not end it. (A chain still draining is in `queued`.)
+    files.remove(spec.stop_marker)
+    ids = sched.submit(spec, script)
+    record = batch.load_record(ctx.root, req.name) or {}
+    earlier = list(record.get("jobs", [])) if queued and record.get("scheduler") == sched.name else []
+    batch.save_record(ctx.root, req.name, {
+        "name": spec.name, "scheduler": sched.name, "jobs": earlier + ids, "script": script,
+        "submitted_at": now_iso(), "command": spec.command, "workdir": spec.workdir, "root": spec.root,
+        "runner": spec.runner, "walltime": spec.walltime, "signal_lead": spec.signal_lead, "grace": spec.grace,
+        "stdout_log": spec.stdout_log, "stderr_log": spec.stderr_log})
+    echo(f"submitted {req.name} to {sched.name}: job {', '.join(ids)} ({script})")
+    if queued:
+        jobs = ", ".join(f"{e.id} ({e.state})" for e in queued)
+        warn(f"{req.name} already has slurm job {jobs}: job {', '.join(ids)} waits behind it "
+             "(--dependency=singleton) and runs only when no other job of the chain runs")
+    return OK
