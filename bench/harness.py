@@ -459,9 +459,11 @@ class Scenario:
                 if alive(pid) and b"watchdog_singleton" in cmdline(pid) and root in cmdline(pid)]
 
     def tree(self, name: str) -> list[int]:
-        """Live processes that carry NAME's token: the daemon and everything it started."""
+        """Live processes that carry NAME's token: the daemon and everything it started (the
+        supervisor carries it too, and is left out)."""
         token = f"WATCHDOG_SINGLETON_JOB={name}".encode()
-        return [pid for pid in user_pids(self.bench.user.uid) if alive(pid) and token in environ(pid)]
+        return [pid for pid in user_pids(self.bench.user.uid)
+                if alive(pid) and token in environ(pid) and b"watchdog_singleton" not in cmdline(pid)]
 
     def discard(self) -> None:
         """End many jobs at once without `uninstall` for each: kill their processes by PID and
