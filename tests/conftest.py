@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 import pytest
+from slurmkit import slurm_cluster as slurm_cluster  # the real-Slurm fixture, for every test module
 from userkit import UnprivilegedUser as UnprivilegedUser  # `X as X`: re-exported, the tests import these from here
 from userkit import is_locked as is_locked
 from userkit import locked_inodes as locked_inodes

@@ -30,6 +30,15 @@ echo "ruff check watchdog_singleton tests bench"
 echo "mypy watchdog_singleton tests bench"
 "$venv/bin/mypy" watchdog_singleton tests bench
 
+# A real single-node Slurm for the tests marked slurm (tests/slurm/start.sh; stopped on exit unless
+# another test run still uses it). If it cannot start, its line is printed and those tests fail.
+if [ "$(id -u)" = 0 ]; then
+  mkdir -p /run/watchdog-singleton-slurm/users && touch "/run/watchdog-singleton-slurm/users/$$"
+  trap 'bash tests/slurm/stop.sh --release $$' EXIT
+  slurm_t0=$SECONDS
+  bash tests/slurm/start.sh && echo "slurm: start.sh took $((SECONDS - slurm_t0)) s" || true
+fi
+
 set +e
 "$venv/bin/python" -m pytest -ra "$@"
 code=$?

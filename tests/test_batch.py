@@ -302,12 +302,7 @@ def test_htcondor_job_reruns_until_stopped_and_refuses_a_double_submit(sandbox: 
 
 # ---- real Slurm ----------------------------------------------------------------------------------
 
-try:
-    from slurmkit import slurm_cluster as slurm_cluster  # the real single-node Slurm, started once
-except ImportError:
-    @pytest.fixture
-    def slurm_cluster() -> None:
-        pytest.skip("tests/slurmkit.py (the real Slurm fixture) is not here")
+from slurmkit import slurm_cluster as slurm_cluster  # noqa: E402  (the real single-node Slurm, started once)
 
 
 def squeue(box: Sandbox, name: str) -> list[dict[str, Any]]:

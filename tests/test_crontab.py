@@ -308,8 +308,7 @@ def test_an_at_word_schedule_with_restart_always_warns_at_install(sandbox: Sandb
     name = sandbox.job("daily")
     proc = sandbox.ok("install", name, "--no-start", "--schedule", "@daily", "--", "/bin/sleep", "1000")
     assert ("warning: --restart always with schedule '@daily': the supervisor restarts it at once after every "
-            "exit; for a job that should run once per slot use --restart never (periodic jobs proper come in a "
-            "later release)") in proc.stderr.splitlines()
+            "exit; for a job that should run once per due time use --periodic") in proc.stderr.splitlines()
     for args in (["--schedule", "* * * * *"], ["--schedule", "@daily", "--restart", "never"]):
         proc = sandbox.ok("install", name, "--no-start", *args, "--", "/bin/sleep", "1000")
         assert "--restart always" not in proc.stderr
