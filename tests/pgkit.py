@@ -120,7 +120,8 @@ class PgCluster(str):
                               timeout=START_WAIT + 30, **self._as_owner())
         if check and proc.returncode != 0:
             raise RuntimeError(f"{' '.join(argv[:3])} failed ({proc.returncode}): {proc.stderr.strip()}")
-        return proc.stdout
+        out: str = proc.stdout
+        return out
 
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         """Run SQL (given on stdin, so no secret reaches an argv) as the superuser over the socket."""
@@ -128,8 +129,9 @@ class PgCluster(str):
                           "-h", self.socket_dir, "-p", str(self.port), "-d", dbname, "-f", "-"], input=sql)
 
     def start(self) -> None:
-        options = (f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        # fsync=off: a killed server loses nothing (the page cache survives it), only a host crash
+        # would. synchronous_commit stays on: `-m immediate` must not lose a committed renew.
+        options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
         self._run([os.path.join(self.bindir, "pg_ctl"), "-D", self.datadir, "-l",
                    os.path.join(self.folder, "server.log"), "-o", options, "-w", "-t", str(START_WAIT), "start"])
 
@@ -230,7 +232,8 @@ def _init_and_start(cluster: PgCluster, user: UnprivilegedUser, timings: dict[st
     quoted = password.replace("'", "''")
     cluster.psql(f"CREATE ROLE \"{user.name}\" LOGIN PASSWORD '{quoted}';\n"
                  f"CREATE DATABASE \"{user.name}\" OWNER \"{user.name}\";\n")
-    _write_pgpass(user, f"127.0.0.1:{cluster.port}:{user.name}:{user.name}:{password}")
+    # Any database of this cluster: tests make fresh ones for themselves.
+    _write_pgpass(user, f"127.0.0.1:{cluster.port}:*:{user.name}:{password}")
     timings["role"] = time.monotonic() - t0
     return cluster
 
