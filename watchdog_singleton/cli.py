@@ -295,12 +295,44 @@ def export(
     _call(lambda: do_export(list(names or []), _context(), _echo))
 
 
+lease_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
+                        help="One copy across hosts: NAME's cluster lease and its fencing token.")
+app.add_typer(lease_app, name="lease")
+CLUSTER = typer.Option(None, "--cluster", metavar="URL",
+                       help="postgresql://USER@HOST/DB (default $WATCHDOG_SINGLETON_CLUSTER); password in ~/.pgpass")
+
+
+@lease_app.command("check", epilog=_example("lease check ingest --token 42 && write-the-batch"))
+def lease_check(
+    name: str = NAME,
+    token: int = typer.Option(..., "--token", metavar="N", help="the fencing token the daemon was given"),
+    cluster: Optional[str] = CLUSTER,
+) -> None:
+    """Exit 0 while N is NAME's current lease, 1 once it is stale, 3 if the database cannot be reached."""
+    from .commands.lease import check
+
+    _call(lambda: check(name, token, cluster, _warn))
+
+
+@lease_app.command("status", epilog=_example("lease status ingest --json"))
+def lease_status(
+    name: str = NAME,
+    cluster: Optional[str] = CLUSTER,
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """NAME's lease as the database sees it: holder, token, expiry, last sync start."""
+    from .commands.lease import status as lease_status_of
+
+    _call(lambda: lease_status_of(name, cluster, _echo, _warn, as_json))
+
+
 def _plain_arguments(group: Any) -> None:
     """Show arguments as their metavar (NAME, -- COMMAND [ARG...]), the way options show theirs.
 
     typer >= 0.20 prints `{NAME}` in the usage line and `NAME <str>`, `<list[str]>` in the list.
     """
     for command in getattr(group, "commands", {}).values():
+        _plain_arguments(command)  # a sub-app's commands (lease check) too
         for param in command.params:
             if param.param_type_name == "argument" and param.metavar:
                 param.display_type = lambda ctx: ""

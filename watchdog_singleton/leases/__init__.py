@@ -1,0 +1,184 @@
+"""One copy across several hosts: a lease with a fencing token, behind one small interface.
+
+    cluster = open_cluster("postgresql://me@db.example.org/ws")    # the password: ~/.pgpass
+    grant = cluster.acquire("ingest")           # None: another host holds it
+    if grant is not None:
+        os.environ["WATCHDOG_SINGLETON_FENCING_TOKEN"] = str(grant.token)
+        ...                                     # renew every Timing.retry seconds (see keeper)
+        cluster.release(grant)
+
+The flock (lock.py) keeps one copy per host; a cluster lease, taken after it, keeps one copy
+across hosts. The database times the lease (its own clock, never ours); the holder times its
+give-up deadline on its local CLOCK_BOOTTIME (keeper.py). A grant's token strictly increases
+across every grant of that name, forever, so whatever the daemon writes can be fenced with it
+(Kleppmann: a lease alone never guarantees one holder; a stale holder must be refused by the
+resource it writes to). PostgreSQL is the first engine (postgres.py); another (etcd, Redis)
+implements `ClusterLease` and gets a scheme in `open_cluster`.
+
+Nothing here imports a driver: the launcher pays for psycopg only when a job has a cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+from ..errors import FAILED, USAGE, UserError
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class ClusterLease(Protocol):
+        """What a cross-host lease engine offers. Every call is one round trip, or raises
+        LeaseUnavailable; none of them waits for a lease."""
+
+        holder: str
+        host: str
+
+        def acquire(self, name: str) -> Optional[Grant]:
+            """Take NAME if it is free or expired (on the engine's clock); None if held."""
+
+        def renew(self, grant: Grant) -> Optional[Grant]:
+            """Extend our grant by the lease duration; None once it is lost (expired or taken)."""
+
+        def release(self, grant: Grant) -> bool:
+            """Expire our grant now (the token stays spent); False if it was no longer ours."""
+
+        def check(self, name: str, token: int) -> bool:
+            """Whether `token` is NAME's current, unexpired grant."""
+
+        def status(self, name: str) -> Optional[LeaseInfo]:
+            """NAME's row as the engine sees it now; None if NAME was never granted nor synced."""
+
+        def claim_slot(self, name: str, period: float) -> Optional[int]:
+            """A periodic job's run slot: at most one per `period` seconds counted from the last
+            start on any host. Its count (strictly increasing), or None while the period runs."""
+
+        def close(self) -> None: ...
+
+
+UNAVAILABLE = 3  # the exit code of `lease check` and `lease status` when the engine cannot be reached
+CLUSTER_ENV = "WATCHDOG_SINGLETON_CLUSTER"
+FENCING_TOKEN_ENV = "WATCHDOG_SINGLETON_FENCING_TOKEN"
+MAX_TOKEN = 2**63 - 1  # a bigint
+
+
+class LeaseError(Exception):
+    """A cluster problem fit to print on one line; `exit_code` for the CLI."""
+
+    def __init__(self, message: str, exit_code: int = FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class LeaseUnavailable(LeaseError):
+    """The engine cannot be reached or refused to answer: nothing is known, nothing was changed
+    by us (a holder keeps its deadline; a candidate stays a candidate)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, UNAVAILABLE)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """client-go's leader-election rule: lease > renew_deadline > 1.2 x retry.
+
+    lease: how long a grant lives on the engine's clock without a renew; what a standby waits
+      at most after the holder vanished.
+    renew_deadline: the holder stops its tree when it has not renewed for this long (on its
+      own clock, from the moment it sent the last renew that succeeded).
+    retry: how often the holder renews (and retries a failed renew).
+    attempt: the longest one round trip may take (connect, statement, unacknowledged TCP data);
+      at most `retry`.
+    """
+
+    lease: float = 60.0
+    renew_deadline: float = 40.0
+    retry: float = 10.0
+    attempt: float = 5.0
+
+    def __post_init__(self) -> None:
+        for field in ("lease", "renew_deadline", "retry", "attempt"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise UserError(f"lease timing {field} must be a positive number of seconds, not {value!r}", USAGE)
+        if not self.lease > self.renew_deadline > 1.2 * self.retry:
+            raise UserError(f"lease timing must keep lease > renew deadline > 1.2 x retry "
+                            f"(got {self.lease:g} > {self.renew_deadline:g} > 1.2 x {self.retry:g})", USAGE)
+        if self.attempt > self.retry:
+            raise UserError(f"lease timing attempt {self.attempt:g} s is longer than retry {self.retry:g} s", USAGE)
+        if self.lease > 86400:
+            raise UserError(f"lease timing lease {self.lease:g} s is over a day", USAGE)
+
+    def stop_budget(self) -> float:
+        """Seconds between the holder's give-up and the earliest moment another host can hold
+        the lease: stopping the tree (grace plus the SIGKILL wait) must fit in here."""
+        return self.lease - self.renew_deadline - self.attempt
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A lease we hold; `token` is its fencing token."""
+
+    name: str
+    holder: str
+    token: int
+    expires_at: str  # the engine's clock, ISO 8601, for people
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    name: str
+    holder: Optional[str]
+    token: Optional[int]
+    expires_at: Optional[str]
+    live: bool  # the grant has not expired on the engine's clock
+    seconds_left: float  # until it expires (0 when it has)
+    last_start: Optional[str]  # a sync job's last start on any host
+    slot: Optional[int]  # a sync job's run count
+    now: str  # the engine's clock at the moment of the query
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "holder": self.holder, "token": self.token, "expires_at": self.expires_at,
+                "live": self.live, "seconds_left": round(self.seconds_left, 3), "last_start": self.last_start,
+                "slot": self.slot, "now": self.now}
+
+
+def holder_id(pid: Optional[int] = None) -> str:
+    """host:boot_id:pid:start: unique across hosts, reboots and PID reuse."""
+    from .. import procs
+
+    pid = pid or os.getpid()
+    return f"{os.uname().nodename}:{procs.boot_id()}:{pid}:{procs.start_time(pid)}"
+
+
+def redact(url: str) -> str:
+    """The URL without a password, should one have been put in it against our advice."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    auth, _, hostpart = rest.partition("@")
+    user = auth.split(":", 1)[0]
+    return f"{scheme}://{user}@{hostpart}"
+
+
+def cluster_url(given: Optional[str]) -> str:
+    """--cluster, else WATCHDOG_SINGLETON_CLUSTER; UserError when neither says."""
+    url = given or os.environ.get(CLUSTER_ENV, "")
+    if not url:
+        raise UserError(f"no cluster database: pass --cluster postgresql://... or set {CLUSTER_ENV}", USAGE)
+    return url
+
+
+def open_cluster(url: str, timing: Optional[Timing] = None, holder: Optional[str] = None,
+                 host: Optional[str] = None) -> "ClusterLease":
+    """The engine for `url`'s scheme. Connects lazily: the first call may raise LeaseUnavailable."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresLease
+
+        return PostgresLease(url, timing or Timing(), holder=holder, host=host)
+    raise UserError(f"cluster {redact(url)!r}: unknown kind; use postgresql://USER@HOST/DB "
+                    "(the password goes in ~/.pgpass)", USAGE)

@@ -1,0 +1,295 @@
+"""The cluster lease on PostgreSQL: one row per job name, changed only by single statements
+timed on the database's clock.
+
+Why each choice:
+- A row, not a session advisory lock: an advisory lock silently frees when its connection drops
+  and breaks behind PgBouncer in transaction mode; a row updated by single statements works
+  through any pooler and survives our reconnects.
+- `now()` only, never our clock: the hosts' clocks may disagree; the database's is the one clock
+  all of them read. `now()` is the start of the statement's transaction, after we sent it, so a
+  grant expires no earlier than `lease` seconds after our send time: the holder's deadline,
+  counted from its send time on its own clock, is always on the safe side.
+- Release expires the row and never deletes it: the generation (the fencing token) then only
+  grows, across releases, expiries and takeovers.
+- Autocommit, each request one Query message in the simple protocol (psycopg's ClientCursor):
+  no prepared statement (prepare_threshold=None), no session state, no idle transaction. The
+  `SET LOCAL statement_timeout` in front of each statement lives and dies with that one
+  implicit transaction, so it is safe behind a transaction-mode pooler too.
+- TCP keepalives and tcp_user_timeout bound how long a round trip can hang on a dead network,
+  so a renew never outlasts Timing.attempt by much.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from ..errors import USAGE, UserError
+from . import Grant, LeaseError, LeaseInfo, LeaseUnavailable, Timing, holder_id, redact
+
+SCHEMA_VERSION = 1
+SCHEMA_LOCK = 0x77732D6C65617365  # "ws-lease": serialises the CREATE TABLEs of racing first users
+
+SCHEMA = f"""
+SELECT pg_advisory_xact_lock({SCHEMA_LOCK});
+CREATE TABLE IF NOT EXISTS ws_meta(key text PRIMARY KEY, value text NOT NULL);
+INSERT INTO ws_meta VALUES ('schema_version', '{SCHEMA_VERSION}') ON CONFLICT (key) DO NOTHING;
+CREATE TABLE IF NOT EXISTS ws_lease(
+  name text PRIMARY KEY, holder text NOT NULL, generation bigint NOT NULL,
+  acquired_at timestamptz NOT NULL, renewed_at timestamptz NOT NULL, expires_at timestamptz NOT NULL);
+CREATE TABLE IF NOT EXISTS ws_sync(
+  name text PRIMARY KEY, last_start timestamptz NOT NULL, generation bigint NOT NULL, holder text NOT NULL);
+CREATE TABLE IF NOT EXISTS ws_host(
+  name text NOT NULL, host text NOT NULL, seen_at timestamptz NOT NULL, PRIMARY KEY (name, host));
+CREATE TABLE IF NOT EXISTS ws_turn(name text PRIMARY KEY, host text NOT NULL, set_at timestamptz NOT NULL);
+SELECT value FROM ws_meta WHERE key = 'schema_version'
+"""
+
+# A row back means we hold it. A first INSERT race is settled by the primary key: the loser
+# waits for the winner's row, then finds it unexpired and gets nothing.
+ACQUIRE = """
+INSERT INTO ws_lease AS l (name, holder, generation, acquired_at, renewed_at, expires_at)
+VALUES (%(name)s, %(holder)s, 1, now(), now(), now() + make_interval(secs => %(ttl)s))
+ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, generation = l.generation + 1,
+  acquired_at = now(), renewed_at = now(), expires_at = EXCLUDED.expires_at
+WHERE l.expires_at <= now()
+RETURNING generation, expires_at
+"""
+
+# No row: lost (expired, released or taken); the holder stops its tree.
+RENEW = """
+UPDATE ws_lease SET renewed_at = now(), expires_at = now() + make_interval(secs => %(ttl)s)
+WHERE name = %(name)s AND holder = %(holder)s AND generation = %(token)s AND expires_at > now()
+RETURNING generation, expires_at
+"""
+
+RELEASE = """
+UPDATE ws_lease SET expires_at = now()
+WHERE name = %(name)s AND holder = %(holder)s AND generation = %(token)s AND expires_at > now()
+RETURNING generation
+"""
+
+CHECK = """
+SELECT EXISTS (SELECT 1 FROM ws_lease WHERE name = %(name)s AND generation = %(token)s AND expires_at > now())
+"""
+
+STATUS = """
+SELECT l.holder, l.generation, l.expires_at, coalesce(l.expires_at > now(), false),
+  greatest(0, extract(epoch FROM l.expires_at - now()))::float8, s.last_start, s.generation, now()
+FROM (SELECT %(name)s::text AS name) k
+LEFT JOIN ws_lease l ON l.name = k.name LEFT JOIN ws_sync s ON s.name = k.name
+"""
+
+# PanDA's sync, with a generation: a start stamp on the database clock, claimed at most once per
+# period counted from the last start on any host.
+CLAIM_SLOT = """
+INSERT INTO ws_sync AS s (name, last_start, generation, holder) VALUES (%(name)s, now(), 1, %(holder)s)
+ON CONFLICT (name) DO UPDATE SET last_start = now(), generation = s.generation + 1, holder = EXCLUDED.holder
+WHERE s.last_start <= now() - make_interval(secs => %(period)s)
+RETURNING generation
+"""
+
+# Rotation (enqueue_command): hosts beat; when a run ends the turn passes to the next live host
+# in name order after this one (wrapping round), or stays here when no other host is live.
+HEARTBEAT = """
+INSERT INTO ws_host AS h (name, host, seen_at) VALUES (%(name)s, %(host)s, now())
+ON CONFLICT (name, host) DO UPDATE SET seen_at = now()
+"""
+
+LIVE_HOSTS = """
+SELECT host FROM ws_host WHERE name = %(name)s AND seen_at > now() - make_interval(secs => %(fresh)s)
+ORDER BY host
+"""
+
+PASS_TURN = """
+WITH live AS (SELECT host FROM ws_host
+              WHERE name = %(name)s AND seen_at > now() - make_interval(secs => %(fresh)s))
+INSERT INTO ws_turn AS t (name, host, set_at)
+VALUES (%(name)s, coalesce((SELECT min(host) FROM live WHERE host > %(host)s),
+                           (SELECT min(host) FROM live), %(host)s), now())
+ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, set_at = now()
+RETURNING host
+"""
+
+# Whose turn: the recorded host while it is live, else the next live one after it.
+WHOSE_TURN = """
+WITH live AS (SELECT host FROM ws_host
+              WHERE name = %(name)s AND seen_at > now() - make_interval(secs => %(fresh)s)),
+     turn AS (SELECT host FROM ws_turn WHERE name = %(name)s)
+SELECT coalesce((SELECT host FROM live WHERE host = (SELECT host FROM turn)),
+                (SELECT min(host) FROM live WHERE host > (SELECT host FROM turn)),
+                (SELECT min(host) FROM live))
+"""
+
+
+def _driver() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise UserError("cluster leases need psycopg 3: pip install 'watchdog-singleton[postgres]'", USAGE) from None
+    return psycopg
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or exc.__class__.__name__
+    return " ".join(text.splitlines()[0].split())
+
+
+class PostgresLease:
+    """ClusterLease on one PostgreSQL database; one connection, opened on first use and again
+    after any failure."""
+
+    def __init__(self, url: str, timing: Timing, holder: Optional[str] = None, host: Optional[str] = None) -> None:
+        import os
+
+        self.url = url
+        self.timing = timing
+        self.holder = holder or holder_id()
+        self.host = host or os.uname().nodename
+        self.psycopg = _driver()
+        self.conn: Any = None
+
+    # -- the connection ---------------------------------------------------------------------
+    def _connect(self) -> Any:
+        if self.conn is not None and not self.conn.closed:
+            return self.conn
+        psycopg = self.psycopg
+        attempt = self.timing.attempt
+        try:
+            self.conn = psycopg.connect(
+                self.url, autocommit=True, prepare_threshold=None, cursor_factory=psycopg.ClientCursor,
+                connect_timeout=max(2, math.ceil(attempt)),  # libpq's floor is 2 s
+                keepalives=1, keepalives_idle=max(1, int(attempt)), keepalives_interval=max(1, int(attempt / 3)),
+                keepalives_count=3, tcp_user_timeout=int(attempt * 1000),
+                application_name="watchdog-singleton")
+        except psycopg.Error as exc:
+            raise LeaseUnavailable(f"cannot reach cluster database {redact(self.url)}: {_first_line(exc)}") from None
+        return self.conn
+
+    def _execute(self, sql: str, params: dict[str, Any], create: bool = True) -> Optional[tuple[Any, ...]]:
+        """Run one statement (with its timeout) and return its first row; creates the schema on
+        first use. Every driver error becomes LeaseUnavailable, and the connection is renewed."""
+        psycopg = self.psycopg
+        timeout = f"SET LOCAL statement_timeout = {int(self.timing.attempt * 1000)};"
+        conn = self._connect()
+        try:
+            try:
+                cur = conn.execute(timeout + sql, params)
+            except psycopg.errors.UndefinedTable:
+                if not create:
+                    raise
+                self.ensure_schema()
+                cur = conn.execute(timeout + sql, params)
+            cur.nextset()
+            row: Optional[tuple[Any, ...]] = cur.fetchone() if cur.description else None
+            return row
+        except psycopg.errors.UndefinedTable:
+            raise
+        except psycopg.Error as exc:
+            self.close()
+            raise LeaseUnavailable(f"cluster database {redact(self.url)}: {_first_line(exc)}") from None
+
+    def _rows(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        psycopg = self.psycopg
+        conn = self._connect()
+        try:
+            cur = conn.execute(sql, params)
+            rows: list[tuple[Any, ...]] = cur.fetchall()
+            return rows
+        except psycopg.errors.UndefinedTable:
+            return []
+        except psycopg.Error as exc:
+            self.close()
+            raise LeaseUnavailable(f"cluster database {redact(self.url)}: {_first_line(exc)}") from None
+
+    def ensure_schema(self) -> None:
+        """Create the tables if missing (one transaction, serialised); refuse a newer schema."""
+        conn = self._connect()
+        try:
+            cur = conn.execute(SCHEMA)
+            while cur.nextset():
+                pass
+            row = cur.fetchone()
+        except self.psycopg.Error as exc:
+            self.close()
+            raise LeaseUnavailable(f"cluster database {redact(self.url)}: cannot create the lease tables: "
+                                   f"{_first_line(exc)}") from None
+        version = int(row[0]) if row else 0
+        if version != SCHEMA_VERSION:
+            raise LeaseError(f"cluster database {redact(self.url)} has lease schema version {version}; "
+                             f"this watchdog-singleton knows version {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # closing a broken connection: nothing more to do  # noqa: BLE001
+                pass
+            self.conn = None
+
+    # -- the lease ---------------------------------------------------------------------------
+    def acquire(self, name: str) -> Optional[Grant]:
+        row = self._execute(ACQUIRE, {"name": name, "holder": self.holder, "ttl": self.timing.lease})
+        if row is None:
+            return None
+        return Grant(name, self.holder, int(row[0]), row[1].isoformat())
+
+    def renew(self, grant: Grant) -> Optional[Grant]:
+        row = self._execute(RENEW, {"name": grant.name, "holder": grant.holder, "token": grant.token,
+                                    "ttl": self.timing.lease})
+        if row is None:
+            return None
+        return Grant(grant.name, grant.holder, grant.token, row[1].isoformat())
+
+    def release(self, grant: Grant) -> bool:
+        row = self._execute(RELEASE, {"name": grant.name, "holder": grant.holder, "token": grant.token})
+        return row is not None
+
+    def check(self, name: str, token: int) -> bool:
+        try:
+            row = self._execute(CHECK, {"name": name, "token": token}, create=False)
+        except self.psycopg.errors.UndefinedTable:
+            return False  # no lease was ever granted here
+        return bool(row and row[0])
+
+    def status(self, name: str) -> Optional[LeaseInfo]:
+        try:
+            row = self._execute(STATUS, {"name": name}, create=False)
+        except self.psycopg.errors.UndefinedTable:
+            return None
+        if row is None or (row[0] is None and row[5] is None):
+            return None
+        holder, token, expires, live, left, last_start, slot, now = row
+        return LeaseInfo(name=name, holder=holder, token=token, expires_at=expires.isoformat() if expires else None,
+                         live=bool(live), seconds_left=float(left or 0.0),
+                         last_start=last_start.isoformat() if last_start else None, slot=slot,
+                         now=now.isoformat())
+
+    # -- periodic sync -----------------------------------------------------------------------
+    def claim_slot(self, name: str, period: float) -> Optional[int]:
+        if not math.isfinite(period) or period <= 0:
+            raise UserError(f"sync period must be a positive number of seconds, not {period!r}", USAGE)
+        row = self._execute(CLAIM_SLOT, {"name": name, "holder": self.holder, "period": period})
+        return int(row[0]) if row else None
+
+    # -- rotation ----------------------------------------------------------------------------
+    def heartbeat(self, name: str) -> None:
+        self._execute(HEARTBEAT, {"name": name, "host": self.host})
+
+    def live_hosts(self, name: str, fresh: float) -> list[str]:
+        return [row[0] for row in self._rows(LIVE_HOSTS, {"name": name, "fresh": fresh})]
+
+    def pass_turn(self, name: str, fresh: float) -> str:
+        """After a run here: give the turn to the next live host after this one; who has it now."""
+        row = self._execute(PASS_TURN, {"name": name, "host": self.host, "fresh": fresh})
+        assert row is not None
+        return str(row[0])
+
+    def whose_turn(self, name: str, fresh: float) -> Optional[str]:
+        """The host whose turn it is: a stale one is skipped for the next live one after it; before
+        any turn was passed, the first live host in name order; None when no host is live."""
+        try:
+            row = self._execute(WHOSE_TURN, {"name": name, "fresh": fresh}, create=False)
+        except self.psycopg.errors.UndefinedTable:
+            return None
+        return str(row[0]) if row and row[0] is not None else None
