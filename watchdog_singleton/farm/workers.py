@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable, NamedTuple, Optional
 
 from .. import procs
+from ..launch import become_subreaper
 from ..tree import Finder, Stopper
 from . import REQUEUE, SOME_FAILED
 from . import tasklist as tasklist_mod
@@ -105,6 +106,9 @@ class Farm:
 
     # -- the lifecycle ------------------------------------------------------------------
     def run(self) -> int:
+        # Orphans of a task's tree (a double fork) re-parent to us: we reap them, so no zombie
+        # under init looks alive, and tree.members still finds them by descent.
+        become_subreaper()
         # Our host lock is held: any farm of this folder on this host that left tasks is dead.
         Stopper().stop(marked(self.host_marker), self.o.grace)
         back = self.store.sweep(dead_holder_prefix=f"{self.host}/", alive=self.holder)
@@ -219,7 +223,7 @@ class Farm:
             os.close(log)
 
     def _reap(self) -> None:
-        while self.by_pid:
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -295,7 +299,8 @@ class Farm:
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
             self.reaper = subprocess.Popen([sys.executable, "-m", "watchdog_singleton.farm.reaper", self.marker,
-                                            str(self.o.grace)], stdin=r, start_new_session=True, close_fds=True,
+                                            str(self.o.grace)], stdin=r, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
                                            env=procs.clean_environ(dict(os.environ)))
         finally:
             os.close(r)
