@@ -87,7 +87,10 @@ class Farm:
         self.wall = wall
         self.host = os.uname().nodename
         self.nonce = secrets.token_hex(4)
-        self.holder = f"{self.host}/{os.getpid()}/{self.nonce}"
+        # host/lock/pid/nonce: the host lock of this work folder proves the other farms under
+        # host/lock/ dead; farms of other folders (sharing a PostgreSQL list) are not touched.
+        self.farm_prefix = f"{self.host}/{os.path.basename(marker.rstrip('#'))}/"
+        self.holder = f"{self.farm_prefix}{os.getpid()}/{self.nonce}"
         self.host_marker = marker  # every farm of this work folder on this host
         self.marker = f"{marker}{self.nonce}#"  # this farm
         self.slots = [Slot(i) for i in range(options.workers)]
@@ -111,7 +114,7 @@ class Farm:
         become_subreaper()
         # Our host lock is held: any farm of this folder on this host that left tasks is dead.
         Stopper().stop(marked(self.host_marker), self.o.grace)
-        back = self.store.sweep(dead_holder_prefix=f"{self.host}/", alive=self.holder)
+        back = self.store.sweep(dead_holder_prefix=self.farm_prefix, alive=self.holder)
         if back:
             self.warn(f"farm: {len(back)} task(s) of a farm that died went back to todo")
         self._start_reaper()
