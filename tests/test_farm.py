@@ -250,3 +250,26 @@ def test_sqlite_on_a_network_file_system_is_refused(sandbox: Sandbox) -> None:
         assert os.listdir(src) == [] and not os.path.exists(sandbox.path("out"))
     finally:
         subprocess.run(["umount", "-l", mnt])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--workers", "0"], "--workers 0"),
+    (["--retries", "-1"], "--retries -1"),
+    (["--lease", "0"], "--lease 0"),
+    (["--runner", "nope"], "no runner named nope"),
+])
+def test_bad_farm_options_are_refused_with_one_line_and_nothing_created(sandbox: Sandbox, args: list[str],
+                                                                        needle: str) -> None:
+    listing = write_list(sandbox, ["echo never >> out"])
+    before = sorted(os.listdir(sandbox.dir))
+    proc = farm(sandbox, listing, *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("watchdog-singleton: "), proc.stderr
+    assert sorted(os.listdir(sandbox.dir)) == before
+
+
+def test_a_missing_task_list_is_refused(sandbox: Sandbox) -> None:
+    proc = farm(sandbox, sandbox.path("no-such-list.txt"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert not os.path.exists(sandbox.path("no-such-list.txt.farm"))
