@@ -326,6 +326,90 @@ def lease_status(
     _call(lambda: lease_status_of(name, cluster, _echo, _warn, as_json))
 
 
+class _FarmGroup(typer.core.TyperGroup):
+    """`farm TASKLIST ...` is `farm run TASKLIST ...`: a first word that names no subcommand is a list."""
+
+    def parse_args(self, ctx: Any, args: List[str]) -> List[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return list(super().parse_args(ctx, args))
+
+
+farm_app = typer.Typer(cls=_FarmGroup, no_args_is_help=True, rich_markup_mode=None,
+                       help="Run a task list, each task exactly once, over N workers (see 'farm run --help').",
+                       epilog=_example("farm tasks.txt --workers 8", "farm status tasks.txt",
+                                       "farm trace tasks.txt"))
+app.add_typer(farm_app, name="farm")
+WORKDIR_OR_LIST = typer.Argument(None, metavar="[WORKDIR|TASKLIST]",
+                                 help="the work folder, or the task list whose LIST.farm folder is meant (default .)")
+DB = typer.Option(None, "--db", metavar="URL", help="the store: postgresql://... or a SQLite file "
+                                                    "(default WORKDIR/farm.sqlite)")
+
+
+@farm_app.command("run", epilog=_example("farm tasks.txt --workers 8 --task-timeout 3600 --retries 2",
+                                         "farm tasks.txt --timeout 85000   # a 24 h batch job: requeue on exit 75"))
+def farm_run(
+    tasklist: str = typer.Argument(..., metavar="TASKLIST", help="one command per line; # comments"),
+    workers: int = typer.Option(4, "--workers", "-n", metavar="N", help="tasks at once, 1 to 4096"),
+    workdir: Optional[str] = typer.Option(None, metavar="DIR",
+                                          help="database, logs/<id>.log, timeline (default TASKLIST.farm)"),
+    timeout: float = typer.Option(0.0, metavar="S", help="stop cleanly after S seconds and exit 75 (0: never)"),
+    task_timeout: float = typer.Option(0.0, metavar="S", help="stop a task's tree after S seconds (0: never)"),
+    retries: int = typer.Option(0, metavar="K", help="rerun a failed task up to K times"),
+    db: Optional[str] = DB,
+    runner: Optional[str] = typer.Option(None, metavar="NAME",
+                                         help="a runner from runners.ini (setup, prefix, tmpdir)"),
+    lease: float = typer.Option(60.0, metavar="S", help="a task's lease; renewed every S/3 while the farm lives"),
+    grace: float = typer.Option(10.0, metavar="S", help="SIGTERM to SIGKILL wait when stopping a task"),
+    progress_every: float = typer.Option(10.0, metavar="S", help="seconds between progress lines off a terminal"),
+) -> None:
+    """Run TASKLIST's tasks, each exactly once: exit 0 all finished, 1 some failed, 75 stopped with
+    tasks left (SIGUSR1, SIGTERM, SIGINT or --timeout): run it again to continue."""
+    from .commands.farm import FarmRequest
+    from .commands.farm import run as do_run
+
+    req = FarmRequest(tasklist=tasklist, workdir=workdir, workers=workers, timeout=timeout,
+                      task_timeout=task_timeout, retries=retries, db=db, runner=runner, lease=lease, grace=grace,
+                      progress_every=progress_every)
+    _call(lambda: do_run(req, _echo, _warn))
+
+
+@farm_app.command("status", epilog=_example("farm status tasks.txt", "farm status tasks.txt.farm --json"))
+def farm_status(
+    target: Optional[str] = WORKDIR_OR_LIST,
+    db: Optional[str] = DB,
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Counts per state, and every task not simply finished once."""
+    from .commands.farm import status as do_status
+
+    _call(lambda: do_status(target, db, as_json, _echo))
+
+
+@farm_app.command("retry", epilog=_example("farm retry tasks.txt", "farm retry tasks.txt --id 3f2a9c01b7de-0"))
+def farm_retry(
+    target: Optional[str] = WORKDIR_OR_LIST,
+    db: Optional[str] = DB,
+    ids: List[str] = typer.Option([], "--id", metavar="ID", help="only this task (repeatable)"),
+) -> None:
+    """Put failed tasks back to todo (their failure count starts again)."""
+    from .commands.farm import retry as do_retry
+
+    _call(lambda: do_retry(target, db, list(ids), _echo))
+
+
+@farm_app.command("trace", epilog=_example("farm trace tasks.txt -o trace.json"))
+def farm_trace(
+    target: Optional[str] = WORKDIR_OR_LIST,
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE",
+                                         help="where to write it (default WORKDIR/trace.json)"),
+) -> None:
+    """Write the timeline as Chrome trace-event JSON, for Perfetto or chrome://tracing."""
+    from .commands.farm import trace as do_trace
+
+    _call(lambda: do_trace(target, output, _echo))
+
+
 def _plain_arguments(group: Any) -> None:
     """Show arguments as their metavar (NAME, -- COMMAND [ARG...]), the way options show theirs.
 

@@ -1,0 +1,150 @@
+"""farm, farm status, farm retry, farm trace: run a task list exactly once, and look at it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Callable, NamedTuple, Optional
+
+from .. import paths
+from ..errors import FAILED, OK, UserError
+from ..farm import tasklist
+from ..farm.store import STATES, Store, check_place, open_store
+
+Echo = Callable[[str], None]
+
+
+class FarmRequest(NamedTuple):
+    tasklist: str
+    workdir: Optional[str] = None
+    workers: int = 4
+    timeout: float = 0.0
+    task_timeout: float = 0.0
+    retries: int = 0
+    db: Optional[str] = None
+    runner: Optional[str] = None
+    lease: float = 60.0
+    grace: float = 10.0
+    progress_every: float = 10.0
+
+
+def default_workdir(tasklist_path: str) -> str:
+    return os.path.abspath(f"{tasklist_path}.farm")
+
+
+def resolve_workdir(target: Optional[str]) -> str:
+    """A work folder, or a task list whose default work folder (LIST.farm) is meant."""
+    target = target or "."
+    if os.path.isfile(target):
+        return default_workdir(target)
+    return os.path.abspath(target)
+
+
+def _check(req: FarmRequest) -> None:
+    if not 1 <= req.workers <= 4096:
+        raise UserError(f"--workers {req.workers}: give 1 to 4096")
+    for flag, value, low in (("--timeout", req.timeout, 0.0), ("--task-timeout", req.task_timeout, 0.0),
+                             ("--grace", req.grace, 0.0)):
+        if not low <= value <= 10 * 365 * 86400:
+            raise UserError(f"{flag} {value:g}: give 0 (none) or a number of seconds")
+    if not 0.1 <= req.lease <= 86400:
+        raise UserError(f"--lease {req.lease:g}: give 0.1 to 86400 seconds")
+    if not 0 <= req.retries <= 1000:
+        raise UserError(f"--retries {req.retries}: give 0 to 1000")
+    if not os.path.isfile(req.tasklist):
+        what = "is not a file" if os.path.exists(req.tasklist) else "does not exist"
+        raise UserError(f"task list {req.tasklist} {what}")
+    if not os.access(req.tasklist, os.R_OK):
+        raise UserError(f"task list {req.tasklist} is not readable")
+
+
+def farm_lock(workdir: str) -> tuple[object, str]:
+    """The per-host lock of this work folder (one farm per folder per host) and its path."""
+    from ..lock import FlockLock, check_lock_dir
+
+    lock_dir = paths.default_lock_dir()
+    check_lock_dir(lock_dir)
+    name = "farm-" + hashlib.sha1(os.path.realpath(workdir).encode()).hexdigest()[:16]
+    return FlockLock(lock_dir, name), os.path.join(lock_dir, f"{name}.lock")
+
+
+def run(req: FarmRequest, echo: Echo, warn: Echo) -> int:
+    from ..farm import runner as runner_mod
+    from ..farm.workers import Farm, Options
+
+    _check(req)
+    workdir = os.path.abspath(req.workdir) if req.workdir else default_workdir(req.tasklist)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir {workdir} exists and is not a folder")
+    runner = runner_mod.load(req.runner, workdir)
+    check_place(req.db, workdir)
+    lock, marker = farm_lock(workdir)
+    if not lock.try_acquire():  # type: ignore[attr-defined]
+        raise UserError(f"another farm runs in {workdir} on this host", FAILED)
+    store: Optional[Store] = None
+    try:
+        try:
+            os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create {workdir}/logs: {exc.strerror}", FAILED) from None
+        store = open_store(req.db, workdir)
+        added = store.add(tasklist.read(req.tasklist))
+        if added:
+            warn(f"farm: {added} new task(s) from {req.tasklist}")
+        options = Options(tasklist=os.path.abspath(req.tasklist), workdir=workdir, workers=req.workers,
+                          timeout=req.timeout, task_timeout=req.task_timeout, retries=req.retries, lease=req.lease,
+                          grace=req.grace, progress_every=req.progress_every, cwd=os.getcwd())
+        return Farm(options, store, runner, marker=f"{marker}#", echo=echo, warn=warn).run()
+    finally:
+        if store is not None:
+            store.close()
+        lock.release()  # type: ignore[attr-defined]
+
+
+def _open(workdir: Optional[str], db: Optional[str]) -> tuple[str, Store]:
+    folder = resolve_workdir(workdir)
+    return folder, open_store(db, folder, create=False)
+
+
+def status(workdir: Optional[str], db: Optional[str], as_json: bool, echo: Echo) -> int:
+    folder, store = _open(workdir, db)
+    try:
+        counts, rows = store.stats(), store.rows()
+    finally:
+        store.close()
+    if as_json:
+        echo(json.dumps({"workdir": folder, "counts": counts,
+                         "tasks": [r._asdict() for r in rows]}, indent=2))
+        return OK
+    echo(f"{folder}: " + ", ".join(f"{counts[s]} {s}" for s in STATES))
+    now = time.time()
+    shown = [r for r in rows if r.state != "finished" or r.attempts > 1]
+    if shown:
+        echo(f"{'ID':<16} {'LINE':>5} {'STATE':<9} {'TRIES':>5} {'CODE':>5} {'WHEN':>8}  COMMAND")
+    for r in shown:
+        when = f"{now - (r.ended or r.started or now):.0f}s ago" if (r.ended or r.started) else "-"
+        code = "-" if r.code is None else str(r.code)
+        echo(f"{r.id:<16} {r.line:>5} {r.state:<9} {r.attempts:>5} {code:>5} {when:>8}  {r.command[:60]}")
+    return OK
+
+
+def retry(workdir: Optional[str], db: Optional[str], ids: list[str], echo: Echo) -> int:
+    _, store = _open(workdir, db)
+    try:
+        n = store.retry(ids)
+    finally:
+        store.close()
+    echo(f"{n} failed task(s) back to todo")
+    return OK
+
+
+def trace(workdir: Optional[str], output: Optional[str], echo: Echo) -> int:
+    from ..farm.trace import write_trace
+
+    folder = resolve_workdir(workdir)
+    target = output or os.path.join(folder, "trace.json")
+    n = write_trace(folder, target)
+    echo(f"{target}: {n} attempt(s); open it in https://ui.perfetto.dev or chrome://tracing")
+    return OK

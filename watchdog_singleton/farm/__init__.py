@@ -1,0 +1,9 @@
+"""The task farm: a list of short commands, each run exactly once, over workers on one or many nodes.
+
+tasklist (what a task is, its stable id) -> store (todo/running/finished/failed, leases) ->
+runner (how one task is started) -> workers (the farm's loop: claim, run, heartbeat, stop) ->
+trace (timeline.jsonl to Chrome trace JSON) and progress (what a user watches).
+"""
+
+REQUEUE = 75  # EX_TEMPFAIL: stopped with work left (signal or --timeout); run the farm again to continue
+SOME_FAILED = 1  # the list is done, and some tasks failed

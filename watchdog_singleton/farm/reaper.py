@@ -1,0 +1,49 @@
+"""The farm's watcher: a tiny process that outlives a SIGKILLed farm just long enough to kill
+its tasks' trees, so a task handed to another farm after its lease can never run twice at once.
+
+The farm starts it with the read end of a pipe as stdin and keeps the write end (close-on-exec,
+so no task holds it). When the farm dies, however it dies, the kernel closes the write end;
+the watcher reads EOF and stops every process whose environment carries the farm's marker
+(tree.Stopper: SIGTERM, grace, SIGKILL, rescanning until nothing is left). Standard library
+only: it costs one small interpreter per farm, not one per task.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Callable
+
+from .. import procs
+from ..tree import Stopper
+
+
+def marked(prefix: str, scan: Callable[[], dict[int, procs.Proc]] = procs.scan) -> Callable[[], dict[int, int]]:
+    """A finder for every live process whose marker starts with `prefix` (all of a farm's tasks)."""
+    me = os.getpid()
+
+    def find() -> dict[int, int]:
+        return {p.pid: p.start for p in scan().values()
+                if p.token is not None and p.token.startswith(prefix) and not p.gone and p.pid != me}
+    return find
+
+
+def main(argv: list[str]) -> int:
+    prefix, grace = argv[0], float(argv[1])
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)  # the farm handles these; we wait for it to be gone
+    while True:
+        try:
+            if not os.read(0, 4096):
+                break
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+    Stopper().stop(marked(prefix), grace)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

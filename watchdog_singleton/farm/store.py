@@ -1,0 +1,257 @@
+"""Where the farm's tasks live: todo -> running (a lease) -> finished | failed.
+
+One small interface, two backends: SQLite in the work folder (one host; the default) and
+PostgreSQL (many hosts, `--db postgresql://...`). Every change of state is one transaction,
+and a running task is named by (id, gen): `gen` grows at each claim, so a farm whose lease
+ran out can never finish or fail a task that another farm holds now.
+
+A lease runs out when its farm stops renewing it (SIGKILL, a node gone); `sweep` puts such
+tasks back to todo, counting the attempt as lost. A task lost more than LOST_LIMIT times
+beyond its retries (it keeps killing its node) is failed instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from typing import Callable, Iterable, NamedTuple, Optional, Protocol
+
+from ..errors import FAILED, UserError
+from .tasklist import Task
+
+TODO, RUNNING, FINISHED, FAILED_STATE = "todo", "running", "finished", "failed"
+STATES = (TODO, RUNNING, FINISHED, FAILED_STATE)
+LOST_LIMIT = 3
+SQLITE_NAME = "farm.sqlite"
+
+
+class Claim(NamedTuple):
+    id: str
+    command: str
+    gen: int
+    attempt: int  # 1 for a task's first run
+
+
+class Row(NamedTuple):
+    id: str
+    line: int
+    command: str
+    state: str
+    attempts: int
+    failures: int
+    holder: Optional[str]
+    code: Optional[int]
+    started: Optional[float]
+    ended: Optional[float]
+
+
+class Store(Protocol):
+    """What the farm needs of a store; `holder` names one farm (host/pid/nonce)."""
+
+    def add(self, tasks: Iterable[Task]) -> int: ...
+    def claim(self, holder: str, lease: float, limit: int) -> list[Claim]: ...
+    def heartbeat(self, holder: str, lease: float) -> int: ...
+    def finish(self, claim: Claim, code: int) -> bool: ...
+    def fail(self, claim: Claim, code: int, retries: int) -> str: ...
+    def release(self, claim: Claim) -> bool: ...
+    def sweep(self, dead_holder_prefix: Optional[str] = None, alive: Optional[str] = None) -> list[str]: ...
+    def retry(self, ids: Iterable[str] = ()) -> int: ...
+    def stats(self) -> dict[str, int]: ...
+    def rows(self) -> list[Row]: ...
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    line INTEGER NOT NULL,
+    command TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'todo',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    lost INTEGER NOT NULL DEFAULT 0,
+    gen INTEGER NOT NULL DEFAULT 0,
+    holder TEXT,
+    lease_expires REAL,
+    code INTEGER,
+    started REAL,
+    ended REAL
+);
+CREATE INDEX IF NOT EXISTS tasks_todo ON tasks (state, seq);
+"""
+
+
+class SqliteStore:
+    """The store in one SQLite file on a local disk (WAL: `farm status` reads while the farm writes)."""
+
+    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        try:
+            # isolation_level=None: we open every transaction ourselves (BEGIN IMMEDIATE takes the
+            # write lock up front, so two writers never both read 'todo' and claim the same row).
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: safe against a killed process
+            self.db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise UserError(f"cannot open the farm database {path}: {exc}", FAILED) from None
+
+    def _write(self) -> "_Tx":
+        return _Tx(self.db)
+
+    def add(self, tasks: Iterable[Task]) -> int:
+        added = 0
+        batch: list[tuple[str, int, str]] = []
+        with self._write():
+            seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM tasks").fetchone()[0]
+            for task in tasks:
+                batch.append((task.id, task.line, task.command))
+                if len(batch) >= 5000:
+                    added += self._insert(batch, seq + added)
+                    batch = []
+            added += self._insert(batch, seq + added)
+        return added
+
+    def _insert(self, batch: list[tuple[str, int, str]], seq: int) -> int:
+        before = self.db.total_changes
+        self.db.executemany("INSERT OR IGNORE INTO tasks (id, seq, line, command) VALUES (?, ?, ?, ?)",
+                            [(tid, seq + i + 1, line, cmd) for i, (tid, line, cmd) in enumerate(batch)])
+        return self.db.total_changes - before
+
+    def claim(self, holder: str, lease: float, limit: int) -> list[Claim]:
+        now = self.clock()
+        with self._write():
+            rows = self.db.execute("SELECT id, command, gen, attempts FROM tasks WHERE state = 'todo' "
+                                   "ORDER BY seq LIMIT ?", (limit,)).fetchall()
+            self.db.executemany("UPDATE tasks SET state = 'running', holder = ?, gen = gen + 1, "
+                                "attempts = attempts + 1, lease_expires = ?, started = ?, ended = NULL, "
+                                "code = NULL WHERE id = ? AND state = 'todo'",
+                                [(holder, now + lease, now, r[0]) for r in rows])
+        return [Claim(r[0], r[1], r[2] + 1, r[3] + 1) for r in rows]
+
+    def heartbeat(self, holder: str, lease: float) -> int:
+        with self._write():
+            return self.db.execute("UPDATE tasks SET lease_expires = ? WHERE holder = ? AND state = 'running'",
+                                   (self.clock() + lease, holder)).rowcount
+
+    def finish(self, claim: Claim, code: int) -> bool:
+        with self._write():
+            return self.db.execute("UPDATE tasks SET state = 'finished', code = ?, ended = ?, holder = NULL, "
+                                   "lease_expires = NULL WHERE id = ? AND gen = ? AND state = 'running'",
+                                   (code, self.clock(), claim.id, claim.gen)).rowcount == 1
+
+    def fail(self, claim: Claim, code: int, retries: int) -> str:
+        """Record a failed attempt; the task goes back to todo while it has retries left.
+        Returns the task's new state, or '' if the claim was no longer ours."""
+        with self._write():
+            row = self.db.execute("SELECT failures FROM tasks WHERE id = ? AND gen = ? AND state = 'running'",
+                                  (claim.id, claim.gen)).fetchone()
+            if row is None:
+                return ""
+            state = TODO if row[0] < retries else FAILED_STATE
+            self.db.execute("UPDATE tasks SET state = ?, failures = failures + 1, code = ?, ended = ?, "
+                            "holder = NULL, lease_expires = NULL WHERE id = ? AND gen = ?",
+                            (state, code, self.clock(), claim.id, claim.gen))
+        return state
+
+    def release(self, claim: Claim) -> bool:
+        """Back to todo without counting a failure: the farm stopped it (SIGUSR1, --timeout)."""
+        with self._write():
+            return self.db.execute("UPDATE tasks SET state = 'todo', holder = NULL, lease_expires = NULL, "
+                                   "ended = ? WHERE id = ? AND gen = ? AND state = 'running'",
+                                   (self.clock(), claim.id, claim.gen)).rowcount == 1
+
+    def sweep(self, dead_holder_prefix: Optional[str] = None, alive: Optional[str] = None) -> list[str]:
+        """Running tasks whose lease ran out (or whose holder starts with `dead_holder_prefix` and
+        is not `alive`: farms of this host that our host lock proves dead) go back to todo."""
+        now = self.clock()
+        with self._write():
+            rows = self.db.execute(
+                "SELECT id, lost, failures FROM tasks WHERE state = 'running' AND (lease_expires < ? "
+                "OR (? IS NOT NULL AND substr(holder, 1, length(?)) = ? AND holder != ?))",
+                (now, dead_holder_prefix, dead_holder_prefix, dead_holder_prefix, alive or "")).fetchall()
+            for tid, lost, _failures in rows:
+                state = FAILED_STATE if lost >= LOST_LIMIT else TODO
+                self.db.execute("UPDATE tasks SET state = ?, lost = lost + 1, holder = NULL, lease_expires = NULL, "
+                                "ended = ?, code = NULL WHERE id = ?", (state, now, tid))
+        return [r[0] for r in rows]
+
+    def retry(self, ids: Iterable[str] = ()) -> int:
+        wanted = list(ids)
+        with self._write():
+            if wanted:
+                return sum(self.db.execute("UPDATE tasks SET state = 'todo', failures = 0, lost = 0 "
+                                           "WHERE id = ? AND state = 'failed'", (tid,)).rowcount for tid in wanted)
+            return self.db.execute("UPDATE tasks SET state = 'todo', failures = 0, lost = 0 "
+                                   "WHERE state = 'failed'").rowcount
+
+    def stats(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for state, n in self.db.execute("SELECT state, count(*) FROM tasks GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    def rows(self) -> list[Row]:
+        return [Row(*r) for r in self.db.execute(
+            "SELECT id, line, command, state, attempts, failures, holder, code, started, ended "
+            "FROM tasks ORDER BY seq")]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def is_postgres(db: Optional[str]) -> bool:
+    return bool(db) and str(db).startswith(("postgresql://", "postgres://"))
+
+
+def sqlite_path(db: Optional[str], workdir: str) -> str:
+    path = db[len("sqlite://"):] if db and db.startswith("sqlite://") else db
+    return path or os.path.join(workdir, SQLITE_NAME)
+
+
+def check_place(db: Optional[str], workdir: str) -> None:
+    """Refuse a SQLite database on a network file system, before anything is created."""
+    if is_postgres(db):
+        return
+    path = sqlite_path(db, workdir)
+    if path == ":memory:":
+        return
+    from ..lock import filesystem_type
+
+    fs = filesystem_type(path)
+    if fs:
+        raise UserError(f"the farm database {path} would be on {fs}: SQLite's locking is not safe there; "
+                        "use a --workdir (or --db FILE) on a local disk, or --db postgresql://...")
+
+
+def open_store(db: Optional[str], workdir: str, create: bool = True) -> Store:
+    """The store `--db` names: a postgresql:// URL, a SQLite file (FILE or sqlite://FILE), or by
+    default farm.sqlite in the work folder; SQLite is refused on a network file system."""
+    if is_postgres(db):
+        from .pgstore import PgStore
+
+        assert db is not None
+        store: Store = PgStore(db)
+        return store
+    check_place(db, workdir)
+    path = sqlite_path(db, workdir)
+    if not create and path != ":memory:" and not os.path.exists(path):
+        raise UserError(f"no farm in {workdir}: {path} does not exist")
+    return SqliteStore(path)

@@ -1,0 +1,352 @@
+"""The farm's loop: claim tasks into free worker slots, run each in a session of its own,
+renew the leases, record how each attempt ended, and stop cleanly on a signal or --timeout.
+
+    farm = Farm(options, store, Runner(), marker="/tmp/ws-1000/farm-ab12.lock#", echo=print)
+    code = farm.run()   # 0 all finished, 1 some failed, 75 stopped with work left (requeue me)
+
+One process, no worker processes: each slot is one running task's process tree, marked with
+the farm's marker plus the task's id in its environment (the token tree.py follows), so the
+tree is found after setsid and double forks. A slot's tree is stopped (tree.Stopper, in a
+thread so other slots keep running) on --task-timeout and on a farm stop; a finished task's
+leftovers are stopped when the farm ends, and the reaper stops everything if the farm is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+from .. import procs
+from ..launch import become_subreaper
+from ..tree import Finder, Stopper
+from . import REQUEUE, SOME_FAILED
+from . import tasklist as tasklist_mod
+from .progress import Progress
+from .reaper import marked
+from .runner import Runner
+from .store import Claim, Store
+from .trace import FILE_NAME as TIMELINE_NAME
+from .trace import Timeline
+
+TASK_ENV = "WATCHDOG_SINGLETON_FARM_TASK"
+SLOT_ENV = "WATCHDOG_SINGLETON_FARM_SLOT"
+ATTEMPT_ENV = "WATCHDOG_SINGLETON_FARM_ATTEMPT"
+IDLE_POLL = 1.0  # with nothing to claim, how often to look again (tasks added, other farms' leases)
+RELIST_EVERY = 2.0  # how often to look whether the task list file changed
+
+
+class Options(NamedTuple):
+    tasklist: str
+    workdir: str
+    workers: int = 4
+    timeout: float = 0.0  # the whole farm; 0: none
+    task_timeout: float = 0.0  # one attempt; 0: none
+    retries: int = 0
+    lease: float = 60.0
+    grace: float = 10.0
+    progress_every: float = 10.0
+    cwd: str = "."  # where tasks run (the folder the farm was started in)
+
+
+class Slot:
+    """One worker slot's current attempt."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.claim: Optional[Claim] = None
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.token = ""
+        self.started = 0.0
+        self.deadline = 0.0
+        self.code: Optional[int] = None
+        self.stopper: Optional[threading.Thread] = None
+        self.outcome = ""  # set when we stop it: "timeout" or "requeued"
+        self.tmpdir: Optional[str] = None
+
+
+class Farm:
+    def __init__(self, options: Options, store: Store, runner: Runner, marker: str,
+                 echo: Callable[[str], None], warn: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 tty: Optional[bool] = None) -> None:
+        self.o = options
+        self.store = store
+        self.runner = runner
+        self.echo = echo
+        self.warn = warn
+        self.clock = clock
+        self.wall = wall
+        self.host = os.uname().nodename
+        self.nonce = secrets.token_hex(4)
+        # host/lock/pid/nonce: the host lock of this work folder proves the other farms under
+        # host/lock/ dead; farms of other folders (sharing a PostgreSQL list) are not touched.
+        self.farm_prefix = f"{self.host}/{os.path.basename(marker.rstrip('#'))}/"
+        self.holder = f"{self.farm_prefix}{os.getpid()}/{self.nonce}"
+        self.host_marker = marker  # every farm of this work folder on this host
+        self.marker = f"{marker}{self.nonce}#"  # this farm
+        self.slots = [Slot(i) for i in range(options.workers)]
+        self.by_pid: dict[int, Slot] = {}
+        self.stop_reason = ""
+        self.timeline = Timeline(os.path.join(options.workdir, TIMELINE_NAME))
+        self.progress = Progress(warn, tty=tty, every=options.progress_every, clock=clock)
+        self.logs = os.path.join(options.workdir, "logs")
+        env = procs.clean_environ(dict(os.environ))
+        env["WATCHDOG_SINGLETON_FARM"] = options.workdir
+        self.env = env
+        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.reaper: Optional[subprocess.Popen[bytes]] = None
+        self.reaper_w: Optional[int] = None
+        self.list_stat: tuple[int, int] = (0, 0)
+
+    # -- the lifecycle ------------------------------------------------------------------
+    def run(self) -> int:
+        # Orphans of a task's tree (a double fork) re-parent to us: we reap them, so no zombie
+        # under init looks alive, and tree.members still finds them by descent.
+        become_subreaper()
+        # Our host lock is held: any farm of this folder on this host that left tasks is dead.
+        Stopper().stop(marked(self.host_marker), self.o.grace)
+        back = self.store.sweep(dead_holder_prefix=self.farm_prefix, alive=self.holder)
+        if back:
+            self.warn(f"farm: {len(back)} task(s) of a farm that died went back to todo")
+        self._start_reaper()
+        old = self._install_signals()
+        try:
+            return self._loop()
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            signal.set_wakeup_fd(-1)
+            Stopper().stop(marked(self.marker), self.o.grace)  # leftovers of finished tasks
+            if self.reaper_w is not None:
+                os.close(self.reaper_w)  # the reaper finds nothing left and exits
+            if self.reaper is not None:
+                try:
+                    self.reaper.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+            self.timeline.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+
+    def _loop(self) -> int:
+        began = self.clock()
+        beat_every = max(0.05, self.o.lease / 3)
+        next_beat = began + beat_every
+        next_relist = began + RELIST_EVERY
+        next_progress = began
+        idle_until = 0.0
+        self.list_stat = self._stat_list()
+        while True:
+            self._drain_wake()
+            self._reap()
+            self._finish_slots()
+            now = self.clock()
+            if not self.stop_reason and self.o.timeout and now - began >= self.o.timeout:
+                self.stop_reason = f"--timeout {self.o.timeout:g} s reached"
+            if self.stop_reason:
+                self._stop_all("requeued")
+            if now >= next_beat:
+                next_beat = now + beat_every
+                self.store.heartbeat(self.holder, self.o.lease)
+                self.store.sweep()
+            if self.o.task_timeout:
+                for slot in self.slots:
+                    if slot.proc is not None and slot.stopper is None and now >= slot.deadline:
+                        self._stop_slot(slot, "timeout")
+            if not self.stop_reason and now >= next_relist:
+                next_relist = now + RELIST_EVERY
+                self._relist()
+            free = [s for s in self.slots if s.claim is None]
+            busy = len(self.slots) - len(free)
+            if self.stop_reason:
+                if busy == 0:
+                    counts = self.store.stats()
+                    self.progress.close(counts)
+                    self.warn(f"farm: stopped ({self.stop_reason}); {counts['todo'] + counts['running']} "
+                              f"task(s) left: run the farm again to continue (exit {REQUEUE})")
+                    return REQUEUE
+            elif free and now >= idle_until:
+                claims = self.store.claim(self.holder, self.o.lease, len(free))
+                for slot, claim in zip(free, claims):
+                    self._start(slot, claim)
+                if not claims:
+                    idle_until = now + IDLE_POLL
+                    if busy == 0:
+                        counts = self.store.stats()
+                        if counts["todo"] == 0 and counts["running"] == 0:
+                            self.progress.close(counts)
+                            return SOME_FAILED if counts["failed"] else 0
+            if now >= next_progress:
+                next_progress = now + (0.25 if self.progress.tty else self.o.progress_every)
+                self.progress.update(self.store.stats(), force=True)
+            deadlines = [s.deadline for s in self.slots if s.deadline and s.stopper is None]
+            self._wait(min(next_beat, next_progress, *deadlines, idle_until if idle_until > now else next_beat)
+                       - self.clock())
+
+    # -- one attempt --------------------------------------------------------------------
+    def _start(self, slot: Slot, claim: Claim) -> None:
+        slot.claim = claim
+        slot.code = None
+        slot.outcome = ""
+        slot.stopper = None
+        slot.token = f"{self.marker}{claim.id}#{claim.gen}"
+        slot.started = self.wall()
+        slot.deadline = self.clock() + self.o.task_timeout if self.o.task_timeout else 0.0
+        env = dict(self.env)
+        env[procs.TOKEN_ENV] = slot.token
+        env[TASK_ENV] = claim.id
+        env[SLOT_ENV] = env["PROC_NUMBER"] = str(slot.number)  # PROC_NUMBER: PyTaskFarmer's name for it
+        env[ATTEMPT_ENV] = str(claim.attempt)
+        cwd = self.o.cwd
+        if self.runner.tmpdir:
+            slot.tmpdir = cwd = tempfile.mkdtemp(prefix=f"farm-{claim.id}-")
+        log = os.open(os.path.join(self.logs, f"{claim.id}.log"),
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(log, f"# farm: attempt {claim.attempt} of {claim.id} on {self.host} slot {slot.number}: "
+                          f"{claim.command}\n".encode(errors="surrogateescape"))
+            slot.proc = subprocess.Popen(self.runner.argv(claim.command), stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True,
+                                         close_fds=True)
+            self.by_pid[slot.proc.pid] = slot
+        except OSError as exc:
+            os.write(log, f"# farm: cannot start it: {exc.strerror}\n".encode())
+            slot.proc = None
+            slot.code = 127 if isinstance(exc, FileNotFoundError) else 126
+        finally:
+            os.close(log)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = self.by_pid.pop(pid, None)
+            if slot is None:
+                if self.reaper is not None and pid == self.reaper.pid:
+                    self.reaper.returncode = os.waitstatus_to_exitcode(status)
+                    self.warn("farm: the watcher process died: a SIGKILL of this farm would leave tasks running")
+                continue
+            slot.code = os.waitstatus_to_exitcode(status)
+            if slot.proc is not None:
+                slot.proc.returncode = slot.code
+
+    def _finish_slots(self) -> None:
+        for slot in self.slots:
+            if slot.claim is None or slot.code is None:
+                continue
+            if slot.stopper is not None and slot.stopper.is_alive():
+                continue  # its tree may still hold processes: the task is not over until it is gone
+            self._record(slot)
+
+    def _record(self, slot: Slot) -> None:
+        claim, code = slot.claim, slot.code
+        assert claim is not None and code is not None
+        if slot.outcome == "requeued":
+            outcome = "requeued" if self.store.release(claim) else "lost"
+        elif slot.outcome != "timeout" and code == 0:
+            outcome = "finished" if self.store.finish(claim, code) else "lost"
+        else:
+            state = self.store.fail(claim, code, self.o.retries)
+            outcome = "lost" if not state else (slot.outcome or "failed")
+        self.timeline.attempt(task=claim.id, attempt=claim.attempt, command=claim.command, node=self.host,
+                              farm=self.holder, slot=slot.number, start=slot.started, end=self.wall(),
+                              outcome=outcome, code=code)
+        if slot.tmpdir:
+            shutil.rmtree(slot.tmpdir, ignore_errors=True)
+        slot.claim = slot.proc = slot.stopper = slot.tmpdir = None
+        slot.code = None
+        slot.deadline = 0.0
+
+    # -- stopping -----------------------------------------------------------------------
+    def _stop_slot(self, slot: Slot, outcome: str) -> None:
+        slot.outcome = outcome
+        root = slot.proc.pid if slot.proc is not None else None
+        finder = Finder(slot.token, roots=lambda: (root,) if root else ())
+
+        def stop() -> None:
+            Stopper().stop(finder, self.o.grace)
+            self._wake()
+        slot.stopper = threading.Thread(target=stop, name=f"stop-{slot.number}", daemon=True)
+        slot.stopper.start()
+
+    def _stop_all(self, outcome: str) -> None:
+        for slot in self.slots:
+            if slot.claim is not None and slot.stopper is None:
+                self._stop_slot(slot, outcome)
+
+    def _install_signals(self) -> dict[int, Any]:
+        def on_stop(signum: int, _frame: object) -> None:
+            if not self.stop_reason:
+                self.stop_reason = f"{procs.SIGNAL_NAMES.get(signum, signum)} received"
+        old: dict[int, Any] = {}
+        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            old[sig] = signal.signal(sig, on_stop)
+        old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        return old
+
+    def _start_reaper(self) -> None:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self.reaper = subprocess.Popen([sys.executable, "-m", "watchdog_singleton.farm.reaper", self.marker,
+                                            str(self.o.grace)], stdin=r, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+                                           env=procs.clean_environ(dict(os.environ)))
+        finally:
+            os.close(r)
+        self.reaper_w = w
+
+    # -- waiting and the list -----------------------------------------------------------
+    def _wake(self) -> None:
+        try:
+            os.write(self.wake_w, b"!")
+        except BlockingIOError:
+            pass
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _wait(self, seconds: float) -> None:
+        if seconds > 0:
+            try:
+                select.select([self.wake_r], [], [], min(seconds, IDLE_POLL))
+            except InterruptedError:
+                pass
+
+    def _stat_list(self) -> tuple[int, int]:
+        try:
+            st = os.stat(self.o.tasklist)
+        except OSError:
+            return self.list_stat
+        return (st.st_mtime_ns, st.st_size)
+
+    def _relist(self) -> None:
+        """Tasks added to the list while the farm runs join it (ids of old lines do not change)."""
+        current = self._stat_list()
+        if current == self.list_stat:
+            return
+        self.list_stat = current
+        try:
+            added = self.store.add(tasklist_mod.read(self.o.tasklist))
+        except Exception as exc:  # the list is being rewritten: take it at the next change
+            self.warn(f"farm: cannot reread {self.o.tasklist}: {exc}")
+            return
+        if added:
+            self.warn(f"farm: {added} task(s) added from {self.o.tasklist}")
