@@ -4,6 +4,7 @@ started from inside another job's tree, and copies left running by `uninstall --
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -138,3 +139,54 @@ def test_an_ad_hoc_row_goes_when_its_run_ends(sandbox: Sandbox) -> None:
     assert sandbox.ws("run", name, "--", "/bin/true").returncode == 0
     assert sandbox.ws("status", name).returncode == 4
     assert name not in sandbox.ok("status").stdout
+
+
+def test_a_state_folder_on_a_full_tmpfs_does_not_stop_a_restarting_job(sandbox: Sandbox) -> None:
+    """The job's whole state folder on a 1 MiB tmpfs that fills up: restarts go on, nothing is
+    left half-written, and the state is right again once space returns."""
+    disk = sandbox.path("disk")
+    os.mkdir(disk)
+    env = sandbox.env({"XDG_STATE_HOME": disk})
+    name = sandbox.job("fullstate")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=1m,mode=0700,uid={sandbox.user.uid}", "tmpfs", disk],
+                   check=True)
+    try:
+        starts = sandbox.path("starts")
+        sandbox.ok("install", name, "--log-dir", sandbox.mkdir("logs"), "--settle", "0", "--",
+                   "/bin/sh", "-c", f"echo $$ >> {starts}; sleep 1.2; exit 1", env=env)
+        wait_for(lambda: os.path.exists(starts), 10, what="the first run")
+        filler = os.path.join(disk, "filler")
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)  # ENOSPC ends it
+        before = len(open(starts).read().split())
+        wait_for(lambda: len(open(starts).read().split()) >= before + 3, 20, what="restarts on the full disk")
+        run_dir = os.path.join(disk, "watchdog-singleton", os.uname().nodename, "run")
+        assert not [f for f in os.listdir(run_dir) if f.endswith(".tmp")], "a half-written state file was left"
+        tick = sandbox.fire_tick(name, wait=False)  # a tick while the disk is full prints nothing
+        out, _ = tick.communicate(timeout=60)
+        assert b"Traceback" not in out
+        os.unlink(filler)
+        log = os.path.join(sandbox.path("logs"), f"{name}.stderr.log")
+        wait_for(lambda: "the state file is written again" in open(log).read(), 20, what="the state written again")
+        assert "cannot write the state file" in open(log).read()
+        info = json.loads(sandbox.ws("status", name, "--json", env=env).stdout)
+        assert info["restarts"] >= before + 2 and info["supervisor_pid"], info
+    finally:
+        sandbox.ws("uninstall", name, env=env)
+        subprocess.run(["umount", "-l", disk], check=False)
+
+
+def test_install_refuses_a_fifo_or_a_foreign_file_at_the_log_path(sandbox: Sandbox) -> None:
+    logs = sandbox.mkdir("shared-logs")
+    before = sandbox.crontab()
+    fifo_job, foreign_job = sandbox.job("fifo"), sandbox.job("foreign")
+    os.mkfifo(os.path.join(logs, f"{fifo_job}.stdout.log"))
+    os.chown(os.path.join(logs, f"{fifo_job}.stdout.log"), sandbox.user.uid, sandbox.user.gid)
+    with open(os.path.join(logs, f"{foreign_job}.stderr.log"), "w") as f:
+        f.write("root's file\n")  # created first by another user (root here)
+    for name, what in ((fifo_job, "FIFO"), (foreign_job, "belongs to")):
+        proc = sandbox.ws("install", name, "--log-dir", logs, "--", "/bin/sleep", "1017", timeout=30)
+        assert proc.returncode == 2, (proc.returncode, proc.stderr)
+        [line] = proc.stderr.strip().splitlines()
+        assert what in line
+    assert sandbox.crontab() == before
+    assert pids_with_arg("1017", sandbox.user.uid) == []
