@@ -99,6 +99,8 @@ class LogSink:
         self._size = 0
         self._at_line_start = True
         self._line_bytes = 0  # bytes since the last newline in the current file
+        self._wanted = 0  # the room has_room was refused; on_room is due once it is there
+        self.on_room: Optional[Callable[[], None]] = None
         self._open()
         self._finished = _thread.allocate_lock()
         self._finished.acquire()  # released by the writer thread as it ends
@@ -138,8 +140,12 @@ class LogSink:
             self._finished.release()
 
     def has_room(self, size: int) -> bool:
+        """Whether `size` more bytes fit; if not, `on_room` is called (from the writer thread)
+        as soon as they do, so that a held pipe is read again at once."""
         with self._cond:
-            return self._queued + size <= self.buffer_limit
+            room = self._queued + size <= self.buffer_limit
+            self._wanted = 0 if room else size
+            return room
 
     def pending(self) -> int:
         with self._cond:
@@ -178,6 +184,11 @@ class LogSink:
                         self._queue.popleft()
                         if isinstance(item, bytes):
                             self._queued -= len(item)
+                        roomy = self._wanted and self._queued + self._wanted <= self.buffer_limit
+                        if roomy:
+                            self._wanted = 0
+                    if roomy and self.on_room is not None:
+                        self.on_room()
                 self._last_error = None
             except _PartialWrite as exc:
                 self._consume_front(exc.written)

@@ -173,6 +173,7 @@ class Supervisor:
                 LogSink(self.job.stderr_log, self.job.log_max_bytes, self.job.log_backups)
             for text in self._notes:
                 self.err.note(text)
+            self._hear_room(wake_w)
         self.watch = LockWatch(self.lock, self._note, self.seams.clock())
         if self.periodic is not None:
             self._wait_for(self.periodic.first_due())
@@ -201,6 +202,17 @@ class Supervisor:
             os.close(wake_r)
             os.close(wake_w)
             self.lock.release()
+
+    def _hear_room(self, wake_w: int) -> None:
+        """A log that had no room wakes the loop the moment it has: a held pipe is read again at
+        once, not at the next poll timeout."""
+        def wake() -> None:
+            try:
+                os.write(wake_w, b"\0")
+            except OSError:
+                pass  # the pipe is full: the loop wakes anyway
+        self._room_wake = wake
+        self.out.on_room = self.err.on_room = wake
 
     def _tick(self, now: float) -> None:
         """The timed chores: readiness after the settle time, a run's timeout or lifetime, the lock
@@ -329,6 +341,7 @@ class Supervisor:
                 self.pump.sinks[fd] = moved.get(id(sink), sink)
             self._close_sinks()
             self.out, self.err = out, err
+            out.on_room = err.on_room = self._room_wake
         elif not self.passthrough:
             for sink in {id(self.out): self.out, id(self.err): self.err}.values():
                 sink.max_bytes, sink.backups = new.log_max_bytes, new.log_backups
