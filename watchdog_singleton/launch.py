@@ -268,7 +268,9 @@ def detach(body: Callable[[int], None], lock: FlockLock, name: str, quiet: bool 
 
     answer = read_to_end(read_end).decode(errors="replace")
     if answer.startswith("ok") or (exec_is_ready and not answer):
-        if not quiet and answer.startswith("ok "):
+        if not quiet and answer.startswith("ok supervisor "):
+            print(f"{name}: its supervisor (pid {answer[14:]}) keeps the due times")
+        elif not quiet and answer.startswith("ok "):
             print(f"running {name}: pid {answer[3:]}")
         return OK
     if not quiet or answer:

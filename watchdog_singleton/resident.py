@@ -49,6 +49,8 @@ def main(argv: list[str]) -> int:
         if ready_fd < 0:
             return
         try:
+            if problem is None and supervisor.periodic is not None and not supervisor.state.pid:
+                problem = f"ok supervisor {os.getpid()}"  # waiting for its first due time
             os.write(ready_fd, (problem or f"ok {supervisor.state.pid or os.getpid()}").encode())
             os.close(ready_fd)
         except OSError:

@@ -168,7 +168,8 @@ def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,
         else:
             ctx.jobs.save(previous)
         raise
-    echo(f"installed {job.name}: {job.schedule} {shlex.join(job.command)}")
+    when = (f"every {job.every:g} s" if job.every else f"periodic {job.schedule}" if job.periodic else job.schedule)
+    echo(f"installed {job.name}: {when} {shlex.join(job.command)}")
     if job.restart == "always" and not job.lean and not job.periodic and fires_sparsely(job.schedule):
         warn(f"warning: --restart always with schedule '{job.schedule}': the supervisor restarts it at once "
              "after every exit; for a job that should run once per due time use --periodic")
