@@ -16,8 +16,8 @@ goes on across supervisors.
 from __future__ import annotations
 
 import os
-import time
 
+from .jobs import iso
 from .schedule import CronSchedule, EverySchedule, skipped_between
 
 TYPE_CHECKING = False
@@ -29,10 +29,6 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 
 HISTORY = 20  # runs kept in the state for `status --history`
 SKIPS_RECORDED = 5  # skipped slots written to the history per long run (all are counted)
-
-
-def iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
 
 
 def fraction() -> float:

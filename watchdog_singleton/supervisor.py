@@ -29,11 +29,10 @@ import time
 from . import procs, tree
 from .errors import UserError
 from .files import ensure_dir
-from .jobs import JobStore, now_iso
+from .jobs import JobStore, iso, now_iso
 from .lockwatch import DUPLICATE, LockWatch
 from .logsink import LogSink
 from .paths import STATE_DIR_ENV
-from .periodic import PeriodicRuns, iso
 from .pump import OutputPump
 from .spawn import SpawnError, spawn
 from .state import CARRIED, RunState, StateKeeper
@@ -44,6 +43,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 
     from .jobs import Job
     from .lock import SingletonLock
+    from .periodic import PeriodicRuns
     from .spawn import Spawned
     from .state import StateStore
 
@@ -152,7 +152,11 @@ class Supervisor:
         self.duplicate = False
         self.done_code: Optional[int] = None
         # A periodic job's due times and record; None for a daemon kept alive.
-        self.periodic = PeriodicRuns(job, self.state, self.seams.wall) if job.periodic else None
+        self.periodic: Optional[PeriodicRuns] = None
+        if job.periodic:  # imported only here: a daemon kept alive does not carry the scheduling code
+            from .periodic import PeriodicRuns
+
+            self.periodic = PeriodicRuns(job, self.state, self.seams.wall)
         self.deadline: Optional[float] = None  # the running command's timeout or max lifetime
         self.ending: Optional[str] = None  # "timeout" or "lifetime" while we end the run ourselves
         self._signals: list[int] = []
@@ -348,6 +352,8 @@ class Supervisor:
         self.state.stdout_log, self.state.stderr_log = new.stdout_log, new.stderr_log
         if self.periodic is not None and (new.every, new.schedule, new.catch_up) != (old.every, old.schedule,
                                                                                       old.catch_up):
+            from .periodic import PeriodicRuns
+
             self.periodic = PeriodicRuns(new, self.state, self.seams.wall)
             if self.daemon is None:
                 self._wait_for(self.periodic.first_due())

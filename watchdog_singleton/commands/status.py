@@ -93,7 +93,7 @@ def _next_due(job: Optional[Job], state: Optional[RunState], supervisor: bool) -
         return None
     if job.supervised_schedule:
         return state.next_due_at if state is not None and supervisor else None
-    from ..periodic import iso
+    from ..jobs import iso
     from ..schedule import CronSchedule
 
     return iso(CronSchedule(job.schedule).next_after(time.time()))
