@@ -274,3 +274,17 @@ def test_a_sigterm_to_the_supervisor_exits_with_the_daemons_story(tmp_path: Any)
     exit_after(world, 1.0, -9)
     assert sup.run() == 128 + 9  # killed by signal 9: 128+9, as shells report it
     assert SUPERVISOR not in world.procs
+
+
+def test_a_stop_does_not_end_on_one_empty_scan_a_fork_and_exit_can_hide_in() -> None:
+    """/proc is not read atomically: a process that forks and exits between the listing and
+    the read of it leaves a scan that sees neither it nor its child."""
+    from watchdog_singleton.tree import Stopper
+
+    scans = iter([{101: 1}, {}, {102: 2}, {}, {}, {}, {}, {}])
+    sent: list[tuple[int, int]] = []
+    now = [0.0]
+    stopper = Stopper(send=lambda pid, sig: sent.append((pid, sig)), clock=lambda: now[0],
+                      sleep=lambda s: now.__setitem__(0, now[0] + s))
+    assert stopper.stop(lambda: next(scans), grace=5.0) == {}
+    assert (102, TERM) in sent, "the child that the empty scan hid was never signalled"

@@ -27,6 +27,11 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 
 SIGTERM, SIGKILL, SIGCONT = 15, 9, 18  # numbers, not the signal module: it loads enum
 KILL_WAIT = 5.0  # after SIGKILL: how long a process may take to vanish (D state) before we report it
+# A scan of /proc is not atomic: a process that forks and exits between our listing and our read
+# of it hands off to a child the listing did not have. So "nothing left" must hold for this many
+# scans in a row, CONFIRM_PAUSE apart.
+QUIET_SCANS = 3
+CONFIRM_PAUSE = 0.005
 
 
 def members(table: dict[int, Proc], token: str, roots: Iterable[int] = (),
@@ -103,6 +108,7 @@ class Stopper:
         kill_deadline: Optional[float] = None
         pause = 0.002
         first = True
+        quiet = 0
         while True:
             if self.reap:
                 self.reap()
@@ -112,7 +118,12 @@ class Stopper:
                 if on_first:
                     on_first(len(tree))
             if not tree:
-                return {}
+                quiet += 1
+                if quiet >= QUIET_SCANS:
+                    return {}
+                self.sleep(CONFIRM_PAUSE)
+                continue
+            quiet = 0
             now = self.clock()
             if kill_deadline is None and now >= deadline:
                 kill_deadline = now + KILL_WAIT
