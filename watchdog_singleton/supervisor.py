@@ -249,7 +249,8 @@ class Supervisor:
     def _finish(self) -> int:
         if self.duplicate:
             # A duplicate steps down: only its own descendants go, and the state is not ours to write.
-            own = tree.Finder("", roots=lambda: (self.seams.pid,), scan=self.seams.scan)
+            own = tree.Finder(self.job.lock_path, roots=lambda: (self.seams.pid,), scan=self.seams.scan,
+                              marked=False)
             self.stopper.stop(own, self.job.grace)
             self.pump.drain_all()
             return 0
@@ -457,6 +458,8 @@ class Supervisor:
         lasted = self.seams.clock() - self.daemon_started
         what = "the tree it left" if self.following else f"pid {self.state.pid}"
         self._note(f"{what} {procs.exit_text(code)} after {lasted:.1f} s")
+        if self.duplicate:
+            return  # stepping down: the job's tree and state belong to the other supervisor
         if self.stopping or self.ending:
             self._after_exit(code, "", lasted)  # we are stopping the tree already
             return

@@ -35,11 +35,13 @@ CONFIRM_PAUSE = 0.005
 
 
 def members(table: dict[int, Proc], token: str, roots: Iterable[int] = (),
-            exclude: Iterable[int] = ()) -> dict[int, int]:
-    """pid -> start of every live process of the job with `token` (see the module docstring)."""
+            exclude: Iterable[int] = (), marked: bool = True) -> dict[int, int]:
+    """pid -> start of every live process of the job with `token` (see the module docstring).
+    Without `marked`, only what descends from `roots`: a supervisor that steps down as a
+    duplicate stops its own descendants, not the other supervisor's, which carry the same token."""
     found: dict[int, int] = {}
     for info in table.values():
-        if info.token == token and not info.gone:
+        if marked and info.token == token and not info.gone:
             found[info.pid] = info.start
     children: dict[int, list[int]] = {}
     for info in table.values():
@@ -64,14 +66,16 @@ class Finder:
     """The job's tree as of now, on each call: the seam every stop path scans through."""
 
     def __init__(self, token: str, roots: Callable[[], Iterable[int]] = tuple,
-                 scan: Callable[[], dict[int, Proc]] = procs.scan, exclude_self: bool = True) -> None:
+                 scan: Callable[[], dict[int, Proc]] = procs.scan, exclude_self: bool = True,
+                 marked: bool = True) -> None:
         self.token = token
         self.roots = roots
         self.scan = scan
         self.exclude = (os.getpid(),) if exclude_self else ()
+        self.marked = marked
 
     def __call__(self) -> dict[int, int]:
-        return members(self.scan(), self.token, self.roots(), self.exclude)
+        return members(self.scan(), self.token, self.roots(), self.exclude, self.marked)
 
 
 class Stopper:
