@@ -291,13 +291,13 @@ def test_a_stop_does_not_end_on_one_empty_scan_a_fork_and_exit_can_hide_in() -> 
 
 
 def test_a_duplicate_steps_down_stopping_its_own_daemon_and_only_that(tmp_path: Any) -> None:
-    from watchdog_singleton import lockwatch
+    from watchdog_singleton.lock import TAKEN
 
     world = FakeWorld()
     sup = supervisor(tmp_path, world, grace=1.0)
     lock = sup.lock
     lock.still_ours = lambda: False  # type: ignore[method-assign]
-    lock.repair = lambda: lockwatch.TAKEN  # type: ignore[method-assign]  # another supervisor holds the path
+    lock.repair = lambda: TAKEN  # type: ignore[method-assign]  # another supervisor holds the path
     # The other supervisor's daemon carries the same job token, but is not below this supervisor.
     other = FakeProc(3_999_000, 1, sup.job.lock_path, ["/bin/daemon"], T0)
     world.procs[other.pid] = other
