@@ -22,6 +22,7 @@ process table.
 from __future__ import annotations
 
 import _signal
+import math
 import os
 import pwd
 import time
@@ -80,7 +81,7 @@ def restart_delay(job: Job, quick_runs: int) -> float:
 
 
 def _finite(value: float, default: float) -> float:
-    return value if value == value and value not in (float("inf"), float("-inf")) else default
+    return value if math.isfinite(value) else default
 
 
 def reap_children() -> list[tuple[int, int]]:
@@ -171,13 +172,10 @@ class Supervisor:
         self.pump = OutputPump(wake_r, self.seams.clock)
         self.wait = self.seams.wait or self.pump.wait
         if not self.passthrough:
-            self.out = LogSink(self.job.stdout_log, self.job.log_max_bytes, self.job.log_backups)
-            # One sink when both streams go to one file (`>> out 2>&1`): two would rotate it under each other.
-            self.err = self.out if self.job.stderr_log == self.job.stdout_log else \
-                LogSink(self.job.stderr_log, self.job.log_max_bytes, self.job.log_backups)
+            self._room_wake = self._waker(wake_w)
+            self.out, self.err = self._open_sinks(self.job)
             for text in self._notes:
                 self.err.note(text)
-            self._hear_room(wake_w)
         self.watch = LockWatch(self.lock, self._note, self.seams.clock())
         if self.periodic is not None:
             self._wait_for(self.periodic.first_due())
@@ -207,16 +205,28 @@ class Supervisor:
             os.close(wake_w)
             self.lock.release()
 
-    def _hear_room(self, wake_w: int) -> None:
-        """A log that had no room wakes the loop the moment it has: a held pipe is read again at
-        once, not at the next poll timeout."""
+    @staticmethod
+    def _waker(wake_w: int) -> Callable[[], None]:
         def wake() -> None:
             try:
                 os.write(wake_w, b"\0")
             except OSError:
                 pass  # the pipe is full: the loop wakes anyway
-        self._room_wake = wake
-        self.out.on_room = self.err.on_room = wake
+        return wake
+
+    def _open_sinks(self, job: Job) -> tuple[LogSink, LogSink]:
+        """The job's stdout and stderr sinks: one sink when both go to one file (`>> out 2>&1`),
+        since two would rotate it under each other. A log that had no room wakes the loop the
+        moment it has (`on_room`): a held pipe is read again at once, not at the next timeout."""
+        out = LogSink(job.stdout_log, job.log_max_bytes, job.log_backups)
+        try:
+            err = out if job.stderr_log == job.stdout_log else \
+                LogSink(job.stderr_log, job.log_max_bytes, job.log_backups)
+        except BaseException:
+            out.close()
+            raise
+        out.on_room = err.on_room = self._room_wake
+        return out, err
 
     def _tick(self, now: float) -> None:
         """The timed chores: readiness after the settle time, a run's timeout or lifetime, the lock
@@ -334,9 +344,7 @@ class Supervisor:
         old, self.job = self.job, new
         if not self.passthrough and (new.stdout_log, new.stderr_log) != (old.stdout_log, old.stderr_log):
             try:
-                out = LogSink(new.stdout_log, new.log_max_bytes, new.log_backups)
-                err = out if new.stderr_log == new.stdout_log else \
-                    LogSink(new.stderr_log, new.log_max_bytes, new.log_backups)
+                out, err = self._open_sinks(new)
             except OSError as exc:
                 self.job = old
                 self._note(f"cannot re-read the definition: {exc}")
@@ -346,7 +354,6 @@ class Supervisor:
                 self.pump.sinks[fd] = moved.get(id(sink), sink)
             self._close_sinks()
             self.out, self.err = out, err
-            out.on_room = err.on_room = self._room_wake
         elif not self.passthrough:
             for sink in {id(self.out): self.out, id(self.err): self.err}.values():
                 sink.max_bytes, sink.backups = new.log_max_bytes, new.log_backups
