@@ -43,13 +43,15 @@ LIMITS: dict[str, tuple[float, float]] = {
     "--jitter": (0.0, 86400.0),
     "--max-lifetime": (10.0, 366 * 86400.0),  # or 0: never
     "--lines": (0, 1_000_000),
+    "--lease": (5.0, 86400.0),  # a cluster lease's duration; renew and give-up times follow from it
 }
 
 
 # What a running copy was started with: a change to any of these needs a restart to take effect.
 # The command, its environment and folder; the lock (a copy under the old lock would not keep a
 # second copy under the new one out); how the copy runs (periodic, lean, forking).
-RESTART_FIELDS = ("command", "env", "workdir", "lock_dir", "periodic", "lean", "forking")
+RESTART_FIELDS = ("command", "env", "workdir", "lock_dir", "periodic", "lean", "forking",
+                  "cluster", "lease", "standby", "rotate", "sync")
 
 
 class Job(Record):
@@ -76,6 +78,10 @@ class Job(Record):
         ("loop", False),
         ("max_lifetime", 0.0),
         ("sync", False),
+        ("cluster", ""),
+        ("lease", 60.0),
+        ("standby", False),
+        ("rotate", False),
         ("applied_from", ""),
         ("state_folder", ""),
         ("stdout_log", ""),
@@ -107,7 +113,11 @@ class Job(Record):
     catch_up: str  # periodic: "once" makes up one missed due time at start (systemd's Persistent=)
     loop: bool  # periodic: rerun at once while it exits 0, until the period has passed (PanDA's loop)
     max_lifetime: float  # keep-alive: restart gracefully after this long; 0: never
-    sync: bool  # periodic: one run per period across hosts (needs a cluster backend)
+    sync: bool  # periodic: one run per period across hosts (needs a cluster)
+    cluster: str  # postgresql://USER@HOST/DB: one copy across hosts on a lease there; "": one per host
+    lease: float  # the cluster lease's duration in seconds (leases.Timing.for_lease)
+    standby: bool  # cluster: while another host holds the lease, wait resident instead of leaving
+    rotate: bool  # cluster: the hosts take turns, in name order, one run each
     applied_from: str  # the config file whose `apply` created this job; "" for jobs installed by hand
     state_folder: str  # WATCHDOG_SINGLETON_STATE_DIR: kept across restarts and reinstalls
     stdout_log: str

@@ -35,6 +35,12 @@ options:
   --env KEY=VALUE       ad-hoc runs: extra environment (repeatable)
   --grace SECONDS       SIGTERM to SIGKILL wait when stopping (default 10, 0 to 3600)
   --allow-network-fs    accept a lock folder on NFS, Lustre, GPFS, ...
+  --cluster URL         ad-hoc runs: one copy across hosts, on a lease in this PostgreSQL
+                        (postgresql://USER@HOST/DB, password in ~/.pgpass; default
+                        $WATCHDOG_SINGLETON_CLUSTER; 'none': this host only)
+  --lease SECONDS       ad-hoc runs: the cluster lease's duration (default 60, 5 to 86400)
+  --standby             ad-hoc runs: while another host holds the lease, wait for it
+  --rotate              ad-hoc runs: the hosts take turns, one run each, in name order
   -h, --help            show this text
 
 examples:
@@ -43,10 +49,11 @@ examples:
 """
 
 FLAGS = {"--detach": "detach", "--cron": "cron", "--allow-network-fs": "allow_network_fs",
-         "--forking": "forking", "--help": "help", "-h": "help"}
+         "--forking": "forking", "--help": "help", "-h": "help", "--standby": "standby", "--rotate": "rotate"}
 VALUES = {"--state-dir": "state_dir", "--lock-dir": "lock_dir", "--log-dir": "log_dir", "--workdir": "workdir",
-          "--env": "env", "--grace": "grace", "--restart": "restart", "--settle": "settle"}
-NUMBERS = ("--grace", "--settle")
+          "--env": "env", "--grace": "grace", "--restart": "restart", "--settle": "settle",
+          "--cluster": "cluster", "--lease": "lease"}
+NUMBERS = ("--grace", "--settle", "--lease")
 
 
 class RunArgs:
@@ -67,6 +74,10 @@ class RunArgs:
         self.settle: Optional[float] = None  # None: the job's own (1 s for ad-hoc runs)
         self.forking = False
         self.allow_network_fs = False
+        self.cluster: Optional[str] = None  # None: $WATCHDOG_SINGLETON_CLUSTER
+        self.lease = 60.0
+        self.standby = False
+        self.rotate = False
         self.help = False
 
     def __repr__(self) -> str:

@@ -54,6 +54,12 @@ class RunState(Record):
         ("last_duration", None),
         ("next_due_at", None),
         ("history", []),
+        # Cluster jobs (leases.guard writes these): our part in NAME's lease as last seen here.
+        ("lease_role", ""),  # holder | standby | "" (no cluster, or not yet asked)
+        ("lease_token", None),  # our grant's fencing token while we hold it
+        ("lease_holder", ""),  # standby: the host that held it when we last asked
+        ("lease_problem", ""),  # the last trouble with the database, one line ("" once it answers)
+        ("lease_checked_at", None),  # when we last heard from the database
     )
     name: str
     phase: str
@@ -85,6 +91,11 @@ class RunState(Record):
     last_duration: Optional[float]
     next_due_at: Optional[str]
     history: list[dict[str, Any]]  # the last runs, oldest first
+    lease_role: str
+    lease_token: Optional[int]
+    lease_holder: str
+    lease_problem: str
+    lease_checked_at: Optional[str]
 
     def supervisor_alive(self) -> bool:
         return procs.is_alive(self.supervisor_pid, self.supervisor_start, self.boot_id)

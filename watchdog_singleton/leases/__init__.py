@@ -63,6 +63,7 @@ UNAVAILABLE = 3  # the exit code of `lease check` and `lease status` when the en
 CLUSTER_ENV = "WATCHDOG_SINGLETON_CLUSTER"
 FENCING_TOKEN_ENV = "WATCHDOG_SINGLETON_FENCING_TOKEN"
 MAX_TOKEN = 2**63 - 1  # a bigint
+KILL_LANDS = 1.0  # seconds allowed, after SIGKILL, for the kernel to end a tree
 
 
 class LeaseError(Exception):
@@ -111,6 +112,17 @@ class Timing:
             raise UserError(f"lease timing attempt {self.attempt:g} s is longer than retry {self.retry:g} s", USAGE)
         if self.lease > 86400:
             raise UserError(f"lease timing lease {self.lease:g} s is over a day", USAGE)
+
+    @classmethod
+    def for_lease(cls, lease: float) -> "Timing":
+        """The timing a job's --lease implies: renew every sixth of it, give up at two thirds (60 s:
+        renew every 10 s, give up after 40 s without a renew, one round trip at most 5 s)."""
+        return cls(lease=lease, renew_deadline=lease * 2 / 3, retry=lease / 6, attempt=min(5.0, lease / 12))
+
+    def capped_grace(self, grace: float) -> float:
+        """--grace as a lease holder may use it: SIGTERM, the grace, SIGKILL and a second for the
+        kernel to end the processes must all fit in the stop budget."""
+        return max(0.0, min(grace, self.stop_budget() - KILL_LANDS))
 
     def stop_budget(self) -> float:
         """Seconds between the holder's give-up and the earliest moment another host can hold
@@ -169,6 +181,28 @@ def cluster_url(given: Optional[str]) -> str:
     url = given or os.environ.get(CLUSTER_ENV, "")
     if not url:
         raise UserError(f"no cluster database: pass --cluster postgresql://... or set {CLUSTER_ENV}", USAGE)
+    return url
+
+
+NO_CLUSTER = "none"  # --cluster none: this host only, whatever $WATCHDOG_SINGLETON_CLUSTER says
+
+
+def job_cluster(given: Optional[str]) -> str:
+    """A job's cluster from --cluster (or `cluster =`), else $WATCHDOG_SINGLETON_CLUSTER; "" for
+    none. Checked without connecting: a known scheme, and no password in it (it would land in the
+    crontab and our files in clear)."""
+    url = (os.environ.get(CLUSTER_ENV, "") if given is None else given).strip()
+    if url in ("", NO_CLUSTER):
+        return ""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("postgresql", "postgres"):
+        raise UserError(f"cluster {redact(url)!r}: unknown kind; use postgresql://USER@HOST/DB", USAGE)
+    auth = rest.split("/", 1)[0].rpartition("@")[0]
+    if ":" in auth or "password=" in url.lower():
+        raise UserError(f"cluster {redact(url)!r}: a password in the URL would be written in clear to the "
+                        "crontab and our files; put it in ~/.pgpass (or PGPASSFILE, or a pg_service.conf)", USAGE)
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise UserError(f"cluster {redact(url)!r}: a URL cannot hold spaces or control characters", USAGE)
     return url
 
 
