@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from watchdog_singleton import procs
+from watchdog_singleton.leases import Grant, LeaseUnavailable
 from watchdog_singleton.spawn import Spawned, SpawnError
 from watchdog_singleton.supervisor import Seams
 
@@ -41,6 +42,8 @@ class FakeWorld:
         self.on_spawn: Callable[[FakeProc], None] = lambda proc: None
         self.spawn_error: Optional[SpawnError] = None
         self.stop_requested: Callable[[], None] = lambda: None
+        self.envs: list[dict[str, str]] = []  # each spawn's environment
+        self.deaths: dict[int, float] = {}  # pid -> when it exited
 
     # -- scripting ---------------------------------------------------------------------------
     def at(self, when: float, action: Callable[[], None]) -> None:
@@ -60,6 +63,7 @@ class FakeWorld:
         proc = self.procs.pop(pid, None)
         if proc is None:
             return
+        self.deaths[pid] = self.now
         for other in self.procs.values():
             if other.ppid == pid:
                 other.ppid = SUPERVISOR  # the supervisor is a subreaper
@@ -72,12 +76,14 @@ class FakeWorld:
     # -- the seams ---------------------------------------------------------------------------
     def seams(self) -> Seams:
         return Seams(clock=lambda: self.now, wall=lambda: self.now, spawn=self.spawn, scan=self.scan,
-                     reap=self.reap, wait=self.wait, send=self.send, sleep=self.sleep, pid=SUPERVISOR)
+                     reap=self.reap, wait=self.wait, send=self.send, sleep=self.sleep, pid=SUPERVISOR,
+                     lease_clock=lambda: self.now, threads=False)
 
     def spawn(self, argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, ...] = (),
               capture: bool = True) -> Spawned:
         token = env[procs.TOKEN_ENV]
         self.tree_at_spawn.append(self.live(token))
+        self.envs.append(dict(env))
         if self.spawn_error is not None:
             raise self.spawn_error
         proc = FakeProc(next(self.next_pid), SUPERVISOR, token, argv, self.now)
@@ -121,3 +127,108 @@ class FakeWorld:
             action()
         else:
             self.now = until
+
+
+class FakeDatabase:
+    """The cluster lease's rows, in memory, on the world's clock (the database's clock): what
+    leases/postgres.py does in SQL, for driving supervisors of several "hosts" without one."""
+
+    def __init__(self, world: FakeWorld) -> None:
+        self.world = world
+        self.leases: dict[str, dict[str, Any]] = {}  # name -> holder, generation, expires
+        self.slots: dict[str, tuple[float, int]] = {}  # name -> last start, generation
+        self.beats: dict[tuple[str, str], float] = {}
+        self.turns: dict[str, str] = {}
+        self.reachable = True
+        self.calls: list[tuple[str, str]] = []  # (host, what)
+
+    def host(self, name: str, lease: float) -> "FakeCluster":
+        return FakeCluster(self, name, lease)
+
+
+class FakeCluster:
+    """ClusterLease for one host over a FakeDatabase."""
+
+    def __init__(self, db: FakeDatabase, host: str, lease: float) -> None:
+        self.db, self.host, self.lease = db, host, lease
+        self.holder = f"{host}:boot:1:1"
+        self.seen_holder = ""
+
+    def _ask(self, what: str) -> float:
+        self.db.calls.append((self.host, what))
+        if not self.db.reachable:
+            raise LeaseUnavailable("cannot reach cluster database postgresql://u@db/ws: timeout expired")
+        return self.db.world.now
+
+    def _beat(self, name: str, now: float) -> None:
+        self.db.beats[(name, self.host)] = now
+
+    def acquire(self, name: str) -> Optional[Grant]:
+        now = self._ask("acquire")
+        self._beat(name, now)
+        row = self.db.leases.get(name)
+        if row is not None and row["expires"] > now:
+            self.seen_holder = row["holder"].split(":", 1)[0]
+            return None
+        generation = row["generation"] + 1 if row else 1
+        self.db.leases[name] = {"holder": self.holder, "generation": generation, "expires": now + self.lease}
+        return Grant(name, self.holder, generation, str(now + self.lease))
+
+    def renew(self, grant: Grant) -> Optional[Grant]:
+        now = self._ask("renew")
+        self._beat(grant.name, now)
+        row = self.db.leases.get(grant.name)
+        if row is None or row["holder"] != grant.holder or row["generation"] != grant.token or row["expires"] <= now:
+            return None
+        row["expires"] = now + self.lease
+        return Grant(grant.name, grant.holder, grant.token, str(row["expires"]))
+
+    def release(self, grant: Grant) -> bool:
+        now = self._ask("release")
+        row = self.db.leases.get(grant.name)
+        if row is None or row["generation"] != grant.token or row["expires"] <= now:
+            return False
+        row["expires"] = now
+        return True
+
+    def check(self, name: str, token: int) -> bool:
+        now = self._ask("check")
+        row = self.db.leases.get(name)
+        return row is not None and row["generation"] == token and row["expires"] > now
+
+    def status(self, name: str) -> None:
+        return None
+
+    def claim_slot(self, name: str, period: float) -> Optional[int]:
+        now = self._ask("claim_slot")
+        last = self.db.slots.get(name)
+        if last is not None and last[0] > now - period:
+            return None
+        generation = last[1] + 1 if last else 1
+        self.db.slots[name] = (now, generation)
+        return generation
+
+    def heartbeat(self, name: str) -> None:
+        self._beat(name, self._ask("heartbeat"))
+
+    def _live(self, name: str, fresh: float, now: float) -> list[str]:
+        return sorted(h for (n, h), seen in self.db.beats.items() if n == name and seen > now - fresh)
+
+    def whose_turn(self, name: str, fresh: float) -> Optional[str]:
+        now = self._ask("whose_turn")
+        live = self._live(name, fresh, now)
+        turn = self.db.turns.get(name)
+        if turn in live:
+            return turn
+        after = [h for h in live if turn is not None and h > turn]
+        return after[0] if after else live[0] if live else None
+
+    def pass_turn(self, name: str, fresh: float) -> str:
+        now = self._ask("pass_turn")
+        live = self._live(name, fresh, now)
+        after = [h for h in live if h > self.host]
+        self.db.turns[name] = after[0] if after else live[0] if live else self.host
+        return self.db.turns[name]
+
+    def close(self) -> None:
+        pass

@@ -50,10 +50,17 @@ def adhoc_job(args: runargs.RunArgs, root: str) -> Job:
     lock_dir = os.path.abspath(args.lock_dir) if args.lock_dir else paths.default_lock_dir()
     check_lock_dir(lock_dir, args.allow_network_fs)
     env = parse_env(args.env)
+    from .leases import job_cluster
+
+    cluster = job_cluster(args.cluster)
+    if not cluster and (args.standby or args.rotate):
+        raise UserError(f"run: {'--standby' if args.standby else '--rotate'} needs a cluster "
+                        "(--cluster postgresql://USER@HOST/DB)")
     job = Job(name=name, command=resolve_command(args.command, workdir, os.environ.get("PATH")),
               workdir=workdir, env=env, grace=args.grace, restart=args.restart,
               lock_dir=lock_dir, allow_network_fs=args.allow_network_fs, forking=args.forking,
-              settle=1.0 if args.settle is None else args.settle, state_folder=paths.job_state_dir(root, name))
+              settle=1.0 if args.settle is None else args.settle, state_folder=paths.job_state_dir(root, name),
+              cluster=cluster, lease=args.lease, standby=args.standby, rotate=args.rotate)
     if args.log_dir or args.detach:
         log_dir = os.path.abspath(args.log_dir) if args.log_dir else paths.default_log_dir(root)
         job.stdout_log, job.stderr_log = paths.log_files(log_dir, name)
@@ -231,8 +238,10 @@ def exec_supervisor(job: Job, lock: FlockLock, root: str, adhoc: bool, passthrou
     sys.stdout.flush()
     sys.stderr.flush()
     # -I -S: no site-packages, user site or PYTHON* variables; it needs only the standard library
-    # and this package (found through package_parent), and skipping `site` saves half a MiB.
-    os.execve(sys.executable, [sys.executable, "-I", "-S", "-c", BOOT, package_parent, "--state-dir", root,
+    # and this package (found through package_parent), and skipping `site` saves half a MiB. A
+    # cluster job's supervisor needs its driver (psycopg) from site-packages: -I only.
+    flags = ["-I"] if job.cluster else ["-I", "-S"]
+    os.execve(sys.executable, [sys.executable, *flags, "-c", BOOT, package_parent, "--state-dir", root,
                                job.name, str(job_fd)], env)
 
 
@@ -268,7 +277,9 @@ def detach(body: Callable[[int], None], lock: FlockLock, name: str, quiet: bool 
 
     answer = read_to_end(read_end).decode(errors="replace")
     if answer.startswith("ok") or (exec_is_ready and not answer):
-        if not quiet and answer.startswith("ok supervisor "):
+        if not quiet and answer.startswith("ok standby "):
+            print(answer[11:])  # a cluster job that another host runs
+        elif not quiet and answer.startswith("ok supervisor "):
             print(f"{name}: its supervisor (pid {answer[14:]}) keeps the due times")
         elif not quiet and answer.startswith("ok "):
             print(f"running {name}: pid {answer[3:]}")

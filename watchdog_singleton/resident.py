@@ -58,7 +58,12 @@ def main(argv: list[str]) -> int:
         ready_fd = -1
 
     try:
-        supervisor = Supervisor(job, lock, StateStore(root), adhoc=hand_over["adhoc"],
+        cluster = None
+        if job.cluster:
+            from .leases import Timing, open_cluster
+
+            cluster = open_cluster(job.cluster, Timing.for_lease(job.lease))  # connects at its first ask
+        supervisor = Supervisor(job, lock, StateStore(root), adhoc=hand_over["adhoc"], cluster=cluster,
                                 passthrough=hand_over["passthrough"],
                                 inherit_env=dict(os.environ) if hand_over["adhoc"] else None,
                                 ready=ready if ready_fd >= 0 else None, history=hand_over["history"])

@@ -43,6 +43,8 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from typing import Any, Callable, Optional
 
     from .jobs import Job
+    from .leases import ClusterLease
+    from .leases.guard import ClusterGuard
     from .lock import SingletonLock
     from .periodic import PeriodicRuns
     from .spawn import Spawned
@@ -104,7 +106,8 @@ class Seams:
                  spawn: Callable[..., Spawned] = spawn, scan: Callable[[], dict[int, procs.Proc]] = procs.scan,
                  reap: Callable[[], list[tuple[int, int]]] = reap_children,
                  wait: Optional[Callable[[float], None]] = None, send: Callable[[int, int], None] = os.kill,
-                 sleep: Callable[[float], None] = time.sleep, pid: int = 0) -> None:
+                 sleep: Callable[[float], None] = time.sleep, pid: int = 0,
+                 lease_clock: Optional[Callable[[], float]] = None, threads: bool = True) -> None:
         self.clock = clock
         self.wall = wall
         self.spawn = spawn
@@ -114,13 +117,16 @@ class Seams:
         self.send = send
         self.sleep = sleep
         self.pid = pid or os.getpid()
+        self.lease_clock = lease_clock  # None: CLOCK_BOOTTIME (leases.keeper)
+        self.threads = threads  # False: a cluster lease is renewed inline, in the supervisor's tick
 
 
 class Supervisor:
     def __init__(self, job: Job, lock: SingletonLock, store: StateStore, *,
                  adhoc: bool = False, passthrough: bool = False,
                  inherit_env: Optional[dict[str, str]] = None, ready: Optional[Ready] = None,
-                 history: Optional[dict[str, Any]] = None, seams: Optional[Seams] = None) -> None:
+                 history: Optional[dict[str, Any]] = None, seams: Optional[Seams] = None,
+                 cluster: Optional[ClusterLease] = None) -> None:
         self.job = job
         self.lock = lock
         self.store = store
@@ -162,6 +168,17 @@ class Supervisor:
         self.ending: Optional[str] = None  # "timeout" or "lifetime" while we end the run ourselves
         self._signals: list[int] = []
         self._healed_at = 0.0
+        self._wake: Callable[[], None] = lambda: None  # wakes the main loop (set in run)
+        # A cluster job's lease: asked for before each start, renewed while it runs (leases/guard).
+        self.guard: Optional[ClusterGuard] = None
+        if cluster is not None:
+            from .leases import Timing
+            from .leases.guard import ClusterGuard
+            from .leases.keeper import boottime
+
+            self.guard = ClusterGuard(job, cluster, Timing.for_lease(job.lease), lambda: self._wake(),
+                                      clock=self.seams.lease_clock or boottime, threaded=self.seams.threads)
+        self._lease_said = ""  # the last lease problem written to the log (each is written once)
 
     # -- main loop -------------------------------------------------------------------------
     def run(self) -> int:
@@ -171,8 +188,9 @@ class Supervisor:
         old_handlers = {sig: _signal.signal(sig, self._on_signal) for sig in handled}
         self.pump = OutputPump(wake_r, self.seams.clock)
         self.wait = self.seams.wait or self.pump.wait
+        self._wake = self._waker(wake_w)
         if not self.passthrough:
-            self._room_wake = self._waker(wake_w)
+            self._room_wake = self._wake
             self.out, self.err = self._open_sinks(self.job)
             for text in self._notes:
                 self.err.note(text)
@@ -190,7 +208,8 @@ class Supervisor:
                     break
                 now = self.seams.clock()
                 if self.daemon is None and now >= self.next_start:
-                    self._start_daemon()
+                    if self.guard is None or self._lease_gate():
+                        self._start_daemon()
                     continue
                 self._tick(now)
                 self.wait(max(0.0, self._wake_at(now) - now))
@@ -201,6 +220,8 @@ class Supervisor:
             _signal.set_wakeup_fd(old_wakeup)
             for sig, handler in old_handlers.items():
                 _signal.signal(sig, handler)
+            if self.guard is not None:
+                self.guard.close()  # after the tree is gone: a standby may take over at once
             os.close(wake_r)
             os.close(wake_w)
             self.lock.release()
@@ -235,6 +256,8 @@ class Supervisor:
             self._report_ready(None)
         if self.deadline is not None and now >= self.deadline and self.daemon is not None:
             self._end_run_ourselves(now)
+        if self.guard is not None:
+            self._lease_tick()
         if self.watch.due(now) and self.watch.check(now) == DUPLICATE:
             self.duplicate = True
         if not self.duplicate and (self.keeper.error is not None or self.watch.next_check != self._healed_at):
@@ -251,6 +274,10 @@ class Supervisor:
             times.append(self.settle_at)
         if self.keeper.error is not None:
             times.append(now + StateKeeper.RETRY_SECONDS)
+        if self.guard is not None:
+            look = self.guard.seconds_to_look()
+            if look is not None:
+                times.append(now + look)
         held = self.pump.next_wake(now)
         if held is not None:
             times.append(held)
@@ -264,7 +291,10 @@ class Supervisor:
             self.stopper.stop(own, self.job.grace)
             self.pump.drain_all()
             return 0
-        self._stop_tree("stopping: " + ("signal received" if self.stopping else "daemon done"))
+        if self.state.phase == "standby" and self.daemon is None:
+            self.keeper.save()  # the cluster lease is another host's: nothing of ours ran
+        else:
+            self._stop_tree("stopping: " + ("signal received" if self.stopping else "daemon done"))
         self._report_ready(None)
         if self.adhoc:
             self.store.delete(self.job.name)  # an ad-hoc row lives as long as its run
@@ -296,8 +326,12 @@ class Supervisor:
         try:
             if job.state_folder:
                 ensure_dir(job.state_folder)
-            child = self.seams.spawn(job.command, job.workdir, daemon_env(job, self.inherit_env),
-                                     self.lock.inheritable_fds(), not self.passthrough)
+            env = daemon_env(job, self.inherit_env)
+            if self.guard is not None and self.guard.token is not None:
+                from .leases import FENCING_TOKEN_ENV
+
+                env[FENCING_TOKEN_ENV] = str(self.guard.token)
+            child = self.seams.spawn(job.command, job.workdir, env, self.lock.inheritable_fds(), not self.passthrough)
         except (SpawnError, OSError, UserError) as exc:
             if isinstance(exc, OSError) and not isinstance(exc, SpawnError):
                 message = f"cannot start {job.command[0]}: {exc.strerror}"
@@ -424,6 +458,7 @@ class Supervisor:
             self.next_start = self.seams.clock()  # PanDA's loop mode: again at once, within the period
             self.state.phase = "starting"
             return
+        self._lease_run_ended()
         result, skipped = runs.finished(code, timed_out, stopped=self.stopping)
         runs.started_at = None
         runs.loops = 0
@@ -511,6 +546,7 @@ class Supervisor:
         if self.periodic is not None:
             self._after_periodic_run(code, message)
             return
+        self._lease_run_ended()
         lifetime, self.ending = self.ending == "lifetime", None
         if self.settle_at is not None:
             log = "" if self.passthrough else f"; see {job.stderr_log}"
@@ -536,8 +572,79 @@ class Supervisor:
             self._note(f"restart in {delay:g} s ({self.quick_runs} runs shorter than {job.min_uptime:g} s in a row)")
         self.keeper.save()
 
+    # -- the cluster lease ---------------------------------------------------------------------
+    def _lease_gate(self) -> bool:
+        """Before a start: hold NAME's cluster lease, or say why not and decide what comes next
+        (wait for the next due time, retry as a standby, or leave)."""
+        assert self.guard is not None
+        gate = self.guard.gate()
+        state = self.state
+        state.lease_checked_at = now_iso() if not gate.unreachable else state.lease_checked_at
+        if gate.go:
+            if state.lease_token != self.guard.token or state.lease_role != "holder":
+                self._note(f"holding the cluster lease of {self.job.name}: token {self.guard.token}")
+            state.lease_role, state.lease_token, state.lease_holder = "holder", self.guard.token, ""
+            state.lease_problem = self._lease_said = ""
+            self.guard.start_renewing()
+            return True
+        state.lease_role, state.lease_token, state.lease_holder = "standby", None, gate.holder
+        state.lease_problem = gate.why if gate.unreachable else ""
+        if gate.why != self._lease_said:
+            self._lease_said = gate.why
+            self._note(f"not started here: {gate.why}")
+        now = self.seams.clock()
+        if self.periodic is not None and not self.periodic.once and not self.stopping:
+            self._wait_for(self.periodic.schedule.next_after(max(self.seams.wall(), self.periodic.due or 0.0)))
+        elif self.job.standby and self.periodic is None:
+            self.next_start = now + self.guard.timing.retry
+            state.phase = "standby"
+            self._report_ready(f"ok standby {self.job.name}: {gate.why}: standing by")
+        else:
+            self.done_code = 0
+            state.phase = "standby"
+            self._report_ready(f"ok standby {self.job.name} not started here: {gate.why}")
+            if self.passthrough:
+                os.write(2, f"watchdog-singleton: {self.job.name} not started here: {gate.why}\n".encode())
+        self.keeper.save()
+        return False
+
+    def _lease_tick(self) -> None:
+        """Renew inline (tests), note a renew problem once, and stop the tree once the lease is lost."""
+        guard = self.guard
+        assert guard is not None
+        guard.tick()
+        problem = guard.keeper.problem
+        if guard.keeper.grant is None:
+            return
+        if problem != self._lease_said:
+            if problem:
+                self._note(f"cluster lease: {problem}")
+            elif self._lease_said:
+                self._note("cluster lease: renewed again")
+            self._lease_said = self.state.lease_problem = problem
+            self.keeper.save()
+        if not guard.lost():
+            return
+        grace = guard.timing.capped_grace(self.job.grace)
+        guard.forget()
+        self.state.lease_role, self.state.lease_token = "", None
+        self._note(f"lost the cluster lease of {self.job.name} ({problem or 'expired'})")
+        if self.daemon is not None:
+            self.ending = "lease"
+            self._stop_tree("the cluster lease was lost: stopping the tree before another host may start",
+                            leftovers=True, grace=grace)
+        self.keeper.save()
+
+    def _lease_run_ended(self) -> None:
+        if self.guard is None or not (self.job.sync or self.job.rotate):
+            return
+        turn = self.guard.run_ended()
+        self.state.lease_role, self.state.lease_token = "", None
+        if turn is not None:
+            self._note(f"the turn passes to {turn}")
+
     # -- stopping ----------------------------------------------------------------------------
-    def _stop_tree(self, why: str, leftovers: bool = False) -> None:
+    def _stop_tree(self, why: str, leftovers: bool = False, grace: Optional[float] = None) -> None:
         self.state.phase = "stopping"
         self.state.pid = self.state.pid_start = None
         self.keeper.save()
@@ -545,11 +652,12 @@ class Supervisor:
 
         def say(count: int) -> None:
             if count and not leftovers:
-                self._note(f"{why}; SIGTERM to {count} process(es), SIGKILL after {self.job.grace:g} s")
+                self._note(f"{why}; SIGTERM to {count} process(es), SIGKILL after {wait:g} s")
             elif count:
                 self._note(why)
 
-        survivors = self.stopper.stop(finder, self.job.grace, on_first=say)
+        wait = self.job.grace if grace is None else grace
+        survivors = self.stopper.stop(finder, wait, on_first=say)
         if survivors:
             self._note(f"pids {sorted(survivors)} survived SIGKILL (stuck in the kernel?)")
         self._reap_quietly()

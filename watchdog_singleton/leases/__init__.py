@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
         holder: str
         host: str
+        seen_holder: str  # after an acquire that got nothing: the host holding NAME, if known
 
         def acquire(self, name: str) -> Optional[Grant]:
             """Take NAME if it is free or expired (on the engine's clock); None if held."""
@@ -55,6 +56,15 @@ if TYPE_CHECKING:
         def claim_slot(self, name: str, period: float) -> Optional[int]:
             """A periodic job's run slot: at most one per `period` seconds counted from the last
             start on any host. Its count (strictly increasing), or None while the period runs."""
+
+        def heartbeat(self, name: str) -> None:
+            """Record that this host is live for NAME (acquire and renew do it too)."""
+
+        def whose_turn(self, name: str, fresh: float) -> Optional[str]:
+            """Rotation: the live host (heartbeat within `fresh` s) whose turn it is."""
+
+        def pass_turn(self, name: str, fresh: float) -> str:
+            """Rotation, after a run here: the turn goes to the next live host in name order."""
 
         def close(self) -> None: ...
 

@@ -45,19 +45,32 @@ CREATE TABLE IF NOT EXISTS ws_turn(name text PRIMARY KEY, host text NOT NULL, se
 SELECT value FROM ws_meta WHERE key = 'schema_version'
 """
 
-# A row back means we hold it. A first INSERT race is settled by the primary key: the loser
-# waits for the winner's row, then finds it unexpired and gets nothing.
+# Granted: a row with granted = true. Held by another: its holder, granted = false (the snapshot
+# the statement started with; nothing when that row was being inserted by a racer). A first
+# INSERT race is settled by the primary key: the loser waits for the winner's row, then finds it
+# unexpired and gets nothing. Every ask is also this host's heartbeat (the hosts seen recently).
 ACQUIRE = """
-INSERT INTO ws_lease AS l (name, holder, generation, acquired_at, renewed_at, expires_at)
-VALUES (%(name)s, %(holder)s, 1, now(), now(), now() + make_interval(secs => %(ttl)s))
-ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, generation = l.generation + 1,
-  acquired_at = now(), renewed_at = now(), expires_at = EXCLUDED.expires_at
-WHERE l.expires_at <= now()
-RETURNING generation, expires_at
+WITH beat AS (
+  INSERT INTO ws_host AS h (name, host, seen_at) VALUES (%(name)s, %(host)s, now())
+  ON CONFLICT (name, host) DO UPDATE SET seen_at = now()),
+got AS (
+  INSERT INTO ws_lease AS l (name, holder, generation, acquired_at, renewed_at, expires_at)
+  VALUES (%(name)s, %(holder)s, 1, now(), now(), now() + make_interval(secs => %(ttl)s))
+  ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, generation = l.generation + 1,
+    acquired_at = now(), renewed_at = now(), expires_at = EXCLUDED.expires_at
+  WHERE l.expires_at <= now()
+  RETURNING generation, expires_at)
+SELECT generation, expires_at, true, '' FROM got
+UNION ALL
+SELECT generation, expires_at, false, holder FROM ws_lease
+WHERE name = %(name)s AND NOT EXISTS (SELECT 1 FROM got)
 """
 
 # No row: lost (expired, released or taken); the holder stops its tree.
 RENEW = """
+WITH beat AS (
+  INSERT INTO ws_host AS h (name, host, seen_at) VALUES (%(name)s, %(host)s, now())
+  ON CONFLICT (name, host) DO UPDATE SET seen_at = now())
 UPDATE ws_lease SET renewed_at = now(), expires_at = now() + make_interval(secs => %(ttl)s)
 WHERE name = %(name)s AND holder = %(holder)s AND generation = %(token)s AND expires_at > now()
 RETURNING generation, expires_at
@@ -130,6 +143,11 @@ def _driver() -> Any:
     return psycopg
 
 
+def holder_host(holder: str) -> str:
+    """The host part of a holder id (host:boot_id:pid:start)."""
+    return holder.split(":", 1)[0]
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or exc.__class__.__name__
     return " ".join(text.splitlines()[0].split())
@@ -148,6 +166,7 @@ class PostgresLease:
         self.host = host or os.uname().nodename
         self.psycopg = _driver()
         self.conn: Any = None
+        self.seen_holder = ""  # after an acquire that got nothing: the host that holds the lease
 
     # -- the connection ---------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -229,14 +248,17 @@ class PostgresLease:
 
     # -- the lease ---------------------------------------------------------------------------
     def acquire(self, name: str) -> Optional[Grant]:
-        row = self._execute(ACQUIRE, {"name": name, "holder": self.holder, "ttl": self.timing.lease})
-        if row is None:
+        row = self._execute(ACQUIRE, {"name": name, "holder": self.holder, "host": self.host,
+                                      "ttl": self.timing.lease})
+        if row is None or not row[2]:
+            self.seen_holder = holder_host(row[3]) if row else ""
             return None
+        self.seen_holder = self.host
         return Grant(name, self.holder, int(row[0]), row[1].isoformat())
 
     def renew(self, grant: Grant) -> Optional[Grant]:
         row = self._execute(RENEW, {"name": grant.name, "holder": grant.holder, "token": grant.token,
-                                    "ttl": self.timing.lease})
+                                    "host": self.host, "ttl": self.timing.lease})
         if row is None:
             return None
         return Grant(grant.name, grant.holder, grant.token, row[1].isoformat())

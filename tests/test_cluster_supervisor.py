@@ -1,0 +1,182 @@
+"""A cluster job's supervisor driven through its seams: the fake world's clock and processes,
+and a fake lease database on the same clock (tests/fakeworld.py). The real database, hosts and
+faults are in test_lease.py and test_cluster_hosts.py; here every lifecycle edge of the lease is
+pinned in simulated time: take, renew, lose, stop before the expiry, release, standby, sync,
+rotation."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from fakeworld import KILL, TERM, FakeDatabase, FakeProc, FakeWorld
+from test_supervisor import FakeLock, births, log_of
+
+from watchdog_singleton.jobs import Job
+from watchdog_singleton.leases import FENCING_TOKEN_ENV, Timing
+from watchdog_singleton.state import StateStore
+from watchdog_singleton.supervisor import Supervisor
+
+LEASE = 6.0  # renew every 1 s, give up after 4 s without a renew, stop budget 1.5 s
+TIMING = Timing.for_lease(LEASE)
+T0 = 1000.0
+
+
+def cluster_supervisor(tmp_path: Any, world: FakeWorld, db: FakeDatabase, host: str = "a",
+                       ready: Optional[list[Optional[str]]] = None, **options: Any) -> Supervisor:
+    logs = os.path.join(str(tmp_path), "logs")
+    job = Job(name="j", command=["/bin/daemon"], workdir="/", lock_dir=os.path.join(str(tmp_path), "locks"),
+              stdout_log=os.path.join(logs, "j.out"), stderr_log=os.path.join(logs, "j.err"),
+              cluster="postgresql://u@db/ws", lease=LEASE, **options)
+    return Supervisor(job, FakeLock(), StateStore(os.path.join(str(tmp_path), "state")), seams=world.seams(),
+                      ready=ready.append if ready is not None else None, cluster=db.host(host, LEASE))
+
+
+def stop_at(world: FakeWorld, sup: Supervisor, when: float) -> None:
+    world.at(when, sup.request_stop)
+
+
+def test_the_holder_passes_its_token_renews_every_retry_and_releases_at_exit(tmp_path: Any) -> None:
+    world = FakeWorld()
+    db = FakeDatabase(world)
+    db.leases["j"] = {"holder": "old:boot:1:1", "generation": 41, "expires": T0 - 1}  # an expired grant
+    sup = cluster_supervisor(tmp_path, world, db)
+    stop_at(world, sup, T0 + 30)
+    sup.run()
+    assert world.envs[0][FENCING_TOKEN_ENV] == "42"  # the next token, never reused
+    renews = [what for host, what in db.calls if what == "renew"]
+    assert 28 <= len(renews) <= 31  # one a second for 30 s
+    assert db.leases["j"]["expires"] <= world.now  # released: a standby need not wait it out
+    assert db.calls[-1] == ("a", "release")
+
+
+def test_a_partitioned_holder_kills_its_tree_before_the_lease_can_pass(tmp_path: Any) -> None:
+    world = FakeWorld()
+    db = FakeDatabase(world)
+
+    def stubborn(proc: FakeProc) -> None:
+        proc.ignores_term = True  # the worst case: the whole grace, then SIGKILL
+    world.on_spawn = stubborn
+    sup = cluster_supervisor(tmp_path, world, db, grace=30.0)
+    world.at(T0 + 10.5, lambda: setattr(db, "reachable", False))
+    assert sup.run() == 0  # it left: the database is unreachable, so no new start
+    daemon = world.spawned[0]
+    expiry = db.leases["j"]["expires"]  # the database's expiry of the last renew that got through
+    assert daemon.signals[0] == TERM and daemon.signals[-1] == KILL
+    assert world.deaths[daemon.pid] < expiry  # dead before any other host could hold the lease
+    assert world.deaths[daemon.pid] - T0 <= 10.5 + TIMING.renew_deadline + TIMING.capped_grace(30.0) + 0.01
+    assert len(world.spawned) == 1
+    log = log_of(sup)
+    assert log.count("cannot reach cluster database") >= 1
+    assert "lost the cluster lease of j" in log
+    assert "SIGKILL" in log or "stopping the tree" in log
+
+
+def test_a_lease_taken_by_another_host_stops_the_tree_at_the_next_renew(tmp_path: Any) -> None:
+    world = FakeWorld()
+    db = FakeDatabase(world)
+    sup = cluster_supervisor(tmp_path, world, db)
+    world.at(T0 + 5.2, lambda: db.leases["j"].update(holder="b:boot:1:1", generation=7, expires=T0 + 99))
+    assert sup.run() == 0
+    daemon = world.spawned[0]
+    assert daemon.signals == [TERM]
+    assert world.deaths[daemon.pid] <= T0 + 5.2 + TIMING.retry + 0.01
+    assert "held by b" in log_of(sup)  # the restart asked again and found b holding it
+
+
+def test_a_host_that_finds_the_lease_held_leaves_without_starting(tmp_path: Any) -> None:
+    world = FakeWorld()
+    db = FakeDatabase(world)
+    db.host("b", LEASE).acquire("j")
+    ready: list[Optional[str]] = []
+    sup = cluster_supervisor(tmp_path, world, db, ready=ready)
+    assert sup.run() == 0
+    assert world.spawned == []
+    assert ready == ["ok standby j not started here: held by b"]
+    state = sup.store.load("j")
+    assert state is not None and state.phase == "standby" and state.lease_holder == "b"
+    assert [what for host, what in db.calls if host == "a"] == ["acquire"]  # one short query
+
+
+def test_a_standby_takes_over_within_lease_plus_retry_of_the_holders_death(tmp_path: Any) -> None:
+    world = FakeWorld()
+    db = FakeDatabase(world)
+    db.host("b", LEASE).acquire("j")  # b holds it, then dies: it never renews
+    ready: list[Optional[str]] = []
+    sup = cluster_supervisor(tmp_path, world, db, ready=ready, standby=True)
+    stop_at(world, sup, T0 + 20)
+    sup.run()
+    assert ready == ["ok standby j: held by b: standing by"]
+    assert len(world.spawned) == 1
+    assert T0 + LEASE <= world.spawned[0].born <= T0 + LEASE + TIMING.retry
+    assert world.envs[0][FENCING_TOKEN_ENV] == "2"
+    asks = [what for host, what in db.calls if host == "a" and what == "acquire"]
+    assert len(asks) <= LEASE / TIMING.retry + 2  # one short query per retry while b holds it
+
+
+def test_an_unreachable_database_is_one_line_and_no_start(tmp_path: Any) -> None:
+    world = FakeWorld()
+    db = FakeDatabase(world)
+    db.reachable = False
+    sup = cluster_supervisor(tmp_path, world, db, standby=True)
+    stop_at(world, sup, T0 + 30)
+    assert sup.run() == 0
+    assert world.spawned == []
+    log = log_of(sup)
+    assert log.count("cannot reach cluster database") == 1  # said once, not once per retry
+    assert "Traceback" not in log
+    state = sup.store.load("j")
+    assert state is not None and "cannot reach cluster database" in state.lease_problem
+
+
+def test_a_renew_problem_is_logged_once_and_its_end_too(tmp_path: Any) -> None:
+    world = FakeWorld()
+    db = FakeDatabase(world)
+    sup = cluster_supervisor(tmp_path, world, db)
+    world.at(T0 + 5.5, lambda: setattr(db, "reachable", False))
+    world.at(T0 + 7.8, lambda: setattr(db, "reachable", True))  # back before the give-up (4 s)
+    stop_at(world, sup, T0 + 15)
+    sup.run()
+    assert len(world.spawned) == 1  # never lost: one daemon all along
+    log = log_of(sup)
+    assert log.count("cluster lease: cannot reach") == 1
+    assert log.count("cluster lease: renewed again") == 1
+
+
+def test_sync_runs_at_most_once_per_period_across_hosts(tmp_path: Any) -> None:
+    world = FakeWorld()
+    db = FakeDatabase(world)
+
+    def quick(proc: FakeProc) -> None:
+        world.after(1, lambda: world.exit(proc.pid, 0))
+    world.on_spawn = quick
+    other = db.host("b", LEASE)
+    claimed: list[Optional[int]] = []
+    world.at(T0 + 19.5, lambda: claimed.append(other.claim_slot("j", 9.0)))  # b starts this period's run
+    sup = cluster_supervisor(tmp_path, world, db, periodic=True, every=10.0, sync=True, restart="never")
+    stop_at(world, sup, T0 + 45)
+    sup.run()
+    assert claimed == [3]  # b's run was the third of the cluster
+    assert births(world) == [0, 10, 30, 40]  # due T0+20 skipped: b had started it
+    assert "this period's run already started on another host" in log_of(sup)
+    assert db.leases["j"]["expires"] <= world.now  # the lease was held only for the runs
+
+
+def test_rotation_passes_the_turn_and_waits_for_it_to_come_back(tmp_path: Any) -> None:
+    world = FakeWorld()
+    db = FakeDatabase(world)
+
+    def quick(proc: FakeProc) -> None:
+        world.after(1, lambda: world.exit(proc.pid, 0))
+    world.on_spawn = quick
+    other = db.host("b", LEASE)
+    for t in range(0, 60, 2):
+        world.at(T0 - 1 + t, lambda: other.heartbeat("j"))
+    world.at(T0 + 12, lambda: None if other.pass_turn("j", 30.0) else None)  # b ran its turn: back to a
+    sup = cluster_supervisor(tmp_path, world, db, periodic=True, every=10.0, rotate=True, restart="never")
+    stop_at(world, sup, T0 + 25)
+    sup.run()
+    assert births(world) == [0, 20]
+    log = log_of(sup)
+    assert "the turn passes to b" in log
+    assert "it is b's turn" in log
