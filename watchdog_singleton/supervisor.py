@@ -16,7 +16,8 @@ daemon inherits the lock's descriptor: while any copy runs the lock stays held, 
 supervisor is SIGKILLed. What this module does not do itself lives beside it: `pump` moves
 output, `lockwatch` looks after the lock file, `tree` finds and stops the tree, `spawn` starts
 the command. Each is a seam (`Seams`) that the unit tests replace with a fake clock and a fake
-process table.
+process table. The steps of periodic runs and deadlines (`supervisor_periodic`) and of a cluster
+job's lease (`supervisor_lease`) are parts of the class kept in modules of their own.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from .paths import STATE_DIR_ENV
 from .pump import OutputPump
 from .spawn import SpawnError, spawn
 from .state import CARRIED, RunState, StateKeeper
+from .supervisor_lease import LeaseSteps
+from .supervisor_periodic import PeriodicSteps
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -121,7 +124,7 @@ class Seams:
         self.threads = threads  # False: a cluster lease is renewed inline, in the supervisor's tick
 
 
-class Supervisor:
+class Supervisor(LeaseSteps, PeriodicSteps):
     def __init__(self, job: Job, lock: SingletonLock, store: StateStore, *,
                  adhoc: bool = False, passthrough: bool = False,
                  inherit_env: Optional[dict[str, str]] = None, ready: Optional[Ready] = None,
@@ -170,14 +173,7 @@ class Supervisor:
         self._healed_at = 0.0
         self._wake: Callable[[], None] = lambda: None  # wakes the main loop (set in run)
         # A cluster job's lease: asked for before each start, renewed while it runs (leases/guard).
-        self.guard: Optional[ClusterGuard] = None
-        if cluster is not None:
-            from .leases import Timing
-            from .leases.guard import ClusterGuard
-            from .leases.keeper import boottime
-
-            self.guard = ClusterGuard(job, cluster, Timing.for_lease(job.lease), lambda: self._wake(),
-                                      clock=self.seams.lease_clock or boottime, threaded=self.seams.threads)
+        self.guard: Optional[ClusterGuard] = self._lease_guard(cluster) if cluster is not None else None
         self._lease_said = ""  # the last lease problem written to the log (each is written once)
 
     # -- main loop -------------------------------------------------------------------------
@@ -404,79 +400,6 @@ class Supervisor:
         self._note("re-read its definition: new settings in force")
         self.keeper.save()
 
-    # -- periodic runs, timeouts, lifetimes ----------------------------------------------------
-    def _wait_for(self, due: float) -> None:
-        """Start the next run at wall time `due`, plus a fresh jitter: never early."""
-        assert self.periodic is not None
-        self.periodic.due = due
-        delay = max(0.0, due - self.seams.wall()) + self.periodic.jitter()
-        self.next_start = self.seams.clock() + delay
-        self.state.next_due_at = iso(due)
-        if delay > 0:
-            self.state.phase = "waiting"
-            self.keeper.save()
-
-    def _arm_deadline(self) -> None:
-        job, now = self.job, self.seams.clock()
-        if self.periodic is not None:
-            assert self.periodic.due is not None
-            if self.periodic.started_at is None or self.periodic.loops == 0:
-                self.periodic.started(self.periodic.due)
-                self.deadline = now + job.run_timeout
-                marker = f"run due {iso(self.periodic.due)} started (pid {self.state.pid})"
-                self._note(marker)
-                if not self.passthrough:
-                    self.out.note(marker)
-            else:
-                self.periodic.loops += 1  # loop mode: the same slot, its deadline unchanged
-        elif job.max_lifetime > 0:
-            self.deadline = now + job.max_lifetime
-        else:
-            self.deadline = None
-
-    def _end_run_ourselves(self, now: float) -> None:
-        """A periodic run past its timeout, or a daemon past its --max-lifetime: stop its tree
-        (SIGTERM, grace, SIGKILL), and record why."""
-        self.deadline = None
-        if self.periodic is not None:
-            self.ending = "timeout"
-            why = f"run timed out after {self.job.run_timeout:g} s"
-        else:
-            self.ending = "lifetime"
-            why = f"--max-lifetime {self.job.max_lifetime:g} s reached: restarting it"
-        self._note(why)
-        self._stop_tree(why, leftovers=True)
-
-    def _after_periodic_run(self, code: int, message: str) -> None:
-        assert self.periodic is not None
-        runs = self.periodic
-        timed_out, self.ending = self.ending == "timeout", None
-        if runs.started_at is None:  # it could not even start: still a run that failed
-            runs.started(runs.due if runs.due is not None else self.seams.wall())
-        if (not timed_out and code == 0 and self.job.loop and not self.stopping
-                and self.seams.wall() < runs.slot_end()):
-            self.next_start = self.seams.clock()  # PanDA's loop mode: again at once, within the period
-            self.state.phase = "starting"
-            return
-        self._lease_run_ended()
-        result, skipped = runs.finished(code, timed_out, stopped=self.stopping)
-        runs.started_at = None
-        runs.loops = 0
-        self.deadline = None
-        self.state.message = message
-        if skipped:
-            self._note(f"the run outlasted its period: {skipped} due time(s) skipped")
-        self._note(f"run due {iso(runs.due or 0)}: {result}" + (f" (code {code})" if result == "failed" else ""))
-        due = None if self.stopping else runs.next_due()
-        if due is None:
-            self.done_code = code if not timed_out else 124  # timeout(1)'s code
-            self.state.phase = "exited"
-            self.state.next_due_at = None
-            self.keeper.save()
-            return
-        self._wait_for(due)
-        self.keeper.save()
-
     def _report_ready(self, problem: Optional[str]) -> None:
         """Tell whoever waits for the start (install, start, run --detach) how it went, once."""
         self.settle_at = None
@@ -571,77 +494,6 @@ class Supervisor:
             self.state.message = f"{message}; {backoff}" if message else backoff
             self._note(f"restart in {delay:g} s ({self.quick_runs} runs shorter than {job.min_uptime:g} s in a row)")
         self.keeper.save()
-
-    # -- the cluster lease ---------------------------------------------------------------------
-    def _lease_gate(self) -> bool:
-        """Before a start: hold NAME's cluster lease, or say why not and decide what comes next
-        (wait for the next due time, retry as a standby, or leave)."""
-        assert self.guard is not None
-        gate = self.guard.gate()
-        state = self.state
-        state.lease_checked_at = now_iso() if not gate.unreachable else state.lease_checked_at
-        if gate.go:
-            if state.lease_token != self.guard.token or state.lease_role != "holder":
-                self._note(f"holding the cluster lease of {self.job.name}: token {self.guard.token}")
-            state.lease_role, state.lease_token, state.lease_holder = "holder", self.guard.token, ""
-            state.lease_problem = self._lease_said = ""
-            self.guard.start_renewing()
-            return True
-        state.lease_role, state.lease_token, state.lease_holder = "standby", None, gate.holder
-        state.lease_problem = gate.why if gate.unreachable else ""
-        if gate.why != self._lease_said:
-            self._lease_said = gate.why
-            self._note(f"not started here: {gate.why}")
-        now = self.seams.clock()
-        if self.periodic is not None and not self.periodic.once and not self.stopping:
-            self._wait_for(self.periodic.schedule.next_after(max(self.seams.wall(), self.periodic.due or 0.0)))
-        elif self.job.standby and self.periodic is None:
-            self.next_start = now + self.guard.timing.retry
-            state.phase = "standby"
-            self._report_ready(f"ok standby {self.job.name}: {gate.why}: standing by")
-        else:
-            self.done_code = 0
-            state.phase = "standby"
-            self._report_ready(f"ok standby {self.job.name} not started here: {gate.why}")
-            if self.passthrough:
-                os.write(2, f"watchdog-singleton: {self.job.name} not started here: {gate.why}\n".encode())
-        self.keeper.save()
-        return False
-
-    def _lease_tick(self) -> None:
-        """Renew inline (tests), note a renew problem once, and stop the tree once the lease is lost."""
-        guard = self.guard
-        assert guard is not None
-        guard.tick()
-        problem = guard.keeper.problem
-        if guard.keeper.grant is None:
-            return
-        if problem != self._lease_said:
-            if problem:
-                self._note(f"cluster lease: {problem}")
-            elif self._lease_said:
-                self._note("cluster lease: renewed again")
-            self._lease_said = self.state.lease_problem = problem
-            self.keeper.save()
-        if not guard.lost():
-            return
-        grace = guard.timing.capped_grace(self.job.grace)
-        guard.forget()
-        self.state.lease_role, self.state.lease_token = "", None
-        self._note(f"lost the cluster lease of {self.job.name} ({problem or 'expired'})")
-        if self.daemon is not None:
-            self.ending = "lease"
-            self._stop_tree("the cluster lease was lost: stopping the tree before another host may start",
-                            leftovers=True, grace=grace)
-        self.keeper.save()
-
-    def _lease_run_ended(self) -> None:
-        if self.guard is None or not (self.job.sync or self.job.rotate):
-            return
-        turn = self.guard.run_ended()
-        self.state.lease_role, self.state.lease_token = "", None
-        if turn is not None:
-            self._note(f"the turn passes to {turn}")
 
     # -- stopping ----------------------------------------------------------------------------
     def _stop_tree(self, why: str, leftovers: bool = False, grace: Optional[float] = None) -> None:

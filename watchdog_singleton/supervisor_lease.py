@@ -1,0 +1,127 @@
+"""The supervisor's steps for a cluster job's lease: the gate before each start (hold the lease,
+or say why not and decide what comes next), the tick that notices a renew problem or a lost
+lease and stops the tree in time, and giving the lease back after a sync or rotate run
+(leases/guard.py talks to the database). A part of `Supervisor`."""
+
+from __future__ import annotations
+
+import os
+
+from .jobs import now_iso
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Callable, Optional
+
+    from .jobs import Job
+    from .leases import ClusterLease
+    from .leases.guard import ClusterGuard
+    from .periodic import PeriodicRuns
+    from .state import RunState, StateKeeper
+    from .supervisor import Seams
+
+
+class LeaseSteps:
+    if TYPE_CHECKING:  # what these steps use of the Supervisor they are part of
+        job: Job
+        state: RunState
+        seams: Seams
+        keeper: StateKeeper
+        periodic: Optional[PeriodicRuns]
+        passthrough: bool
+        stopping: bool
+        next_start: float
+        deadline: Optional[float]
+        ending: Optional[str]
+        done_code: Optional[int]
+        daemon: Optional[int]
+
+        def _note(self, text: str) -> None: ...
+
+        def _stop_tree(self, why: str, leftovers: bool = False, grace: Optional[float] = None) -> None: ...
+        guard: Optional[ClusterGuard]
+        _lease_said: str
+
+        _wake: Callable[[], None]
+
+        def _wait_for(self, due: float) -> None: ...
+
+        def _report_ready(self, problem: Optional[str]) -> None: ...
+
+    def _lease_guard(self, cluster: ClusterLease) -> ClusterGuard:
+        from .leases import Timing
+        from .leases.guard import ClusterGuard
+        from .leases.keeper import boottime
+
+        return ClusterGuard(self.job, cluster, Timing.for_lease(self.job.lease), lambda: self._wake(),
+                            clock=self.seams.lease_clock or boottime, threaded=self.seams.threads)
+
+    def _lease_gate(self) -> bool:
+        """Before a start: hold NAME's cluster lease, or say why not and decide what comes next
+        (wait for the next due time, retry as a standby, or leave)."""
+        assert self.guard is not None
+        gate = self.guard.gate()
+        state = self.state
+        state.lease_checked_at = now_iso() if not gate.unreachable else state.lease_checked_at
+        if gate.go:
+            if state.lease_token != self.guard.token or state.lease_role != "holder":
+                self._note(f"holding the cluster lease of {self.job.name}: token {self.guard.token}")
+            state.lease_role, state.lease_token, state.lease_holder = "holder", self.guard.token, ""
+            state.lease_problem = self._lease_said = ""
+            self.guard.start_renewing()
+            return True
+        state.lease_role, state.lease_token, state.lease_holder = "standby", None, gate.holder
+        state.lease_problem = gate.why if gate.unreachable else ""
+        if gate.why != self._lease_said:
+            self._lease_said = gate.why
+            self._note(f"not started here: {gate.why}")
+        now = self.seams.clock()
+        if self.periodic is not None and not self.periodic.once and not self.stopping:
+            self._wait_for(self.periodic.schedule.next_after(max(self.seams.wall(), self.periodic.due or 0.0)))
+        elif self.job.standby and self.periodic is None:
+            self.next_start = now + self.guard.timing.retry
+            state.phase = "standby"
+            self._report_ready(f"ok standby {self.job.name}: {gate.why}: standing by")
+        else:
+            self.done_code = 0
+            state.phase = "standby"
+            self._report_ready(f"ok standby {self.job.name} not started here: {gate.why}")
+            if self.passthrough:
+                os.write(2, f"watchdog-singleton: {self.job.name} not started here: {gate.why}\n".encode())
+        self.keeper.save()
+        return False
+
+    def _lease_tick(self) -> None:
+        """Renew inline (tests), note a renew problem once, and stop the tree once the lease is lost."""
+        guard = self.guard
+        assert guard is not None
+        guard.tick()
+        problem = guard.keeper.problem
+        if guard.keeper.grant is None:
+            return
+        if problem != self._lease_said:
+            if problem:
+                self._note(f"cluster lease: {problem}")
+            elif self._lease_said:
+                self._note("cluster lease: renewed again")
+            self._lease_said = self.state.lease_problem = problem
+            self.keeper.save()
+        if not guard.lost():
+            return
+        grace = guard.timing.capped_grace(self.job.grace)
+        guard.forget()
+        self.state.lease_role, self.state.lease_token = "", None
+        self._note(f"lost the cluster lease of {self.job.name} ({problem or 'expired'})")
+        if self.daemon is not None:
+            self.ending = "lease"
+            self._stop_tree("the cluster lease was lost: stopping the tree before another host may start",
+                            leftovers=True, grace=grace)
+        self.keeper.save()
+
+    def _lease_run_ended(self) -> None:
+        if self.guard is None or not (self.job.sync or self.job.rotate):
+            return
+        turn = self.guard.run_ended()
+        self.state.lease_role, self.state.lease_token = "", None
+        if turn is not None:
+            self._note(f"the turn passes to {turn}")

@@ -1,0 +1,112 @@
+"""The supervisor's steps for periodic runs and deadlines: waiting for a due time, arming a
+run's timeout or a daemon's --max-lifetime, ending a run ourselves, and recording a run that
+ended (periodic.PeriodicRuns keeps the due times and the record). A part of `Supervisor`."""
+
+from __future__ import annotations
+
+from .jobs import iso
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Optional
+
+    from .jobs import Job
+    from .logsink import LogSink
+    from .periodic import PeriodicRuns
+    from .state import RunState, StateKeeper
+    from .supervisor import Seams
+
+
+class PeriodicSteps:
+    if TYPE_CHECKING:  # what these steps use of the Supervisor they are part of
+        job: Job
+        state: RunState
+        seams: Seams
+        keeper: StateKeeper
+        periodic: Optional[PeriodicRuns]
+        passthrough: bool
+        stopping: bool
+        next_start: float
+        deadline: Optional[float]
+        ending: Optional[str]
+        done_code: Optional[int]
+        daemon: Optional[int]
+
+        def _note(self, text: str) -> None: ...
+
+        def _stop_tree(self, why: str, leftovers: bool = False, grace: Optional[float] = None) -> None: ...
+        out: LogSink
+
+        def _lease_run_ended(self) -> None: ...
+
+    def _wait_for(self, due: float) -> None:
+        """Start the next run at wall time `due`, plus a fresh jitter: never early."""
+        assert self.periodic is not None
+        self.periodic.due = due
+        delay = max(0.0, due - self.seams.wall()) + self.periodic.jitter()
+        self.next_start = self.seams.clock() + delay
+        self.state.next_due_at = iso(due)
+        if delay > 0:
+            self.state.phase = "waiting"
+            self.keeper.save()
+
+    def _arm_deadline(self) -> None:
+        job, now = self.job, self.seams.clock()
+        if self.periodic is not None:
+            assert self.periodic.due is not None
+            if self.periodic.started_at is None or self.periodic.loops == 0:
+                self.periodic.started(self.periodic.due)
+                self.deadline = now + job.run_timeout
+                marker = f"run due {iso(self.periodic.due)} started (pid {self.state.pid})"
+                self._note(marker)
+                if not self.passthrough:
+                    self.out.note(marker)
+            else:
+                self.periodic.loops += 1  # loop mode: the same slot, its deadline unchanged
+        elif job.max_lifetime > 0:
+            self.deadline = now + job.max_lifetime
+        else:
+            self.deadline = None
+
+    def _end_run_ourselves(self, now: float) -> None:
+        """A periodic run past its timeout, or a daemon past its --max-lifetime: stop its tree
+        (SIGTERM, grace, SIGKILL), and record why."""
+        self.deadline = None
+        if self.periodic is not None:
+            self.ending = "timeout"
+            why = f"run timed out after {self.job.run_timeout:g} s"
+        else:
+            self.ending = "lifetime"
+            why = f"--max-lifetime {self.job.max_lifetime:g} s reached: restarting it"
+        self._note(why)
+        self._stop_tree(why, leftovers=True)
+
+    def _after_periodic_run(self, code: int, message: str) -> None:
+        assert self.periodic is not None
+        runs = self.periodic
+        timed_out, self.ending = self.ending == "timeout", None
+        if runs.started_at is None:  # it could not even start: still a run that failed
+            runs.started(runs.due if runs.due is not None else self.seams.wall())
+        if (not timed_out and code == 0 and self.job.loop and not self.stopping
+                and self.seams.wall() < runs.slot_end()):
+            self.next_start = self.seams.clock()  # PanDA's loop mode: again at once, within the period
+            self.state.phase = "starting"
+            return
+        self._lease_run_ended()
+        result, skipped = runs.finished(code, timed_out, stopped=self.stopping)
+        runs.started_at = None
+        runs.loops = 0
+        self.deadline = None
+        self.state.message = message
+        if skipped:
+            self._note(f"the run outlasted its period: {skipped} due time(s) skipped")
+        self._note(f"run due {iso(runs.due or 0)}: {result}" + (f" (code {code})" if result == "failed" else ""))
+        due = None if self.stopping else runs.next_due()
+        if due is None:
+            self.done_code = code if not timed_out else 124  # timeout(1)'s code
+            self.state.phase = "exited"
+            self.state.next_due_at = None
+            self.keeper.save()
+            return
+        self._wait_for(due)
+        self.keeper.save()
