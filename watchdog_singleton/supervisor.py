@@ -496,7 +496,7 @@ class Supervisor(LeaseSteps, PeriodicSteps):
         self.keeper.save()
 
     # -- stopping ----------------------------------------------------------------------------
-    def _stop_tree(self, why: str, leftovers: bool = False, grace: Optional[float] = None) -> None:
+    def _stop_tree(self, why: str, leftovers: bool = False) -> None:
         self.state.phase = "stopping"
         self.state.pid = self.state.pid_start = None
         self.keeper.save()
@@ -508,7 +508,11 @@ class Supervisor(LeaseSteps, PeriodicSteps):
             elif count:
                 self._note(why)
 
-        wait = self.job.grace if grace is None else grace
+        wait = self.job.grace
+        if self.guard is not None:
+            # A lease holder's tree must be gone before the lease can pass, even when the database
+            # becomes unreachable in the middle of a stop: every stop fits the stop budget.
+            wait = self.guard.timing.capped_grace(wait)
         survivors = self.stopper.stop(finder, wait, on_first=say)
         if survivors:
             self._note(f"pids {sorted(survivors)} survived SIGKILL (stuck in the kernel?)")

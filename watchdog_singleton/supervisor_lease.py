@@ -38,7 +38,7 @@ class LeaseSteps:
 
         def _note(self, text: str) -> None: ...
 
-        def _stop_tree(self, why: str, leftovers: bool = False, grace: Optional[float] = None) -> None: ...
+        def _stop_tree(self, why: str, leftovers: bool = False) -> None: ...
         guard: Optional[ClusterGuard]
         _lease_said: str
 
@@ -108,14 +108,13 @@ class LeaseSteps:
             self.keeper.save()
         if not guard.lost():
             return
-        grace = guard.timing.capped_grace(self.job.grace)
         guard.forget()
         self.state.lease_role, self.state.lease_token = "", None
         self._note(f"lost the cluster lease of {self.job.name} ({problem or 'expired'})")
         if self.daemon is not None:
             self.ending = "lease"
             self._stop_tree("the cluster lease was lost: stopping the tree before another host may start",
-                            leftovers=True, grace=grace)
+                            leftovers=True)
         self.keeper.save()
 
     def _lease_run_ended(self) -> None:
