@@ -65,9 +65,18 @@ def test_syntax_error_gives_tomls_line(tmp_path: Any) -> None:
     assert "jobs.toml:3: TOML syntax error: " in message
 
 
-def test_sync_true_is_a_clear_error_not_ignored(tmp_path: Any) -> None:
-    message = refused(tmp_path, '[jobs.web]\ncommand = "a"\nperiod = 60\nsync = true\n')
-    assert "jobs.toml:4: job web, key sync: sync = true needs a cluster backend" in message
+def test_sync_true_without_a_cluster_is_a_clear_error_not_ignored(tmp_path: Any) -> None:
+    from watchdog_singleton.commands.cluster import check_options
+    from watchdog_singleton.errors import UserError
+
+    cfg = parse(tmp_path, '[jobs.web]\ncommand = "a"\nperiod = 60\nsync = true\n')
+    req = cfg.request(cfg.jobs[0])
+    with pytest.raises(UserError) as caught:
+        check_options(req.cluster, req.lease, req.standby, req.rotate, req.sync, {})  # what apply's build_job asks
+    key, message = config.option_to_key(str(caught.value))
+    assert str(cfg.error(cfg.jobs[0], key, message)).endswith(
+        'jobs.toml:4: job web, key sync: sync = true is for cluster jobs: add cluster = "postgresql://USER@HOST/DB" '
+        '(or set WATCHDOG_SINGLETON_CLUSTER)')
 
 
 def test_period_makes_a_job_periodic_and_contradicting_it_is_an_error(tmp_path: Any) -> None:
@@ -265,7 +274,8 @@ BAD_FILES = [
     ("bad schedule", "schedule = \"61 * * * *\"\n", ", key schedule: schedule '61 * * * *'"),
     ("number out of range", "grace = 99999\n", ", key grace: grace 99999: must be from 0 to 3600"),
     ("period with schedule", "period = 60\nschedule = \"*/5 * * * *\"\n", ", key period: give period"),
-    ("sync", "sync = true\nperiod = 60\n", ", key sync: sync = true needs a cluster backend"),
+    ("sync without a cluster", "sync = true\nperiod = 60\n", ", key sync: sync = true is for cluster jobs"),
+    ("unknown cluster kind", "cluster = \"mysql://db/x\"\n", ", key cluster: cluster 'mysql://db/x': unknown kind"),
     ("missing workdir", "workdir = \"/nonexistent/dir\"\n", ", key workdir: working directory"),
 ]
 

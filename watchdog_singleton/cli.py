@@ -134,6 +134,18 @@ def install(
                                              help="stdout to this file instead of LOG_DIR/NAME.stdout.log"),
     stderr_log: Optional[str] = typer.Option(None, metavar="FILE",
                                              help="stderr to this file (may be the --stdout-log file)"),
+    cluster: Optional[str] = typer.Option(None, "--cluster", metavar="URL",
+                                          help="one copy across hosts, on a lease in this PostgreSQL: "
+                                               "postgresql://USER@HOST/DB, password in ~/.pgpass (default "
+                                               "$WATCHDOG_SINGLETON_CLUSTER; none: this host only)"),
+    lease: Optional[float] = typer.Option(None, "--lease", metavar="SECONDS",
+                                          help="cluster: the lease's duration, 5 to 86400 (default 60; renewed "
+                                               "every sixth of it)"),
+    standby: bool = typer.Option(False, "--standby",
+                                 help="cluster: while another host holds the lease, wait resident for it"),
+    rotate: bool = typer.Option(False, "--rotate", help="cluster: the hosts take turns, one run each, in name order"),
+    sync: bool = typer.Option(False, "--sync",
+                              help="cluster, periodic: at most one run per period across all hosts"),
 ) -> None:
     """Install NAME: one crontab line that keeps one copy of COMMAND running; start it now."""
     from .commands.install import InstallRequest
@@ -145,7 +157,8 @@ def install(
                          backoff_max=backoff_max, min_uptime=min_uptime, log_max_bytes=log_max_bytes,
                          log_backups=log_backups, lean=lean, forking=forking, settle=settle, periodic=periodic,
                          every=every, timeout=timeout, jitter=jitter, catch_up=catch_up, loop=loop,
-                         max_lifetime=max_lifetime, stdout_log=stdout_log, stderr_log=stderr_log)
+                         max_lifetime=max_lifetime, stdout_log=stdout_log, stderr_log=stderr_log, cluster=cluster,
+                         lease=lease, standby=standby, rotate=rotate, sync=sync)
     _call(lambda: do_install(req, _context(), _echo, _warn))
 
 
@@ -176,6 +189,14 @@ def submit(
     extra: List[str] = typer.Option([], "--extra", metavar="DIRECTIVE",
                                     help="a raw directive for the script (repeatable), e.g. --extra '--mem=4G'"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the script; write and submit nothing"),
+    cluster: Optional[str] = typer.Option(None, "--cluster", metavar="URL",
+                                          help="one copy across hosts and batch jobs, on a lease in this "
+                                               "PostgreSQL (default $WATCHDOG_SINGLETON_CLUSTER; none: no lease)"),
+    lease: Optional[float] = typer.Option(None, "--lease", metavar="SECONDS",
+                                          help="cluster: the lease's duration, 5 to 86400 (default 60)"),
+    standby: bool = typer.Option(False, "--standby",
+                                 help="cluster: while another host holds the lease, wait resident for it"),
+    rotate: bool = typer.Option(False, "--rotate", help="cluster: the hosts take turns, one run each"),
 ) -> None:
     """Submit NAME as a self-renewing batch job that runs COMMAND under `run NAME`: Slurm requeues it
     (singleton dependency, USR1 before the walltime), PBS chains a successor (afterany), HTCondor
@@ -185,7 +206,7 @@ def submit(
 
     req = SubmitRequest(name=name, command=list(command or []), scheduler=scheduler, walltime=walltime,
                         account=account, queue=queue, signal_lead=signal_lead, grace=grace, extra=list(extra),
-                        dry_run=dry_run)
+                        dry_run=dry_run, cluster=cluster, lease=lease, standby=standby, rotate=rotate)
     _call(lambda: do_submit(req, _context(), _echo, _warn))
 
 
@@ -277,7 +298,7 @@ def apply(
     (exit 2) changes nothing. Keys: command, arguments, enable, schedule, periodic, period,
     timeout, jitter, catch_up, loop, max_lifetime, sync, workdir, env, grace, restart,
     backoff_initial, backoff_max, min_uptime, settle, log_dir, log_max_bytes, log_backups,
-    lock_dir, allow_network_fs, lean, forking (see the README).
+    lock_dir, allow_network_fs, lean, forking, cluster, lease, standby, rotate (see the README).
     """
     from .commands.apply import apply as do_apply
 

@@ -44,7 +44,11 @@ KEYS: dict[str, tuple[str, str]] = {
     "catch_up": ("catch_up", "str"),
     "loop": ("loop", "bool"),
     "max_lifetime": ("max_lifetime", "number"),
-    "sync": ("sync", "bool"),
+    "sync": ("sync", "bool"),  # PanDA's: with a cluster, one run per period across hosts
+    "cluster": ("cluster", "str"),  # postgresql://USER@HOST/DB (password in ~/.pgpass); "none": this host only
+    "lease": ("lease", "number"),
+    "standby": ("standby", "bool"),
+    "rotate": ("rotate", "bool"),
     "workdir": ("workdir", "path"),
     "env": ("env", "env"),
     "grace": ("grace", "number"),
@@ -74,7 +78,10 @@ OPTION_KEYS = [("--periodic (or --every SECONDS)", "periodic = true (or period =
                ("--backoff-max", "backoff_max"), ("--min-uptime", "min_uptime"), ("--log-max-bytes", "log_max_bytes"),
                ("--log-backups", "log_backups"), ("--forking", "forking"), ("--lean", "lean"), ("--loop", "loop"),
                ("--timeout", "timeout"), ("--jitter", "jitter"), ("--grace", "grace"), ("--settle", "settle"),
-               ("--restart", "restart"), ("--env", "env")]
+               ("--restart", "restart"), ("--env", "env"),
+               ("--cluster postgresql://USER@HOST/DB", 'cluster = "postgresql://USER@HOST/DB"'),
+               ("--sync", "sync = true"), ("--standby", "standby = true"), ("--rotate", "rotate = true"),
+               ("--lease", "lease")]
 
 
 class ConfigError(UserError):
@@ -148,7 +155,7 @@ def option_to_key(message: str) -> tuple[str, str]:
     for start, name in (("program", "command"), ("no command", "command"), ("command argument", "command"),
                         ("schedule", "schedule"), ("a periodic job cannot run", "schedule"),
                         ("working directory", "workdir"), ("lock folder", "lock_dir"), ("log folder", "log_dir"),
-                        ("log file", "log_dir"), ("sync", "sync"), ("job name", "")):
+                        ("log file", "log_dir"), ("sync", "sync"), ("cluster", "cluster"), ("job name", "")):
         if message.startswith(start) or start in message.split(":")[0]:
             return name, message
     return "", message
@@ -259,9 +266,6 @@ def parse(text: str, path: str) -> ConfigFile:
             raise config_error(path, spec, "", "no command: add command = [\"program\", \"arg\", ...]")
         if values.get("period") and values.get("periodic") is False:
             raise config_error(path, spec, "periodic", "a job with a period is periodic: remove periodic = false")
-        if values.get("sync"):
-            raise config_error(path, spec, "sync", "sync = true needs a cluster backend, which this version "
-                                                   "does not have yet")
         specs.append(spec)
     return ConfigFile(path, specs)
 
@@ -302,7 +306,9 @@ def _has_kind(value: Any, kind: str) -> bool:
 def job_table(job: Job, default_log_dir: str, default_lock_dir: str) -> dict[str, Any]:
     """The keys that give `job` back when applied: command, workdir and env always (so the file
     does not depend on where or from which shell it is applied), the rest when not the default."""
+    from .commands.cluster import DEFAULT_LEASE
     from .commands.install import InstallRequest
+    from .leases import CLUSTER_ENV, NO_CLUSTER
 
     base = InstallRequest(name=job.name, command=[])
     table: dict[str, Any] = {"command": list(job.command), "workdir": job.workdir}
@@ -319,9 +325,15 @@ def job_table(job: Job, default_log_dir: str, default_lock_dir: str) -> dict[str
         if getattr(job, key) != getattr(base, key):
             table[key] = _number(getattr(job, key))
     for key in ("catch_up", "restart", "log_max_bytes", "log_backups", "loop", "sync", "allow_network_fs", "lean",
-                "forking"):
+                "forking", "standby", "rotate"):
         if getattr(job, key) != getattr(base, key):
             table[key] = getattr(job, key)
+    if job.cluster:
+        table["cluster"] = job.cluster
+        if job.lease != DEFAULT_LEASE:
+            table["lease"] = _number(job.lease)
+    elif os.environ.get(CLUSTER_ENV):
+        table["cluster"] = NO_CLUSTER  # or apply from this shell would make it a cluster job
     log_dir = os.path.dirname(job.stdout_log)
     if (job.stdout_log, job.stderr_log) != paths.log_files(log_dir, job.name):
         table["stdout_log"], table["stderr_log"] = job.stdout_log, job.stderr_log  # taken over from `>> FILE`

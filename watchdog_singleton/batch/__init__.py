@@ -52,6 +52,10 @@ class Spec:
     queue: str = ""
     extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # exported by the script (PATH and the loader's)
+    cluster: str = ""  # the lease's database; "none": say so (the node may have $WATCHDOG_SINGLETON_CLUSTER)
+    lease: float = 60.0
+    standby: bool = False
+    rotate: bool = False
 
     @property
     def job_name(self) -> str:
@@ -161,8 +165,18 @@ def run_line(spec: Spec) -> str:
     daemon dies within the allocation."""
     words = [*map(q, spec.runner), "run", "--state-dir", q(spec.root), "--lock-dir", LOCK_DIR_EXPR,
              "--log-dir", q(spec.log_dir), "--workdir", q(spec.workdir), "--grace", f"{spec.grace:g}",
-             "--restart", "always", q(spec.name), "--", *map(q, spec.command)]
+             "--restart", "always", *cluster_words(spec), q(spec.name), "--", *map(q, spec.command)]
     return " ".join(words)
+
+
+def cluster_words(spec: Spec) -> list[str]:
+    """run's cluster options for the chain: a copy on each batch node takes NAME's lease."""
+    if not spec.cluster:
+        return []
+    if spec.cluster == "none":
+        return ["--cluster", "none"]
+    return ["--cluster", q(spec.cluster), "--lease", f"{spec.lease:g}", *(["--standby"] if spec.standby else []),
+            *(["--rotate"] if spec.rotate else [])]
 
 
 def prologue(spec: Spec, title: str) -> str:
@@ -272,7 +286,9 @@ def submitted_names(root: str) -> list[str]:
 def spec_of(record: dict[str, Any]) -> Spec:
     return Spec(name=record["name"], command=list(record["command"]), workdir=record["workdir"],
                 root=record["root"], runner=list(record["runner"]), walltime=int(record["walltime"]),
-                signal_lead=int(record["signal_lead"]), grace=float(record["grace"]))
+                signal_lead=int(record["signal_lead"]), grace=float(record["grace"]),
+                cluster=str(record.get("cluster", "")), lease=float(record.get("lease", 60.0)),
+                standby=bool(record.get("standby", False)), rotate=bool(record.get("rotate", False)))
 
 
 def describe(root: str, name: str) -> Optional[dict[str, Any]]:

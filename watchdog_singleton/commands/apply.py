@@ -12,6 +12,7 @@ from ..crontab import CrontabEditor, disabled, parse_entries, with_entry
 from ..errors import FAILED, OK, UserError
 from ..hostinfo import cron_daemon_running
 from ..jobs import Job
+from .cluster import check_cron_driver
 from .common import Context, Echo, start_now, stop_processes
 from .install import build_job, needs_restart, replace_running_copy
 
@@ -68,6 +69,11 @@ def make_plan(cfg: config.ConfigFile, ctx: Context, environ: dict[str, str], cro
         except UserError as exc:
             key, message = config.option_to_key(str(exc))
             raise cfg.error(spec, key, message) from None
+        if job.cluster:
+            try:
+                check_cron_driver(ctx.python, ctx.isolation())
+            except UserError as exc:
+                raise cfg.error(spec, "cluster", str(exc)) from None
         listed.add(job.name)
         job.enabled = spec.enable
         previous = ctx.jobs.load(job.name)

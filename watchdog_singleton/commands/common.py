@@ -42,9 +42,12 @@ class Context:
         io = self.crontab_io or CrontabIO()
         return CrontabEditor(io, paths.crontab_edit_lock(self.root), before_write=self.before_crontab_write)
 
+    def isolation(self) -> str:
+        """The interpreter flag our crontab lines and launches give `python` (-I, -P or none)."""
+        return paths.isolation_flag() if self.python == sys.executable else ""
+
     def cron_line(self, job: Job) -> bytes:
-        return render(job, self.python, self.root, shutil.which("flock"),
-                      paths.isolation_flag() if self.python == sys.executable else "")
+        return render(job, self.python, self.root, shutil.which("flock"), self.isolation())
 
     def known(self, name: str) -> tuple[Optional[Job], Optional[RunState]]:
         job, state = self.jobs.load(name), self.states.load(name)

@@ -26,6 +26,7 @@ from ..jobs import (
     snapshot_env,
 )
 from ..lock import check_lock_dir
+from .cluster import check_cron_driver, check_options, grace_note
 from .common import Context, Echo, start_now, stop_processes, tell_to_reload
 
 
@@ -58,6 +59,10 @@ class InstallRequest:
     loop: bool = False
     max_lifetime: float = 0.0
     sync: bool = False
+    cluster: Optional[str] = None  # postgresql://USER@HOST/DB; None: $WATCHDOG_SINGLETON_CLUSTER; "none": this host
+    lease: Optional[float] = None  # None: the default (60 s); given without a cluster, refused
+    standby: bool = False
+    rotate: bool = False
     applied_from: str = ""
     stdout_log: Optional[str] = None  # an explicit log file instead of LOG_DIR/NAME.stdout.log
     stderr_log: Optional[str] = None  # the same file as stdout_log is fine: both streams go there
@@ -84,7 +89,7 @@ def check_kind(req: InstallRequest, schedule: str) -> None:
     periodic = req.periodic or req.every > 0
     if not periodic:
         for option, value in (("--timeout", req.timeout), ("--jitter", req.jitter), ("--loop", req.loop),
-                              ("--catch-up once", req.catch_up == "once"), ("sync", req.sync)):
+                              ("--catch-up once", req.catch_up == "once"), ("--sync", req.sync)):
             if value:
                 raise UserError(f"{option} is for periodic jobs: add --periodic (or --every SECONDS)")
         return
@@ -98,9 +103,6 @@ def check_kind(req: InstallRequest, schedule: str) -> None:
         raise UserError("give --every SECONDS or --schedule EXPR, not both")
     if schedule == "@reboot" and not req.every:
         raise UserError("a periodic job cannot run @reboot: use --every SECONDS or a 5-field --schedule")
-    if req.sync:
-        raise UserError("sync = true needs a cluster backend (--cluster postgresql://...), "
-                        "which this version does not have yet")
 
 
 def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job:
@@ -115,6 +117,9 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
     command = resolve_command(req.command, workdir, env.get("PATH"))
     check_numbers(req)
     check_kind(req, schedule)
+    cluster, lease = check_options(req.cluster, req.lease, req.standby, req.rotate, req.sync, environ)
+    if cluster and req.lean:
+        raise UserError("--lean cannot hold a cluster lease: the supervisor renews it (drop --lean)")
     if req.restart not in RESTART_POLICIES:
         raise UserError(f"--restart must be one of {', '.join(RESTART_POLICIES)}")
     lock_dir = os.path.abspath(req.lock_dir) if req.lock_dir else paths.default_lock_dir()
@@ -145,7 +150,8 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
                lock_dir=lock_dir, allow_network_fs=req.allow_network_fs, lean=req.lean,
                forking=req.forking, settle=req.settle, periodic=req.periodic or req.every > 0,
                every=req.every, timeout=req.timeout, jitter=req.jitter, catch_up=req.catch_up, loop=req.loop,
-               max_lifetime=req.max_lifetime, sync=req.sync, applied_from=req.applied_from,
+               max_lifetime=req.max_lifetime, sync=req.sync, cluster=cluster, lease=lease, standby=req.standby,
+               rotate=req.rotate, applied_from=req.applied_from,
                state_folder=paths.job_state_dir(ctx.root, name),
                enabled=True, installed_at=now_iso())
 
@@ -153,6 +159,8 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
 def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,
             environ: Optional[dict[str, str]] = None) -> int:
     job = build_job(req, ctx, dict(os.environ) if environ is None else environ)
+    if job.cluster:
+        check_cron_driver(ctx.python, ctx.isolation())
     editor = ctx.editor()
     editor.io.read()  # no crontab binary, or cron.allow/deny: say so before anything changes
     line = ctx.cron_line(job)
@@ -175,6 +183,10 @@ def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,
              "after every exit; for a job that should run once per due time use --periodic")
     if cron_daemon_running() is False:
         warn("warning: no cron daemon runs on this host: the entry will not fire until one does")
+    if job.cluster:
+        note = grace_note(job.name, job.lease, job.grace)
+        if note:
+            warn(note)
     if not req.start:
         return OK
     replace_running_copy(ctx, job, previous, echo)

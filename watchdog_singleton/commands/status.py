@@ -15,6 +15,8 @@ from ..errors import NO_SUCH_JOB, NOT_RUNNING, OK, UserError
 from ..hostinfo import cron_daemon_running
 from ..jobs import Job, check_name
 from ..state import RunState
+from .cluster import ClusterView, summary
+from .cluster import describe as describe_cluster
 from .common import Context, Echo
 
 
@@ -43,7 +45,7 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
     lock_path = job.lock_path if job else (state.lock_path if state else "")
     if state is None:
         phase = "never started"
-    elif running or supervisor or state.phase in ("stopped", "exited"):
+    elif running or supervisor or state.phase in ("stopped", "exited", "standby"):  # standby: runs elsewhere
         phase = state.phase
     else:
         phase = "dead"  # recorded as alive, but its processes are gone (reboot, SIGKILL)
@@ -102,14 +104,39 @@ def _next_due(job: Optional[Job], state: Optional[RunState], supervisor: bool) -
 def collect(ctx: Context, names: list[str], host: HostView) -> list[dict[str, Any]]:
     from .. import batch
 
-    infos = [describe(n, ctx.jobs.load(n), ctx.states.load(n), host) for n in names]
-    for info in infos:
-        # A submitted batch chain: its queue entries beside the run state its supervisor writes.
-        info["batch"] = batch.describe(ctx.root, info["name"])
-        for key in ("command", "stdout_log", "stderr_log"):
-            if info["batch"] and not info[key]:
-                info[key] = info["batch"][key]
+    view: Optional[ClusterView] = None
+    infos = []
+    try:
+        for n in names:
+            job, state = ctx.jobs.load(n), ctx.states.load(n)
+            info = describe(n, job, state, host)
+            # A submitted batch chain: its queue entries beside the run state its supervisor writes.
+            info["batch"] = batch.describe(ctx.root, n)
+            for key in ("command", "stdout_log", "stderr_log"):
+                if info["batch"] and not info[key]:
+                    info[key] = info["batch"][key]
+            settings = _cluster_settings(job, batch.load_record(ctx.root, n) if info["batch"] else None)
+            if settings is None:
+                info["cluster"] = None
+            else:
+                view = view or ClusterView()
+                info["cluster"] = describe_cluster(*settings, state, view, n)
+            infos.append(info)
+    finally:
+        if view is not None:
+            view.close()
     return infos
+
+
+def _cluster_settings(job: Optional[Job], record: Optional[dict[str, Any]]
+                      ) -> Optional[tuple[str, float, bool, bool, bool]]:
+    """(url, lease, standby, rotate, sync) of a cluster job, installed or submitted; None otherwise."""
+    if job is not None and job.cluster:
+        return job.cluster, job.lease, job.standby, job.rotate, job.sync
+    if record and record.get("cluster") not in (None, "", "none"):
+        return (str(record["cluster"]), float(record.get("lease", 60.0)), bool(record.get("standby")),
+                bool(record.get("rotate")), False)
+    return None
 
 
 def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool = False,
@@ -224,7 +251,13 @@ def table(infos: list[dict[str, Any]]) -> str:
         command = i["command"] or (i["batch"] and i["batch"]["command"]) or []
         rows.append((i["name"], _state_word(i), str(i["pid"] or "-"), _since(i["started_at"] if i["running"] else None),
                      counts, last, schedule, shlex.join(command)))
-    return _columns(rows)
+    lines = _columns(rows).split("\n")
+    out = lines[:1]
+    for line, i in zip(lines[1:], infos):
+        out.append(line)
+        if i.get("cluster"):
+            out.append("  " + summary(i["cluster"]))  # a cluster job: the lease as the database sees it
+    return "\n".join(out)
 
 
 def history_table(info: dict[str, Any]) -> str:

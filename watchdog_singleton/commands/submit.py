@@ -10,6 +10,8 @@ from typing import Optional
 from .. import batch, files, paths
 from ..errors import FAILED, OK, UserError
 from ..jobs import check_limit, check_name, now_iso, resolve_command, snapshot_env
+from ..leases import CLUSTER_ENV, NO_CLUSTER
+from .cluster import check_cron_driver, check_options
 from .common import Context, Echo
 
 MAX_SLURM_LEAD = 65535  # --signal's @TIME is 16 bits
@@ -28,6 +30,10 @@ class SubmitRequest:
     extra: list[str] = field(default_factory=list)
     dry_run: bool = False
     workdir: Optional[str] = None
+    cluster: Optional[str] = None  # None: $WATCHDOG_SINGLETON_CLUSTER; "none": no lease
+    lease: Optional[float] = None
+    standby: bool = False
+    rotate: bool = False
 
 
 def runner(python: str) -> list[str]:
@@ -56,6 +62,11 @@ def build_spec(req: SubmitRequest, ctx: Context) -> tuple[batch.Scheduler, batch
     for value, option in ((req.account, "--account"), (req.queue, "--queue")):
         if value and (not value.strip() or any(c.isspace() or c in "\"'\\" for c in value)):
             raise UserError(f"{option} {value!r}: no spaces or quotes")
+    cluster, lease = check_options(req.cluster, req.lease, req.standby, req.rotate, False, dict(os.environ))
+    if cluster:
+        check_cron_driver(ctx.python, ctx.isolation())  # the script's run line uses the same interpreter
+    elif os.environ.get(CLUSTER_ENV):
+        cluster = NO_CLUSTER  # the batch node may see the variable (Slurm exports our environment)
     missing = sched.missing_tools()
     if missing and not req.dry_run:
         raise UserError(f"--scheduler {sched.name}: {', '.join(missing)} not found on PATH")
@@ -64,7 +75,8 @@ def build_spec(req: SubmitRequest, ctx: Context) -> tuple[batch.Scheduler, batch
     extra = [f"{d}" for d in req.extra]
     spec = batch.Spec(name=req.name, command=command, workdir=workdir, root=ctx.root, runner=runner(ctx.python),
                       walltime=walltime, signal_lead=req.signal_lead, grace=req.grace, account=req.account,
-                      queue=req.queue, extra=extra, env=snapshot_env(dict(os.environ)))
+                      queue=req.queue, extra=extra, env=snapshot_env(dict(os.environ)), cluster=cluster,
+                      lease=lease, standby=req.standby, rotate=req.rotate)
     return sched, spec
 
 
@@ -101,7 +113,8 @@ def submit(req: SubmitRequest, ctx: Context, echo: Echo, warn: Echo) -> int:
         "name": spec.name, "scheduler": sched.name, "jobs": earlier + ids, "script": script,
         "submitted_at": now_iso(), "command": spec.command, "workdir": spec.workdir, "root": spec.root,
         "runner": spec.runner, "walltime": spec.walltime, "signal_lead": spec.signal_lead, "grace": spec.grace,
-        "stdout_log": spec.stdout_log, "stderr_log": spec.stderr_log})
+        "stdout_log": spec.stdout_log, "stderr_log": spec.stderr_log, "cluster": spec.cluster, "lease": spec.lease,
+        "standby": spec.standby, "rotate": spec.rotate})
     echo(f"submitted {req.name} to {sched.name}: job {', '.join(ids)} ({script})")
     if queued:
         jobs = ", ".join(f"{e.id} ({e.state})" for e in queued)

@@ -315,3 +315,41 @@ class PostgresLease:
         except self.psycopg.errors.UndefinedTable:
             return None
         return str(row[0]) if row and row[0] is not None else None
+
+    # -- status ------------------------------------------------------------------------------
+    def overview(self, name: str, fresh: float) -> Optional[dict[str, Any]]:
+        """Everything `status` shows of NAME in one round trip: the grant (holder, token, expiry,
+        when it was taken), the last sync start, the hosts seen within `fresh` seconds and whose
+        turn it is. None when NAME was never granted, synced nor seen."""
+        sql = """
+SELECT l.holder, l.generation, l.expires_at, coalesce(l.expires_at > now(), false),
+  greatest(0, extract(epoch FROM l.expires_at - now()))::float8, l.acquired_at, s.last_start, s.generation,
+  (SELECT coalesce(array_agg(h.host ORDER BY h.host), '{}') FROM ws_host h
+   WHERE h.name = k.name AND h.seen_at > now() - make_interval(secs => %(fresh)s)),
+  (WITH live AS (SELECT host FROM ws_host
+                 WHERE name = k.name AND seen_at > now() - make_interval(secs => %(fresh)s)),
+        turn AS (SELECT host FROM ws_turn WHERE name = k.name)
+   SELECT coalesce((SELECT host FROM live WHERE host = (SELECT host FROM turn)),
+                   (SELECT min(host) FROM live WHERE host > (SELECT host FROM turn)),
+                   (SELECT min(host) FROM live))),
+  EXISTS (SELECT 1 FROM ws_host WHERE name = k.name), now()
+FROM (SELECT %(name)s::text AS name) k
+LEFT JOIN ws_lease l ON l.name = k.name LEFT JOIN ws_sync s ON s.name = k.name
+"""
+        try:
+            row = self._execute(sql, {"name": name, "fresh": fresh}, create=False)
+        except self.psycopg.errors.UndefinedTable:
+            return None  # no cluster job ever ran against this database
+        if row is None:
+            return None
+        holder, token, expires, live, left, acquired, last_start, slot, hosts, turn, seen, now = row
+        if token is None and last_start is None and not seen:
+            return None
+
+        def iso(value: Any) -> Optional[str]:
+            return value.isoformat() if value is not None else None
+
+        return {"holder": holder, "token": token, "expires_at": iso(expires), "live": bool(live),
+                "seconds_left": round(float(left or 0.0), 3), "acquired_at": iso(acquired),
+                "last_start": iso(last_start), "slot": slot, "hosts": list(hosts or []), "turn": turn,
+                "now": iso(now)}
