@@ -199,6 +199,9 @@ class FakeCluster:
     def status(self, name: str) -> None:
         return None
 
+    def overview(self, name: str, fresh: float) -> None:
+        return None
+
     def claim_slot(self, name: str, period: float) -> Optional[int]:
         now = self._ask("claim_slot")
         last = self.db.slots.get(name)

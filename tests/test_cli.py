@@ -59,12 +59,13 @@ def test_every_run_option_parses_after_name_in_both_forms(form: str) -> None:
     argv = ["web", *opt("--state-dir", "/s"), *opt("--lock-dir", "/l"), *opt("--log-dir", "/g"),
             *opt("--workdir", "/w"), *opt("--env", "A=1"), *opt("--env", "B=x=y"), *opt("--grace", "2.5"),
             *opt("--restart", "on-failure"), *opt("--settle", "0.5"), "--allow-network-fs", "--forking",
+            *opt("--cluster", "postgresql://u@db/ws"), *opt("--lease", "30"), "--standby", "--rotate",
             "--cron", "--detach", "--", "prog", "--detach", "--", "x"]
     assert vars(runargs.parse(argv)) == {
         "name": "web", "command": ["prog", "--detach", "--", "x"], "detach": True, "cron": True,
         "state_dir": "/s", "lock_dir": "/l", "log_dir": "/g", "workdir": "/w", "env": ["A=1", "B=x=y"],
         "grace": 2.5, "restart": "on-failure", "settle": 0.5, "forking": True, "allow_network_fs": True,
-        "help": False}
+        "cluster": "postgresql://u@db/ws", "lease": 30.0, "standby": True, "rotate": True, "help": False}
 
 
 def test_run_defaults_are_those_the_launcher_always_had() -> None:

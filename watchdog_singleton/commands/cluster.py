@@ -17,11 +17,10 @@ from typing import Any, Optional
 
 from ..errors import UserError
 from ..jobs import check_limit
-from ..leases import CLUSTER_ENV, LeaseError, Timing, job_cluster, open_cluster, redact
+from ..leases import CLUSTER_ENV, CRON_TICK, LeaseError, Timing, fresh_window, job_cluster, open_cluster, redact
 
 DEFAULT_LEASE = 60.0
 NEED_PSYCOPG = "cluster jobs need psycopg 3: pip install 'watchdog-singleton[postgres]'"
-CRON_TICK = 60.0  # seconds between a cron job's ticks: a host not seen for 3 of them is gone
 STATUS_ATTEMPT = 2.0  # seconds status waits for one database (libpq's connect_timeout floor is 2 s)
 
 
@@ -92,11 +91,6 @@ def grace_note(name: str, lease: float, grace: float) -> str:
             f"{lease:g} s leaves {timing.stop_budget():g} s to stop the tree before another host may take over")
 
 
-def fresh_window(lease: float, tick: float = CRON_TICK) -> float:
-    """How recently a host must have been seen to count as live: max(3 ticks, the lease)."""
-    return max(3 * tick, lease)
-
-
 class ClusterView:
     """NAME's lease as each cluster database sees it, for one `status` call: one connection per
     database, one short query per job; a database that cannot be reached is asked only once and
@@ -132,7 +126,7 @@ class ClusterView:
 
 
 def describe(job_cluster_url: str, lease: float, standby: bool, rotate: bool, sync: bool, state: Any,
-             view: Optional[ClusterView], name: str) -> dict[str, Any]:
+             view: Optional[ClusterView], name: str, tick: float = CRON_TICK) -> dict[str, Any]:
     """status's `cluster` field: the job's settings, this host's part (its run state) and what the
     database says (or the one line saying why it could not be asked)."""
     info: dict[str, Any] = {
@@ -145,7 +139,7 @@ def describe(job_cluster_url: str, lease: float, standby: bool, rotate: bool, sy
         "database": None, "database_problem": "",
     }
     if view is not None:
-        info["database"], info["database_problem"] = view.read(name, job_cluster_url, fresh_window(lease))
+        info["database"], info["database_problem"] = view.read(name, job_cluster_url, fresh_window(lease, tick))
     return info
 
 

@@ -14,6 +14,7 @@ from ..crontab import Entry
 from ..errors import NO_SUCH_JOB, NOT_RUNNING, OK, UserError
 from ..hostinfo import cron_daemon_running
 from ..jobs import Job, check_name
+from ..leases import CRON_TICK
 from ..state import RunState
 from .cluster import ClusterView, summary
 from .cluster import describe as describe_cluster
@@ -120,12 +121,22 @@ def collect(ctx: Context, names: list[str], host: HostView) -> list[dict[str, An
                 info["cluster"] = None
             else:
                 view = view or ClusterView()
-                info["cluster"] = describe_cluster(*settings, state, view, n)
+                from ..leases.guard import heartbeat_tick
+
+                tick = heartbeat_tick(job) if job is not None else CRON_TICK
+                info["cluster"] = describe_cluster(*settings, state, view, n, tick)
             infos.append(info)
     finally:
         if view is not None:
             view.close()
     return infos
+
+
+def _runs_elsewhere(info: dict[str, Any]) -> bool:
+    """A cluster job standing by here while another host holds its lease is up: it runs, there."""
+    cluster = info.get("cluster")
+    database = cluster.get("database") if cluster else None
+    return bool(info["phase"] == "standby" and database and database.get("live"))
 
 
 def _cluster_settings(job: Optional[Job], record: Optional[dict[str, Any]]
@@ -153,7 +164,7 @@ def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool =
         else:
             echo(history_table(info) if history else table([info]))
         up = info["running"] or (info.get("periodic") and info["supervisor_pid"] is not None) or \
-            bool(info["batch"] and info["batch"]["running"])
+            bool(info["batch"] and info["batch"]["running"]) or _runs_elsewhere(info)
         return OK if up else NOT_RUNNING  # a periodic job's supervisor waiting for its due time is up
     from ..batch import submitted_names
 

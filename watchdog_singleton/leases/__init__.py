@@ -66,6 +66,10 @@ if TYPE_CHECKING:
         def pass_turn(self, name: str, fresh: float) -> str:
             """Rotation, after a run here: the turn goes to the next live host in name order."""
 
+        def overview(self, name: str, fresh: float) -> Optional[dict[str, object]]:
+            """Everything `status` shows of NAME in one round trip (holder, token, expiry, last
+            start, hosts seen within `fresh` s, whose turn); None if NAME was never seen."""
+
         def close(self) -> None: ...
 
 
@@ -168,6 +172,15 @@ class LeaseInfo:
                 "slot": self.slot, "now": self.now}
 
 
+CRON_TICK = 60.0  # how often a cron-driven host asks (its heartbeat) when nothing runs there
+
+
+def fresh_window(lease: float, tick: float = CRON_TICK) -> float:
+    """How recently a host must have been seen to count as live (rotation, `status`): three of its
+    ticks, or the lease when that is longer."""
+    return max(3 * tick, lease)
+
+
 def holder_id(pid: Optional[int] = None) -> str:
     """host:boot_id:pid:start: unique across hosts, reboots and PID reuse."""
     from .. import procs
@@ -177,13 +190,19 @@ def holder_id(pid: Optional[int] = None) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without a password, should one have been put in it against our advice."""
+    """The URL without a password (in its user part or a password= parameter), should one have
+    been put in it against our advice."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
+    if not sep:
         return url
-    auth, _, hostpart = rest.partition("@")
-    user = auth.split(":", 1)[0]
-    return f"{scheme}://{user}@{hostpart}"
+    if "@" in rest.split("/", 1)[0]:
+        auth, _, hostpart = rest.partition("@")
+        rest = f"{auth.split(':', 1)[0]}@{hostpart}"
+    base, question, query = rest.partition("?")
+    if question:
+        kept = [part for part in query.split("&") if not part.lower().startswith("password=")]
+        rest = base + ("?" + "&".join(kept) if kept else "")
+    return f"{scheme}://{rest}"
 
 
 def cluster_url(given: Optional[str]) -> str:

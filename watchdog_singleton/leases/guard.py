@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import _thread
 
-from . import LeaseUnavailable, Timing
+from . import CRON_TICK, LeaseUnavailable, Timing, fresh_window
 from .keeper import LOST, RETRY, LeaseKeeper, boottime
 
 TYPE_CHECKING = False
@@ -30,7 +30,13 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from ..jobs import Job
     from . import ClusterLease
 
-CRON_TICK = 60.0  # how often a cron-driven host asks (its heartbeat) when nothing runs there
+
+def heartbeat_tick(job: Job) -> float:
+    """How often a host of JOB asks the database when it does not hold the lease: at each due time
+    (--every), each retry (--standby) or each cron tick."""
+    if job.supervised_schedule:
+        return job.every if job.every > 0 else CRON_TICK
+    return Timing.for_lease(job.lease).retry if job.standby else CRON_TICK
 
 
 def sync_slack(period: float) -> float:
@@ -73,11 +79,7 @@ class ClusterGuard:
 
     @property
     def fresh(self) -> float:
-        """How recent a host's heartbeat must be for it to count as live (rotation, status):
-        three of its ticks, or the lease when that is longer."""
-        tick = self.job.every if self.job.supervised_schedule else self.timing.retry if self.job.standby \
-            else CRON_TICK
-        return max(3 * tick, self.timing.lease)
+        return fresh_window(self.timing.lease, heartbeat_tick(self.job))
 
     def gate(self) -> Gate:
         """One decision before a start: hold the lease (and, for sync, this period's slot; for
