@@ -101,7 +101,7 @@ def test_an_unreachable_database_starts_nothing_and_says_so_in_one_line(sandbox:
     name = sandbox.job("nodb")
     a = Host(sandbox, "a", "postgresql://nobody@127.0.0.1:1/nowhere")
     proc = a.run(name, command=token_writer(sandbox, "a"))
-    assert proc.returncode == 0, proc.stderr
-    assert "cannot reach cluster database" in proc.stdout
-    assert len(proc.stdout.strip().splitlines()) == 1 and "Traceback" not in proc.stdout + proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot reach cluster database" in proc.stderr and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert read(sandbox.path("a.token")) == ""

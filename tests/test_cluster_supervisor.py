@@ -59,7 +59,7 @@ def test_a_partitioned_holder_kills_its_tree_before_the_lease_can_pass(tmp_path:
     world.on_spawn = stubborn
     sup = cluster_supervisor(tmp_path, world, db, grace=30.0)
     world.at(T0 + 10.5, lambda: setattr(db, "reachable", False))
-    assert sup.run() == 0  # it left: the database is unreachable, so no new start
+    assert sup.run() == 1  # it left: the database is unreachable, so no new start
     daemon = world.spawned[0]
     expiry = db.leases["j"]["expires"]  # the database's expiry of the last renew that got through
     assert daemon.signals[0] == TERM and daemon.signals[-1] == KILL
@@ -159,6 +159,9 @@ def test_sync_runs_at_most_once_per_period_across_hosts(tmp_path: Any) -> None:
     assert claimed == [3]  # b's run was the third of the cluster
     assert births(world) == [0, 10, 30, 40]  # due T0+20 skipped: b had started it
     assert "this period's run already started on another host" in log_of(sup)
+    state = sup.store.load("j")
+    assert state is not None and state.skipped == 1
+    assert [entry["result"] for entry in state.history] == ["ok", "ok", "skipped", "ok", "ok"]
     assert db.leases["j"]["expires"] <= world.now  # the lease was held only for the runs
 
 

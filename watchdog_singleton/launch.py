@@ -276,6 +276,10 @@ def detach(body: Callable[[int], None], lock: FlockLock, name: str, quiet: bool 
     from .files import read_to_end
 
     answer = read_to_end(read_end).decode(errors="replace")
+    if answer.startswith("unavailable "):  # a cluster job whose database cannot be reached
+        if not quiet:
+            print(f"watchdog-singleton: {answer[12:]}", file=sys.stderr)
+        return OK if quiet else FAILED  # from cron: its log says it; the next tick retries
     if answer.startswith("ok") or (exec_is_ready and not answer):
         if not quiet and answer.startswith("ok standby "):
             print(answer[11:])  # a cluster job that another host runs

@@ -97,6 +97,14 @@ class PeriodicRuns:
         self.state.last_due = due
         self.state.last_start_at = iso(self.started_at)
 
+    def skipped_slot(self, why: str) -> None:
+        """The due time came, but its run is not ours (sync: another host started this period's)."""
+        state = self.state
+        state.skipped += 1
+        entry: dict[str, Any] = {"due": iso(self.due if self.due is not None else self.wall()), "result": "skipped",
+                                 "code": None, "why": why}
+        state.history = (list(state.history or []) + [entry])[-HISTORY:]
+
     def finished(self, code: int, timed_out: bool, stopped: bool = False) -> tuple[str, int]:
         """Record the run that ended; returns its result word and how many slots it skipped.
         A run ended by `stop` is recorded as stopped, not as a failure."""

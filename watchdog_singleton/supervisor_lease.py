@@ -76,6 +76,8 @@ class LeaseSteps:
             self._lease_said = gate.why
             self._note(f"not started here: {gate.why}")
         now = self.seams.clock()
+        if self.periodic is not None and gate.taken:
+            self.periodic.skipped_slot(gate.why)  # sync: this period's run is another host's
         if self.periodic is not None and not self.periodic.once and not self.stopping:
             self._wait_for(self.periodic.schedule.next_after(max(self.seams.wall(), self.periodic.due or 0.0)))
         elif self.job.standby and self.periodic is None:
@@ -83,11 +85,14 @@ class LeaseSteps:
             state.phase = "standby"
             self._report_ready(f"ok standby {self.job.name}: {gate.why}: standing by")
         else:
-            self.done_code = 0
+            # Leave: the next tick asks again. An unreachable database is a failure for a manual
+            # run (exit 1, on stderr) and a quiet exit from cron (its log and status say it).
+            self.done_code = 1 if gate.unreachable else 0
             state.phase = "standby"
-            self._report_ready(f"ok standby {self.job.name} not started here: {gate.why}")
+            said = f"{self.job.name} not started here: {gate.why}"
+            self._report_ready(f"unavailable {said}" if gate.unreachable else f"ok standby {said}")
             if self.passthrough:
-                os.write(2, f"watchdog-singleton: {self.job.name} not started here: {gate.why}\n".encode())
+                os.write(2, f"watchdog-singleton: {said}\n".encode())
         self.keeper.save()
         return False
 

@@ -48,8 +48,10 @@ def sync_slack(period: float) -> float:
 class Gate:
     """Whether a start may go ahead, and if not, why (for the log and `status`)."""
 
-    def __init__(self, go: bool, why: str = "", holder: str = "", unreachable: bool = False) -> None:
+    def __init__(self, go: bool, why: str = "", holder: str = "", unreachable: bool = False,
+                 taken: bool = False) -> None:
         self.go, self.why, self.holder, self.unreachable = go, why, holder, unreachable
+        self.taken = taken  # sync: this period's run already started on another host
 
     def __repr__(self) -> str:
         return f"Gate(go={self.go}, why={self.why!r})"
@@ -102,7 +104,7 @@ class ClusterGuard:
                 period = self.job.period
                 if self.cluster.claim_slot(name, max(period - sync_slack(period), 0.001)) is None:
                     self.keeper.release()
-                    return Gate(False, "this period's run already started on another host")
+                    return Gate(False, "this period's run already started on another host", taken=True)
         except LeaseUnavailable as exc:
             self.keeper.problem = str(exc)
             return Gate(False, str(exc), unreachable=True)
