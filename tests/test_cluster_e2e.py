@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any, Optional
 
 from conftest import Sandbox, wait_for
 
+from watchdog_singleton.jobs import Job, JobStore
 from watchdog_singleton.leases import Timing
 from watchdog_singleton.state import RunState, StateStore
 
@@ -105,3 +108,104 @@ def test_an_unreachable_database_starts_nothing_and_says_so_in_one_line(sandbox:
     assert "cannot reach cluster database" in proc.stderr and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert read(sandbox.path("a.token")) == ""
+
+
+# -- hosts with names of their own: sync and rotation ------------------------------------------
+# Each "host" runs the launcher in a UTS namespace of its own (its own os.uname().nodename, as
+# root; then setpriv drops to the test user), with its own state folder and lock folder. The
+# job is defined in each host's state folder, and each host runs the line cron would: run --cron.
+
+def as_host(box: Sandbox, host: str, argv: list[str], env: dict[str, str]) -> Any:
+    user = box.user
+    script = 'hostname "$0" && uid=$1 gid=$2 && shift 2 && exec setpriv --reuid "$uid" --regid "$gid" --clear-groups -- "$@"'
+    return subprocess.run(["unshare", "--uts", "sh", "-c", script, host, str(user.uid), str(user.gid), *argv],
+                          env=env, cwd=box.dir, capture_output=True, text=True, timeout=60)
+
+
+def define(box: Sandbox, host: str, url: str, name: str, command: str, **options: Any) -> str:
+    """NAME's definition in HOST's state folder; its root (what cron's line passes)."""
+    home = box.mkdir(host, "state")
+    root = os.path.join(home, "watchdog-singleton", host)
+    locks = box.mkdir(host, "locks")
+    logs = box.mkdir(host, "logs")
+    job = Job(name=name, command=["/bin/sh", "-c", command], workdir=box.dir, lock_dir=locks,
+              stdout_log=os.path.join(logs, f"{name}.out"), stderr_log=os.path.join(logs, f"{name}.err"),
+              cluster=url, lease=LEASE, state_folder=os.path.join(root, "job-state", name), **options)
+    JobStore(root).save(job)
+    for folder, _dirs, files in os.walk(home):
+        for entry in [folder, *(os.path.join(folder, f) for f in files)]:
+            os.chown(entry, box.user.uid, box.user.gid)
+    return root
+
+
+def tick(box: Sandbox, host: str, root: str, name: str) -> None:
+    proc = as_host(box, host, [sys.executable, "-I", "-m", "watchdog_singleton", "run", "--cron",
+                               "--state-dir", root, name], box.cron_env())
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stdout + proc.stderr
+
+
+def runs_in(path: str) -> list[tuple[str, float, float]]:
+    """(host, start, end) of each finished run the daemons wrote."""
+    starts: dict[str, float] = {}
+    done = []
+    for line in read(path).splitlines():
+        host, what, when = line.split()
+        if what == "start":
+            starts[host] = float(when)
+        elif host in starts:
+            done.append((host, starts.pop(host), float(when)))
+    return sorted(done, key=lambda run: run[1])
+
+
+def stop_supervisors(box: Sandbox, roots: list[str], name: str) -> None:
+    for root in roots:
+        state = StateStore(root).load(name)
+        if state is not None and state.supervisor_pid and state.supervisor_alive():
+            os.kill(state.supervisor_pid, signal.SIGTERM)
+
+
+RUN = 'echo "$(hostname) start $(date +%s.%N)" >> {log}; sleep 0.3; echo "$(hostname) end $(date +%s.%N)" >> {log}'
+
+
+def test_sync_runs_once_per_period_across_hosts_and_never_two_at_once(sandbox: Sandbox,
+                                                                     pg_cluster: PgCluster) -> None:
+    name = sandbox.job("sync")
+    log = sandbox.path("runs.log")
+    roots = [define(sandbox, host, str(pg_cluster), name, RUN.format(log=log), periodic=True, every=2.0,
+                    sync=True, restart="never") for host in ("hosta", "hostb")]
+    try:
+        tick(sandbox, "hosta", roots[0], name)
+        # hostb's due times fall between hosta's runs: it gets the lease, then finds no slot.
+        assert wait_for(lambda: len(runs_in(log)) >= 1, 10)
+        tick(sandbox, "hostb", roots[1], name)
+        assert wait_for(lambda: len(runs_in(log)) >= 5, 30)
+    finally:
+        stop_supervisors(sandbox, roots, name)
+    runs = runs_in(log)
+    starts = [start for _host, start, _end in runs]
+    for (_h1, _s1, end), (_h2, start, _e2) in zip(runs, runs[1:]):
+        assert start >= end, f"two runs at once: {runs}"
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert min(gaps) >= 2.0 - 0.2 - 0.05, f"two starts within one period: {runs}"  # period less the slack
+    b = StateStore(roots[1]).load(name)
+    assert b is not None and b.skipped >= 2, b  # hostb's due times found each period's run started
+    assert {entry.get("why") for entry in b.history if entry["result"] == "skipped"} == \
+        {"this period's run already started on another host"}
+
+
+def test_rotation_visits_every_live_host_in_name_order(sandbox: Sandbox, pg_cluster: PgCluster) -> None:
+    name = sandbox.job("rotate")
+    log = sandbox.path("runs.log")
+    hosts = ("hosta", "hostb", "hostc")
+    roots = [define(sandbox, host, str(pg_cluster), name, RUN.format(log=log), periodic=True, every=2.0,
+                    rotate=True, restart="never") for host in hosts]
+    try:
+        for host, root in zip(hosts, roots):
+            tick(sandbox, host, root, name)
+        assert wait_for(lambda: len(runs_in(log)) >= 6, 40)
+    finally:
+        stop_supervisors(sandbox, roots, name)
+    order = [host for host, _start, _end in runs_in(log)]
+    first = order.index("hosta")  # the first host to run may be any that asked before the others beat
+    cycle = order[first:first + 6]
+    assert cycle == ["hosta", "hostb", "hostc", "hosta", "hostb", "hostc"], order
