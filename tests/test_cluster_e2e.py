@@ -117,7 +117,8 @@ def test_an_unreachable_database_starts_nothing_and_says_so_in_one_line(sandbox:
 
 def as_host(box: Sandbox, host: str, argv: list[str], env: dict[str, str]) -> Any:
     user = box.user
-    script = 'hostname "$0" && uid=$1 gid=$2 && shift 2 && exec setpriv --reuid "$uid" --regid "$gid" --clear-groups -- "$@"'
+    script = ('hostname "$0" && uid=$1 gid=$2 && shift 2 && '
+              'exec setpriv --reuid "$uid" --regid "$gid" --clear-groups -- "$@"')
     return subprocess.run(["unshare", "--uts", "sh", "-c", script, host, str(user.uid), str(user.gid), *argv],
                           env=env, cwd=box.dir, capture_output=True, text=True, timeout=60)
 
