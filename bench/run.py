@@ -18,10 +18,12 @@ import time
 import traceback
 
 from apply_bench import apply_noop
+from cluster_bench import cluster_figure
 from figures import FIGURES, FULL, QUICK
 from harness import Bench, BenchError, Row
 
 FIGURES["9"] = ("apply of a 100-job file already applied", apply_noop)
+FIGURES["10"] = ("cluster jobs: standby ticks, takeover, renew load", cluster_figure)
 
 COLUMNS = ("#", "measure", "ours", "reference", "ref", "ratio", "goal", "result", "n")
 
