@@ -11,6 +11,8 @@ Stable interface (the lease tests and the task farm's tests use it; keep the nam
         pg_cluster.psql("SELECT 1")     # as the superuser, over the unix socket; returns stdout
         pg_cluster.restart("immediate") # pg_ctl restart -m MODE (a database restart fault)
         pg_cluster.stop(); pg_cluster.start()
+        pg_cluster.listen_also("10.77.0.1", "10.77.0.0/24")  # hosts on a bridge (tests/hostkit.py)
+        pg_cluster.listen_local_only()  # and back
 
 `PgCluster` is a `str` (the URL) with those attributes, so a test that only wants the URL uses it
 as one. What the fixture does, once per session:
@@ -98,6 +100,8 @@ class PgCluster(str):
     passfile: str
     owner: Optional[pwd.struct_passwd]
     timings: dict[str, float]
+    listen: str = "127.0.0.1"
+    password_line: str = ""  # the test user's .pgpass line (its password), to copy for other addresses
 
     def __new__(cls, url: str) -> "PgCluster":
         return super().__new__(cls, url)
@@ -132,7 +136,7 @@ class PgCluster(str):
     def start(self) -> None:
         # fsync=off: a killed server loses nothing (the page cache survives it), only a host crash
         # would. synchronous_commit stays on: `-m immediate` must not lose a committed renew.
-        options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses={self.listen} -c fsync=off"
         self._run([os.path.join(self.bindir, "pg_ctl"), "-D", self.datadir, "-l",
                    os.path.join(self.folder, "server.log"), "-o", options, "-w", "-t", str(START_WAIT), "start"])
 
@@ -142,6 +146,33 @@ class PgCluster(str):
     def restart(self, mode: str = "fast") -> None:
         self.stop(mode)
         self.start()
+
+    def listen_also(self, address: str, subnet: str) -> str:
+        """Also accept the test user at `address` (an interface of this machine) from `subnet`
+        (scram, as on 127.0.0.1), with its password in ~/.pgpass for that address too; restarts
+        the server. The URL for clients there."""
+        hba = os.path.join(self.datadir, "pg_hba.conf")
+        line = f"host all all {subnet} scram-sha-256\n"
+        with open(hba) as f:
+            known = f.read()
+        if line not in known:
+            with open(hba, "a") as f:
+                f.write(line)
+        user = unprivileged_user(TEST_USER)
+        secret = self.password_line.split(":", 4)[4]
+        _write_pgpass(user, f"{address}:{self.port}:*:{user.name}:{secret}")
+        self.listen = f"127.0.0.1,{address}"
+        self.restart("fast")
+        return f"postgresql://{self.user}@{address}:{self.port}/{self.dbname}"
+
+    def listen_local_only(self) -> None:
+        """Undo listen_also (before its interface goes away)."""
+        if self.listen == "127.0.0.1":
+            return
+        address = self.listen.split(",", 1)[1]
+        self.listen = "127.0.0.1"
+        _remove_pgpass_line(unprivileged_user(TEST_USER), self.passfile, f"{address}:{self.port}:")
+        self.restart("fast")
 
     def log(self) -> str:
         try:
@@ -234,7 +265,8 @@ def _init_and_start(cluster: PgCluster, user: UnprivilegedUser, timings: dict[st
     cluster.psql(f"CREATE ROLE \"{user.name}\" LOGIN PASSWORD '{quoted}';\n"
                  f"CREATE DATABASE \"{user.name}\" OWNER \"{user.name}\";\n")
     # Any database of this cluster: tests make fresh ones for themselves.
-    _write_pgpass(user, f"127.0.0.1:{cluster.port}:*:{user.name}:{password}")
+    cluster.password_line = f"127.0.0.1:{cluster.port}:*:{user.name}:{password}"
+    _write_pgpass(user, cluster.password_line)
     timings["role"] = time.monotonic() - t0
     return cluster
 
