@@ -1,4 +1,4 @@
-"""A bounded soak of one copy across hosts: python tests/cluster_soak.py [--seconds 60] [--hosts 3]
+"""A bounded soak of one copy across hosts: python tests/cluster_soak.py [SECONDS (60)] [--hosts 3]
 
 As root. Several hosts on this machine (tests/hostkit.py), each ticking its launcher every
 second against a throwaway PostgreSQL (tests/pgkit.py), while random faults hit the holder:
@@ -6,13 +6,15 @@ kill -9 of its supervisor and daemon, SIGSTOP of both past the lease then SIGCON
 from the database, a database restart (`pg_ctl restart -m immediate`). It prints samples, the
 faults, the largest number of copies running at once across hosts (must be 1; a SIGSTOPped
 holder's daemon after its SIGCONT is excepted, and its guarded writes must all be refused) and
-the longest gap with no copy. Exit 1 on a violation. Everything it starts is ended by PID and
+the longest gap with no copy (a SIGSTOPped run counts until its SIGSTOP; at most lease + retry
++ a tick, and some seconds for slow launchers). Exit 1 on a violation. Everything it starts is ended by PID and
 removed at the end, also after a failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import signal
@@ -54,12 +56,17 @@ def holder_host(net: Network, name: str) -> Optional[Host]:
     return None
 
 
-def concurrency(found: list[Run], excepted: set[int]) -> int:
-    """The most runs on different hosts at one moment, leaving out the excepted pids."""
+def clipped(found: list[Run], frozen: dict[int, float]) -> list[Run]:
+    """The runs as copies that do work: a SIGSTOPped run counts only up to its SIGSTOP (after
+    its SIGCONT it is a stale holder, whose guarded writes are checked instead)."""
+    return [dataclasses.replace(run, end=min(run.end, frozen[run.pid])) if run.pid in frozen else run
+            for run in found]
+
+
+def concurrency(found: list[Run]) -> int:
+    """The most runs on different hosts at one moment."""
     events = []
     for run in found:
-        if run.pid in excepted:
-            continue
         events += [(run.start, 1), (run.end, -1)]
     most = now = 0
     for _when, step in sorted(events, key=lambda e: (e[0], e[1])):
@@ -68,7 +75,7 @@ def concurrency(found: list[Run], excepted: set[int]) -> int:
     return most
 
 
-def longest_gap(found: list[Run], since: float) -> float:
+def longest_gap(found: list[Run]) -> float:
     """The longest time with no run, from the first start on."""
     gap = 0.0
     covered = None
@@ -89,6 +96,7 @@ def soak(seconds: float, host_count: int, lease: float, seed: int) -> int:
     name = f"soak-{box.tag}"
     faults: list[str] = []
     stopped_pids: set[int] = set()
+    frozen: dict[int, float] = {}  # pid -> when it got SIGSTOP (monotonic)
     pending: list[tuple[float, str, Host]] = []  # (when, undo, host)
     most_sampled = 0
     try:
@@ -123,7 +131,9 @@ def soak(seconds: float, host_count: int, lease: float, seed: int) -> int:
                     if fault == "kill -9":
                         target.signal_tree(name, signal.SIGKILL)
                     elif fault == "sigstop":
-                        stopped_pids.update(target.signal_tree(name, signal.SIGSTOP))
+                        for pid in target.signal_tree(name, signal.SIGSTOP):
+                            stopped_pids.add(pid)
+                            frozen.setdefault(pid, time.monotonic())
                         pending.append((now + lease + 2, "cont", target))
                     elif fault == "partition":
                         target.partition()
@@ -139,11 +149,17 @@ def soak(seconds: float, host_count: int, lease: float, seed: int) -> int:
                 host.heal()
         end_everything(net, name)
         found = runs(net.records)
-        stale = {run.pid for run in found if run.pid in stopped_pids}
-        most = concurrency(found, stale)
+        working = clipped(found, frozen)
+        most = concurrency(working)
         tokens = [run.token for run in found]
         accepted = [token for token, _h, ok in net.fenced_writes(name) if ok]
         problems = []
+        gap = longest_gap(working)
+        # No copy for longer than a takeover may take (lease + retry + a tick), with room for slow
+        # launchers: the standbys did not take over.
+        gap_bound = lease + timing.retry + 1.0 + 4.0
+        if gap > gap_bound:
+            problems.append(f"no copy ran for {gap:.1f} s (more than {gap_bound:g} s): no takeover")
         if most > 1:
             problems.append(f"{most} copies ran at once across hosts")
         if tokens != sorted(tokens) or len(set(tokens)) != len(tokens):
@@ -160,7 +176,7 @@ def soak(seconds: float, host_count: int, lease: float, seed: int) -> int:
               f"..{tokens[-1] if tokens else '-'}; guarded writes {len(accepted)} accepted, "
               f"{len(net.fenced_writes(name)) - len(accepted)} refused")
         print(f"max concurrent copies across hosts: {most} (sampled every 0.2 s: {most_sampled}); "
-              f"longest gap with no copy: {longest_gap(found, t0):.1f} s "
+              f"longest gap with no copy: {gap:.1f} s "
               f"(lease {lease:g} s, give-up {timing.renew_deadline:g} s)")
         for problem in problems:
             print(f"VIOLATION: {problem}")
@@ -176,11 +192,17 @@ def soak(seconds: float, host_count: int, lease: float, seed: int) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("duration", nargs="?", type=float, metavar="SECONDS", help="same as --seconds")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--lease", type=float, default=6.0)
     parser.add_argument("--seed", type=int, default=int(time.time()))
     args = parser.parse_args(argv)
+    if args.duration is not None:
+        args.seconds = args.duration
+    if not 0 < args.seconds <= 86400 or not 2 <= args.hosts <= 50 or not 5 <= args.lease <= 600:
+        print("cluster soak: SECONDS must be in 0..86400, --hosts in 2..50, --lease in 5..600", file=sys.stderr)
+        return 2
     problem = netns_problem()
     if problem:
         print(f"cluster soak: {problem}", file=sys.stderr)

@@ -133,6 +133,30 @@ class Host:
                 pass
         return pids
 
+    def pids(self) -> list[int]:
+        """Every process in this host's network namespace (whatever it started, detached or not)."""
+        proc = subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True, text=True)
+        return [int(word) for word in proc.stdout.split() if word.isdigit()]
+
+    def kill_all(self, timeout: float = 10) -> list[int]:
+        """SIGKILL every process in this host's namespace (a stopped one too), by PID, and wait
+        until they are gone; the PIDs it killed."""
+        killed: list[int] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            left = [pid for pid in self.pids() if pid != os.getpid()]
+            if not left:
+                break
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                if pid not in killed:
+                    killed.append(pid)
+            time.sleep(0.05)
+        return killed
+
     def partition(self) -> None:
         ip("link", "set", self.veth, "down")
 
@@ -168,7 +192,11 @@ class Network:
 
     @classmethod
     def create(cls, pg: "PgCluster", box: "Sandbox") -> "Network":
-        net = cls(pg, secrets.token_hex(2), 1 + secrets.randbelow(250))
+        taken = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+        free = [n for n in range(1, 251) if f" 10.77.{n}." not in taken]  # another test run's bridge
+        if not free:
+            raise RuntimeError("no free 10.77.N.0/24 subnet for the hosts' bridge")
+        net = cls(pg, secrets.token_hex(2), secrets.choice(free))
         try:
             ip("link", "add", net.bridge, "type", "bridge")
             ip("addr", "add", f"{net.address}/24", "dev", net.bridge)
@@ -213,9 +241,12 @@ class Network:
         return rows
 
     def close(self) -> None:
+        """Remove everything, also after a failure: the drivers, every process left in a host's
+        namespace (by PID), the namespaces, veths, the server's extra address, the bridge."""
         for driver in self.drivers:
             driver.stop()
         for host in self.hosts:
+            host.kill_all()
             subprocess.run(["ip", "netns", "del", host.ns], capture_output=True)
             subprocess.run(["ip", "link", "del", host.veth], capture_output=True)
         try:
