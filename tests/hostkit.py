@@ -51,7 +51,18 @@ def netns_problem() -> str:
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:
         return f"ip netns add failed: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    try:
+        for what, argv in (("a UTS namespace in it", ["ip", "netns", "exec", probe, "unshare", "--uts", "true"]),
+                           ("a bridge", ["ip", "link", "add", f"{probe}b", "type", "bridge"]),
+                           ("a veth into it", ["ip", "link", "add", f"{probe}v", "type", "veth", "peer", "name",
+                                               "eth0", "netns", probe])):
+            tried = subprocess.run(argv, capture_output=True, text=True)
+            if tried.returncode != 0:
+                return f"cannot make {what}: {tried.stderr.strip() or tried.returncode}"
+    finally:
+        for link in (f"{probe}b", f"{probe}v"):
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return ""
 
 

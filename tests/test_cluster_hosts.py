@@ -169,6 +169,7 @@ def test_sigstop_of_the_holders_tree_past_the_lease_then_sigcont(sandbox: Sandbo
     assert a.signal_tree(name, signal.SIGSTOP)
     nxt = takeover_after(net, name, first, stopped_at)
     assert nxt.host != first.host
+    assert nxt.start - stopped_at <= TAKEOVER, f"takeover took {nxt.start - stopped_at:.1f} s"
     assert wait_for(lambda: len([w for w in net.fenced_writes(name) if w[0] == nxt.token]) >= 2, 10)
     # The stale holder's daemon wakes first, believing it holds the lease: its guarded writes are
     # refused by its token. Then its supervisor wakes, finds the lease lost and stops the tree.
