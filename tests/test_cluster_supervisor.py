@@ -10,7 +10,7 @@ import os
 from typing import Any, Optional
 
 from fakeworld import KILL, TERM, FakeDatabase, FakeProc, FakeWorld
-from test_supervisor import FakeLock, births, log_of
+from test_supervisor import FakeLock, births, exit_after, log_of
 
 from watchdog_singleton.jobs import Job
 from watchdog_singleton.leases import FENCING_TOKEN_ENV, Timing
@@ -146,10 +146,7 @@ def test_a_renew_problem_is_logged_once_and_its_end_too(tmp_path: Any) -> None:
 def test_sync_runs_at_most_once_per_period_across_hosts(tmp_path: Any) -> None:
     world = FakeWorld()
     db = FakeDatabase(world)
-
-    def quick(proc: FakeProc) -> None:
-        world.after(1, lambda: world.exit(proc.pid, 0))
-    world.on_spawn = quick
+    exit_after(world, 1, 0)
     other = db.host("b", LEASE)
     claimed: list[Optional[int]] = []
     world.at(T0 + 19.5, lambda: claimed.append(other.claim_slot("j", 9.0)))  # b starts this period's run
@@ -168,10 +165,7 @@ def test_sync_runs_at_most_once_per_period_across_hosts(tmp_path: Any) -> None:
 def test_rotation_passes_the_turn_and_waits_for_it_to_come_back(tmp_path: Any) -> None:
     world = FakeWorld()
     db = FakeDatabase(world)
-
-    def quick(proc: FakeProc) -> None:
-        world.after(1, lambda: world.exit(proc.pid, 0))
-    world.on_spawn = quick
+    exit_after(world, 1, 0)
     other = db.host("b", LEASE)
     for t in range(0, 60, 2):
         world.at(T0 - 1 + t, lambda: other.heartbeat("j"))

@@ -8,45 +8,21 @@ from __future__ import annotations
 import os
 
 from .jobs import now_iso
+from .supervisor_part import SupervisorPart
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
     from typing import Callable, Optional
 
-    from .jobs import Job
     from .leases import ClusterLease
     from .leases.guard import ClusterGuard
-    from .periodic import PeriodicRuns
-    from .state import RunState, StateKeeper
-    from .supervisor import Seams
 
 
-class LeaseSteps:
-    if TYPE_CHECKING:  # what these steps use of the Supervisor they are part of
-        job: Job
-        state: RunState
-        seams: Seams
-        keeper: StateKeeper
-        periodic: Optional[PeriodicRuns]
-        passthrough: bool
-        stopping: bool
-        next_start: float
-        deadline: Optional[float]
-        ending: Optional[str]
-        done_code: Optional[int]
-        daemon: Optional[int]
-
-        def _note(self, text: str) -> None: ...
-
-        def _stop_tree(self, why: str, leftovers: bool = False) -> None: ...
+class LeaseSteps(SupervisorPart):
+    if TYPE_CHECKING:  # what these steps use of the Supervisor they are part of (and SupervisorPart's)
         guard: Optional[ClusterGuard]
         _lease_said: str
-
         _wake: Callable[[], None]
-
-        def _wait_for(self, due: float) -> None: ...
-
-        def _report_ready(self, problem: Optional[str]) -> None: ...
 
     def _lease_guard(self, cluster: ClusterLease) -> ClusterGuard:
         from .leases import Timing

@@ -5,39 +5,16 @@ ended (periodic.PeriodicRuns keeps the due times and the record). A part of `Sup
 from __future__ import annotations
 
 from .jobs import iso
+from .supervisor_part import SupervisorPart
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
-    from typing import Optional
-
-    from .jobs import Job
     from .logsink import LogSink
-    from .periodic import PeriodicRuns
-    from .state import RunState, StateKeeper
-    from .supervisor import Seams
 
 
-class PeriodicSteps:
-    if TYPE_CHECKING:  # what these steps use of the Supervisor they are part of
-        job: Job
-        state: RunState
-        seams: Seams
-        keeper: StateKeeper
-        periodic: Optional[PeriodicRuns]
-        passthrough: bool
-        stopping: bool
-        next_start: float
-        deadline: Optional[float]
-        ending: Optional[str]
-        done_code: Optional[int]
-        daemon: Optional[int]
-
-        def _note(self, text: str) -> None: ...
-
-        def _stop_tree(self, why: str, leftovers: bool = False) -> None: ...
+class PeriodicSteps(SupervisorPart):
+    if TYPE_CHECKING:  # what these steps use of the Supervisor they are part of (and SupervisorPart's)
         out: LogSink
-
-        def _lease_run_ended(self) -> None: ...
 
     def _wait_for(self, due: float) -> None:
         """Start the next run at wall time `due`, plus a fresh jitter: never early."""
