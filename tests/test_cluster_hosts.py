@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 from conftest import Sandbox, holds_for, wait_for
-from hostkit import BEAT, Host, Network, Run, TickDriver, end_everything, netns_problem, overlaps, runs
+from hostkit import BEAT, Host, Network, Run, TickDriver, end_everything, live_now, netns_problem, overlaps, runs
 
 from watchdog_singleton.errors import NO_SUCH_JOB
 from watchdog_singleton.leases import UNAVAILABLE, Timing
@@ -79,6 +79,11 @@ def started_two_hosts(sandbox: Sandbox, net: Network) -> tuple[str, Run]:
     assert wait_for(lambda: runs(net.records), 20), "no host started the daemon"
     assert wait_for(lambda: len(net.fenced_writes(name)) >= 2, 10)
     return name, holder(net, name)
+
+
+def one_copy_running(net: Network, only: Run) -> bool:
+    """`only` is the one run that beats now, on any host."""
+    return [run.pid for run in live_now(runs(net.records), time.monotonic(), slack=1.0)] == [only.pid]
 
 
 def takeover_after(net: Network, name: str, first: Run, since: float) -> Run:
@@ -157,6 +162,8 @@ def test_kill_9_of_the_holders_supervisor_and_daemon(sandbox: Sandbox, net: Netw
     took = nxt.start - killed_at  # the lease was renewed at most `retry` before the kill, and runs out
     assert took <= TAKEOVER, f"takeover took {took:.1f} s (lease {LEASE:g} + retry {TIMING.retry:g} + a tick)"
     assert not next(run for run in runs(net.records) if run.pid == first.pid).ended  # it was killed, not stopped
+    driver.paused.clear()  # the dead host's cron ticks again: it stands by, the new holder keeps running
+    assert holds_for(lambda: one_copy_running(net, nxt), 2 * TICK + LAUNCH), runs(net.records)
     end_everything(net, name)
     check_history(net, name)
 
@@ -208,6 +215,8 @@ def test_a_partitioned_holder_stops_before_another_host_starts(sandbox: Sandbox,
         assert nxt.start - cut_at <= TAKEOVER, f"takeover took {nxt.start - cut_at:.1f} s"
     finally:
         a.heal()
+    # Healed, the host's ticks reach the database again and find the lease held: still one copy.
+    assert holds_for(lambda: one_copy_running(net, nxt), 2 * TICK + LAUNCH), runs(net.records)
     end_everything(net, name)
     check_history(net, name)
     assert "lost the cluster lease" in a.log(name)
