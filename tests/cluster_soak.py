@@ -200,9 +200,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.duration is not None:
         args.seconds = args.duration
-    if not 0 < args.seconds <= 86400 or not 2 <= args.hosts <= 50 or not 5 <= args.lease <= 600:
-        print("cluster soak: SECONDS must be in 0..86400, --hosts in 2..50, --lease in 5..600", file=sys.stderr)
-        return 2
+    for what, value, low, high in (("SECONDS", args.seconds, 1, 86400), ("--hosts", args.hosts, 2, 50),
+                                   ("--lease", args.lease, 5, 600)):
+        if not low <= value <= high:
+            print(f"cluster soak: {what} {value:g} is out of range: {low} to {high}", file=sys.stderr)
+            return 2
     problem = netns_problem()
     if problem:
         print(f"cluster soak: {problem}", file=sys.stderr)
