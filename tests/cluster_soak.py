@@ -6,7 +6,7 @@ kill -9 of its supervisor and daemon, SIGSTOP of both past the lease then SIGCON
 from the database, a database restart (`pg_ctl restart -m immediate`). It prints samples, the
 faults, the largest number of copies running at once across hosts (must be 1; a SIGSTOPped
 holder's daemon after its SIGCONT is excepted, and its guarded writes must all be refused) and
-the longest gap with no copy. Exit 1 on a violation. Everything it starts is ended by PID and
+the longest gap with no copy (at most --max-gap). Exit 1 on a violation. Everything it starts is ended by PID and
 removed at the end, also after a failure.
 """
 
@@ -54,12 +54,16 @@ def holder_host(net: Network, name: str) -> Optional[Host]:
     return None
 
 
-def concurrency(found: list[Run], excepted: set[int]) -> int:
-    """The most runs on different hosts at one moment, leaving out the excepted pids."""
+def clamped(found: list[Run], stopped_at: dict[int, float]) -> list[Run]:
+    """The runs as they ran: a SIGSTOPped holder's run ends when it was stopped (what its daemon
+    did after its SIGCONT, until its supervisor stopped it, is the fencing token's to refuse)."""
+    return [Run(r.host, r.pid, r.token, r.start, min(r.end, stopped_at.get(r.pid, r.end)), r.ended) for r in found]
+
+
+def concurrency(found: list[Run]) -> int:
+    """The most runs at one moment."""
     events = []
     for run in found:
-        if run.pid in excepted:
-            continue
         events += [(run.start, 1), (run.end, -1)]
     most = now = 0
     for _when, step in sorted(events, key=lambda e: (e[0], e[1])):
@@ -68,7 +72,7 @@ def concurrency(found: list[Run], excepted: set[int]) -> int:
     return most
 
 
-def longest_gap(found: list[Run], since: float) -> float:
+def longest_gap(found: list[Run]) -> float:
     """The longest time with no run, from the first start on."""
     gap = 0.0
     covered = None
@@ -79,7 +83,7 @@ def longest_gap(found: list[Run], since: float) -> float:
     return gap
 
 
-def soak(seconds: float, host_count: int, lease: float, seed: int) -> int:
+def soak(seconds: float, host_count: int, lease: float, seed: int, max_gap: float) -> int:
     rng = random.Random(seed)
     timing = Timing.for_lease(lease)
     user = unprivileged_user(TEST_USER)
@@ -88,7 +92,7 @@ def soak(seconds: float, host_count: int, lease: float, seed: int) -> int:
     net: Optional[Network] = None
     name = f"soak-{box.tag}"
     faults: list[str] = []
-    stopped_pids: set[int] = set()
+    stopped_at: dict[int, float] = {}  # pid -> when it got SIGSTOP
     pending: list[tuple[float, str, Host]] = []  # (when, undo, host)
     most_sampled = 0
     try:
@@ -110,7 +114,7 @@ def soak(seconds: float, host_count: int, lease: float, seed: int) -> int:
                     host.heal()
                 faults.append(f"{now - t0:6.1f} s  {undo} {host.name}")
             live = running_daemons(net, name)
-            most_sampled = max(most_sampled, len([pid for pid in live.values() if pid not in stopped_pids]))
+            most_sampled = max(most_sampled, len([pid for pid in live.values() if pid not in stopped_at]))
             if now >= next_print:
                 next_print = now + 5
                 running = ", ".join(f"{h} (pid {p})" for h, p in live.items()) or "-"
@@ -123,7 +127,7 @@ def soak(seconds: float, host_count: int, lease: float, seed: int) -> int:
                     if fault == "kill -9":
                         target.signal_tree(name, signal.SIGKILL)
                     elif fault == "sigstop":
-                        stopped_pids.update(target.signal_tree(name, signal.SIGSTOP))
+                        stopped_at.update((pid, time.monotonic()) for pid in target.signal_tree(name, signal.SIGSTOP))
                         pending.append((now + lease + 2, "cont", target))
                     elif fault == "partition":
                         target.partition()
@@ -139,8 +143,8 @@ def soak(seconds: float, host_count: int, lease: float, seed: int) -> int:
                 host.heal()
         end_everything(net, name)
         found = runs(net.records)
-        stale = {run.pid for run in found if run.pid in stopped_pids}
-        most = concurrency(found, stale)
+        ran = clamped(found, stopped_at)
+        most = concurrency(ran)
         tokens = [run.token for run in found]
         accepted = [token for token, _h, ok in net.fenced_writes(name) if ok]
         problems = []
@@ -148,6 +152,9 @@ def soak(seconds: float, host_count: int, lease: float, seed: int) -> int:
             problems.append(f"{most} copies ran at once across hosts")
         if tokens != sorted(tokens) or len(set(tokens)) != len(tokens):
             problems.append(f"tokens did not strictly increase: {tokens}")
+        gap = longest_gap(ran)
+        if gap > max_gap:
+            problems.append(f"no copy ran for {gap:.1f} s (more than --max-gap {max_gap:g} s)")
         if accepted != sorted(accepted):
             problems.append("a stale holder's guarded write was accepted")
         tracebacks = [p for d in net.drivers for p in d.problems()]
@@ -160,7 +167,7 @@ def soak(seconds: float, host_count: int, lease: float, seed: int) -> int:
               f"..{tokens[-1] if tokens else '-'}; guarded writes {len(accepted)} accepted, "
               f"{len(net.fenced_writes(name)) - len(accepted)} refused")
         print(f"max concurrent copies across hosts: {most} (sampled every 0.2 s: {most_sampled}); "
-              f"longest gap with no copy: {longest_gap(found, t0):.1f} s "
+              f"longest gap with no copy: {gap:.1f} s "
               f"(lease {lease:g} s, give-up {timing.renew_deadline:g} s)")
         for problem in problems:
             print(f"VIOLATION: {problem}")
@@ -180,13 +187,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--lease", type=float, default=6.0)
     parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--max-gap", type=float, default=None,
+                        help="the longest time with no copy allowed (default: lease + 5 s: the lease, a tick, a start)")
     args = parser.parse_args(argv)
     problem = netns_problem()
     if problem:
         print(f"cluster soak: {problem}", file=sys.stderr)
         return 2
     print(f"cluster soak: {args.hosts} hosts, {args.seconds:g} s, lease {args.lease:g} s, seed {args.seed}")
-    return soak(args.seconds, args.hosts, args.lease, args.seed)
+    max_gap = args.lease + 5 if args.max_gap is None else args.max_gap
+    return soak(args.seconds, args.hosts, args.lease, args.seed, max_gap)
 
 
 if __name__ == "__main__":
