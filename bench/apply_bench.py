@@ -10,13 +10,10 @@ bench/figures.py figure, so run.py can list it too.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import time
 
-import harness
-from figures import FULL, QUICK, Plan, expect, judge, walls
+from figures import QUICK, Plan, alone_parser, expect, judge, run_alone, walls
 from harness import Bench, BenchError, Row, Scenario, alternate, compare, fmt_time, median
 
 JOBS = 100
@@ -70,24 +67,8 @@ def apply_noop(bench: Bench, plan: Plan) -> list[Row]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="few repeats: proves it works (CI)")
-    p.add_argument("--python", default=sys.executable,
-                   help="interpreter that runs watchdog_singleton as the bench user (default: this one)")
-    p.add_argument("--user", default=harness.BENCH_USER, help="the unprivileged user to run as")
-    args = p.parse_args(argv)
-    harness.BENCH_USER = args.user
-    from run import table
-
-    began = time.monotonic()
-    bench = Bench.start(args.python)
-    try:
-        rows = apply_noop(bench, QUICK if args.quick else FULL)
-    finally:
-        bench.close()
-    print(table(rows))
-    print(f"\ntook {time.monotonic() - began:.0f} s")
-    return 0
+    args = alone_parser(__doc__.splitlines()[0], "few repeats: proves it works (CI)").parse_args(argv)
+    return run_alone(apply_noop, args)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from functools import partial
 from typing import Any, Callable, Optional
 
 import harness
-from figures import FULL, QUICK, Plan, cpus, judge, walls
+from figures import QUICK, Plan, alone_parser, cpus, judge, run_alone, walls
 from harness import (
     CRON_PATH,
     Bench,
@@ -590,28 +590,13 @@ def cluster_figure(bench: Bench, plan: Plan) -> list[Row]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer repeats, 10 jobs: proves it works (CI)")
-    p.add_argument("--python", default=sys.executable,
-                   help="interpreter that runs watchdog_singleton as the bench user (default: this one)")
-    p.add_argument("--user", default=harness.BENCH_USER, help="the unprivileged user to run as")
+    p = alone_parser(__doc__.splitlines()[0], "fewer repeats, 10 jobs: proves it works (CI)")
     p.add_argument("--timer", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.timer:
         subreaper_timer()
         return 0
-    harness.BENCH_USER = args.user
-    from run import table
-
-    began = time.monotonic()
-    bench = Bench.start(args.python)
-    try:
-        rows = cluster_figure(bench, QUICK if args.quick else FULL)
-    finally:
-        bench.close()
-    print(table(rows))
-    print(f"\ntook {time.monotonic() - began:.0f} s")
-    return 0
+    return run_alone(cluster_figure, args)
 
 
 if __name__ == "__main__":

@@ -6,17 +6,20 @@ measured is our cost, not the daemon's.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import harness
 from harness import (
     Bench,
     BenchError,
@@ -75,6 +78,32 @@ FULL = Plan(tick_reps=40, rss_jobs=3, idle_seconds=60.0, chatty_bytes=50 * MIB, 
 QUICK = Plan(tick_reps=8, rss_jobs=1, idle_seconds=20.5, chatty_bytes=10 * MIB, recovery_reps=3, log_bytes=20 * MIB,
              log_reps=2, slow_bytes=8 * MIB, scale_points=(1, 10, 30),
              scale_reps=2, tree_reps=2, cli_reps=3, drift_seconds=31.0)
+
+
+def alone_parser(description: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options of a figure run on its own (apply_bench.py, cluster_bench.py)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--python", default=sys.executable,
+                   help="interpreter that runs watchdog_singleton as the bench user (default: this one)")
+    p.add_argument("--user", default=harness.BENCH_USER, help="the unprivileged user to run as")
+    return p
+
+
+def run_alone(figure: Callable[[Bench, Plan], list[Row]], args: argparse.Namespace) -> int:
+    """Run one figure as its own script: its table and how long it took."""
+    harness.BENCH_USER = args.user
+    from run import table  # run.py imports this module: only once both are loaded
+
+    began = time.monotonic()
+    bench = Bench.start(args.python)
+    try:
+        rows = figure(bench, QUICK if args.quick else FULL)
+    finally:
+        bench.close()
+    print(table(rows))
+    print(f"\ntook {time.monotonic() - began:.0f} s")
+    return 0
 
 
 def judge(row: Row, met: bool, goal: str) -> Row:
