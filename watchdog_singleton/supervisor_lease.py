@@ -54,8 +54,9 @@ class LeaseSteps(SupervisorPart):
         now = self.seams.clock()
         if self.periodic is not None and gate.taken:
             self.periodic.skipped_slot(gate.why)  # sync: this period's run is another host's
-        if self.periodic is not None and not self.periodic.once and not self.stopping:
-            self._wait_for(self.periodic.schedule.next_after(max(self.seams.wall(), self.periodic.due or 0.0)))
+        due = self.periodic.next_due() if self.periodic is not None and not self.stopping else None
+        if due is not None:
+            self._wait_for(due)  # the supervisor keeps the due times: ask again at the next
         elif self.job.standby and self.periodic is None:
             self.next_start = now + self.guard.timing.retry
             state.phase = "standby"
