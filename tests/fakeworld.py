@@ -140,6 +140,7 @@ class FakeDatabase:
         self.beats: dict[tuple[str, str], float] = {}
         self.turns: dict[str, str] = {}
         self.reachable = True
+        self.fail_next: set[str] = set()  # requests ("claim_slot", ...) that fail once, as on a dropped connection
         self.calls: list[tuple[str, str]] = []  # (host, what)
 
     def host(self, name: str, lease: float) -> "FakeCluster":
@@ -156,6 +157,9 @@ class FakeCluster:
 
     def _ask(self, what: str) -> float:
         self.db.calls.append((self.host, what))
+        if what in self.db.fail_next:
+            self.db.fail_next.discard(what)
+            raise LeaseUnavailable("cluster database postgresql://u@db/ws: server closed the connection")
         if not self.db.reachable:
             raise LeaseUnavailable("cannot reach cluster database postgresql://u@db/ws: timeout expired")
         return self.db.world.now

@@ -177,3 +177,16 @@ def test_rotation_passes_the_turn_and_waits_for_it_to_come_back(tmp_path: Any) -
     log = log_of(sup)
     assert "the turn passes to b" in log
     assert "it is b's turn" in log
+
+
+def test_a_sync_slot_that_could_not_be_claimed_leaves_no_lease_that_skips_the_next_claim(tmp_path: Any) -> None:
+    world = FakeWorld()
+    db = FakeDatabase(world)
+    exit_after(world, 0.5, 0)
+    db.fail_next.add("claim_slot")  # the lease is granted, then the connection drops
+    sup = cluster_supervisor(tmp_path, world, db, periodic=True, every=2.0, sync=True, restart="never")
+    stop_at(world, sup, T0 + 7)
+    sup.run()
+    claims = [what for _host, what in db.calls if what == "claim_slot"]
+    assert births(world) == [2, 4, 6]  # the first due time could not claim its slot: no run
+    assert len(claims) == 4  # every run claimed its slot first; none rode on a left-over lease

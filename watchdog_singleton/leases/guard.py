@@ -73,7 +73,7 @@ class ClusterGuard:
     # -- asking --------------------------------------------------------------------------------
     @property
     def holding(self) -> bool:
-        return self.keeper.grant is not None and not self.keeper.lost(self.clock())
+        return self.keeper.grant is not None and not self.lost()
 
     @property
     def token(self) -> Optional[int]:
@@ -106,6 +106,9 @@ class ClusterGuard:
                     self.keeper.release()
                     return Gate(False, "this period's run already started on another host", taken=True)
         except LeaseUnavailable as exc:
+            # A grant taken before the failure (sync: the slot could not be claimed) is given
+            # back, or the next gate would find it held and start without claiming a slot.
+            self.keeper.release()
             self.keeper.problem = str(exc)
             return Gate(False, str(exc), unreachable=True)
         return Gate(True)
