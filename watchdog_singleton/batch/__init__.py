@@ -291,9 +291,9 @@ def spec_of(record: dict[str, Any]) -> Spec:
                 standby=bool(record.get("standby", False)), rotate=bool(record.get("rotate", False)))
 
 
-def describe(root: str, name: str) -> Optional[dict[str, Any]]:
-    """status's `batch` field: the scheduler, the chain's queue entries and a one-word state."""
-    record = load_record(root, name)
+def describe(root: str, name: str, record: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """status's `batch` field from NAME's submission record (load_record): the scheduler, the
+    chain's queue entries and a one-word state."""
     if record is None:
         return None
     info: dict[str, Any] = {"scheduler": record.get("scheduler"), "script": record.get("script"),

@@ -15,6 +15,7 @@ from ..errors import NO_SUCH_JOB, NOT_RUNNING, OK, UserError
 from ..hostinfo import cron_daemon_running
 from ..jobs import Job, check_name
 from ..leases import CRON_TICK
+from ..leases.guard import heartbeat_tick
 from ..state import RunState
 from .cluster import ClusterView, summary
 from .cluster import describe as describe_cluster
@@ -112,17 +113,16 @@ def collect(ctx: Context, names: list[str], host: HostView) -> list[dict[str, An
             job, state = ctx.jobs.load(n), ctx.states.load(n)
             info = describe(n, job, state, host)
             # A submitted batch chain: its queue entries beside the run state its supervisor writes.
-            info["batch"] = batch.describe(ctx.root, n)
+            record = batch.load_record(ctx.root, n)
+            info["batch"] = batch.describe(ctx.root, n, record)
             for key in ("command", "stdout_log", "stderr_log"):
                 if info["batch"] and not info[key]:
                     info[key] = info["batch"][key]
-            settings = _cluster_settings(job, batch.load_record(ctx.root, n) if info["batch"] else None)
+            settings = _cluster_settings(job, record)
             if settings is None:
                 info["cluster"] = None
             else:
                 view = view or ClusterView()
-                from ..leases.guard import heartbeat_tick
-
                 tick = heartbeat_tick(job) if job is not None else CRON_TICK
                 info["cluster"] = describe_cluster(*settings, state, view, n, tick)
             infos.append(info)
