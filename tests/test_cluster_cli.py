@@ -322,3 +322,15 @@ def test_status_with_an_unreachable_database_is_one_line_and_still_shows_the_loc
         info = sandbox.status(b)
         assert info["cluster"]["database"] is None and "cannot reach" in info["cluster"]["database_problem"]
         assert info["name"] == b and info["installed"]
+
+
+@pytest.mark.parametrize("option", ["--standby", "--rotate"])
+def test_run_refuses_a_cluster_option_without_a_cluster(option: str, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from watchdog_singleton import launch
+
+    monkeypatch.delenv("WATCHDOG_SINGLETON_CLUSTER", raising=False)
+    assert launch.main(["adhoc", option, "--", "/bin/true"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"watchdog-singleton: {option} is for cluster jobs: add --cluster "
+                                        "postgresql://USER@HOST/DB (or set WATCHDOG_SINGLETON_CLUSTER)"]

@@ -50,12 +50,11 @@ def adhoc_job(args: runargs.RunArgs, root: str) -> Job:
     lock_dir = os.path.abspath(args.lock_dir) if args.lock_dir else paths.default_lock_dir()
     check_lock_dir(lock_dir, args.allow_network_fs)
     env = parse_env(args.env)
-    from .leases import job_cluster
+    from .leases import job_cluster, refuse_without_cluster
 
     cluster = job_cluster(args.cluster)
-    if not cluster and (args.standby or args.rotate):
-        raise UserError(f"run: {'--standby' if args.standby else '--rotate'} needs a cluster "
-                        "(--cluster postgresql://USER@HOST/DB)")
+    if not cluster:
+        refuse_without_cluster({"--standby": args.standby, "--rotate": args.rotate})
     job = Job(name=name, command=resolve_command(args.command, workdir, os.environ.get("PATH")),
               workdir=workdir, env=env, grace=args.grace, restart=args.restart,
               lock_dir=lock_dir, allow_network_fs=args.allow_network_fs, forking=args.forking,

@@ -17,7 +17,17 @@ from typing import Any, Optional
 
 from ..errors import UserError
 from ..jobs import check_limit
-from ..leases import CLUSTER_ENV, CRON_TICK, LeaseError, Timing, fresh_window, job_cluster, open_cluster, redact
+from ..leases import (
+    CLUSTER_ENV,
+    CRON_TICK,
+    LeaseError,
+    Timing,
+    fresh_window,
+    job_cluster,
+    open_cluster,
+    redact,
+    refuse_without_cluster,
+)
 
 DEFAULT_LEASE = 60.0
 NEED_PSYCOPG = "cluster jobs need psycopg 3: pip install 'watchdog-singleton[postgres]'"
@@ -32,11 +42,8 @@ def check_options(given: Optional[str], lease: Optional[float], standby: bool, r
     if lease is not None:
         check_limit("--lease", lease)
     if not url:
-        for option, value in (("--lease", lease is not None), ("--standby", standby), ("--rotate", rotate),
-                              ("--sync", sync)):
-            if value:
-                raise UserError(f"{option} is for cluster jobs: add --cluster postgresql://USER@HOST/DB "
-                                f"(or set {CLUSTER_ENV})")
+        refuse_without_cluster({"--lease": lease is not None, "--standby": standby, "--rotate": rotate,
+                                "--sync": sync})
         return "", DEFAULT_LEASE
     psycopg_problem = driver_problem()
     if psycopg_problem:

@@ -235,6 +235,15 @@ def job_cluster(given: Optional[str]) -> str:
     return url
 
 
+def refuse_without_cluster(options: dict[str, bool]) -> None:
+    """A UserError (exit 2) naming the first option given ({"--standby": True, ...}) that only a
+    cluster job can have; called when the job has no cluster."""
+    for option, given in options.items():
+        if given:
+            raise UserError(f"{option} is for cluster jobs: add --cluster postgresql://USER@HOST/DB "
+                            f"(or set {CLUSTER_ENV})", USAGE)
+
+
 def open_cluster(url: str, timing: Optional[Timing] = None, holder: Optional[str] = None,
                  host: Optional[str] = None) -> "ClusterLease":
     """The engine for `url`'s scheme. Connects lazily: the first call may raise LeaseUnavailable."""
