@@ -195,6 +195,9 @@ class Farm:
                 if busy == 0:
                     counts = self.store.stats()
                     self.progress.close(counts)
+                    if counts["todo"] == 0 and counts["running"] == 0:  # what was running finished meanwhile
+                        self.warn(f"farm: stopped ({self.stop_reason}) with nothing left to do")
+                        return SOME_FAILED if counts["failed"] else 0
                     self.warn(f"farm: stopped ({self.stop_reason}); {counts['todo'] + counts['running']} "
                               f"task(s) left: run the farm again to continue (exit {REQUEUE})")
                     return REQUEUE
