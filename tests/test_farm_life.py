@@ -160,8 +160,8 @@ def test_an_env_cleared_setsid_grandchild_does_not_outlive_the_farm(sandbox: San
 
 def namespaces_work() -> bool:
     """Unprivileged user and PID namespaces (what the farm's nursery needs), tried as nobody."""
-    as_nobody = {"user": "nobody"} if os.getuid() == 0 else {}
-    return subprocess.run(["unshare", "-Urp", "--fork", "true"], capture_output=True, **as_nobody).returncode == 0
+    user = "nobody" if os.getuid() == 0 else None
+    return subprocess.run(["unshare", "-Urp", "--fork", "true"], capture_output=True, user=user).returncode == 0
 
 
 # -- a paused farm ----------------------------------------------------------------------
