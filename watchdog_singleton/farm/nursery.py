@@ -21,9 +21,10 @@ does this on its own, so a farm that is stopped (SIGSTOP, a swap storm) cannot o
 
 Messages are marshal'd tuples on a SOCK_SEQPACKET pair (one message each):
     farm -> nursery: ("spawn", seq, argv, env, cwd) + the log fd;  ("renew", deadline)
-    nursery -> farm: ("hello", mode); ("started", seq, pid); ("failed", seq, code, why);
+    nursery -> farm: ("hello", mode, pid); ("started", seq, pid); ("failed", seq, code, why);
                      ("exit", seq, code); ("lapsed",)
-`pid` is the task's pid as the farm sees it. Standard library only.
+The hello's pid is the nursery's as the farm sees it; a task's pid is as the nursery sees it
+(Client.outer translates, when a stop needs it). Standard library only.
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ class Nursery:
         wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        send(self.sock, ("hello", self.mode))
+        outer = int(os.readlink("self", dir_fd=self.outer_proc)) if self.outer_proc is not None else self.me
+        send(self.sock, ("hello", self.mode, outer))
         while True:
             # The deadline first: after a pause, nothing may go on before the tasks are stopped.
             if self.deadline is not None and boottime() >= self.deadline:
@@ -172,55 +174,30 @@ class Nursery:
                 os.close(fd)
 
     def spawn(self, seq: int, argv: list[str], env: dict[str, str], cwd: str, log: int) -> None:
-        report_r, report_w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:  # the task: a few calls, then exec
-            stage = "setup"
-            try:
-                os.close(report_r)
-                for sig in RESET_SIGNALS:
-                    signal.signal(sig, signal.SIG_DFL)  # ignored signals would stay ignored past exec
-                os.setsid()  # a session of its own: no terminal, one group to signal
-                if self.mode == "plain":
-                    self.libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-                    if os.getppid() != self.me:
-                        os._exit(137)  # the nursery died before we could bind to it
-                os.dup2(self.null, 0)
-                os.dup2(log, 1)
-                os.dup2(log, 2)
-                outer = int(os.readlink("self", dir_fd=self.outer_proc)) if self.outer_proc is not None \
-                    else os.getpid()
-                os.write(report_w, f"pid:{outer}\n".encode())
-                stage = "chdir"
-                os.chdir(cwd)
-                stage = "exec"
-                os.execvpe(argv[0], argv, env)
-            except BaseException as exc:
-                number = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
-                try:
-                    os.write(report_w, f"{stage}:{number}\n".encode())
-                finally:
-                    os._exit(127)
-        os.close(report_w)
-        report = b""
-        while True:
-            chunk = os.read(report_r, 4096)  # EOF at the exec (close-on-exec) or the exit
-            if not chunk:
-                break
-            report += chunk
-        os.close(report_r)
-        lines = report.decode().split()
-        outer = int(lines[0][4:]) if lines and lines[0].startswith("pid:") else pid
-        failure = [line for line in lines if not line.startswith("pid:")]
-        if failure:
-            stage, _, number_text = failure[0].partition(":")
-            number = int(number_text)
-            why = (f"cannot enter {cwd}: " if stage == "chdir" else f"cannot start {argv[0]}: ") + os.strerror(number)
-            self.ignore.add(pid)
-            send(self.sock, ("failed", seq, 127 if number == errno.ENOENT and stage == "exec" else 126, why))
+        import subprocess
+
+        # In a namespace nothing runs in the child but the exec (subprocess's C path, vfork); in
+        # plain mode the task's first process is bound to us first.
+        bind = None if self.mode == "ns" else self.bind
+        try:
+            proc = subprocess.Popen(argv, stdin=self.null, stdout=log, stderr=log, cwd=cwd, env=env,
+                                    start_new_session=True, close_fds=True, preexec_fn=bind)
+        except OSError as exc:
+            where = f"cannot enter {cwd}" if exc.filename == cwd else f"cannot start {argv[0]}"
+            code = 127 if isinstance(exc, FileNotFoundError) and exc.filename != cwd else 126
+            send(self.sock, ("failed", seq, code, f"{where}: {exc.strerror}"))
             return
-        self.tasks[pid] = seq
-        send(self.sock, ("started", seq, outer))
+        except subprocess.SubprocessError as exc:
+            send(self.sock, ("failed", seq, 126, f"cannot start {argv[0]}: {exc}"))
+            return
+        proc.returncode = 0  # we reap it ourselves (waitpid -1); Popen must not look for it again
+        self.tasks[proc.pid] = seq
+        send(self.sock, ("started", seq, proc.pid))
+
+    def bind(self) -> None:
+        self.libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != self.me:
+            os._exit(137)  # the nursery died before the task could be bound to it
 
     def reap(self) -> None:
         while True:
@@ -270,6 +247,7 @@ class Client:
         self.sock: Optional[socket.socket] = None
         self.proc: Any = None  # subprocess.Popen of the nursery
         self.mode = ""
+        self.pid = 0  # the nursery's, as we see it
         self.queue: list[tuple[Any, ...]] = []
         self.gone = False  # the nursery is dead: every task of it is too (ns) or orphaned (plain)
 
@@ -299,7 +277,7 @@ class Client:
             ready = select.select([ours], [], [], max(0.0, left))[0] if left > 0 else []
             message = receive(ours)[0] if ready else None
             if message is not None and message[0] == "hello":
-                self.sock, self.mode = ours, str(message[1])
+                self.sock, self.mode, self.pid = ours, str(message[1]), int(message[2])
                 return True
             if message is None:  # EOF (no namespace here) or no word in time
                 ours.close()
@@ -351,6 +329,28 @@ class Client:
             if not self._read(block=True):
                 raise SpawnFailed(126, "the farm's nursery process is gone")
 
+    def outer(self, pid: int) -> Optional[int]:
+        """A task's pid as the farm sees it, from the pid the nursery reported (read only when a
+        stop needs it: /proc of the nursery's children, whose NSpid ends in `pid`)."""
+        if self.mode != "ns":
+            return pid
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                children = f.read().split()
+        except OSError:
+            return None
+        for child in children:
+            try:
+                with open(f"/proc/{child}/status") as f:
+                    for line in f:
+                        if line.startswith("NSpid:"):
+                            if line.split()[-1] == str(pid):
+                                return int(child)
+                            break
+            except OSError:
+                continue
+        return None
+
     def renew(self, deadline: float) -> None:
         if self.sock is not None and not self.gone:
             try:
@@ -383,8 +383,14 @@ class SpawnFailed(Exception):
 
 
 def ignore_signals() -> None:
+    """The farm handles these; we go when it goes. Caught, not ignored: an exec resets a caught
+    signal to its default, so the tasks get them as usual."""
     for sig in RESET_SIGNALS[:6]:
-        signal.signal(sig, signal.SIG_IGN)  # the farm handles these; we go when it goes
+        signal.signal(sig, _ignore)
+
+
+def _ignore(_signum: int, _frame: object) -> None:
+    pass
 
 
 def namespace(libc: Libc, sock: socket.socket, marker: str) -> int:

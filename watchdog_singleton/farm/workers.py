@@ -80,7 +80,7 @@ class Slot:
         self.outcome = ""  # set when we stop it: "timeout", "requeued" or "lapsed" (its lease lost)
         self.tmpdir: Optional[str] = None
         self.seq = 0  # the nursery's name for this attempt
-        self.pid = 0  # its first process, as we see it
+        self.pid = 0  # its first process, as the nursery sees it
 
 
 class Farm:
@@ -336,7 +336,7 @@ class Farm:
     # -- stopping -----------------------------------------------------------------------
     def _stop_slot(self, slot: Slot, outcome: str, grace: Optional[float] = None) -> None:
         slot.outcome = outcome
-        root = slot.pid
+        root = self.nursery.outer(slot.pid) if slot.pid else None
         finder = Finder(slot.token, roots=lambda: (root,) if root else ())
         wait = self.o.grace if grace is None else grace
 
