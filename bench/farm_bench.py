@@ -1,10 +1,15 @@
-"""The farm against GNU parallel and a PyTaskFarmer-style loop: 2000 tasks of `true` over 8 workers,
-overhead per task side by side; what exactly-once on SQLite costs against the same farm with its
-store in memory; and the farm's peak memory with 10k and 100k tasks in the list (goal < 100 MiB, flat).
+"""The farm against GNU parallel, the real PyTaskFarmer and a PyTaskFarmer-style loop: 2000 tasks
+of `true` over 8 workers, overhead per task side by side; what exactly-once on SQLite costs
+against the same farm with its store in memory; correctness when each tool's main process is
+SIGKILLed halfway through a list and the tool is started again (tasks lost, tasks completed
+twice, restarts that hung); and the farm's peak memory with 10k and 100k tasks in the list
+(goal < 100 MiB, flat).
 
-    python3 bench/farm_bench.py [--tasks 2000] [--workers 8] [--reps 3]
+    python3 bench/farm_bench.py [--tasks 2000] [--workers 8] [--reps 3] [--quick]
 
-Installs GNU parallel (Debian package `parallel`) when missing and run as root.
+Installs GNU parallel (Debian package `parallel`) when missing and run as root, and PyTaskFarmer
+(PyPI `pytaskfarmer`) into a venv of its own under the temporary folder; a tool that cannot be
+had is skipped with a line.
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from statistics import median
-from typing import Callable
+from typing import Callable, Optional
 
 FARM = [sys.executable, "-m", "watchdog_singleton", "farm"]
 
@@ -29,6 +35,20 @@ def ensure_parallel() -> bool:
         subprocess.run(["apt-get", "install", "-y", "-qq", "parallel"], check=False,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
     return shutil.which("parallel") is not None
+
+
+def ensure_pytaskfarmer(base: str) -> Optional[list[str]]:
+    """The real PyTaskFarmer 0.1.0's command, installed into a venv of its own; None if it cannot be."""
+    venv = os.path.join(base, "ptf-venv")
+    script = os.path.join(venv, "bin", "pytaskfarmer.py")
+    python = os.path.join(venv, "bin", "python")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True, capture_output=True, timeout=120)
+        subprocess.run([python, "-m", "pip", "install", "-q", "pytaskfarmer"], check=True, capture_output=True,
+                       timeout=300)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [python, script] if os.path.exists(script) else None
 
 
 def ptf_loop(tasks: list[str], workers: int) -> None:
@@ -43,6 +63,57 @@ def ptf_loop(tasks: list[str], workers: int) -> None:
         p.wait()
 
 
+def kill_halfway(name: str, start: Callable[[str], subprocess.Popen[bytes]], base: str, tasks: int,
+                 restart_wait: float) -> tuple[int, int, bool]:
+    """Run `tasks` tasks (each appends its number to `out` after a short sleep), SIGKILL the tool's
+    main process once half are done, start it again on the same state and let it finish.
+    Returns (tasks lost, tasks completed twice or more, whether a restart hung)."""
+    work = tempfile.mkdtemp(prefix=f"kill-{name.split()[0]}-", dir=base)
+    out = os.path.join(work, "out")
+    script = os.path.join(work, "task.sh")
+    with open(script, "w") as f:
+        f.write(f'sleep 0.05; echo "$1" >> {out}\n')
+    with open(os.path.join(work, "tasks.txt"), "w") as f:
+        f.writelines(f"sh {script} {i}\n" for i in range(tasks))
+
+    def done() -> list[str]:
+        try:
+            with open(out) as f:
+                return f.read().split()
+        except FileNotFoundError:
+            return []
+    first = start(work)
+    deadline = time.monotonic() + 120
+    while len(done()) < tasks // 2 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.kill()  # the main process alone, as an OOM kill or a node's scheduler does
+    first.wait()
+    time.sleep(1.0)  # what it left running finishes (or was taken with it)
+    cleanup(first)
+    hung = False
+    second = start(work)
+    try:
+        second.wait(restart_wait)
+    except subprocess.TimeoutExpired:
+        hung = True
+    cleanup(second)
+    got = done()
+    counts = {str(i): 0 for i in range(tasks)}
+    for item in got:
+        counts[item] = counts.get(item, 0) + 1
+    return sum(1 for n in counts.values() if n == 0), sum(1 for n in counts.values() if n > 1), hung
+
+
+def cleanup(proc: subprocess.Popen[bytes]) -> None:
+    """What is left of a tool we started (in a session of its own): its process group, killed."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if proc.poll() is None:
+        proc.wait()
+
+
 def timed(run: Callable[[], None]) -> float:
     began = time.perf_counter()
     run()
@@ -54,7 +125,10 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a short run: fewer tasks, one rep, no 100k list")
     args = parser.parse_args()
+    if args.quick:
+        args.tasks, args.reps = min(args.tasks, 300), 1
     base = tempfile.mkdtemp(prefix="farm-bench-")
     lines = [f"true {i}" for i in range(args.tasks)]  # distinct lines: distinct tasks
     listing = os.path.join(base, "tasks.txt")
@@ -74,13 +148,25 @@ def main() -> int:
         "farm (store in memory)": farm(["--db", "sqlite://:memory:"]),
         "PyTaskFarmer-style loop": lambda: ptf_loop(lines, args.workers),
     }
-    if ensure_parallel():
+    have_parallel = ensure_parallel()
+    if have_parallel:
         def gnu_parallel() -> None:
             subprocess.run(["parallel", "--will-cite", "-j", w], input="\n".join(lines), text=True, check=True,
                            stdout=subprocess.DEVNULL)
         runs["GNU parallel"] = gnu_parallel
     else:
         print("GNU parallel is not installed (apt-get install parallel): skipped")
+    ptf = ensure_pytaskfarmer(base)
+    if ptf is not None:
+        ptf_cmd = ptf
+
+        def pytaskfarmer() -> None:
+            work = tempfile.mkdtemp(dir=base)
+            subprocess.run([*ptf_cmd, "--proc", w, "--workdir", work, listing], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+        runs["PyTaskFarmer 0.1.0"] = pytaskfarmer
+    else:
+        print("PyTaskFarmer could not be installed (pip install pytaskfarmer): skipped")
     results: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.reps):  # alternate, so drift in machine load hits every contender alike
         for name, run in runs.items():
@@ -93,11 +179,44 @@ def main() -> int:
     if "GNU parallel" in per_task:
         ratio = per_task["farm (SQLite, exactly once)"] / per_task["GNU parallel"]
         print(f"  farm / GNU parallel per task: {ratio:.2f}x (goal <= 1.5x)")
+    if "PyTaskFarmer 0.1.0" in per_task:
+        ratio = per_task["farm (SQLite, exactly once)"] / per_task["PyTaskFarmer 0.1.0"]
+        print(f"  farm / PyTaskFarmer per task: {ratio:.2f}x")
     cost = per_task["farm (SQLite, exactly once)"] - per_task["farm (store in memory)"]
     print(f"  exactly once on SQLite costs {cost:+.2f} ms/task against the store in memory")
 
+    kill_tasks = 200 if args.quick else 1000
+    kill_reps = 1 if args.quick else 3
+    restart_wait = 30.0 if args.quick else 300.0
+
+    def new_session(argv: list[str], cwd: str, stdin: Optional[int] = None) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, cwd=cwd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    starters: dict[str, Callable[[str], subprocess.Popen[bytes]]] = {
+        "farm": lambda work: new_session([*FARM, "tasks.txt", "--workers", w, "--lease", "2"], work)}
+    if have_parallel:
+        def parallel_start(work: str) -> subprocess.Popen[bytes]:
+            with open(os.path.join(work, "tasks.txt"), "rb") as f:
+                return new_session(["parallel", "--will-cite", "-j", w, "--joblog", "joblog", "--resume"], work,
+                                   stdin=f.fileno())
+        starters["GNU parallel --resume"] = parallel_start
+    if ptf is not None:
+        def ptf_start(work: str) -> subprocess.Popen[bytes]:
+            os.makedirs(os.path.join(work, "state"), exist_ok=True)  # it must exist
+            return new_session([*ptf_cmd, "--proc", w, "--workdir", "state", "tasks.txt"], work)
+        starters["PyTaskFarmer 0.1.0"] = ptf_start
+    print(f"main process SIGKILLed halfway through {kill_tasks} tasks, then started again "
+          f"({kill_reps} tries each; tasks lost / completed twice / restarts that hung):")
+    for name, start in starters.items():
+        results_k = [kill_halfway(name, start, base, kill_tasks, restart_wait) for _ in range(kill_reps)]
+        lost = [r[0] for r in results_k]
+        twice = [r[1] for r in results_k]
+        hung = sum(1 for r in results_k if r[2])
+        print(f"  {name:<30} lost {'/'.join(map(str, lost)):<10} twice {'/'.join(map(str, twice)):<10} "
+              f"hung {hung}/{kill_reps}")
+
     print("peak memory of the farm (lists stay in the database; it runs 5 s then stops, exit 75):")
-    for count in (10_000, 100_000):
+    for count in (10_000,) if args.quick else (10_000, 100_000):
         big = os.path.join(base, f"big-{count}.txt")
         with open(big, "w") as f:
             f.writelines(f"true {i}\n" for i in range(count))

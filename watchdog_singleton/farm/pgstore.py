@@ -87,6 +87,10 @@ class PgStore:
         return int(self.db.execute(f"UPDATE farm_tasks SET lease_expires = {NOW} + %s "
                                    "WHERE holder = %s AND state = 'running'", (lease, holder)).rowcount)
 
+    def holding(self, holder: str) -> set[tuple[str, int]]:
+        return {(r[0], int(r[1])) for r in self.db.execute(
+            "SELECT id, gen FROM farm_tasks WHERE holder = %s AND state = 'running'", (holder,)).fetchall()}
+
     def finish(self, claim: Claim, code: int) -> bool:
         return bool(self.db.execute(
             f"UPDATE farm_tasks SET state = 'finished', code = %s, ended = {NOW}, holder = NULL, "

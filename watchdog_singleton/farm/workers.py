@@ -6,9 +6,16 @@ renew the leases, record how each attempt ended, and stop cleanly on a signal or
 
 One process, no worker processes: each slot is one running task's process tree, marked with
 the farm's marker plus the task's id in its environment (the token tree.py follows), so the
-tree is found after setsid and double forks. A slot's tree is stopped (tree.Stopper, in a
-thread so other slots keep running) on --task-timeout and on a farm stop; a finished task's
-leftovers are stopped when the farm ends, and the reaper stops everything if the farm is killed.
+tree is found after setsid and double forks. Tasks are started by the nursery (nursery.py): a
+PID namespace where the host allows it, so nothing of a task outlives the farm however it dies.
+A slot's tree is stopped (tree.Stopper, in a thread so other slots keep running) on
+--task-timeout and on a farm stop; a finished task's leftovers are stopped when the farm ends.
+
+Leases: each heartbeat that renewed every lease the farm holds moves the give-up deadline
+(CLOCK_BOOTTIME, from when it was sent) to `lease - margin` later; the farm and the nursery
+each stop every task at that deadline (SIGKILL, at once), so a farm that could not renew, or was
+paused, has nothing running when another farm may take its tasks. A heartbeat that renewed fewer
+rows than the farm holds means some were taken: those tasks are stopped at once too.
 """
 
 from __future__ import annotations
@@ -26,10 +33,10 @@ import time
 from typing import Any, Callable, NamedTuple, Optional
 
 from .. import procs
-from ..launch import become_subreaper
 from ..tree import Finder, Stopper
 from . import REQUEUE, SOME_FAILED
 from . import tasklist as tasklist_mod
+from .nursery import Client, SpawnFailed, boottime
 from .progress import Progress
 from .reaper import marked
 from .runner import Runner
@@ -40,6 +47,8 @@ from .trace import Timeline
 TASK_ENV = "WATCHDOG_SINGLETON_FARM_TASK"
 SLOT_ENV = "WATCHDOG_SINGLETON_FARM_SLOT"
 ATTEMPT_ENV = "WATCHDOG_SINGLETON_FARM_ATTEMPT"
+GENERATION_ENV = "WATCHDOG_SINGLETON_FARM_GENERATION"  # the claim's fencing token: grows at every claim of the task
+NAMESPACE_ENV = "WATCHDOG_SINGLETON_FARM_NAMESPACE"  # "0": no PID namespace for the tasks (the fallback)
 IDLE_POLL = 1.0  # with nothing to claim, how often to look again (tasks added, other farms' leases)
 RELIST_EVERY = 2.0  # how often to look whether the task list file changed
 
@@ -63,14 +72,15 @@ class Slot:
     def __init__(self, number: int) -> None:
         self.number = number
         self.claim: Optional[Claim] = None
-        self.proc: Optional[subprocess.Popen[bytes]] = None
         self.token = ""
         self.started = 0.0
         self.deadline = 0.0
         self.code: Optional[int] = None
         self.stopper: Optional[threading.Thread] = None
-        self.outcome = ""  # set when we stop it: "timeout" or "requeued"
+        self.outcome = ""  # set when we stop it: "timeout", "requeued" or "lapsed" (its lease lost)
         self.tmpdir: Optional[str] = None
+        self.seq = 0  # the nursery's name for this attempt
+        self.pid = 0  # its first process, as the nursery sees it
 
 
 class Farm:
@@ -94,7 +104,6 @@ class Farm:
         self.host_marker = marker  # every farm of this work folder on this host
         self.marker = f"{marker}{self.nonce}#"  # this farm
         self.slots = [Slot(i) for i in range(options.workers)]
-        self.by_pid: dict[int, Slot] = {}
         self.stop_reason = ""
         self.timeline = Timeline(os.path.join(options.workdir, TIMELINE_NAME))
         self.progress = Progress(warn, tty=tty, every=options.progress_every, clock=clock)
@@ -106,18 +115,26 @@ class Farm:
         self.reaper: Optional[subprocess.Popen[bytes]] = None
         self.reaper_w: Optional[int] = None
         self.list_stat: tuple[int, int] = (0, 0)
+        self.nursery = Client(self.marker, namespaces=os.environ.get(NAMESPACE_ENV, "1") != "0")
+        self.by_seq: dict[int, Slot] = {}
+        self.last_seq = 0
+        # The give-up deadline on CLOCK_BOOTTIME; the margin is the time to SIGKILL and reap.
+        self.margin = min(options.lease / 4, 5.0)
+        self.give_up_at = float("inf")
 
     # -- the lifecycle ------------------------------------------------------------------
     def run(self) -> int:
-        # Orphans of a task's tree (a double fork) re-parent to us: we reap them, so no zombie
-        # under init looks alive, and tree.members still finds them by descent.
-        become_subreaper()
         # Our host lock is held: any farm of this folder on this host that left tasks is dead.
         Stopper().stop(marked(self.host_marker), self.o.grace)
         back = self.store.sweep(dead_holder_prefix=self.farm_prefix, alive=self.holder)
         if back:
             self.warn(f"farm: {len(back)} task(s) of a farm that died went back to todo")
-        self._start_reaper()
+        if self.nursery.start() != "ns":
+            # No PID namespace: the watcher stops what the tasks forked if the farm is killed.
+            if self.nursery.namespaces:
+                self.warn("farm: no PID namespace on this host: a killed farm's tasks are stopped by its watcher, "
+                          "which cannot find processes that cleared their environment")
+            self._start_reaper()
         old = self._install_signals()
         try:
             return self._loop()
@@ -126,6 +143,7 @@ class Farm:
                 signal.signal(sig, handler)
             signal.set_wakeup_fd(-1)
             Stopper().stop(marked(self.marker), self.o.grace)  # leftovers of finished tasks
+            self.nursery.close()  # in a namespace: what hid from the marker goes with it
             if self.reaper_w is not None:
                 os.close(self.reaper_w)  # the reaper finds nothing left and exits
             if self.reaper is not None:
@@ -145,8 +163,14 @@ class Farm:
         next_progress = began
         idle_until = 0.0
         self.list_stat = self._stat_list()
+        self._renewed(boottime())
         while True:
             self._drain_wake()
+            if boottime() >= self.give_up_at:
+                # Past the deadline (a pause, a database we could not reach): our leases may be
+                # gone and the tasks given to another farm. Stop everything now, before anything else.
+                self.give_up_at = float("inf")
+                self._lapse(self.slots, "the farm could not renew its leases in time")
             self._reap()
             self._finish_slots()
             now = self.clock()
@@ -156,11 +180,11 @@ class Farm:
                 self._stop_all("requeued")
             if now >= next_beat:
                 next_beat = now + beat_every
-                self.store.heartbeat(self.holder, self.o.lease)
+                self._heartbeat()
                 self.store.sweep()
             if self.o.task_timeout:
                 for slot in self.slots:
-                    if slot.proc is not None and slot.stopper is None and now >= slot.deadline:
+                    if slot.pid and slot.code is None and slot.stopper is None and now >= slot.deadline:
                         self._stop_slot(slot, "timeout")
             if not self.stop_reason and now >= next_relist:
                 next_relist = now + RELIST_EVERY
@@ -171,6 +195,9 @@ class Farm:
                 if busy == 0:
                     counts = self.store.stats()
                     self.progress.close(counts)
+                    if counts["todo"] == 0 and counts["running"] == 0:  # what was running finished meanwhile
+                        self.warn(f"farm: stopped ({self.stop_reason}) with nothing left to do")
+                        return SOME_FAILED if counts["failed"] else 0
                     self.warn(f"farm: stopped ({self.stop_reason}); {counts['todo'] + counts['running']} "
                               f"task(s) left: run the farm again to continue (exit {REQUEUE})")
                     return REQUEUE
@@ -189,8 +216,30 @@ class Farm:
                 next_progress = now + (0.25 if self.progress.tty else self.o.progress_every)
                 self.progress.update(self.store.stats(), force=True)
             deadlines = [s.deadline for s in self.slots if s.deadline and s.stopper is None]
-            self._wait(min(next_beat, next_progress, *deadlines, idle_until if idle_until > now else next_beat)
-                       - self.clock())
+            self._wait(min(next_beat, next_progress, *deadlines, idle_until if idle_until > now else next_beat,
+                           now + self.give_up_at - boottime()) - self.clock())
+
+    # -- leases -------------------------------------------------------------------------
+    def _renewed(self, sent: float) -> None:
+        self.give_up_at = sent + self.o.lease - self.margin
+        self.nursery.renew(self.give_up_at)
+
+    def _heartbeat(self) -> None:
+        sent = boottime()
+        renewed = self.store.heartbeat(self.holder, self.o.lease)
+        held = [s for s in self.slots if s.claim is not None]
+        if renewed < len(held):  # some lease was taken over (we were paused past it): those tasks stop now
+            ours = self.store.holding(self.holder)
+            self._lapse([s for s in held if s.claim is not None and (s.claim.id, s.claim.gen) not in ours],
+                        "another farm took over the lease")
+        self._renewed(sent)
+
+    def _lapse(self, slots: list[Slot], why: str) -> None:
+        lapsed = [s for s in slots if s.claim is not None and s.outcome != "lapsed"]
+        for slot in lapsed:
+            self._stop_slot(slot, "lapsed", grace=0.0)
+        if lapsed:
+            self.warn(f"farm: {why}: {len(lapsed)} task(s) stopped at once, to run again")
 
     # -- one attempt --------------------------------------------------------------------
     def _start(self, slot: Slot, claim: Claim) -> None:
@@ -206,6 +255,7 @@ class Farm:
         env[TASK_ENV] = claim.id
         env[SLOT_ENV] = env["PROC_NUMBER"] = str(slot.number)  # PROC_NUMBER: PyTaskFarmer's name for it
         env[ATTEMPT_ENV] = str(claim.attempt)
+        env[GENERATION_ENV] = str(claim.gen)
         cwd = self.o.cwd
         if self.runner.tmpdir:
             slot.tmpdir = cwd = tempfile.mkdtemp(prefix=f"farm-{claim.id}-")
@@ -214,18 +264,33 @@ class Farm:
         try:
             os.write(log, f"# farm: attempt {claim.attempt} of {claim.id} on {self.host} slot {slot.number}: "
                           f"{claim.command}\n".encode(errors="surrogateescape"))
-            slot.proc = subprocess.Popen(self.runner.argv(claim.command), stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True,
-                                         close_fds=True)
-            self.by_pid[slot.proc.pid] = slot
-        except OSError as exc:
-            os.write(log, f"# farm: cannot start it: {exc.strerror}\n".encode())
-            slot.proc = None
-            slot.code = 127 if isinstance(exc, FileNotFoundError) else 126
+            self.last_seq += 1
+            slot.seq = self.last_seq
+            self.by_seq[slot.seq] = slot
+            slot.pid = self.nursery.spawn(slot.seq, self.runner.argv(claim.command), env, cwd, log)
+        except SpawnFailed as exc:
+            os.write(log, f"# farm: cannot start it: {exc}\n".encode(errors="surrogateescape"))
+            self.by_seq.pop(slot.seq, None)
+            slot.pid = 0
+            slot.code = exc.code
         finally:
             os.close(log)
 
     def _reap(self) -> None:
+        for event in self.nursery.events():
+            if event[0] == "exit":
+                slot = self.by_seq.pop(event[1], None)
+                if slot is not None:
+                    slot.code = int(event[2])
+            elif event[0] == "lapsed":  # the nursery's deadline came first: it killed every task
+                self._lapse(self.slots, "the farm could not renew its leases in time")
+        if self.nursery.gone and self.by_seq:
+            if not self.stop_reason:
+                self.stop_reason = "the farm's nursery process died"
+            self._lapse(self.slots, "the farm's nursery process died")
+            for slot in self.by_seq.values():
+                slot.code = -signal.SIGKILL
+            self.by_seq.clear()
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -233,15 +298,11 @@ class Farm:
                 return
             if pid == 0:
                 return
-            slot = self.by_pid.pop(pid, None)
-            if slot is None:
-                if self.reaper is not None and pid == self.reaper.pid:
-                    self.reaper.returncode = os.waitstatus_to_exitcode(status)
-                    self.warn("farm: the watcher process died: a SIGKILL of this farm would leave tasks running")
-                continue
-            slot.code = os.waitstatus_to_exitcode(status)
-            if slot.proc is not None:
-                slot.proc.returncode = slot.code
+            if self.reaper is not None and pid == self.reaper.pid:
+                self.reaper.returncode = os.waitstatus_to_exitcode(status)
+                self.warn("farm: the watcher process died: a SIGKILL of this farm would leave tasks running")
+            elif self.nursery.proc is not None and pid == self.nursery.proc.pid:
+                self.nursery.proc.returncode = os.waitstatus_to_exitcode(status)
 
     def _finish_slots(self) -> None:
         for slot in self.slots:
@@ -254,10 +315,10 @@ class Farm:
     def _record(self, slot: Slot) -> None:
         claim, code = slot.claim, slot.code
         assert claim is not None and code is not None
-        if slot.outcome == "requeued":
-            outcome = "requeued" if self.store.release(claim) else "lost"
-        elif slot.outcome != "timeout" and code == 0:
+        if code == 0:  # finished, whenever it ended: during a stop, a timeout or a lost lease too
             outcome = "finished" if self.store.finish(claim, code) else "lost"
+        elif slot.outcome in ("requeued", "lapsed"):  # cut short: back to todo, not a failure
+            outcome = "requeued" if self.store.release(claim) else "lost"
         else:
             state = self.store.fail(claim, code, self.o.retries)
             outcome = "lost" if not state else (slot.outcome or "failed")
@@ -266,18 +327,21 @@ class Farm:
                               outcome=outcome, code=code)
         if slot.tmpdir:
             shutil.rmtree(slot.tmpdir, ignore_errors=True)
-        slot.claim = slot.proc = slot.stopper = slot.tmpdir = None
+        slot.claim = slot.stopper = slot.tmpdir = None
         slot.code = None
         slot.deadline = 0.0
+        slot.pid = slot.seq = 0
+        slot.outcome = ""
 
     # -- stopping -----------------------------------------------------------------------
-    def _stop_slot(self, slot: Slot, outcome: str) -> None:
+    def _stop_slot(self, slot: Slot, outcome: str, grace: Optional[float] = None) -> None:
         slot.outcome = outcome
-        root = slot.proc.pid if slot.proc is not None else None
+        root = self.nursery.outer(slot.pid) if slot.pid else None
         finder = Finder(slot.token, roots=lambda: (root,) if root else ())
+        wait = self.o.grace if grace is None else grace
 
         def stop() -> None:
-            Stopper().stop(finder, self.o.grace)
+            Stopper().stop(finder, wait)
             self._wake()
         slot.stopper = threading.Thread(target=stop, name=f"stop-{slot.number}", daemon=True)
         slot.stopper.start()
@@ -326,7 +390,8 @@ class Farm:
     def _wait(self, seconds: float) -> None:
         if seconds > 0:
             try:
-                select.select([self.wake_r], [], [], min(seconds, IDLE_POLL))
+                watch = [self.wake_r] if self.nursery.gone else [self.wake_r, self.nursery.fileno()]
+                select.select(watch, [], [], min(seconds, IDLE_POLL))
             except InterruptedError:
                 pass
 

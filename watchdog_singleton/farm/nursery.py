@@ -1,0 +1,451 @@
+"""The farm's nursery: the one process that starts the farm's tasks, and takes them with it.
+
+The farm asks over a socket (`spawn`), the nursery forks and execs the task and reports its
+exit; the farm stays free of task children. Two modes:
+
+- **ns** (where unprivileged user namespaces work): the nursery is PID 1 of a PID namespace of
+  its own (in a user namespace that maps the user to itself, so getuid is unchanged, and a
+  mount namespace with its own /proc, so `$$` and /proc agree inside a task). When PID 1 dies
+  the kernel SIGKILLs every process in the namespace: `setsid`, double forks and `env -i` cannot
+  leave it. The nursery dies with the farm, however the farm dies: PR_SET_PDEATHSIG=SIGKILL on
+  it (and on its outer half, the process that made the namespace), and EOF on the socket.
+- **plain** (no namespaces): the nursery is a subreaper with PR_SET_PDEATHSIG=SIGKILL, and
+  each task's first process gets PR_SET_PDEATHSIG=SIGKILL bound to the nursery. What a task
+  forked is left to the farm's watcher (reaper.py, by the marker in the environment) and to the
+  next farm's sweep; a descendant that cleared its environment can escape those two.
+
+Either way the nursery holds the farm's renew deadline (CLOCK_BOOTTIME, sent after each
+successful heartbeat): past it, the farm may have lost its leases (paused, or its database
+unreachable), so the nursery SIGKILLs every task before another farm can take them over. It
+does this on its own, so a farm that is stopped (SIGSTOP, a swap storm) cannot overrun it.
+
+Messages are marshal'd tuples on a SOCK_SEQPACKET pair (one message each):
+    farm -> nursery: ("spawn", seq, argv, env, cwd) + the log fd;  ("renew", deadline)
+    nursery -> farm: ("hello", mode, pid); ("started", seq, pid); ("failed", seq, code, why);
+                     ("exit", seq, code); ("lapsed",)
+The hello's pid is the nursery's as the farm sees it; a task's pid is as the nursery sees it
+(Client.outer translates, when a stop needs it). Standard library only.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import errno
+import marshal
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from typing import Any, Optional
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
+NO_NAMESPACE = 3  # the outer half's exit code when the namespace could not be set up
+MAX_MESSAGE = 1 << 20
+RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT,
+                 signal.SIGPIPE, signal.SIGXFSZ)
+MAX_WAIT = 1.0  # wake at least this often, so a deadline passed during a pause is seen at once
+
+
+def boottime() -> float:
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):
+        return time.monotonic()
+
+
+def send(sock: socket.socket, message: tuple[Any, ...], fds: tuple[int, ...] = ()) -> None:
+    data = marshal.dumps(message)
+    if fds:
+        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    else:
+        sock.send(data)
+
+
+def receive(sock: socket.socket) -> tuple[Optional[tuple[Any, ...]], list[int]]:
+    """One message and the descriptors that came with it; (None, []) at EOF."""
+    data, ancillary, _, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4 * 4), socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got = array.array("i")
+            got.frombytes(payload[:len(payload) - len(payload) % got.itemsize])
+            fds.extend(got)
+    if not data:
+        return None, fds
+    message = marshal.loads(data)
+    return (message if isinstance(message, tuple) else None), fds
+
+
+class Libc:
+    def __init__(self) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(self, result: int, what: str) -> None:
+        if result != 0:
+            number = ctypes.get_errno()
+            raise OSError(number, f"{what}: {os.strerror(number)}")
+
+    def prctl(self, option: int, value: int) -> None:
+        self.check(self.libc.prctl(option, value, 0, 0, 0), "prctl")
+
+    def unshare(self, flags: int) -> None:
+        self.check(self.libc.unshare(flags), "unshare")
+
+    def mount(self, source: Optional[str], target: str, kind: Optional[str], flags: int) -> None:
+        def encode(text: Optional[str]) -> Optional[bytes]:
+            return text.encode() if text is not None else None
+        self.check(self.libc.mount(encode(source), encode(target), encode(kind), ctypes.c_ulong(flags), None),
+                   f"mount {target}")
+
+
+def write_file(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+class Nursery:
+    def __init__(self, sock: socket.socket, libc: Libc, mode: str, marker: str,
+                 outer_proc: Optional[int]) -> None:
+        self.sock = sock
+        self.libc = libc
+        self.mode = mode
+        self.marker = marker
+        self.outer_proc = outer_proc  # /proc of the farm's PID namespace: our tasks' pids as it sees them
+        self.me = os.getpid()
+        self.tasks: dict[int, int] = {}  # our pid of a task's first process -> the farm's seq
+        self.ignore: set[int] = set()  # children whose start failed: reported already
+        self.deadline: Optional[float] = None
+        self.null = os.open(os.devnull, os.O_RDONLY)
+
+    def serve(self) -> int:
+        wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        outer = int(os.readlink("self", dir_fd=self.outer_proc)) if self.outer_proc is not None else self.me
+        send(self.sock, ("hello", self.mode, outer))
+        while True:
+            # The deadline first: after a pause, nothing may go on before the tasks are stopped.
+            if self.deadline is not None and boottime() >= self.deadline:
+                self.deadline = None
+                self.kill_all()
+                send(self.sock, ("lapsed",))
+            self.reap()
+            timeout = MAX_WAIT if self.deadline is None else max(0.0, min(MAX_WAIT, self.deadline - boottime()))
+            try:
+                ready, _, _ = select.select([self.sock.fileno(), wake_r], [], [], timeout)
+            except InterruptedError:
+                continue
+            if wake_r in ready:
+                try:
+                    while os.read(wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            if self.sock.fileno() in ready:
+                try:
+                    message, fds = receive(self.sock)
+                except OSError:
+                    message, fds = None, []
+                if message is None:
+                    break  # the farm is gone, or done
+                self.handle(message, fds)
+        self.kill_all()  # the farm stopped what it wanted stopped gently; the rest goes now
+        self.reap()
+        return 0
+
+    def handle(self, message: tuple[Any, ...], fds: list[int]) -> None:
+        try:
+            if message[0] == "renew":
+                self.deadline = float(message[1])
+            elif message[0] == "spawn":
+                _, seq, argv, env, cwd = message
+                self.spawn(seq, argv, env, cwd, fds[0] if fds else self.null)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def spawn(self, seq: int, argv: list[str], env: dict[str, str], cwd: str, log: int) -> None:
+        import subprocess
+
+        # In a namespace nothing runs in the child but the exec (subprocess's C path, vfork); in
+        # plain mode the task's first process is bound to us first.
+        bind = None if self.mode == "ns" else self.bind
+        try:
+            proc = subprocess.Popen(argv, stdin=self.null, stdout=log, stderr=log, cwd=cwd, env=env,
+                                    start_new_session=True, close_fds=True, preexec_fn=bind)
+        except OSError as exc:
+            where = f"cannot enter {cwd}" if exc.filename == cwd else f"cannot start {argv[0]}"
+            code = 127 if isinstance(exc, FileNotFoundError) and exc.filename != cwd else 126
+            send(self.sock, ("failed", seq, code, f"{where}: {exc.strerror}"))
+            return
+        except subprocess.SubprocessError as exc:
+            send(self.sock, ("failed", seq, 126, f"cannot start {argv[0]}: {exc}"))
+            return
+        proc.returncode = 0  # we reap it ourselves (waitpid -1); Popen must not look for it again
+        self.tasks[proc.pid] = seq
+        send(self.sock, ("started", seq, proc.pid))
+
+    def bind(self) -> None:
+        self.libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != self.me:
+            os._exit(137)  # the nursery died before the task could be bound to it
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.ignore.discard(pid)
+            seq = self.tasks.pop(pid, None)
+            if seq is not None:
+                send(self.sock, ("exit", seq, os.waitstatus_to_exitcode(status)))
+
+    def kill_all(self) -> None:
+        if self.mode == "ns":
+            try:
+                os.kill(-1, signal.SIGKILL)  # as PID 1: every process of the namespace but us
+            except ProcessLookupError:
+                pass
+            return
+        for pid in self.tasks:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        from ..tree import Stopper
+        from .reaper import marked
+
+        Stopper(reap=self.reap).stop(marked(self.marker), 0.0)
+
+
+class Client:
+    """The farm's side: start the nursery (a namespace if the host allows, plain otherwise),
+    spawn tasks through it, send renew deadlines, and collect what it reports.
+
+        nursery = Client(marker)
+        mode = nursery.start()                # "ns" or "plain"
+        pid = nursery.spawn(7, argv, env, cwd, log_fd)   # or raises SpawnFailed
+        for event in nursery.events(): ...    # ("exit", 7, 0), ("lapsed",)
+    """
+
+    def __init__(self, marker: str, namespaces: bool = True, hello_wait: float = 20.0) -> None:
+        self.marker = marker
+        self.namespaces = namespaces
+        self.hello_wait = hello_wait
+        self.sock: Optional[socket.socket] = None
+        self.proc: Any = None  # subprocess.Popen of the nursery
+        self.mode = ""
+        self.pid = 0  # the nursery's, as we see it
+        self.queue: list[tuple[Any, ...]] = []
+        self.gone = False  # the nursery is dead: every task of it is too (ns) or orphaned (plain)
+
+    def start(self) -> str:
+        if self.namespaces and self._start("ns"):
+            return self.mode
+        if not self._start("plain"):
+            raise OSError(errno.ECHILD, "the farm's nursery process did not start")
+        return self.mode
+
+    def _start(self, mode: str) -> bool:
+        import subprocess
+
+        from .. import procs
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "watchdog_singleton.farm.nursery", mode, str(os.getpid()),
+                 str(theirs.fileno()), self.marker], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, start_new_session=True, env=procs.clean_environ(dict(os.environ)))
+        finally:
+            theirs.close()
+        deadline = time.monotonic() + self.hello_wait
+        while True:
+            left = deadline - time.monotonic()
+            ready = select.select([ours], [], [], max(0.0, left))[0] if left > 0 else []
+            message = receive(ours)[0] if ready else None
+            if message is not None and message[0] == "hello":
+                self.sock, self.mode, self.pid = ours, str(message[1]), int(message[2])
+                return True
+            if message is None:  # EOF (no namespace here) or no word in time
+                ours.close()
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                self.proc.wait()
+                return False
+
+    def fileno(self) -> int:
+        assert self.sock is not None
+        return self.sock.fileno()
+
+    def _read(self, block: bool) -> bool:
+        """One message into the queue; False when there was none (or the nursery is gone)."""
+        assert self.sock is not None
+        if self.gone:
+            return False
+        if not block and not select.select([self.sock], [], [], 0)[0]:
+            return False
+        try:
+            message, fds = receive(self.sock)
+        except OSError:
+            message, fds = None, []
+        for fd in fds:
+            os.close(fd)
+        if message is None:
+            self.gone = True
+            return False
+        self.queue.append(message)
+        return True
+
+    def spawn(self, seq: int, argv: list[str], env: dict[str, str], cwd: str, log: int) -> int:
+        """The task's pid, once it runs; raises SpawnFailed (with a shell's exit code) if it cannot."""
+        assert self.sock is not None
+        if self.gone:
+            raise SpawnFailed(126, "the farm's nursery process is gone")
+        try:
+            send(self.sock, ("spawn", seq, argv, env, cwd), (log,))
+        except OSError as exc:
+            self.gone = True
+            raise SpawnFailed(126, f"the farm's nursery process is gone: {exc.strerror}") from None
+        while True:
+            for i, message in enumerate(self.queue):
+                if message[0] in ("started", "failed") and message[1] == seq:
+                    del self.queue[i]
+                    if message[0] == "failed":
+                        raise SpawnFailed(int(message[2]), str(message[3]))
+                    return int(message[2])
+            if not self._read(block=True):
+                raise SpawnFailed(126, "the farm's nursery process is gone")
+
+    def outer(self, pid: int) -> Optional[int]:
+        """A task's pid as the farm sees it, from the pid the nursery reported (read only when a
+        stop needs it: /proc of the nursery's children, whose NSpid ends in `pid`)."""
+        if self.mode != "ns":
+            return pid
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                children = f.read().split()
+        except OSError:
+            return None
+        for child in children:
+            try:
+                with open(f"/proc/{child}/status") as f:
+                    for line in f:
+                        if line.startswith("NSpid:"):
+                            if line.split()[-1] == str(pid):
+                                return int(child)
+                            break
+            except OSError:
+                continue
+        return None
+
+    def renew(self, deadline: float) -> None:
+        if self.sock is not None and not self.gone:
+            try:
+                send(self.sock, ("renew", deadline))
+            except OSError:
+                self.gone = True
+
+    def events(self) -> list[tuple[Any, ...]]:
+        while self._read(block=False):
+            pass
+        got, self.queue = self.queue, []
+        return got
+
+    def close(self) -> None:
+        """The nursery kills what is left of the tasks (in a namespace) and exits."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(10)
+            except Exception:
+                pass
+
+
+class SpawnFailed(Exception):
+    def __init__(self, code: int, why: str) -> None:
+        super().__init__(why)
+        self.code = code
+
+
+def ignore_signals() -> None:
+    """The farm handles these; we go when it goes. Caught, not ignored: an exec resets a caught
+    signal to its default, so the tasks get them as usual."""
+    for sig in RESET_SIGNALS[:6]:
+        signal.signal(sig, _ignore)
+
+
+def _ignore(_signum: int, _frame: object) -> None:
+    pass
+
+
+def namespace(libc: Libc, sock: socket.socket, marker: str) -> int:
+    """Become the outer half of a new PID namespace; its PID 1 serves. Returns an exit code."""
+    outer_proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        # root keeps its powers: no user namespace for it (it may make PID namespaces as it is)
+        libc.unshare(CLONE_NEWPID | CLONE_NEWNS | (CLONE_NEWUSER if uid != 0 else 0))
+        if uid != 0:
+            write_file("/proc/self/uid_map", f"{uid} {uid} 1\n")  # getuid inside is getuid outside
+            write_file("/proc/self/setgroups", "deny")  # required before an unprivileged gid_map
+            write_file("/proc/self/gid_map", f"{gid} {gid} 1\n")
+    except OSError:
+        return NO_NAMESPACE
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            # If the outer half died already, the farm did too: the socket's EOF ends us then.
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            try:
+                libc.mount(None, "/", None, MS_REC | MS_PRIVATE)  # our /proc mount stays ours
+                libc.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            except OSError:
+                os._exit(NO_NAMESPACE)
+            code = Nursery(sock, libc, "ns", marker, outer_proc).serve()
+        finally:
+            os._exit(code)
+    sock.close()
+    os.close(outer_proc)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status)
+        except InterruptedError:
+            continue
+
+
+def main(argv: list[str]) -> int:
+    mode, farm_pid, fd, marker = argv[0], int(argv[1]), int(argv[2]), argv[3]
+    ignore_signals()
+    libc = Libc()
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != farm_pid:
+        return 1  # the farm died before we were bound to it
+    sock = socket.socket(fileno=fd)
+    if mode == "ns":
+        return namespace(libc, sock, marker)
+    try:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1)  # a task's orphans come to us, to be reaped
+    except OSError:
+        pass
+    return Nursery(sock, libc, "plain", marker, None).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
