@@ -69,7 +69,10 @@ def test_a_timeout_stops_the_runs_whole_tree(tmp_path: Any) -> None:
     assert world.live(sup.job.lock_path) == []
     assert sup.state.timeouts == 1 and sup.state.history[0]["result"] == "timed out"
     assert sup.state.history[0]["duration"] == pytest.approx(12.0, abs=0.1)  # timeout + grace, then SIGKILL
-    assert "run timed out after 10 s" in log_of(sup)
+    log = log_of(sup)
+    assert log.count("run timed out after 10 s") == 1, "a timeout is logged once"
+    assert "run timed out after 10 s; SIGTERM to 2 process(es), SIGKILL after 2 s" in log
+    assert f"pid {world.spawned[0].pid} was killed by SIGKILL after 12.0 s" in log and "pid None" not in log
 
 
 def test_the_default_timeout_is_pandas() -> None:

@@ -55,8 +55,7 @@ class PeriodicSteps(SupervisorPart):
         else:
             self.ending = "lifetime"
             why = f"--max-lifetime {self.job.max_lifetime:g} s reached: restarting it"
-        self._note(why)
-        self._stop_tree(why, leftovers=True)
+        self._stop_tree(why, leftovers=True)  # which logs `why` once
 
     def _after_periodic_run(self, code: int, message: str) -> None:
         assert self.periodic is not None
