@@ -127,7 +127,7 @@ def install(
     jitter: float = typer.Option(0.0, metavar="SECONDS", help="periodic: start each run up to this much late"),
     catch_up: str = typer.Option("none", "--catch-up", metavar="none|once",
                                  help="periodic: once = one make-up run at start for a missed due time"),
-    loop: bool = typer.Option(False, "--loop", help="periodic: rerun at once while it exits 0, until the period ends"),
+    loop: bool = typer.Option(False, "--loop", help="periodic: rerun at once while it exits 0, period after period"),
     max_lifetime: float = typer.Option(0.0, metavar="SECONDS",
                                        help="daemons: restart gracefully after this long (0: never)"),
     stdout_log: Optional[str] = typer.Option(None, metavar="FILE",

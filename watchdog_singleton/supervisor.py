@@ -31,7 +31,7 @@ import time
 from . import procs, tree
 from .errors import UserError
 from .files import ensure_dir
-from .jobs import JobStore, iso, now_iso
+from .jobs import JobStore, now_iso
 from .lockwatch import DUPLICATE, LockWatch
 from .logsink import LogSink
 from .paths import STATE_DIR_ENV
@@ -167,7 +167,7 @@ class Supervisor(LeaseSteps, PeriodicSteps):
         if job.periodic:  # imported only here: a daemon kept alive does not carry the scheduling code
             from .periodic import PeriodicRuns
 
-            self.periodic = PeriodicRuns(job, self.state, self.seams.wall)
+            self.periodic = PeriodicRuns(job, self.state, self.seams.wall, self.seams.clock)
         self.deadline: Optional[float] = None  # the running command's timeout or max lifetime
         self.ending: Optional[str] = None  # "timeout" or "lifetime" while we end the run ourselves
         self._signals: list[int] = []
@@ -195,7 +195,8 @@ class Supervisor(LeaseSteps, PeriodicSteps):
         if self.periodic is not None:
             self._wait_for(self.periodic.first_due())
             if self.periodic.note_catch_up is not None:
-                self._note(f"due time {iso(self.periodic.note_catch_up)} was missed: one make-up run now")
+                self._note(f"due time {self.periodic.when(self.periodic.note_catch_up)} was missed: "
+                           "one make-up run now")
             if not self.periodic.once:
                 self._report_ready(None)  # the supervisor keeps the due times: it runs now
         try:
@@ -393,7 +394,7 @@ class Supervisor(LeaseSteps, PeriodicSteps):
                                                                                       old.catch_up):
             from .periodic import PeriodicRuns
 
-            self.periodic = PeriodicRuns(new, self.state, self.seams.wall)
+            self.periodic = PeriodicRuns(new, self.state, self.seams.wall, self.seams.clock)
             if self.daemon is None:
                 self._wait_for(self.periodic.first_due())
         if self.daemon is not None and self.periodic is None:
