@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from conftest import Sandbox, wait_for
+from conftest import Sandbox, pids_with_arg, wait_for
 
 from watchdog_singleton import procs
 from watchdog_singleton.commands.status import HostView, _state_word, describe
@@ -77,3 +77,25 @@ def test_status_with_a_read_only_or_unreadable_state_folder_says_so(sandbox: San
         assert f"cannot list {run}: Permission denied" in listing.stdout and listing.returncode == 0
     finally:
         os.chmod(run, 0o700)
+
+
+def test_three_kills_of_a_real_forking_daemon_show_three_restarts_and_last_exit_sigkill(sandbox: Sandbox) -> None:
+    name = sandbox.job("fork3")
+    marker = "1005"
+    sandbox.ok("install", name, "--forking", "--", "/bin/sh", "-c", f"(setsid sleep {marker} &) ; exit 0")
+    killed: list[int] = []
+    for _ in range(3):
+        [daemon] = wait_for(lambda: [p for p in pids_with_arg(marker, sandbox.user.uid) if p not in killed], 15,
+                            what="the background copy")
+        def followed(pid: int = daemon) -> bool:
+            return bool(sandbox.status(name)["pid"] == pid)
+        wait_for(followed, 10, what="status to follow it")
+        os.kill(daemon, signal.SIGKILL)
+        killed.append(daemon)
+    wait_for(lambda: [p for p in pids_with_arg(marker, sandbox.user.uid) if p not in killed], 15,
+             what="the fourth copy")
+    info = wait_for(lambda: (lambda i: i if i["running"] else None)(sandbox.status(name)), 10, what="running")
+    assert (info["restarts"], info["last_exit_code"]) == (3, -9), info
+    row = sandbox.ok("status", name).stdout.splitlines()[1]
+    assert " 3 " in row and "SIGKILL" in row, row
+    sandbox.ok("uninstall", name)
