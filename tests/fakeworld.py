@@ -31,7 +31,8 @@ class FakeProc:
 
 class FakeWorld:
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = 1000.0  # the monotonic clock
+        self.wall_offset = 0.0  # the wall clock is now + wall_offset (step_wall moves it)
         self.procs: dict[int, FakeProc] = {}
         self.next_pid = itertools.count(SUPERVISOR + 1)
         self.exited: list[tuple[int, int]] = []  # children of the supervisor, not yet reaped
@@ -70,12 +71,16 @@ class FakeWorld:
         if proc.ppid == SUPERVISOR:
             self.exited.append((pid, code))
 
+    def step_wall(self, seconds: float) -> None:
+        """A step of the wall clock alone (NTP, `date -s`): the monotonic clock goes on."""
+        self.wall_offset += seconds
+
     def live(self, token: str) -> list[int]:
         return sorted(p.pid for p in self.procs.values() if p.token == token)
 
     # -- the seams ---------------------------------------------------------------------------
     def seams(self) -> Seams:
-        return Seams(clock=lambda: self.now, wall=lambda: self.now, spawn=self.spawn, scan=self.scan,
+        return Seams(clock=lambda: self.now, wall=lambda: self.now + self.wall_offset, spawn=self.spawn, scan=self.scan,
                      reap=self.reap, wait=self.wait, send=self.send, sleep=self.sleep, pid=SUPERVISOR,
                      lease_clock=lambda: self.now, threads=False)
 

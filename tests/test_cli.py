@@ -256,3 +256,22 @@ def test_every_help_has_an_example_and_no_raw_types(quiet_env: dict[str, str], c
     assert f"watchdog-singleton {command} " in proc.stdout.split("xample")[-1]
     for raw in ("<str>", "<list[", "<int>", "<float>", "{NAME}"):
         assert raw not in proc.stdout
+
+
+def test_install_help_shows_one_truthful_default_for_every_and_timeout(quiet_env: dict[str, str]) -> None:
+    proc = cli("install", "--help", env=quiet_env)
+    assert proc.returncode == 0, proc.stderr
+    lines: dict[str, str] = {}  # each option's help, its wrapped lines joined
+    option = ""
+    for line in proc.stdout.splitlines():
+        if line.startswith("  --"):
+            option = line.split()[0]
+            lines[option] = line
+        elif option and line.startswith("      "):
+            lines[option] += " " + line.strip()
+        else:
+            option = ""
+    assert "default min(3 periods, period + 1 h)" in lines["--timeout"]
+    assert "default: none" in lines["--every"]
+    for option in ("--timeout", "--every"):
+        assert "[default: 0.0]" not in lines[option], lines[option]

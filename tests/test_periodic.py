@@ -41,17 +41,72 @@ def test_every_runs_start_to_start_and_never_overlap(tmp_path: Any) -> None:
     assert sup.state.runs == 5 and sup.state.failures == 0 and sup.state.last_result == "ok"
 
 
-def test_a_run_that_outlasts_its_period_skips_the_slots_and_says_so(tmp_path: Any) -> None:
+def test_a_run_that_outlasts_its_period_is_followed_at_once_and_skips_only_the_slots_passed_over(
+        tmp_path: Any) -> None:
     world = FakeWorld()
     sup = periodic(tmp_path, world, every=5.0, timeout=100.0)
     runs_for(world, 12.0)
-    world.at(T0 + 16, sup.request_stop)
+    world.at(T0 + 13, sup.request_stop)
     sup.run()
-    assert births(world) == [0.0, 15.0], "never joined by a second run; the missed slots are not made up"
-    assert sup.state.skipped == 2
-    assert [h["result"] for h in sup.state.history] == ["ok", "skipped", "skipped", "stopped"]
+    # The run due at 0 ends at 12: the slot at 10 starts at once, late; only the one at 5 was passed over.
+    assert births(world) == [0.0, 12.0], "never joined by a second run, and the next one starts at once"
+    assert sup.state.skipped == 1
+    assert [h["result"] for h in sup.state.history] == ["ok", "skipped", "stopped"]
+    assert [h["due"][-10:-5] for h in sup.state.history] == ["16:40", "16:45", "16:50"]  # T0 = 1000 s
+    assert sup.state.history[2]["late"] == pytest.approx(2.0)
     assert sup.state.failures == 0, "a run ended by `stop` is no failure"
-    assert "the run outlasted its period: 2 due time(s) skipped" in log_of(sup)
+    assert "the run outlasted its period: 1 due time(s) skipped" in log_of(sup)
+
+
+def test_a_loop_job_with_a_2_s_run_and_a_6_s_period_never_idles_and_never_skips(tmp_path: Any) -> None:
+    for seconds in (2.0, 2.1):
+        world = FakeWorld()
+        sup = periodic(tmp_path / str(seconds), world, every=6.0, loop=True)
+        runs_for(world, seconds)
+        world.at(T0 + 60, sup.request_stop)
+        sup.run()
+        assert births(world) == pytest.approx([seconds * i for i in range(len(world.spawned))], abs=1e-6)
+        assert len(world.spawned) >= 28, "back to back: it never idles"
+        assert sup.state.skipped == 0 and "skipped" not in log_of(sup)
+        assert all(h["result"] != "skipped" for h in sup.state.history)
+        assert "late" not in log_of(sup), "no warning every period"
+
+
+def test_an_every_job_is_not_stalled_by_a_backward_step_of_the_wall_clock(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = periodic(tmp_path, world, every=5.0)
+    runs_for(world, 1.0)
+    world.at(T0 + 12, lambda: world.step_wall(-600.0))
+    world.at(T0 + 31, sup.request_stop)
+    sup.run()
+    assert births(world) == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0]
+    assert sup.state.skipped == 0
+    assert sup.periodic is not None
+    assert sup.state.history[-1]["due"] == sup.periodic.when(T0 + 30)  # shown on the wall clock, stepped
+    assert sup.state.last_due == pytest.approx(T0 + 30 - 600)
+
+
+def test_a_forward_step_of_the_wall_clock_neither_hurries_nor_skips_an_every_job(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = periodic(tmp_path, world, every=5.0)
+    runs_for(world, 1.0)
+    world.at(T0 + 7, lambda: world.step_wall(3600.0))
+    world.at(T0 + 21, sup.request_stop)
+    sup.run()
+    assert births(world) == [0.0, 5.0, 10.0, 15.0, 20.0]
+    assert sup.state.skipped == 0
+
+
+def test_a_run_late_by_more_than_half_a_long_period_gets_pandas_warning(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = periodic(tmp_path, world, every=3600.0, timeout=20000.0)
+    runs_for(world, 5500.0)
+    world.at(T0 + 5600, sup.request_stop)
+    sup.run()
+    assert births(world) == [0.0, 5500.0]
+    assert sup.state.skipped == 0, "the slot at 3600 runs, late: none was passed over"
+    assert sup.state.history[-1]["late"] == pytest.approx(1900.0)
+    assert "starts 1900 s late" in log_of(sup)
 
 
 def test_a_timeout_stops_the_runs_whole_tree(tmp_path: Any) -> None:
@@ -69,7 +124,10 @@ def test_a_timeout_stops_the_runs_whole_tree(tmp_path: Any) -> None:
     assert world.live(sup.job.lock_path) == []
     assert sup.state.timeouts == 1 and sup.state.history[0]["result"] == "timed out"
     assert sup.state.history[0]["duration"] == pytest.approx(12.0, abs=0.1)  # timeout + grace, then SIGKILL
-    assert "run timed out after 10 s" in log_of(sup)
+    log = log_of(sup)
+    assert log.count("run timed out after 10 s") == 1, "a timeout is logged once"
+    assert "run timed out after 10 s; SIGTERM to 2 process(es), SIGKILL after 2 s" in log
+    assert f"pid {world.spawned[0].pid} was killed by SIGKILL after 12.0 s" in log and "pid None" not in log
 
 
 def test_the_default_timeout_is_pandas() -> None:
@@ -91,15 +149,26 @@ def test_jitter_delays_each_run_by_a_fresh_amount_never_early(tmp_path: Any) -> 
     assert len({round(d, 3) for d in delays}) > 1, "the jitter is drawn afresh for each run"
 
 
-def test_loop_mode_reruns_while_it_succeeds_until_the_period_ends(tmp_path: Any) -> None:
+def test_loop_mode_reruns_while_it_succeeds_and_goes_on_into_the_next_period(tmp_path: Any) -> None:
     world = FakeWorld()
     sup = periodic(tmp_path, world, every=10.0, loop=True)
     runs_for(world, 3.0)
     world.at(T0 + 22, sup.request_stop)
     sup.run()
-    # Reruns at 3, 6 and 9; the one from 9 outlasts the period, so the slot at 10 is skipped.
-    assert births(world) == [0.0, 3.0, 6.0, 9.0, 20.0]
-    assert sup.state.history[0]["loops"] == 4 and sup.state.history[1]["result"] == "skipped"
+    # Reruns at 3, 6 and 9; the one from 9 ends in the next period, whose run starts at once (late).
+    assert births(world) == [0.0, 3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 21.0]
+    assert [(h["result"], h.get("loops"), h.get("late")) for h in sup.state.history] == [
+        ("ok", 4, None), ("ok", 3, 2.0), ("stopped", None, 1.0)]
+    assert sup.state.skipped == 0
+
+
+def test_loop_mode_stops_rerunning_on_a_failure_and_waits_for_the_next_due_time(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = periodic(tmp_path, world, every=10.0, loop=True)
+    runs_for(world, 3.0, code=1)
+    world.at(T0 + 15, sup.request_stop)
+    sup.run()
+    assert births(world) == [0.0, 10.0]
 
 
 def test_catch_up_once_makes_up_one_missed_due_time_at_start(tmp_path: Any) -> None:

@@ -117,3 +117,17 @@ def test_the_state_folder_survives_restart_and_reinstall_and_goes_with_purge(san
     assert os.stat(folder).st_mode & 0o777 == 0o700
     sandbox.ok("uninstall", name, "--purge")
     assert not os.path.exists(folder)
+
+
+def test_a_loop_job_with_a_2_s_run_and_a_6_s_period_runs_back_to_back_and_never_skips(sandbox: Sandbox) -> None:
+    name = sandbox.job("loop6")
+    runs = sandbox.path("runs")
+    sandbox.ok("install", name, "--every", "6", "--loop", "--", *recorder(runs, 2))
+    wait_for(lambda: len(spans(runs)) >= 8, 60, what="eight runs")
+    done = spans(runs)
+    gaps = [s2 - e1 for (_, e1), (s2, _) in zip(done, done[1:])]
+    assert all(0 <= g < 1.0 for g in gaps), f"it idled between runs (PanDA's loop runs back to back): {gaps}"
+    info = sandbox.status(name)
+    assert info["skipped"] == 0 and all(h["result"] != "skipped" for h in info["history"]), info["history"]
+    assert info["runs"] >= 2 and any(h.get("loops", 0) >= 2 for h in info["history"])
+    sandbox.ok("uninstall", name)

@@ -306,3 +306,61 @@ def test_a_duplicate_steps_down_stopping_its_own_daemon_and_only_that(tmp_path: 
     mine = world.spawned[0]
     assert mine.pid not in world.procs, "the duplicate's own daemon was left running"
     assert other.signals == [] and other.pid in world.procs
+
+
+def test_three_kills_of_a_forking_daemon_count_three_restarts_with_last_exit_sigkill(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = supervisor(tmp_path, world, forking=True)
+    mains: list[FakeProc] = []
+
+    def backgrounds_itself(proc: FakeProc) -> None:
+        def go() -> None:
+            mains.append(world.fork(proc.pid))  # the daemon proper, re-parented to the supervisor
+            world.exit(proc.pid, 0)  # the forking parent's own exit: not the daemon's story
+        world.after(0.2, go)
+    world.on_spawn = backgrounds_itself
+    for at in (5, 10, 15):
+        world.at(T0 + at, lambda: world.exit(mains[-1].pid, -9))
+    seen: list[tuple[int, Optional[int]]] = []
+    world.at(T0 + 19, lambda: seen.append((sup.state.restarts, sup.state.last_exit_code)))
+    world.at(T0 + 20, sup.request_stop)
+    sup.run()
+    assert births(world) == [0.0, 5.0, 10.0, 15.0]
+    assert seen == [(3, -9)], "one death, one restart; the last exit is the tree's (SIGKILL), not the parent's 0"
+
+
+def test_no_stop_restart_or_lifetime_line_says_pid_none(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = supervisor(tmp_path, world, max_lifetime=10.0, grace=1.0)
+    world.at(T0 + 4, lambda: world.exit(world.spawned[-1].pid, -9))  # a restart
+    world.at(T0 + 20, sup.request_stop)  # after a --max-lifetime restart at 14: a stop
+    sup.run()
+    log = log_of(sup)
+    first, second, third = (p.pid for p in world.spawned)
+    assert f"pid {first} was killed by SIGKILL after 4.0 s" in log
+    assert f"pid {second} was killed by SIGTERM after 10.0 s" in log
+    assert f"pid {third} was killed by SIGTERM after 6.0 s" in log
+    assert "None" not in log
+    assert log.count("--max-lifetime 10 s reached") == 1, log
+
+
+def test_the_started_line_is_shell_quoted_one_line_per_start(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = supervisor(tmp_path, world)
+    sup.job.command = ["/bin/daemon", "", "a b", "it's", "line1\nline2"]
+    world.at(T0 + 1, sup.request_stop)
+    sup.run()
+    pid = world.spawned[0].pid
+    assert f"started pid {pid}: /bin/daemon '' 'a b' 'it'\"'\"'s' $'line1\\nline2'\n" in log_of(sup)
+
+
+def test_shell_join_reads_back_as_the_same_words() -> None:
+    import subprocess
+
+    from watchdog_singleton.quoting import shell_join
+
+    words = ["", "a b", "it's", "x\ny\tz", "\x1b[31mred", "back\\slash", "é", "$HOME", "*"]
+    line = shell_join(words)
+    assert "\n" not in line and "\x1b" not in line
+    out = subprocess.run(["bash", "-c", f"printf '%s\\0' {line}"], capture_output=True, check=True).stdout
+    assert out.decode().split("\0")[:-1] == words

@@ -119,15 +119,17 @@ def install(
                                  help="how long install/start wait to see the daemon still running, 0 to 60"),
     periodic: bool = typer.Option(False, "--periodic",
                                   help="run COMMAND to completion at each due time of --schedule, never two at once"),
-    every: float = typer.Option(0.0, metavar="SECONDS",
-                                help="periodic, start to start (the supervisor keeps it; under a minute too)"),
-    timeout: float = typer.Option(0.0, metavar="SECONDS",
+    # 0 stands for "not given" in these two: the help says the real default, and shows no 0.0.
+    every: float = typer.Option(0.0, metavar="SECONDS", show_default=False,
+                                help="periodic, start to start (the supervisor keeps it; under a minute too) "
+                                     "(default: none, the due times of --schedule)"),
+    timeout: float = typer.Option(0.0, metavar="SECONDS", show_default=False,
                                   help="periodic: stop a run's tree after this long (default min(3 periods, "
                                        "period + 1 h))"),
     jitter: float = typer.Option(0.0, metavar="SECONDS", help="periodic: start each run up to this much late"),
     catch_up: str = typer.Option("none", "--catch-up", metavar="none|once",
                                  help="periodic: once = one make-up run at start for a missed due time"),
-    loop: bool = typer.Option(False, "--loop", help="periodic: rerun at once while it exits 0, until the period ends"),
+    loop: bool = typer.Option(False, "--loop", help="periodic: rerun at once while it exits 0, period after period"),
     max_lifetime: float = typer.Option(0.0, metavar="SECONDS",
                                        help="daemons: restart gracefully after this long (0: never)"),
     stdout_log: Optional[str] = typer.Option(None, metavar="FILE",

@@ -84,6 +84,18 @@ def start_time(pid: int) -> Optional[int]:
     return info.start if info else None
 
 
+def start_wall(start: int) -> Optional[float]:
+    """The Unix time a process of this boot started, from its start in clock ticks since boot."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return int(line.split()[1]) + start / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def is_alive(pid: Optional[int], start: Optional[int], boot: Optional[str] = None) -> bool:
     """Whether the process (pid, start) of this boot still exists and is not a zombie."""
     if not pid or start is None or (boot and boot != boot_id()):

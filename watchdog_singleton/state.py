@@ -121,6 +121,7 @@ class StateStore:
     def load(self, name: str) -> Optional[RunState]:
         """NAME's state, or None if missing or unreadable (see `last_error`); a symlink at its
         path is refused (UserError)."""
+        self.last_error = None
         try:
             data = self.folder.read(name)
         except files.Unreadable as exc:

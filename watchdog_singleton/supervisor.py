@@ -31,11 +31,12 @@ import time
 from . import procs, tree
 from .errors import UserError
 from .files import ensure_dir
-from .jobs import JobStore, iso, now_iso
+from .jobs import JobStore, now_iso
 from .lockwatch import DUPLICATE, LockWatch
 from .logsink import LogSink
 from .paths import STATE_DIR_ENV
 from .pump import OutputPump
+from .quoting import shell_join
 from .spawn import SpawnError, spawn
 from .state import CARRIED, RunState, StateKeeper
 from .supervisor_lease import LeaseSteps
@@ -166,7 +167,7 @@ class Supervisor(LeaseSteps, PeriodicSteps):
         if job.periodic:  # imported only here: a daemon kept alive does not carry the scheduling code
             from .periodic import PeriodicRuns
 
-            self.periodic = PeriodicRuns(job, self.state, self.seams.wall)
+            self.periodic = PeriodicRuns(job, self.state, self.seams.wall, self.seams.clock)
         self.deadline: Optional[float] = None  # the running command's timeout or max lifetime
         self.ending: Optional[str] = None  # "timeout" or "lifetime" while we end the run ourselves
         self._signals: list[int] = []
@@ -194,7 +195,8 @@ class Supervisor(LeaseSteps, PeriodicSteps):
         if self.periodic is not None:
             self._wait_for(self.periodic.first_due())
             if self.periodic.note_catch_up is not None:
-                self._note(f"due time {iso(self.periodic.note_catch_up)} was missed: one make-up run now")
+                self._note(f"due time {self.periodic.when(self.periodic.note_catch_up)} was missed: "
+                           "one make-up run now")
             if not self.periodic.once:
                 self._report_ready(None)  # the supervisor keeps the due times: it runs now
         try:
@@ -350,7 +352,7 @@ class Supervisor(LeaseSteps, PeriodicSteps):
         self.state.next_start_at = None
         self.state.backoff_seconds = 0.0  # the message stays: a hint about the last exit still holds
         self.keeper.save()
-        self._note(f"started pid {child.pid}: {' '.join(job.command)}")
+        self._note(f"started pid {child.pid}: {shell_join(job.command)}")
         self._arm_deadline()
         if self.ready is not None:
             settle = max(0.0, _finite(job.settle, 1.0))
@@ -392,7 +394,7 @@ class Supervisor(LeaseSteps, PeriodicSteps):
                                                                                       old.catch_up):
             from .periodic import PeriodicRuns
 
-            self.periodic = PeriodicRuns(new, self.state, self.seams.wall)
+            self.periodic = PeriodicRuns(new, self.state, self.seams.wall, self.seams.clock)
             if self.daemon is None:
                 self._wait_for(self.periodic.first_due())
         if self.daemon is not None and self.periodic is None:
@@ -412,16 +414,16 @@ class Supervisor(LeaseSteps, PeriodicSteps):
         for pid, code in self.seams.reap():
             if pid == self.daemon:
                 self.daemon = None
-                self._on_daemon_exit(code)
+                self._on_daemon_exit(pid, code)
         if self.following and self.daemon is None:
             self._follow_or_exit(0)
 
     def _tree(self) -> dict[int, int]:
         return tree.members(self.seams.scan(), self.job.lock_path, (self.seams.pid,), (self.seams.pid,))
 
-    def _on_daemon_exit(self, code: int) -> None:
+    def _on_daemon_exit(self, pid: int, code: int) -> None:
         lasted = self.seams.clock() - self.daemon_started
-        what = "the tree it left" if self.following else f"pid {self.state.pid}"
+        what = f"pid {pid} (of the tree it left)" if self.following else f"pid {pid}"
         self._note(f"{what} {procs.exit_text(code)} after {lasted:.1f} s")
         if self.duplicate:
             return  # stepping down: the job's tree and state belong to the other supervisor
@@ -462,6 +464,7 @@ class Supervisor(LeaseSteps, PeriodicSteps):
     def _after_exit(self, code: int, message: str, lasted: float = 0.0) -> None:
         job = self.job
         self.daemon = None
+        self.following = False  # forking: the tree is gone, and this is its one exit
         self.state.last_exit_code = code
         self.state.last_exit_at = now_iso()
         self.state.pid = self.state.pid_start = None
@@ -503,7 +506,7 @@ class Supervisor(LeaseSteps, PeriodicSteps):
         finder = tree.Finder(self.job.lock_path, roots=lambda: (self.seams.pid,), scan=self.seams.scan)
 
         def say(count: int) -> None:
-            if count and not leftovers:
+            if count and (not leftovers or self.ending):  # ending: a timeout or --max-lifetime
                 self._note(f"{why}; SIGTERM to {count} process(es), SIGKILL after {wait:g} s")
             elif count:
                 self._note(why)

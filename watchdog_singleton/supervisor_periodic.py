@@ -4,7 +4,6 @@ ended (periodic.PeriodicRuns keeps the due times and the record). A part of `Sup
 
 from __future__ import annotations
 
-from .jobs import iso
 from .supervisor_part import SupervisorPart
 
 TYPE_CHECKING = False
@@ -17,12 +16,14 @@ class PeriodicSteps(SupervisorPart):
         out: LogSink
 
     def _wait_for(self, due: float) -> None:
-        """Start the next run at wall time `due`, plus a fresh jitter: never early."""
-        assert self.periodic is not None
-        self.periodic.due = due
-        delay = max(0.0, due - self.seams.wall()) + self.periodic.jitter()
+        """Start the next run at `due` (on the periodic clock), plus a fresh jitter: never early. A
+        run due already because the last one outlasted its period starts at once, with no jitter."""
+        runs = self.periodic
+        assert runs is not None
+        runs.due = due
+        delay = max(0.0, due - runs.now()) + (0.0 if runs.overran else runs.jitter())
         self.next_start = self.seams.clock() + delay
-        self.state.next_due_at = iso(due)
+        self.state.next_due_at = runs.when(due)
         if delay > 0:
             self.state.phase = "waiting"
             self.keeper.save()
@@ -32,9 +33,11 @@ class PeriodicSteps(SupervisorPart):
         if self.periodic is not None:
             assert self.periodic.due is not None
             if self.periodic.started_at is None or self.periodic.loops == 0:
-                self.periodic.started(self.periodic.due)
+                late = self.periodic.started(self.periodic.due)
+                if late is not None:
+                    self._note(late)
                 self.deadline = now + job.run_timeout
-                marker = f"run due {iso(self.periodic.due)} started (pid {self.state.pid})"
+                marker = f"run due {self.periodic.when(self.periodic.due)} started (pid {self.state.pid})"
                 self._note(marker)
                 if not self.passthrough:
                     self.out.note(marker)
@@ -55,17 +58,16 @@ class PeriodicSteps(SupervisorPart):
         else:
             self.ending = "lifetime"
             why = f"--max-lifetime {self.job.max_lifetime:g} s reached: restarting it"
-        self._note(why)
-        self._stop_tree(why, leftovers=True)
+        self._stop_tree(why, leftovers=True)  # which logs `why` once
 
     def _after_periodic_run(self, code: int, message: str) -> None:
         assert self.periodic is not None
         runs = self.periodic
         timed_out, self.ending = self.ending == "timeout", None
         if runs.started_at is None:  # it could not even start: still a run that failed
-            runs.started(runs.due if runs.due is not None else self.seams.wall())
+            runs.started(runs.due if runs.due is not None else runs.now())
         if (not timed_out and code == 0 and self.job.loop and not self.stopping
-                and self.seams.wall() < runs.slot_end()):
+                and runs.now() < runs.slot_end()):
             self.next_start = self.seams.clock()  # PanDA's loop mode: again at once, within the period
             self.state.phase = "starting"
             return
@@ -77,7 +79,7 @@ class PeriodicSteps(SupervisorPart):
         self.state.message = message
         if skipped:
             self._note(f"the run outlasted its period: {skipped} due time(s) skipped")
-        self._note(f"run due {iso(runs.due or 0)}: {result}" + (f" (code {code})" if result == "failed" else ""))
+        self._note(f"run due {runs.when(runs.due or 0)}: {result}" + (f" (code {code})" if result == "failed" else ""))
         due = None if self.stopping else runs.next_due()
         if due is None:
             self.done_code = code if not timed_out else 124  # timeout(1)'s code

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
-import shlex
+import os
 import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from .. import lock, paths
+from .. import lock, paths, procs, tree
 from ..crontab import Entry
 from ..errors import NO_SUCH_JOB, NOT_RUNNING, OK, UserError
+from ..files import Unreadable
 from ..hostinfo import cron_daemon_running
-from ..jobs import Job, check_name
+from ..jobs import Job, check_name, iso
 from ..leases import CRON_TICK
 from ..leases.guard import heartbeat_tick
+from ..quoting import shell_join
 from ..state import RunState
 from .cluster import ClusterView, summary
 from .cluster import describe as describe_cluster
@@ -40,17 +42,41 @@ class HostView:
         return cls(entries, known, cron_daemon_running(), lock.locked_files())
 
 
-def describe(name: str, job: Optional[Job], state: Optional[RunState], host: HostView) -> dict[str, Any]:
+def describe(name: str, job: Optional[Job], state: Optional[RunState], host: HostView,
+             state_error: Optional[str] = None, state_dir: str = "") -> dict[str, Any]:
+    """NAME as status shows it. `state_error`: why its run state could not be read (then what
+    runs is told by its lock alone); `state_dir`: the run state's folder, to say why a record
+    is out of date."""
     entry = host.entries.get(name)
     running = state is not None and state.daemon_alive()
     supervisor = state is not None and state.supervisor_alive()
     lock_path = job.lock_path if job else (state.lock_path if state else "")
-    if state is None:
+    lock_held = bool(lock_path) and lock.is_held(lock_path, host.locked)
+    pid = state.pid if running and state else None
+    started_at = _real_start(state.pid_start) if running and state else None
+    problem = ""
+    if state is None and state_error:
+        phase = "unknown"
+        problem = (f"{state_error}: what runs is unknown, but its lock is "
+                   + ("held, so a copy runs" if lock_held else "free, so nothing of it runs"))
+    elif state is None:
         phase = "never started"
     elif running or supervisor or state.phase in ("stopped", "exited", "standby"):  # standby: runs elsewhere
         phase = state.phase
     else:
         phase = "dead"  # recorded as alive, but its processes are gone (reboot, SIGKILL)
+    if state is not None and supervisor and not running and phase in ("running", "starting"):
+        # The record names a daemon that is gone while its supervisor lives: between two runs, or
+        # a state file the supervisor cannot write (a read-only or full disk). Ask /proc.
+        live = _daemon_of(state)
+        if live is not None:
+            running, phase = True, "running"
+            pid, started_at = live[0], _real_start(live[1])
+        else:
+            phase = "starting"
+        if state_dir and not os.access(state_dir, os.W_OK):
+            problem = (f"cannot write {state_dir}: its state on file is out of date; "
+                       + ("the pid shown is read from the process table" if live else "no daemon runs now"))
     return {
         "name": name,
         "host": paths.host(),
@@ -61,9 +87,9 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         "cron_daemon_running": host.cron_running,
         "running": running,
         "phase": phase,
-        "pid": state.pid if running and state else None,
+        "pid": pid,
         "supervisor_pid": state.supervisor_pid if supervisor and state else None,
-        "started_at": state.started_at if running and state else None,
+        "started_at": started_at or (state.started_at if running and state else None),
         "restarts": state.restarts if state else 0,
         "last_exit_code": state.last_exit_code if state else None,
         "last_exit_at": state.last_exit_at if state else None,
@@ -74,7 +100,7 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         "stdout_log": job.stdout_log if job else (state.stdout_log if state else None),
         "stderr_log": job.stderr_log if job else (state.stderr_log if state else None),
         "lock_path": lock_path,
-        "lock_held": bool(lock_path) and lock.is_held(lock_path, host.locked),
+        "lock_held": lock_held,
         "lean": bool(job and job.lean),
         "message": state.message if state else "",
         "periodic": bool(job and job.periodic),
@@ -88,7 +114,25 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         "last_result": state.last_result if state else None,
         "next_due_at": _next_due(job, state, supervisor),
         "history": list(state.history) if state else [],
+        "problem": problem,
     }
+
+
+def _real_start(pid_start: Optional[int]) -> Optional[str]:
+    """When a process of this boot started, from its start time in /proc (an adopted copy's UP
+    counts from there, not from the adoption)."""
+    when = procs.start_wall(pid_start) if pid_start is not None else None
+    return iso(when) if when is not None else None
+
+
+def _daemon_of(state: RunState) -> Optional[tuple[int, int]]:
+    """(pid, start) of the oldest process below NAME's live supervisor, from /proc."""
+    assert state.supervisor_pid is not None
+    found = tree.members(procs.scan(), state.lock_path, roots=(state.supervisor_pid,), marked=False)
+    if not found:
+        return None
+    pid = min(found, key=lambda p: (found[p], p))
+    return pid, found[pid]
 
 
 def _next_due(job: Optional[Job], state: Optional[RunState], supervisor: bool) -> Optional[str]:
@@ -97,7 +141,6 @@ def _next_due(job: Optional[Job], state: Optional[RunState], supervisor: bool) -
         return None
     if job.supervised_schedule:
         return state.next_due_at if state is not None and supervisor else None
-    from ..jobs import iso
     from ..schedule import CronSchedule
 
     return iso(CronSchedule(job.schedule).next_after(time.time()))
@@ -110,8 +153,8 @@ def collect(ctx: Context, names: list[str], host: HostView) -> list[dict[str, An
     infos = []
     try:
         for n in names:
-            job, state = ctx.jobs.load(n), ctx.states.load(n)
-            info = describe(n, job, state, host)
+            job, (state, state_error) = ctx.jobs.load(n), _load_state(ctx, n)
+            info = describe(n, job, state, host, state_error, ctx.states.folder.folder)
             # A submitted batch chain: its queue entries beside the run state its supervisor writes.
             record = batch.load_record(ctx.root, n)
             info["batch"] = batch.describe(ctx.root, n, record)
@@ -130,6 +173,23 @@ def collect(ctx: Context, names: list[str], host: HostView) -> list[dict[str, An
         if view is not None:
             view.close()
     return infos
+
+
+def _load_state(ctx: Context, name: str) -> tuple[Optional[RunState], Optional[str]]:
+    """NAME's run state, or why it could not be read."""
+    try:
+        state = ctx.states.load(name)
+    except UserError as exc:  # a symlink planted at its path
+        return None, str(exc)
+    return state, (ctx.states.last_error if state is None else None)
+
+
+def _state_names(ctx: Context) -> tuple[list[str], str]:
+    """The names that have a run state, and why the folder could not be listed ("" if it could)."""
+    try:
+        return ctx.states.names(), ""
+    except Unreadable as exc:
+        return [], str(exc)
 
 
 def _runs_elsewhere(info: dict[str, Any]) -> bool:
@@ -156,25 +216,30 @@ def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool =
         raise UserError("--history needs a NAME")
     if name is not None:
         check_name(name)
-        if ctx.jobs.load(name) is None and ctx.states.load(name) is None and not _submitted(ctx, name):
+        if ctx.jobs.load(name) is None and _load_state(ctx, name) == (None, None) and not _submitted(ctx, name):
             raise UserError(f"no such job: {name}", NO_SUCH_JOB)
         info = collect(ctx, [name], HostView.read(ctx))[0]
         if as_json:
             echo(json.dumps(info, indent=2))
         else:
             echo(history_table(info) if history else table([info]))
+        if info["phase"] == "unknown":  # its run state could not be read: the lock tells if a copy runs
+            return OK if info["lock_held"] else NOT_RUNNING
         up = info["running"] or (info.get("periodic") and info["supervisor_pid"] is not None) or \
             bool(info["batch"] and info["batch"]["running"]) or _runs_elsewhere(info)
         return OK if up else NOT_RUNNING  # a periodic job's supervisor waiting for its due time is up
     from ..batch import submitted_names
 
-    names = sorted(set(ctx.jobs.names()) | set(ctx.states.names()) | set(submitted_names(ctx.root)))
+    state_names, unlisted = _state_names(ctx)
+    names = sorted(set(ctx.jobs.names()) | set(state_names) | set(submitted_names(ctx.root)))
     host = HostView.read(ctx)
     infos = collect(ctx, names, host)
     if as_json:
         echo(json.dumps(infos, indent=2))
     else:
         echo(table(infos) if infos else "no jobs on this host")
+        if unlisted:
+            echo(f"{unlisted}: jobs that run without a definition here (ad hoc runs) are not shown")
         if host.cron_running is False:
             echo("warning: no cron daemon runs on this host: entries will not fire")
     return OK
@@ -204,7 +269,8 @@ def _state_word(info: dict[str, Any]) -> str:
     if info["running"]:
         word = "running"
     elif info.get("periodic") and info["next_due_at"] and info["phase"] not in ("stopping",):
-        word = f"waiting (next {info['next_due_at'][11:16]})"
+        # --every keeps due times to the second (under a minute too); cron's are whole minutes.
+        word = f"waiting (next {info['next_due_at'][11:19 if info.get('every') else 16]})"
     elif info["phase"] == "backoff" and info["next_start_at"]:
         word = f"backoff until {info['next_start_at'][11:19]}"
     elif off and info["cron_entry"] != "missing":
@@ -261,13 +327,15 @@ def table(infos: list[dict[str, Any]]) -> str:
             counts, last, schedule = str(i["restarts"]), exit_word(i["last_exit_code"]), i["schedule"] or adhoc
         command = i["command"] or (i["batch"] and i["batch"]["command"]) or []
         rows.append((i["name"], _state_word(i), str(i["pid"] or "-"), _since(i["started_at"] if i["running"] else None),
-                     counts, last, schedule, shlex.join(command)))
+                     counts, last, schedule, shell_join(command)))
     lines = _columns(rows).split("\n")
     out = lines[:1]
     for line, i in zip(lines[1:], infos):
         out.append(line)
         if i.get("cluster"):
             out.append("  " + summary(i["cluster"]))  # a cluster job: the lease as the database sees it
+        if i.get("problem"):
+            out.append("  " + i["problem"])  # what status could not read or trust
     return "\n".join(out)
 
 
@@ -283,6 +351,8 @@ def history_table(info: dict[str, Any]) -> str:
             result = f"failed ({exit_word(run.get('code'))})"
         if run.get("loops"):
             result += f", {run['loops']} loops"
+        if run.get("late"):
+            result += f", {run['late']:.1f}s late"
         rows.append((str(run.get("due", "-"))[:19].replace("T", " "), str(run.get("start", "-"))[11:19] or "-",
                      "-" if duration is None else f"{duration:.1f}s", result))
     summary = (f"{info['runs']} runs, {info['failures']} failed, {info['timeouts']} timed out, "
