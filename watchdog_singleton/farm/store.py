@@ -362,6 +362,7 @@ class Guarded:
     the next farm."""
 
     RESULTS = ("finish", "fail", "release")
+    READS = ("stats", "rows")
 
     def __init__(self, store: Store, on_error: Callable[[str], None]) -> None:
         self.store = store
@@ -371,7 +372,8 @@ class Guarded:
 
     def _call(self, name: str, args: tuple[Any, ...], default: Any) -> Any:
         try:
-            self._replay()
+            if name not in self.READS:
+                self._replay()
             return getattr(self.store, name)(*args)
         except StoreError as exc:
             if name in self.RESULTS:

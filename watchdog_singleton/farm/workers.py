@@ -177,7 +177,7 @@ class Farm:
                     self.progress.close(counts)
                     left = counts['todo'] + counts['running']
                     if self.failure:
-                        lost = f", {unrecorded} of them ended but could not be recorded" if unrecorded else ""
+                        lost = f" ({unrecorded} whose end could not be recorded: they run again)" if unrecorded else ""
                         self.warn(f"farm: stopped: {self.failure}; {left} task(s) left{lost}: fix that and "
                                   f"run the farm again (exit {STORAGE_FAILED})")
                         return STORAGE_FAILED
