@@ -50,7 +50,7 @@ SELECT pg_has_role(current_user, c.relowner, 'USAGE'), pg_get_userbyid(c.relowne
   EXISTS (SELECT 1 FROM aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
           WHERE a.grantee <> c.relowner AND a.privilege_type IN ('INSERT', 'UPDATE')),
   current_user
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = 'farm_tasks'::regclass
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass('farm_tasks')
 """
 
 
@@ -76,8 +76,10 @@ class PgStore:
             with db.transaction():
                 # Two farms starting at once must not both create the table.
                 db.execute("SELECT pg_advisory_xact_lock(hashtext('watchdog_singleton.farm_tasks'))")
-                db.execute(_SCHEMA)
-            row = db.execute(_OWNER).fetchone()
+                row = db.execute(_OWNER).fetchone()  # before touching it: it may be someone else's
+                if row is None or row[0]:
+                    db.execute(_SCHEMA)
+                    row = db.execute(_OWNER).fetchone()
         except psycopg.Error as exc:
             raise self._failed(exc, "cannot use the farm database") from None
         mine, role, schema, shared, me = row
