@@ -243,6 +243,21 @@ def test_a_full_work_folder_ends_the_farm_with_one_line_and_exit_74(sandbox: San
     assert out_lines(sandbox) == names  # the tasks before the failure did not run again
 
 
+def test_a_read_only_work_folder_ends_the_farm_with_one_line_and_exit_74(sandbox: Sandbox) -> None:
+    listing = write_list(sandbox, ["echo a >> out"])
+    assert farm(sandbox, listing).returncode == 0
+    with open(listing, "a") as f:
+        f.write("echo b >> out\n")
+    os.chmod(f"{listing}.farm", 0o500)  # SQLite cannot make its -wal there
+    proc = farm(sandbox, listing)
+    assert proc.returncode == STORAGE_FAILED, proc.stderr
+    assert "readonly database" in one_line(proc) and "farm.sqlite" in proc.stderr
+    assert out_lines(sandbox) == ["a"]
+    os.chmod(f"{listing}.farm", 0o700)
+    assert farm(sandbox, listing).returncode == 0
+    assert out_lines(sandbox) == ["a", "b"]
+
+
 def test_a_result_the_locked_database_refused_is_recorded_once_the_lock_goes(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from watchdog_singleton.farm.store import Guarded

@@ -74,6 +74,7 @@ def make_workdir(workdir: str) -> None:
     """The work folder and its logs/, 0700 whatever the umask (an existing work folder keeps its
     mode: it may be one of the user's own folders; the farm's files in it are 0600)."""
     created = False
+    making = workdir
     try:
         if not os.path.isdir(workdir):
             os.makedirs(os.path.dirname(workdir), 0o700, exist_ok=True)
@@ -81,15 +82,15 @@ def make_workdir(workdir: str) -> None:
             created = True
         else:
             place.check(workdir, "work folder", folder=True)
-        place.private_folder(os.path.join(workdir, "logs"), "log folder")
+        making = os.path.join(workdir, "logs")
+        place.private_folder(making, "log folder")
     except OSError as exc:
         if created:
             try:
                 os.rmdir(workdir)
             except OSError:
                 pass
-        raise UserError(f"cannot create {workdir if not created else os.path.join(workdir, 'logs')}: "
-                        f"{exc.strerror}", STORAGE_FAILED) from None
+        raise UserError(f"cannot create {making}: {exc.strerror}", STORAGE_FAILED) from None
 
 
 def farm_lock(workdir: str) -> tuple[object, str]:
