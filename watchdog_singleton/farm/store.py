@@ -395,6 +395,11 @@ class Guarded:
             pass
         return len(self.unrecorded)
 
+    def __getattr__(self, name: str) -> Any:
+        # A store method without a guarded twin below is passed through: its StoreError ends the
+        # farm (one line, exit 74; Farm.run still stops its tasks' trees) without the stop path.
+        return getattr(self.store, name)
+
     def add(self, tasks: Iterable[Task]) -> int:
         return int(self._call("add", (tasks,), 0))
 
