@@ -139,7 +139,8 @@ def test_an_env_cleared_setsid_grandchild_does_not_outlive_the_farm(sandbox: San
     # The grandchild has a session of its own and an empty environment: no marker, no parent.
     escape = ("setsid env -i /bin/sh -c 'exec sleep 6001' & "
               "while ! pgrep -x -f 'sleep 6001' >/dev/null; do sleep 0.05; done")
-    task = escape + ("; sleep 600" if how == "farm killed" else "")
+    # "farm ends": the task waits for GO, so the grandchild is seen before the farm can end.
+    task = escape + ("; sleep 600" if how == "farm killed" else "; while [ ! -e GO ]; do sleep 0.05; done")
     listing = write_list(sandbox, [task])
     running = start_farm(sandbox, listing, "--workers", "1", "--grace", "1")
     try:
@@ -148,6 +149,7 @@ def test_an_env_cleared_setsid_grandchild_does_not_outlive_the_farm(sandbox: San
             os.kill(running.pid, signal.SIGKILL)  # the watcher lives: it cannot find this one by its marker
             running.wait(10)
         else:
+            touch(sandbox, "GO")
             _, err = running.communicate(timeout=60)
             assert running.returncode == 0, err
         try:

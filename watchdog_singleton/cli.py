@@ -387,7 +387,8 @@ def farm_run(
     progress_every: float = typer.Option(10.0, metavar="S", help="seconds between progress lines off a terminal"),
 ) -> None:
     """Run TASKLIST's tasks, each exactly once: exit 0 all finished, 1 some failed, 75 stopped with
-    tasks left (SIGUSR1, SIGTERM, SIGINT or --timeout): run it again to continue."""
+    tasks left (SIGUSR1, SIGTERM, SIGINT or --timeout): run it again to continue; 74 its database
+    or files failed (locked by someone, disk full, read-only, gone): fix that, then run it again."""
     from .commands.farm import FarmRequest
     from .commands.farm import run as do_run
 

@@ -10,8 +10,9 @@ from typing import Callable, NamedTuple, Optional
 
 from .. import paths
 from ..errors import FAILED, OK, UserError
-from ..farm import tasklist
+from ..farm import STORAGE_FAILED, place, tasklist
 from ..farm.store import STATES, Store, check_place, open_store
+from ..farm.trace import FILE_NAME as TIMELINE_NAME
 
 Echo = Callable[[str], None]
 
@@ -58,6 +59,38 @@ def _check(req: FarmRequest) -> None:
         raise UserError(f"task list {req.tasklist} {what}")
     if not os.access(req.tasklist, os.R_OK):
         raise UserError(f"task list {req.tasklist} is not readable")
+    tasklist.check(req.tasklist, os.stat(req.tasklist))
+
+
+def check_workdir(workdir: str) -> None:
+    """Refuse (exit 2) a work folder, log folder or timeline that is not the user's alone, before
+    anything is created: a farm runs what its folder's database holds, as the user."""
+    place.check(workdir, "work folder", folder=True)
+    place.check(os.path.join(workdir, "logs"), "log folder", folder=True)
+    place.check(os.path.join(workdir, TIMELINE_NAME), "timeline")
+
+
+def make_workdir(workdir: str) -> None:
+    """The work folder and its logs/, 0700 whatever the umask (an existing work folder keeps its
+    mode: it may be one of the user's own folders; the farm's files in it are 0600)."""
+    created = False
+    making = workdir
+    try:
+        if not os.path.isdir(workdir):
+            os.makedirs(os.path.dirname(workdir), 0o700, exist_ok=True)
+            place.private_folder(workdir, "work folder")
+            created = True
+        else:
+            place.check(workdir, "work folder", folder=True)
+        making = os.path.join(workdir, "logs")
+        place.private_folder(making, "log folder")
+    except OSError as exc:
+        if created:
+            try:
+                os.rmdir(workdir)
+            except OSError:
+                pass
+        raise UserError(f"cannot create {making}: {exc.strerror}", STORAGE_FAILED) from None
 
 
 def farm_lock(workdir: str) -> tuple[object, str]:
@@ -76,8 +109,7 @@ def run(req: FarmRequest, echo: Echo, warn: Echo) -> int:
 
     _check(req)
     workdir = os.path.abspath(req.workdir) if req.workdir else default_workdir(req.tasklist)
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise UserError(f"--workdir {workdir} exists and is not a folder")
+    check_workdir(workdir)
     runner = runner_mod.load(req.runner, workdir)
     check_place(req.db, workdir)
     lock, marker = farm_lock(workdir)
@@ -85,12 +117,10 @@ def run(req: FarmRequest, echo: Echo, warn: Echo) -> int:
         raise UserError(f"another farm runs in {workdir} on this host", FAILED)
     store: Optional[Store] = None
     try:
-        try:
-            os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create {workdir}/logs: {exc.strerror}", FAILED) from None
-        store = open_store(req.db, workdir)
-        added = store.add(tasklist.read(req.tasklist))
+        make_workdir(workdir)
+        store = open_store(req.db, workdir, lease=req.lease)
+        # At start the list is taken as complete: a last line without its newline is a task too.
+        added = store.add(tasklist.read(req.tasklist, at_start=True))
         if added:
             warn(f"farm: {added} new task(s) from {req.tasklist}")
         options = Options(tasklist=os.path.abspath(req.tasklist), workdir=workdir, workers=req.workers,
@@ -105,6 +135,7 @@ def run(req: FarmRequest, echo: Echo, warn: Echo) -> int:
 
 def _open(workdir: Optional[str], db: Optional[str]) -> tuple[str, Store]:
     folder = resolve_workdir(workdir)
+    place.check(folder, "work folder", folder=True)
     return folder, open_store(db, folder, create=False)
 
 

@@ -3,15 +3,23 @@
 The same states and rules as the SQLite store (see store.py); claims use
 `FOR UPDATE SKIP LOCKED`, so farms never wait on each other's rows, and every lease time is the
 server's clock, so nodes whose clocks disagree still agree on when a lease ran out. One list
-per database (or per user's search_path schema): the table is `farm_tasks`.
+per database (or per user's search_path schema): the table is `farm_tasks`, and a farm uses it
+only when it belongs to the user's role and no other role may insert or update its rows (a table
+another role made first, in a schema everyone may create in, would run that role's tasks as us).
+
+The connection is the cluster lease's (leases/postgres.connect): connect_timeout, TCP keepalives,
+tcp_user_timeout and a statement_timeout on every statement, all from one attempt bound that
+the farm's --lease sets, so a farm on a partitioned node fails a query instead of hanging in it.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
-from ..errors import FAILED, UserError
-from .store import FAILED_STATE, LOST_LIMIT, STATES, TODO, Claim, Row
+from ..errors import UserError
+from ..leases import redact
+from ..leases.postgres import connect, statement_timeout
+from .store import FAILED_STATE, LOST_LIMIT, STATES, TODO, Claim, Row, StoreError
 from .tasklist import Task
 
 NOW = "extract(epoch FROM clock_timestamp())::float8"
@@ -34,35 +42,91 @@ CREATE TABLE IF NOT EXISTS farm_tasks (
 );
 CREATE INDEX IF NOT EXISTS farm_tasks_todo ON farm_tasks (state, seq);
 """
+ADD_TIMEOUT = 60.0  # one batch of 5000 new tasks: a bulk statement, bounded more loosely than the rest
+
+# Whose table the farm found, and whether another role may put tasks in it (PUBLIC is grantee 0).
+_OWNER = """
+SELECT pg_has_role(current_user, c.relowner, 'USAGE'), pg_get_userbyid(c.relowner), n.nspname,
+  EXISTS (SELECT 1 FROM aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
+          WHERE a.grantee <> c.relowner AND a.privilege_type IN ('INSERT', 'UPDATE')),
+  current_user
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass('farm_tasks')
+"""
+
+
+def attempt_for(lease: float) -> float:
+    """The longest one round trip may take, from the farm's --lease (the cluster lease's rule,
+    Timing.for_lease, with a floor of 1 s: a farm's statements are bulkier than a renew)."""
+    return max(1.0, min(5.0, lease / 12))
 
 
 class PgStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, lease: float = 60.0) -> None:
         try:
             import psycopg
         except ImportError:
-            raise UserError("--db postgresql://... needs psycopg: pip install 'watchdog-singleton[postgres]'",
-                            FAILED) from None
-        self.errors = psycopg.Error
+            raise UserError("--db postgresql://... needs psycopg: pip install 'watchdog-singleton[postgres]'") from None
+        self.psycopg = psycopg
+        self.url = url
+        self.attempt = attempt_for(lease)
+        self.timeout = statement_timeout(self.attempt)
+        self.conn: Any = None
         try:
-            self.db: Any = psycopg.connect(url, autocommit=True, connect_timeout=10)
-            with self.db.transaction():
+            db = self._connect()
+            with db.transaction():
                 # Two farms starting at once must not both create the table.
-                self.db.execute("SELECT pg_advisory_xact_lock(hashtext('watchdog_singleton.farm_tasks'))")
-                self.db.execute(_SCHEMA)
+                db.execute("SELECT pg_advisory_xact_lock(hashtext('watchdog_singleton.farm_tasks'))")
+                row = db.execute(_OWNER).fetchone()  # before touching it: it may be someone else's
+                if row is None or row[0]:
+                    db.execute(_SCHEMA)
+                    row = db.execute(_OWNER).fetchone()
         except psycopg.Error as exc:
-            raise UserError(f"cannot use the farm database: {str(exc).strip().splitlines()[0]}", FAILED) from None
+            raise self._failed(exc, "cannot use the farm database") from None
+        mine, role, schema, shared, me = row
+        if not mine:
+            self.close()
+            raise UserError(f"farm table {schema}.farm_tasks in {redact(url)} belongs to role {role}, not to "
+                            f"you ({me}): refusing to run its tasks")
+        if shared:
+            self.close()
+            raise UserError(f"farm table {schema}.farm_tasks in {redact(url)} can be written by other roles: "
+                            f"refusing to run its tasks; REVOKE INSERT, UPDATE ON {schema}.farm_tasks FROM ...")
+
+    def _connect(self) -> Any:
+        if self.conn is None or self.conn.closed:
+            self.conn = connect(self.psycopg, self.url, self.attempt)
+        return self.conn
+
+    def _failed(self, exc: BaseException, what: str = "farm database") -> StoreError:
+        """The one-line error; the connection is dropped and opened again by the next call."""
+        self.close()
+        text = str(exc).strip() or exc.__class__.__name__
+        return StoreError(f"{what} {redact(self.url)}: {' '.join(text.splitlines()[0].split())}")
+
+    def _q(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        """One statement under the statement timeout; its cursor, positioned on its result."""
+        try:
+            cur = self._connect().execute(self.timeout + sql, params)
+            cur.nextset()
+            return cur
+        except self.psycopg.Error as exc:
+            raise self._failed(exc) from None
 
     def add(self, tasks: Iterable[Task]) -> int:
         added = 0
         batch: list[tuple[str, int, str]] = []
-        with self.db.transaction(), self.db.cursor() as cur:
-            for task in tasks:
-                batch.append((task.id, task.line, task.command))
-                if len(batch) >= 5000:
-                    added += self._insert(cur, batch)
-                    batch = []
-            added += self._insert(cur, batch)
+        try:
+            db = self._connect()
+            with db.transaction(), db.cursor() as cur:
+                cur.execute(statement_timeout(max(ADD_TIMEOUT, self.attempt)))
+                for task in tasks:
+                    batch.append((task.id, task.line, task.command))
+                    if len(batch) >= 5000:
+                        added += self._insert(cur, batch)
+                        batch = []
+                added += self._insert(cur, batch)
+        except self.psycopg.Error as exc:
+            raise self._failed(exc) from None
         return added
 
     @staticmethod
@@ -75,7 +139,7 @@ class PgStore:
         return int(cur.rowcount)
 
     def claim(self, holder: str, lease: float, limit: int) -> list[Claim]:
-        rows = self.db.execute(
+        rows = self._q(
             f"UPDATE farm_tasks SET state = 'running', holder = %s, gen = gen + 1, attempts = attempts + 1, "
             f"lease_expires = {NOW} + %s, started = {NOW}, ended = NULL, code = NULL "
             "WHERE id IN (SELECT id FROM farm_tasks WHERE state = 'todo' ORDER BY seq LIMIT %s "
@@ -84,21 +148,21 @@ class PgStore:
         return [Claim(r[0], r[1], r[2], r[3]) for r in sorted(rows, key=lambda r: r[4])]
 
     def heartbeat(self, holder: str, lease: float) -> int:
-        return int(self.db.execute(f"UPDATE farm_tasks SET lease_expires = {NOW} + %s "
-                                   "WHERE holder = %s AND state = 'running'", (lease, holder)).rowcount)
+        return int(self._q(f"UPDATE farm_tasks SET lease_expires = {NOW} + %s "
+                           "WHERE holder = %s AND state = 'running'", (lease, holder)).rowcount)
 
     def holding(self, holder: str) -> set[tuple[str, int]]:
-        return {(r[0], int(r[1])) for r in self.db.execute(
+        return {(r[0], int(r[1])) for r in self._q(
             "SELECT id, gen FROM farm_tasks WHERE holder = %s AND state = 'running'", (holder,)).fetchall()}
 
     def finish(self, claim: Claim, code: int) -> bool:
-        return bool(self.db.execute(
+        return bool(self._q(
             f"UPDATE farm_tasks SET state = 'finished', code = %s, ended = {NOW}, holder = NULL, "
             "lease_expires = NULL WHERE id = %s AND gen = %s AND state = 'running'",
             (code, claim.id, claim.gen)).rowcount == 1)
 
     def fail(self, claim: Claim, code: int, retries: int) -> str:
-        row = self.db.execute(
+        row = self._q(
             f"UPDATE farm_tasks SET state = CASE WHEN failures < %s THEN '{TODO}' ELSE '{FAILED_STATE}' END, "
             f"failures = failures + 1, code = %s, ended = {NOW}, holder = NULL, lease_expires = NULL "
             "WHERE id = %s AND gen = %s AND state = 'running' RETURNING state",
@@ -106,12 +170,12 @@ class PgStore:
         return str(row[0]) if row else ""
 
     def release(self, claim: Claim) -> bool:
-        return bool(self.db.execute(
+        return bool(self._q(
             f"UPDATE farm_tasks SET state = 'todo', holder = NULL, lease_expires = NULL, ended = {NOW} "
             "WHERE id = %s AND gen = %s AND state = 'running'", (claim.id, claim.gen)).rowcount == 1)
 
     def sweep(self, dead_holder_prefix: Optional[str] = None, alive: Optional[str] = None) -> list[str]:
-        rows = self.db.execute(
+        rows = self._q(
             f"UPDATE farm_tasks SET state = CASE WHEN lost >= %s THEN '{FAILED_STATE}' ELSE '{TODO}' END, "
             f"lost = lost + 1, holder = NULL, lease_expires = NULL, ended = {NOW}, code = NULL "
             f"WHERE state = 'running' AND (lease_expires < {NOW} OR (%s::text IS NOT NULL "
@@ -122,21 +186,26 @@ class PgStore:
     def retry(self, ids: Iterable[str] = ()) -> int:
         wanted = list(ids)
         if wanted:
-            return int(self.db.execute("UPDATE farm_tasks SET state = 'todo', failures = 0, lost = 0 "
-                                       "WHERE state = 'failed' AND id = ANY(%s)", (wanted,)).rowcount)
-        return int(self.db.execute("UPDATE farm_tasks SET state = 'todo', failures = 0, lost = 0 "
-                                   "WHERE state = 'failed'").rowcount)
+            return int(self._q("UPDATE farm_tasks SET state = 'todo', failures = 0, lost = 0 "
+                               "WHERE state = 'failed' AND id = ANY(%s)", (wanted,)).rowcount)
+        return int(self._q("UPDATE farm_tasks SET state = 'todo', failures = 0, lost = 0 "
+                           "WHERE state = 'failed'").rowcount)
 
     def stats(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
-        for state, n in self.db.execute("SELECT state, count(*) FROM farm_tasks GROUP BY state"):
+        for state, n in self._q("SELECT state, count(*) FROM farm_tasks GROUP BY state").fetchall():
             counts[state] = int(n)
         return counts
 
     def rows(self) -> list[Row]:
-        return [Row(*r) for r in self.db.execute(
+        return [Row(*r) for r in self._q(
             "SELECT id, line, command, state, attempts, failures, holder, code, started, ended "
-            "FROM farm_tasks ORDER BY seq")]
+            "FROM farm_tasks ORDER BY seq").fetchall()]
 
     def close(self) -> None:
-        self.db.close()
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # closing a broken connection: nothing more to do  # noqa: BLE001
+                pass
+            self.conn = None

@@ -7,6 +7,9 @@ Runners live in an INI file, `runners.ini` in the work folder or
     setup = /opt/setup.sh            ; sourced by bash before the task
     prefix = apptainer exec /img.sif ; put in front of the whole command (a container)
     tmpdir = yes                     ; run in a fresh folder, removed after the task
+
+A runners file says what runs as the user, so it is read only when it is the user's alone
+(farm/place.py): another user's, a symlink or one others may write is refused (exit 2).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import shlex
 from typing import NamedTuple, Optional
 
 from ..errors import UserError
+from . import place
 from .tasklist import argv as task_argv
 
 FILE_NAME = "runners.ini"
@@ -47,10 +51,15 @@ def load(name: Optional[str], workdir: str) -> Runner:
         return Runner()
     for path in config_files(workdir):
         parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"))
+        if not place.check(path, "runners file"):
+            continue
         try:
-            if not parser.read(path):
-                continue
-        except configparser.Error as exc:
+            fd = os.open(path, os.O_RDONLY | place.OPEN_FLAGS)
+            with open(fd, encoding="utf-8") as f:
+                parser.read_file(f, path)
+        except OSError as exc:
+            raise UserError(f"cannot read runners file {path}: {exc.strerror}") from None
+        except (configparser.Error, UnicodeDecodeError) as exc:
             raise UserError(f"cannot read runners file {path}: {str(exc).splitlines()[0]}") from None
         if not parser.has_section(name):
             continue

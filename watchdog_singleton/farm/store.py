@@ -8,6 +8,10 @@ ran out can never finish or fail a task that another farm holds now.
 A lease runs out when its farm stops renewing it (SIGKILL, a node gone); `sweep` puts such
 tasks back to todo, counting the attempt as lost. A task lost more than LOST_LIMIT times
 beyond its retries (it keeps killing its node) is failed instead.
+
+A database that fails (locked by someone for BUSY_TIMEOUT, a full disk, a read-only folder,
+removed, unreachable) raises StoreError: one line, exit STORAGE_FAILED (74). A farm meets it
+through Guarded, which turns it into a stop instead.
 """
 
 from __future__ import annotations
@@ -15,15 +19,27 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from typing import Callable, Iterable, NamedTuple, Optional, Protocol
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Protocol
 
-from ..errors import FAILED, UserError
+from ..errors import UserError
+from . import STORAGE_FAILED, place
 from .tasklist import Task
 
 TODO, RUNNING, FINISHED, FAILED_STATE = "todo", "running", "finished", "failed"
 STATES = (TODO, RUNNING, FINISHED, FAILED_STATE)
 LOST_LIMIT = 3
 SQLITE_NAME = "farm.sqlite"
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite makes these beside the database
+BUSY_TIMEOUT = 10.0  # how long a write waits for someone else's lock before the database counts as failed
+BUSY_TIMEOUT_FAILING = 1.0  # once it failed: what is left (recording results) must not wait 10 s each
+
+
+class StoreError(UserError):
+    """The farm's database failed it: locked by someone else, a full disk, a read-only folder,
+    removed, unreachable. The message is one line; the exit code is STORAGE_FAILED."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, STORAGE_FAILED)
 
 
 class Claim(NamedTuple):
@@ -90,18 +106,62 @@ class SqliteStore:
     def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self.clock = clock
+        self.identity: Optional[tuple[int, int]] = None  # (st_dev, st_ino) of the file we opened
+        if path != ":memory:":
+            check_sqlite_files(path)
+            try:
+                # Made 0600 by us before SQLite opens it: SQLite gives its -wal and -shm the
+                # database's mode, so all three are private whatever the umask.
+                fd = place.open_private(path, os.O_RDONLY | os.O_CREAT, "farm database")
+            except OSError as exc:
+                raise StoreError(f"cannot open the farm database {path}: {exc.strerror}") from None
+            st = os.fstat(fd)
+            os.close(fd)
+            self.identity = (st.st_dev, st.st_ino)
+        old_umask = os.umask(0o077)  # and a -wal/-shm SQLite creates cannot be readable by others anyway
         try:
             # isolation_level=None: we open every transaction ourselves (BEGIN IMMEDIATE takes the
             # write lock up front, so two writers never both read 'todo' and claim the same row).
-            self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: safe against a killed process
             self.db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
-            raise UserError(f"cannot open the farm database {path}: {exc}", FAILED) from None
+            raise StoreError(f"cannot open the farm database {path}: {exc}") from None
+        finally:
+            os.umask(old_umask)
+        if self.identity is not None:
+            for suffix in SQLITE_SIDE_FILES:  # ours and 0600, also when an older farm made them 0644
+                place.make_private(path + suffix, "farm database file")
 
     def _write(self) -> "_Tx":
-        return _Tx(self.db)
+        return _Tx(self, "BEGIN IMMEDIATE")
+
+    def _read(self) -> "_Tx":
+        return _Tx(self, "")
+
+    def failed(self, exc: BaseException) -> StoreError:
+        """The one-line error for a failed statement; later statements wait less for a lock."""
+        try:
+            self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_FAILING * 1000)}")
+        except sqlite3.Error:
+            pass
+        reason = " ".join(str(exc).split()) or exc.__class__.__name__
+        if "locked" in reason or "busy" in reason:
+            reason += f" (someone holds a lock on it or its -wal/-shm for over {BUSY_TIMEOUT:g} s)"
+        return StoreError(f"farm database {self.path}: {reason}")
+
+    def _still_there(self) -> None:
+        """SQLite goes on writing into a database file that was removed: notice it instead."""
+        if self.identity is None:
+            return
+        try:
+            st = os.stat(self.path)
+            here = (st.st_dev, st.st_ino) == self.identity
+        except OSError:
+            here = False
+        if not here:
+            raise StoreError(f"farm database {self.path} was removed or replaced while the farm ran")
 
     def add(self, tasks: Iterable[Task]) -> int:
         added = 0
@@ -123,6 +183,7 @@ class SqliteStore:
         return self.db.total_changes - before
 
     def claim(self, holder: str, lease: float, limit: int) -> list[Claim]:
+        self._still_there()
         now = self.clock()
         with self._write():
             rows = self.db.execute("SELECT id, command, gen, attempts FROM tasks WHERE state = 'todo' "
@@ -134,6 +195,7 @@ class SqliteStore:
         return [Claim(r[0], r[1], r[2] + 1, r[3] + 1) for r in rows]
 
     def heartbeat(self, holder: str, lease: float) -> int:
+        self._still_there()
         with self._write():
             return self.db.execute("UPDATE tasks SET lease_expires = ? WHERE holder = ? AND state = 'running'",
                                    (self.clock() + lease, holder)).rowcount
@@ -196,14 +258,16 @@ class SqliteStore:
 
     def stats(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
-        for state, n in self.db.execute("SELECT state, count(*) FROM tasks GROUP BY state"):
-            counts[state] = n
+        with self._read():
+            for state, n in self.db.execute("SELECT state, count(*) FROM tasks GROUP BY state"):
+                counts[state] = n
         return counts
 
     def rows(self) -> list[Row]:
-        return [Row(*r) for r in self.db.execute(
-            "SELECT id, line, command, state, attempts, failures, holder, code, started, ended "
-            "FROM tasks ORDER BY seq")]
+        with self._read():
+            return [Row(*r) for r in self.db.execute(
+                "SELECT id, line, command, state, attempts, failures, holder, code, started, ended "
+                "FROM tasks ORDER BY seq")]
 
     def close(self) -> None:
         self.db.close()
@@ -211,16 +275,37 @@ class SqliteStore:
 
 
 class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception; a database error in any of it
+    becomes the store's StoreError. `begin=""`: statements outside a transaction (reads)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
+    def __init__(self, store: SqliteStore, begin: str) -> None:
+        self.store = store
+        self.db = store.db
+        self.begin = begin
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        if self.begin:
+            try:
+                self.db.execute(self.begin)
+            except sqlite3.Error as exc:
+                raise self.store.failed(exc) from None
 
-    def __exit__(self, kind: object, *_: object) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+    def __exit__(self, kind: Optional[type[BaseException]], exc: Optional[BaseException], _tb: object) -> None:
+        if kind is None:
+            if not self.begin:
+                return
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error as error:  # SQLITE_FULL, an I/O error: the transaction may still be open
+                exc = error
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        if isinstance(exc, sqlite3.Error):
+            raise self.store.failed(exc) from None
 
 
 def is_postgres(db: Optional[str]) -> bool:
@@ -232,13 +317,23 @@ def sqlite_path(db: Optional[str], workdir: str) -> str:
     return path or os.path.join(workdir, SQLITE_NAME)
 
 
+def check_sqlite_files(path: str) -> None:
+    """Refuse (exit 2) a database, or its folder, -wal, -shm or -journal, that is not ours alone."""
+    folder = os.path.dirname(os.path.abspath(path))
+    place.check(folder, "folder of the farm database", folder=True)
+    place.check(path, "farm database")
+    for suffix in SQLITE_SIDE_FILES:
+        place.check(path + suffix, "farm database file")
+
+
 def check_place(db: Optional[str], workdir: str) -> None:
-    """Refuse a SQLite database on a network file system, before anything is created."""
+    """Refuse a SQLite database on a network file system, or not ours alone, before anything is created."""
     if is_postgres(db):
         return
     path = sqlite_path(db, workdir)
     if path == ":memory:":
         return
+    check_sqlite_files(path)
     from ..lock import filesystem_type
 
     fs = filesystem_type(path)
@@ -247,17 +342,111 @@ def check_place(db: Optional[str], workdir: str) -> None:
                         "use a --workdir (or --db FILE) on a local disk, or --db postgresql://...")
 
 
-def open_store(db: Optional[str], workdir: str, create: bool = True) -> Store:
+def open_store(db: Optional[str], workdir: str, create: bool = True, lease: float = 60.0) -> Store:
     """The store `--db` names: a postgresql:// URL, a SQLite file (FILE or sqlite://FILE), or by
-    default farm.sqlite in the work folder; SQLite is refused on a network file system."""
+    default farm.sqlite in the work folder; SQLite is refused on a network file system, and a
+    database, or folder, that is not the user's alone is refused everywhere."""
     if is_postgres(db):
         from .pgstore import PgStore
 
         assert db is not None
-        store: Store = PgStore(db)
+        store: Store = PgStore(db, lease=lease)
         return store
     check_place(db, workdir)
     path = sqlite_path(db, workdir)
     if not create and path != ":memory:" and not os.path.exists(path):
         raise UserError(f"no farm in {workdir}: {path} does not exist")
     return SqliteStore(path)
+
+
+class Guarded:
+    """The store as a farm's loop uses it: a StoreError is handed once to `on_error` (which stops
+    the farm) instead of raised, and the call answers "nothing": no claim, no lease renewed, no
+    result recorded, the last counts seen. A result that could not be recorded (finish, fail,
+    release: each applies only to the attempt it names, so a second try is harmless) is tried
+    again before each later call and by `settle`; what is still unrecorded then runs again in
+    the next farm."""
+
+    RESULTS = ("finish", "fail", "release")
+    READS = ("stats", "rows")
+
+    def __init__(self, store: Store, on_error: Callable[[str], None]) -> None:
+        self.store = store
+        self.on_error = on_error
+        self.counts = dict.fromkeys(STATES, 0)
+        self.unrecorded: list[tuple[str, tuple[Any, ...]]] = []
+
+    def _call(self, name: str, args: tuple[Any, ...], default: Any) -> Any:
+        try:
+            if name not in self.READS:
+                self._replay()
+            return getattr(self.store, name)(*args)
+        except StoreError as exc:
+            if name in self.RESULTS:
+                self.unrecorded.append((name, args))
+            self.on_error(str(exc))
+            return default
+
+    def _replay(self) -> None:
+        while self.unrecorded:
+            name, args = self.unrecorded[0]
+            getattr(self.store, name)(*args)
+            self.unrecorded.pop(0)
+
+    def settle(self) -> int:
+        """Try the unrecorded results once more; how many are still unrecorded."""
+        try:
+            self._replay()
+        except StoreError:
+            pass
+        return len(self.unrecorded)
+
+    def __getattr__(self, name: str) -> Any:
+        # A store method without a guarded twin below is passed through: its StoreError ends the
+        # farm (one line, exit 74; Farm.run still stops its tasks' trees) without the stop path.
+        return getattr(self.store, name)
+
+    def add(self, tasks: Iterable[Task]) -> int:
+        return int(self._call("add", (tasks,), 0))
+
+    def claim(self, holder: str, lease: float, limit: int) -> list[Claim]:
+        claims: list[Claim] = self._call("claim", (holder, lease, limit), [])
+        return claims
+
+    def heartbeat(self, holder: str, lease: float) -> int:
+        """How many leases were renewed; -1 when the store failed (nothing was renewed, and the
+        failure already stops the farm)."""
+        return int(self._call("heartbeat", (holder, lease), -1))
+
+    def holding(self, holder: str) -> Optional[set[tuple[str, int]]]:
+        """The (id, gen) pairs `holder` runs now, or None when the store failed."""
+        held: Optional[set[tuple[str, int]]] = self._call("holding", (holder,), None)
+        return held
+
+    def finish(self, claim: Claim, code: int) -> bool:
+        return bool(self._call("finish", (claim, code), False))
+
+    def fail(self, claim: Claim, code: int, retries: int) -> str:
+        return str(self._call("fail", (claim, code, retries), ""))
+
+    def release(self, claim: Claim) -> bool:
+        return bool(self._call("release", (claim,), False))
+
+    def sweep(self, dead_holder_prefix: Optional[str] = None, alive: Optional[str] = None) -> list[str]:
+        swept: list[str] = self._call("sweep", (dead_holder_prefix, alive), [])
+        return swept
+
+    def retry(self, ids: Iterable[str] = ()) -> int:
+        return int(self._call("retry", (ids,), 0))
+
+    def stats(self) -> dict[str, int]:
+        counts: dict[str, int] = self._call("stats", (), None) or self.counts
+        self.counts = counts
+        return counts
+
+    def rows(self) -> list[Row]:
+        rows: list[Row] = self._call("rows", (), [])
+        return rows
+
+    def close(self) -> None:
+        self.store.close()

@@ -4,16 +4,23 @@ A task's id is its content's hash plus which copy of that content it is (the fir
 `make all` is ...-0, a second identical line ...-1): inserting or deleting other lines does
 not renumber anything, so an edited list resumes without rerunning a finished task. The line
 number is kept for ordering and display.
+
+A line is a task once its newline has arrived: a line being appended (`echo a >> list` is one
+write, an editor or a slow writer may make two) is left for the next look. One exception: when
+the farm starts, the list is taken as complete, so a last line without its final newline (as
+some editors save a file) is a task then; lines appended later need their newline.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
-from typing import Iterable, Iterator, NamedTuple
+from typing import IO, Iterable, Iterator, NamedTuple
 
 from ..errors import UserError
+from . import place
 
 # Shell syntax in a line means the user asked for a shell; otherwise the line is split and run directly.
 _SHELL_SYNTAX = re.compile(r"[|&;<>()$`*?\[\]~{}\\!]|^\s*\w+=")
@@ -25,10 +32,13 @@ class Task(NamedTuple):
     command: str
 
 
-def parse(lines: Iterable[str]) -> Iterator[Task]:
-    """The tasks of a list's lines, lazily: a long list is never held in memory whole."""
+def parse(lines: Iterable[str], last_unended: bool = True) -> Iterator[Task]:
+    """The tasks of a list's lines, lazily: a long list is never held in memory whole.
+    `last_unended=False`: a last line without its newline is still being written, and is skipped."""
     copies: dict[int, int] = {}  # 8 bytes of each command's hash -> copies seen so far
     for number, raw in enumerate(lines, 1):
+        if not last_unended and not raw.endswith("\n"):
+            return  # only the last line can lack its newline
         command = raw.strip()
         if not command or command.startswith("#"):
             continue
@@ -41,10 +51,12 @@ def parse(lines: Iterable[str]) -> Iterator[Task]:
         yield Task(f"{full[:12]}-{copy}", number, command)
 
 
-def read(path: str) -> Iterator[Task]:
-    """The tasks of the list at `path`, read line by line."""
+def read(path: str, at_start: bool = False) -> Iterator[Task]:
+    """The tasks of the list at `path`, read line by line; a last line without its newline only
+    `at_start` (see above). The list must be the user's (or root's) and no one else's to write:
+    a line another user could add would run as this user."""
     try:
-        f = open(path, encoding="utf-8", errors="surrogateescape")
+        f = _open_list(path)
     except FileNotFoundError:
         raise UserError(f"task list {path} does not exist") from None
     except IsADirectoryError:
@@ -53,9 +65,29 @@ def read(path: str) -> Iterator[Task]:
         raise UserError(f"cannot read task list {path}: {exc.strerror}") from None
     with f:
         try:
-            yield from parse(f)
+            yield from parse(f, last_unended=at_start)
         except OSError as exc:
             raise UserError(f"cannot read task list {path}: {exc.strerror}") from None
+
+
+def check(path: str, st: os.stat_result) -> None:
+    """Refuse (exit 2) a list someone else could write: another user's (root's is fine), or one
+    others may write. A symlink to a list is fine: what counts is the file it names."""
+    why = place.problem(path, st, "task list", folder=False, owners=(0,))
+    if why:
+        raise UserError(why.replace("refusing to use it", "refusing to run it (copy it to a file of yours)"))
+
+
+def _open_list(path: str) -> IO[str]:
+    # newline="\n": a lone \r is not a line's end here, so "\r" then "\n" in two writes cannot
+    # make a half line look whole.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        check(path, os.fstat(fd))
+        return open(fd, encoding="utf-8", errors="surrogateescape", newline="\n")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def argv(command: str) -> list[str]:

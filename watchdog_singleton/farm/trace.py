@@ -9,31 +9,47 @@ from __future__ import annotations
 
 import json
 import os
-from typing import IO, Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from ..errors import UserError
+from . import place
 
 FILE_NAME = "timeline.jsonl"
 COLOURS = {"finished": "good", "failed": "terrible", "timeout": "terrible", "requeued": "bad", "lost": "bad"}
 
 
 class Timeline:
-    """Appends attempts to `path`, one line each, flushed at once (a SIGKILL loses nothing written)."""
+    """Appends attempts to `path` (0600), one line each, written at once (a SIGKILL loses nothing
+    written). A write that fails (a full disk, a read-only folder) is handed to `on_error` once,
+    as one line, and the timeline writes nothing more: the store has the results."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, on_error: Optional[Callable[[str], None]] = None) -> None:
         self.path = path
-        self.file: Optional[IO[str]] = None
+        self.on_error = on_error
+        self.fd: Optional[int] = None
+        self.broken = False
 
     def attempt(self, **fields: Any) -> None:
-        if self.file is None:
-            self.file = open(self.path, "a", encoding="utf-8")
-        self.file.write(json.dumps(fields, separators=(",", ":")) + "\n")
-        self.file.flush()
+        if self.broken:
+            return
+        line = (json.dumps(fields, separators=(",", ":")) + "\n").encode(errors="surrogateescape")
+        try:
+            if self.fd is None:
+                self.fd = place.open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "timeline")
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self.fd, view):]
+        except (OSError, UserError) as exc:
+            self.broken = True
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if self.on_error is None:
+                raise
+            self.on_error(f"cannot write the timeline {self.path}: {reason}")
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def read(path: str) -> Iterator[dict[str, Any]]:
@@ -82,11 +98,16 @@ def chrome_trace(attempts: Iterator[dict[str, Any]]) -> dict[str, Any]:
 def write_trace(workdir: str, output: str) -> int:
     """Convert the work folder's timeline to `output`; returns how many attempts it holds."""
     trace = chrome_trace(read(os.path.join(workdir, FILE_NAME)))
-    tmp = f"{output}.tmp"
+    tmp = f"{output}.{os.urandom(4).hex()}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | place.OPEN_FLAGS, place.FILE_MODE)
+        with open(fd, "w", encoding="utf-8") as f:
             json.dump(trace, f)
         os.replace(tmp, output)
     except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
         raise UserError(f"cannot write {output}: {exc.strerror}") from None
     return sum(1 for e in trace["traceEvents"] if e["ph"] == "X")

@@ -2,7 +2,8 @@
 renew the leases, record how each attempt ended, and stop cleanly on a signal or --timeout.
 
     farm = Farm(options, store, Runner(), marker="/tmp/ws-1000/farm-ab12.lock#", echo=print)
-    code = farm.run()   # 0 all finished, 1 some failed, 75 stopped with work left (requeue me)
+    code = farm.run()   # 0 all finished, 1 some failed, 75 stopped with work left (requeue me),
+                        # 74 its database or files failed it (stopped as on SIGUSR1)
 
 One process, no worker processes: each slot is one running task's process tree, marked with
 the farm's marker plus the task's id in its environment (the token tree.py follows), so the
@@ -33,14 +34,15 @@ import time
 from typing import Any, Callable, NamedTuple, Optional
 
 from .. import procs
+from ..errors import UserError
 from ..tree import Finder, Stopper
-from . import REQUEUE, SOME_FAILED
+from . import REQUEUE, SOME_FAILED, STORAGE_FAILED, place
 from . import tasklist as tasklist_mod
 from .nursery import Client, SpawnFailed, boottime
 from .progress import Progress
 from .reaper import marked
 from .runner import Runner
-from .store import Claim, Store
+from .store import Claim, Guarded, Store
 from .trace import FILE_NAME as TIMELINE_NAME
 from .trace import Timeline
 
@@ -89,7 +91,8 @@ class Farm:
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  tty: Optional[bool] = None) -> None:
         self.o = options
-        self.store = store
+        self.failure = ""  # the first failure of the farm's database or files: it stops, exit 74
+        self.store = Guarded(store, self._broken)
         self.runner = runner
         self.echo = echo
         self.warn = warn
@@ -105,7 +108,7 @@ class Farm:
         self.marker = f"{marker}{self.nonce}#"  # this farm
         self.slots = [Slot(i) for i in range(options.workers)]
         self.stop_reason = ""
-        self.timeline = Timeline(os.path.join(options.workdir, TIMELINE_NAME))
+        self.timeline = Timeline(os.path.join(options.workdir, TIMELINE_NAME), on_error=self._broken)
         self.progress = Progress(warn, tty=tty, every=options.progress_every, clock=clock)
         self.logs = os.path.join(options.workdir, "logs")
         env = procs.clean_environ(dict(os.environ))
@@ -193,12 +196,19 @@ class Farm:
             busy = len(self.slots) - len(free)
             if self.stop_reason:
                 if busy == 0:
+                    unrecorded = self.store.settle()
                     counts = self.store.stats()
                     self.progress.close(counts)
-                    if counts["todo"] == 0 and counts["running"] == 0:  # what was running finished meanwhile
+                    left = counts['todo'] + counts['running']
+                    if self.failure:
+                        lost = f" ({unrecorded} whose end could not be recorded: they run again)" if unrecorded else ""
+                        self.warn(f"farm: stopped: {self.failure}; {left} task(s) left{lost}: fix that and "
+                                  f"run the farm again (exit {STORAGE_FAILED})")
+                        return STORAGE_FAILED
+                    if left == 0:  # what was running finished meanwhile
                         self.warn(f"farm: stopped ({self.stop_reason}) with nothing left to do")
                         return SOME_FAILED if counts["failed"] else 0
-                    self.warn(f"farm: stopped ({self.stop_reason}); {counts['todo'] + counts['running']} "
+                    self.warn(f"farm: stopped ({self.stop_reason}); {left} "
                               f"task(s) left: run the farm again to continue (exit {REQUEUE})")
                     return REQUEUE
             elif free and now >= idle_until:
@@ -227,9 +237,13 @@ class Farm:
     def _heartbeat(self) -> None:
         sent = boottime()
         renewed = self.store.heartbeat(self.holder, self.o.lease)
+        if renewed < 0:  # the store failed: nothing was renewed, so the give-up deadline stays where it is
+            return
         held = [s for s in self.slots if s.claim is not None]
         if renewed < len(held):  # some lease was taken over (we were paused past it): those tasks stop now
             ours = self.store.holding(self.holder)
+            if ours is None:
+                return
             self._lapse([s for s in held if s.claim is not None and (s.claim.id, s.claim.gen) not in ours],
                         "another farm took over the lease")
         self._renewed(sent)
@@ -257,19 +271,32 @@ class Farm:
         env[ATTEMPT_ENV] = str(claim.attempt)
         env[GENERATION_ENV] = str(claim.gen)
         cwd = self.o.cwd
-        if self.runner.tmpdir:
-            slot.tmpdir = cwd = tempfile.mkdtemp(prefix=f"farm-{claim.id}-")
-        log = os.open(os.path.join(self.logs, f"{claim.id}.log"),
-                      os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        path = os.path.join(self.logs, f"{claim.id}.log")
         try:
-            os.write(log, f"# farm: attempt {claim.attempt} of {claim.id} on {self.host} slot {slot.number}: "
-                          f"{claim.command}\n".encode(errors="surrogateescape"))
+            log = place.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, "log file")
+            try:
+                os.write(log, f"# farm: attempt {claim.attempt} of {claim.id} on {self.host} slot {slot.number}: "
+                              f"{claim.command}\n".encode(errors="surrogateescape"))
+                if self.runner.tmpdir:
+                    slot.tmpdir = cwd = tempfile.mkdtemp(prefix=f"farm-{claim.id}-")
+            except OSError:
+                os.close(log)
+                raise
+        except (OSError, UserError) as exc:  # a full disk, a read-only folder: the task never started
+            self.store.release(claim)
+            slot.claim = None
+            self._broken(f"cannot write {path}: {exc.strerror if isinstance(exc, OSError) else exc}")
+            return
+        try:
             self.last_seq += 1
             slot.seq = self.last_seq
             self.by_seq[slot.seq] = slot
             slot.pid = self.nursery.spawn(slot.seq, self.runner.argv(claim.command), env, cwd, log)
         except SpawnFailed as exc:
-            os.write(log, f"# farm: cannot start it: {exc}\n".encode(errors="surrogateescape"))
+            try:
+                os.write(log, f"# farm: cannot start it: {exc}\n".encode(errors="surrogateescape"))
+            except OSError:
+                pass
             self.by_seq.pop(slot.seq, None)
             slot.pid = 0
             slot.code = exc.code
@@ -350,6 +377,13 @@ class Farm:
         for slot in self.slots:
             if slot.claim is not None and slot.stopper is None:
                 self._stop_slot(slot, outcome)
+
+    def _broken(self, message: str) -> None:
+        """The farm's database or files failed it (locked, full, read-only, gone): stop as on
+        SIGUSR1, recording what can still be recorded, and exit STORAGE_FAILED with `message`."""
+        if not self.failure:
+            self.failure = message
+            self.stop_reason = self.stop_reason or message
 
     def _install_signals(self) -> dict[int, Any]:
         def on_stop(signum: int, _frame: object) -> None:

@@ -148,6 +148,26 @@ def holder_host(holder: str) -> str:
     return holder.split(":", 1)[0]
 
 
+def connect(psycopg: Any, url: str, attempt: float) -> Any:
+    """A connection as every PostgreSQL user of ours opens it (the cluster lease, the task farm):
+    autocommit, the simple protocol and no prepared statements (safe behind a transaction-mode
+    pooler), and no round trip that hangs much longer than `attempt` seconds on a dead network:
+    connect_timeout, TCP keepalives and tcp_user_timeout (unacknowledged data). Each statement
+    carries its own statement_timeout (see `statement_timeout`). Raises psycopg.Error."""
+    return psycopg.connect(
+        url, autocommit=True, prepare_threshold=None, cursor_factory=psycopg.ClientCursor,
+        connect_timeout=max(2, math.ceil(attempt)),  # libpq's floor is 2 s
+        keepalives=1, keepalives_idle=max(1, int(attempt)), keepalives_interval=max(1, int(attempt / 3)),
+        keepalives_count=3, tcp_user_timeout=int(attempt * 1000),
+        application_name="watchdog-singleton")
+
+
+def statement_timeout(seconds: float) -> str:
+    """The prefix that bounds the statement after it (in the same Query message, so the same
+    implicit transaction: nothing is left set on the connection, which a pooler may share)."""
+    return f"SET LOCAL statement_timeout = {max(1, int(seconds * 1000))};"
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or exc.__class__.__name__
     return " ".join(text.splitlines()[0].split())
@@ -173,14 +193,8 @@ class PostgresLease:
         if self.conn is not None and not self.conn.closed:
             return self.conn
         psycopg = self.psycopg
-        attempt = self.timing.attempt
         try:
-            self.conn = psycopg.connect(
-                self.url, autocommit=True, prepare_threshold=None, cursor_factory=psycopg.ClientCursor,
-                connect_timeout=max(2, math.ceil(attempt)),  # libpq's floor is 2 s
-                keepalives=1, keepalives_idle=max(1, int(attempt)), keepalives_interval=max(1, int(attempt / 3)),
-                keepalives_count=3, tcp_user_timeout=int(attempt * 1000),
-                application_name="watchdog-singleton")
+            self.conn = connect(psycopg, self.url, self.timing.attempt)
         except psycopg.Error as exc:
             raise LeaseUnavailable(f"cannot reach cluster database {redact(self.url)}: {_first_line(exc)}") from None
         return self.conn
@@ -189,7 +203,7 @@ class PostgresLease:
         """Run one statement (with its timeout) and return its first row; creates the schema on
         first use. Every driver error becomes LeaseUnavailable, and the connection is renewed."""
         psycopg = self.psycopg
-        timeout = f"SET LOCAL statement_timeout = {int(self.timing.attempt * 1000)};"
+        timeout = statement_timeout(self.timing.attempt)
         conn = self._connect()
         try:
             try:
