@@ -112,10 +112,11 @@ class Host:
     def ws(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return self.run([sys.executable, "-m", "watchdog_singleton", *args], timeout=timeout)
 
-    def launch(self, name: str, *options: str, lease: float = 6.0) -> subprocess.CompletedProcess[str]:
+    def launch(self, name: str, *options: str, lease: float = 6.0,
+               daemon_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
         """What a cron tick on this host does for NAME: an ad-hoc detached run of the recording
         daemon under NAME's lock and cluster lease (restarted by its supervisor if it dies)."""
-        daemon = [sys.executable, self.net.daemon, self.net.records, self.net.url, name]
+        daemon = [sys.executable, self.net.daemon, self.net.records, self.net.url, name, *daemon_args]
         return self.ws("run", name, "--detach", "--restart", "always", "--settle", "0", "--cluster", self.net.url,
                        "--lease", f"{lease:g}", "--lock-dir", self.locks, "--log-dir", self.logs, "--grace", "2",
                        *options, "--", *daemon)
@@ -124,16 +125,31 @@ class Host:
         return StateStore(self.root).load(name)
 
     def tree(self, name: str) -> list[int]:
-        """The supervisor and the daemon of NAME on this host, as its state records them (alive)."""
+        """The watcher, the supervisor and the daemon of NAME on this host, as its state records
+        them (alive): all its processes of ours, as a whole host would have them."""
         state = self.state(name)
         if state is None:
             return []
         pids = []
         if state.supervisor_pid and state.supervisor_alive():
+            watcher = watcher_of(state.supervisor_pid)
+            pids.extend([watcher] if watcher else [])
             pids.append(state.supervisor_pid)
         if state.pid and state.daemon_alive():
             pids.append(state.pid)
         return pids
+
+    def supervisor(self, name: str) -> int:
+        """NAME's live supervisor on this host (0: none)."""
+        state = self.state(name)
+        return state.supervisor_pid or 0 if state is not None and state.supervisor_alive() else 0
+
+    def holds(self, pid: int) -> bool:
+        """Whether `pid` lives in this host's network namespace."""
+        try:
+            return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{self.ns}").st_ino
+        except OSError:
+            return False
 
     def signal_tree(self, name: str, sig: int) -> list[int]:
         pids = self.tree(name)
@@ -266,11 +282,24 @@ class Network:
             subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
 
 
+def watcher_of(supervisor: int) -> int:
+    """A cluster supervisor's watcher (its parent, watchdog_singleton.lease_watcher); 0 if none."""
+    try:
+        with open(f"/proc/{supervisor}/stat", "rb") as f:
+            parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+        with open(f"/proc/{parent}/cmdline", "rb") as f:
+            return parent if b"lease_watcher" in f.read() else 0
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 class TickDriver:
     """Cron for one host: runs its launcher for NAME every `every` seconds, in a thread."""
 
-    def __init__(self, host: Host, name: str, every: float = 1.0, options: tuple[str, ...] = ()) -> None:
+    def __init__(self, host: Host, name: str, every: float = 1.0, options: tuple[str, ...] = (),
+                 daemon_args: tuple[str, ...] = ()) -> None:
         self.host, self.name, self.every, self.options = host, name, every, options
+        self.daemon_args = daemon_args
         self.ticks: list[subprocess.CompletedProcess[str]] = []
         self._stop = threading.Event()
         self.paused = threading.Event()
@@ -283,7 +312,7 @@ class TickDriver:
             started = time.monotonic()
             if not self.paused.is_set():
                 try:
-                    self.ticks.append(self.host.launch(self.name, *self.options))
+                    self.ticks.append(self.host.launch(self.name, *self.options, daemon_args=self.daemon_args))
                 except subprocess.TimeoutExpired:
                     pass
             self._stop.wait(max(0.0, self.every - (time.monotonic() - started)))
@@ -316,12 +345,13 @@ class Run:
     ended: bool  # it wrote `end` (SIGTERM), or it was killed
 
 
-def runs(records: str) -> list[Run]:
+def runs(records: str, kind: str = ".run") -> list[Run]:
+    """The daemons' runs (".run"), or their env-cleared grandchildren's (".kid")."""
     found = []
     for entry in sorted(os.listdir(records)):
-        if not entry.endswith(".run"):
+        if not entry.endswith(kind):
             continue
-        host, pid = entry[:-4].rsplit("-", 1)
+        host, pid = entry[:-len(kind)].rsplit("-", 1)
         start = token = None
         last = None
         ended = False
@@ -379,3 +409,48 @@ def end_everything(net: Network, name: str) -> None:
         time.sleep(0.1)
     for host in net.hosts:
         kill_tree(host, name)
+
+
+class CopySampler:
+    """Every `every` seconds, in a thread: which hosts have a live process of NAME's recording
+    daemon (the daemon, or a grandchild that cleared its environment), found by its command line
+    in /proc and placed by its network namespace. Not by records or markers: a process counts
+    from its exec to its death."""
+
+    def __init__(self, net: Network, name: str, every: float = 0.05) -> None:
+        self.net, self.name, self.every = net, name, every
+        self.samples: list[tuple[float, frozenset[str]]] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def hosts_now(self) -> frozenset[str]:
+        daemon, name = self.net.daemon.encode(), self.name.encode()
+        found: set[str] = set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    state = f.read().rsplit(b")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            # python DAEMON ...: the daemon or its grandchild, not a launcher that names them
+            if argv[1:2] == [daemon] and name in argv and state not in (b"Z", b"X"):
+                found.update(host.name for host in self.net.hosts if host.holds(int(entry)))
+        return frozenset(found)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), self.hosts_now()))
+            self._stop.wait(self.every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=10)
+
+    def doubles(self) -> list[tuple[float, frozenset[str]]]:
+        """The samples that saw copies on two hosts at once."""
+        return [(when, hosts) for when, hosts in self.samples if len(hosts) > 1]

@@ -334,3 +334,48 @@ def test_run_refuses_a_cluster_option_without_a_cluster(option: str, capsys: pyt
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [f"watchdog-singleton: {option} is for cluster jobs: add --cluster "
                                         "postgresql://USER@HOST/DB (or set WATCHDOG_SINGLETON_CLUSTER)"]
+
+
+def test_lease_check_of_an_unknown_job_is_no_such_job_and_lease_status_names_the_holder_as_status_does(
+        sandbox: Sandbox, pg_cluster: PgCluster, engine: PostgresLease) -> None:
+    engine.ensure_schema()
+    url = str(pg_cluster)  # no password: the test user's ~/.pgpass has it
+    unknown = sandbox.ws("lease", "check", sandbox.job("never-granted"), "--token", "1", "--cluster", url)
+    assert unknown.returncode == 4 and unknown.stderr.count("\n") == 1, unknown.stderr
+    assert "no such job" in unknown.stderr and "stale" not in unknown.stderr
+    name = sandbox.job(f"named-{secrets.token_hex(2)}")
+    sandbox.ok("install", name, "--no-start", "--cluster", url, *CMD)
+    grant = engine.acquire(name)
+    assert grant is not None
+    shown = sandbox.ws("lease", "status", name, "--cluster", url).stdout
+    line = next(x for x in sandbox.ws("status", name).stdout.splitlines() if x.startswith("  cluster "))
+    held = f"held by host-a, token {grant.token}, until {grant.expires_at[11:19]}"
+    assert held in shown and held in line, (shown, line)
+    # From a shell, an installed job's own database is the default: no --cluster, no variable.
+    assert sandbox.ws("lease", "check", name, "--token", str(grant.token)).returncode == 0
+    assert engine.release(grant)
+    stale = sandbox.ws("lease", "check", name, "--token", str(grant.token))
+    assert stale.returncode == 1 and "stale" in stale.stderr, stale.stderr
+
+
+def test_status_flags_a_cluster_holder_whose_supervisor_is_gone(sandbox: Sandbox) -> None:
+    from watchdog_singleton import procs
+
+    name = sandbox.job("orphan")
+    sandbox.ok("install", name, "--no-start", "--cluster", "postgresql://nobody@127.0.0.1:9/ws", *CMD)
+    dead = subprocess.Popen(["true"])
+    dead_start = procs.start_time(dead.pid)
+    dead.wait()
+    daemon = subprocess.Popen(["sleep", "60"])
+    try:
+        save_state(sandbox, name, phase="running", boot_id=procs.boot_id(), supervisor_pid=dead.pid,
+                   supervisor_start=dead_start, pid=daemon.pid, pid_start=procs.start_time(daemon.pid),
+                   lease_role="holder", lease_token=7)
+        text = sandbox.ws("status", name).stdout
+        row = next(x for x in text.splitlines() if x.startswith(name))
+        assert "running (supervisor gone)" in row, text
+        assert "this host supervisor gone (was holder, token 7)" in text, text
+        assert sandbox.status(name)["cluster"]["supervisor"] == "gone"
+    finally:
+        daemon.kill()
+        daemon.wait()

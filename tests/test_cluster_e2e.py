@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from functools import partial
 from typing import TYPE_CHECKING, Any, Optional
 
 from conftest import Sandbox, wait_for
@@ -210,3 +211,45 @@ def test_rotation_visits_every_live_host_in_name_order(sandbox: Sandbox, pg_clus
     first = order.index("hosta")  # the first host to run may be any that asked before the others beat
     cycle = order[first:first + 6]
     assert cycle == ["hosta", "hostb", "hostc", "hosta", "hostb", "hostc"], order
+
+
+def test_the_fencing_recipe_works_inside_the_daemon_with_only_what_the_job_gives_it(sandbox: Sandbox,
+                                                                                    pg_cluster: PgCluster) -> None:
+    """The README's `watchdog-singleton lease check NAME --token "$WATCHDOG_SINGLETON_FENCING_TOKEN"`,
+    run by a real daemon whose environment names no database (the launcher's had none either):
+    0 for its own token, 1 for the token of the run before it."""
+    name = sandbox.job("fence")
+    a = Host(sandbox, "a", str(pg_cluster))
+    out = sandbox.path("checks")
+    check = 'watchdog-singleton lease check "$WATCHDOG_SINGLETON_JOB" --token'
+    mine = '"$WATCHDOG_SINGLETON_FENCING_TOKEN"'
+    command = (f'{check} {mine} 2>>{out}.err; echo "$WATCHDOG_SINGLETON_FENCING_TOKEN current $?" >> {out}; '
+               f'{check} $(($WATCHDOG_SINGLETON_FENCING_TOKEN - 1)) 2>>{out}.err; '
+               f'echo "$WATCHDOG_SINGLETON_FENCING_TOKEN previous $?" >> {out}; exec sleep 1000')
+    env = sandbox.env({"XDG_STATE_HOME": a.home}, path=f"{os.path.dirname(sys.executable)}:/usr/bin:/bin")
+    assert "WATCHDOG_SINGLETON_CLUSTER" not in env
+    def checks(count: int) -> bool:
+        return read(out).count("previous") == count
+
+    for run in (1, 2):
+        started = sandbox.ws("run", name, "--detach", "--cluster", a.url, "--lease", f"{LEASE:g}", "--lock-dir",
+                             a.locks, "--log-dir", a.logs, "--", "/bin/sh", "-c", command, env=env)
+        assert started.returncode == 0, started.stderr
+        assert wait_for(partial(checks, run), 20), (read(out), read(out + ".err"))
+        state = a.state(name)
+        assert state is not None and state.supervisor_pid
+        if run == 1:
+            os.kill(state.supervisor_pid, signal.SIGTERM)  # it releases the lease: the next run gets a newer token
+            assert wait_for(partial(gone, state), 15)
+    second = read(out).splitlines()[2:]
+    token = int(second[0].split()[0])
+    assert second == [f"{token} current 0", f"{token} previous 1"], (read(out), read(out + ".err"))
+    assert "stale" in read(out + ".err")
+    final = a.state(name)
+    assert final is not None and final.supervisor_pid
+    os.kill(final.supervisor_pid, signal.SIGTERM)
+    assert wait_for(partial(gone, final), 15)
+
+
+def gone(state: RunState) -> bool:
+    return not state.supervisor_alive()

@@ -18,7 +18,19 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 from conftest import Sandbox, holds_for, wait_for
-from hostkit import BEAT, Host, Network, Run, TickDriver, end_everything, live_now, netns_problem, overlaps, runs
+from hostkit import (
+    BEAT,
+    CopySampler,
+    Host,
+    Network,
+    Run,
+    TickDriver,
+    end_everything,
+    live_now,
+    netns_problem,
+    overlaps,
+    runs,
+)
 
 from watchdog_singleton.errors import NO_SUCH_JOB
 from watchdog_singleton.leases import UNAVAILABLE, Timing
@@ -164,6 +176,61 @@ def test_kill_9_of_the_holders_supervisor_and_daemon(sandbox: Sandbox, net: Netw
     assert not next(run for run in runs(net.records) if run.pid == first.pid).ended  # it was killed, not stopped
     driver.paused.clear()  # the dead host's cron ticks again: it stands by, the new holder keeps running
     assert holds_for(lambda: one_copy_running(net, nxt), 2 * TICK + LAUNCH), runs(net.records)
+    end_everything(net, name)
+    check_history(net, name)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
+@needs_hosts
+@pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
+def test_the_holders_supervisor_alone_killed_or_stopped_never_runs_beside_the_next_holder(
+        sandbox: Sandbox, net: Network, fault: str) -> None:
+    """The OOM killer takes the supervisor alone (SIGKILL), or it alone is stopped (SIGSTOP, then
+    SIGCONT): its daemon and the daemon's env-cleared, setsid'd grandchild must be gone before
+    the lease can pass to the standby on the other host. Sampled every 50 ms from /proc, never
+    two hosts with a copy at once."""
+    name = sandbox.job("alone")
+    net.fence(name)
+    for label in ("hosta", "hostb"):
+        TickDriver(net.add_host(sandbox, label), name, TICK, options=("--standby",), daemon_args=("--grandchild",))
+    assert wait_for(lambda: runs(net.records), 20), "no host started the daemon"
+    assert wait_for(lambda: runs(net.records, ".kid"), 10), "the daemon left no grandchild"
+    first = holder(net, name)
+    kid = next(run for run in runs(net.records, ".kid") if run.token == first.token)
+    a = host_named(net, first.host)
+    next(d for d in net.drivers if d.host is a).paused.set()  # the standby on the other host takes over
+    supervisor = a.supervisor(name)
+    assert supervisor and alive(kid.pid)
+    sampler = CopySampler(net, name)
+    try:
+        assert wait_for(lambda: sampler.samples and sampler.samples[-1][1] == {a.name}, 5)
+        faulted_at = time.monotonic()
+        os.kill(supervisor, getattr(signal, fault))
+        nxt = takeover_after(net, name, first, faulted_at)
+        assert nxt.host != first.host
+        assert not alive(first.pid) and not alive(kid.pid), "the old holder's tree outlived its supervisor"
+        old = next(run for run in runs(net.records) if run.pid == first.pid)
+        old_kid = next(run for run in runs(net.records, ".kid") if run.pid == kid.pid)
+        assert max(old.end, old_kid.end) < nxt.start
+        took = nxt.start - faulted_at
+        assert took <= TAKEOVER, f"takeover took {took:.1f} s"
+        if fault == "SIGSTOP":
+            os.kill(supervisor, signal.SIGCONT)  # it wakes, finds the lease lost, and stands by
+            assert wait_for(lambda: "lost the cluster lease" in a.log(name), 10), a.log(name)
+        next(d for d in net.drivers if d.host is a).paused.clear()
+        assert holds_for(lambda: one_copy_running(net, nxt), 2 * TICK + LAUNCH), runs(net.records)
+    finally:
+        sampler.stop()
+    assert len(sampler.samples) > 100, len(sampler.samples)
+    assert sampler.doubles() == [], f"two hosts ran a copy at once: {sampler.doubles()[:5]}"
+    assert "watcher:" in a.log(name)
     end_everything(net, name)
     check_history(net, name)
 

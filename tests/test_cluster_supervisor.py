@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from fakeworld import KILL, TERM, FakeDatabase, FakeProc, FakeWorld
+from fakeworld import CONT, KILL, SUPERVISOR, TERM, FakeDatabase, FakeProc, FakeWorld
 from test_supervisor import FakeLock, births, exit_after, log_of
 
+from watchdog_singleton import procs
 from watchdog_singleton.jobs import Job
+from watchdog_singleton.lease_watcher import Watcher
 from watchdog_singleton.leases import FENCING_TOKEN_ENV, Timing
 from watchdog_singleton.state import StateStore
 from watchdog_singleton.supervisor import Supervisor
@@ -190,3 +192,124 @@ def test_a_sync_slot_that_could_not_be_claimed_leaves_no_lease_that_skips_the_ne
     claims = [what for _host, what in db.calls if what == "claim_slot"]
     assert births(world) == [2, 4, 6]  # the first due time could not claim its slot: no run
     assert len(claims) == 4  # every run claimed its slot first; none rode on a left-over lease
+
+
+# -- the watcher (lease_watcher): the supervisor's parent ------------------------------------------
+WATCHER = SUPERVISOR - 1
+TOKEN = "/locks/j.lock"
+
+
+class BeatPipe:
+    """The beat pipe as the watcher reads it: scripted (when, bytes) arrivals on the world's clock."""
+
+    def __init__(self, world: FakeWorld, arrivals: list[tuple[float, bytes]]) -> None:
+        self.world, self.arrivals = world, sorted(arrivals)
+
+    def read(self, timeout: Optional[float]) -> Optional[bytes]:
+        if self.arrivals and (timeout is None or self.arrivals[0][0] <= self.world.now + timeout):
+            when, data = self.arrivals.pop(0)
+            self.world.now = max(self.world.now, when)
+            return data
+        assert timeout is not None, "the watcher would wait for ever"
+        self.world.now += timeout
+        return None
+
+
+def watched_tree(world: FakeWorld) -> dict[str, FakeProc]:
+    """The daemon, its child, an orphan the supervisor adopted (setsid, `env -i`: no marker), and
+    another job's process started from inside the daemon's tree."""
+    def add(pid_parent: int, token: Optional[str]) -> FakeProc:
+        proc = FakeProc(next(world.next_pid), pid_parent, token, ["/bin/x"], world.now)
+        world.procs[proc.pid] = proc
+        return proc
+    daemon = add(SUPERVISOR, TOKEN)
+    return {"daemon": daemon, "child": add(daemon.pid, TOKEN), "orphan": add(SUPERVISOR, None),
+            "other job": add(daemon.pid, "/locks/other.lock")}
+
+
+def watcher(world: FakeWorld, arrivals: list[tuple[float, bytes]], supervisor_dies_at: float,
+            code: int = 0) -> tuple[Watcher, list[tuple[int, int]], list[str]]:
+    sent: list[tuple[int, int]] = []
+    notes: list[str] = []
+    exited: dict[int, int] = {}
+
+    def alive() -> bool:
+        return world.now < supervisor_dies_at
+
+    def scan() -> dict[int, procs.Proc]:
+        table = world.scan()
+        table[WATCHER] = procs.Proc(WATCHER, 1, 1, "S", 0, None)
+        table[SUPERVISOR] = procs.Proc(SUPERVISOR, WATCHER, 1, "T", 0, TOKEN)
+        if not alive():  # dead: what it had re-parents to the watcher, the next subreaper up
+            del table[SUPERVISOR]
+            for info in table.values():
+                if info.ppid == SUPERVISOR:
+                    info.ppid = WATCHER
+        return table
+
+    def send(pid: int, sig: int) -> None:
+        sent.append((pid, sig))
+        world.send(pid, sig)
+
+    def reap() -> None:
+        if not alive():
+            exited.setdefault(SUPERVISOR, code)
+
+    grace = TIMING.capped_grace(30.0)
+    return (Watcher(SUPERVISOR, BeatPipe(world, arrivals).read, TOKEN, grace, notes.append, me=WATCHER,
+                    clock=lambda: world.now, scan=scan, send=send, sleep=world.sleep, reap=reap, exited=exited),
+            sent, notes)
+
+
+def beat(deadline: float) -> bytes:
+    return f"{deadline:.6f}\n".encode()
+
+
+def test_the_watcher_stops_the_tree_of_a_stopped_supervisor_at_its_deadline_and_never_signals_it(
+        tmp_path: Any) -> None:
+    world = FakeWorld()
+    tree = watched_tree(world)
+    # A grant (give-up at +4), a renew a second later (+5), then nothing: the supervisor is stopped.
+    # At +20 it is continued and holds a new grant; it exits at +22 (EOF).
+    arrivals = [(T0, beat(T0 + 4)), (T0 + 1, beat(T0 + 5)), (T0 + 20, beat(T0 + 24)), (T0 + 22, b"")]
+    watch, sent, notes = watcher(world, arrivals, supervisor_dies_at=T0 + 22)
+    assert watch.run() == 0
+    for role in ("daemon", "child", "orphan"):
+        assert world.deaths[tree[role].pid] == T0 + 5, role  # the renew moved the deadline: not at +4
+    assert "other job" in [role for role, proc in tree.items() if proc.pid in world.procs]
+    assert all(pid != SUPERVISOR for pid, _sig in sent), "the watcher signalled the supervisor"
+    assert {sig for _pid, sig in sent} == {TERM, CONT}
+    assert len(notes) == 1 and "no renew of the cluster lease by its give-up deadline" in notes[0]
+    assert "is stopped" in notes[0] and "stopping 3 process(es)" in notes[0]
+
+
+def test_the_watcher_ends_the_tree_at_once_when_the_supervisor_dies_even_what_ignores_sigterm(
+        tmp_path: Any) -> None:
+    world = FakeWorld()
+    tree = watched_tree(world)
+    tree["daemon"].ignores_term = True
+    arrivals = [(T0, beat(T0 + 4)), (T0 + 1, beat(T0 + 5)), (T0 + 2, b"")]  # SIGKILLed at +2
+    watch, sent, notes = watcher(world, arrivals, supervisor_dies_at=T0 + 2, code=-KILL)
+    assert watch.run() == 128 + KILL  # the supervisor's end, as a shell reports it
+    grace = TIMING.capped_grace(30.0)
+    assert world.deaths[tree["child"].pid] == world.deaths[tree["orphan"].pid] == T0 + 2
+    assert T0 + 2 + grace <= world.deaths[tree["daemon"].pid] <= T0 + 2 + grace + 0.1
+    assert world.deaths[tree["daemon"].pid] < T0 + 1 + LEASE  # long before the lease could pass
+    assert (tree["daemon"].pid, KILL) in sent and tree["other job"].pid in world.procs
+    assert "the supervisor (pid" in notes[0] and "was killed by SIGKILL" in notes[0]
+
+
+def test_the_supervisor_tells_its_watcher_each_give_up_deadline_before_the_daemon_starts(tmp_path: Any) -> None:
+    world = FakeWorld()
+    db = FakeDatabase(world)
+    sup = cluster_supervisor(tmp_path, world, db)
+    assert sup.guard is not None
+    deadlines: list[tuple[float, float]] = []  # (when told, deadline)
+    sup.guard.keeper.on_deadline = lambda deadline: deadlines.append((world.now, deadline))
+    world.at(T0 + 10.5, lambda: setattr(db, "reachable", False))
+    sup.run()
+    assert deadlines[0] == (T0, T0 + TIMING.renew_deadline)  # the grant, before the spawn
+    assert world.spawned[0].born == T0
+    told = [when for when, _ in deadlines]
+    assert all(deadline == when + TIMING.renew_deadline for when, deadline in deadlines)  # from each renew's send
+    assert told == sorted(told) and len(told) >= 10 and max(told) <= T0 + 10.5  # none once renews fail

@@ -204,24 +204,33 @@ def become_subreaper() -> bool:
 
 def exec_supervisor(job: Job, lock: FlockLock, root: str, adhoc: bool, passthrough: bool,
                     ready_fd: Optional[int], history: dict[str, object]) -> None:
-    """Become NAME's resident supervisor: exec it in this process, handing over the lock."""
+    """Become NAME's resident supervisor: exec it in this process, handing over the lock. A
+    cluster job's supervisor is a child of this process, which becomes its watcher (lease_watcher)."""
     import marshal
 
+    beat_fd = None
+    if job.cluster:
+        from .lease_watcher import split_watcher
+        from .leases import Timing
+
+        become_subreaper()  # the watcher's: orphans of a dead supervisor's tree come to it
+        beat_fd = split_watcher(job, Timing.for_lease(job.lease).capped_grace(job.grace), passthrough)
     payload = marshal.dumps({"job": job.to_dict(), "adhoc": adhoc, "passthrough": passthrough,
                              "ready_fd": -1 if ready_fd is None else ready_fd, "lock_fd": lock.fd,
-                             "dir_fd": lock.dir_fd, "history": history})
+                             "dir_fd": lock.dir_fd, "history": history,
+                             "beat_fd": -1 if beat_fd is None else beat_fd})
     job_fd = os.memfd_create("watchdog-singleton-job", 0)  # inherited by the exec'd supervisor
     view = memoryview(payload)
     while view:
         view = view[os.write(job_fd, view):]
     os.lseek(job_fd, 0, os.SEEK_SET)
-    for fd in (lock.fd, lock.dir_fd, ready_fd):
+    for fd in (lock.fd, lock.dir_fd, ready_fd, beat_fd):
         if fd is not None:
             os.set_inheritable(fd, True)
     become_subreaper()
     from .spawn import close_all_but
 
-    close_all_but(tuple(fd for fd in (lock.fd, lock.dir_fd, ready_fd, job_fd) if fd is not None))
+    close_all_but(tuple(fd for fd in (lock.fd, lock.dir_fd, ready_fd, job_fd, beat_fd) if fd is not None))
     # Its own marker, never another job's: a job started from inside another job's tree must
     # not be taken for part of it (and stopped with it).
     env = procs.clean_environ(dict(os.environ))

@@ -41,6 +41,9 @@ def main(argv: list[str]) -> int:
     for fd in lock.inheritable_fds():
         os.set_inheritable(fd, False)  # the daemon gets them through spawn's pass_fds
     ready_fd = hand_over["ready_fd"]
+    beat_fd = hand_over.get("beat_fd", -1)  # a cluster job's: to its watcher, our parent (lease_watcher)
+    if beat_fd >= 0:
+        os.set_inheritable(beat_fd, False)  # the watcher's EOF is our death, never the daemon's
     if ready_fd >= 0:
         os.set_inheritable(ready_fd, False)  # else the daemon would hold it and nobody hear EOF
 
@@ -67,6 +70,10 @@ def main(argv: list[str]) -> int:
                                 passthrough=hand_over["passthrough"],
                                 inherit_env=dict(os.environ) if hand_over["adhoc"] else None,
                                 ready=ready if ready_fd >= 0 else None, history=hand_over["history"])
+        if supervisor.guard is not None and beat_fd >= 0:
+            from .lease_watcher import beat
+
+            supervisor.guard.keeper.on_deadline = lambda deadline: beat(beat_fd, deadline)
         return supervisor.run()
     except Exception as exc:  # e.g. a log file that is not ours: one line for whoever waits
         message = str(exc) or exc.__class__.__name__

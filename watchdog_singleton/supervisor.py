@@ -326,9 +326,10 @@ class Supervisor(LeaseSteps, PeriodicSteps):
                 ensure_dir(job.state_folder)
             env = daemon_env(job, self.inherit_env)
             if self.guard is not None and self.guard.token is not None:
-                from .leases import FENCING_TOKEN_ENV
+                from .leases import CLUSTER_ENV, FENCING_TOKEN_ENV
 
                 env[FENCING_TOKEN_ENV] = str(self.guard.token)
+                env[CLUSTER_ENV] = job.cluster  # `lease check NAME --token ...` asks this database
             child = self.seams.spawn(job.command, job.workdir, env, self.lock.inheritable_fds(), not self.passthrough)
         except (SpawnError, OSError, UserError) as exc:
             if isinstance(exc, OSError) and not isinstance(exc, SpawnError):

@@ -36,6 +36,9 @@ class LeaseSteps(SupervisorPart):
         """Before a start: hold NAME's cluster lease, or say why not and decide what comes next
         (wait for the next due time, retry as a standby, or leave)."""
         assert self.guard is not None
+        if self.guard.keeper.grant is not None and self.guard.lost():
+            # Stopped (SIGSTOP) past the give-up deadline: the watcher ended the tree meanwhile.
+            self._lease_lost()
         gate = self.guard.gate()
         state = self.state
         state.lease_checked_at = now_iso() if not gate.unreachable else state.lease_checked_at
@@ -90,14 +93,19 @@ class LeaseSteps(SupervisorPart):
             self.keeper.save()
         if not guard.lost():
             return
-        guard.forget()
-        self.state.lease_role, self.state.lease_token = "", None
-        self._note(f"lost the cluster lease of {self.job.name} ({problem or 'expired'})")
+        self._lease_lost()
         if self.daemon is not None:
             self.ending = "lease"
             self._stop_tree("the cluster lease was lost: stopping the tree before another host may start",
                             leftovers=True)
         self.keeper.save()
+
+    def _lease_lost(self) -> None:
+        assert self.guard is not None
+        problem = self.guard.keeper.problem
+        self.guard.forget()
+        self.state.lease_role, self.state.lease_token = "", None
+        self._note(f"lost the cluster lease of {self.job.name} ({problem or 'expired'})")
 
     def _lease_run_ended(self) -> None:
         if self.guard is None or not (self.job.sync or self.job.rotate):

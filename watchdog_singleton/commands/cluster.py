@@ -132,6 +132,19 @@ class ClusterView:
         self.engines.clear()
 
 
+def supervisor_trouble(state: Any) -> str:
+    """"gone" or "stopped" when this host's record says holder but its supervisor cannot renew
+    (its watcher then ends the tree before the lease can pass); "" otherwise."""
+    if state is None or state.lease_role != "holder" or not state.supervisor_pid:
+        return ""
+    if not state.supervisor_alive():
+        return "gone"
+    from ..procs import read_proc
+
+    info = read_proc(state.supervisor_pid)
+    return "stopped" if info is not None and info.state in ("T", "t") else ""
+
+
 def describe(job_cluster_url: str, lease: float, standby: bool, rotate: bool, sync: bool, state: Any,
              view: Optional[ClusterView], name: str, tick: float = CRON_TICK) -> dict[str, Any]:
     """status's `cluster` field: the job's settings, this host's part (its run state) and what the
@@ -143,11 +156,26 @@ def describe(job_cluster_url: str, lease: float, standby: bool, rotate: bool, sy
         "holder_seen": state.lease_holder if state is not None else "",
         "problem": state.lease_problem if state is not None else "",
         "checked_at": state.lease_checked_at if state is not None else None,
+        "supervisor": supervisor_trouble(state),
         "database": None, "database_problem": "",
     }
     if view is not None:
         info["database"], info["database_problem"] = view.read(name, job_cluster_url, fresh_window(lease, tick))
     return info
+
+
+def holder_host(holder: Optional[str]) -> str:
+    """A holder as people name it: its host (the id is host:boot_id:pid:start)."""
+    return str(holder or "?").split(":")[0]
+
+
+def held_words(db: dict[str, Any]) -> str:
+    """Who holds the lease and until when, in the same words for `status` and `lease status`."""
+    host = holder_host(db.get("holder"))
+    until = str(db.get("expires_at") or "")[11:19]
+    if db.get("live"):
+        return f"held by {host}, token {db['token']}, until {until} ({db['seconds_left']:.0f} s left)"
+    return f"free (last holder {host}, token {db['token']}, expired {until})"
 
 
 def summary(cluster: dict[str, Any]) -> str:
@@ -156,7 +184,9 @@ def summary(cluster: dict[str, Any]) -> str:
     if cluster["role"] == "holder" and cluster["token"] is not None:
         me = f"holder, token {cluster['token']}"
     elif cluster["role"] == "standby" and cluster["holder_seen"]:
-        me = f"standby (held by {cluster['holder_seen'].split(':')[0]})"
+        me = f"standby (held by {holder_host(cluster['holder_seen'])})"
+    if cluster.get("supervisor"):  # a holder whose supervisor cannot renew: gone, or stopped
+        me = f"supervisor {cluster['supervisor']} (was {me})"
     parts = [f"this host {me}"]
     if cluster["problem"]:
         parts.append(f"last problem: {cluster['problem']}")
@@ -168,11 +198,7 @@ def summary(cluster: dict[str, Any]) -> str:
         parts.insert(0, "no host has held it yet")
     else:
         if db.get("token") is not None:
-            host = str(db.get("holder") or "?").split(":")[0]
-            until = str(db.get("expires_at") or "")[11:19]
-            held = (f"held by {host}, token {db['token']}, until {until} ({db['seconds_left']:.0f} s left)"
-                    if db.get("live") else f"free (last holder {host}, token {db['token']}, expired {until})")
-            parts.insert(0, held)
+            parts.insert(0, held_words(db))
         last = db.get("last_start") or db.get("acquired_at")
         if last:
             parts.append(f"last start {str(last)[:19].replace('T', ' ')}")

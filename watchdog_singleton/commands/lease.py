@@ -2,7 +2,10 @@
 
 `lease check NAME --token N` is what a daemon runs before a write it must fence: 0 while N is
 NAME's current grant, 1 once it is stale, 2 on bad input, 3 when the database cannot be reached
-(then the daemon must not assume it still holds the lease either).
+(then the daemon must not assume it still holds the lease either), 4 when the database never
+heard of NAME. Inside the daemon it needs no option: the supervisor gives the daemon its job's
+database in $WATCHDOG_SINGLETON_CLUSTER beside the token. From a shell, an installed NAME's
+own database is the default.
 """
 
 from __future__ import annotations
@@ -12,21 +15,47 @@ from typing import Callable, Optional
 
 from ..errors import NO_SUCH_JOB, OK, USAGE, UserError
 from ..jobs import check_name
-from ..leases import MAX_TOKEN, LeaseError, cluster_url, open_cluster
+from ..leases import CLUSTER_ENV, MAX_TOKEN, LeaseError, cluster_url, open_cluster
+from .cluster import held_words
 
 STALE = 1
 
 Echo = Callable[[str], None]
 
 
+def job_url(name: str, given: Optional[str]) -> str:
+    """--cluster, else $WATCHDOG_SINGLETON_CLUSTER, else the cluster NAME was installed with here."""
+    import os
+
+    if given or os.environ.get(CLUSTER_ENV):
+        return cluster_url(given)
+    from .common import Context
+
+    try:
+        job = Context.default().jobs.load(name)
+    except (UserError, OSError):
+        job = None
+    if job is not None and job.cluster:
+        return job.cluster
+    raise UserError(f"no cluster database: pass --cluster postgresql://... or set {CLUSTER_ENV} "
+                    f"({name} is not a cluster job installed on this host)", USAGE)
+
+
+def unknown(name: str) -> str:
+    return f"no such job: no lease named {name} in the cluster database"
+
+
 def check(name: str, token: int, cluster: Optional[str], warn: Echo) -> int:
     check_name(name)
     if not 1 <= token <= MAX_TOKEN:
         raise UserError(f"--token {token} is out of range: 1 to {MAX_TOKEN}", USAGE)
-    engine = open_cluster(cluster_url(cluster))
+    engine = open_cluster(job_url(name, cluster))
     try:
         if engine.check(name, token):
             return OK
+        if engine.status(name) is None:  # asked only on the way out: a check that holds costs one query
+            warn(f"watchdog-singleton: {unknown(name)}")
+            return NO_SUCH_JOB
         warn(f"watchdog-singleton: token {token} of {name} is stale")
         return STALE
     except LeaseError as exc:
@@ -38,7 +67,7 @@ def check(name: str, token: int, cluster: Optional[str], warn: Echo) -> int:
 
 def status(name: str, cluster: Optional[str], echo: Echo, warn: Echo, as_json: bool) -> int:
     check_name(name)
-    engine = open_cluster(cluster_url(cluster))
+    engine = open_cluster(job_url(name, cluster))
     try:
         info = engine.status(name)
     except LeaseError as exc:
@@ -47,15 +76,13 @@ def status(name: str, cluster: Optional[str], echo: Echo, warn: Echo, as_json: b
     finally:
         engine.close()
     if info is None:
-        warn(f"watchdog-singleton: no lease named {name} in the cluster database")
+        warn(f"watchdog-singleton: {unknown(name)}")
         return NO_SUCH_JOB
     if as_json:
         echo(json.dumps(info.to_dict(), indent=2))
         return OK
     if info.token is not None:
-        state = f"held by {info.holder}, {info.seconds_left:.0f} s left" if info.live else \
-            f"free (last holder {info.holder})"
-        echo(f"{name}: {state}; token {info.token}; expires {info.expires_at}")
+        echo(f"{name}: {held_words(info.to_dict())}")  # the words of `status`'s cluster line
     if info.last_start is not None:
         echo(f"{name}: last sync start {info.last_start} (run {info.slot})")
     return OK

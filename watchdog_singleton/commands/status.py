@@ -326,7 +326,10 @@ def table(infos: list[dict[str, Any]]) -> str:
             adhoc = f"(batch: {i['batch']['scheduler']})" if i.get("batch") else "(ad hoc)"
             counts, last, schedule = str(i["restarts"]), exit_word(i["last_exit_code"]), i["schedule"] or adhoc
         command = i["command"] or (i["batch"] and i["batch"]["command"]) or []
-        rows.append((i["name"], _state_word(i), str(i["pid"] or "-"), _since(i["started_at"] if i["running"] else None),
+        word = _state_word(i)
+        if i.get("cluster") and i["cluster"].get("supervisor"):
+            word += f" (supervisor {i['cluster']['supervisor']})"  # a holder that cannot renew
+        rows.append((i["name"], word, str(i["pid"] or "-"), _since(i["started_at"] if i["running"] else None),
                      counts, last, schedule, shell_join(command)))
     lines = _columns(rows).split("\n")
     out = lines[:1]

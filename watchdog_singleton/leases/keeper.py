@@ -52,6 +52,9 @@ class LeaseKeeper:
         self.next_renew = 0.0
         self.problem = ""  # the last failure, for the log
         self._lost = False
+        # Told each new give-up deadline (a grant, a renew): the watcher stops the tree when it
+        # passes with no newer one, should this process be stopped or dead (lease_watcher).
+        self.on_deadline: Callable[[float], None] = lambda deadline: None
 
     @property
     def token(self) -> Optional[int]:
@@ -71,6 +74,7 @@ class LeaseKeeper:
         self.problem = ""
         self.give_up_at = sent + self.timing.renew_deadline
         self.next_renew = sent + self.timing.retry
+        self.on_deadline(self.give_up_at)
 
     def due(self, now: float) -> bool:
         return self.grant is not None and now >= self.next_renew
