@@ -249,8 +249,8 @@ def test_pbs_chain_submits_one_successor_per_run_warns_the_daemon_and_refuses_a_
     status = json.loads(sandbox.ok("status", name, "--json", env=env).stdout)
     assert status["batch"]["scheduler"] == "pbs" and status["running"]
     third = queued(state)[-1]
-    assert status["batch"]["jobs"] == [{"id": successor, "state": "R", "running": True},
-                                       {"id": third, "state": "H", "running": False}]
+    assert status["batch"]["jobs"] == [{"id": successor, "state": "R", "running": True, "reason": None},
+                                       {"id": third, "state": "H", "running": False, "reason": None}]
     assert f"running [pbs {successor} R, {third} H]" in sandbox.ok("status", env=env).stdout
 
     # stop: the marker ends the running job within its grace, the waiting successor is deleted,
