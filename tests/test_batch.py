@@ -359,6 +359,45 @@ def test_slurm_warning_signal_checkpoints_requeues_and_the_next_run_resumes_with
     assert squeue(sandbox, name) == []
 
 
+@pytest.mark.slurm
+def test_slurm_chain_through_a_hand_requeue_shows_its_runs_and_uninstall_leaves_nothing(
+        sandbox: Sandbox, slurm_cluster: Any) -> None:
+    """About 40 s: a 2-minute walltime with the default lead, a hand `scontrol requeue` (the job runs
+    again after cred_expire), status between and after, then stop and uninstall."""
+    daemon = sandbox.write_helper("ckpt_daemon.py")
+    name = sandbox.job("hq")
+    proc = slurm_submit(sandbox, name, daemon, "--walltime", "00:02:00", "--grace", "3")
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.split("job ")[1].split(" ")[0]
+    log = os.path.join(sandbox.state_root, "logs", f"{name}.stdout.log")
+    errlog = os.path.join(sandbox.state_root, "logs", f"{name}.stderr.log")
+    wait_for(lambda: "start run=1" in read(log), 90, interval=0.5, what="the daemon to start under Slurm")
+    requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True,
+                             env=sandbox.env(path="/usr/bin:/bin"), **sandbox.user.popen_kwargs())
+    assert requeue.returncode == 0, requeue.stderr
+    wait_for(lambda: "start run=2 resumed_from=1" in read(log), 90, interval=0.5, what="the requeued run")
+    info = wait_for(lambda: (lambda i: i if i["runs"] == 2 and i["running"] else None)(sandbox.status(name)), 30,
+                    interval=0.5, what="status to show the second run")
+    assert info["restarts"] == 1 and info["phase"] == "running", info
+    assert "for good" not in read(errlog), read(errlog)
+    sandbox.ok("stop", name, timeout=180)
+    stopped = sandbox.status(name)
+    assert (stopped["phase"], stopped["runs"]) == ("stopped", 2), stopped
+    assert "for good" in read(errlog)
+    sandbox.ok("uninstall", name, timeout=180)
+    gone = sandbox.ws("status", name)
+    assert gone.returncode == 4, gone.stderr
+    assert slurm_jobs(sandbox, name) == []
+
+
+def slurm_jobs(box: Sandbox, name: str) -> list[str]:
+    """What squeue lists of the chain ws-NAME, asked directly (the chain's record may be gone)."""
+    out = subprocess.run(["squeue", "-h", "-n", f"ws-{name}", "-o", "%i %T"], capture_output=True, text=True,
+                         env=box.env(path="/usr/bin:/bin"), **box.user.popen_kwargs())
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
 def test_stop_of_a_batch_chain_writes_the_marker_before_anything_is_cancelled(sandbox: Sandbox) -> None:
     """The order matters: a job that requeues or resubmits between a cancel and the marker would
     outlive the stop."""
