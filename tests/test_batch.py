@@ -395,7 +395,8 @@ def slurm_jobs(box: Sandbox, name: str) -> list[str]:
     out = subprocess.run(["squeue", "-h", "-n", f"ws-{name}", "-o", "%i %T"], capture_output=True, text=True,
                          env=box.env(path="/usr/bin:/bin"), **box.user.popen_kwargs())
     assert out.returncode == 0, out.stderr
-    return out.stdout.splitlines()
+    lines: list[str] = out.stdout.splitlines()
+    return lines
 
 
 def test_stop_of_a_batch_chain_writes_the_marker_before_anything_is_cancelled(sandbox: Sandbox) -> None:
