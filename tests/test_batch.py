@@ -248,6 +248,7 @@ def test_pbs_chain_submits_one_successor_per_run_warns_the_daemon_and_refuses_a_
         sandbox.state_root, "logs", f"{name}.stdout.log")), 20, what="the successor's daemon")
     status = json.loads(sandbox.ok("status", name, "--json", env=env).stdout)
     assert status["batch"]["scheduler"] == "pbs" and status["running"]
+    assert (status["runs"], status["restarts"], status["last_exit_code"]) == (2, 1, 0)  # the chain's, not one job's
     third = queued(state)[-1]
     assert status["batch"]["jobs"] == [{"id": successor, "state": "R", "running": True, "reason": None},
                                        {"id": third, "state": "H", "running": False, "reason": None}]
@@ -293,6 +294,8 @@ def test_htcondor_job_reruns_until_stopped_and_refuses_a_double_submit(sandbox: 
     job = run_job(sandbox, wrapper, {**env, "WATCHDOG_SINGLETON_BATCH_ID": "101.0"})
     log = os.path.join(sandbox.state_root, "logs", f"{name}.stdout.log")
     wait_for(lambda: "resumed_from=1" in read(log), 20, what="the rerun's daemon")
+    status = json.loads(sandbox.ok("status", name, "--json", env=env).stdout)
+    assert (status["runs"], status["restarts"], status["last_exit_code"]) == (2, 1, 0), status
     sandbox.ok("stop", name, env=env)  # condor_rm of the queue entry; the marker ends the wrapper
     job.communicate(timeout=30)
     assert job.returncode == 0  # on_exit_remove: removed
