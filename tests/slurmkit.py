@@ -3,8 +3,9 @@
 tests/slurm/start.sh (run as root) installs Debian's slurm-wlm and munge when missing, writes
 /etc/slurm/slurm.conf for this host and starts munged, slurmctld and slurmd, and never touches a
 Slurm it did not start; tests/run.sh runs it before pytest and tests/slurm/stop.sh after. The
-fixture runs start.sh again (quick when Slurm already runs), and at the end of the session cancels every job of the users that submitted through
-`sbatch_as` (and of the default test user), so nothing stays queued. Measured facts about this
+fixture runs start.sh again (quick when Slurm already runs), and at the end of the session
+cancels every job of the users that submitted through `sbatch_as` (and of the default test user),
+so nothing stays queued. Measured facts about this
 cluster (signal timing, requeue delay) are in tests/slurm/README.md.
 
 Tests use it as:
