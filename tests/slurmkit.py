@@ -1,10 +1,11 @@
 """A real single-node Slurm for the tests: the `slurm_cluster` fixture and small helpers.
 
 tests/slurm/start.sh (run as root) installs Debian's slurm-wlm and munge when missing, writes
-/etc/slurm/slurm.conf for this host and starts munged, slurmctld and slurmd; tests/run.sh runs it
-before pytest and tests/slurm/stop.sh after. The fixture runs start.sh again (quick when Slurm
-already runs), and at the end of the session cancels every job of the users that submitted through
-`sbatch_as` (and of the default test user), so nothing stays queued. Measured facts about this
+/etc/slurm/slurm.conf for this host and starts munged, slurmctld and slurmd, and never touches a
+Slurm it did not start; tests/run.sh runs it before pytest and tests/slurm/stop.sh after. The
+fixture runs start.sh again (quick when Slurm already runs), and at the end of the session
+cancels every job of the users that submitted through `sbatch_as` (and of the default test user),
+so nothing stays queued. Measured facts about this
 cluster (signal timing, requeue delay) are in tests/slurm/README.md.
 
 Tests use it as:
@@ -156,8 +157,10 @@ def cancel_all(users: set[str], timeout: float = 30) -> list[str]:
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[SlurmCluster]:
-    """A running single-node Slurm (tests/slurm/start.sh). Skips when not root; fails when Slurm
-    cannot start (the real Slurm is a required part of the suite). At the end: every job of the
+    """A running single-node Slurm (tests/slurm/start.sh). Skips when not root, and when a Slurm
+    that start.sh did not start runs or is configured here (start.sh exits 3 and leaves it alone:
+    the skip line says what it found); fails when Slurm cannot start (the real Slurm is a required
+    part of the suite). At the end: every job of the
     users that submitted is cancelled, and the session waits until the queue holds none of them."""
     if os.getuid() != 0:
         pytest.skip("real Slurm tests need root: tests/run.sh as root starts Slurm (tests/slurm/start.sh)")
@@ -165,8 +168,12 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         out = subprocess.run(["bash", START_SH], capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
         pytest.fail("tests/slurm/start.sh did not finish in 600 s")
+    lines = (out.stderr.strip() or out.stdout.strip() or "no output").splitlines()
+    if out.returncode == 3:
+        # A Slurm someone else runs or configured on this machine: start.sh left it alone, and the
+        # tests do not submit to a cluster whose settings they do not know.
+        pytest.skip(lines[-1])
     if out.returncode != 0:
-        lines = (out.stderr.strip() or out.stdout.strip() or "no output").splitlines()
         pytest.fail(f"Slurm cannot start: {lines[-1]}")
     node = _slurm(["hostname", "-s"]).stdout.strip()
     cluster = SlurmCluster(node=node, partition="debug", ready_line=out.stdout.strip())

@@ -248,9 +248,10 @@ def test_pbs_chain_submits_one_successor_per_run_warns_the_daemon_and_refuses_a_
         sandbox.state_root, "logs", f"{name}.stdout.log")), 20, what="the successor's daemon")
     status = json.loads(sandbox.ok("status", name, "--json", env=env).stdout)
     assert status["batch"]["scheduler"] == "pbs" and status["running"]
+    assert (status["runs"], status["restarts"], status["last_exit_code"]) == (2, 1, 0)  # the chain's, not one job's
     third = queued(state)[-1]
-    assert status["batch"]["jobs"] == [{"id": successor, "state": "R", "running": True},
-                                       {"id": third, "state": "H", "running": False}]
+    assert status["batch"]["jobs"] == [{"id": successor, "state": "R", "running": True, "reason": None},
+                                       {"id": third, "state": "H", "running": False, "reason": None}]
     assert f"running [pbs {successor} R, {third} H]" in sandbox.ok("status", env=env).stdout
 
     # stop: the marker ends the running job within its grace, the waiting successor is deleted,
@@ -293,6 +294,8 @@ def test_htcondor_job_reruns_until_stopped_and_refuses_a_double_submit(sandbox: 
     job = run_job(sandbox, wrapper, {**env, "WATCHDOG_SINGLETON_BATCH_ID": "101.0"})
     log = os.path.join(sandbox.state_root, "logs", f"{name}.stdout.log")
     wait_for(lambda: "resumed_from=1" in read(log), 20, what="the rerun's daemon")
+    status = json.loads(sandbox.ok("status", name, "--json", env=env).stdout)
+    assert (status["runs"], status["restarts"], status["last_exit_code"]) == (2, 1, 0), status
     sandbox.ok("stop", name, env=env)  # condor_rm of the queue entry; the marker ends the wrapper
     job.communicate(timeout=30)
     assert job.returncode == 0  # on_exit_remove: removed
@@ -359,6 +362,46 @@ def test_slurm_warning_signal_checkpoints_requeues_and_the_next_run_resumes_with
     assert squeue(sandbox, name) == []
 
 
+@pytest.mark.slurm
+def test_slurm_chain_through_a_hand_requeue_shows_its_runs_and_uninstall_leaves_nothing(
+        sandbox: Sandbox, slurm_cluster: Any) -> None:
+    """About 40 s: a 2-minute walltime with the default lead, a hand `scontrol requeue` (the job runs
+    again after cred_expire), status between and after, then stop and uninstall."""
+    daemon = sandbox.write_helper("ckpt_daemon.py")
+    name = sandbox.job("hq")
+    proc = slurm_submit(sandbox, name, daemon, "--walltime", "00:02:00", "--grace", "3")
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.split("job ")[1].split(" ")[0]
+    log = os.path.join(sandbox.state_root, "logs", f"{name}.stdout.log")
+    errlog = os.path.join(sandbox.state_root, "logs", f"{name}.stderr.log")
+    wait_for(lambda: "start run=1" in read(log), 90, interval=0.5, what="the daemon to start under Slurm")
+    requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True,
+                             env=sandbox.env(path="/usr/bin:/bin"), **sandbox.user.popen_kwargs())
+    assert requeue.returncode == 0, requeue.stderr
+    wait_for(lambda: "start run=2 resumed_from=1" in read(log), 90, interval=0.5, what="the requeued run")
+    info = wait_for(lambda: (lambda i: i if i["runs"] == 2 and i["running"] else None)(sandbox.status(name)), 30,
+                    interval=0.5, what="status to show the second run")
+    assert info["restarts"] == 1 and info["phase"] == "running", info
+    assert "for good" not in read(errlog), read(errlog)
+    sandbox.ok("stop", name, timeout=180)
+    stopped = sandbox.status(name)
+    assert (stopped["phase"], stopped["runs"]) == ("stopped", 2), stopped
+    assert "for good" in read(errlog)
+    sandbox.ok("uninstall", name, timeout=180)
+    gone = sandbox.ws("status", name)
+    assert gone.returncode == 4, gone.stderr
+    assert slurm_jobs(sandbox, name) == []
+
+
+def slurm_jobs(box: Sandbox, name: str) -> list[str]:
+    """What squeue lists of the chain ws-NAME, asked directly (the chain's record may be gone)."""
+    out = subprocess.run(["squeue", "-h", "-n", f"ws-{name}", "-o", "%i %T"], capture_output=True, text=True,
+                         env=box.env(path="/usr/bin:/bin"), **box.user.popen_kwargs())
+    assert out.returncode == 0, out.stderr
+    lines: list[str] = out.stdout.splitlines()
+    return lines
+
+
 def test_stop_of_a_batch_chain_writes_the_marker_before_anything_is_cancelled(sandbox: Sandbox) -> None:
     """The order matters: a job that requeues or resubmits between a cancel and the marker would
     outlive the stop."""
@@ -380,3 +423,143 @@ def test_stop_of_a_batch_chain_writes_the_marker_before_anything_is_cancelled(sa
     assert read(os.path.join(state, "qdel-saw")) == "marker\n"
     assert json.load(open(os.path.join(state, "queue.json")))["jobs"] == []
 
+
+
+# ---- the chain as a job: status, stop, start, uninstall (recording stand-ins, all three schedulers) --
+
+SUBMIT_FILE = {"slurm": "job.sbatch", "pbs": "job.pbs.sh", "htcondor": "job-wrapper.sh"}
+JOB_ENV = {"slurm": "SLURM_JOB_ID", "pbs": "PBS_JOBID", "htcondor": "WATCHDOG_SINGLETON_BATCH_ID"}
+RUNNING_WORD = {"slurm": "RUNNING", "pbs": "R", "htcondor": "2"}
+
+
+@pytest.mark.parametrize("walltime,lead", [("00:02:00", 30), ("00:10:00", 150), ("24:00:00", 300)])
+def test_the_default_signal_lead_fits_the_walltime(sandbox: Sandbox, walltime: str, lead: int) -> None:
+    name = sandbox.job("lead")
+    proc = sandbox.ok("submit", name, "--scheduler", "slurm", "--walltime", walltime, "--dry-run", "--",
+                      "sleep", "100")
+    assert f"#SBATCH --signal=B:USR1@{lead}\n" in proc.stdout
+    short = sandbox.ws("submit", name, "--scheduler", "slurm", "--walltime", "00:00:20", "--grace", "10",
+                       "--dry-run", "--", "sleep", "100")
+    assert short.returncode == 2 and "--walltime 00:00:20: too short" in short.stderr, short.stderr
+
+
+def start_chain_job(box: Sandbox, state: str, scheduler: str, name: str, job_id: str, env: dict[str, str],
+                    **more: str) -> subprocess.Popen[str]:
+    """What the scheduler does when a job of the chain starts: the queue says it runs, and the node
+    runs the script (HTCondor: the wrapper) with the job's id."""
+    set_state(state, job_id, RUNNING_WORD[scheduler])
+    return run_job(box, os.path.join(batch_folder(box, name), SUBMIT_FILE[scheduler]),
+                   {**env, JOB_ENV[scheduler]: job_id, **more})
+
+
+def test_a_slurm_chain_shows_its_runs_restarts_last_exit_and_the_reason_it_waits(sandbox: Sandbox) -> None:
+    bin_dir, state = fake_tools(sandbox)
+    daemon = sandbox.write_helper("ckpt_daemon.py")
+    name = sandbox.job("runs")
+    env = fake_env(sandbox, bin_dir, state)
+    proc = sandbox.ok("submit", name, "--scheduler", "slurm", "--walltime", "00:02:00", "--grace", "3", "--",
+                      sys.executable, "-u", daemon, env=env)
+    job_id = proc.stdout.split("job ")[1].split(" ")[0]
+    log = os.path.join(sandbox.state_root, "logs", f"{name}.stdout.log")
+
+    # Slurm's warning: the shell stops the daemon (checkpoint), records the run and requeues.
+    job = start_chain_job(sandbox, state, "slurm", name, job_id, env, SLURM_RESTART_COUNT="0")
+    wait_for(lambda: "start run=1" in read(log), 20, what="the first run's daemon")
+    job.send_signal(10)  # SIGUSR1
+    job.communicate(timeout=30)
+    assert ["scontrol", "requeue", job_id] in calls(state)
+    queue = json.load(open(os.path.join(state, "queue.json")))
+    queue["jobs"][0].update(state="PENDING", reason="BeginTime")
+    json.dump(queue, open(os.path.join(state, "queue.json"), "w"))
+    info = json.loads(sandbox.ws("status", name, "--json", env=env).stdout)
+    assert (info["phase"], info["runs"], info["restarts"], info["last_exit_code"]) == ("waiting", 1, 0, 0), info
+    assert info["batch"]["jobs"] == [{"id": job_id, "state": "PENDING", "running": False, "reason": "BeginTime"}]
+    table = sandbox.ok("status", env=env).stdout
+    row = next(line for line in table.splitlines() if line.startswith(name + " "))
+    assert f"waiting [slurm {job_id} PENDING (BeginTime)]" in row and " 0 (1 run) " in row, table
+
+    # The requeued job runs again: the chain's second run, one restart.
+    job = start_chain_job(sandbox, state, "slurm", name, job_id, env, SLURM_RESTART_COUNT="1")
+    wait_for(lambda: "start run=2 resumed_from=1" in read(log), 20, what="the requeued run")
+    info = json.loads(sandbox.ws("status", name, "--json", env=env).stdout)
+    assert (info["phase"], info["running"], info["runs"], info["restarts"]) == ("running", True, 2, 1), info
+    assert info["started_at"]
+
+    # stop: the running job gets `scancel --batch --signal=TERM` (here: the test sends it).
+    stop = subprocess.Popen([sys.executable, "-m", "watchdog_singleton", "stop", name], env=env, cwd=sandbox.dir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **sandbox.user.popen_kwargs())
+    wait_for(lambda: ["scancel", "--batch", "--signal=TERM", job_id] in calls(state), 20, what="scancel --batch")
+    job.send_signal(15)
+    said, _ = job.communicate(timeout=30)  # the batch shell's output (Slurm: the job's --output)
+    set_state(state, job_id, "")
+    out, err = stop.communicate(timeout=30)
+    assert stop.returncode == 0, err
+    assert "stopping" in said and "for good" in said, said
+    info = json.loads(sandbox.ws("status", name, "--json", env=env).stdout)
+    assert (info["phase"], info["runs"], info["restarts"], info["last_exit_code"]) == ("stopped", 2, 1, 0), info
+    assert "stopped [slurm]" in sandbox.ok("status", env=env).stdout
+
+
+def test_a_sigterm_without_the_stop_marker_is_not_logged_as_stopping_for_good(sandbox: Sandbox) -> None:
+    """A hand `scontrol requeue` (or preemption) sends SIGTERM: the daemon gets its grace, and the log
+    does not say the chain ends, for Slurm runs the job again."""
+    bin_dir, state = fake_tools(sandbox)
+    daemon = sandbox.write_helper("ckpt_daemon.py")
+    name = sandbox.job("hand")
+    env = fake_env(sandbox, bin_dir, state)
+    proc = sandbox.ok("submit", name, "--scheduler", "slurm", "--grace", "3", "--", sys.executable, "-u", daemon,
+                      env=env)
+    job_id = proc.stdout.split("job ")[1].split(" ")[0]
+    log = os.path.join(sandbox.state_root, "logs", f"{name}.stdout.log")
+    job = start_chain_job(sandbox, state, "slurm", name, job_id, env)
+    wait_for(lambda: "start run=1" in read(log), 20, what="the daemon")
+    job.send_signal(15)
+    said, _ = job.communicate(timeout=30)  # the batch shell's output (Slurm: the job's --output)
+    assert "checkpointed 1" in read(log)
+    assert "for good" not in said and "a requeued job runs again" in said, said
+    assert read(os.path.join(batch_folder(sandbox, name), "runs")).splitlines()[-1].endswith(" term")
+    set_state(state, job_id, "")
+    sandbox.ok("uninstall", name, env=env)
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs", "htcondor"])
+def test_stop_then_uninstall_of_a_chain_leaves_nothing_queued_and_no_job(sandbox: Sandbox, scheduler: str) -> None:
+    bin_dir, state = fake_tools(sandbox)
+    name = sandbox.job("gone")
+    env = fake_env(sandbox, bin_dir, state)
+    sandbox.ok("submit", name, "--scheduler", scheduler, "--", "sleep", "100", env=env)
+    assert len(queued(state)) == 1
+    sandbox.ok("stop", name, env=env)
+    assert queued(state) == []
+    info = json.loads(sandbox.ws("status", name, "--json", env=env).stdout)
+    assert info["phase"] == "stopped" and info["batch"]["stopped"]  # shown stopped until uninstalled
+    assert f"stopped [{scheduler}]" in sandbox.ok("status", env=env).stdout
+    done = sandbox.ok("uninstall", name, env=env)
+    assert f"uninstalled {name}" in done.stdout
+    assert queued(state) == [] and not os.path.exists(batch_folder(sandbox, name))
+    gone = sandbox.ws("status", name, env=env)
+    assert gone.returncode == 4 and f"no such job: {name}" in gone.stderr
+    assert name not in sandbox.ok("status", env=env).stdout
+    assert sandbox.ws("uninstall", name, env=env).returncode == 4
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs", "htcondor"])
+def test_start_after_stop_submits_the_chain_again(sandbox: Sandbox, scheduler: str) -> None:
+    bin_dir, state = fake_tools(sandbox)
+    name = sandbox.job("again")
+    env = fake_env(sandbox, bin_dir, state)
+    sandbox.ok("submit", name, "--scheduler", scheduler, "--", "sleep", "100", env=env)
+    sandbox.ok("stop", name, env=env)
+    assert queued(state) == []
+    started = sandbox.ok("start", name, env=env)
+    assert "submitted" in started.stdout and "again" in started.stdout, started.stdout
+    assert len(queued(state)) == 1
+    assert not os.path.exists(os.path.join(batch_folder(sandbox, name), "stop"))  # the new chain goes on
+    info = json.loads(sandbox.ws("status", name, "--json", env=env).stdout)
+    assert info["phase"] == "waiting" and len(info["batch"]["submitted"]) == 2
+    again = sandbox.ok("start", name, env=env)  # a queued chain is left as it is
+    assert "already queued" in again.stdout and len(queued(state)) == 1
+    sandbox.ok("restart", name, env=env)
+    assert len(queued(state)) == 1
+    sandbox.ok("uninstall", name, env=env)
+    assert queued(state) == []

@@ -1,15 +1,28 @@
 """The real single-node Slurm the batch tests rely on: a job submitted as the test user runs and
 completes, the `B:` warning signal reaches the batch shell before the time limit, and the owner can
-requeue a running job. These pin the facts in tests/slurm/README.md."""
+requeue a running job. These pin the facts in tests/slurm/README.md. And tests/slurm/start.sh
+itself: it leaves a Slurm it did not start alone, and proves its process tracking with a job step."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import subprocess
 
 import pytest
 from conftest import UnprivilegedUser
-from slurmkit import SlurmCluster, job_dir, job_field, sbatch_as, squeue_states, wait_job_state, write_script
+from slurmkit import (
+    SLURM_PATH,
+    START_SH,
+    SlurmCluster,
+    job_dir,
+    job_field,
+    sbatch_as,
+    squeue_states,
+    wait_job_state,
+    write_script,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -72,3 +85,57 @@ fi
     assert job_field(jobid, "Restarts") == "1"
     runs = [line for line in read(out).splitlines() if line.startswith("run ")]
     assert runs == ["run 0", "run 1"], read(out)
+
+
+ISOLATED_SH = os.path.join(os.path.dirname(START_SH), "isolated.sh")
+RUNDIR = "/run/watchdog-singleton-slurm"
+
+
+def digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def daemons() -> list[str]:
+    """The pids start.sh recorded for slurmctld and slurmd."""
+    return [open(os.path.join(RUNDIR, f"{d}.pid")).read().strip() for d in ("slurmctld", "slurmd")]
+
+
+@pytest.mark.parametrize("disguise,problem", [
+    # start.sh's own records hidden: the running daemons are someone else's.
+    ("mount -t tmpfs tmpfs " + RUNDIR, "slurmctld (pid"),
+    # a slurm.conf start.sh did not write.
+    ("printf 'ClusterName=theirs\\n' >/tmp/ws-theirs.conf && mount --bind /tmp/ws-theirs.conf /etc/slurm/slurm.conf",
+     "/etc/slurm/slurm.conf was not written by this script"),
+])
+def test_start_sh_leaves_a_slurm_it_did_not_start_alone(slurm_cluster: SlurmCluster, disguise: str,
+                                                        problem: str) -> None:
+    """In a mount namespace where the running Slurm looks like someone else's, start.sh exits 3 with
+    one line and changes nothing: not the config, not the daemons."""
+    before = (digest("/etc/slurm/slurm.conf"), daemons())
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c",
+                           f"{disguise} && exec bash {START_SH}"], capture_output=True, text=True, timeout=60,
+                          env={"PATH": SLURM_PATH})
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    assert proc.stderr.startswith("slurm: left alone: ") and problem in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+    assert (digest("/etc/slurm/slurm.conf"), daemons()) == before
+    assert subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                          env={"PATH": SLURM_PATH}).stdout.strip() in ("idle", "mixed", "allocated")
+
+
+def test_start_sh_proves_its_process_tracking_with_a_job_step_and_falls_back_to_linuxproc() -> None:
+    """About 30 s. A machine of its own (tests/slurm/isolated.sh): the cgroup v1 freezer is mounted
+    but unusable (a tmpfs), as where proctrack/cgroup made every job step fail and drained the node.
+    start.sh tries proctrack/cgroup, sees it fail, and says ready only with linuxproc proven by srun."""
+    if os.getuid() != 0:
+        pytest.skip("start.sh needs root")
+    if not os.path.isdir("/sys/fs/cgroup/freezer"):
+        pytest.skip("no cgroup v1 freezer here: start.sh never tries proctrack/cgroup")
+    proc = subprocess.run(["bash", ISOLATED_SH, "bash", START_SH], capture_output=True, text=True, timeout=300,
+                          env={"PATH": SLURM_PATH})
+    if proc.returncode == 2 and proc.stderr.startswith("isolated.sh:"):
+        pytest.skip(proc.stderr.strip())
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert "proctrack/cgroup failed" in proc.stderr and "falling back to proctrack/linuxproc" in proc.stderr
+    assert "proctrack/linuxproc (proven by a job step)" in proc.stdout, proc.stdout

@@ -185,8 +185,10 @@ def submit(
     walltime: str = typer.Option("24:00:00", metavar="HH:MM:SS", help="each job's walltime ([DAYS-]HH:MM:SS)"),
     account: str = typer.Option("", metavar="A", help="the account (HTCondor: accounting_group)"),
     queue: str = typer.Option("", "--queue", "--partition", metavar="Q", help="the queue or partition"),
-    signal_lead: int = typer.Option(300, metavar="SECONDS",
-                                    help="warn the daemon (SIGTERM) this long before the walltime; > --grace"),
+    signal_lead: Optional[int] = typer.Option(None, metavar="SECONDS",
+                                              help="warn the daemon (SIGTERM) this long before the walltime; > "
+                                                   "--grace (default 300, at most a quarter of the walltime, at "
+                                                   "least --grace + 20)"),
     grace: float = typer.Option(10.0, metavar="SECONDS", help="SIGTERM to SIGKILL wait for the daemon, 0 to 3600"),
     extra: List[str] = typer.Option([], "--extra", metavar="DIRECTIVE",
                                     help="a raw directive for the script (repeatable), e.g. --extra '--mem=4G'"),

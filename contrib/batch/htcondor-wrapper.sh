@@ -8,9 +8,13 @@ export PATH=/home/me/.local/bin:/usr/local/bin:/usr/bin:/bin
 ws_name=mydaemon
 ws_stop=/home/me/.local/state/watchdog-singleton/job-state/mydaemon/.batch/stop
 ws_grace=60
+ws_runs=/home/me/.local/state/watchdog-singleton/job-state/mydaemon/.batch/runs
+ws_job="${WATCHDOG_SINGLETON_BATCH_ID:-?}"
 ws_pid=
 ws_why=
 ws_say() { printf '[watchdog-singleton batch %s] %s\n' "$(date '+%Y-%m-%dT%H:%M:%S%z')" "$*"; }
+# The chain's run record, read by `status`: start TIME JOB HOST, end TIME JOB CODE WHY.
+ws_record() { printf '%s %s %s\n' "$1" "$(date +%s)" "$2" >>"$ws_runs" 2>/dev/null; }
 # SIGTERM to our supervisor: it gives the daemon SIGTERM and --grace, then SIGKILL.
 ws_term() { ws_why=$1; if [ -n "$ws_pid" ]; then kill -TERM "$ws_pid" 2>/dev/null; fi; }
 exec >>/home/me/.local/state/watchdog-singleton/login1/logs/mydaemon.stderr.log 2>&1  # appended, never truncated
@@ -29,6 +33,7 @@ ws_end=$(( $(date +%s) + 86100 ))  # walltime - lead, from the start
   done ) &
 ws_watch=$!
 ws_say "htcondor job ${WATCHDOG_SINGLETON_BATCH_ID:-?} runs $ws_name on $(hostname)"
+ws_record start "$ws_job $(hostname)"
 watchdog-singleton run --state-dir /home/me/.local/state/watchdog-singleton/login1 --lock-dir "/tmp/watchdog-singleton-$(id -u)" --log-dir /home/me/.local/state/watchdog-singleton/login1/logs --workdir /home/me/mydaemon --grace 60 --restart always mydaemon -- python3 -u daemon.py &
 ws_pid=$!
 if [ -n "$ws_why" ]; then kill -TERM "$ws_pid" 2>/dev/null; fi  # a signal came before $!
@@ -38,6 +43,7 @@ while :; do
   kill -0 "$ws_pid" 2>/dev/null || break  # a trap ended the wait, not the supervisor
 done
 ws_say "supervisor of $ws_name ended (code $ws_code${ws_why:+, after $ws_why})"
+ws_record end "$ws_job $ws_code ${ws_why:-exit}"
 kill "$ws_watch" 2>/dev/null
 if [ -e "$ws_stop" ]; then
   ws_say "stop marker $ws_stop: the chain of $ws_name ends here"

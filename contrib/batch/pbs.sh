@@ -12,9 +12,13 @@ export PATH=/home/me/.local/bin:/usr/local/bin:/usr/bin:/bin
 ws_name=mydaemon
 ws_stop=/home/me/.local/state/watchdog-singleton/job-state/mydaemon/.batch/stop
 ws_grace=60
+ws_runs=/home/me/.local/state/watchdog-singleton/job-state/mydaemon/.batch/runs
+ws_job="$PBS_JOBID"
 ws_pid=
 ws_why=
 ws_say() { printf '[watchdog-singleton batch %s] %s\n' "$(date '+%Y-%m-%dT%H:%M:%S%z')" "$*"; }
+# The chain's run record, read by `status`: start TIME JOB HOST, end TIME JOB CODE WHY.
+ws_record() { printf '%s %s %s\n' "$1" "$(date +%s)" "$2" >>"$ws_runs" 2>/dev/null; }
 # SIGTERM to our supervisor: it gives the daemon SIGTERM and --grace, then SIGKILL.
 ws_term() { ws_why=$1; if [ -n "$ws_pid" ]; then kill -TERM "$ws_pid" 2>/dev/null; fi; }
 exec >>/home/me/.local/state/watchdog-singleton/login1/logs/mydaemon.stderr.log 2>&1  # appended, never truncated
@@ -39,6 +43,7 @@ if ws_next=$(qsub -W depend=afterany:"$PBS_JOBID" /home/me/.local/state/watchdog
 else
   ws_say "qsub of the successor failed: the chain ends with this job"
 fi
+ws_record start "$ws_job $(hostname)"
 watchdog-singleton run --state-dir /home/me/.local/state/watchdog-singleton/login1 --lock-dir "/tmp/watchdog-singleton-$(id -u)" --log-dir /home/me/.local/state/watchdog-singleton/login1/logs --workdir /home/me/mydaemon --grace 60 --restart always mydaemon -- python3 -u daemon.py &
 ws_pid=$!
 if [ -n "$ws_why" ]; then kill -TERM "$ws_pid" 2>/dev/null; fi  # a signal came before $!
@@ -48,5 +53,6 @@ while :; do
   kill -0 "$ws_pid" 2>/dev/null || break  # a trap ended the wait, not the supervisor
 done
 ws_say "supervisor of $ws_name ended (code $ws_code${ws_why:+, after $ws_why})"
+ws_record end "$ws_job $ws_code ${ws_why:-exit}"
 kill "$ws_watch" 2>/dev/null
 exit "$ws_code"

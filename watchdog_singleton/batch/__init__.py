@@ -8,6 +8,8 @@ Usage::
     sched.entries(spec.job_name)            # [Entry("1234", "RUNNING", running=True)]
     sched.cancel(["1234"])
 
+The chain as a job (status, stop, start, uninstall) is in chain.py.
+
 One module per scheduler (slurm.py, pbs.py, htcondor.py). Each renders a script whose batch shell
 runs `watchdog-singleton run NAME ... -- CMD` as our supervisor in the background, waits on it
 (bash runs traps only between commands), and on the walltime warning gives it SIGTERM, so the
@@ -22,7 +24,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -32,6 +33,8 @@ from ..errors import FAILED, UserError
 JOB_PREFIX = "ws-"  # the batch job's name: ws-NAME, the same for every job of the chain
 RECORD = "submission.json"
 STOP = "stop"
+RUNS = "runs"  # one line per start and end of a job of the chain, appended by the scripts (chain.read_runs)
+DEFAULT_LEAD = 300  # --signal-lead for a long walltime; shorter ones get default_lead()
 RERUN_CODE = 75  # EX_TEMPFAIL: the wrapper ended for a reason the next job of the chain fixes
 LOCK_DIR_EXPR = '"/tmp/watchdog-singleton-$(id -u)"'  # node-local; literal /tmp, not a shared $TMPDIR
 
@@ -85,14 +88,23 @@ class Spec:
     def stop_marker(self) -> str:
         return os.path.join(self.folder, STOP)
 
+    @property
+    def runs_log(self) -> str:
+        return os.path.join(self.folder, RUNS)
+
 
 @dataclass
 class Entry:
-    """One queue entry of a chain: the scheduler's id and state word, and whether it runs now."""
+    """One queue entry of a chain: the scheduler's id and state word, whether it runs now, and the
+    scheduler's reason when it waits (Slurm's `ReqNodeNotAvail`, `BeginTime`, ...; "" if none)."""
 
     id: str
     state: str
     running: bool
+    reason: str = ""
+
+    def word(self) -> str:
+        return f"{self.state} ({self.reason})" if self.reason else self.state
 
 
 class Scheduler:
@@ -179,8 +191,9 @@ def cluster_words(spec: Spec) -> list[str]:
             *(["--rotate"] if spec.rotate else [])]
 
 
-def prologue(spec: Spec, title: str) -> str:
-    """Variables, the log line helper and the trap helper."""
+def prologue(spec: Spec, title: str, job_id: str) -> str:
+    """Variables, the log line helper, the run record helper and the trap helper; `job_id` is the
+    shell expression of this job's id in the scheduler."""
     exports = "".join(f"export {key}={q(value)}\n" for key, value in sorted(spec.env.items()))
     return (
         f"# {title}\n"
@@ -192,9 +205,13 @@ def prologue(spec: Spec, title: str) -> str:
         f"ws_name={q(spec.name)}\n"
         f"ws_stop={q(spec.stop_marker)}\n"
         f"ws_grace={spec.grace:g}\n"
+        f"ws_runs={q(spec.runs_log)}\n"
+        f"ws_job={job_id}\n"
         "ws_pid=\n"
         "ws_why=\n"
         "ws_say() { printf '[watchdog-singleton batch %s] %s\\n' \"$(date '+%Y-%m-%dT%H:%M:%S%z')\" \"$*\"; }\n"
+        "# The chain's run record, read by `status`: start TIME JOB HOST, end TIME JOB CODE WHY.\n"
+        "ws_record() { printf '%s %s %s\\n' \"$1\" \"$(date +%s)\" \"$2\" >>\"$ws_runs\" 2>/dev/null; }\n"
         "# SIGTERM to our supervisor: it gives the daemon SIGTERM and --grace, then SIGKILL.\n"
         "ws_term() { ws_why=$1; if [ -n \"$ws_pid\" ]; then kill -TERM \"$ws_pid\" 2>/dev/null; fi; }\n"
     )
@@ -210,6 +227,7 @@ def stop_check(code: int = 0) -> str:
 def supervise(spec: Spec) -> str:
     """Start the supervisor in the background and wait for it, re-waiting after each trap."""
     return (
+        "ws_record start \"$ws_job $(hostname)\"\n"
         f"{run_line(spec)} &\n"
         "ws_pid=$!\n"
         "if [ -n \"$ws_why\" ]; then kill -TERM \"$ws_pid\" 2>/dev/null; fi  # a signal came before $!\n"
@@ -219,6 +237,7 @@ def supervise(spec: Spec) -> str:
         "  kill -0 \"$ws_pid\" 2>/dev/null || break  # a trap ended the wait, not the supervisor\n"
         "done\n"
         "ws_say \"supervisor of $ws_name ended (code $ws_code${ws_why:+, after $ws_why})\"\n"
+        "ws_record end \"$ws_job $ws_code ${ws_why:-exit}\"\n"
     )
 
 
@@ -255,6 +274,12 @@ def parse_walltime(text: str) -> int:
     return total
 
 
+def default_lead(walltime: int, grace: float) -> int:
+    """--signal-lead when none is given: 300 s, but no more than a quarter of the walltime, and at
+    least the daemon's grace + 20 s (so a 2-minute walltime gets a 30-second warning)."""
+    return min(DEFAULT_LEAD, max(walltime // 4, int(grace) + 20))
+
+
 def hms(seconds: int) -> str:
     return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -289,72 +314,6 @@ def spec_of(record: dict[str, Any]) -> Spec:
                 signal_lead=int(record["signal_lead"]), grace=float(record["grace"]),
                 cluster=str(record.get("cluster", "")), lease=float(record.get("lease", 60.0)),
                 standby=bool(record.get("standby", False)), rotate=bool(record.get("rotate", False)))
-
-
-def describe(root: str, name: str, record: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
-    """status's `batch` field from NAME's submission record (load_record): the scheduler, the
-    chain's queue entries and a one-word state."""
-    if record is None:
-        return None
-    info: dict[str, Any] = {"scheduler": record.get("scheduler"), "script": record.get("script"),
-                            "submitted": record.get("jobs", []), "submitted_at": record.get("submitted_at"),
-                            "command": record.get("command"), "stdout_log": record.get("stdout_log"),
-                            "stderr_log": record.get("stderr_log"),
-                            "stopped": os.path.exists(os.path.join(paths.batch_dir(root, name), STOP)),
-                            "jobs": [], "state": "unknown", "running": False, "error": None}
-    try:
-        entries = get(str(record.get("scheduler"))).entries(JOB_PREFIX + name)
-    except UserError as exc:
-        info["error"] = str(exc)
-        return info
-    info["jobs"] = [{"id": e.id, "state": e.state, "running": e.running} for e in entries]
-    info["running"] = any(e.running for e in entries)
-    info["state"] = ("running" if info["running"] else "queued" if entries else
-                     "stopped" if info["stopped"] else "not queued")
-    return info
-
-
-def stop_chain(root: str, name: str, say: Any, poll: float = 1.0) -> int:
-    """End NAME's chain for good: the stop marker first (no script requeues, resubmits or reruns
-    after it), then cancel what waits, ask what runs to stop gracefully, and return once nothing of
-    the chain is left in the queue (cancelling outright what outlives grace + 60 s)."""
-    record = load_record(root, name)
-    if record is None:
-        raise UserError(f"no such batch job: {name}", FAILED)
-    spec = spec_of(record)
-    sched = get(str(record["scheduler"]))
-    missing = sched.missing_tools()
-    if missing:
-        raise UserError(f"stop {name}: {', '.join(missing)} not found on PATH", FAILED)
-    files.ensure_dir(spec.folder)
-    files.write_atomic(spec.stop_marker, b"stop\n")
-    asked: set[str] = set()
-    cancelled: set[str] = set()
-    deadline = time.monotonic() + spec.grace + 60.0
-    while True:
-        entries = sched.entries(spec.job_name)
-        if not entries:
-            break
-        waiting = [e.id for e in entries if not e.running and e.id not in cancelled]
-        if waiting:
-            sched.cancel(waiting)
-            cancelled.update(waiting)
-        for entry in entries:
-            if entry.running and entry.id not in asked:
-                sched.ask_stop(entry, spec)
-                asked.add(entry.id)
-        if time.monotonic() > deadline:
-            sched.cancel([e.id for e in entries])
-            deadline = time.monotonic() + 30.0
-        time.sleep(poll)
-    said = []
-    if asked:
-        said.append(f"stopped {sched.name} job {', '.join(sorted(asked))} gracefully")
-    if cancelled:
-        said.append(f"cancelled {', '.join(sorted(cancelled))}")
-    say(f"stopped the {sched.name} chain of {name}" + (": " + "; ".join(said) if said else
-                                                       " (nothing was queued)") + "; nothing of it is queued")
-    return 0
 
 
 # ---- the templates in contrib/batch ---------------------------------------------------------------

@@ -65,7 +65,8 @@ class HTCondor(Scheduler):
         lines.append("queue 1")
         wrapper = (
             "#!/bin/bash\n"
-            + prologue(spec, f"HTCondor wrapper of {spec.name}: exit 0 ends the chain, {RERUN_CODE} reruns it.")
+            + prologue(spec, f"HTCondor wrapper of {spec.name}: exit 0 ends the chain, {RERUN_CODE} reruns it.",
+                       '"${WATCHDOG_SINGLETON_BATCH_ID:-?}"')
             + f"exec >>{q(spec.stderr_log)} 2>&1  # appended, never truncated\n"
             + "trap 'ws_say \"walltime in {lead}s: stopping $ws_name (grace ${{ws_grace}}s)\"; ws_term walltime' USR1\n"
               .format(lead=spec.signal_lead)

@@ -40,7 +40,7 @@ class PBS(Scheduler):
         head = "#!/bin/bash\n" + "".join(f"#PBS {d}\n" for d in directives + list(spec.extra))
         body = (
             prologue(spec, f"Keeps {spec.name} alive through PBS: each job submits its successor at its start "
-                           "(afterany), a timer warns before the walltime.")
+                           "(afterany), a timer warns before the walltime.", '"$PBS_JOBID"')
             + f"exec >>{q(spec.stderr_log)} 2>&1  # appended, never truncated\n"
             + "trap 'ws_say \"walltime in {lead}s: stopping $ws_name (grace ${{ws_grace}}s)\"; ws_term walltime' USR1\n"
               .format(lead=spec.signal_lead)

@@ -10,6 +10,8 @@
 - `stop`: the stop marker, `scancel` of pending entries, and `scancel --batch --signal=TERM` of the
   running one: only the batch shell gets SIGTERM, which it passes to the supervisor, so the daemon
   gets its whole grace (a plain scancel gives it Slurm's KillWait) and nothing requeues.
+- A SIGTERM without the stop marker is Slurm's (a hand `scontrol requeue`, `scancel`, preemption):
+  the daemon gets its grace and the log says so, not "for good": a requeued job runs again.
 """
 
 from __future__ import annotations
@@ -42,10 +44,19 @@ class Slurm(Scheduler):
         head = "#!/bin/bash\n" + "".join(f"#SBATCH {d}\n" for d in directives + list(spec.extra))
         body = (
             prologue(spec, f"Keeps {spec.name} alive through Slurm: singleton dependency, USR1 before the walltime, "
-                           "self-requeue.")
+                           "self-requeue.", '"$SLURM_JOB_ID"')
             + "trap 'ws_say \"USR1: the walltime is near: stopping $ws_name (grace ${ws_grace}s), then requeueing\"; "
               "ws_term requeue' USR1\n"
-            + "trap 'ws_say \"SIGTERM: stopping $ws_name for good\"; ws_term stop' TERM\n"
+            + "# The stop marker says a SIGTERM is `stop`'s; without it, Slurm's own (the job may run again).\n"
+              "ws_on_term() {\n"
+              "  if [ -e \"$ws_stop\" ]; then\n"
+              "    ws_say \"SIGTERM after the stop marker: stopping $ws_name for good\"; ws_term stop\n"
+              "  else\n"
+              "    ws_say \"SIGTERM from Slurm (requeue, scancel, preemption, time limit): stopping $ws_name \"\\\n"
+              "\"(grace ${ws_grace}s); a requeued job runs again\"; ws_term term\n"
+              "  fi\n"
+              "}\n"
+              "trap ws_on_term TERM\n"
             + stop_check()
             + "ws_say \"slurm job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) runs $ws_name on $(hostname)\"\n"
             + supervise(spec)
@@ -68,12 +79,15 @@ class Slurm(Scheduler):
     def entries(self, job_name: str) -> list[Entry]:
         import getpass
 
-        out = tool(["squeue", "-h", "-u", getpass.getuser(), "-n", job_name, "-o", "%i %T"], "squeue")
+        out = tool(["squeue", "-h", "-u", getpass.getuser(), "-n", job_name, "-o", "%i %T %r"], "squeue")
         found = []
         for line in out.splitlines():
-            parts = line.split()
+            parts = line.split(None, 2)
             if len(parts) >= 2:
-                found.append(Entry(parts[0], parts[1], parts[1] in RUNNING))
+                reason = parts[2].strip() if len(parts) == 3 else ""
+                running = parts[1] in RUNNING
+                found.append(Entry(parts[0], parts[1], running,
+                                   "" if running or reason in ("None", "(null)") else reason))
         return found
 
     def cancel(self, ids: list[str]) -> None:

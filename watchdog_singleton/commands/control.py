@@ -16,11 +16,19 @@ def _set_enabled(ctx: Context, job: Job, on: bool) -> None:
         editor.set_entry(job.name, ctx.cron_line(job))
 
 
-def stop(name: str, ctx: Context, echo: Echo) -> int:
-    from ..batch import load_record, stop_chain
+def _chain(ctx: Context, name: str) -> bool:
+    """NAME is a submitted batch chain (and no installed job): the scheduler runs it, not cron."""
+    from ..batch import load_record
 
-    if ctx.jobs.load(check_name(name)) is None and load_record(ctx.root, name) is not None:
-        return stop_chain(ctx.root, name, echo)  # a submitted batch chain: the scheduler ends it
+    return ctx.jobs.load(check_name(name)) is None and load_record(ctx.root, name) is not None
+
+
+def stop(name: str, ctx: Context, echo: Echo) -> int:
+    if _chain(ctx, name):
+        from ..batch.chain import stop_chain
+
+        echo(stop_chain(ctx.root, name))  # the scheduler ends it; it shows as stopped until uninstalled
+        return OK
     job, state = ctx.known(name)
     if job is not None:
         job.enabled = False
@@ -40,6 +48,11 @@ def stop(name: str, ctx: Context, echo: Echo) -> int:
 
 
 def start(name: str, ctx: Context, echo: Echo) -> int:
+    if _chain(ctx, name):
+        from ..batch.chain import start_chain
+
+        echo(start_chain(ctx.root, name))  # its script, submitted again
+        return OK
     job = ctx.jobs.load(name)
     if job is None:
         raise UserError(f"no such job: {name} (install it first)", NO_SUCH_JOB)
@@ -49,6 +62,12 @@ def start(name: str, ctx: Context, echo: Echo) -> int:
 
 
 def restart(name: str, ctx: Context, echo: Echo) -> int:
+    if _chain(ctx, name):
+        from ..batch.chain import start_chain, stop_chain
+
+        echo(stop_chain(ctx.root, name))
+        echo(start_chain(ctx.root, name))
+        return OK
     job = ctx.jobs.load(name)
     if job is None:
         raise UserError(f"no such job: {name} (install it first)", NO_SUCH_JOB)

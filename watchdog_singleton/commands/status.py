@@ -148,6 +148,7 @@ def _next_due(job: Optional[Job], state: Optional[RunState], supervisor: bool) -
 
 def collect(ctx: Context, names: list[str], host: HostView) -> list[dict[str, Any]]:
     from .. import batch
+    from ..batch import chain
 
     view: Optional[ClusterView] = None
     infos = []
@@ -155,12 +156,12 @@ def collect(ctx: Context, names: list[str], host: HostView) -> list[dict[str, An
         for n in names:
             job, (state, state_error) = ctx.jobs.load(n), _load_state(ctx, n)
             info = describe(n, job, state, host, state_error, ctx.states.folder.folder)
-            # A submitted batch chain: its queue entries beside the run state its supervisor writes.
+            # A submitted batch chain: its queue entries and its runs (the scripts' run record) beside
+            # the run state its supervisor writes while one job runs.
             record = batch.load_record(ctx.root, n)
-            info["batch"] = batch.describe(ctx.root, n, record)
-            for key in ("command", "stdout_log", "stderr_log"):
-                if info["batch"] and not info[key]:
-                    info[key] = info["batch"][key]
+            info["batch"] = chain.describe(ctx.root, n, record, state)
+            if info["batch"]:
+                _merge_chain(info, info["batch"])
             settings = _cluster_settings(job, record)
             if settings is None:
                 info["cluster"] = None
@@ -190,6 +191,19 @@ def _state_names(ctx: Context) -> tuple[list[str], str]:
         return ctx.states.names(), ""
     except Unreadable as exc:
         return [], str(exc)
+
+
+def _merge_chain(info: dict[str, Any], b: dict[str, Any]) -> None:
+    """A chain is one job across the jobs of its scheduler: its state, runs, restarts and last exit
+    are the chain's (the supervisor's row covers only the job that runs now)."""
+    for key in ("command", "stdout_log", "stderr_log"):
+        if not info[key]:
+            info[key] = b[key]
+    info["phase"] = b["state"]
+    info["running"] = bool(info["running"] or b["running"])
+    info["started_at"] = info["started_at"] or b.get("started_at")
+    info["runs"], info["restarts"] = b["runs"], b["restarts"]
+    info["last_exit_code"], info["last_exit_at"] = b["last_exit_code"], b["last_exit_at"]
 
 
 def _runs_elsewhere(info: dict[str, Any]) -> bool:
@@ -252,18 +266,22 @@ def _submitted(ctx: Context, name: str) -> bool:
 
 
 def _batch_word(info: dict[str, Any]) -> str:
-    """The STATE suffix of a batch chain: [slurm 123 RUNNING, 124 PENDING], or why it is unknown."""
+    """The STATE of a batch chain: `running [slurm 123 RUNNING, 124 PENDING (Dependency)]`,
+    `waiting [slurm 123 PENDING (BeginTime)]`, `stopped [slurm]` (until uninstalled), `dead [slurm:
+    nothing queued]` (cancelled by hand), or why the queue is unknown."""
     b = info["batch"]
     if b["error"]:
-        return f" [{b['scheduler']}: {b['error']}]"
-    jobs = ", ".join(f"{j['id']} {j['state']}" for j in b["jobs"])
-    return f" [{b['scheduler']} {jobs or b['state']}]"
+        return f"unknown [{b['scheduler']}: {b['error']}]"
+    jobs = ", ".join(f"{j['id']} {j['state']}" + (f" ({j['reason']})" if j.get("reason") else "")
+                     for j in b["jobs"])
+    if b["state"] == "dead":
+        return f"dead [{b['scheduler']}: nothing queued]"
+    return f"{b['state']} [{b['scheduler']}{' ' + jobs if jobs else ''}]"
 
 
 def _state_word(info: dict[str, Any]) -> str:
     if info.get("batch"):
-        word = "running" if info["running"] else str(info["phase"])
-        return word + _batch_word(info)
+        return _batch_word(info)
     """The STATE column: what runs, and whether cron would keep it so (no line, a line that is off)."""
     off = info["installed"] and not info["enabled"]
     if info["running"]:
@@ -325,6 +343,8 @@ def table(infos: list[dict[str, Any]]) -> str:
         else:
             adhoc = f"(batch: {i['batch']['scheduler']})" if i.get("batch") else "(ad hoc)"
             counts, last, schedule = str(i["restarts"]), exit_word(i["last_exit_code"]), i["schedule"] or adhoc
+            if i.get("batch"):
+                counts += f" ({i['runs']} run{'' if i['runs'] == 1 else 's'})"  # the chain's jobs that ran
         command = i["command"] or (i["batch"] and i["batch"]["command"]) or []
         word = _state_word(i)
         if i.get("cluster") and i["cluster"].get("supervisor"):

@@ -25,7 +25,7 @@ class SubmitRequest:
     walltime: str = "24:00:00"
     account: str = ""
     queue: str = ""
-    signal_lead: int = 300
+    signal_lead: Optional[int] = None  # None: batch.default_lead (300 s, less for a short walltime)
     grace: float = 10.0
     extra: list[str] = field(default_factory=list)
     dry_run: bool = False
@@ -48,14 +48,19 @@ def build_spec(req: SubmitRequest, ctx: Context) -> tuple[batch.Scheduler, batch
     sched = batch.get(req.scheduler)
     walltime = batch.parse_walltime(req.walltime)
     check_limit("--grace", req.grace)
-    if req.signal_lead <= 0 or req.signal_lead >= walltime:
-        raise UserError(f"--signal-lead {req.signal_lead}: must be more than 0 and less than the walltime "
-                        f"({walltime} s)")
-    if req.signal_lead <= req.grace:
-        raise UserError(f"--signal-lead {req.signal_lead}: must be longer than --grace ({req.grace:g} s), or the "
+    lead = req.signal_lead
+    if lead is None:
+        lead = batch.default_lead(walltime, req.grace)
+        if lead >= walltime:
+            raise UserError(f"--walltime {req.walltime}: too short to warn the daemon before its end (it needs "
+                            f"more than --grace {req.grace:g} s + 20 s); give a longer walltime or a smaller --grace")
+    if lead <= 0 or lead >= walltime:
+        raise UserError(f"--signal-lead {lead}: must be more than 0 and less than the walltime ({walltime} s)")
+    if lead <= req.grace:
+        raise UserError(f"--signal-lead {lead}: must be longer than --grace ({req.grace:g} s), or the "
                         "walltime kill comes before the daemon's grace is over")
-    if sched.name == "slurm" and req.signal_lead > MAX_SLURM_LEAD:
-        raise UserError(f"--signal-lead {req.signal_lead}: Slurm takes at most {MAX_SLURM_LEAD}")
+    if sched.name == "slurm" and lead > MAX_SLURM_LEAD:
+        raise UserError(f"--signal-lead {lead}: Slurm takes at most {MAX_SLURM_LEAD}")
     for directive in req.extra:
         if "\n" in directive or "\r" in directive:
             raise UserError(f"--extra {directive!r} holds a newline")
@@ -74,7 +79,7 @@ def build_spec(req: SubmitRequest, ctx: Context) -> tuple[batch.Scheduler, batch
     command = resolve_command(req.command, workdir, os.environ.get("PATH"))
     extra = [f"{d}" for d in req.extra]
     spec = batch.Spec(name=req.name, command=command, workdir=workdir, root=ctx.root, runner=runner(ctx.python),
-                      walltime=walltime, signal_lead=req.signal_lead, grace=req.grace, account=req.account,
+                      walltime=walltime, signal_lead=lead, grace=req.grace, account=req.account,
                       queue=req.queue, extra=extra, env=snapshot_env(dict(os.environ)), cluster=cluster,
                       lease=lease, standby=req.standby, rotate=req.rotate)
     return sched, spec

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from .. import paths
 from ..errors import FAILED, NO_SUCH_JOB, OK, UserError
@@ -35,6 +35,12 @@ def uninstall(name: str, ctx: Context, echo: Echo, keep_running: bool = False, p
     if purge_files and keep_running:
         raise UserError("--purge removes what a running copy uses: not with --keep-running")
     job, state = ctx.jobs.load(name), ctx.states.load(name)
+    if job is None:
+        from ..batch import load_record
+
+        record = load_record(ctx.root, name)
+        if record is not None:
+            return _uninstall_chain(name, record, ctx, echo, keep_running, purge_files)
     editor = ctx.editor()
     try:
         has_line: Optional[bool] = name in editor.entries()
@@ -65,5 +71,25 @@ def uninstall(name: str, ctx: Context, echo: Echo, keep_running: bool = False, p
         except UserError as exc:
             raise UserError(f"{done}, but its crontab line is still there (it does nothing now): {exc}",
                             FAILED) from None
+    echo(done)
+    return OK
+
+
+def _uninstall_chain(name: str, record: dict[str, Any], ctx: Context, echo: Echo, keep_running: bool,
+                     purge_files: bool) -> int:
+    """A submitted batch chain: cancel it (nothing of it queued), then remove its batch folder and
+    run state; --purge also its checkpoint folder and logs. It has no crontab line."""
+    from ..batch.chain import remove_chain
+
+    if keep_running:
+        raise UserError(f"--keep-running: {name} is a {record.get('scheduler')} chain, which only the scheduler "
+                        "runs: uninstall cancels it (or leave it submitted)")
+    stopped = remove_chain(ctx.root, name)
+    ctx.states.delete(name)
+    done = f"uninstalled {name}: {stopped}"
+    if purge_files:
+        logs = sorted({str(p) for p in (record.get("stdout_log"), record.get("stderr_log")) if p})
+        removed = purge(name, ctx, logs)
+        done += f"; removed its state folder and logs ({len(removed)} paths)" if removed else ""
     echo(done)
     return OK

@@ -1,9 +1,12 @@
 #!/usr/bin/python3
-"""Recording stand-ins for qsub, qstat, qdel, condor_submit, condor_q and condor_rm (tests only).
+"""Recording stand-ins for sbatch, squeue, scancel, scontrol, qsub, qstat, qdel, condor_submit, condor_q
+and condor_rm (tests only).
 
 Called through symlinks named after the tool. Every call appends its argv as one JSON line to
 $FAKE_BATCH_DIR/calls.jsonl; the queue lives in $FAKE_BATCH_DIR/queue.json. Answers look like the
-real tools' output that watchdog_singleton.batch reads.
+real tools' output that watchdog_singleton.batch reads. A job's state is what the test sets
+(tests/test_batch.py: set_state); `scancel --batch --signal=TERM` and `scontrol requeue` only
+record, as the real ones only signal the running job.
 """
 
 import fcntl
@@ -57,7 +60,24 @@ def main() -> None:
         for job in locked(lambda q: q["jobs"]):
             print(f"Job Id: {job['id']}\n    Job_Name = {job['name']}\n    Job_Owner = {job['owner']}@fakehost\n"
                   f"    job_state = {job['state']}\n    queue = workq\n")
-    elif tool == "qdel" or tool == "condor_rm":
+    elif tool == "sbatch":
+        script = args[-1]
+
+        def add_slurm(queue: dict[str, Any]) -> str:
+            queue["next"] += 1
+            job_id = str(queue["next"])
+            queue["jobs"].append({"id": job_id, "name": directive(script, r"#SBATCH --job-name=(\S+)"),
+                                  "state": "PENDING", "reason": "Priority", "owner": getpass.getuser()})
+            return job_id
+        print(locked(add_slurm))
+    elif tool == "squeue":
+        wanted = args[args.index("-n") + 1]
+        for job in locked(lambda q: q["jobs"]):
+            if job["name"] == wanted:
+                print(job["id"], job["state"], job.get("reason") or "None")
+    elif tool == "scancel" and "--batch" in args or tool == "scontrol":
+        pass
+    elif tool in ("qdel", "condor_rm", "scancel"):
         locked(lambda q: q.__setitem__("jobs", [j for j in q["jobs"] if j["id"] not in args]))
     elif tool == "condor_submit":
         script = args[-1]
