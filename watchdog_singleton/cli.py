@@ -289,6 +289,8 @@ def import_(
 def apply(
     file: str = typer.Argument(..., metavar="FILE", help="the TOML file: [defaults] and [jobs.NAME] tables"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and change nothing"),
+    allow_empty: bool = typer.Option(False, "--allow-empty",
+                                     help="apply a file that defines no job (removes every job it created)"),
 ) -> None:
     """Install, update and remove jobs so that this host runs what FILE lists.
 
@@ -302,18 +304,27 @@ def apply(
     """
     from .commands.apply import apply as do_apply
 
-    _call(lambda: do_apply(file, _context(), _echo, _warn, dry_run))
+    _call(lambda: do_apply(file, _context(), _echo, _warn, dry_run, allow_empty=allow_empty))
 
 
 @app.command(short_help="Write the jobs (all, or NAME...) as a TOML file for apply.",
-             epilog=_example("export > jobs.toml", "export web sync"))
+             epilog=_example("export > jobs.toml", "export web sync", "export --into jobs.toml"))
 def export(
     names: List[str] = typer.Argument(None, metavar="[NAME...]", help="these jobs only (default: every job)"),
+    into: Optional[str] = typer.Option(None, "--into", metavar="FILE",
+                                       help="update FILE in place: keep its comments, order, [defaults] and "
+                                            "paths; add missing jobs, drop tables of jobs no longer installed"),
 ) -> None:
-    """Print the jobs of this host (all, or NAME...) as a TOML file; apply of it changes nothing."""
+    """Print the jobs of this host (all, or NAME...) as a TOML file; apply of it changes nothing.
+
+    Keys equal to the defaults are left out, and so are PATH, LANG and the other variables
+    install takes from the shell when this shell has the same value. With --into FILE, a job
+    whose table already gives it back is left as written, a changed job has only its changed
+    keys rewritten, a new job is appended; exporting every job also removes the tables of jobs
+    no longer installed here (with NAME..., only those jobs are touched)."""
     from .commands.export import export as do_export
 
-    _call(lambda: do_export(list(names or []), _context(), _echo))
+    _call(lambda: do_export(list(names or []), _context(), _echo, into, _warn))
 
 
 lease_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
