@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 import typer
 
+from . import completion
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -80,14 +81,33 @@ def _example(*lines: str) -> str:
     return EXAMPLE + "\n".join(f"  watchdog-singleton {line}" for line in lines)
 
 
-NAME = typer.Argument(..., metavar="NAME", help="the job's name: letters, digits, _ . @ + -")
+NAME = typer.Argument(..., metavar="NAME", help="the job's name: letters, digits, _ . @ + -",
+                      autocompletion=completion.known_job)
+INSTALLED_NAME = typer.Argument(..., metavar="NAME", help="the job's name: letters, digits, _ . @ + -",
+                                autocompletion=completion.installed_job)
+
+
+def _completion_item(value: str, help: Optional[str] = None) -> Any:
+    try:  # typer >= 0.20 carries its own copy of click
+        from typer._click.shell_completion import CompletionItem
+    except ImportError:
+        from click.shell_completion import CompletionItem  # type: ignore[no-redef]
+    return CompletionItem(value, help=help)
+
+
+class _RunCommand(typer.core.TyperCommand):
+    """run parses its own arguments (runargs), so it completes them itself: NAME, then options."""
+
+    def shell_complete(self, ctx: Any, incomplete: str) -> List[Any]:
+        items = completion.run_words(list(ctx.args), incomplete)
+        return [_completion_item(*item) if isinstance(item, tuple) else _completion_item(item) for item in items]
 
 
 @app.command(short_help="Install NAME: keep one copy of COMMAND running.",
              epilog=_example("install web -- python3 -u server.py --port 8080",
                              "install sync --schedule '*/5 * * * *' --restart never -- ./sync.sh"))
 def install(
-    name: str = NAME,
+    name: str = INSTALLED_NAME,
     command: List[str] = typer.Argument(None, metavar="-- COMMAND [ARG...]",
                                         help="the program and its arguments, after --"),
     schedule: str = typer.Option("* * * * *", metavar="EXPR",
@@ -162,7 +182,7 @@ def install(
     _call(lambda: do_install(req, _context(), _echo, _warn))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+@app.command(cls=_RunCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              add_help_option=False, options_metavar="[OPTIONS]", short_help="What cron calls: run NAME under its lock.",
              epilog=_example("run nightly-sync -- ./sync.sh", "run web --detach -- python3 -u server.py"))
 def run(ctx: typer.Context) -> None:
@@ -179,7 +199,8 @@ def submit(
     name: str = NAME,
     command: List[str] = typer.Argument(None, metavar="-- COMMAND [ARG...]",
                                         help="the program and its arguments, after --"),
-    scheduler: str = typer.Option(..., metavar="slurm|pbs|htcondor", help="the batch system"),
+    scheduler: str = typer.Option(..., metavar="slurm|pbs|htcondor", help="the batch system",
+                                  autocompletion=completion.schedulers),
     walltime: str = typer.Option("24:00:00", metavar="HH:MM:SS", help="each job's walltime ([DAYS-]HH:MM:SS)"),
     account: str = typer.Option("", metavar="A", help="the account (HTCondor: accounting_group)"),
     queue: str = typer.Option("", "--queue", "--partition", metavar="Q", help="the queue or partition"),
@@ -212,7 +233,8 @@ def submit(
 
 @app.command(short_help="Show every job on this host, or NAME.", epilog=_example("status", "status web --json"))
 def status(
-    name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="one job (default: every job)"),
+    name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="one job (default: every job)",
+                                         autocompletion=completion.known_job),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     history: bool = typer.Option(False, "--history", help="a periodic job's last runs (with NAME)"),
 ) -> None:
@@ -310,7 +332,8 @@ def apply(
 @app.command(short_help="Write the jobs (all, or NAME...) as a TOML file for apply.",
              epilog=_example("export > jobs.toml", "export web sync", "export --into jobs.toml"))
 def export(
-    names: List[str] = typer.Argument(None, metavar="[NAME...]", help="these jobs only (default: every job)"),
+    names: List[str] = typer.Argument(None, metavar="[NAME...]", help="these jobs only (default: every job)",
+                                      autocompletion=completion.export_names),
     into: Optional[str] = typer.Option(None, "--into", metavar="FILE",
                                        help="update FILE in place: keep its comments, order, [defaults] and "
                                             "paths; add missing jobs, drop tables of jobs no longer installed"),
@@ -336,7 +359,7 @@ CLUSTER = typer.Option(None, "--cluster", metavar="URL",
 
 @lease_app.command("check", epilog=_example("lease check ingest --token 42 && write-the-batch"))
 def lease_check(
-    name: str = NAME,
+    name: str = INSTALLED_NAME,
     token: int = typer.Option(..., "--token", metavar="N", help="the fencing token the daemon was given"),
     cluster: Optional[str] = CLUSTER,
 ) -> None:
@@ -348,7 +371,7 @@ def lease_check(
 
 @lease_app.command("status", epilog=_example("lease status ingest --json"))
 def lease_status(
-    name: str = NAME,
+    name: str = INSTALLED_NAME,
     cluster: Optional[str] = CLUSTER,
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
@@ -366,6 +389,10 @@ class _FarmGroup(typer.core.TyperGroup):
             args = ["run", *args]
         return list(super().parse_args(ctx, args))
 
+    def shell_complete(self, ctx: Any, incomplete: str) -> List[Any]:
+        words = [_completion_item(word) for word in completion.farm_words(incomplete)]
+        return list(super().shell_complete(ctx, incomplete)) + words
+
 
 farm_app = typer.Typer(cls=_FarmGroup, no_args_is_help=True, rich_markup_mode=None,
                        help="Run a task list, each task exactly once, over N workers (see 'farm run --help').",
@@ -373,7 +400,8 @@ farm_app = typer.Typer(cls=_FarmGroup, no_args_is_help=True, rich_markup_mode=No
                                        "farm trace tasks.txt"))
 app.add_typer(farm_app, name="farm")
 WORKDIR_OR_LIST = typer.Argument(None, metavar="[WORKDIR|TASKLIST]",
-                                 help="the work folder, or the task list whose LIST.farm folder is meant (default .)")
+                                 help="the work folder, or the task list whose LIST.farm folder is meant (default .)",
+                                 autocompletion=completion.farm_targets)
 DB = typer.Option(None, "--db", metavar="URL", help="the store: postgresql://... or a SQLite file "
                                                     "(default WORKDIR/farm.sqlite)")
 
@@ -381,7 +409,8 @@ DB = typer.Option(None, "--db", metavar="URL", help="the store: postgresql://...
 @farm_app.command("run", epilog=_example("farm tasks.txt --workers 8 --task-timeout 3600 --retries 2",
                                          "farm tasks.txt --timeout 85000   # a 24 h batch job: requeue on exit 75"))
 def farm_run(
-    tasklist: str = typer.Argument(..., metavar="TASKLIST", help="one command per line; # comments"),
+    tasklist: str = typer.Argument(..., metavar="TASKLIST", help="one command per line; # comments",
+                                   autocompletion=completion.tasklists),
     workers: int = typer.Option(4, "--workers", "-n", metavar="N", help="tasks at once, 1 to 4096"),
     workdir: Optional[str] = typer.Option(None, metavar="DIR",
                                           help="database, logs/<id>.log, timeline (default TASKLIST.farm)"),
