@@ -231,17 +231,65 @@ def submit(
     _call(lambda: do_submit(req, _context(), _echo, _warn))
 
 
-@app.command(short_help="Show every job on this host, or NAME.", epilog=_example("status", "status web --json"))
+class _WatchCommand(typer.core.TyperCommand):
+    """`--watch SECONDS` and `--watch=SECONDS` are `--watch --interval SECONDS`: the interval is
+    optional, which click's options cannot say. (A job named like a number: `status 5 --watch`.)"""
+
+    def parse_args(self, ctx: Any, args: List[str]) -> List[str]:
+        out: List[str] = []
+        words = list(args)
+        while words:
+            word = words.pop(0)
+            if word == "--":
+                out += [word, *words]
+                break
+            if word.startswith("--watch="):
+                out += ["--watch", "--interval", word.partition("=")[2]]
+            elif word == "--watch" and words and _is_number(words[0]):
+                out += ["--watch", "--interval", words.pop(0)]
+            else:
+                out.append(word)
+        return list(super().parse_args(ctx, out))
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+WATCH = typer.Option(False, "--watch", help="[SECONDS] show it again every SECONDS (default 2) until Ctrl-C: "
+                                            "redrawn in place on a terminal, one after another elsewhere")
+INTERVAL = typer.Option(2.0, "--interval", metavar="SECONDS", hidden=True)
+COUNT = typer.Option(0, "--count", metavar="N", help="with --watch: stop after N views (for scripts)")
+
+
+def _watched(render: Callable[[Callable[[str], None]], int], watch: bool, interval: float, count: int) -> int:
+    if not watch:
+        return render(_echo)
+    from .commands.watch import watch as do_watch
+
+    return do_watch(render, interval, count, _echo)
+
+
+@app.command(cls=_WatchCommand, short_help="Show every job on this host, or NAME.",
+             epilog=_example("status", "status web --json", "status --watch 5"))
 def status(
     name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="one job (default: every job)",
                                          autocompletion=completion.known_job),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     history: bool = typer.Option(False, "--history", help="a periodic job's last runs (with NAME)"),
+    watch: bool = WATCH,
+    interval: float = INTERVAL,
+    count: int = COUNT,
 ) -> None:
     """Show every job on this host, or NAME: exit 0 running, 3 not running, 4 no such job."""
     from .commands.status import status as do_status
 
-    _call(lambda: do_status(_context(), _echo, name, as_json, history))
+    _call(lambda: _watched(lambda echo: do_status(_context(), echo, name, as_json, history), watch, interval,
+                           count))
 
 
 @app.command(epilog=_example("logs web -n 50", "logs web --stderr -f"))
@@ -435,16 +483,21 @@ def farm_run(
     _call(lambda: do_run(req, _echo, _warn))
 
 
-@farm_app.command("status", epilog=_example("farm status tasks.txt", "farm status tasks.txt.farm --json"))
+@farm_app.command("status", cls=_WatchCommand,
+                  epilog=_example("farm status tasks.txt", "farm status tasks.txt.farm --json",
+                                  "farm status tasks.txt --watch"))
 def farm_status(
     target: Optional[str] = WORKDIR_OR_LIST,
     db: Optional[str] = DB,
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    watch: bool = WATCH,
+    interval: float = INTERVAL,
+    count: int = COUNT,
 ) -> None:
     """Counts per state, and every task not simply finished once."""
     from .commands.farm import status as do_status
 
-    _call(lambda: do_status(target, db, as_json, _echo))
+    _call(lambda: _watched(lambda echo: do_status(target, db, as_json, echo), watch, interval, count))
 
 
 @farm_app.command("retry", epilog=_example("farm retry tasks.txt", "farm retry tasks.txt --id 3f2a9c01b7de-0"))
