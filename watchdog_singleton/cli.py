@@ -366,8 +366,9 @@ def apply(
 
     Prints the plan (create, update, restart, remove, unchanged) first. Only jobs whose command,
     env, workdir, lock or kind changed are restarted; jobs an earlier apply of FILE created and
-    FILE no longer lists are uninstalled; jobs installed by hand are never removed. A bad file
-    (exit 2) changes nothing. Keys: command, arguments, enable, schedule, periodic, period,
+    FILE no longer lists are uninstalled (each named); jobs installed by hand are never removed. A
+    bad file (exit 2) changes nothing, and so does a file with no job unless --allow-empty.
+    Keys: command, arguments, enable, schedule, periodic, period,
     timeout, jitter, catch_up, loop, max_lifetime, sync, workdir, env, grace, restart,
     backoff_initial, backoff_max, min_uptime, settle, log_dir, log_max_bytes, log_backups,
     lock_dir, allow_network_fs, lean, forking, cluster, lease, standby, rotate (see the README).
