@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 import typer
 
+from . import completion
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -80,14 +81,33 @@ def _example(*lines: str) -> str:
     return EXAMPLE + "\n".join(f"  watchdog-singleton {line}" for line in lines)
 
 
-NAME = typer.Argument(..., metavar="NAME", help="the job's name: letters, digits, _ . @ + -")
+NAME = typer.Argument(..., metavar="NAME", help="the job's name: letters, digits, _ . @ + -",
+                      autocompletion=completion.known_job)
+INSTALLED_NAME = typer.Argument(..., metavar="NAME", help="the job's name: letters, digits, _ . @ + -",
+                                autocompletion=completion.installed_job)
+
+
+def _completion_item(value: str, help: Optional[str] = None) -> Any:
+    try:  # typer >= 0.20 carries its own copy of click
+        from typer._click.shell_completion import CompletionItem
+    except ImportError:
+        from click.shell_completion import CompletionItem  # type: ignore[no-redef]
+    return CompletionItem(value, help=help)
+
+
+class _RunCommand(typer.core.TyperCommand):
+    """run parses its own arguments (runargs), so it completes them itself: NAME, then options."""
+
+    def shell_complete(self, ctx: Any, incomplete: str) -> List[Any]:
+        items = completion.run_words(list(ctx.args), incomplete)
+        return [_completion_item(*item) if isinstance(item, tuple) else _completion_item(item) for item in items]
 
 
 @app.command(short_help="Install NAME: keep one copy of COMMAND running.",
              epilog=_example("install web -- python3 -u server.py --port 8080",
                              "install sync --schedule '*/5 * * * *' --restart never -- ./sync.sh"))
 def install(
-    name: str = NAME,
+    name: str = INSTALLED_NAME,
     command: List[str] = typer.Argument(None, metavar="-- COMMAND [ARG...]",
                                         help="the program and its arguments, after --"),
     schedule: str = typer.Option("* * * * *", metavar="EXPR",
@@ -164,7 +184,7 @@ def install(
     _call(lambda: do_install(req, _context(), _echo, _warn))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+@app.command(cls=_RunCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              add_help_option=False, options_metavar="[OPTIONS]", short_help="What cron calls: run NAME under its lock.",
              epilog=_example("run nightly-sync -- ./sync.sh", "run web --detach -- python3 -u server.py"))
 def run(ctx: typer.Context) -> None:
@@ -181,7 +201,8 @@ def submit(
     name: str = NAME,
     command: List[str] = typer.Argument(None, metavar="-- COMMAND [ARG...]",
                                         help="the program and its arguments, after --"),
-    scheduler: str = typer.Option(..., metavar="slurm|pbs|htcondor", help="the batch system"),
+    scheduler: str = typer.Option(..., metavar="slurm|pbs|htcondor", help="the batch system",
+                                  autocompletion=completion.schedulers),
     walltime: str = typer.Option("24:00:00", metavar="HH:MM:SS", help="each job's walltime ([DAYS-]HH:MM:SS)"),
     account: str = typer.Option("", metavar="A", help="the account (HTCondor: accounting_group)"),
     queue: str = typer.Option("", "--queue", "--partition", metavar="Q", help="the queue or partition"),
@@ -214,16 +235,65 @@ def submit(
     _call(lambda: do_submit(req, _context(), _echo, _warn))
 
 
-@app.command(short_help="Show every job on this host, or NAME.", epilog=_example("status", "status web --json"))
+class _WatchCommand(typer.core.TyperCommand):
+    """`--watch SECONDS` and `--watch=SECONDS` are `--watch --interval SECONDS`: the interval is
+    optional, which click's options cannot say. (A job named like a number: `status 5 --watch`.)"""
+
+    def parse_args(self, ctx: Any, args: List[str]) -> List[str]:
+        out: List[str] = []
+        words = list(args)
+        while words:
+            word = words.pop(0)
+            if word == "--":
+                out += [word, *words]
+                break
+            if word.startswith("--watch="):
+                out += ["--watch", "--interval", word.partition("=")[2]]
+            elif word == "--watch" and words and _is_number(words[0]):
+                out += ["--watch", "--interval", words.pop(0)]
+            else:
+                out.append(word)
+        return list(super().parse_args(ctx, out))
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+WATCH = typer.Option(False, "--watch", help="[SECONDS] show it again every SECONDS (default 2) until Ctrl-C: "
+                                            "redrawn in place on a terminal, one after another elsewhere")
+INTERVAL = typer.Option(2.0, "--interval", metavar="SECONDS", hidden=True)
+COUNT = typer.Option(0, "--count", metavar="N", help="with --watch: stop after N views (for scripts)")
+
+
+def _watched(render: Callable[[Callable[[str], None]], int], watch: bool, interval: float, count: int) -> int:
+    if not watch:
+        return render(_echo)
+    from .commands.watch import watch as do_watch
+
+    return do_watch(render, interval, count, _echo)
+
+
+@app.command(cls=_WatchCommand, short_help="Show every job on this host, or NAME.",
+             epilog=_example("status", "status web --json", "status --watch 5"))
 def status(
-    name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="one job (default: every job)"),
+    name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="one job (default: every job)",
+                                         autocompletion=completion.known_job),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     history: bool = typer.Option(False, "--history", help="a periodic job's last runs (with NAME)"),
+    watch: bool = WATCH,
+    interval: float = INTERVAL,
+    count: int = COUNT,
 ) -> None:
     """Show every job on this host, or NAME: exit 0 running, 3 not running, 4 no such job."""
     from .commands.status import status as do_status
 
-    _call(lambda: do_status(_context(), _echo, name, as_json, history))
+    _call(lambda: _watched(lambda echo: do_status(_context(), echo, name, as_json, history), watch, interval,
+                           count))
 
 
 @app.command(epilog=_example("logs web -n 50", "logs web --stderr -f"))
@@ -293,31 +363,44 @@ def import_(
 def apply(
     file: str = typer.Argument(..., metavar="FILE", help="the TOML file: [defaults] and [jobs.NAME] tables"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and change nothing"),
+    allow_empty: bool = typer.Option(False, "--allow-empty",
+                                     help="apply a file that defines no job (removes every job it created)"),
 ) -> None:
     """Install, update and remove jobs so that this host runs what FILE lists.
 
     Prints the plan (create, update, restart, remove, unchanged) first. Only jobs whose command,
     env, workdir, lock or kind changed are restarted; jobs an earlier apply of FILE created and
-    FILE no longer lists are uninstalled; jobs installed by hand are never removed. A bad file
-    (exit 2) changes nothing. Keys: command, arguments, enable, schedule, periodic, period,
+    FILE no longer lists are uninstalled (each named); jobs installed by hand are never removed. A
+    bad file (exit 2) changes nothing, and so does a file with no job unless --allow-empty.
+    Keys: command, arguments, enable, schedule, periodic, period,
     timeout, jitter, catch_up, loop, max_lifetime, sync, workdir, env, grace, restart,
     backoff_initial, backoff_max, min_uptime, settle, log_dir, log_max_bytes, log_backups,
     lock_dir, allow_network_fs, lean, forking, cluster, lease, standby, rotate (see the README).
     """
     from .commands.apply import apply as do_apply
 
-    _call(lambda: do_apply(file, _context(), _echo, _warn, dry_run))
+    _call(lambda: do_apply(file, _context(), _echo, _warn, dry_run, allow_empty=allow_empty))
 
 
 @app.command(short_help="Write the jobs (all, or NAME...) as a TOML file for apply.",
-             epilog=_example("export > jobs.toml", "export web sync"))
+             epilog=_example("export > jobs.toml", "export web sync", "export --into jobs.toml"))
 def export(
-    names: List[str] = typer.Argument(None, metavar="[NAME...]", help="these jobs only (default: every job)"),
+    names: List[str] = typer.Argument(None, metavar="[NAME...]", help="these jobs only (default: every job)",
+                                      autocompletion=completion.export_names),
+    into: Optional[str] = typer.Option(None, "--into", metavar="FILE",
+                                       help="update FILE in place: keep its comments, order, [defaults] and "
+                                            "paths; add missing jobs, drop tables of jobs no longer installed"),
 ) -> None:
-    """Print the jobs of this host (all, or NAME...) as a TOML file; apply of it changes nothing."""
+    """Print the jobs of this host (all, or NAME...) as a TOML file; apply of it changes nothing.
+
+    Keys equal to the defaults are left out, and so are PATH, LANG and the other variables
+    install takes from the shell when this shell has the same value. With --into FILE, a job
+    whose table already gives it back is left as written, a changed job has only its changed
+    keys rewritten, a new job is appended; exporting every job also removes the tables of jobs
+    no longer installed here (with NAME..., only those jobs are touched)."""
     from .commands.export import export as do_export
 
-    _call(lambda: do_export(list(names or []), _context(), _echo))
+    _call(lambda: do_export(list(names or []), _context(), _echo, into, _warn))
 
 
 lease_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
@@ -329,7 +412,7 @@ CLUSTER = typer.Option(None, "--cluster", metavar="URL",
 
 @lease_app.command("check", epilog=_example("lease check ingest --token 42 && write-the-batch"))
 def lease_check(
-    name: str = NAME,
+    name: str = INSTALLED_NAME,
     token: int = typer.Option(..., "--token", metavar="N", help="the fencing token the daemon was given"),
     cluster: Optional[str] = CLUSTER,
 ) -> None:
@@ -341,7 +424,7 @@ def lease_check(
 
 @lease_app.command("status", epilog=_example("lease status ingest --json"))
 def lease_status(
-    name: str = NAME,
+    name: str = INSTALLED_NAME,
     cluster: Optional[str] = CLUSTER,
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
@@ -359,6 +442,10 @@ class _FarmGroup(typer.core.TyperGroup):
             args = ["run", *args]
         return list(super().parse_args(ctx, args))
 
+    def shell_complete(self, ctx: Any, incomplete: str) -> List[Any]:
+        words = [_completion_item(word) for word in completion.farm_words(incomplete)]
+        return list(super().shell_complete(ctx, incomplete)) + words
+
 
 farm_app = typer.Typer(cls=_FarmGroup, no_args_is_help=True, rich_markup_mode=None,
                        help="Run a task list, each task exactly once, over N workers (see 'farm run --help').",
@@ -366,7 +453,8 @@ farm_app = typer.Typer(cls=_FarmGroup, no_args_is_help=True, rich_markup_mode=No
                                        "farm trace tasks.txt"))
 app.add_typer(farm_app, name="farm")
 WORKDIR_OR_LIST = typer.Argument(None, metavar="[WORKDIR|TASKLIST]",
-                                 help="the work folder, or the task list whose LIST.farm folder is meant (default .)")
+                                 help="the work folder, or the task list whose LIST.farm folder is meant (default .)",
+                                 autocompletion=completion.farm_targets)
 DB = typer.Option(None, "--db", metavar="URL", help="the store: postgresql://... or a SQLite file "
                                                     "(default WORKDIR/farm.sqlite)")
 
@@ -374,7 +462,8 @@ DB = typer.Option(None, "--db", metavar="URL", help="the store: postgresql://...
 @farm_app.command("run", epilog=_example("farm tasks.txt --workers 8 --task-timeout 3600 --retries 2",
                                          "farm tasks.txt --timeout 85000   # a 24 h batch job: requeue on exit 75"))
 def farm_run(
-    tasklist: str = typer.Argument(..., metavar="TASKLIST", help="one command per line; # comments"),
+    tasklist: str = typer.Argument(..., metavar="TASKLIST", help="one command per line; # comments",
+                                   autocompletion=completion.tasklists),
     workers: int = typer.Option(4, "--workers", "-n", metavar="N", help="tasks at once, 1 to 4096"),
     workdir: Optional[str] = typer.Option(None, metavar="DIR",
                                           help="database, logs/<id>.log, timeline (default TASKLIST.farm)"),
@@ -400,16 +489,21 @@ def farm_run(
     _call(lambda: do_run(req, _echo, _warn))
 
 
-@farm_app.command("status", epilog=_example("farm status tasks.txt", "farm status tasks.txt.farm --json"))
+@farm_app.command("status", cls=_WatchCommand,
+                  epilog=_example("farm status tasks.txt", "farm status tasks.txt.farm --json",
+                                  "farm status tasks.txt --watch"))
 def farm_status(
     target: Optional[str] = WORKDIR_OR_LIST,
     db: Optional[str] = DB,
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    watch: bool = WATCH,
+    interval: float = INTERVAL,
+    count: int = COUNT,
 ) -> None:
     """Counts per state, and every task not simply finished once."""
     from .commands.farm import status as do_status
 
-    _call(lambda: do_status(target, db, as_json, _echo))
+    _call(lambda: _watched(lambda echo: do_status(target, db, as_json, echo), watch, interval, count))
 
 
 @farm_app.command("retry", epilog=_example("farm retry tasks.txt", "farm retry tasks.txt --id 3f2a9c01b7de-0"))

@@ -303,53 +303,93 @@ def _has_kind(value: Any, kind: str) -> bool:
 
 # --- writing ---------------------------------------------------------------------------------
 
-def job_table(job: Job, default_log_dir: str, default_lock_dir: str) -> dict[str, Any]:
-    """The keys that give `job` back when applied: command, workdir and env always (so the file
-    does not depend on where or from which shell it is applied), the rest when not the default."""
+def job_table(job: Job, default_log_dir: str, default_lock_dir: str, environ: Optional[dict[str, str]] = None,
+              defaults: Optional[dict[str, Any]] = None, folder: Optional[str] = None) -> dict[str, Any]:
+    """The keys that give `job` back when applied: only those that differ from the defaults in
+    effect (`defaults`, a file's [defaults] table, over the built-in ones).
+
+    With `folder` (the file's own), paths are taken relative to it and workdir defaults to it, as
+    apply does; without, workdir is always written. With `environ` (the shell apply will run
+    from), an environment key install captured from the shell (PATH, LANG, ...) is written only
+    when the job's value is not the one that shell gives it anyway.
+    """
     from .commands.cluster import DEFAULT_LEASE
     from .commands.install import InstallRequest
+    from .jobs import snapshot_env
     from .leases import CLUSTER_ENV, NO_CLUSTER
 
+    given = dict(defaults or {})
+
+    def default_path(key: str, builtin: Optional[str]) -> Optional[str]:
+        if key not in given or not isinstance(given[key], str):
+            return builtin
+        return os.path.normpath(os.path.join(folder or "", os.path.expanduser(given[key])))
+
     base = InstallRequest(name=job.name, command=[])
-    table: dict[str, Any] = {"command": list(job.command), "workdir": job.workdir}
-    if not job.enabled:
-        table["enable"] = False
+    table: dict[str, Any] = {"command": list(job.command)}
+    if job.workdir != default_path("workdir", folder):
+        table["workdir"] = job.workdir
+    if job.enabled != given.get("enable", True):
+        table["enable"] = job.enabled
     if job.periodic and job.every > 0:
-        table["period"] = _number(job.every)
-    elif job.periodic:
-        table["periodic"] = True
-    if job.schedule != base.schedule:
+        if job.every != given.get("period", 0):
+            table["period"] = _number(job.every)
+        if given.get("periodic") is False:
+            table["periodic"] = True
+    else:
+        if given.get("period", 0):
+            table["period"] = 0
+        if job.periodic != given.get("periodic", False):
+            table["periodic"] = job.periodic
+    if job.schedule != given.get("schedule", base.schedule):
         table["schedule"] = job.schedule
     for key in ("timeout", "jitter", "max_lifetime", "grace", "backoff_initial", "backoff_max", "min_uptime",
                 "settle"):
-        if getattr(job, key) != getattr(base, key):
+        if getattr(job, key) != given.get(key, getattr(base, key)):
             table[key] = _number(getattr(job, key))
     for key in ("catch_up", "restart", "log_max_bytes", "log_backups", "loop", "sync", "allow_network_fs", "lean",
                 "forking", "standby", "rotate"):
-        if getattr(job, key) != getattr(base, key):
+        if getattr(job, key) != given.get(key, getattr(base, key)):
             table[key] = getattr(job, key)
-    if job.cluster:
+    if job.cluster and job.cluster != given.get("cluster"):
         table["cluster"] = job.cluster
-        if job.lease != DEFAULT_LEASE:
-            table["lease"] = _number(job.lease)
-    elif os.environ.get(CLUSTER_ENV):
+    elif not job.cluster and str(given.get("cluster", os.environ.get(CLUSTER_ENV, ""))).strip() not in (
+            "", NO_CLUSTER):
         table["cluster"] = NO_CLUSTER  # or apply from this shell would make it a cluster job
+    if job.cluster and job.lease != given.get("lease", DEFAULT_LEASE):
+        table["lease"] = _number(job.lease)
     log_dir = os.path.dirname(job.stdout_log)
     if (job.stdout_log, job.stderr_log) != paths.log_files(log_dir, job.name):
         table["stdout_log"], table["stderr_log"] = job.stdout_log, job.stderr_log  # taken over from `>> FILE`
-    elif log_dir != default_log_dir:
+    elif log_dir != default_path("log_dir", default_log_dir):
         table["log_dir"] = log_dir
-    if job.lock_dir != default_lock_dir:
+    if job.lock_dir != default_path("lock_dir", default_lock_dir):
         table["lock_dir"] = job.lock_dir
-    if job.env:
-        table["env"] = dict(job.env)
+    inherited_env = snapshot_env(environ) if environ is not None else {}
+    if isinstance(given.get("env"), dict):
+        inherited_env.update(given["env"])
+    env = {key: value for key, value in job.env.items() if inherited_env.get(key) != value}
+    if env:
+        table["env"] = env
+    if folder is not None:
+        for key in ("workdir", "log_dir", "stdout_log", "stderr_log", "lock_dir"):
+            if key in table:
+                table[key] = relative_path(table[key], folder)
     return table
 
 
-def dump(jobs: list[Job], default_log_dir: str, default_lock_dir: str) -> str:
+def relative_path(path: str, folder: str) -> str:
+    """`path` as a file in `folder` would write it: relative when inside the folder."""
+    if path == folder:
+        return "."
+    return os.path.relpath(path, folder) if path.startswith(folder.rstrip("/") + "/") else path
+
+
+def dump(jobs: list[Job], default_log_dir: str, default_lock_dir: str,
+         environ: Optional[dict[str, str]] = None) -> str:
     import tomli_w
 
-    tables = {job.name: job_table(job, default_log_dir, default_lock_dir) for job in jobs}
+    tables = {job.name: job_table(job, default_log_dir, default_lock_dir, environ) for job in jobs}
     head = ("# watchdog-singleton jobs: 'watchdog-singleton apply FILE' makes a host's jobs match this file.\n"
             "# Keys: see 'watchdog-singleton apply --help' and the README.\n\n")
     return head + tomli_w.dumps({"jobs": tables}) if tables else head

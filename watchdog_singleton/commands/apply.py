@@ -116,13 +116,19 @@ def plan_table(steps: list[Step]) -> list[str]:
 
 
 def apply(path: str, ctx: Context, echo: Echo, warn: Echo, dry_run: bool = False,
-          environ: Optional[dict[str, str]] = None) -> int:
+          environ: Optional[dict[str, str]] = None, allow_empty: bool = False) -> int:
     cfg = config.load(path)
+    if not cfg.jobs and not allow_empty:
+        refuse_empty(cfg, ctx)
     editor = ctx.editor()
     crontab = editor.io.read()  # the one read of the no-op path; also says early if crontab(1) refuses
     steps = make_plan(cfg, ctx, dict(os.environ) if environ is None else environ, crontab)
     for line in plan_table(steps):
         echo(line)
+    removed = [s.name for s in steps if s.action == "remove"]
+    if removed:
+        warn(f"{'apply would remove' if dry_run else 'removing'} {len(removed)} job(s) no longer in "
+             f"{cfg.path}: {', '.join(removed)}")
     if dry_run:
         echo("dry run: nothing changed")
         return OK
@@ -146,6 +152,16 @@ def apply(path: str, ctx: Context, echo: Echo, warn: Echo, dry_run: bool = False
     if cron_daemon_running() is False:
         warn("warning: no cron daemon runs on this host: the entries will not fire until one does")
     return FAILED if failed else OK
+
+
+def refuse_empty(cfg: config.ConfigFile, ctx: Context) -> None:
+    """A file with no job is most often one emptied by mistake: applying it would remove every
+    job an earlier apply of it created, so it takes --allow-empty."""
+    jobs = [ctx.jobs.load(name) for name in sorted(ctx.jobs.names())]
+    owned = [job.name for job in jobs if job is not None and job.applied_from == cfg.path]
+    what = f"applying it would remove {len(owned)} job(s): {', '.join(owned)}" if owned else "nothing to apply"
+    raise UserError(f"{cfg.path} defines no job ([jobs.NAME] tables); {what}. "
+                    f"Use apply --allow-empty to apply it anyway")
 
 
 def write_definitions(ctx: Context, acting: list[Step], editor: CrontabEditor) -> None:
