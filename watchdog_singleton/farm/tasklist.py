@@ -9,6 +9,7 @@ number is kept for ordering and display.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 from typing import Iterable, Iterator, NamedTuple
@@ -17,6 +18,15 @@ from ..errors import UserError
 
 # Shell syntax in a line means the user asked for a shell; otherwise the line is split and run directly.
 _SHELL_SYNTAX = re.compile(r"[|&;<>()$`*?\[\]~{}\\!]|^\s*\w+=")
+# A first word that only a shell understands (a builtin or keyword: there is no such program to
+# run) means a shell too. Words that are also programs (echo, test, kill, pwd) run directly.
+SHELL_WORDS = frozenset(
+    ". : alias bg break case cd command continue do done elif else esac eval exec exit export fg fi "
+    "for getopts hash if jobs read readonly return set shift then times trap type ulimit umask unalias "
+    "unset until wait while".split())
+# /bin/sh may be dash, which has none of these: a line that begins with one runs in bash.
+BASH_WORDS = frozenset("source declare typeset local let shopt pushd popd dirs select function [[".split())
+BASH = "/bin/bash"
 
 
 class Task(NamedTuple):
@@ -59,8 +69,13 @@ def read(path: str) -> Iterator[Task]:
 
 
 def argv(command: str) -> list[str]:
-    """How a line runs: split into argv, or `/bin/sh -c LINE` when it uses shell syntax."""
-    if _SHELL_SYNTAX.search(command):
+    """How a line runs: split into argv, or `/bin/sh -c LINE` when it uses shell syntax or begins
+    with a shell builtin or keyword (`exit 3`, `cd dir`), `/bin/bash -c LINE` for bash's own
+    (`source env.sh`)."""
+    first = command.split(None, 1)[0] if command.strip() else ""
+    if first in BASH_WORDS and os.path.exists(BASH):
+        return [BASH, "-c", command]
+    if first in SHELL_WORDS or _SHELL_SYNTAX.search(command):
         return ["/bin/sh", "-c", command]
     try:
         words = shlex.split(command)
