@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, NamedTuple, Optional
+from typing import Any, Iterable, NamedTuple, Optional
 
 from ..errors import UserError
 from . import tasklist
@@ -116,11 +116,16 @@ def read(folder: str) -> Campaign:
     return Campaign(folder, finished, failed, toprocess, bad_finished + bad_failed)
 
 
+def ptf_tasks_of(lines: Iterable[str]) -> list[str]:
+    """A list's tasks as PyTaskFarmer numbers them: index = its ID."""
+    return [line.strip() for line in lines if not line.startswith("#") and line.strip()]
+
+
 def ptf_tasks(tasklist_path: str) -> list[str]:
-    """The list's tasks as PyTaskFarmer numbers them: index = its ID."""
     try:
+        # Universal newlines, as PyTaskFarmer reads it.
         with open(tasklist_path, encoding="utf-8", errors="surrogateescape") as f:
-            return [line.strip() for line in f if not line.startswith("#") and line.strip()]
+            return ptf_tasks_of(f)
     except OSError as exc:
         raise UserError(f"cannot read task list {tasklist_path}: {exc.strerror}") from None
 
