@@ -476,6 +476,9 @@ def farm_run(
     lease: float = typer.Option(60.0, metavar="S", help="a task's lease; renewed every S/3 while the farm lives"),
     grace: float = typer.Option(10.0, metavar="S", help="SIGTERM to SIGKILL wait when stopping a task"),
     progress_every: float = typer.Option(10.0, metavar="S", help="seconds between progress lines off a terminal"),
+    from_pytaskfarmer: Optional[str] = typer.Option(
+        None, metavar="DIR", help="take over PyTaskFarmer's work folder DIR (TASKLIST_workdir): its finished "
+                                  "and failed tasks are recorded, not run again"),
 ) -> None:
     """Run TASKLIST's tasks, each exactly once: exit 0 all finished, 1 some failed, 75 stopped with
     tasks left (SIGUSR1, SIGTERM, SIGINT or --timeout): run it again to continue; 74 its database
@@ -485,7 +488,7 @@ def farm_run(
 
     req = FarmRequest(tasklist=tasklist, workdir=workdir, workers=workers, timeout=timeout,
                       task_timeout=task_timeout, retries=retries, db=db, runner=runner, lease=lease, grace=grace,
-                      progress_every=progress_every)
+                      progress_every=progress_every, from_pytaskfarmer=from_pytaskfarmer)
     _call(lambda: do_run(req, _echo, _warn))
 
 

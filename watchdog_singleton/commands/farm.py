@@ -10,7 +10,8 @@ from typing import Callable, NamedTuple, Optional
 
 from .. import paths
 from ..errors import FAILED, OK, UserError
-from ..farm import STORAGE_FAILED, place, tasklist
+from ..farm import STORAGE_FAILED, place, pytaskfarmer, tasklist
+from ..farm.pytaskfarmer import ORIGIN
 from ..farm.store import STATES, Store, check_place, open_store
 from ..farm.trace import FILE_NAME as TIMELINE_NAME
 
@@ -29,6 +30,7 @@ class FarmRequest(NamedTuple):
     lease: float = 60.0
     grace: float = 10.0
     progress_every: float = 10.0
+    from_pytaskfarmer: Optional[str] = None  # a PyTaskFarmer work folder to take over
 
 
 def default_workdir(tasklist_path: str) -> str:
@@ -111,6 +113,7 @@ def run(req: FarmRequest, echo: Echo, warn: Echo) -> int:
     workdir = os.path.abspath(req.workdir) if req.workdir else default_workdir(req.tasklist)
     check_workdir(workdir)
     runner = runner_mod.load(req.runner, workdir)
+    campaign = pytaskfarmer.check(req.from_pytaskfarmer) if req.from_pytaskfarmer else None
     check_place(req.db, workdir)
     lock, marker = farm_lock(workdir)
     if not lock.try_acquire():  # type: ignore[attr-defined]
@@ -123,6 +126,13 @@ def run(req: FarmRequest, echo: Echo, warn: Echo) -> int:
         added = store.add(tasklist.read(req.tasklist, at_start=True))
         if added:
             warn(f"farm: {added} new task(s) from {req.tasklist}")
+        if campaign is not None:
+            taken = pytaskfarmer.take_over(store, req.tasklist, campaign, workdir)
+            warn(pytaskfarmer.describe(taken, campaign.folder))
+        else:
+            notice = pytaskfarmer.notice(req.tasklist, workdir)
+            if notice:
+                warn(notice)
         options = Options(tasklist=os.path.abspath(req.tasklist), workdir=workdir, workers=req.workers,
                           timeout=req.timeout, task_timeout=req.task_timeout, retries=req.retries, lease=req.lease,
                           grace=req.grace, progress_every=req.progress_every, cwd=os.getcwd())
@@ -145,17 +155,27 @@ def status(workdir: Optional[str], db: Optional[str], as_json: bool, echo: Echo)
         counts, rows = store.stats(), store.rows()
     finally:
         store.close()
+    # Finished or failed without a run here: recorded from a PyTaskFarmer campaign taken over.
+    imported = {r.id for r in rows if r.attempts == 0 and r.state in ("finished", "failed")}
+    sources = [str(e.get("from")) for e in pytaskfarmer.taken_over(folder)]
+    done = sum(1 for r in rows if r.id in imported and r.state == "finished")
     if as_json:
         echo(json.dumps({"workdir": folder, "counts": counts,
-                         "tasks": [r._asdict() for r in rows]}, indent=2))
+                         "imported": {ORIGIN: {"from": sources, "finished": done, "failed": len(imported) - done}},
+                         "tasks": [{**r._asdict(), "from": ORIGIN if r.id in imported else "farm"} for r in rows]},
+                        indent=2))
         return OK
     echo(f"{folder}: " + ", ".join(f"{counts[s]} {s}" for s in STATES))
+    if imported:
+        echo(f"imported from pytaskfarmer ({', '.join(sources) or 'a work folder'}): {done} finished, "
+             f"{len(imported) - done} failed, not run here")
     now = time.time()
     shown = [r for r in rows if r.state != "finished" or r.attempts > 1]
     if shown:
         echo(f"{'ID':<16} {'LINE':>5} {'STATE':<9} {'TRIES':>5} {'CODE':>5} {'WHEN':>8}  COMMAND")
     for r in shown:
         when = f"{now - (r.ended or r.started or now):.0f}s ago" if (r.ended or r.started) else "-"
+        when = "imported" if r.id in imported else when
         code = "-" if r.code is None else str(r.code)
         echo(f"{r.id:<16} {r.line:>5} {r.state:<9} {r.attempts:>5} {code:>5} {when:>8}  {r.command[:60]}")
     return OK

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Optional
 from ..errors import UserError
 from ..leases import redact
 from ..leases.postgres import connect, statement_timeout
-from .store import FAILED_STATE, LOST_LIMIT, STATES, TODO, Claim, Row, StoreError
+from .store import FAILED_STATE, FINISHED, LOST_LIMIT, STATES, TODO, Claim, Row, StoreError
 from .tasklist import Task
 
 NOW = "extract(epoch FROM clock_timestamp())::float8"
@@ -190,6 +190,16 @@ class PgStore:
                                "WHERE state = 'failed' AND id = ANY(%s)", (wanted,)).rowcount)
         return int(self._q("UPDATE farm_tasks SET state = 'todo', failures = 0, lost = 0 "
                            "WHERE state = 'failed'").rowcount)
+
+    def adopt(self, done: Iterable[tuple[str, str]]) -> int:
+        pairs = [(tid, state) for tid, state in done if state in (FINISHED, FAILED_STATE)]
+        if not pairs:
+            return 0
+        ids, states = zip(*pairs)
+        return int(self._q(
+            "UPDATE farm_tasks SET state = d.state FROM unnest(%s::text[], %s::text[]) AS d(id, state) "
+            "WHERE farm_tasks.id = d.id AND farm_tasks.state = 'todo' AND farm_tasks.attempts = 0",
+            (list(ids), list(states))).rowcount)
 
     def stats(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)

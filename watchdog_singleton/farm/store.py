@@ -74,6 +74,7 @@ class Store(Protocol):
     def release(self, claim: Claim) -> bool: ...
     def sweep(self, dead_holder_prefix: Optional[str] = None, alive: Optional[str] = None) -> list[str]: ...
     def retry(self, ids: Iterable[str] = ()) -> int: ...
+    def adopt(self, done: Iterable[tuple[str, str]]) -> int: ...
     def stats(self) -> dict[str, int]: ...
     def rows(self) -> list[Row]: ...
     def close(self) -> None: ...
@@ -255,6 +256,16 @@ class SqliteStore:
                                            "WHERE id = ? AND state = 'failed'", (tid,)).rowcount for tid in wanted)
             return self.db.execute("UPDATE tasks SET state = 'todo', failures = 0, lost = 0 "
                                    "WHERE state = 'failed'").rowcount
+
+    def adopt(self, done: Iterable[tuple[str, str]]) -> int:
+        """(id, finished|failed) of tasks that ran to their end elsewhere (a PyTaskFarmer campaign
+        taken over): todo tasks never run here take that state, with attempts left at 0, which is
+        how status tells them apart. Returns how many changed."""
+        with self._write():
+            before = self.db.total_changes
+            self.db.executemany("UPDATE tasks SET state = ? WHERE id = ? AND state = 'todo' AND attempts = 0",
+                                [(state, tid) for tid, state in done if state in (FINISHED, FAILED_STATE)])
+            return self.db.total_changes - before
 
     def stats(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)

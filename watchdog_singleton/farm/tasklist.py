@@ -24,6 +24,15 @@ from . import place
 
 # Shell syntax in a line means the user asked for a shell; otherwise the line is split and run directly.
 _SHELL_SYNTAX = re.compile(r"[|&;<>()$`*?\[\]~{}\\!]|^\s*\w+=")
+# A first word that only a shell understands (a builtin or keyword: there is no such program to
+# run) means a shell too. Words that are also programs (echo, test, kill, pwd) run directly.
+SHELL_WORDS = frozenset(
+    ". : alias bg break case cd command continue do done elif else esac eval exec exit export fg fi "
+    "for getopts hash if jobs read readonly return set shift then times trap type ulimit umask unalias "
+    "unset until wait while".split())
+# /bin/sh may be dash, which has none of these: a line that begins with one runs in bash.
+BASH_WORDS = frozenset("source declare typeset local let shopt pushd popd dirs select function [[".split())
+BASH = "/bin/bash"
 
 
 class Task(NamedTuple):
@@ -91,8 +100,13 @@ def _open_list(path: str) -> IO[str]:
 
 
 def argv(command: str) -> list[str]:
-    """How a line runs: split into argv, or `/bin/sh -c LINE` when it uses shell syntax."""
-    if _SHELL_SYNTAX.search(command):
+    """How a line runs: split into argv, or `/bin/sh -c LINE` when it uses shell syntax or begins
+    with a shell builtin or keyword (`exit 3`, `cd dir`), `/bin/bash -c LINE` for bash's own
+    (`source env.sh`)."""
+    first = command.split(None, 1)[0] if command.strip() else ""
+    if first in BASH_WORDS and os.path.exists(BASH):
+        return [BASH, "-c", command]
+    if first in SHELL_WORDS or _SHELL_SYNTAX.search(command):
         return ["/bin/sh", "-c", command]
     try:
         words = shlex.split(command)

@@ -267,7 +267,7 @@ class Farm:
         env = dict(self.env)
         env[procs.TOKEN_ENV] = slot.token
         env[TASK_ENV] = claim.id
-        env[SLOT_ENV] = env["PROC_NUMBER"] = str(slot.number)  # PROC_NUMBER: PyTaskFarmer's name for it
+        env[SLOT_ENV] = env["PROC_NUMBER"] = str(slot.number)  # PyTaskFarmer has the task index there
         env[ATTEMPT_ENV] = str(claim.attempt)
         env[GENERATION_ENV] = str(claim.gen)
         cwd = self.o.cwd
