@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from . import notify
 from .jobs import now_iso
 from .supervisor_part import SupervisorPart
 
@@ -92,7 +93,9 @@ class LeaseSteps(SupervisorPart):
             return
         guard.forget()
         self.state.lease_role, self.state.lease_token = "", None
-        self._note(f"lost the cluster lease of {self.job.name} ({problem or 'expired'})")
+        lost = f"lost the cluster lease of {self.job.name} ({problem or 'expired'})"
+        self._note(lost)
+        notify.job_event(self.job, "lease-lost", self.state.last_exit_code, lost, self._note, self.inherit_env)
         if self.daemon is not None:
             self.ending = "lease"
             self._stop_tree("the cluster lease was lost: stopping the tree before another host may start",
