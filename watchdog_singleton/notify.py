@@ -44,6 +44,7 @@ STDERR_LOG_ENV = "WATCHDOG_SINGLETON_STDERR_LOG"
 SENDMAIL_ENV = "WATCHDOG_SINGLETON_SENDMAIL"  # the sendmail program to use (else PATH, /usr/sbin, /usr/lib)
 DEFAULT_EVERY = 3600.0
 HOOK_TIMEOUT = 30.0  # a hook (or sendmail) still running after this long has its tree stopped
+HOOK_TIMEOUT_ENV = "WATCHDOG_SINGLETON_HOOK_TIMEOUT"  # in the job's env: another limit, 1 to 3600 s
 STOP_GRACE = 2.0
 TAIL_LINES = 20
 RESULT_EVENTS = {"failed": "run-failed", "timed out": "run-timeout"}  # periodic.PeriodicRuns.finished's words
@@ -184,8 +185,15 @@ def main(argv: list[str]) -> int:
         os.dup2(null, fd)  # nothing of ours goes to whoever started the supervisor
     os.close(null)
     payload = json.loads(argv[0])
-    deliver(payload, dict(os.environ))
+    deliver(payload, dict(os.environ), hook_timeout(os.environ))
     return 0
+
+
+def hook_timeout(env: Any) -> float:
+    try:
+        return min(3600.0, max(1.0, float(env.get(HOOK_TIMEOUT_ENV) or HOOK_TIMEOUT)))
+    except ValueError:
+        return HOOK_TIMEOUT
 
 
 def deliver(payload: dict[str, Any], env: dict[str, str], timeout: float = HOOK_TIMEOUT) -> list[str]:
@@ -369,7 +377,7 @@ def record_event(record: dict[str, Any], state_folder: str, event: str, code: Op
     token = env.get(procs.TOKEN_ENV) or os.path.join(state_folder, name)
     env = hook_env(env, payload, token)
     if wait:
-        deliver(payload, env)
+        deliver(payload, env, hook_timeout(env))
     else:
         launch(payload, env)
     return True
