@@ -152,7 +152,7 @@ def test_a_batch_script_tells_of_its_end_only_when_the_chain_has_a_hook_or_a_mai
         plain = "".join(batch.get(sched).render(Spec(**base)).values())
         told = "".join(batch.get(sched).render(Spec(**base, mail="ops@example.org")).values())
         assert "chain-ended" not in plain
-        assert "watchdog_singleton notify /h/s/h1 \"$ws_name\" chain-ended" in told, sched
+        assert "watchdog_singleton _notify /h/s/h1 \"$ws_name\" chain-ended" in told, sched
 
 
 def test_import_keeps_a_lines_mailto_as_its_failure_mail() -> None:
@@ -264,3 +264,22 @@ def test_import_shows_and_keeps_mailto_as_mail(sandbox: Sandbox) -> None:
     sandbox.set_crontab(f"MAILTO=ops@example.org\n* * * * * flock -n {lock} {daemon}\n".encode())
     proc = sandbox.ok("import")
     assert "--mail ops@example.org" in proc.stdout, proc.stdout
+
+
+def test_a_farm_with_failed_tasks_inside_a_job_calls_the_jobs_hook(tmp_path: Any, monkeypatch: Any) -> None:
+    from watchdog_singleton import paths
+    from watchdog_singleton.jobs import JobStore
+
+    root = str(tmp_path / "state" / "watchdog-singleton" / paths.host())
+    folder = paths.job_state_dir(root, "farmer")
+    out = tmp_path / "env.out"
+    hook = ["/bin/sh", "-c", f"env > {out}.tmp; mv {out}.tmp {out}"]
+    JobStore(root).save(Job(name="farmer", command=["/bin/true"], workdir="/", state_folder=folder,
+                            lock_dir=str(tmp_path), on_failure=hook))
+    monkeypatch.setenv("WATCHDOG_SINGLETON_JOB", "farmer")
+    monkeypatch.setenv("WATCHDOG_SINGLETON_STATE_DIR", folder)
+    assert notify.from_environment("farm-failed", 1, "2 tasks failed")
+    wait_for(lambda: out.exists(), 20, what="the hook")
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    assert env["WATCHDOG_SINGLETON_EVENT"] == "farm-failed" and env["WATCHDOG_SINGLETON_DETAIL"] == "2 tasks failed"
+    assert not notify.from_environment("farm-failed", 1, "again"), "once per --notify-every"

@@ -384,7 +384,7 @@ def record_event(record: dict[str, Any], state_folder: str, event: str, code: Op
 
 
 def batch_main(argv: list[str]) -> int:
-    """`watchdog-singleton notify ROOT NAME EVENT CODE [DETAIL]`: what a batch script calls when its
+    """`watchdog-singleton _notify ROOT NAME EVENT CODE [DETAIL]`: what a batch script calls when its
     chain ends for good (not through `stop`). Quiet, exit 0 whatever happens: the chain is over."""
     try:
         root, name, event, code_text = argv[:4]
@@ -411,10 +411,13 @@ def from_environment(event: str, code: Optional[int], detail: str) -> bool:
         from . import paths
         from .jobs import JobStore
 
-        job = JobStore(paths.state_dir()).load(name)
+        folder = os.environ.get(paths.STATE_DIR_ENV, "")
+        # The job's folder is STATE/job-state/NAME beside STATE/HOST, the folder of its definition
+        # (the job's environment need not say where XDG_STATE_HOME was at install).
+        root = os.path.join(os.path.dirname(os.path.dirname(folder)), paths.host()) if folder else paths.state_dir()
+        job = JobStore(root).load(name)
         if job is not None:
             return job_event(job, event, code, detail, env=dict(os.environ))
-        folder = os.environ.get(paths.STATE_DIR_ENV, "")
         record = files.read_json(os.path.join(folder, ".batch", "submission.json")) if folder else None
         if record is not None:
             return record_event(record, folder, event, code, detail, wait=False)

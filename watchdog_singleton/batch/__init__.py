@@ -208,7 +208,7 @@ def chain_ended(spec: Spec, unless: str, why: str, background: bool = False) -> 
     --mail), unless the shell test `unless` holds; "" when the chain has neither."""
     if not (spec.on_failure or spec.mail):
         return ""
-    call = (f"{' '.join(map(q, spec.runner))} notify {q(spec.root)} \"$ws_name\" chain-ended \"${{ws_code:-}}\" "
+    call = (f"{' '.join(map(q, spec.runner))} _notify {q(spec.root)} \"$ws_name\" chain-ended \"${{ws_code:-}}\" "
             f"\"{why}\"")
     return f"{unless} || [ -e \"$ws_stop\" ] || {call}{' &' if background else ''}\n"
 
