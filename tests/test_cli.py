@@ -151,7 +151,8 @@ def test_run_with_options_after_name_detaches_a_real_daemon(sandbox: Sandbox) ->
 
 HUGE = {"--log-max-bytes": str(2**41), "--log-backups": str(10**12)}
 INSTALL_NUMBERS = ["--grace", "--backoff-initial", "--backoff-max", "--min-uptime", "--log-max-bytes",
-                   "--log-backups", "--settle", "--every", "--timeout", "--jitter", "--max-lifetime", "--lease"]
+                   "--log-backups", "--settle", "--every", "--timeout", "--jitter", "--max-lifetime", "--lease",
+                   "--notify-every"]
 BAD_VALUES = ["nan", "inf", "-1", "huge"]
 
 

@@ -16,6 +16,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         from .launch import main as launch_main
 
         sys.exit(launch_main(args[1:]))
+    if args[:1] == ["_notify"]:  # what a batch script calls when its chain ends for good (notify.py)
+        from .notify import batch_main
+
+        sys.exit(batch_main(args[1:]))
     from .cli import main as cli_main
 
     cli_main(args)

@@ -85,6 +85,10 @@ NAME = typer.Argument(..., metavar="NAME", help="the job's name: letters, digits
                       autocompletion=completion.known_job)
 INSTALLED_NAME = typer.Argument(..., metavar="NAME", help="the job's name: letters, digits, _ . @ + -",
                                 autocompletion=completion.installed_job)
+ON_FAILURE_HELP = ("run CMD (split as a shell splits words, run without one) when NAME enters backoff, a periodic "
+                   "run fails or times out, or it loses its lease or batch chain")
+MAIL_HELP = "on those failures, mail ADDR (cron's MAILTO) through the host's sendmail"
+NOTIFY_EVERY_HELP = "at most one notice per kind of failure this often, 1 to 31622400 (default 3600)"
 
 
 def _completion_item(value: str, help: Optional[str] = None) -> Any:
@@ -168,6 +172,9 @@ def install(
     rotate: bool = typer.Option(False, "--rotate", help="cluster: the hosts take turns, one run each, in name order"),
     sync: bool = typer.Option(False, "--sync",
                               help="cluster, periodic: at most one run per period across all hosts"),
+    on_failure: Optional[str] = typer.Option(None, "--on-failure", metavar="CMD", help=ON_FAILURE_HELP),
+    mail: str = typer.Option("", "--mail", metavar="ADDR", help=MAIL_HELP),
+    notify_every: float = typer.Option(3600.0, "--notify-every", metavar="SECONDS", help=NOTIFY_EVERY_HELP),
 ) -> None:
     """Install NAME: one crontab line that keeps one copy of COMMAND running; start it now."""
     from .commands.install import InstallRequest
@@ -180,7 +187,8 @@ def install(
                          log_backups=log_backups, lean=lean, forking=forking, settle=settle, periodic=periodic,
                          every=every, timeout=timeout, jitter=jitter, catch_up=catch_up, loop=loop,
                          max_lifetime=max_lifetime, stdout_log=stdout_log, stderr_log=stderr_log, cluster=cluster,
-                         lease=lease, standby=standby, rotate=rotate, sync=sync)
+                         lease=lease, standby=standby, rotate=rotate, sync=sync, on_failure=on_failure, mail=mail,
+                         notify_every=notify_every)
     _call(lambda: do_install(req, _context(), _echo, _warn))
 
 
@@ -222,6 +230,9 @@ def submit(
     standby: bool = typer.Option(False, "--standby",
                                  help="cluster: while another host holds the lease, wait resident for it"),
     rotate: bool = typer.Option(False, "--rotate", help="cluster: the hosts take turns, one run each"),
+    on_failure: Optional[str] = typer.Option(None, "--on-failure", metavar="CMD", help=ON_FAILURE_HELP),
+    mail: str = typer.Option("", "--mail", metavar="ADDR", help=MAIL_HELP),
+    notify_every: float = typer.Option(3600.0, "--notify-every", metavar="SECONDS", help=NOTIFY_EVERY_HELP),
 ) -> None:
     """Submit NAME as a self-renewing batch job that runs COMMAND under `run NAME`: Slurm requeues it
     (singleton dependency, USR1 before the walltime), PBS chains a successor (afterany), HTCondor
@@ -231,7 +242,8 @@ def submit(
 
     req = SubmitRequest(name=name, command=list(command or []), scheduler=scheduler, walltime=walltime,
                         account=account, queue=queue, signal_lead=signal_lead, grace=grace, extra=list(extra),
-                        dry_run=dry_run, cluster=cluster, lease=lease, standby=standby, rotate=rotate)
+                        dry_run=dry_run, cluster=cluster, lease=lease, standby=standby, rotate=rotate,
+                        on_failure=on_failure, mail=mail, notify_every=notify_every)
     _call(lambda: do_submit(req, _context(), _echo, _warn))
 
 

@@ -66,10 +66,13 @@ KEYS: dict[str, tuple[str, str]] = {
     "allow_network_fs": ("allow_network_fs", "bool"),
     "lean": ("lean", "bool"),
     "forking": ("forking", "bool"),
+    "on_failure": ("on_failure", "hook"),  # a string split as a shell would, or a list (argv); [] none
+    "mail": ("mail", "str"),
+    "notify_every": ("notify_every", "number"),
 }
 KIND_TEXT = {"argv": "a list of strings or a string", "list": "a list of strings", "bool": "true or false",
              "str": "a string", "path": "a string (a path)", "number": "a number", "int": "an integer",
-             "env": "a table of strings"}
+             "env": "a table of strings", "hook": "a list of strings or a string"}
 # install's option names in build_job's messages, as this file spells them
 OPTION_KEYS = [("--periodic (or --every SECONDS)", "periodic = true (or period = SECONDS)"),
                ("--every SECONDS", "period"), ("--schedule EXPR", "schedule"), ("--periodic", "periodic = true"),
@@ -81,7 +84,8 @@ OPTION_KEYS = [("--periodic (or --every SECONDS)", "periodic = true (or period =
                ("--restart", "restart"), ("--env", "env"),
                ("--cluster postgresql://USER@HOST/DB", 'cluster = "postgresql://USER@HOST/DB"'),
                ("--sync", "sync = true"), ("--standby", "standby = true"), ("--rotate", "rotate = true"),
-               ("--lease", "lease")]
+               ("--lease", "lease"), ("--on-failure", "on_failure"), ("--notify-every", "notify_every"),
+               ("--mail", "mail")]
 
 
 class ConfigError(UserError):
@@ -296,7 +300,7 @@ def _has_kind(value: Any, kind: str) -> bool:
         return isinstance(value, str)
     if kind == "list":
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    if kind == "argv":
+    if kind in ("argv", "hook"):
         return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
     return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
 
@@ -348,9 +352,14 @@ def job_table(job: Job, default_log_dir: str, default_lock_dir: str, environ: Op
         if getattr(job, key) != given.get(key, getattr(base, key)):
             table[key] = _number(getattr(job, key))
     for key in ("catch_up", "restart", "log_max_bytes", "log_backups", "loop", "sync", "allow_network_fs", "lean",
-                "forking", "standby", "rotate"):
+                "forking", "standby", "rotate", "mail"):
         if getattr(job, key) != given.get(key, getattr(base, key)):
             table[key] = getattr(job, key)
+    default_hook = given.get("on_failure", [])
+    if list(job.on_failure) != (list(default_hook) if isinstance(default_hook, list) else shlex.split(default_hook)):
+        table["on_failure"] = list(job.on_failure)
+    if job.notify_every != given.get("notify_every", base.notify_every):
+        table["notify_every"] = _number(job.notify_every)
     if job.cluster and job.cluster != given.get("cluster"):
         table["cluster"] = job.cluster
     elif not job.cluster and str(given.get("cluster", os.environ.get(CLUSTER_ENV, ""))).strip() not in (

@@ -72,6 +72,7 @@ class Proposal:
     name: str = ""
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    mail: str = ""  # the crontab's MAILTO above the line: kept as the job's failure mail (--mail)
 
 
 @dataclass
@@ -461,7 +462,8 @@ def _proposal(lineno: int, raw: bytes, line: str, env: CronEnv) -> Proposal:
     job_env.update(prefix_env)
     return Proposal(lineno=lineno, line=raw, kind=kind, command=argv, schedule=schedule, keep_alive=keep_alive,
                     workdir=workdir, env=job_env, path=env.lookup("PATH") or CRON_PATH, stdout_log=stdout_log,
-                    stderr_log=stderr_log, lock=lock, lock_text=lock_text, notes=notes, warnings=warnings)
+                    stderr_log=stderr_log, lock=lock, lock_text=lock_text, notes=notes, warnings=warnings,
+                    mail=env.assigned.get("MAILTO", "").strip())
 
 
 def _unknown(names: list[str]) -> str:

@@ -44,6 +44,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "--max-lifetime": (10.0, 366 * 86400.0),  # or 0: never
     "--lines": (0, 1_000_000),
     "--lease": (5.0, 86400.0),  # a cluster lease's duration; renew and give-up times follow from it
+    "--notify-every": (1.0, 366 * 86400.0),  # at most one failure notice per event kind this often
 }
 
 
@@ -93,6 +94,9 @@ class Job(Record):
         ("lean", False),
         ("enabled", True),
         ("installed_at", ""),
+        ("on_failure", []),
+        ("mail", ""),
+        ("notify_every", 3600.0),
     )
     name: str
     command: list[str]
@@ -129,6 +133,9 @@ class Job(Record):
     lean: bool
     enabled: bool
     installed_at: str
+    on_failure: list[str]  # a hook's argv, run when the job fails where nobody looks (notify.py); [] none
+    mail: str  # failure mail to this address (or comma-separated list) through sendmail; "" none
+    notify_every: float  # at most one failure notice per event kind this often (seconds)
 
     @property
     def supervised_schedule(self) -> bool:

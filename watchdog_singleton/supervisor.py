@@ -28,7 +28,7 @@ import os
 import pwd
 import time
 
-from . import procs, tree
+from . import notify, procs, tree
 from .errors import UserError
 from .files import ensure_dir
 from .jobs import JobStore, now_iso
@@ -497,6 +497,7 @@ class Supervisor(LeaseSteps, PeriodicSteps):
             backoff = f"{self.quick_runs} quick exits in a row: next start in {delay:g} s"
             self.state.message = f"{message}; {backoff}" if message else backoff
             self._note(f"restart in {delay:g} s ({self.quick_runs} runs shorter than {job.min_uptime:g} s in a row)")
+            notify.job_event(job, "backoff", code, self.state.message, self._note, self.inherit_env)
         self.keeper.save()
 
     # -- stopping ----------------------------------------------------------------------------

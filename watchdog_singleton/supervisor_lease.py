@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from . import notify
 from .jobs import now_iso
 from .supervisor_part import SupervisorPart
 
@@ -105,7 +106,9 @@ class LeaseSteps(SupervisorPart):
         problem = self.guard.keeper.problem
         self.guard.forget()
         self.state.lease_role, self.state.lease_token = "", None
-        self._note(f"lost the cluster lease of {self.job.name} ({problem or 'expired'})")
+        lost = f"lost the cluster lease of {self.job.name} ({problem or 'expired'})"
+        self._note(lost)
+        notify.job_event(self.job, "lease-lost", self.state.last_exit_code, lost, self._note, self.inherit_env)
 
     def _lease_run_ended(self) -> None:
         if self.guard is None or not (self.job.sync or self.job.rotate):

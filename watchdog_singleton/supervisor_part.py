@@ -21,6 +21,7 @@ class SupervisorPart:
         keeper: StateKeeper
         periodic: Optional[PeriodicRuns]
         passthrough: bool
+        inherit_env: Optional[dict[str, str]]
         stopping: bool
         next_start: float
         deadline: Optional[float]

@@ -4,6 +4,7 @@ ended (periodic.PeriodicRuns keeps the due times and the record). A part of `Sup
 
 from __future__ import annotations
 
+from . import notify
 from .supervisor_part import SupervisorPart
 
 TYPE_CHECKING = False
@@ -79,7 +80,9 @@ class PeriodicSteps(SupervisorPart):
         self.state.message = message
         if skipped:
             self._note(f"the run outlasted its period: {skipped} due time(s) skipped")
-        self._note(f"run due {runs.when(runs.due or 0)}: {result}" + (f" (code {code})" if result == "failed" else ""))
+        said = f"run due {runs.when(runs.due or 0)}: {result}" + (f" (code {code})" if result == "failed" else "")
+        self._note(said)
+        notify.job_event(self.job, notify.RESULT_EVENTS.get(result, ""), code, said, self._note, self.inherit_env)
         due = None if self.stopping else runs.next_due()
         if due is None:
             self.done_code = code if not timed_out else 124  # timeout(1)'s code

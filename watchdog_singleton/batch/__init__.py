@@ -59,6 +59,9 @@ class Spec:
     lease: float = 60.0
     standby: bool = False
     rotate: bool = False
+    on_failure: list[str] = field(default_factory=list)  # notify.py: the chain ending for good calls these
+    mail: str = ""
+    notify_every: float = 3600.0
 
     @property
     def job_name(self) -> str:
@@ -217,6 +220,16 @@ def prologue(spec: Spec, title: str, job_id: str) -> str:
     )
 
 
+def chain_ended(spec: Spec, unless: str, why: str, background: bool = False) -> str:
+    """The line that tells of a chain ending for good without `stop` (notify.py: --on-failure,
+    --mail), unless the shell test `unless` holds; "" when the chain has neither."""
+    if not (spec.on_failure or spec.mail):
+        return ""
+    call = (f"{' '.join(map(q, spec.runner))} _notify {q(spec.root)} \"$ws_name\" chain-ended \"${{ws_code:-}}\" "
+            f"\"{why}\"")
+    return f"{unless} || [ -e \"$ws_stop\" ] || {call}{' &' if background else ''}\n"
+
+
 def stop_check(code: int = 0) -> str:
     return ("if [ -e \"$ws_stop\" ]; then\n"
             "  ws_say \"stop marker $ws_stop: the chain of $ws_name ends here\"\n"
@@ -313,7 +326,9 @@ def spec_of(record: dict[str, Any]) -> Spec:
                 root=record["root"], runner=list(record["runner"]), walltime=int(record["walltime"]),
                 signal_lead=int(record["signal_lead"]), grace=float(record["grace"]),
                 cluster=str(record.get("cluster", "")), lease=float(record.get("lease", 60.0)),
-                standby=bool(record.get("standby", False)), rotate=bool(record.get("rotate", False)))
+                standby=bool(record.get("standby", False)), rotate=bool(record.get("rotate", False)),
+                on_failure=list(record.get("on_failure", [])), mail=str(record.get("mail", "")),
+                notify_every=float(record.get("notify_every", 3600.0)))
 
 
 # ---- the templates in contrib/batch ---------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from . import RERUN_CODE, Entry, Scheduler, Spec, prologue, q, stop_check, supervise, timer, tool
+from . import RERUN_CODE, Entry, Scheduler, Spec, chain_ended, prologue, q, stop_check, supervise, timer, tool
 
 STATES = {"1": "IDLE", "2": "RUNNING", "3": "REMOVED", "4": "COMPLETED", "5": "HELD", "6": "TRANSFERRING_OUTPUT",
           "7": "SUSPENDED"}
@@ -77,6 +77,7 @@ class HTCondor(Scheduler):
             + supervise(spec)
             + "kill \"$ws_watch\" 2>/dev/null\n"
             + stop_check(0)
+            + chain_ended(spec, "[ \"$ws_code\" != 2 ]", "the supervisor exited 2 (a usage error): not rerun")
             + "if [ \"$ws_code\" = 2 ]; then exit 2; fi  # a usage error: a rerun would fail the same way\n"
             + f"exit {RERUN_CODE}\n"
         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import getpass
 import os
 
-from . import Entry, Scheduler, Spec, hms, prologue, q, stop_check, supervise, timer, tool
+from . import Entry, Scheduler, Spec, chain_ended, hms, prologue, q, stop_check, supervise, timer, tool
 
 RUNNING = {"R", "E", "B", "X"}  # running, exiting, array begun, subjob expired
 QUEUED = {"Q", "H", "W", "T", "S", "U", "M"}  # C and F are finished jobs that qstat still lists
@@ -53,6 +53,7 @@ class PBS(Scheduler):
             + "  ws_say \"successor $ws_next waits for $PBS_JOBID (afterany)\"\n"
             + "else\n"
             + "  ws_say \"qsub of the successor failed: the chain ends with this job\"\n"
+            + chain_ended(spec, "  false", "qsub of the successor failed: the chain ends with this job", True)
             + "fi\n"
             + supervise(spec)
             + "kill \"$ws_watch\" 2>/dev/null\n"

@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from . import Entry, Scheduler, Spec, prologue, stop_check, supervise, tool
+from . import Entry, Scheduler, Spec, chain_ended, prologue, stop_check, supervise, tool
 
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT",
            "RESIZING"}
@@ -68,6 +68,7 @@ class Slurm(Scheduler):
             + "    scontrol requeue \"$SLURM_JOB_ID\"\n"
             + "  fi\n"
             + "fi\n"
+            + chain_ended(spec, "[ \"$ws_why\" = requeue ]", "the supervisor ended (${ws_why:-by itself})")
             + "exit \"$ws_code\"\n"
         )
         return {self.script: head + body}

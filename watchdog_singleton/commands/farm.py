@@ -8,9 +8,9 @@ import os
 import time
 from typing import Callable, NamedTuple, Optional
 
-from .. import paths
+from .. import notify, paths
 from ..errors import FAILED, OK, UserError
-from ..farm import STORAGE_FAILED, place, pytaskfarmer, tasklist
+from ..farm import SOME_FAILED, STORAGE_FAILED, place, pytaskfarmer, tasklist
 from ..farm.pytaskfarmer import ORIGIN
 from ..farm.store import STATES, Store, check_place, open_store
 from ..farm.trace import FILE_NAME as TIMELINE_NAME
@@ -136,7 +136,10 @@ def run(req: FarmRequest, echo: Echo, warn: Echo) -> int:
         options = Options(tasklist=os.path.abspath(req.tasklist), workdir=workdir, workers=req.workers,
                           timeout=req.timeout, task_timeout=req.task_timeout, retries=req.retries, lease=req.lease,
                           grace=req.grace, progress_every=req.progress_every, cwd=os.getcwd())
-        return Farm(options, store, runner, marker=f"{marker}#", echo=echo, warn=warn).run()
+        code = Farm(options, store, runner, marker=f"{marker}#", echo=echo, warn=warn).run()
+        if code == SOME_FAILED:  # inside a job with --on-failure or --mail: tell (notify.py)
+            notify.from_environment("farm-failed", code, f"the farm of {req.tasklist} finished with failed tasks")
+        return code
     finally:
         if store is not None:
             store.close()

@@ -38,9 +38,9 @@ def request_for(p: Proposal) -> InstallRequest:
     env = [f"{k}={v}" for k, v in p.env.items()]
     if p.keep_alive:
         return InstallRequest(name=p.name, command=p.command, schedule=p.schedule, workdir=p.workdir, env=env,
-                              restart="always", stdout_log=p.stdout_log, stderr_log=p.stderr_log)
+                              restart="always", stdout_log=p.stdout_log, stderr_log=p.stderr_log, mail=p.mail)
     return InstallRequest(name=p.name, command=p.command, schedule=p.schedule, workdir=p.workdir, env=env,
-                          periodic=True, start=False, stdout_log=p.stdout_log, stderr_log=p.stderr_log)
+                          periodic=True, start=False, stdout_log=p.stdout_log, stderr_log=p.stderr_log, mail=p.mail)
 
 
 def install_words(plan: Plan) -> str:
@@ -58,6 +58,8 @@ def install_words(plan: Plan) -> str:
         words += ["--stdout-log", job.stdout_log]
     if req.stderr_log:
         words += ["--stderr-log", job.stderr_log]
+    if job.mail:
+        words += ["--mail", job.mail]  # the crontab's MAILTO: failures are mailed as cron mailed output
     return shlex.join(words + ["--", *job.command])
 
 

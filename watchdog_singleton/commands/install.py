@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from .. import paths
 from ..crontab import fires_sparsely
@@ -26,6 +26,7 @@ from ..jobs import (
     snapshot_env,
 )
 from ..lock import check_lock_dir
+from ..notify import DEFAULT_EVERY, check_hook, check_mail
 from .cluster import check_cron_driver, check_options, grace_note
 from .common import Context, Echo, start_now, stop_processes, tell_to_reload
 
@@ -66,6 +67,9 @@ class InstallRequest:
     applied_from: str = ""
     stdout_log: Optional[str] = None  # an explicit log file instead of LOG_DIR/NAME.stdout.log
     stderr_log: Optional[str] = None  # the same file as stdout_log is fine: both streams go there
+    on_failure: Any = None  # a command line (split as a shell would) or an argv list ([]: none); None: none
+    mail: str = ""  # failure mail to this address (cron's MAILTO); "": none
+    notify_every: float = DEFAULT_EVERY
 
 
 def check_numbers(req: InstallRequest) -> None:
@@ -82,6 +86,7 @@ def check_numbers(req: InstallRequest) -> None:
     check_limit("--timeout", req.timeout, also=0)
     check_limit("--jitter", req.jitter)
     check_limit("--max-lifetime", req.max_lifetime, also=0)
+    check_limit("--notify-every", req.notify_every)
 
 
 def check_kind(req: InstallRequest, schedule: str) -> None:
@@ -143,6 +148,8 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
             raise UserError(problem)
         if os.path.exists(log) and not os.access(log, os.W_OK):
             raise UserError(f"log file {log} is not writable")
+    on_failure = [] if req.on_failure is None or req.on_failure == [] else check_hook(req.on_failure)
+    mail = check_mail(req.mail) if req.mail else ""
     return Job(name=name, command=command, workdir=workdir, schedule=schedule, env=env,
                grace=req.grace, restart=req.restart, backoff_initial=req.backoff_initial,
                backoff_max=req.backoff_max, min_uptime=req.min_uptime, stdout_log=stdout_log,
@@ -152,8 +159,8 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
                every=req.every, timeout=req.timeout, jitter=req.jitter, catch_up=req.catch_up, loop=req.loop,
                max_lifetime=req.max_lifetime, sync=req.sync, cluster=cluster, lease=lease, standby=req.standby,
                rotate=req.rotate, applied_from=req.applied_from,
-               state_folder=paths.job_state_dir(ctx.root, name),
-               enabled=True, installed_at=now_iso())
+               state_folder=paths.job_state_dir(ctx.root, name), on_failure=on_failure, mail=mail,
+               notify_every=req.notify_every, enabled=True, installed_at=now_iso())
 
 
 def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .. import batch, files, paths
+from .. import batch, files, notify, paths
 from ..errors import FAILED, OK, UserError
 from ..jobs import check_limit, check_name, now_iso, resolve_command, snapshot_env
 from ..leases import CLUSTER_ENV, NO_CLUSTER
@@ -34,6 +34,9 @@ class SubmitRequest:
     lease: Optional[float] = None
     standby: bool = False
     rotate: bool = False
+    on_failure: Optional[str] = None  # notify.py: when the chain ends for good (not by `stop`)
+    mail: str = ""
+    notify_every: float = 3600.0
 
 
 def runner(python: str) -> list[str]:
@@ -78,10 +81,13 @@ def build_spec(req: SubmitRequest, ctx: Context) -> tuple[batch.Scheduler, batch
     workdir = os.path.abspath(req.workdir or os.getcwd())
     command = resolve_command(req.command, workdir, os.environ.get("PATH"))
     extra = [f"{d}" for d in req.extra]
+    check_limit("--notify-every", req.notify_every)
+    on_failure = notify.check_hook(req.on_failure) if req.on_failure is not None else []
     spec = batch.Spec(name=req.name, command=command, workdir=workdir, root=ctx.root, runner=runner(ctx.python),
                       walltime=walltime, signal_lead=lead, grace=req.grace, account=req.account,
                       queue=req.queue, extra=extra, env=snapshot_env(dict(os.environ)), cluster=cluster,
-                      lease=lease, standby=req.standby, rotate=req.rotate)
+                      lease=lease, standby=req.standby, rotate=req.rotate, on_failure=on_failure,
+                      mail=notify.check_mail(req.mail) if req.mail else "", notify_every=req.notify_every)
     return sched, spec
 
 
@@ -119,7 +125,8 @@ def submit(req: SubmitRequest, ctx: Context, echo: Echo, warn: Echo) -> int:
         "submitted_at": now_iso(), "command": spec.command, "workdir": spec.workdir, "root": spec.root,
         "runner": spec.runner, "walltime": spec.walltime, "signal_lead": spec.signal_lead, "grace": spec.grace,
         "stdout_log": spec.stdout_log, "stderr_log": spec.stderr_log, "cluster": spec.cluster, "lease": spec.lease,
-        "standby": spec.standby, "rotate": spec.rotate})
+        "standby": spec.standby, "rotate": spec.rotate, "on_failure": spec.on_failure, "mail": spec.mail,
+        "notify_every": spec.notify_every})
     echo(f"submitted {req.name} to {sched.name}: job {', '.join(ids)} ({script})")
     if queued:
         jobs = ", ".join(f"{e.id} ({e.state})" for e in queued)
