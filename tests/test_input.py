@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -334,3 +335,40 @@ def test_files_we_create_are_private(sandbox: Sandbox) -> None:
     lock = sandbox.status(name)["lock_path"]
     assert stat.S_IMODE(os.stat(lock).st_mode) & 0o777 == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(lock)).st_mode) == 0o700
+
+
+def test_a_broken_stored_definition_shows_as_broken_and_the_other_jobs_status_still_works(sandbox: Sandbox) -> None:
+    good, bad, feb = sandbox.job("good"), sandbox.job("bad"), sandbox.job("feb")
+    sandbox.ok("install", good, "--settle", "0.3", "--", *sleeper(f"m-{sandbox.tag}"))
+    sandbox.ok("install", bad, "--no-start", "--", "/bin/true")
+    jobs = os.path.join(sandbox.state_root, "jobs")
+    with open(os.path.join(jobs, f"{bad}.json"), "w") as f:
+        f.write('{"name": "%s", "command": "not a list", "workdir": "/"}\n' % bad)  # a hand edit gone wrong
+    with open(os.path.join(jobs, f"{good}.json")) as f:
+        never = json.load(f)
+    never.update(name=feb, periodic=True, schedule="0 0 30 2 *")  # stored by a version that accepted it
+    with open(os.path.join(jobs, f"{feb}.json"), "w") as f:
+        json.dump(never, f)
+    proc = sandbox.ws("status")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line and not line.startswith(" ")}
+    assert " running " in rows[good] and " broken " in rows[bad], proc.stdout
+    assert f"the stored definition of {bad} is broken (command is str 'not a list')" in proc.stdout
+    infos = {i["name"]: i for i in json.loads(sandbox.ok("status", "--json").stdout)}
+    assert infos[good]["running"] and infos[bad]["phase"] == "broken" and infos[feb]["next_due_at"] is None
+    assert sandbox.ws("status", bad).returncode == 3
+    sandbox.ok("uninstall", bad)
+    assert not os.path.exists(os.path.join(jobs, f"{bad}.json"))
+    assert sandbox.status(good)["running"]
+
+
+def test_a_multi_line_python_c_program_is_accepted_and_shown_escaped(sandbox: Sandbox) -> None:
+    name = sandbox.job("multiline")
+    program = "import time\ntime.sleep(10**6)"
+    proc = sandbox.ok("install", name, "--settle", "0.3", "--", "/usr/bin/python3", "-c", program, f"m-{sandbox.tag}")
+    shown = "$'import time\\ntime.sleep(10**6)'"
+    assert f"/usr/bin/python3 -c {shown} m-{sandbox.tag}" in proc.stdout.splitlines()[0], proc.stdout
+    wait_for(lambda: sandbox.status(name)["running"], 10, what=f"{name} to run")
+    assert sandbox.status(name)["command"] == ["/usr/bin/python3", "-c", program, f"m-{sandbox.tag}"]
+    [row] = [line for line in sandbox.ok("status").stdout.splitlines() if line.startswith(name)]
+    assert row.endswith(f"-c {shown} m-{sandbox.tag}"), row

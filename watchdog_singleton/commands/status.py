@@ -130,7 +130,7 @@ def collect(ctx: Context, names: list[str], host: HostView) -> list[dict[str, An
                 job = ctx.jobs.load(n)
             except BrokenJob as exc:  # shown as broken; the other jobs' rows are unaffected
                 info = describe(n, None, state, host)
-                info.update(installed=True, phase="broken", message=str(exc), batch=None, cluster=None)
+                info.update(installed=True, phase="broken", message=str(exc), batch=None, cluster=None, schedule="-")
                 infos.append(info)
                 continue
             info = describe(n, job, state, host)
@@ -237,6 +237,8 @@ def _state_word(info: dict[str, Any]) -> str:
         word = "running" if info["running"] else str(info["phase"])
         return word + _batch_word(info)
     """The STATE column: what runs, and whether cron would keep it so (no line, a line that is off)."""
+    if info["phase"] == "broken":
+        return "broken"
     off = info["installed"] and not info["enabled"]
     if info["running"]:
         word = "running"
