@@ -125,6 +125,14 @@ class Sandbox:
     def state_root(self) -> str:
         return os.path.join(self.state_home, "watchdog-singleton", os.uname().nodename)
 
+    def lock_dir(self) -> str:
+        """The default lock folder this sandbox's state folder recorded (lock.private_lock_dir), or ""."""
+        try:
+            with open(os.path.join(self.state_root, "lock-dir")) as f:
+                return f.read().strip()
+        except OSError:
+            return ""
+
     def job(self, base: str) -> str:
         name = f"{base}-{self.tag}"
         self.jobs.append(name)
@@ -232,8 +240,9 @@ class Sandbox:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        self.tmp_paths.append(self.lock_dir())  # the private lock folder its state folder recorded
         shutil.rmtree(self.dir, ignore_errors=True)
-        for target in self.tmp_paths:
+        for target in filter(None, self.tmp_paths):
             if os.path.islink(target) or os.path.isfile(target):
                 os.unlink(target)
             else:

@@ -20,9 +20,10 @@ as one. What the fixture does, once per session:
 - initdb in a fresh temporary folder owned by the `postgres` user (as root) or by us (otherwise),
   with peer auth on the unix socket and scram-sha-256 on TCP;
 - starts it with pg_ctl on a free localhost port, its unix socket in the same temporary folder;
-- creates a role named after the test user (WATCHDOG_SINGLETON_TEST_USER; ourselves when not root)
-  and a database of the same name, with a random password written only to that user's ~/.pgpass
-  (0600), never to a URL, an argv or our files;
+- creates a role named after the test user (WATCHDOG_SINGLETON_TEST_USER; ourselves when not root,
+  whose role initdb made already: it then only gets the password) and a database of the same
+  name, with a random password written only to that user's ~/.pgpass (0600), never to a URL, an
+  argv or our files;
 - at the end (also after a failure) stops the server, removes its line from ~/.pgpass and
   removes the folder.
 
@@ -262,8 +263,17 @@ def _init_and_start(cluster: PgCluster, user: UnprivilegedUser, timings: dict[st
     t0 = time.monotonic()
     password = secrets.token_urlsafe(24)  # url-safe: no ':' or '\\' to escape in .pgpass
     quoted = password.replace("'", "''")
-    cluster.psql(f"CREATE ROLE \"{user.name}\" LOGIN PASSWORD '{quoted}';\n"
-                 f"CREATE DATABASE \"{user.name}\" OWNER \"{user.name}\";\n")
+    # As a normal user the role exists already: initdb made it, as the cluster's superuser, named
+    # after us. Then it only gets a password (and stays superuser, which no test relies on).
+    role = user.name.replace('"', '""')
+    cluster.psql(f"DO $do$ BEGIN\n"
+                 f"  IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{user.name}') THEN\n"
+                 f"    ALTER ROLE \"{role}\" LOGIN PASSWORD '{quoted}';\n"
+                 f"  ELSE\n"
+                 f"    CREATE ROLE \"{role}\" LOGIN PASSWORD '{quoted}';\n"
+                 f"  END IF;\n"
+                 f"END $do$;\n"
+                 f"CREATE DATABASE \"{role}\" OWNER \"{role}\";\n")
     # Any database of this cluster: tests make fresh ones for themselves.
     cluster.password_line = f"127.0.0.1:{cluster.port}:*:{user.name}:{password}"
     _write_pgpass(user, cluster.password_line)

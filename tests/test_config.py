@@ -277,6 +277,13 @@ BAD_FILES = [
     ("sync without a cluster", "sync = true\nperiod = 60\n", ", key sync: sync = true is for cluster jobs"),
     ("unknown cluster kind", "cluster = \"mysql://db/x\"\n", ", key cluster: cluster 'mysql://db/x': unknown kind"),
     ("missing workdir", "workdir = \"/nonexistent/dir\"\n", ", key workdir: working directory"),
+    ("a schedule that never fires", "schedule = \"0 0 30 2 *\"\nperiodic = true\n",
+     ", key schedule: schedule '0 0 30 2 *' never fires"),
+    ("env key with =", "env = { \"A=B\" = \"x\" }\n", ", key env: 'A=B' is not a valid variable name"),
+    ("20,000 env entries", "env = { " + ", ".join(f"V{i} = \"x\"" for i in range(20000)) + " }\n",
+     ", key env: env: the command and its 2000"),
+    ("another user's default lock folder", "lock_dir = \"/tmp/watchdog-singleton-4000000000\"\n",
+     ", key lock_dir: lock folder /tmp/watchdog-singleton-4000000000 is named as the default lock folder of uid"),
 ]
 
 
@@ -298,6 +305,12 @@ def test_every_kind_of_bad_file_changes_nothing_and_names_file_line_job_key(sand
          f"{path}:{bad_line - 1}: job {bad}, key command: program 'no-such-prog-x' not found"),
         ("duplicate job", head + f"[jobs.{good}]\ncommand = \"x\"\n", f"{path}:{bad_line}: job {good} is defined"),
         ("syntax error", head + "grace = = 3\n", f"{path}:{bad_line}: TOML syntax error"),
+        ("unterminated quote in command", head.replace(f'["/usr/bin/python3", "-c", "{SLEEP}", "m-{bad}"]',
+                                                       '"python3 -c \'print(1)"'),
+         f"{path}:{bad_line - 1}: job {bad}, key command: \"python3 -c 'print(1)\" cannot be split"),
+        ("deeply nested", head + "x = " + "[" * 5000 + "]" * 5000 + "\n", f"{path}: TOML nested too deeply"),
+        ("a job name with a newline", head + '[jobs."two\\nlines"]\ncommand = "/bin/true"\n',
+         "job two\\nlines: job name 'two\\nlines' contains a newline"),
     ]
     for what, text, needle in cases:
         write_file(sandbox, text)
@@ -309,6 +322,18 @@ def test_every_kind_of_bad_file_changes_nothing_and_names_file_line_job_key(sand
         assert snapshot(sandbox) == before, what
     assert (pid_of(sandbox, good), pid_of(sandbox, bad)) == pids
     assert pids_with_arg(f"m-{new}", sandbox.user.uid) == []
+    assert not os.path.exists("/tmp/watchdog-singleton-4000000000")
+    assert f"{good}  running" in sandbox.ok("status").stdout  # the other jobs' status still works
+
+
+def test_apply_of_a_fifo_is_refused_at_once_instead_of_waiting_for_a_writer(sandbox: Sandbox) -> None:
+    fifo = sandbox.path("jobs.toml")
+    os.mkfifo(fifo)
+    os.chown(fifo, sandbox.user.uid, sandbox.user.gid)
+    proc = sandbox.ws("apply", fifo, timeout=30)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [f"watchdog-singleton: {fifo} is a FIFO: "
+                                                                 "apply reads a regular file"], proc.stderr
+    assert sandbox.crontab() == b""
 
 
 def test_the_readme_example_parses_to_ten_jobs_eight_periodic_one_disabled(tmp_path: Any) -> None:

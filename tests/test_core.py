@@ -51,7 +51,9 @@ def test_install_starts_now_and_status_reports_every_field(sandbox: Sandbox) -> 
     assert info["pid"] == pids[0]
     assert info["schedule"] == "* * * * *"
     assert info["command"][-1] == marker
-    assert info["lock_path"] == f"/tmp/watchdog-singleton-{sandbox.user.uid}/{name}.lock"
+    # The default lock folder: a name of its own under /tmp, recorded in the per-host state folder.
+    assert sandbox.lock_dir().startswith(f"/tmp/watchdog-singleton-{sandbox.user.uid}-")
+    assert info["lock_path"] == f"{sandbox.lock_dir()}/{name}.lock"
     assert info["host"] == os.uname().nodename
     assert time.strptime(info["started_at"][:19], "%Y-%m-%dT%H:%M:%S")
     assert sandbox.ws("status", name).returncode == 0

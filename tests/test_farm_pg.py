@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 import pytest
-from conftest import TEST_USER, Sandbox, wait_for
+from conftest import Sandbox, wait_for
 from test_farm import farm, out_lines, start_farm, write_list
 
 if importlib.util.find_spec("pgkit") is None or importlib.util.find_spec("psycopg") is None:
@@ -19,7 +19,7 @@ pytest_plugins = ["pgkit"]
 
 def test_two_farms_share_one_postgresql_list_and_run_no_task_twice(sandbox: Sandbox, pg_cluster: str) -> None:
     url = str(pg_cluster)
-    pg_cluster.psql("DROP TABLE IF EXISTS farm_tasks", dbname=TEST_USER)  # type: ignore[attr-defined]
+    pg_cluster.psql("DROP TABLE IF EXISTS farm_tasks", dbname=pg_cluster.dbname)  # type: ignore[attr-defined]
     names = [f"p{i:03d}" for i in range(200)]
     listing = write_list(sandbox, [f"sleep 0.05; echo {n} >> out" for n in names])
     # Two farms, two work folders (each its own host lock), one list in the database.
@@ -41,7 +41,7 @@ def test_an_expired_postgresql_lease_goes_back_to_todo_and_the_old_holder_cannot
     from watchdog_singleton.farm.pgstore import PgStore
     from watchdog_singleton.farm.tasklist import Task
 
-    pg_cluster.psql("DROP TABLE IF EXISTS farm_tasks", dbname=TEST_USER)
+    pg_cluster.psql("DROP TABLE IF EXISTS farm_tasks", dbname=pg_cluster.dbname)
     store = PgStore(pg_cluster.url_with_passfile)
     try:
         store.add([Task("t-0", 1, "true"), Task("t-1", 2, "true")])

@@ -7,6 +7,7 @@ crontab stays, a copy still running under the old lock is adopted and never dupl
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import signal
@@ -284,3 +285,63 @@ def test_import_apply_adopts_a_copy_running_under_the_old_lock_and_never_starts_
         if old.poll() is None:
             os.killpg(old.pid, signal.SIGKILL)
             old.wait(20)
+
+
+def test_import_apply_takes_over_only_lines_that_guard_themselves_unless_named_or_all(sandbox: Sandbox) -> None:
+    """Plain lines stay byte-identical (their output goes to cron's mail); flock lines are taken
+    over; --line N and --all take plain lines too; a line's control bytes are shown escaped; a
+    schedule that never fires is left alone; CRON_TZ above a line gives status's next due."""
+    tag = sandbox.tag
+    for lock in ("p", "feb", "tz"):
+        sandbox.tmp_paths.append(f"/tmp/{lock}-{tag}.lock")
+    lines = [
+        b"0 9 * * mon-fri /usr/bin/true weekday",  # 1: plain
+        b"*/5 * * * * date +\\%Y >/dev/null 2>&1",  # 2: plain
+        f"*/7 * * * * flock -n /tmp/p-{tag}.lock /usr/bin/true".encode(),  # 3: guarded
+        f"0 0 30 2 * flock -n /tmp/feb-{tag}.lock /usr/bin/true".encode(),  # 4: never fires
+        b"*/3 * * * * /usr/bin/printf \x1b[31mred\x07",  # 5: control bytes (and a glob: left alone)
+        b"CRON_TZ=Asia/Tokyo",  # 6
+        f"0 9 * * * flock -n /tmp/tz-{tag}.lock /usr/bin/true".encode(),  # 7: guarded, 09:00 in Tokyo
+    ]
+    before = b"\n".join(lines) + b"\n"
+    sandbox.set_crontab(before)
+    preview = sandbox.ok("import")
+    assert "\x1b" not in preview.stdout and "\x07" not in preview.stdout
+    assert "line 5: left alone (" in preview.stdout and "printf \\x1b[31mred\\x07" in preview.stdout
+    assert "line 1: left alone (it guards nothing itself" in preview.stdout and "--line 1 or --all" in preview.stdout
+    assert re.search(r"line 4: left alone \(schedule '0 0 30 2 \*' never fires", preview.stdout), preview.stdout
+    names = taken_over(preview.stdout)
+    assert sorted(names) == [3, 7], preview.stdout
+    assert taken_over(sandbox.ok("import", "--all").stdout).keys() == {1, 2, 3, 7}  # 5: a glob, [
+    for bad, needle in ((["--line", "4"], "--line 4 cannot be taken over: schedule '0 0 30 2 *' never fires"),
+                        (["--line", "6"], "--line 6 cannot be taken over: an environment setting"),
+                        (["--line", "99"], "--line 99: no job line there"),
+                        (["--line", "1", "--all"], "not both")):
+        proc = sandbox.ws("import", "--apply", *bad)
+        assert proc.returncode == 2 and proc.stdout == "", (bad, proc)
+        assert proc.stderr.splitlines() == [proc.stderr.strip()] and needle in proc.stderr, (bad, proc.stderr)
+        assert sandbox.crontab() == before
+    sandbox.jobs.extend(names.values())
+    sandbox.ok("import", "--apply")
+    after = sandbox.crontab().split(b"\n")
+    for k, line in enumerate(lines, 1):
+        if k in names:
+            assert after[k - 1].endswith(f" #watchdog-singleton:{names[k]}".encode()), after[k - 1]
+        else:
+            assert after[k - 1] == line, (k, after[k - 1])
+    from zoneinfo import ZoneInfo
+
+    tokyo = datetime.datetime.now(ZoneInfo("Asia/Tokyo"))
+    nine = tokyo.replace(hour=9, minute=0, second=0, microsecond=0)
+    if nine <= tokyo:
+        nine += datetime.timedelta(days=1)
+    due = sandbox.status(names[7])["next_due_at"]
+    assert datetime.datetime.strptime(due, "%Y-%m-%dT%H:%M:%S%z").timestamp() == nine.timestamp(), due
+    # A plain line is taken over when named; the rest stays as it was.
+    weekday = taken_over(sandbox.ok("import", "--line", "1", "--apply").stdout)[1]
+    sandbox.jobs.append(weekday)
+    again = sandbox.crontab().split(b"\n")
+    assert again[0].endswith(f" #watchdog-singleton:{weekday}".encode())
+    assert again[1:] == after[1:]
+    assert sandbox.status(weekday)["schedule"] == "0 9 * * mon-fri"
+    assert sandbox.ws("status").returncode == 0

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -63,7 +64,6 @@ BAD_INSTALLS = [
     (["x" * 65, *CMD], "65 characters"),
     (["--", "-dash", "/bin/sleep", "1000", "bad-input-marker"], "starts with '-'"),
     (["ok-name"], "no command"),
-    (["ok-name", "--", "/bin/echo", "new\nline", "bad-input-marker"], "newline"),
     (["ok-name", "--", "no-such-program-xyz", "bad-input-marker"], "not found"),
     (["ok-name", "--", "./plain-file", "bad-input-marker"], "not executable"),
     (["ok-name", "--schedule", "61 * * * *", *CMD], "61 * * * *"),
@@ -110,30 +110,103 @@ def other_user(test_user: UnprivilegedUser) -> Iterator[UnprivilegedUser]:
     subprocess.run(["crontab", "-u", user.name, "-r"], capture_output=True)
 
 
-@pytest.mark.parametrize("plant", ["foreign-folder", "symlink"])
-def test_a_lock_folder_planted_by_another_user_is_refused(other_user: UnprivilegedUser, plant: str) -> None:
-    box = make_sandbox(other_user, f"hostile-{plant}")
-    victim_dir = f"/tmp/watchdog-singleton-{other_user.uid}"
-    decoy = f"/tmp/decoy-{box.tag}"
+def sleeper(marker: str) -> list[str]:
+    return ["/usr/bin/python3", "-c", "import time; time.sleep(10**6)", marker]
+
+
+def squat(adversary: UnprivilegedUser, path: str, kind: str) -> None:
+    """`adversary` makes `path` first, as any local user can in /tmp: a folder or a symlink."""
+    if kind == "folder":
+        argv = ["mkdir", "-m", "0777", path]
+    else:
+        argv = ["ln", "-s", f"/home/{adversary.name}", path]
+    subprocess.run(argv, check=True, user=adversary.uid, group=adversary.gid, extra_groups=[])
+
+
+@pytest.mark.parametrize("kind", ["folder", "symlink"])
+def test_a_squatted_default_lock_folder_does_not_keep_a_job_down(sandbox: Sandbox, other_user: UnprivilegedUser,
+                                                                 kind: str) -> None:
+    """wsinput2 makes /tmp/watchdog-singleton-<uid of the test user> first: the test user's jobs
+    still install, start and stop (their lock lives in a folder of a name nobody can take), nothing
+    goes into the squatted one, status says plainly that it is not ours, and that name cannot be
+    used by hand."""
+    squatted = f"/tmp/watchdog-singleton-{sandbox.user.uid}"
+    aside = f"{squatted}.aside-{sandbox.tag}"
+    if os.path.lexists(squatted):
+        os.rename(squatted, aside)  # our own, left by an earlier test: put back afterwards
     try:
-        if plant == "foreign-folder":
-            os.mkdir(victim_dir, 0o777)  # owned by root, i.e. by someone else
-            os.chmod(victim_dir, 0o777)
-        else:
-            os.mkdir(decoy, 0o700)
-            os.chown(decoy, other_user.uid, other_user.gid)  # even a target the victim owns
-            os.symlink(decoy, victim_dir)
-        for args in (["install", "victim", *CMD], ["run", "victim", "--", "/bin/sleep", "1000", "bad-input-marker"]):
-            line = assert_refused(box, args, victim_dir, extra_roots=(decoy,))
-            assert ("symlink" in line) if plant == "symlink" else ("belongs to uid 0" in line)
-        assert os.listdir(victim_dir) == []
+        squat(other_user, squatted, kind)
+        name = sandbox.job("squatted")
+        sandbox.ok("install", name, "--settle", "0.3", "--", *sleeper(f"m-{sandbox.tag}"))
+        pid = wait_for(lambda: sandbox.status(name)["pid"], 10, what=f"{name} to run")
+        info = sandbox.status(name)
+        assert info["running"] and pids_with_arg(f"m-{sandbox.tag}", sandbox.user.uid) == [pid]
+        lock_dir = os.path.dirname(info["lock_path"])
+        assert lock_dir.startswith(f"{squatted}-") and info["lock_held"]
+        st = os.lstat(lock_dir)
+        assert stat.S_ISDIR(st.st_mode) and st.st_uid == sandbox.user.uid and stat.S_IMODE(st.st_mode) == 0o700
+        table = sandbox.ok("status").stdout
+        assert f"lock folder {squatted}" in table and ("not to you" in table or "symlink" in table), table
+        sandbox.ok("stop", name)
+        assert pids_with_arg(f"m-{sandbox.tag}", sandbox.user.uid) == []
+        sandbox.ok("start", name)
+        wait_for(lambda: sandbox.status(name)["running"], 10, what=f"{name} to run again")
+        if kind == "folder":
+            assert os.listdir(squatted) == []
+        line = assert_refused(sandbox, ["install", "by-hand", "--lock-dir", squatted, *CMD], squatted)
+        assert ("symlink" in line) if kind == "symlink" else (f"belongs to uid {other_user.uid}" in line)
     finally:
-        if os.path.islink(victim_dir):
-            os.unlink(victim_dir)
-        elif os.path.isdir(victim_dir):
-            shutil.rmtree(victim_dir)
-        shutil.rmtree(decoy, ignore_errors=True)
-        box.cleanup()
+        if os.path.islink(squatted):
+            os.unlink(squatted)
+        elif os.path.isdir(squatted):
+            shutil.rmtree(squatted)
+        if os.path.lexists(aside):
+            os.rename(aside, squatted)
+
+
+def test_an_installed_line_with_the_old_lock_name_runs_when_that_name_is_taken(
+        sandbox: Sandbox, other_user: UnprivilegedUser) -> None:
+    """A job installed by an earlier version stores /tmp/watchdog-singleton-UID and its crontab
+    line names it. After a reboot someone else makes that folder first: the line's tick still
+    starts the job, in the user's private folder."""
+    squatted = f"/tmp/watchdog-singleton-{sandbox.user.uid}"
+    aside = f"{squatted}.aside-{sandbox.tag}"
+    if os.path.lexists(squatted):
+        os.rename(squatted, aside)
+    try:
+        name = sandbox.job("oldline")
+        sandbox.ok("install", name, "--no-start", "--lock-dir", squatted, "--", *sleeper(f"m-{sandbox.tag}"))
+        assert squatted in sandbox.cron_line(name)
+        if os.path.isdir(squatted):
+            shutil.rmtree(squatted)  # the reboot emptied /tmp ...
+        squat(other_user, squatted, "folder")  # ... and another user was first
+        sandbox.fire_tick(name)
+        wait_for(lambda: sandbox.status(name)["running"], 10, what=f"{name} to run: {sandbox.status(name)}")
+        assert os.path.dirname(sandbox.status(name)["lock_path"]).startswith(f"{squatted}-")
+        assert os.listdir(squatted) == []
+        sandbox.fire_tick(name)  # a second tick finds it running and starts nothing
+        assert len(pids_with_arg(f"m-{sandbox.tag}", sandbox.user.uid)) == 1
+        sandbox.ok("uninstall", name)
+        assert pids_with_arg(f"m-{sandbox.tag}", sandbox.user.uid) == []
+    finally:
+        if os.path.isdir(squatted) and not os.path.islink(squatted):
+            shutil.rmtree(squatted)
+        if os.path.lexists(aside):
+            os.rename(aside, squatted)
+
+
+def test_another_users_default_lock_name_is_never_created(foreign: Sandbox, other_user: UnprivilegedUser) -> None:
+    theirs = f"/tmp/watchdog-singleton-{other_user.uid}"
+    existed = os.path.lexists(theirs)
+    needle = f"default lock folder of uid {other_user.uid}:"
+    assert_refused(foreign, ["install", "x", "--lock-dir", theirs, *CMD], needle)
+    assert_refused(foreign, ["install", "x", "--lock-dir", f"{theirs}-0123456789abcdef", *CMD], theirs)
+    assert_refused(foreign, ["run", "x", "--lock-dir", theirs, "--", "/bin/true"], theirs)
+    path = foreign.path("jobs.toml")
+    with open(path, "w") as f:
+        f.write(f'[jobs.x]\ncommand = ["/bin/sleep", "1000", "bad-input-marker"]\nlock_dir = "{theirs}"\n')
+    assert_refused(foreign, ["apply", path], f"{path}:3: job x, key lock_dir: lock folder {theirs}")
+    assert os.path.lexists(theirs) == existed
 
 
 def test_a_lock_folder_on_a_network_filesystem_is_refused(foreign: Sandbox) -> None:
@@ -262,3 +335,40 @@ def test_files_we_create_are_private(sandbox: Sandbox) -> None:
     lock = sandbox.status(name)["lock_path"]
     assert stat.S_IMODE(os.stat(lock).st_mode) & 0o777 == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(lock)).st_mode) == 0o700
+
+
+def test_a_broken_stored_definition_shows_as_broken_and_the_other_jobs_status_still_works(sandbox: Sandbox) -> None:
+    good, bad, feb = sandbox.job("good"), sandbox.job("bad"), sandbox.job("feb")
+    sandbox.ok("install", good, "--settle", "0.3", "--", *sleeper(f"m-{sandbox.tag}"))
+    sandbox.ok("install", bad, "--no-start", "--", "/bin/true")
+    jobs = os.path.join(sandbox.state_root, "jobs")
+    with open(os.path.join(jobs, f"{bad}.json"), "w") as f:
+        f.write('{"name": "%s", "command": "not a list", "workdir": "/"}\n' % bad)  # a hand edit gone wrong
+    with open(os.path.join(jobs, f"{good}.json")) as f:
+        never = json.load(f)
+    never.update(name=feb, periodic=True, schedule="0 0 30 2 *")  # stored by a version that accepted it
+    with open(os.path.join(jobs, f"{feb}.json"), "w") as f:
+        json.dump(never, f)
+    proc = sandbox.ws("status")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line and not line.startswith(" ")}
+    assert " running " in rows[good] and " broken " in rows[bad], proc.stdout
+    assert f"the stored definition of {bad} is broken (command is str 'not a list')" in proc.stdout
+    infos = {i["name"]: i for i in json.loads(sandbox.ok("status", "--json").stdout)}
+    assert infos[good]["running"] and infos[bad]["phase"] == "broken" and infos[feb]["next_due_at"] is None
+    assert sandbox.ws("status", bad).returncode == 3
+    sandbox.ok("uninstall", bad)
+    assert not os.path.exists(os.path.join(jobs, f"{bad}.json"))
+    assert sandbox.status(good)["running"]
+
+
+def test_a_multi_line_python_c_program_is_accepted_and_shown_escaped(sandbox: Sandbox) -> None:
+    name = sandbox.job("multiline")
+    program = "import time\ntime.sleep(10**6)"
+    proc = sandbox.ok("install", name, "--settle", "0.3", "--", "/usr/bin/python3", "-c", program, f"m-{sandbox.tag}")
+    shown = "$'import time\\ntime.sleep(10**6)'"
+    assert f"/usr/bin/python3 -c {shown} m-{sandbox.tag}" in proc.stdout.splitlines()[0], proc.stdout
+    wait_for(lambda: sandbox.status(name)["running"], 10, what=f"{name} to run")
+    assert sandbox.status(name)["command"] == ["/usr/bin/python3", "-c", program, f"m-{sandbox.tag}"]
+    [row] = [line for line in sandbox.ok("status").stdout.splitlines() if line.startswith(name)]
+    assert row.endswith(f"-c {shown} m-{sandbox.tag}"), row

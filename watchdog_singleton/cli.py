@@ -361,13 +361,17 @@ def uninstall(
              epilog=_example("import", "import --apply"))
 def import_(
     apply: bool = typer.Option(False, "--apply", help="replace those lines by jobs (default: only show)"),
+    line: List[int] = typer.Option([], "--line", metavar="N",
+                                   help="take over line N only (repeatable); also a plain line"),
+    take_all: bool = typer.Option(False, "--all", help="also take over plain lines (no lock of their own)"),
 ) -> None:
-    """Show the job each old crontab line would become (flock -n, run-one, keep-one-running, plain
-    periodic lines) and why any line is left alone; --apply replaces exactly those lines, keeps
-    their log files, and adopts a copy that still runs instead of starting a second one."""
+    """Show the job each old crontab line would become and why any line is left alone. Lines that
+    guard themselves (flock -n, run-one, keep-one-running) are taken over; plain lines only with
+    --line N or --all. --apply replaces exactly those lines, keeps their log files, and adopts a
+    copy that still runs instead of starting a second one."""
     from .commands.importer import import_lines
 
-    _call(lambda: import_lines(_context(), _echo, _warn, apply))
+    _call(lambda: import_lines(_context(), _echo, _warn, apply, line, take_all))
 
 
 @app.command(short_help="Make this host's jobs match a TOML file.",

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from . import paths
 from .errors import UserError
-from .jobs import Job
+from .jobs import ENV_KEY_CHARS, Job
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -127,7 +127,7 @@ class ConfigFile:
             if not target:
                 continue
             if kind == "argv":
-                value = shlex.split(value) if isinstance(value, str) else list(value)
+                value = split_command(self.path, spec, key, value) if isinstance(value, str) else list(value)
             elif kind == "env":
                 value = [f"{k}={v}" for k, v in value.items()]
             elif kind == "path":
@@ -136,6 +136,15 @@ class ConfigFile:
         kwargs["command"] = list(kwargs.get("command", [])) + list(values.get("arguments", []))
         kwargs.setdefault("workdir", folder)  # the file's folder, not wherever apply was typed
         return InstallRequest(**kwargs)
+
+
+def split_command(path: str, spec: JobSpec, key: str, text: str) -> list[str]:
+    """A `command` string split as a shell would; an unclosed quote is the file's error."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:  # "No closing quotation", "No escaped character"
+        raise config_error(path, spec, key, f"{text!r} cannot be split as a shell would: "
+                           f"{str(exc)[0].lower()}{str(exc)[1:]}") from None
 
 
 def config_error(path: str, spec: Optional[JobSpec], key: str, message: str) -> ConfigError:
@@ -207,12 +216,27 @@ def scan_lines(text: str) -> dict[tuple[str, ...], int]:
 
 
 def load(path: str) -> ConfigFile:
+    import stat
+
     path = os.path.abspath(path)
     try:
-        with open(path, "rb") as fh:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else \
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+            raise ConfigError(f"{path} is {kind}: apply reads a regular file")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
             raw = fh.read()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -225,6 +249,8 @@ def parse(text: str, path: str) -> ConfigFile:
     """The jobs of `text` (the file at `path`), every key checked for name and type."""
     try:
         data = tomllib.loads(text)
+    except RecursionError:  # arrays or tables nested thousands deep
+        raise ConfigError(f"{path}: TOML nested too deeply to read") from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         at = re.search(r"\s*\(at line (\d+), column \d+\)$", message)
@@ -282,11 +308,16 @@ def _check_key(path: str, spec: JobSpec, key: str, value: Any, in_defaults: bool
         about = "[defaults]" if in_defaults else f"job {spec.name}"
         raise ConfigError(f"{where}: {about}, key {key}: unknown key{hint}")
     kind = KEYS[key][1]
+    where = f"{path}:{spec.key_lines.get(key) or spec.line}"
+    about = "[defaults]" if in_defaults else f"job {spec.name}"
     if not _has_kind(value, kind):
         got = "a table" if isinstance(value, dict) else type(value).__name__
-        where = f"{path}:{spec.key_lines.get(key) or spec.line}"
-        about = "[defaults]" if in_defaults else f"job {spec.name}"
-        raise ConfigError(f"{where}: {about}, key {key}: must be {KIND_TEXT[kind]}, not {got} {value!r}")
+        raise ConfigError(f"{where}: {about}, key {key}: must be {KIND_TEXT[kind]}, not {got} {value!r}"[:500])
+    if kind == "env":
+        for name in value:
+            if not name or name[0].isdigit() or not set(name) <= ENV_KEY_CHARS:
+                raise ConfigError(f"{where}: {about}, key env: {name!r} is not a valid variable name "
+                                  "(letters, digits and _, not starting with a digit)")
 
 
 def _has_kind(value: Any, kind: str) -> bool:
@@ -372,7 +403,10 @@ def job_table(job: Job, default_log_dir: str, default_lock_dir: str, environ: Op
         table["stdout_log"], table["stderr_log"] = job.stdout_log, job.stderr_log  # taken over from `>> FILE`
     elif log_dir != default_path("log_dir", default_log_dir):
         table["log_dir"] = log_dir
-    if job.lock_dir != default_path("lock_dir", default_lock_dir):
+    from .lock import is_own_default
+
+    if job.lock_dir != default_path("lock_dir", default_lock_dir) and not (
+            is_own_default(job.lock_dir) and "lock_dir" not in given):
         table["lock_dir"] = job.lock_dir
     inherited_env = snapshot_env(environ) if environ is not None else {}
     if isinstance(given.get("env"), dict):

@@ -550,3 +550,63 @@ def scan(text: bytes, home: str, logname: str, taken: set[str]) -> list[Result]:
             taken.add(result.name)
         results.append(result)
     return results
+
+
+# -- CRON_TZ ---------------------------------------------------------------------------------
+def cron_zones(text: bytes) -> dict[str, str]:
+    """Our lines' names -> the CRON_TZ set above them (cronie and others fire the lines after a
+    CRON_TZ=ZONE setting in that zone's time); lines with none are left out."""
+    zones: dict[str, str] = {}
+    zone = ""
+    for raw in text.split(b"\n"):
+        line = raw.decode(errors="replace")
+        assignment = ASSIGN_RE.match(line)
+        if assignment and assignment.group(1) == "CRON_TZ" and not re.match(r"^\s*[0-9*@]", line):
+            value = assignment.group(2)
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            zone = value
+            continue
+        tag = TAG_RE.search(line)
+        if tag and zone:
+            zones[tag.group(0).split(":", 1)[1]] = zone
+    return zones
+
+
+def next_due(schedule: str, t: float, zone: Optional[str] = None) -> Optional[str]:
+    """The first due time of `schedule` after `t` as ISO 8601, in `zone` (a CRON_TZ) if given and
+    known, else in local time; None for a schedule that never fires."""
+    from .jobs import iso
+    from .schedule import CronSchedule
+
+    try:
+        cron = CronSchedule(schedule)
+    except ValueError:
+        return None
+    tz = None
+    if zone:
+        try:
+            from zoneinfo import ZoneInfo
+
+            tz = ZoneInfo(zone)
+        except (ImportError, ValueError, OSError, KeyError):
+            tz = None  # an unknown zone: cron falls back to local time too
+    if tz is None:
+        try:
+            return iso(cron.next_after(t))
+        except ValueError:
+            return None
+    import datetime
+
+    start = datetime.datetime.fromtimestamp(t, tz)
+    day = start.date()
+    for i in range(5 * 366):
+        date = day + datetime.timedelta(days=i)
+        if not cron.fires_on(date.month, date.day, date.isoweekday() % 7):
+            continue
+        for hour in cron.hours:
+            for minute in cron.minutes:
+                when = datetime.datetime(date.year, date.month, date.day, hour, minute, tzinfo=tz)
+                if when.timestamp() > t:
+                    return iso(when.timestamp())  # shown in local time, as every time of ours
+    return None

@@ -215,6 +215,12 @@ def check_schedule(schedule: str) -> str:
         raise UserError(f"schedule {schedule!r} has {count} fields; cron needs 5 (minute hour day month weekday)")
     if not CronSlices.is_valid(text):
         raise UserError(f"schedule {schedule!r} is not a valid cron expression (a value is out of range?)")
+    from .schedule import CronSchedule
+
+    try:  # valid field by field, yet no date has it (30 February): it would never run
+        CronSchedule(text).next_after(time.time())
+    except ValueError:
+        raise UserError(f"schedule {schedule!r} never fires: no date matches it") from None
     return text
 
 
@@ -259,6 +265,28 @@ def parse_env(items: list[str]) -> dict[str, str]:
     return env
 
 
+# execve(2) fails with E2BIG past ARG_MAX (often 2 MiB, all of argv and the environment) and
+# for any one string past 128 KiB. A job must start wherever it is installed, with room left
+# for the variables we add: refuse well before either limit, at install, not at the first start.
+EXEC_TOTAL_LIMIT = 256 * 1024
+EXEC_STRING_LIMIT = 128 * 1024 - 1
+
+
+def check_exec_size(command: list[str], env: dict[str, str]) -> None:
+    """Refuse a command and environment too big for execve (E2BIG) on a stock Linux."""
+    strings = [*command, *(f"{k}={v}" for k, v in env.items())]
+    for text in strings:
+        size = len(text.encode(errors="surrogateescape"))
+        if size > EXEC_STRING_LIMIT:
+            what = "a command argument" if text in command else f"--env {text.partition('=')[0]}"
+            raise UserError(f"{what} is {size} bytes long; execve takes at most {EXEC_STRING_LIMIT} (E2BIG)")
+    # Each string also costs its NUL and a pointer in the new process's stack.
+    total = sum(len(t.encode(errors="surrogateescape")) + 1 + 8 for t in strings)
+    if total > EXEC_TOTAL_LIMIT:
+        raise UserError(f"--env: the command and its {len(env)} variables take {total} bytes; at most "
+                        f"{EXEC_TOTAL_LIMIT} are allowed, so that it can start (execve: E2BIG)")
+
+
 def snapshot_env(environ: dict[str, str]) -> dict[str, str]:
     return {key: environ[key] for key in SNAPSHOT_ENV if environ.get(key)}
 
@@ -267,9 +295,7 @@ def resolve_command(command: list[str], workdir: str, search_path: Optional[str]
     """argv with argv[0] made absolute, the way the install-time shell would have found it."""
     if not command or not command[0]:
         raise UserError("no command given: put it after --, e.g. install web -- python -u daemon.py")
-    for arg in command:
-        if "\n" in arg or "\r" in arg:
-            raise UserError(f"command argument {arg!r} contains a newline")
+    for arg in command:  # a newline is fine: the command is stored as JSON, never in the crontab
         if "\0" in arg:
             raise UserError("command argument contains a NUL byte")
     import shutil  # install's concern only: kept out of the resident supervisor's memory
@@ -298,6 +324,35 @@ def now_iso() -> str:
     return iso(time.time())
 
 
+class BrokenJob(UserError):
+    """A stored definition that cannot be used as it is."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, FAILED)
+
+
+def definition_problem(data: dict[str, object]) -> Optional[str]:
+    """Why a stored definition cannot be used, or None: each field of the type its default has."""
+    for key, default in Job.FIELDS:
+        value = data.get(key, default)
+        if default is REQUIRED:
+            if key not in data:
+                return f"no {key}"
+            ok = (isinstance(value, list) and bool(value) and all(isinstance(a, str) for a in value)
+                  if key == "command" else isinstance(value, str))
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif isinstance(default, dict):
+            ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            return f"{key} is {type(value).__name__} {value!r}"[:200]
+    return None
+
+
 class JobStore:
     """Job definitions for this host: one JSON file each under <state dir>/jobs."""
 
@@ -305,9 +360,27 @@ class JobStore:
         self.root = root
         self.folder = files.JsonFolder(paths.jobs_dir(root), check_name)
 
-    def load(self, name: str) -> Optional[Job]:
+    def load(self, name: str, strict: bool = True) -> Optional[Job]:
+        """NAME's definition, or None. One that is broken (edited by hand, from a newer or buggy
+        version: a wrong type, a missing field, a schedule that never fires) is a BrokenJob, or
+        None when not `strict` (uninstall must still remove it)."""
         data = self.folder.read(name)
-        return Job.from_dict(data) if data else None
+        if not data:
+            return None
+        problem = definition_problem(data)
+        if problem is None:
+            job = Job.from_dict(data)
+            from .lock import resolve_lock_dir
+
+            job.lock_dir = resolve_lock_dir(job.lock_dir, self.root)
+            return job
+        if strict:
+            raise BrokenJob(f"the stored definition of {name} is broken ({problem}): "
+                            f"install it again, or uninstall it ({self.folder.path(name)})")
+        return None
+
+    def exists(self, name: str) -> bool:
+        return os.path.lexists(self.folder.path(name))
 
     def get(self, name: str) -> Job:
         job = self.load(name)

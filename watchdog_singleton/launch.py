@@ -13,8 +13,8 @@ import time
 
 from . import paths, procs, runargs
 from .errors import FAILED, OK, UserError
-from .jobs import Job, JobStore, check_name, now_iso, parse_env, resolve_command
-from .lock import REPAIRED, FlockLock, check_lock_dir
+from .jobs import Job, JobStore, check_exec_size, check_name, now_iso, parse_env, resolve_command
+from .lock import REPAIRED, FlockLock, check_lock_dir, resolve_lock_dir
 from .state import CARRIED, RunState, StateStore
 
 TYPE_CHECKING = False
@@ -47,7 +47,10 @@ def main(argv: list[str]) -> int:
 def adhoc_job(args: runargs.RunArgs, root: str) -> Job:
     name = check_name(args.name)
     workdir = os.path.abspath(args.workdir or os.getcwd())
-    lock_dir = os.path.abspath(args.lock_dir) if args.lock_dir else paths.default_lock_dir()
+    # A batch script passes the old fixed name: it follows our recorded folder when that name is
+    # gone or taken, as an installed job's does.
+    lock_dir = resolve_lock_dir(os.path.abspath(args.lock_dir), root) if args.lock_dir \
+        else paths.default_lock_dir(root)
     check_lock_dir(lock_dir, args.allow_network_fs)
     env = parse_env(args.env)
     from .leases import job_cluster, refuse_without_cluster
@@ -55,7 +58,9 @@ def adhoc_job(args: runargs.RunArgs, root: str) -> Job:
     cluster = job_cluster(args.cluster)
     if not cluster:
         refuse_without_cluster({"--standby": args.standby, "--rotate": args.rotate})
-    job = Job(name=name, command=resolve_command(args.command, workdir, os.environ.get("PATH")),
+    command = resolve_command(args.command, workdir, os.environ.get("PATH"))
+    check_exec_size(command, env)
+    job = Job(name=name, command=command,
               workdir=workdir, env=env, grace=args.grace, restart=args.restart,
               lock_dir=lock_dir, allow_network_fs=args.allow_network_fs, forking=args.forking,
               settle=1.0 if args.settle is None else args.settle, state_folder=paths.job_state_dir(root, name),

@@ -89,8 +89,172 @@ def filesystem_type(path: str) -> Optional[str]:
     return NETWORK_FS_MAGIC.get(buf.f_type & 0xFFFFFFFF)
 
 
+# -- the per-user default lock folder ---------------------------------------------------------
+# /tmp/watchdog-singleton-UID was a name any local user could create first (and so keep every
+# job of UID from starting). The default is now /tmp/watchdog-singleton-UID-<16 random hex>,
+# recorded in the per-host state folder (0700, so nobody else can read the name there), made by
+# mkdir 0700 and used only while it is a folder of ours. A name someone took (after a reboot,
+# having seen it in /tmp) is replaced by a fresh one. Definitions store the folder's path;
+# one that names a default of ours that is gone or taken follows the recorded one instead.
+DEFAULT_PREFIX = "/tmp/watchdog-singleton-"
+SUFFIX_HEX = 16
+
+
+def default_owner(path: str) -> Optional[int]:
+    """The uid whose default lock folder `path` is by its name (/tmp/watchdog-singleton-UID or
+    /tmp/watchdog-singleton-UID-...), else None."""
+    path = os.path.normpath(path)
+    if not path.startswith(DEFAULT_PREFIX):
+        return None
+    uid_text, _, _ = path[len(DEFAULT_PREFIX):].partition("-")
+    return int(uid_text) if uid_text.isdigit() else None
+
+
+def is_own_default(path: str) -> bool:
+    """Whether `path` is one of our default lock folders: the old fixed name or a recorded one."""
+    path = os.path.normpath(path)
+    legacy = f"{DEFAULT_PREFIX}{os.getuid()}"
+    if path == legacy:
+        return True
+    suffix = path[len(legacy) + 1:] if path.startswith(legacy + "-") else ""
+    return len(suffix) == SUFFIX_HEX and all(c in "0123456789abcdef" for c in suffix)
+
+
+def folder_problem(path: str) -> Optional[str]:
+    """Why the existing `path` cannot be our lock folder (not a folder, a symlink, not ours);
+    None if it is a folder of ours or is missing."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot check lock folder {path}: {exc.strerror}"
+    try:
+        _check_dir_stat(path, st)
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def _read_record(record: str) -> Optional[str]:
+    try:
+        fd = os.open(record, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        text = os.read(fd, 4096).decode(errors="replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return text if text != f"{DEFAULT_PREFIX}{os.getuid()}" and is_own_default(text) else None
+
+
+_PROPOSED: list[str] = []  # one proposal per process: every job of one apply gets the same
+
+
+def _new_name() -> str:
+    return f"{DEFAULT_PREFIX}{os.getuid()}-{os.urandom(SUFFIX_HEX // 2).hex()}"
+
+
+def private_lock_dir(root: str, create: bool = True) -> str:
+    """The user's default lock folder on this host (see DEFAULT_PREFIX), chosen and made on
+    first use, and chosen anew when another user holds the recorded name. Without `create`
+    nothing is written: the name that commit_lock_dir would make is returned (checks and dry
+    runs change nothing)."""
+    from . import paths
+
+    record = paths.lock_dir_record(root)
+    current = _read_record(record)
+    if current is not None and folder_problem(current) is None:
+        return current
+    if not create:
+        if not _PROPOSED:
+            _PROPOSED.append(_new_name())
+        return _PROPOSED[0]
+    return commit_lock_dir(root, _PROPOSED[0] if _PROPOSED else _new_name())
+
+
+def commit_lock_dir(root: str, wanted: str) -> str:
+    """Make `wanted` (a name private_lock_dir proposed) the recorded default and create it, 0700;
+    the folder to use: `wanted`, or the one recorded meanwhile, or a fresh name if someone took
+    it. Any other folder is returned as it is."""
+    if not is_own_default(wanted) or wanted == f"{DEFAULT_PREFIX}{os.getuid()}":
+        return wanted
+    from . import paths
+    from .files import ensure_dir
+
+    record = paths.lock_dir_record(root)
+    ensure_dir(root)
+    try:
+        fd = os.open(record, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise UserError(f"cannot record the lock folder in {record}: {exc.strerror}", FAILED) from None
+    try:
+        try:  # two launchers choosing at once must agree on one name
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in NO_FLOCK:
+                raise
+        current = _read_record(record)
+        if current is not None and folder_problem(current) is None:
+            if current == wanted:
+                try:
+                    os.mkdir(current, 0o700)
+                except FileExistsError:
+                    pass
+                if folder_problem(current) is None:
+                    return current
+            else:
+                return current
+        chosen = wanted
+        while True:
+            try:
+                os.mkdir(chosen, 0o700)
+                if folder_problem(chosen) is None:
+                    break
+            except FileExistsError:
+                pass
+            chosen = _new_name()  # taken by someone who saw or guessed it: another name
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{chosen}\n".encode(), 0)
+        os.fsync(fd)
+        return chosen
+    except OSError as exc:
+        raise UserError(f"cannot make a lock folder under /tmp: {exc.strerror}", FAILED) from None
+    finally:
+        os.close(fd)
+
+
+def resolve_lock_dir(stored: str, root: str) -> str:
+    """The folder a stored definition's lock lives in: `stored`, unless it names a default of
+    ours that is gone or taken by another user; then the recorded default, which is ours.
+
+    A copy running under the old fixed name keeps it (the folder is ours), so stops and ticks
+    still find it; after a reboot, or once someone else has made that name, the private one is
+    used. Never raises: with the state folder unwritable, `stored` is kept (status says why).
+    """
+    if not is_own_default(stored):
+        return stored
+    if folder_problem(stored) is None and os.path.isdir(stored):
+        return stored
+    from . import paths
+
+    recorded = _read_record(paths.lock_dir_record(root))
+    if stored == recorded and folder_problem(stored) is None:
+        return stored  # ours but not made yet (after a reboot): the lock makes it
+    try:
+        return private_lock_dir(root)
+    except (OSError, UserError):
+        return stored
+
+
 def check_lock_dir(path: str, allow_network_fs: bool = False) -> None:
     """Refuse a lock folder we must not use; never creates anything. Missing is fine."""
+    owner = default_owner(path)
+    if owner is not None and owner != os.getuid():
+        raise UserError(f"lock folder {path} is named as the default lock folder of uid {owner}: "
+                        "refusing to take another user's name (choose a folder of your own)")
     try:
         st = os.lstat(path)
     except FileNotFoundError:

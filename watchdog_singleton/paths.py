@@ -21,9 +21,22 @@ def host() -> str:
     return os.uname().nodename
 
 
-def default_lock_dir() -> str:
-    # Literal /tmp, not $TMPDIR: HPC sites often point TMPDIR at shared scratch.
-    return os.environ.get(LOCK_DIR_ENV) or f"/tmp/watchdog-singleton-{os.getuid()}"
+def default_lock_dir(root: "str | None" = None, create: bool = True) -> str:
+    """WATCHDOG_SINGLETON_LOCK_DIR, else the user's private folder under /tmp recorded in the
+    per-host folder `root` (lock.private_lock_dir: made on first use, a name nobody else can
+    take; without `create`, the name it would make). Literal /tmp, not $TMPDIR: HPC sites often
+    point TMPDIR at shared scratch."""
+    explicit = os.environ.get(LOCK_DIR_ENV)
+    if explicit:
+        return os.path.abspath(explicit)
+    from .lock import private_lock_dir
+
+    return private_lock_dir(root or state_dir(), create)
+
+
+def lock_dir_record(root: str) -> str:
+    """Which folder under /tmp is this user's default lock folder on this host."""
+    return os.path.join(root, "lock-dir")
 
 
 def state_dir() -> str:

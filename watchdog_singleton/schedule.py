@@ -62,10 +62,14 @@ class CronSchedule:
         self.weekday_restricted = fields[4] != "*"
 
     def _day_fires(self, tm: time.struct_time) -> bool:
-        if tm.tm_mon not in self.months:
+        return self.fires_on(tm.tm_mon, tm.tm_mday, (tm.tm_wday + 1) % 7)  # struct_time: Monday is 0
+
+    def fires_on(self, month: int, day: int, weekday: int) -> bool:
+        """Whether the date fires on some minute; `weekday` as cron counts: Sunday is 0."""
+        if month not in self.months:
             return False
-        by_day = tm.tm_mday in self.days
-        by_weekday = (tm.tm_wday + 1) % 7 in self.weekdays  # struct_time: Monday is 0; cron: Sunday is 0
+        by_day = day in self.days
+        by_weekday = weekday in self.weekdays
         if self.day_restricted and self.weekday_restricted:
             return by_day or by_weekday
         return by_day and by_weekday

@@ -12,6 +12,7 @@ from ..crontab import CrontabEditor, disabled, parse_entries, with_entry
 from ..errors import FAILED, OK, UserError
 from ..hostinfo import cron_daemon_running
 from ..jobs import Job
+from ..lock import commit_lock_dir
 from .cluster import check_cron_driver
 from .common import Context, Echo, start_now, stop_processes
 from .install import build_job, needs_restart, replace_running_copy
@@ -171,6 +172,11 @@ def write_definitions(ctx: Context, acting: list[Step], editor: CrontabEditor) -
     try:
         for step in acting:
             if step.job is not None:
+                chosen = commit_lock_dir(ctx.root, step.job.lock_dir)  # the default folder, made now
+                if chosen != step.job.lock_dir:  # another process chose it first: that one
+                    step.job.lock_dir = chosen
+                    line = ctx.cron_line(step.job)
+                    step.line = line if step.job.enabled else disabled(line)
                 ctx.jobs.save(step.job)
             else:
                 ctx.jobs.delete(step.name)

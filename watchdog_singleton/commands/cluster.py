@@ -15,7 +15,7 @@ import os
 import subprocess
 from typing import Any, Optional
 
-from ..errors import UserError
+from ..errors import PSYCOPG_INSTALL, UserError
 from ..jobs import check_limit
 from ..leases import (
     CLUSTER_ENV,
@@ -30,7 +30,7 @@ from ..leases import (
 )
 
 DEFAULT_LEASE = 60.0
-NEED_PSYCOPG = "cluster jobs need psycopg 3: pip install 'watchdog-singleton[postgres]'"
+NEED_PSYCOPG = f"cluster jobs need psycopg 3: {PSYCOPG_INSTALL}"
 STATUS_ATTEMPT = 2.0  # seconds status waits for one database (libpq's connect_timeout floor is 2 s)
 
 

@@ -28,13 +28,20 @@ FIELD_KEYS = {"command": ("command", "arguments"), "every": ("period", "periodic
 IGNORED = ("installed_at", "applied_from")  # bookkeeping; apply keeps the installed ones
 
 
+def _lock_default() -> str:
+    """The lock folder a file need not name: our own default folders are left out of it
+    (lock.is_own_default); a folder set by WATCHDOG_SINGLETON_LOCK_DIR is the default of the
+    shell that exports."""
+    return os.path.abspath(os.environ[paths.LOCK_DIR_ENV]) if os.environ.get(paths.LOCK_DIR_ENV) else ""
+
+
 def export(names: list[str], ctx: Context, echo: Echo, into: Optional[str] = None, warn: Optional[Echo] = None,
            environ: Optional[dict[str, str]] = None) -> int:
     chosen = [check_name(name) for name in names] or sorted(ctx.jobs.names())
     jobs = [ctx.jobs.get(name) for name in chosen]  # an unknown NAME: exit 4 before anything is printed
     environ = dict(os.environ) if environ is None else environ
     if into is None:
-        echo(config.dump(jobs, paths.default_log_dir(ctx.root), paths.default_lock_dir(), environ).rstrip("\n"))
+        echo(config.dump(jobs, paths.default_log_dir(ctx.root), _lock_default(), environ).rstrip("\n"))
         return OK
     return export_into(into, jobs, not names, ctx, echo, warn or echo, environ)
 
@@ -43,7 +50,7 @@ def export_into(path: str, jobs: list[Job], every_job: bool, ctx: Context, echo:
                 environ: dict[str, str]) -> int:
     target = os.path.realpath(path)  # a symlinked file (dotfiles) is updated where it lives
     if not os.path.exists(target):
-        text = config.dump(jobs, paths.default_log_dir(ctx.root), paths.default_lock_dir(), environ)
+        text = config.dump(jobs, paths.default_log_dir(ctx.root), _lock_default(), environ)
         umask = os.umask(0o022)
         os.umask(umask)
         _write(target, text, 0o666 & ~umask)
@@ -63,7 +70,7 @@ def export_into(path: str, jobs: list[Job], every_job: bool, ctx: Context, echo:
     folder = os.path.dirname(target)
     specs = {spec.name: spec for spec in cfg.jobs}
     installed = {job.name: job for job in jobs}
-    log_dir, lock_dir = paths.default_log_dir(ctx.root), paths.default_lock_dir()
+    log_dir, lock_dir = paths.default_log_dir(ctx.root), _lock_default()
     report: list[str] = []
     for name, spec in specs.items():
         job = installed.get(name)

@@ -1,4 +1,5 @@
-"""import: take over the user's hand-written cron lines (flock -n, run-one, keep-one-running, plain).
+"""import: take over the user's hand-written cron lines (flock -n, run-one, keep-one-running;
+plain lines only when named with --line N or with --all).
 
 Without --apply it only shows, line by line, the job each line would become and why the others
 are left alone. With --apply it replaces exactly those lines by our entries in one crontab edit
@@ -12,16 +13,16 @@ from __future__ import annotations
 
 import os
 import pwd
-import shlex
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from .. import procs
 from ..cronimport import LeftAlone, Proposal, scan
 from ..crontab import parse_entries, replace_lines
-from ..errors import FAILED, OK, UserError
+from ..errors import FAILED, OK, UserError, one_line
 from ..jobs import Job, now_iso
-from ..lock import is_held
+from ..lock import commit_lock_dir, is_held
+from ..quoting import shell_join
 from ..state import RunState
 from .common import Context, Echo, start_now
 from .install import InstallRequest, build_job
@@ -60,7 +61,7 @@ def install_words(plan: Plan) -> str:
         words += ["--stderr-log", job.stderr_log]
     if job.mail:
         words += ["--mail", job.mail]  # the crontab's MAILTO: failures are mailed as cron mailed output
-    return shlex.join(words + ["--", *job.command])
+    return shell_join(words + ["--", *job.command])
 
 
 def cron_environ(p: Proposal) -> dict[str, str]:
@@ -111,36 +112,76 @@ def old_copy(lock: Optional[str], argvs: list[list[str]]) -> tuple[Optional[int]
     return (roots[0][1] if roots else None), ""
 
 
-def import_lines(ctx: Context, echo: Echo, warn: Echo, apply: bool) -> int:
+def shown_line(line: bytes) -> str:
+    """A crontab line fit for a terminal: control bytes escaped, invalid UTF-8 as \\xNN."""
+    return one_line(line.decode(errors="backslashreplace"))
+
+
+def takes_over(result: Proposal, named: set[int], take_all: bool) -> bool:
+    """Lines that guard themselves (flock -n, run-one, keep-one-running) are taken over; a plain
+    line only when named (--line N) or with --all: its output goes to cron's mail today, and the
+    README promises that no line we did not write changes unasked."""
+    if named:
+        return result.lineno in named
+    return take_all or result.kind != "plain"
+
+
+def import_lines(ctx: Context, echo: Echo, warn: Echo, apply: bool, lines: Sequence[int] = (),
+                 take_all: bool = False) -> int:
+    if lines and take_all:
+        raise UserError("give --line N or --all, not both")
+    named = set(lines)
+    for n in sorted(named):
+        if n < 1:
+            raise UserError(f"--line {n}: line numbers start at 1")
     me = pwd.getpwuid(os.getuid())
     home = me.pw_dir  # what cron sets HOME to (unless the crontab sets it)
     editor = ctx.editor()
     text = editor.io.read()
     taken = set(ctx.jobs.names()) | set(parse_entries(text))
-    plans: list[Plan] = []
-    for result in scan(text, home, me.pw_name, taken):
-        shown = result.line.decode(errors="replace")
+    results = scan(text, home, me.pw_name, taken)
+    found = {r.lineno: r for r in results}
+    for n in sorted(named):  # every named line must be one we can take over: else nothing is done
+        result = found.get(n)
+        if result is None:
+            raise UserError(f"--line {n}: no job line there (blank, a comment, or past the end)")
         if isinstance(result, LeftAlone):
-            echo(f"line {result.lineno}: left alone ({result.reason}): {shown}")
+            raise UserError(f"--line {n} cannot be taken over: {result.reason}")
+    report: list[tuple[Echo, str]] = []  # printed once every check passed
+    plans: list[Plan] = []
+    for result in results:
+        shown = shown_line(result.line)
+        if isinstance(result, LeftAlone):
+            report.append((echo, f"line {result.lineno}: left alone ({result.reason}): {shown}"))
+            continue
+        if not takes_over(result, named, take_all):
+            why = ("not named by --line" if named else
+                   "it guards nothing itself, and its output goes to cron's mail; "
+                   f"--line {result.lineno} or --all takes it over")
+            report.append((echo, f"line {result.lineno}: left alone ({why}): {shown}"))
             continue
         request = request_for(result)
         try:
             job = build_job(request, ctx, cron_environ(result))
         except UserError as exc:
-            echo(f"line {result.lineno}: left alone ({exc}): {shown}")
+            if result.lineno in named:
+                raise UserError(f"--line {result.lineno} cannot be taken over: {exc}") from None
+            report.append((echo, f"line {result.lineno}: left alone ({exc}): {shown}"))
             continue
         plan = Plan(result, request, job)
         plans.append(plan)
         kind = "periodic" if request.periodic else "kept alive"
-        echo(f"line {result.lineno}: {shown}")
-        echo(f"  becomes {job.name} ({kind}, {result.kind} line): {install_words(plan)}")
+        report.append((echo, f"line {result.lineno}: {shown}"))
+        report.append((echo, f"  becomes {job.name} ({kind}, {result.kind} line): {install_words(plan)}"))
         logs = (f"stdout and stderr to {job.stdout_log}" if job.stdout_log == job.stderr_log
                 else f"stdout to {job.stdout_log}, stderr to {job.stderr_log}")
-        echo(f"  logs: {logs}")
+        report.append((echo, f"  logs: {one_line(logs)}"))
         for note in result.notes:
-            echo(f"  note: {note}")
+            report.append((echo, f"  note: {one_line(note)}"))
         for warning in result.warnings:
-            warn(f"warning: line {result.lineno}: {warning}")
+            report.append((warn, f"warning: line {result.lineno}: {one_line(warning)}"))
+    for out, message in report:
+        out(message)
     if not plans:
         echo("no line to take over")
         return OK
@@ -158,6 +199,7 @@ def apply_plans(ctx: Context, plans: list[Plan], echo: Echo, warn: Echo) -> int:
     editor = ctx.editor()
     pairs = []
     for plan in plans:
+        plan.job.lock_dir = commit_lock_dir(ctx.root, plan.job.lock_dir)
         plan.job.enabled = False
         pairs.append((plan.proposal.line, ctx.cron_line(plan.job)))
     saved: list[str] = []

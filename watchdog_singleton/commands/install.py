@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -17,6 +16,7 @@ from ..jobs import (
     DEFAULT_LOG_MAX_BYTES,
     RESTART_POLICIES,
     Job,
+    check_exec_size,
     check_limit,
     check_name,
     check_schedule,
@@ -25,8 +25,9 @@ from ..jobs import (
     resolve_command,
     snapshot_env,
 )
-from ..lock import check_lock_dir
+from ..lock import check_lock_dir, commit_lock_dir, is_own_default
 from ..notify import DEFAULT_EVERY, check_hook, check_mail
+from ..quoting import shell_join
 from .cluster import check_cron_driver, check_options, grace_note
 from .common import Context, Echo, start_now, stop_processes, tell_to_reload
 
@@ -127,11 +128,9 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
         raise UserError("--lean cannot hold a cluster lease: the supervisor renews it (drop --lean)")
     if req.restart not in RESTART_POLICIES:
         raise UserError(f"--restart must be one of {', '.join(RESTART_POLICIES)}")
-    lock_dir = os.path.abspath(req.lock_dir) if req.lock_dir else paths.default_lock_dir()
-    check_lock_dir(lock_dir, req.allow_network_fs)
-    problem = creatable_dir_problem(lock_dir)
-    if problem:
-        raise UserError(f"lock folder {lock_dir} cannot be used: {problem}")
+    check_exec_size(command, env)
+    if req.lock_dir:
+        check_usable_lock_dir(os.path.abspath(req.lock_dir), req.allow_network_fs)
     log_dir = os.path.abspath(req.log_dir) if req.log_dir else paths.default_log_dir(ctx.root)
     problem = creatable_dir_problem(log_dir)
     if problem:
@@ -150,6 +149,16 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
             raise UserError(f"log file {log} is not writable")
     on_failure = [] if req.on_failure is None or req.on_failure == [] else check_hook(req.on_failure)
     mail = check_mail(req.mail) if req.mail else ""
+    if req.lock_dir:
+        lock_dir = os.path.abspath(req.lock_dir)
+    else:
+        # The default folder (made by commit_lock_dir once the job is saved). A job that has one
+        # of our default folders keeps it: a copy running under it goes on undisturbed.
+        previous = ctx.jobs.load(name, strict=False)
+        keep = previous is not None and is_own_default(previous.lock_dir) and not os.environ.get(paths.LOCK_DIR_ENV)
+        lock_dir = previous.lock_dir if keep and previous is not None else \
+            paths.default_lock_dir(ctx.root, create=False)
+        check_usable_lock_dir(lock_dir, req.allow_network_fs)
     return Job(name=name, command=command, workdir=workdir, schedule=schedule, env=env,
                grace=req.grace, restart=req.restart, backoff_initial=req.backoff_initial,
                backoff_max=req.backoff_max, min_uptime=req.min_uptime, stdout_log=stdout_log,
@@ -163,6 +172,13 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
                notify_every=req.notify_every, enabled=True, installed_at=now_iso())
 
 
+def check_usable_lock_dir(lock_dir: str, allow_network_fs: bool) -> None:
+    check_lock_dir(lock_dir, allow_network_fs)
+    problem = creatable_dir_problem(lock_dir)
+    if problem:
+        raise UserError(f"lock folder {lock_dir} cannot be used: {problem}")
+
+
 def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,
             environ: Optional[dict[str, str]] = None) -> int:
     job = build_job(req, ctx, dict(os.environ) if environ is None else environ)
@@ -170,6 +186,7 @@ def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,
         check_cron_driver(ctx.python, ctx.isolation())
     editor = ctx.editor()
     editor.io.read()  # no crontab binary, or cron.allow/deny: say so before anything changes
+    job.lock_dir = commit_lock_dir(ctx.root, job.lock_dir)
     line = ctx.cron_line(job)
     previous = ctx.jobs.load(job.name)
     if previous is not None:
@@ -184,7 +201,7 @@ def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,
             ctx.jobs.save(previous)
         raise
     when = (f"every {job.every:g} s" if job.every else f"periodic {job.schedule}" if job.periodic else job.schedule)
-    echo(f"installed {job.name}: {when} {shlex.join(job.command)}")
+    echo(f"installed {job.name}: {when} {shell_join(job.command)}")
     if job.restart == "always" and not job.lean and not job.periodic and fires_sparsely(job.schedule):
         warn(f"warning: --restart always with schedule '{job.schedule}': the supervisor restarts it at once "
              "after every exit; for a job that should run once per due time use --periodic")
@@ -228,5 +245,5 @@ def replace_running_copy(ctx: Context, job: Job, previous: Optional[Job], echo: 
         return
     old_lock = previous.lock_path if previous is not None else state.lock_path
     stop_processes(old_lock, state, previous.grace if previous is not None else job.grace)
-    echo(f"stopped the running copy of {job.name} (pid {pid}: {shlex.join(state.command or [])}), "
+    echo(f"stopped the running copy of {job.name} (pid {pid}: {shell_join(state.command or [])}), "
          "which ran an older definition")

@@ -6,7 +6,7 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from .. import lock, paths, procs, tree
@@ -14,7 +14,7 @@ from ..crontab import Entry
 from ..errors import NO_SUCH_JOB, NOT_RUNNING, OK, UserError
 from ..files import Unreadable
 from ..hostinfo import cron_daemon_running
-from ..jobs import Job, check_name, iso
+from ..jobs import BrokenJob, Job, check_name, iso
 from ..leases import CRON_TICK
 from ..leases.guard import heartbeat_tick
 from ..quoting import shell_join
@@ -32,14 +32,21 @@ class HostView:
     entries_known: bool
     cron_running: Optional[bool]
     locked: set[tuple[int, int, int]]
+    zones: dict[str, str] = field(default_factory=dict)  # NAME -> the CRON_TZ above its line
 
     @classmethod
     def read(cls, ctx: Context) -> "HostView":
+        from ..cronimport import cron_zones
+        from ..crontab import parse_entries
+
+        zones: dict[str, str] = {}
         try:
-            entries, known = ctx.editor().entries(), True
+            text = ctx.editor().io.read()
+            entries, known = parse_entries(text), True
+            zones = cron_zones(text)
         except UserError:
             entries, known = {}, False
-        return cls(entries, known, cron_daemon_running(), lock.locked_files())
+        return cls(entries, known, cron_daemon_running(), lock.locked_files(), zones)
 
 
 def describe(name: str, job: Optional[Job], state: Optional[RunState], host: HostView,
@@ -112,10 +119,18 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         "last_start_at": state.last_start_at if state else None,
         "last_duration": state.last_duration if state else None,
         "last_result": state.last_result if state else None,
-        "next_due_at": _next_due(job, state, supervisor),
+        "next_due_at": _next_due(job, state, supervisor, host.zones.get(name)),
         "history": list(state.history) if state else [],
         "problem": problem,
+        "lock_problem": _lock_problem(job),
     }
+
+
+def _lock_problem(job: Optional[Job]) -> Optional[str]:
+    """Why NAME's lock folder is not ours (another user made it first, a symlink), or None."""
+    if job is None:
+        return None
+    return lock.folder_problem(job.lock_dir)
 
 
 def _real_start(pid_start: Optional[int]) -> Optional[str]:
@@ -135,15 +150,17 @@ def _daemon_of(state: RunState) -> Optional[tuple[int, int]]:
     return pid, found[pid]
 
 
-def _next_due(job: Optional[Job], state: Optional[RunState], supervisor: bool) -> Optional[str]:
-    """When a periodic job runs next: its supervisor's plan, or cron's next due time."""
+def _next_due(job: Optional[Job], state: Optional[RunState], supervisor: bool,
+              zone: Optional[str] = None) -> Optional[str]:
+    """When a periodic job runs next: its supervisor's plan, or cron's next due time (in the
+    CRON_TZ set above its line, if any)."""
     if job is None or not job.periodic or not job.enabled:
         return None
     if job.supervised_schedule:
         return state.next_due_at if state is not None and supervisor else None
-    from ..schedule import CronSchedule
+    from ..cronimport import next_due
 
-    return iso(CronSchedule(job.schedule).next_after(time.time()))
+    return next_due(job.schedule, time.time(), zone)  # None for one that never fires
 
 
 def collect(ctx: Context, names: list[str], host: HostView) -> list[dict[str, Any]]:
@@ -154,7 +171,14 @@ def collect(ctx: Context, names: list[str], host: HostView) -> list[dict[str, An
     infos = []
     try:
         for n in names:
-            job, (state, state_error) = ctx.jobs.load(n), _load_state(ctx, n)
+            state, state_error = _load_state(ctx, n)
+            try:
+                job = ctx.jobs.load(n)
+            except BrokenJob as exc:  # shown as broken; the other jobs' rows are unaffected
+                info = describe(n, None, state, host, state_error, ctx.states.folder.folder)
+                info.update(installed=True, phase="broken", message=str(exc), batch=None, cluster=None, schedule="-")
+                infos.append(info)
+                continue
             info = describe(n, job, state, host, state_error, ctx.states.folder.folder)
             # A submitted batch chain: its queue entries and its runs (the scripts' run record) beside
             # the run state its supervisor writes while one job runs.
@@ -230,7 +254,7 @@ def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool =
         raise UserError("--history needs a NAME")
     if name is not None:
         check_name(name)
-        if ctx.jobs.load(name) is None and _load_state(ctx, name) == (None, None) and not _submitted(ctx, name):
+        if not ctx.jobs.exists(name) and _load_state(ctx, name) == (None, None) and not _submitted(ctx, name):
             raise UserError(f"no such job: {name}", NO_SUCH_JOB)
         info = collect(ctx, [name], HostView.read(ctx))[0]
         if as_json:
@@ -254,9 +278,24 @@ def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool =
         echo(table(infos) if infos else "no jobs on this host")
         if unlisted:
             echo(f"{unlisted}: jobs that run without a definition here (ad hoc runs) are not shown")
+        squatted = _squatted_default()
+        if squatted:
+            echo(squatted)
         if host.cron_running is False:
             echo("warning: no cron daemon runs on this host: entries will not fire")
     return OK
+
+
+def _squatted_default() -> Optional[str]:
+    """A note when another user made the old default lock folder's name, /tmp/watchdog-singleton-UID."""
+    import os
+
+    legacy = f"{lock.DEFAULT_PREFIX}{os.getuid()}"
+    problem = lock.folder_problem(legacy)
+    if problem is None:
+        return None
+    return (f"note: {problem}; your jobs use a lock folder of their own instead, "
+            "but another user made it there: tell the admin")
 
 
 def _submitted(ctx: Context, name: str) -> bool:
@@ -283,6 +322,8 @@ def _state_word(info: dict[str, Any]) -> str:
     if info.get("batch"):
         return _batch_word(info)
     """The STATE column: what runs, and whether cron would keep it so (no line, a line that is off)."""
+    if info["phase"] == "broken":
+        return "broken"
     off = info["installed"] and not info["enabled"]
     if info["running"]:
         word = "running"
@@ -355,6 +396,10 @@ def table(infos: list[dict[str, Any]]) -> str:
     out = lines[:1]
     for line, i in zip(lines[1:], infos):
         out.append(line)
+        if i.get("lock_problem"):
+            out.append(f"  {i['lock_problem']}: this job cannot start")
+        if i["phase"] == "broken":
+            out.append(f"  {i['message']}")
         if i.get("cluster"):
             out.append("  " + summary(i["cluster"]))  # a cluster job: the lease as the database sees it
         if i.get("problem"):

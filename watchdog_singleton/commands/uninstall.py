@@ -34,8 +34,9 @@ def uninstall(name: str, ctx: Context, echo: Echo, keep_running: bool = False, p
     check_name(name)
     if purge_files and keep_running:
         raise UserError("--purge removes what a running copy uses: not with --keep-running")
-    job, state = ctx.jobs.load(name), ctx.states.load(name)
-    if job is None:
+    job, state = ctx.jobs.load(name, strict=False), ctx.states.load(name)  # a broken definition goes too
+    known = job is not None or ctx.jobs.exists(name)
+    if not known:
         from ..batch import load_record
 
         record = load_record(ctx.root, name)
@@ -45,10 +46,10 @@ def uninstall(name: str, ctx: Context, echo: Echo, keep_running: bool = False, p
     try:
         has_line: Optional[bool] = name in editor.entries()
     except UserError:
-        if job is None and state is None:
+        if not known and state is None:
             raise
         has_line = None  # crontab(1) refused (cron.deny): stopping must not depend on it
-    if job is None and state is None and not has_line:
+    if not known and state is None and not has_line:
         raise UserError(f"no such job: {name}", NO_SUCH_JOB)
     # The definition goes first: a tick of a line still in the crontab then finds nothing to run.
     ctx.jobs.delete(name)
