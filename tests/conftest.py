@@ -116,6 +116,7 @@ class Sandbox:
     tag: str
     jobs: list[str] = field(default_factory=list)
     tmp_paths: list[str] = field(default_factory=list)
+    crontab_before: Optional[bytes] = None  # the crontab before this test first set it: put back at cleanup
 
     @property
     def state_home(self) -> str:
@@ -176,6 +177,8 @@ class Sandbox:
         return proc.stdout if proc.returncode == 0 else b""
 
     def set_crontab(self, data: bytes) -> None:
+        if self.crontab_before is None:
+            self.crontab_before = self.crontab()
         proc = subprocess.run(["crontab", "-"], input=data, capture_output=True, env=self.env(),
                               cwd=self.dir, **self.user.popen_kwargs())
         assert proc.returncode == 0, proc.stderr
@@ -229,6 +232,10 @@ class Sandbox:
             return  # cleaned up already
         for name in self.jobs:
             self.ws("uninstall", name)
+        if self.crontab_before is not None:  # foreign lines a test wrote must not meet the next test
+            ours = tuple(f"#watchdog-singleton:{n}".encode() for n in self.jobs)
+            self.set_crontab(b"".join(line for line in self.crontab_before.splitlines(keepends=True)
+                                      if not line.rstrip(b"\n").endswith(ours)))
         # Anything left that this sandbox started: supervisors name its state folder, daemons
         # carry their job's lock path in the environment.
         tokens = [f"WATCHDOG_SINGLETON_JOB={n}".encode() for n in self.jobs]
