@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -26,6 +25,7 @@ from ..jobs import (
     snapshot_env,
 )
 from ..lock import check_lock_dir
+from ..quoting import shell_join
 from .cluster import check_cron_driver, check_options, grace_note
 from .common import Context, Echo, start_now, stop_processes, tell_to_reload
 
@@ -177,7 +177,7 @@ def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,
             ctx.jobs.save(previous)
         raise
     when = (f"every {job.every:g} s" if job.every else f"periodic {job.schedule}" if job.periodic else job.schedule)
-    echo(f"installed {job.name}: {when} {shlex.join(job.command)}")
+    echo(f"installed {job.name}: {when} {shell_join(job.command)}")
     if job.restart == "always" and not job.lean and not job.periodic and fires_sparsely(job.schedule):
         warn(f"warning: --restart always with schedule '{job.schedule}': the supervisor restarts it at once "
              "after every exit; for a job that should run once per due time use --periodic")
@@ -221,5 +221,5 @@ def replace_running_copy(ctx: Context, job: Job, previous: Optional[Job], echo: 
         return
     old_lock = previous.lock_path if previous is not None else state.lock_path
     stop_processes(old_lock, state, previous.grace if previous is not None else job.grace)
-    echo(f"stopped the running copy of {job.name} (pid {pid}: {shlex.join(state.command or [])}), "
+    echo(f"stopped the running copy of {job.name} (pid {pid}: {shell_join(state.command or [])}), "
          "which ran an older definition")
