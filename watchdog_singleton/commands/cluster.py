@@ -15,6 +15,7 @@ import os
 import subprocess
 from typing import Any, Optional
 
+from .. import paths
 from ..errors import UserError
 from ..jobs import check_limit
 from ..leases import (
@@ -30,8 +31,11 @@ from ..leases import (
 )
 
 DEFAULT_LEASE = 60.0
-NEED_PSYCOPG = "cluster jobs need psycopg 3: pip install 'watchdog-singleton[postgres]'"
 STATUS_ATTEMPT = 2.0  # seconds status waits for one database (libpq's connect_timeout floor is 2 s)
+
+
+def need_psycopg() -> str:
+    return f"cluster jobs need psycopg 3: {paths.psycopg_hint()}"
 
 
 def check_options(given: Optional[str], lease: Optional[float], standby: bool, rotate: bool, sync: bool,
@@ -56,7 +60,7 @@ def driver_problem() -> str:
     try:
         import psycopg  # noqa: F401  (the launcher imports it lazily; here we only ask whether it can)
     except ImportError:
-        return NEED_PSYCOPG
+        return need_psycopg()
     return ""
 
 
@@ -84,7 +88,7 @@ def cron_driver_problem(python: str, flag: str) -> str:
         return f"cannot check that cron's {python} finds psycopg: {exc}"
     if proc.returncode == 0:
         return ""
-    return (f"{NEED_PSYCOPG} (cron runs {python}{' ' + flag if flag else ''}, which does not find it: "
+    return (f"{need_psycopg()} (cron runs {python}{' ' + flag if flag else ''}, which does not find it: "
             "install it beside watchdog-singleton, not with pip --user)")
 
 

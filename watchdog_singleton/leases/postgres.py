@@ -139,7 +139,9 @@ def _driver() -> Any:
     try:
         import psycopg
     except ImportError:
-        raise UserError("cluster leases need psycopg 3: pip install 'watchdog-singleton[postgres]'", USAGE) from None
+        from ..paths import psycopg_hint
+
+        raise UserError(f"cluster leases need psycopg 3: {psycopg_hint()}", USAGE) from None
     return psycopg
 
 
