@@ -138,8 +138,11 @@ class ClusterView:
 
 def supervisor_trouble(state: Any) -> str:
     """"gone" or "stopped" when this host's record says holder but its supervisor cannot renew
-    (its watcher then ends the tree before the lease can pass); "" otherwise."""
+    (its watcher then ends the tree before the lease can pass); "" otherwise, also for a
+    supervisor that ended on purpose (`stop`, the daemon done): it released the lease."""
     if state is None or state.lease_role != "holder" or not state.supervisor_pid:
+        return ""
+    if state.phase in ("stopped", "exited"):
         return ""
     if not state.supervisor_alive():
         return "gone"
