@@ -32,8 +32,7 @@ pytest_plugins = ["pgkit"]
 
 NOWHERE = "postgresql://ws@127.0.0.1:1/ws"  # never connected to: input is checked by its shape
 CMD = ["--", "/bin/sleep", "1000", "cluster-cli-marker"]
-NEED_PSYCOPG = ("cluster jobs need psycopg 3: pipx inject watchdog-singleton 'psycopg[binary]' "
-                "(or, in a venv: pip install 'watchdog-singleton[postgres]')")
+NEED_PSYCOPG = "cluster jobs need psycopg 3: pip install 'watchdog-singleton[postgres]'"  # pipx: test_probe_cli
 
 
 def files_under(*roots: str) -> dict[str, bytes]:

@@ -6,9 +6,6 @@ USAGE = 2  # bad usage or invalid input: nothing was changed
 NOT_RUNNING = 3  # status: the job is known but not running
 NO_SUCH_JOB = 4
 
-# How to add the driver, for both ways the README installs the tool (pipx, or a venv).
-PSYCOPG_INSTALL = ("pipx inject watchdog-singleton 'psycopg[binary]' "
-                   "(or, in a venv: pip install 'watchdog-singleton[postgres]')")
 
 
 class UserError(Exception):

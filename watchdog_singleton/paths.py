@@ -107,3 +107,13 @@ def isolation_flag() -> str:
     if package_parent in kept:
         return "-I"
     return "-P" if sys.version_info >= (3, 11) else ""
+
+
+def psycopg_hint() -> str:
+    """How to add psycopg to the environment this package runs from: pipx keeps its own venv
+    (marked by pipx_metadata.json), where a `pip install` of the user's would not land."""
+    import sys
+
+    if os.path.isfile(os.path.join(sys.prefix, "pipx_metadata.json")):
+        return f"pipx inject {os.path.basename(sys.prefix)} 'psycopg[binary]'"
+    return "pip install 'watchdog-singleton[postgres]'"

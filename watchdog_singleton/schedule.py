@@ -115,13 +115,23 @@ class EverySchedule:
         self.period = period
         self.anchor = anchor
 
+    def _index(self, t: float) -> int:
+        """The n of the last due time anchor + n * period at or before `t`. The division alone
+        can land one off either way (anchor + n * period, taken back through //, may fall just
+        short of n): corrected against the due times themselves, so that next_after(due) is
+        always later than `due`."""
+        n = int((t - self.anchor) // self.period)
+        if self.anchor + n * self.period > t:
+            n -= 1
+        elif self.anchor + (n + 1) * self.period <= t:
+            n += 1
+        return n
+
     def next_after(self, t: float) -> float:
-        n = int((t - self.anchor) // self.period) + 1
-        return self.anchor + n * self.period
+        return self.anchor + (self._index(t) + 1) * self.period
 
     def previous_at_or_before(self, t: float, horizon: float = 0.0) -> Optional[float]:
-        n = int((t - self.anchor) // self.period)
-        return self.anchor + n * self.period
+        return self.anchor + self._index(t) * self.period
 
 
 def make(expression: str, every: float, anchor: float = 0.0) -> "CronSchedule | EverySchedule":

@@ -15,7 +15,8 @@ import os
 import subprocess
 from typing import Any, Optional
 
-from ..errors import PSYCOPG_INSTALL, UserError
+from .. import paths
+from ..errors import UserError
 from ..jobs import check_limit
 from ..leases import (
     CLUSTER_ENV,
@@ -30,8 +31,11 @@ from ..leases import (
 )
 
 DEFAULT_LEASE = 60.0
-NEED_PSYCOPG = f"cluster jobs need psycopg 3: {PSYCOPG_INSTALL}"
 STATUS_ATTEMPT = 2.0  # seconds status waits for one database (libpq's connect_timeout floor is 2 s)
+
+
+def need_psycopg() -> str:
+    return f"cluster jobs need psycopg 3: {paths.psycopg_hint()}"
 
 
 def check_options(given: Optional[str], lease: Optional[float], standby: bool, rotate: bool, sync: bool,
@@ -56,7 +60,7 @@ def driver_problem() -> str:
     try:
         import psycopg  # noqa: F401  (the launcher imports it lazily; here we only ask whether it can)
     except ImportError:
-        return NEED_PSYCOPG
+        return need_psycopg()
     return ""
 
 
@@ -84,7 +88,7 @@ def cron_driver_problem(python: str, flag: str) -> str:
         return f"cannot check that cron's {python} finds psycopg: {exc}"
     if proc.returncode == 0:
         return ""
-    return (f"{NEED_PSYCOPG} (cron runs {python}{' ' + flag if flag else ''}, which does not find it: "
+    return (f"{need_psycopg()} (cron runs {python}{' ' + flag if flag else ''}, which does not find it: "
             "install it beside watchdog-singleton, not with pip --user)")
 
 
@@ -134,8 +138,11 @@ class ClusterView:
 
 def supervisor_trouble(state: Any) -> str:
     """"gone" or "stopped" when this host's record says holder but its supervisor cannot renew
-    (its watcher then ends the tree before the lease can pass); "" otherwise."""
+    (its watcher then ends the tree before the lease can pass); "" otherwise, also for a
+    supervisor that ended on purpose (`stop`, the daemon done): it released the lease."""
     if state is None or state.lease_role != "holder" or not state.supervisor_pid:
+        return ""
+    if state.phase in ("stopped", "exited"):
         return ""
     if not state.supervisor_alive():
         return "gone"

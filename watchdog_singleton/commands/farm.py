@@ -198,6 +198,7 @@ def trace(workdir: Optional[str], output: Optional[str], echo: Echo) -> int:
     from ..farm.trace import write_trace
 
     folder = resolve_workdir(workdir)
+    check_workdir(folder)  # a planted folder's timeline is not the user's, nor a place to write to
     target = output or os.path.join(folder, "trace.json")
     n = write_trace(folder, target)
     echo(f"{target}: {n} attempt(s); open it in https://ui.perfetto.dev or chrome://tracing")

@@ -72,16 +72,19 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         phase = state.phase
     else:
         phase = "dead"  # recorded as alive, but its processes are gone (reboot, SIGKILL)
-    if state is not None and supervisor and not running and phase in ("running", "starting"):
+    unwritable = bool(state_dir) and not os.access(state_dir, os.W_OK)
+    if state is not None and supervisor and not running and (
+            phase in ("running", "starting") or (phase == "waiting" and unwritable)):
         # The record names a daemon that is gone while its supervisor lives: between two runs, or
-        # a state file the supervisor cannot write (a read-only or full disk). Ask /proc.
+        # a state file the supervisor cannot write (a read-only or full disk; a periodic run
+        # that started after the last write still reads `waiting`). Ask /proc.
         live = _daemon_of(state)
         if live is not None:
             running, phase = True, "running"
             pid, started_at = live[0], _real_start(live[1])
-        else:
+        elif phase != "waiting":
             phase = "starting"
-        if state_dir and not os.access(state_dir, os.W_OK):
+        if unwritable:
             problem = (f"cannot write {state_dir}: its state on file is out of date; "
                        + ("the pid shown is read from the process table" if live else "no daemon runs now"))
     return {

@@ -65,7 +65,9 @@ class PgStore:
         try:
             import psycopg
         except ImportError:
-            raise UserError("--db postgresql://... needs psycopg: pip install 'watchdog-singleton[postgres]'") from None
+            from ..paths import psycopg_hint
+
+            raise UserError(f"--db postgresql://... needs psycopg: {psycopg_hint()}") from None
         self.psycopg = psycopg
         self.url = url
         self.attempt = attempt_for(lease)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from ..errors import PSYCOPG_INSTALL, USAGE, UserError
+from ..errors import USAGE, UserError
 from . import Grant, LeaseError, LeaseInfo, LeaseUnavailable, Timing, holder_id, redact
 
 SCHEMA_VERSION = 1
@@ -139,7 +139,9 @@ def _driver() -> Any:
     try:
         import psycopg
     except ImportError:
-        raise UserError(f"cluster leases need psycopg 3: {PSYCOPG_INSTALL}", USAGE) from None
+        from ..paths import psycopg_hint
+
+        raise UserError(f"cluster leases need psycopg 3: {psycopg_hint()}", USAGE) from None
     return psycopg
 
 
