@@ -52,7 +52,7 @@ code=$?
 if [ "$(id -u)" = 0 ] && [ "$code" = 0 ]; then
   user=${WATCHDOG_SINGLETON_TEST_USER:-wstest}
   copy=$(mktemp -d /tmp/ws-suite.XXXXXX)
-  cp -r tests contrib README.md pyproject.toml "$copy/" && chmod -R a+rX "$copy"
+  cp -r tests contrib docs README.md pyproject.toml "$copy/" && chmod -R a+rX "$copy"
   echo "pytest as $user (not root)"
   (cd "$copy" && runuser -u "$user" -- env HOME="$(getent passwd "$user" | cut -d: -f6)" \
      PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@")

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import Sandbox, pids_with_arg, wait_for
+from docskit import docs_text
 from userkit import read_bytes
 
 from watchdog_singleton import runargs
@@ -164,12 +165,11 @@ def test_every_number_option_has_a_stated_range_and_the_readme_states_it() -> No
             return f"2^{int(x).bit_length() - 1}"
         return str(int(x)) if x == int(x) else str(x)
 
-    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")) as f:
-        readme = " ".join(f.read().split())
+    docs = " ".join(docs_text().split())
     for option, (low, high) in LIMITS.items():
-        assert option in readme
+        assert option in docs
         stated = f"to {shown(high)}" if option == "--backoff-max" else f"{shown(low)} to {shown(high)}"
-        assert stated in readme, (option, stated)
+        assert stated in docs, (option, stated)
 
 
 @pytest.mark.parametrize("value", BAD_VALUES)

@@ -215,7 +215,7 @@ def test_rotation_visits_every_live_host_in_name_order(sandbox: Sandbox, pg_clus
 
 def test_the_fencing_recipe_works_inside_the_daemon_with_only_what_the_job_gives_it(sandbox: Sandbox,
                                                                                     pg_cluster: PgCluster) -> None:
-    """The README's `watchdog-singleton lease check NAME --token "$WATCHDOG_SINGLETON_FENCING_TOKEN"`,
+    """docs/cluster.md's `watchdog-singleton lease check NAME --token "$WATCHDOG_SINGLETON_FENCING_TOKEN"`,
     run by a real daemon whose environment names no database (the launcher's had none either):
     0 for its own token, 1 for the token of the run before it."""
     name = sandbox.job("fence")

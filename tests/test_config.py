@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import Sandbox, pids_with_arg, wait_for
+from docskit import docs_text
 
 from watchdog_singleton import config
 from watchdog_singleton.commands.install import InstallRequest, needs_restart
@@ -337,9 +338,8 @@ def test_apply_of_a_fifo_is_refused_at_once_instead_of_waiting_for_a_writer(sand
 
 
 def test_the_readme_example_parses_to_ten_jobs_eight_periodic_one_disabled(tmp_path: Any) -> None:
-    readme = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md")).read()
-    example = re.search(r"```toml\n(# /srv/panda/jobs.toml.*?)```", readme, re.S)
-    assert example, "the README's jobs.toml example is gone"
+    example = re.search(r"```toml\n(# /srv/panda/jobs.toml.*?)```", docs_text(), re.S)
+    assert example, "the documented jobs.toml example (docs/periodic-and-config.md) is gone"
     cfg = parse(tmp_path, example.group(1))
     requests = [cfg.request(spec) for spec in cfg.jobs]
     assert len(requests) == 10

@@ -1,0 +1,46 @@
+"""The README is the front door and the reference lives in docs/: every relative link between
+them, and every #anchor, must lead somewhere (GitHub's anchor rules)."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import unquote
+
+import pytest
+from docskit import ROOT, anchors, doc_paths, docs_text, links, slug
+
+
+def test_anchors_follow_githubs_rules() -> None:
+    assert slug("Across hosts: one copy on a cluster lease") == "across-hosts-one-copy-on-a-cluster-lease"
+    assert slug("`install NAME [OPTIONS] -- COMMAND [ARG...]`") == "install-name-options----command-arg"
+    assert slug("snake_case and dash-case!") == "snake_case-and-dash-case"
+    assert anchors("# A\n```\n# not a heading\n```\n## A\n") == {"a", "a-1"}
+
+
+def test_the_reference_moved_to_docs_and_the_readme_points_there() -> None:
+    assert len(doc_paths()) > 2
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert "bash contrib/demo.sh" in readme and "bash tests/run.sh" in readme
+    assert any(link.startswith("docs/") for link in links(readme))
+    assert "## Guarantees, and what each fault does" in docs_text()
+
+
+@pytest.mark.parametrize("path", doc_paths(), ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_relative_link_and_anchor_resolves(path: str) -> None:
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    broken = []
+    for link in links(text):
+        if "://" in link or link.startswith("mailto:"):
+            continue
+        target, _, anchor = link.partition("#")
+        target_path = os.path.normpath(os.path.join(os.path.dirname(path), unquote(target))) if target else path
+        if not os.path.exists(target_path):
+            broken.append(f"{link}: no file {os.path.relpath(target_path, ROOT)}")
+            continue
+        if anchor and target_path.endswith(".md"):
+            with open(target_path, encoding="utf-8") as f:
+                if unquote(anchor) not in anchors(f.read()):
+                    broken.append(f"{link}: no heading #{anchor} in {os.path.relpath(target_path, ROOT)}")
+    assert not broken, broken
