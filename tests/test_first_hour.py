@@ -78,7 +78,8 @@ def test_install_of_a_command_that_dies_at_once_exits_1_with_its_code(sandbox: S
 
 def test_start_says_who_holds_the_lock_when_an_orphan_does(sandbox: Sandbox) -> None:
     name = sandbox.job("held")
-    sandbox.ok("install", name, "--no-start", "--", "/bin/sleep", "1006")
+    # A schedule cron will not fire during the test: a tick must not start it before the orphan holds the lock.
+    sandbox.ok("install", name, "--no-start", "--schedule", "0 0 1 1 *", "--", "/bin/sleep", "1006")
     lock = sandbox.status(name)["lock_path"]
     holder = subprocess.Popen(["flock", lock, "/bin/sleep", "1007"], env=sandbox.env(), cwd=sandbox.dir,
                               **sandbox.user.popen_kwargs())
