@@ -17,11 +17,11 @@ import pytest
 from conftest import Sandbox, wait_for
 from userkit import read_bytes, user_pids
 
+from watchdog_singleton.errors import REQUEUE
 from watchdog_singleton.farm import tasklist
 from watchdog_singleton.farm.store import SqliteStore
 from watchdog_singleton.farm.tasklist import Task
 
-REQUEUE = 75
 # A task that waits while GO is missing (killed there, it never writes), then appends its name.
 WAITER = "{{ test -e GO || sleep 600; }} && echo {name} >> out"
 

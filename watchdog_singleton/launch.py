@@ -12,10 +12,12 @@ import sys
 import time
 
 from . import paths, procs, runargs
+from .envvars import JOB_ENV, TOKEN_ENV
 from .errors import FAILED, OK, UserError
-from .jobs import Job, JobStore, check_exec_size, check_name, now_iso, parse_env, resolve_command
+from .jobs import Job, JobStore, check_exec_size, check_name, parse_env, resolve_command
 from .lock import REPAIRED, FlockLock, check_lock_dir, resolve_lock_dir
 from .state import CARRIED, RunState, StateStore
+from .timefmt import now_iso
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -239,8 +241,8 @@ def exec_supervisor(job: Job, lock: FlockLock, root: str, adhoc: bool, passthrou
     # Its own marker, never another job's: a job started from inside another job's tree must
     # not be taken for part of it (and stopped with it).
     env = procs.clean_environ(dict(os.environ))
-    env[procs.TOKEN_ENV] = job.lock_path
-    env[procs.JOB_ENV] = job.name
+    env[TOKEN_ENV] = job.lock_path
+    env[JOB_ENV] = job.name
     # glibc reads these at the supervisor's start: big log buffers go back to the system once
     # written (no heap that only grows), and its writer threads share one malloc arena.
     from .resident import RESIDENT_MALLOC

@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import os
 
-LOCK_DIR_ENV = "WATCHDOG_SINGLETON_LOCK_DIR"
-HOME_ENV = "WATCHDOG_SINGLETON_HOME"  # overrides the whole per-host folder
-# Inside a job, WATCHDOG_SINGLETON_STATE_DIR is the job's own checkpoint folder; outside one it
-# is still read as the per-host folder's override, its meaning before jobs had that folder.
-STATE_DIR_ENV = "WATCHDOG_SINGLETON_STATE_DIR"
-JOB_ENV = "WATCHDOG_SINGLETON_JOB"
+from .envvars import HOME_ENV, JOB_ENV, LOCK_DIR_ENV, STATE_DIR_ENV
 
 
 def host() -> str:

@@ -35,7 +35,6 @@ RECORD = "submission.json"
 STOP = "stop"
 RUNS = "runs"  # one line per start and end of a job of the chain, appended by the scripts (chain.read_runs)
 DEFAULT_LEAD = 300  # --signal-lead for a long walltime; shorter ones get default_lead()
-RERUN_CODE = 75  # EX_TEMPFAIL: the wrapper ended for a reason the next job of the chain fixes
 LOCK_DIR_EXPR = '"/tmp/watchdog-singleton-$(id -u)"'  # node-local; literal /tmp, not a shared $TMPDIR
 
 

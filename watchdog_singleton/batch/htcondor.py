@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 
-from . import RERUN_CODE, Entry, Scheduler, Spec, chain_ended, prologue, q, stop_check, supervise, timer, tool
+from ..errors import RERUN
+from . import Entry, Scheduler, Spec, chain_ended, prologue, q, stop_check, supervise, timer, tool
 
 STATES = {"1": "IDLE", "2": "RUNNING", "3": "REMOVED", "4": "COMPLETED", "5": "HELD", "6": "TRANSFERRING_OUTPUT",
           "7": "SUSPENDED"}
@@ -52,7 +53,7 @@ class HTCondor(Scheduler):
             f"error = {keyed}.err",
             f"log = {keyed}.log",
             "# Removed only when the wrapper says so: 0 (stop marker) or 2 (usage); 75 or a signal reruns.",
-            f"on_exit_remove = (ExitBySignal == False) && (ExitCode != {RERUN_CODE})",
+            f"on_exit_remove = (ExitBySignal == False) && (ExitCode != {RERUN})",
             f"max_retries = {MAX_RETRIES}",
             "# Holds the system made (not condor_hold) are released after 5 minutes.",
             "periodic_release = (HoldReasonCode =!= 1) && ((time() - EnteredCurrentStatus) > 300)",
@@ -65,7 +66,7 @@ class HTCondor(Scheduler):
         lines.append("queue 1")
         wrapper = (
             "#!/bin/bash\n"
-            + prologue(spec, f"HTCondor wrapper of {spec.name}: exit 0 ends the chain, {RERUN_CODE} reruns it.",
+            + prologue(spec, f"HTCondor wrapper of {spec.name}: exit 0 ends the chain, {RERUN} reruns it.",
                        '"${WATCHDOG_SINGLETON_BATCH_ID:-?}"')
             + f"exec >>{q(spec.stderr_log)} 2>&1  # appended, never truncated\n"
             + "trap 'ws_say \"walltime in {lead}s: stopping $ws_name (grace ${{ws_grace}}s)\"; ws_term walltime' USR1\n"
@@ -79,7 +80,7 @@ class HTCondor(Scheduler):
             + stop_check(0)
             + chain_ended(spec, "[ \"$ws_code\" != 2 ]", "the supervisor exited 2 (a usage error): not rerun")
             + "if [ \"$ws_code\" = 2 ]; then exit 2; fi  # a usage error: a rerun would fail the same way\n"
-            + f"exit {RERUN_CODE}\n"
+            + f"exit {RERUN}\n"
         )
         return {self.script: "\n".join(lines) + "\n", self.wrapper: wrapper}
 

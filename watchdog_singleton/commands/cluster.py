@@ -16,10 +16,10 @@ import subprocess
 from typing import Any, Optional
 
 from .. import paths
+from ..envvars import CLUSTER_ENV
 from ..errors import UserError
 from ..jobs import check_limit
 from ..leases import (
-    CLUSTER_ENV,
     CRON_TICK,
     LeaseError,
     Timing,

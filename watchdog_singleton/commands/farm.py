@@ -9,8 +9,8 @@ import time
 from typing import Callable, NamedTuple, Optional
 
 from .. import notify, paths
-from ..errors import FAILED, OK, UserError
-from ..farm import SOME_FAILED, STORAGE_FAILED, place, pytaskfarmer, tasklist
+from ..errors import FAILED, OK, SOME_FAILED, STORAGE_FAILED, UserError
+from ..farm import place, pytaskfarmer, tasklist
 from ..farm.pytaskfarmer import ORIGIN
 from ..farm.store import STATES, Store, check_place, open_store
 from ..farm.trace import FILE_NAME as TIMELINE_NAME

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import batch, files, notify, paths
+from ..envvars import CLUSTER_ENV
 from ..errors import FAILED, OK, UserError
-from ..jobs import check_limit, check_name, now_iso, resolve_command, snapshot_env
-from ..leases import CLUSTER_ENV, NO_CLUSTER
+from ..jobs import check_limit, check_name, resolve_command, snapshot_env
+from ..leases import NO_CLUSTER
+from ..timefmt import now_iso
 from .cluster import check_cron_driver, check_options
 from .common import Context, Echo
 

@@ -21,8 +21,8 @@ import sqlite3
 import time
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Protocol
 
-from ..errors import UserError
-from . import STORAGE_FAILED, place
+from ..errors import STORAGE_FAILED, UserError
+from . import place
 from .tasklist import Task
 
 TODO, RUNNING, FINISHED, FAILED_STATE = "todo", "running", "finished", "failed"

@@ -25,7 +25,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from ..errors import FAILED, USAGE, UserError
+from ..envvars import CLUSTER_ENV
+from ..errors import FAILED, UNAVAILABLE, USAGE, UserError
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -73,9 +74,6 @@ if TYPE_CHECKING:
         def close(self) -> None: ...
 
 
-UNAVAILABLE = 3  # the exit code of `lease check` and `lease status` when the engine cannot be reached
-CLUSTER_ENV = "WATCHDOG_SINGLETON_CLUSTER"
-FENCING_TOKEN_ENV = "WATCHDOG_SINGLETON_FENCING_TOKEN"
 MAX_TOKEN = 2**63 - 1  # a bigint
 KILL_LANDS = 1.0  # seconds allowed, after SIGKILL, for the kernel to end a tree
 
