@@ -15,7 +15,7 @@ from . import paths, procs, runargs
 from .envvars import JOB_ENV, TOKEN_ENV
 from .errors import FAILED, OK, UserError
 from .jobs import Job, JobStore, check_exec_size, check_name, parse_env, resolve_command
-from .lock import REPAIRED, FlockLock, check_lock_dir, resolve_lock_dir
+from .lock import REPAIRED, FlockLock, check_lock_dir, default_lock_dir, resolve_lock_dir
 from .state import CARRIED, RunState, StateStore
 from .timefmt import now_iso
 
@@ -52,7 +52,7 @@ def adhoc_job(args: runargs.RunArgs, root: str) -> Job:
     # A batch script passes the old fixed name: it follows our recorded folder when that name is
     # gone or taken, as an installed job's does.
     lock_dir = resolve_lock_dir(os.path.abspath(args.lock_dir), root) if args.lock_dir \
-        else paths.default_lock_dir(root)
+        else default_lock_dir(root)
     check_lock_dir(lock_dir, args.allow_network_fs)
     env = parse_env(args.env)
     from .leases import job_cluster, refuse_without_cluster
@@ -311,8 +311,8 @@ def detach(body: Callable[[int], None], lock: FlockLock, name: str, quiet: bool 
 
 def run_lean(job: Job, lock: FlockLock, states: StateStore, background: bool) -> int:
     """Lean mode: no resident process of ours. The daemon holds the lock and writes the files."""
+    from .daemonenv import daemon_env
     from .files import CREATE_FLAGS
-    from .supervisor import daemon_env
 
     def become_daemon() -> None:
         out = os.open(job.stdout_log, CREATE_FLAGS | os.O_APPEND, 0o600)

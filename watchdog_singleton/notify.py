@@ -132,7 +132,7 @@ def job_event(job: Job, event: str, code: Optional[int], detail: str,
               note: Optional[Callable[[str], None]] = None, inherit: Optional[dict[str, str]] = None,
               env: Optional[dict[str, str]] = None, wall: Callable[[], float] = time.time) -> bool:
     """Notify `event` of `job` if it has a hook or a mail and the kind is due; never raises, never
-    waits for the hook. The hook's environment is `env`, else the daemon's (supervisor.daemon_env
+    waits for the hook. The hook's environment is `env`, else the daemon's (daemonenv.daemon_env
     of `inherit`). `note` writes to the job's log. True when a notice went out."""
     if not event or not wanted(job):
         return False
@@ -141,7 +141,7 @@ def job_event(job: Job, event: str, code: Optional[int], detail: str,
         if not job.state_folder or not claim(job.state_folder, event, wall(), job.notify_every):
             return False
         if env is None:
-            from .supervisor import daemon_env
+            from .daemonenv import daemon_env
 
             env = daemon_env(job, inherit)
         payload = {"name": job.name, "event": event, "code": code, "detail": detail, "argv": list(job.on_failure),

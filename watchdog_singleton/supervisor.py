@@ -25,11 +25,11 @@ from __future__ import annotations
 import _signal
 import math
 import os
-import pwd
 import time
 
 from . import notify, procs, tree
-from .envvars import CLUSTER_ENV, FENCING_TOKEN_ENV, JOB_ENV, NAME_ENV, STATE_DIR_ENV, TOKEN_ENV
+from .daemonenv import daemon_env
+from .envvars import CLUSTER_ENV, FENCING_TOKEN_ENV
 from .errors import CANNOT_EXECUTE, SIGNALLED, UserError
 from .files import ensure_dir
 from .jobs import JobStore
@@ -61,22 +61,6 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 BURST = 3  # quick runs in a row restarted at once; backoff begins with the next
 SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGUSR2 = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGCHLD,
                                              _signal.SIGUSR2)
-
-
-def daemon_env(job: Job, inherit: Optional[dict[str, str]] = None) -> dict[str, str]:
-    """The daemon's environment: the same whether cron or the user's shell started it."""
-    if inherit is not None:
-        env = procs.clean_environ(inherit)
-    else:
-        user = pwd.getpwuid(os.getuid())
-        env = {"HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name,
-               "SHELL": user.pw_shell or "/bin/sh", "PATH": "/usr/local/bin:/usr/bin:/bin"}
-    env.update(job.env)
-    env[JOB_ENV] = env[NAME_ENV] = job.name
-    env[TOKEN_ENV] = job.lock_path
-    if job.state_folder:
-        env[STATE_DIR_ENV] = job.state_folder
-    return env
 
 
 def restart_delay(job: Job, quick_runs: int) -> float:

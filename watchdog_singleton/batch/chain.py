@@ -26,7 +26,8 @@ from .. import files, paths
 from ..errors import FAILED, NO_SUCH_JOB, UserError
 from ..state import RunState
 from ..timefmt import iso, now_iso
-from . import JOB_PREFIX, RUNS, STOP, Entry, Scheduler, get, load_record, save_record, spec_of
+from . import JOB_PREFIX, RUNS, STOP, Entry, Scheduler, load_record, save_record, spec_of
+from .schedulers import get
 
 DRAIN_SECONDS = 60.0  # after grace: what still runs this long after `stop` asked is cancelled outright
 

@@ -25,7 +25,7 @@ from ..jobs import (
     resolve_command,
     snapshot_env,
 )
-from ..lock import check_lock_dir, commit_lock_dir, is_own_default
+from ..lock import check_lock_dir, commit_lock_dir, default_lock_dir, is_own_default
 from ..notify import DEFAULT_EVERY, check_hook, check_mail
 from ..quoting import shell_join
 from ..timefmt import now_iso
@@ -158,7 +158,7 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
         previous = ctx.jobs.load(name, strict=False)
         keep = previous is not None and is_own_default(previous.lock_dir) and not os.environ.get(LOCK_DIR_ENV)
         lock_dir = previous.lock_dir if keep and previous is not None else \
-            paths.default_lock_dir(ctx.root, create=False)
+            default_lock_dir(ctx.root, create=False)
         check_usable_lock_dir(lock_dir, req.allow_network_fs)
     return Job(name=name, command=command, workdir=workdir, schedule=schedule, env=env,
                grace=req.grace, restart=req.restart, backoff_initial=req.backoff_initial,

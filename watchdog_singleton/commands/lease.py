@@ -16,7 +16,8 @@ from typing import Callable, Optional
 from ..envvars import CLUSTER_ENV
 from ..errors import NO_SUCH_JOB, OK, STALE, USAGE, UserError
 from ..jobs import check_name
-from ..leases import MAX_TOKEN, LeaseError, cluster_url, open_cluster
+from ..leases import MAX_TOKEN, LeaseError, cluster_url
+from ..leases.engines import open_cluster
 from .cluster import held_words
 
 Echo = Callable[[str], None]

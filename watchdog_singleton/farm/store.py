@@ -319,10 +319,6 @@ class _Tx:
             raise self.store.failed(exc) from None
 
 
-def is_postgres(db: Optional[str]) -> bool:
-    return bool(db) and str(db).startswith(("postgresql://", "postgres://"))
-
-
 def sqlite_path(db: Optional[str], workdir: str) -> str:
     path = db[len("sqlite://"):] if db and db.startswith("sqlite://") else db
     return path or os.path.join(workdir, SQLITE_NAME)
@@ -335,39 +331,6 @@ def check_sqlite_files(path: str) -> None:
     place.check(path, "farm database")
     for suffix in SQLITE_SIDE_FILES:
         place.check(path + suffix, "farm database file")
-
-
-def check_place(db: Optional[str], workdir: str) -> None:
-    """Refuse a SQLite database on a network file system, or not ours alone, before anything is created."""
-    if is_postgres(db):
-        return
-    path = sqlite_path(db, workdir)
-    if path == ":memory:":
-        return
-    check_sqlite_files(path)
-    from ..lock import filesystem_type
-
-    fs = filesystem_type(path)
-    if fs:
-        raise UserError(f"the farm database {path} would be on {fs}: SQLite's locking is not safe there; "
-                        "use a --workdir (or --db FILE) on a local disk, or --db postgresql://...")
-
-
-def open_store(db: Optional[str], workdir: str, create: bool = True, lease: float = 60.0) -> Store:
-    """The store `--db` names: a postgresql:// URL, a SQLite file (FILE or sqlite://FILE), or by
-    default farm.sqlite in the work folder; SQLite is refused on a network file system, and a
-    database, or folder, that is not the user's alone is refused everywhere."""
-    if is_postgres(db):
-        from .pgstore import PgStore
-
-        assert db is not None
-        store: Store = PgStore(db, lease=lease)
-        return store
-    check_place(db, workdir)
-    path = sqlite_path(db, workdir)
-    if not create and path != ":memory:" and not os.path.exists(path):
-        raise UserError(f"no farm in {workdir}: {path} does not exist")
-    return SqliteStore(path)
 
 
 class Guarded:
