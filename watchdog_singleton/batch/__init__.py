@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 from .. import files, paths
 from ..errors import FAILED, UserError
+from ..timefmt import FORMAT as TIME_FORMAT
 
 JOB_PREFIX = "ws-"  # the batch job's name: ws-NAME, the same for every job of the chain
 RECORD = "submission.json"
@@ -197,7 +198,7 @@ def prologue(spec: Spec, title: str, job_id: str) -> str:
         f"ws_job={job_id}\n"
         "ws_pid=\n"
         "ws_why=\n"
-        "ws_say() { printf '[watchdog-singleton batch %s] %s\\n' \"$(date '+%Y-%m-%dT%H:%M:%S%z')\" \"$*\"; }\n"
+        "ws_say() { printf '[watchdog-singleton batch %s] %s\\n' \"$(date '+" + TIME_FORMAT + "')\" \"$*\"; }\n"
         "# The chain's run record, read by `status`: start TIME JOB HOST, end TIME JOB CODE WHY.\n"
         "ws_record() { printf '%s %s %s\\n' \"$1\" \"$(date +%s)\" \"$2\" >>\"$ws_runs\" 2>/dev/null; }\n"
         "# SIGTERM to our supervisor: it gives the daemon SIGTERM and --grace, then SIGKILL.\n"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 
+from ..envvars import BATCH_ID_ENV
 from ..errors import RERUN
 from . import Entry, Scheduler, Spec, chain_ended, prologue, q, stop_check, supervise, timer, tool
 
@@ -46,7 +47,7 @@ class HTCondor(Scheduler):
             "should_transfer_files = NO",
             f"batch_name = {spec.job_name}",
             f'+WatchdogSingletonName = "{spec.name}"',
-            'environment = "WATCHDOG_SINGLETON_BATCH_ID=$(Cluster).$(Process)"',
+            f'environment = "{BATCH_ID_ENV}=$(Cluster).$(Process)"',
             f"initialdir = {spec.folder}",
             "# HTCondor's own files, one set per job id; the daemon logs to the job's log files.",
             f"output = {keyed}.out",
@@ -67,14 +68,14 @@ class HTCondor(Scheduler):
         wrapper = (
             "#!/bin/bash\n"
             + prologue(spec, f"HTCondor wrapper of {spec.name}: exit 0 ends the chain, {RERUN} reruns it.",
-                       '"${WATCHDOG_SINGLETON_BATCH_ID:-?}"')
+                       f'"${{{BATCH_ID_ENV}:-?}}"')
             + f"exec >>{q(spec.stderr_log)} 2>&1  # appended, never truncated\n"
             + "trap 'ws_say \"walltime in {lead}s: stopping $ws_name (grace ${{ws_grace}}s)\"; ws_term walltime' USR1\n"
               .format(lead=spec.signal_lead)
             + "trap 'ws_say \"SIGTERM (eviction or condor_rm): stopping $ws_name\"; ws_term stop' TERM\n"
             + stop_check(0)
             + timer(spec)
-            + "ws_say \"htcondor job ${WATCHDOG_SINGLETON_BATCH_ID:-?} runs $ws_name on $(hostname)\"\n"
+            + f"ws_say \"htcondor job ${{{BATCH_ID_ENV}:-?}} runs $ws_name on $(hostname)\"\n"
             + supervise(spec)
             + "kill \"$ws_watch\" 2>/dev/null\n"
             + stop_check(0)
