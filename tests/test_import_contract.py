@@ -3,7 +3,9 @@ standard library and our own code only. Cron may start the tick every minute and
 beside the daemon for its whole life, so a third-party import there costs every user, every minute.
 
 Checked at run time, in a fresh isolated interpreter (`-I -S`, as cron's line and the launcher's exec
-start them), so a lazy import reached on the way is caught too.
+start them), so a lazy import reached on the way is caught too. Then statically, on the package's import
+graph (read with `ast`): no import cycle, no module importing a layer above its own, the tick and the
+resident never reaching the CLI side, the farm never importing the tick or the resident.
 """
 
 from __future__ import annotations
