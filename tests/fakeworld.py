@@ -13,6 +13,7 @@ import itertools
 from typing import Any, Callable, Optional
 
 from watchdog_singleton import procs
+from watchdog_singleton.envvars import TOKEN_ENV
 from watchdog_singleton.leases import Grant, LeaseUnavailable
 from watchdog_singleton.spawn import Spawned, SpawnError
 from watchdog_singleton.supervisor import Seams
@@ -86,7 +87,7 @@ class FakeWorld:
 
     def spawn(self, argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, ...] = (),
               capture: bool = True) -> Spawned:
-        token = env[procs.TOKEN_ENV]
+        token = env[TOKEN_ENV]
         self.tree_at_spawn.append(self.live(token))
         self.envs.append(dict(env))
         if self.spawn_error is not None:

@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 from conftest import HELPERS, Sandbox, wait_for
 
-from watchdog_singleton import batch
-from watchdog_singleton.batch import Spec, parse_walltime
+from watchdog_singleton.batch import Spec, parse_walltime, schedulers
 from watchdog_singleton.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +57,7 @@ def submit_keys(text: str) -> dict[str, str]:
 # ---- rendering -----------------------------------------------------------------------------------
 
 def test_slurm_script_requeues_itself_on_usr1_to_the_batch_shell_with_appended_output(tmp_path: Any) -> None:
-    text = batch.get("slurm").render(spec())["job.sbatch"]
+    text = schedulers.get("slurm").render(spec())["job.sbatch"]
     bash_n(text, tmp_path)
     directives = [line[len("#SBATCH "):] for line in text.splitlines() if line.startswith("#SBATCH ")]
     for wanted in ("--job-name=ws-web", "--dependency=singleton", "--signal=B:USR1@120", "--requeue",
@@ -76,7 +75,7 @@ def test_slurm_script_requeues_itself_on_usr1_to_the_batch_shell_with_appended_o
 def test_every_script_runs_the_supervisor_with_node_local_lock_shared_state_and_job_logs(scheduler: str,
                                                                                          tmp_path: Any) -> None:
     s = spec()
-    rendered = batch.get(scheduler).render(s)
+    rendered = schedulers.get(scheduler).render(s)
     shell = [t for name, t in rendered.items() if name.endswith((".sh", ".sbatch"))]
     assert len(shell) == 1
     bash_n(shell[0], tmp_path)
@@ -89,7 +88,7 @@ def test_every_script_runs_the_supervisor_with_node_local_lock_shared_state_and_
 
 
 def test_pbs_script_submits_its_successor_at_the_start_with_afterany_and_times_the_warning(tmp_path: Any) -> None:
-    text = batch.get("pbs").render(spec())["job.pbs.sh"]
+    text = schedulers.get("pbs").render(spec())["job.pbs.sh"]
     bash_n(text, tmp_path)
     assert "#PBS -N ws-web\n" in text and "#PBS -l walltime=01:00:00\n" in text and "#PBS -A acct\n" in text
     successor = text.index('qsub -W depend=afterany:"$PBS_JOBID"')
@@ -99,7 +98,7 @@ def test_pbs_script_submits_its_successor_at_the_start_with_afterany_and_times_t
 
 
 def test_htcondor_submit_file_is_removed_only_when_asked_and_retries_explicitly(tmp_path: Any) -> None:
-    rendered = batch.get("htcondor").render(spec())
+    rendered = schedulers.get("htcondor").render(spec())
     keys = submit_keys(rendered["job.sub"])
     assert keys["on_exit_remove"] == "(ExitBySignal == False) && (ExitCode != 75)"
     assert int(keys["max_retries"]) >= 1000
@@ -113,7 +112,7 @@ def test_htcondor_submit_file_is_removed_only_when_asked_and_retries_explicitly(
 
 
 def test_contrib_templates_are_what_submit_renders() -> None:
-    for filename, text in batch.templates().items():
+    for filename, text in schedulers.templates().items():
         with open(os.path.join(CONTRIB, filename)) as f:
             assert f.read() == text, f"contrib/batch/{filename} drifted: run python3 contrib/batch/generate.py"
 

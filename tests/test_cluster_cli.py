@@ -21,7 +21,8 @@ from conftest import Sandbox
 from watchdog_singleton import config
 from watchdog_singleton.commands.install import InstallRequest, needs_restart
 from watchdog_singleton.jobs import Job
-from watchdog_singleton.leases import Timing, open_cluster
+from watchdog_singleton.leases import Timing
+from watchdog_singleton.leases.engines import open_cluster
 from watchdog_singleton.leases.postgres import PostgresLease
 from watchdog_singleton.runargs import parse as parse_run
 

@@ -13,9 +13,10 @@ from fakeworld import CONT, KILL, SUPERVISOR, TERM, FakeDatabase, FakeProc, Fake
 from test_supervisor import FakeLock, births, exit_after, log_of
 
 from watchdog_singleton import procs
+from watchdog_singleton.envvars import FENCING_TOKEN_ENV
 from watchdog_singleton.jobs import Job
 from watchdog_singleton.lease_watcher import Watcher
-from watchdog_singleton.leases import FENCING_TOKEN_ENV, Timing
+from watchdog_singleton.leases import Timing
 from watchdog_singleton.state import StateStore
 from watchdog_singleton.supervisor import Supervisor
 

@@ -23,6 +23,7 @@ from conftest import TEST_USER, Sandbox, UnprivilegedUser, ensure_user, make_san
 from watchdog_singleton import crontab
 from watchdog_singleton.commands.common import Context
 from watchdog_singleton.commands.status import _state_word
+from watchdog_singleton.errors import LOCK_HELD
 from watchdog_singleton.jobs import Job
 
 OWN_USER = f"{TEST_USER}3"
@@ -114,7 +115,7 @@ def test_the_rendered_line_runs_the_launcher_from_root_only_when_the_lock_is_fre
     open(j.lock_path, "w").close()
     line = crontab.render(j, str(python), "/s", str(flock), "-I").decode()
     command = line.split(" ", 5)[5].rsplit(" #watchdog-singleton:", 1)[0].replace("\\%", "%")
-    for code, launched in ((crontab.CONFLICT_EXIT, False), (1, True), (0, True)):
+    for code, launched in ((LOCK_HELD, False), (1, True), (0, True)):
         flock.write_text(f"#!/bin/sh\nexit {code}\n")
         flock.chmod(0o755)
         subprocess.run(["/bin/sh", "-c", command], cwd=str(tmp_path), check=True)

@@ -17,11 +17,9 @@ import pytest
 from conftest import Sandbox, wait_for
 from userkit import read_bytes, user_pids
 
+from watchdog_singleton.errors import REQUEUE
 from watchdog_singleton.farm import tasklist
-from watchdog_singleton.farm.store import SqliteStore
-from watchdog_singleton.farm.tasklist import Task
 
-REQUEUE = 75
 # A task that waits while GO is missing (killed there, it never writes), then appends its name.
 WAITER = "{{ test -e GO || sleep 600; }} && echo {name} >> out"
 
@@ -87,23 +85,6 @@ def test_task_ids_survive_inserted_lines_and_tell_duplicates_apart() -> None:
     assert [t.line for t in before] == [1, 4, 5]
     assert tasklist.argv("/bin/echo 'a b' c") == ["/bin/echo", "a b", "c"]
     assert tasklist.argv("echo a > f") == ["/bin/sh", "-c", "echo a > f"]
-
-
-def test_an_expired_lease_returns_the_task_and_the_old_holder_cannot_finish_it(tmp_path: Any) -> None:
-    store = SqliteStore(str(tmp_path / "farm.sqlite"))
-    store.add([Task("t-0", 1, "true")])
-    (first,) = store.claim("host/1/a", lease=0.3, limit=5)
-    assert store.claim("host/2/b", lease=0.3, limit=5) == []  # never two holders at once
-    assert store.sweep() == []  # the lease still runs
-    wait_for(lambda: store.sweep() == ["t-0"], 5, what="the lease to run out")
-    (second,) = store.claim("host/2/b", lease=30, limit=5)
-    assert second.attempt == 2
-    assert not store.finish(first, 0)  # the farm that lost its lease records nothing
-    assert store.fail(first, 1, retries=5) == ""
-    assert store.finish(second, 0)
-    assert store.claim("host/3/c", lease=30, limit=5) == []  # finished never runs again
-    assert store.retry() == 0  # and retry only touches failed tasks
-    assert store.stats()["finished"] == 1
 
 
 # -- real farms as the test user ----------------------------------------------------------

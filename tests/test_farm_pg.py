@@ -1,15 +1,15 @@
 """The task farm on PostgreSQL: farms sharing one list through a real, throwaway server
-(tests/pgkit.py's `pg_cluster`, from the cross-host lease work; skipped until it is there)."""
+(tests/pgkit.py's `pg_cluster`; skipped where pgkit or psycopg is missing). The store's own
+rules, on both engines, are tests/test_farm_store_contract.py's."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
-from typing import Any
 
 import pytest
-from conftest import Sandbox, wait_for
+from conftest import Sandbox
 from test_farm import farm, out_lines, start_farm, write_list
 
 if importlib.util.find_spec("pgkit") is None or importlib.util.find_spec("psycopg") is None:
@@ -35,24 +35,3 @@ def test_two_farms_share_one_postgresql_list_and_run_no_task_twice(sandbox: Sand
     assert st["counts"]["finished"] == 200
     for w in ("w1", "w2"):
         assert not os.path.exists(sandbox.path(w, "farm.sqlite"))
-
-
-def test_an_expired_postgresql_lease_goes_back_to_todo_and_the_old_holder_cannot_finish(pg_cluster: Any) -> None:
-    from watchdog_singleton.farm.pgstore import PgStore
-    from watchdog_singleton.farm.tasklist import Task
-
-    pg_cluster.psql("DROP TABLE IF EXISTS farm_tasks", dbname=pg_cluster.dbname)
-    store = PgStore(pg_cluster.url_with_passfile)
-    try:
-        store.add([Task("t-0", 1, "true"), Task("t-1", 2, "true")])
-        first = store.claim("a/x/1/n", lease=0.3, limit=1)
-        assert [c.id for c in first] == ["t-0"]
-        assert [c.id for c in store.claim("b/x/2/n", lease=30, limit=5)] == ["t-1"]  # SKIP LOCKED, in order
-        assert store.sweep() == []
-        wait_for(lambda: store.sweep() == ["t-0"], 5, what="the lease to run out")
-        (again,) = store.claim("b/x/2/n", lease=30, limit=5)
-        assert again.attempt == 2 and not store.finish(first[0], 0)
-        assert store.finish(again, 0) and store.fail(first[0], 1, retries=3) == ""
-        assert store.stats() == {"todo": 0, "running": 1, "finished": 1, "failed": 0}
-    finally:
-        store.close()

@@ -8,7 +8,6 @@ source: `ID COMMAND` lines, the ID a task's index among the list's non-comment, 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -18,14 +17,9 @@ import tempfile
 from typing import Any, Iterator, Optional
 
 import pytest
-from conftest import TEST_USER, Sandbox
+from conftest import Sandbox
 
 from watchdog_singleton.farm import pytaskfarmer, tasklist
-from watchdog_singleton.farm.store import SqliteStore, Store
-from watchdog_singleton.farm.tasklist import Task
-
-HAVE_PG = importlib.util.find_spec("pgkit") is not None and importlib.util.find_spec("psycopg") is not None
-pytest_plugins = ["pgkit"] if HAVE_PG else []
 
 PTF_VERSION = "0.1.0"
 # A task PyTaskFarmer can run (it splits a line on spaces, no shell): note its name, exit as told.
@@ -136,34 +130,6 @@ def test_a_half_written_record_is_ignored_and_finished_wins_over_failed(tmp_path
     assert campaign.malformed == 2 and campaign.toprocess is None
     done, _ = pytaskfarmer.match(campaign, ["echo a", "echo b", "echo c"])
     assert sorted(state for _, state in done) == ["finished", "finished"]
-
-
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
-def test_adopt_records_only_tasks_never_run_here_and_status_can_tell_them(engine: str, tmp_path: Any,
-                                                                        request: pytest.FixtureRequest) -> None:
-    store: Store
-    if engine == "sqlite":
-        store = SqliteStore(str(tmp_path / "farm.sqlite"))
-    else:
-        if not HAVE_PG:
-            pytest.skip("needs tests/pgkit.py and psycopg")
-        from watchdog_singleton.farm.pgstore import PgStore
-
-        cluster = request.getfixturevalue("pg_cluster")
-        cluster.psql("DROP TABLE IF EXISTS farm_tasks", dbname=TEST_USER)
-        store = PgStore(cluster.url_with_passfile)
-    try:
-        store.add([Task(f"t-{i}", i + 1, "true") for i in range(4)])
-        (ran,) = store.claim("host/1/a", lease=30, limit=1)
-        store.finish(ran, 0)  # t-0 ran here: its own record stands
-        assert store.adopt([("t-0", "failed"), ("t-1", "finished"), ("t-2", "failed"), ("nope", "finished"),
-                            ("t-3", "running")]) == 2
-        rows = {r.id: (r.state, r.attempts) for r in store.rows()}
-        assert rows == {"t-0": ("finished", 1), "t-1": ("finished", 0), "t-2": ("failed", 0), "t-3": ("todo", 0)}
-        assert [c.id for c in store.claim("host/1/a", lease=30, limit=5)] == ["t-3"]  # adopted never run
-        assert store.retry(["t-2"]) == 1  # an imported failure can be retried like any other
-    finally:
-        store.close()
 
 
 def test_lines_that_begin_with_a_builtin_or_an_assignment_go_to_a_shell() -> None:

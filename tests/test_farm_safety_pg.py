@@ -28,14 +28,16 @@ def fresh_table(pg_cluster: Any) -> Any:
 @pytest.mark.parametrize("plant", ["owner", "grant"])
 def test_a_farm_table_another_role_owns_or_may_write_is_refused_and_none_of_its_rows_run(
         sandbox: Sandbox, fresh_table: Any, plant: str) -> None:
-    from watchdog_singleton.farm.pgstore import _SCHEMA
+    from watchdog_singleton.farm.pgstore import SQL
+
+    schema = SQL["schema"]
 
     pwned = sandbox.path("PWNED")
     role = f"ws_planter_{sandbox.tag}"
     fresh_table.psql(f"CREATE ROLE {role}", dbname=TEST_USER)
     try:
         # Made first in a schema the victim's search_path reaches (public, before PostgreSQL 15 open to all).
-        fresh_table.psql(_SCHEMA + f"INSERT INTO farm_tasks (id, line, command) VALUES ('p-0', 1, 'id > {pwned}');"
+        fresh_table.psql(schema + f"INSERT INTO farm_tasks (id, line, command) VALUES ('p-0', 1, 'id > {pwned}');"
                          + (f"ALTER TABLE farm_tasks OWNER TO {role};" if plant == "owner"
                             else f'ALTER TABLE farm_tasks OWNER TO "{TEST_USER}";')
                          + "GRANT ALL ON farm_tasks TO PUBLIC;", dbname=TEST_USER)

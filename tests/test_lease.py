@@ -14,7 +14,8 @@ import pytest
 from conftest import Sandbox, wait_for
 
 from watchdog_singleton.errors import UserError
-from watchdog_singleton.leases import Grant, LeaseError, LeaseUnavailable, Timing, open_cluster
+from watchdog_singleton.leases import Grant, LeaseError, LeaseUnavailable, Timing
+from watchdog_singleton.leases.engines import open_cluster
 from watchdog_singleton.leases.keeper import LOST, RENEWED, RETRY, LeaseKeeper
 from watchdog_singleton.leases.postgres import PostgresLease
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import Sandbox, holds_for, wait_for
 
 from watchdog_singleton import batch, cronimport, notify
-from watchdog_singleton.batch import Spec
+from watchdog_singleton.batch import Spec, schedulers
 from watchdog_singleton.cronimport import Proposal
 from watchdog_singleton.errors import UserError
 from watchdog_singleton.jobs import Job
@@ -149,8 +149,8 @@ def test_a_batch_script_tells_of_its_end_only_when_the_chain_has_a_hook_or_a_mai
                                 runner=["/venv/bin/python", "-I", "-m", "watchdog_singleton"], walltime=3600,
                                 signal_lead=120)
     for sched in ("slurm", "pbs", "htcondor"):
-        plain = "".join(batch.get(sched).render(Spec(**base)).values())
-        told = "".join(batch.get(sched).render(Spec(**base, mail="ops@example.org")).values())
+        plain = "".join(schedulers.get(sched).render(Spec(**base)).values())
+        told = "".join(schedulers.get(sched).render(Spec(**base, mail="ops@example.org")).values())
         assert "chain-ended" not in plain
         assert "watchdog_singleton _notify /h/s/h1 \"$ws_name\" chain-ended" in told, sched
 

@@ -11,8 +11,9 @@ from conftest import Sandbox, pids_with_arg, wait_for
 
 from watchdog_singleton import procs
 from watchdog_singleton.commands.status import HostView, _state_word, describe
-from watchdog_singleton.jobs import Job, now_iso
+from watchdog_singleton.jobs import Job
 from watchdog_singleton.state import RunState
+from watchdog_singleton.timefmt import now_iso
 
 
 def host() -> HostView:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional
 import typer
 
 from . import completion
-from .errors import UserError
+from .errors import INTERRUPTED, USAGE, UserError
 
 if TYPE_CHECKING:
     from .commands.common import Context
@@ -578,7 +578,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     except UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         typer.echo(f"watchdog-singleton: {exc.format_message()}{hint}", err=True)
-        sys.exit(2)
+        sys.exit(USAGE)
     except typer.Abort:
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     sys.exit(code or 0)

@@ -78,7 +78,7 @@ def export_names(ctx: Any, incomplete: str) -> Items:
 
 @quiet
 def schedulers(incomplete: str) -> Items:
-    from .batch import registry
+    from .batch.schedulers import registry
 
     return [name for name in registry() if name.startswith(incomplete)]
 

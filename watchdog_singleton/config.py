@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from . import paths
+from .envvars import CLUSTER_ENV
 from .errors import UserError
 from .jobs import ENV_KEY_CHARS, Job
 
@@ -348,10 +349,9 @@ def job_table(job: Job, default_log_dir: str, default_lock_dir: str, environ: Op
     from), an environment key install captured from the shell (PATH, LANG, ...) is written only
     when the job's value is not the one that shell gives it anyway.
     """
-    from .commands.cluster import DEFAULT_LEASE
     from .commands.install import InstallRequest
     from .jobs import snapshot_env
-    from .leases import CLUSTER_ENV, NO_CLUSTER
+    from .leases import DEFAULT_LEASE, NO_CLUSTER
 
     given = dict(defaults or {})
 

@@ -576,8 +576,8 @@ def cron_zones(text: bytes) -> dict[str, str]:
 def next_due(schedule: str, t: float, zone: Optional[str] = None) -> Optional[str]:
     """The first due time of `schedule` after `t` as ISO 8601, in `zone` (a CRON_TZ) if given and
     known, else in local time; None for a schedule that never fires."""
-    from .jobs import iso
     from .schedule import CronSchedule
+    from .timefmt import iso
 
     try:
         cron = CronSchedule(schedule)

@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from . import files
-from .errors import FAILED, UserError
+from .errors import FAILED, LOCK_HELD, UserError
 from .jobs import Job
 from .schedule import FIELDS, expand
 
 TAG = "#watchdog-singleton:"
 DISABLED = "#disabled "
 LINE_RE = re.compile(rb"^(?P<off>#disabled )?(?P<body>.*) #watchdog-singleton:(?P<name>[A-Za-z0-9_.@+-]+)$")
-CONFLICT_EXIT = 75  # flock -E: tells "the lock is held" apart from "flock could not run"
 
 
 @dataclass
@@ -100,8 +99,8 @@ def render(job: Job, python: str, state_root: str, flock_binary: Optional[str], 
     if flock_binary:
         # Only a lock file that is ours is probed; anything odd goes to the launcher, which says why.
         command = (f"test -O {lock_dir} -a ! -h {lock_dir} -a -f {lock} && "
-                   f"{shlex.quote(flock_binary)} -n -E {CONFLICT_EXIT} {lock} true 2>/dev/null; "
-                   f"[ $? = {CONFLICT_EXIT} ] || {{ {launcher}; }}")
+                   f"{shlex.quote(flock_binary)} -n -E {LOCK_HELD} {lock} true 2>/dev/null; "
+                   f"[ $? = {LOCK_HELD} ] || {{ {launcher}; }}")
     else:
         command = launcher
     line = f"{job.cron_schedule} {cron_escape(command)} {TAG}{job.name}"

@@ -315,13 +315,6 @@ def resolve_command(command: list[str], workdir: str, search_path: Optional[str]
     return [os.path.normpath(found)] + list(command[1:])
 
 
-def iso(t: float) -> str:
-    """Unix time `t` as local ISO 8601, the way every file and table of ours shows a time."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
-
-
-def now_iso() -> str:
-    return iso(time.time())
 
 
 class BrokenJob(UserError):

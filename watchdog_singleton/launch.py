@@ -12,10 +12,12 @@ import sys
 import time
 
 from . import paths, procs, runargs
+from .envvars import JOB_ENV, TOKEN_ENV
 from .errors import FAILED, OK, UserError
-from .jobs import Job, JobStore, check_exec_size, check_name, now_iso, parse_env, resolve_command
-from .lock import REPAIRED, FlockLock, check_lock_dir, resolve_lock_dir
+from .jobs import Job, JobStore, check_exec_size, check_name, parse_env, resolve_command
+from .lock import REPAIRED, FlockLock, check_lock_dir, default_lock_dir, resolve_lock_dir
 from .state import CARRIED, RunState, StateStore
+from .timefmt import now_iso
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -50,7 +52,7 @@ def adhoc_job(args: runargs.RunArgs, root: str) -> Job:
     # A batch script passes the old fixed name: it follows our recorded folder when that name is
     # gone or taken, as an installed job's does.
     lock_dir = resolve_lock_dir(os.path.abspath(args.lock_dir), root) if args.lock_dir \
-        else paths.default_lock_dir(root)
+        else default_lock_dir(root)
     check_lock_dir(lock_dir, args.allow_network_fs)
     env = parse_env(args.env)
     from .leases import job_cluster, refuse_without_cluster
@@ -239,8 +241,8 @@ def exec_supervisor(job: Job, lock: FlockLock, root: str, adhoc: bool, passthrou
     # Its own marker, never another job's: a job started from inside another job's tree must
     # not be taken for part of it (and stopped with it).
     env = procs.clean_environ(dict(os.environ))
-    env[procs.TOKEN_ENV] = job.lock_path
-    env[procs.JOB_ENV] = job.name
+    env[TOKEN_ENV] = job.lock_path
+    env[JOB_ENV] = job.name
     # glibc reads these at the supervisor's start: big log buffers go back to the system once
     # written (no heap that only grows), and its writer threads share one malloc arena.
     from .resident import RESIDENT_MALLOC
@@ -309,8 +311,8 @@ def detach(body: Callable[[int], None], lock: FlockLock, name: str, quiet: bool 
 
 def run_lean(job: Job, lock: FlockLock, states: StateStore, background: bool) -> int:
     """Lean mode: no resident process of ours. The daemon holds the lock and writes the files."""
+    from .daemonenv import daemon_env
     from .files import CREATE_FLAGS
-    from .supervisor import daemon_env
 
     def become_daemon() -> None:
         out = os.open(job.stdout_log, CREATE_FLAGS | os.O_APPEND, 0o600)

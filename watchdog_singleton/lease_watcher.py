@@ -31,6 +31,8 @@ import sys
 import time
 
 from . import procs, tree
+from .errors import SIGNALLED
+from .timefmt import now_iso
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the watcher's memory; annotations are strings
@@ -172,7 +174,7 @@ class Watcher:
             self.reap()
         self._stop("", abortable=False)  # what it adopted in its last moments
         code = self.exited[self.supervisor]
-        return 128 - code if code < 0 else code
+        return SIGNALLED - code if code < 0 else code
 
     def _take(self, data: Optional[bytes]) -> None:
         if data is not None:
@@ -212,7 +214,7 @@ def log_note(path: str) -> Callable[[str], None]:
     def note(text: str) -> None:
         if not path:
             return
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        stamp = now_iso()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:

@@ -14,6 +14,7 @@ import os
 import stat
 import time
 
+from .envvars import LOCK_DIR_ENV
 from .errors import FAILED, UserError
 
 TYPE_CHECKING = False
@@ -173,6 +174,19 @@ def private_lock_dir(root: str, create: bool = True) -> str:
             _PROPOSED.append(_new_name())
         return _PROPOSED[0]
     return commit_lock_dir(root, _PROPOSED[0] if _PROPOSED else _new_name())
+
+
+def default_lock_dir(root: "str | None" = None, create: bool = True) -> str:
+    """WATCHDOG_SINGLETON_LOCK_DIR, else the user's private folder under /tmp recorded in the
+    per-host folder `root` (private_lock_dir: made on first use, a name nobody else can take;
+    without `create`, the name it would make). Literal /tmp, not $TMPDIR: HPC sites often point
+    TMPDIR at shared scratch."""
+    explicit = os.environ.get(LOCK_DIR_ENV)
+    if explicit:
+        return os.path.abspath(explicit)
+    from . import paths
+
+    return private_lock_dir(root or paths.state_dir(), create)
 
 
 def commit_lock_dir(root: str, wanted: str) -> str:

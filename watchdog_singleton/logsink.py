@@ -20,6 +20,7 @@ import time
 from _collections import deque
 
 from .files import open_log_file
+from .timefmt import iso
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -237,7 +238,7 @@ class LogSink:
             self._fd = None
 
     def _write_marker(self, text: str) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.wall()))
+        stamp = iso(self.wall())
         line = f"[watchdog-singleton {stamp}] {text}\n".encode()
         self._write_lines(line if self._at_line_start else b"\n" + line)
 
@@ -284,7 +285,7 @@ class LogSink:
         return len(rest) if len(rest) <= reach else -1
 
     def _split_line(self) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.wall()))
+        stamp = iso(self.wall())
         marker = (f"[watchdog-singleton {stamp}] line split at rotation: no newline in "
                   f"{self._line_bytes} bytes (it goes on in the next file)\n").encode()
         self._write_all((b"" if self._at_line_start else b"\n") + marker[:MARKER_ROOM - 1])

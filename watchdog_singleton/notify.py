@@ -19,7 +19,21 @@ import os
 import time
 
 from . import files, procs
+from .envvars import (
+    DETAIL_ENV,
+    EVENT_ENV,
+    EXIT_ENV,
+    HOOK_TIMEOUT_ENV,
+    JOB_ENV,
+    NAME_ENV,
+    SENDMAIL_ENV,
+    STATE_DIR_ENV,
+    STDERR_LOG_ENV,
+    STDOUT_LOG_ENV,
+    TOKEN_ENV,
+)
 from .errors import UserError
+from .timefmt import iso, now_iso
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -36,15 +50,8 @@ EVENTS = {
     "chain-ended": "its batch chain ended for good",
     "farm-failed": "a farm finished with failed tasks",
 }
-EVENT_ENV = "WATCHDOG_SINGLETON_EVENT"
-EXIT_ENV = "WATCHDOG_SINGLETON_EXIT"  # the last exit code ("" when there was none)
-DETAIL_ENV = "WATCHDOG_SINGLETON_DETAIL"  # one line: what happened, as the log says it
-STDOUT_LOG_ENV = "WATCHDOG_SINGLETON_STDOUT_LOG"
-STDERR_LOG_ENV = "WATCHDOG_SINGLETON_STDERR_LOG"
-SENDMAIL_ENV = "WATCHDOG_SINGLETON_SENDMAIL"  # the sendmail program to use (else PATH, /usr/sbin, /usr/lib)
 DEFAULT_EVERY = 3600.0
 HOOK_TIMEOUT = 30.0  # a hook (or sendmail) still running after this long has its tree stopped
-HOOK_TIMEOUT_ENV = "WATCHDOG_SINGLETON_HOOK_TIMEOUT"  # in the job's env: another limit, 1 to 3600 s
 STOP_GRACE = 2.0
 TAIL_LINES = 20
 RESULT_EVENTS = {"failed": "run-failed", "timed out": "run-timeout"}  # periodic.PeriodicRuns.finished's words
@@ -125,7 +132,7 @@ def job_event(job: Job, event: str, code: Optional[int], detail: str,
               note: Optional[Callable[[str], None]] = None, inherit: Optional[dict[str, str]] = None,
               env: Optional[dict[str, str]] = None, wall: Callable[[], float] = time.time) -> bool:
     """Notify `event` of `job` if it has a hook or a mail and the kind is due; never raises, never
-    waits for the hook. The hook's environment is `env`, else the daemon's (supervisor.daemon_env
+    waits for the hook. The hook's environment is `env`, else the daemon's (daemonenv.daemon_env
     of `inherit`). `note` writes to the job's log. True when a notice went out."""
     if not event or not wanted(job):
         return False
@@ -134,7 +141,7 @@ def job_event(job: Job, event: str, code: Optional[int], detail: str,
         if not job.state_folder or not claim(job.state_folder, event, wall(), job.notify_every):
             return False
         if env is None:
-            from .supervisor import daemon_env
+            from .daemonenv import daemon_env
 
             env = daemon_env(job, inherit)
         payload = {"name": job.name, "event": event, "code": code, "detail": detail, "argv": list(job.on_failure),
@@ -155,10 +162,10 @@ def hook_env(env: dict[str, str], payload: dict[str, Any], token: str) -> dict[s
     """The hook's environment: the job's, what happened, and a marker that is not the job's."""
     out = dict(env)
     code = payload.get("code")
-    out.update({EVENT_ENV: payload["event"], procs.JOB_ENV: payload["name"], procs.NAME_ENV: payload["name"],
+    out.update({EVENT_ENV: payload["event"], JOB_ENV: payload["name"], NAME_ENV: payload["name"],
                 EXIT_ENV: "" if code is None else str(code), DETAIL_ENV: str(payload.get("detail", "")),
                 STDOUT_LOG_ENV: payload.get("stdout_log", ""), STDERR_LOG_ENV: payload.get("stderr_log", "")})
-    out[procs.TOKEN_ENV] = token + MARK
+    out[TOKEN_ENV] = token + MARK
     return out
 
 
@@ -213,7 +220,7 @@ def deliver(payload: dict[str, Any], env: dict[str, str], timeout: float = HOOK_
 def log_note(path: str, text: str) -> None:
     if not path:
         return
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    stamp = now_iso()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError:
@@ -233,7 +240,7 @@ def run_hook(payload: dict[str, Any], env: dict[str, str], timeout: float) -> st
 
     argv = list(payload["argv"])
     env = dict(env)
-    env[procs.TOKEN_ENV] = f"{env.get(procs.TOKEN_ENV, '')}.{os.getpid()}"  # this notifier's hook only
+    env[TOKEN_ENV] = f"{env.get(TOKEN_ENV, '')}.{os.getpid()}"  # this notifier's hook only
     log = payload.get("stderr_log") or ""
     out: Any = subprocess.DEVNULL
     if log:
@@ -253,7 +260,7 @@ def run_hook(payload: dict[str, Any], env: dict[str, str], timeout: float) -> st
     try:
         code = proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        stop_tree(env[procs.TOKEN_ENV], proc.pid, proc.poll)
+        stop_tree(env[TOKEN_ENV], proc.pid, proc.poll)
         proc.wait()  # reaped by the Stopper's poll already, or now
         return (f"failure notice ({payload['event']}): hook {argv[0]} still ran after {timeout:g} s: "
                 "its tree was stopped")
@@ -289,8 +296,8 @@ def send_mail(payload: dict[str, Any], env: dict[str, str], timeout: float) -> s
         return (f"failure notice ({event}): no sendmail on this host (PATH, /usr/sbin, /usr/lib): "
                 f"the mail to {payload['mail']} was not sent")
     message = mail_text(payload, os.uname().nodename, time.time())
-    mail_env = {k: v for k, v in env.items() if k != procs.TOKEN_ENV}
-    mail_env[procs.TOKEN_ENV] = f"{env.get(procs.TOKEN_ENV, '')}.mail{os.getpid()}"
+    mail_env = {k: v for k, v in env.items() if k != TOKEN_ENV}
+    mail_env[TOKEN_ENV] = f"{env.get(TOKEN_ENV, '')}.mail{os.getpid()}"
     try:
         proc = subprocess.run([program, "-t", "-oi"], input=message, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, env=mail_env, timeout=timeout, start_new_session=True)
@@ -335,7 +342,7 @@ def mail_text(payload: dict[str, Any], host: str, now: float) -> bytes:
              f"Job:       {name}",
              f"Event:     {event}: {what}",
              f"Host:      {host}",
-             f"When:      {time.strftime('%Y-%m-%dT%H:%M:%S%z', time.localtime(now))}",
+             f"When:      {iso(now)}",
              f"Last exit: {'-' if code is None else code}"]
     if payload.get("detail"):
         lines.append(f"Detail:    {payload['detail']}")
@@ -374,7 +381,7 @@ def record_event(record: dict[str, Any], state_folder: str, event: str, code: Op
                "workdir": record.get("workdir") or "/", "stdout_log": record.get("stdout_log") or "",
                "stderr_log": record.get("stderr_log") or "", "command": list(record.get("command") or []),
                "every": every}
-    token = env.get(procs.TOKEN_ENV) or os.path.join(state_folder, name)
+    token = env.get(TOKEN_ENV) or os.path.join(state_folder, name)
     env = hook_env(env, payload, token)
     if wait:
         deliver(payload, env, hook_timeout(env))
@@ -404,14 +411,14 @@ def batch_main(argv: list[str]) -> int:
 def from_environment(event: str, code: Optional[int], detail: str) -> bool:
     """Notify `event` for the job this process runs in (a farm under `install` or `submit`), if any:
     found through WATCHDOG_SINGLETON_JOB and, for a batch chain, its state folder's record."""
-    name = os.environ.get(procs.JOB_ENV)
+    name = os.environ.get(JOB_ENV)
     if not name:
         return False
     try:
         from . import paths
         from .jobs import JobStore
 
-        folder = os.environ.get(paths.STATE_DIR_ENV, "")
+        folder = os.environ.get(STATE_DIR_ENV, "")
         # The job's folder is STATE/job-state/NAME beside STATE/HOST, the folder of its definition
         # (the job's environment need not say where XDG_STATE_HOME was at install).
         root = os.path.join(os.path.dirname(os.path.dirname(folder)), paths.host()) if folder else paths.state_dir()

@@ -2,36 +2,19 @@
 
 Locks live on local /tmp on purpose: flock(2) on NFS or Lustre is not a per-host lock one can
 trust. Everything else lives under $XDG_STATE_HOME, in a folder named after the host, because
-home folders are often shared by nodes that each have their own crontab.
+home folders are often shared by nodes that each have their own crontab. The default lock
+folder itself is chosen (and made) by lock.default_lock_dir; its record is named here.
 """
 
 from __future__ import annotations
 
 import os
 
-LOCK_DIR_ENV = "WATCHDOG_SINGLETON_LOCK_DIR"
-HOME_ENV = "WATCHDOG_SINGLETON_HOME"  # overrides the whole per-host folder
-# Inside a job, WATCHDOG_SINGLETON_STATE_DIR is the job's own checkpoint folder; outside one it
-# is still read as the per-host folder's override, its meaning before jobs had that folder.
-STATE_DIR_ENV = "WATCHDOG_SINGLETON_STATE_DIR"
-JOB_ENV = "WATCHDOG_SINGLETON_JOB"
+from .envvars import HOME_ENV, JOB_ENV, STATE_DIR_ENV
 
 
 def host() -> str:
     return os.uname().nodename
-
-
-def default_lock_dir(root: "str | None" = None, create: bool = True) -> str:
-    """WATCHDOG_SINGLETON_LOCK_DIR, else the user's private folder under /tmp recorded in the
-    per-host folder `root` (lock.private_lock_dir: made on first use, a name nobody else can
-    take; without `create`, the name it would make). Literal /tmp, not $TMPDIR: HPC sites often
-    point TMPDIR at shared scratch."""
-    explicit = os.environ.get(LOCK_DIR_ENV)
-    if explicit:
-        return os.path.abspath(explicit)
-    from .lock import private_lock_dir
-
-    return private_lock_dir(root or state_dir(), create)
 
 
 def lock_dir_record(root: str) -> str:

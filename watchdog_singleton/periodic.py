@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import os
 
-from .jobs import iso
 from .schedule import CronSchedule, EverySchedule, skipped_between
+from .timefmt import iso
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 
+from .envvars import JOB_ENV, NAME_ENV, TOKEN_ENV
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
     from typing import Iterable, Optional
 
-JOB_ENV = "WATCHDOG_SINGLETON_JOB"  # the job's name, for the daemon's own use
-NAME_ENV = "WATCHDOG_SINGLETON_NAME"  # the same, under the name periodic jobs and batch scripts use
-TOKEN_ENV = "WATCHDOG_SINGLETON_LOCK"  # the lock path: marks every process of the job's tree
 OUR_ENV = (JOB_ENV, NAME_ENV, TOKEN_ENV)  # what no process of ours inherits from another job
 
 _TOKEN_PREFIX = (TOKEN_ENV + "=").encode()

@@ -63,7 +63,8 @@ def main(argv: list[str]) -> int:
     try:
         cluster = None
         if job.cluster:
-            from .leases import Timing, open_cluster
+            from .leases import Timing
+            from .leases.engines import open_cluster
 
             cluster = open_cluster(job.cluster, Timing.for_lease(job.lease))  # connects at its first ask
         supervisor = Supervisor(job, lock, StateStore(root), adhoc=hand_over["adhoc"], cluster=cluster,

@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 
+from .errors import CANNOT_EXECUTE, NOT_FOUND
 from .files import read_to_end
 
 TYPE_CHECKING = False
@@ -90,7 +91,7 @@ def spawn(argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, .
             try:
                 os.write(err_w, f"{stage}:{number}".encode())
             finally:
-                os._exit(127)
+                os._exit(NOT_FOUND)
     os.close(err_w)
     os.close(null)
     for _, w in pipes:
@@ -103,7 +104,7 @@ def spawn(argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, .
         stage, _, number_text = report.decode().partition(":")
         number = int(number_text)
         if stage == "chdir":
-            raise SpawnError(f"cannot enter working directory {cwd}: {os.strerror(number)}", 126)
-        code = 127 if number == errno.ENOENT else 126
+            raise SpawnError(f"cannot enter working directory {cwd}: {os.strerror(number)}", CANNOT_EXECUTE)
+        code = NOT_FOUND if number == errno.ENOENT else CANNOT_EXECUTE
         raise SpawnError(f"cannot start {argv[0]}: {os.strerror(number)}", code)
     return Spawned(pid, pipes[0][0] if pipes else None, pipes[1][0] if pipes else None)

@@ -25,22 +25,24 @@ from __future__ import annotations
 import _signal
 import math
 import os
-import pwd
 import time
 
 from . import notify, procs, tree
-from .errors import UserError
+from .daemonenv import daemon_env
+from .envvars import CLUSTER_ENV, FENCING_TOKEN_ENV
+from .errors import CANNOT_EXECUTE, SIGNALLED, UserError
 from .files import ensure_dir
-from .jobs import JobStore, now_iso
+from .jobs import JobStore
 from .lockwatch import DUPLICATE, LockWatch
 from .logsink import LogSink
-from .paths import STATE_DIR_ENV
 from .pump import OutputPump
 from .quoting import shell_join
 from .spawn import SpawnError, spawn
 from .state import CARRIED, RunState, StateKeeper
 from .supervisor_lease import LeaseSteps
 from .supervisor_periodic import PeriodicSteps
+from .timefmt import FORMAT as TIME_FORMAT
+from .timefmt import now_iso
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -59,22 +61,6 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 BURST = 3  # quick runs in a row restarted at once; backoff begins with the next
 SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGUSR2 = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGCHLD,
                                              _signal.SIGUSR2)
-
-
-def daemon_env(job: Job, inherit: Optional[dict[str, str]] = None) -> dict[str, str]:
-    """The daemon's environment: the same whether cron or the user's shell started it."""
-    if inherit is not None:
-        env = procs.clean_environ(inherit)
-    else:
-        user = pwd.getpwuid(os.getuid())
-        env = {"HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name,
-               "SHELL": user.pw_shell or "/bin/sh", "PATH": "/usr/local/bin:/usr/bin:/bin"}
-    env.update(job.env)
-    env[procs.JOB_ENV] = env[procs.NAME_ENV] = job.name
-    env[procs.TOKEN_ENV] = job.lock_path
-    if job.state_folder:
-        env[STATE_DIR_ENV] = job.state_folder
-    return env
 
 
 def restart_delay(job: Job, quick_runs: int) -> float:
@@ -297,7 +283,7 @@ class Supervisor(LeaseSteps, PeriodicSteps):
         if self.adhoc:
             self.store.delete(self.job.name)  # an ad-hoc row lives as long as its run
         code = self.done_code if self.done_code is not None else 0
-        return 128 - code if code < 0 else code  # killed by signal N: exit 128+N, as shells do
+        return SIGNALLED - code if code < 0 else code  # killed by signal N: exit 128+N, as shells do
 
     def request_stop(self) -> None:
         self.stopping = True
@@ -326,8 +312,6 @@ class Supervisor(LeaseSteps, PeriodicSteps):
                 ensure_dir(job.state_folder)
             env = daemon_env(job, self.inherit_env)
             if self.guard is not None and self.guard.token is not None:
-                from .leases import CLUSTER_ENV, FENCING_TOKEN_ENV
-
                 env[FENCING_TOKEN_ENV] = str(self.guard.token)
                 env[CLUSTER_ENV] = job.cluster  # `lease check NAME --token ...` asks this database
             child = self.seams.spawn(job.command, job.workdir, env, self.lock.inheritable_fds(), not self.passthrough)
@@ -338,7 +322,7 @@ class Supervisor(LeaseSteps, PeriodicSteps):
                 message = str(exc)
             self._note(message)
             self._report_ready(message)
-            self._after_exit(exc.code if isinstance(exc, SpawnError) else 126, message)
+            self._after_exit(exc.code if isinstance(exc, SpawnError) else CANNOT_EXECUTE, message)
             return
         if child.stdout is not None and child.stderr is not None:
             self.pump.watch(child.stdout, self.out)
@@ -492,7 +476,7 @@ class Supervisor(LeaseSteps, PeriodicSteps):
         self.state.restarts += 1
         self.state.phase = "backoff" if delay else "starting"
         self.state.backoff_seconds = delay
-        self.state.next_start_at = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.seams.wall() + delay))
+        self.state.next_start_at = time.strftime(TIME_FORMAT, time.localtime(self.seams.wall() + delay))
         if delay:
             backoff = f"{self.quick_runs} quick exits in a row: next start in {delay:g} s"
             self.state.message = f"{message}; {backoff}" if message else backoff

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 
 from . import notify
-from .jobs import now_iso
 from .supervisor_part import SupervisorPart
+from .timefmt import now_iso
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings

@@ -5,6 +5,7 @@ ended (periodic.PeriodicRuns keeps the due times and the record). A part of `Sup
 from __future__ import annotations
 
 from . import notify
+from .errors import TIMED_OUT
 from .supervisor_part import SupervisorPart
 
 TYPE_CHECKING = False
@@ -85,7 +86,7 @@ class PeriodicSteps(SupervisorPart):
         notify.job_event(self.job, notify.RESULT_EVENTS.get(result, ""), code, said, self._note, self.inherit_env)
         due = None if self.stopping else runs.next_due()
         if due is None:
-            self.done_code = code if not timed_out else 124  # timeout(1)'s code
+            self.done_code = code if not timed_out else TIMED_OUT
             self.state.phase = "exited"
             self.state.next_due_at = None
             self.keeper.save()

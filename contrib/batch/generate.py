@@ -13,7 +13,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
-from watchdog_singleton.batch import templates  # noqa: E402
+from watchdog_singleton.batch.schedulers import templates  # noqa: E402
 
 
 def main() -> int:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    sched = batch.get("slurm")
+    sched = schedulers.get("slurm")         # schedulers.py: the registry
     files = sched.render(spec)              # {"job.sbatch": "#!/bin/bash ..."}
     ids = sched.submit(spec, folder)        # ["1234"]
     sched.entries(spec.job_name)            # [Entry("1234", "RUNNING", running=True)]
@@ -10,11 +10,12 @@ Usage::
 
 The chain as a job (status, stop, start, uninstall) is in chain.py.
 
-One module per scheduler (slurm.py, pbs.py, htcondor.py). Each renders a script whose batch shell
-runs `watchdog-singleton run NAME ... -- CMD` as our supervisor in the background, waits on it
-(bash runs traps only between commands), and on the walltime warning gives it SIGTERM, so the
-daemon gets its --grace to checkpoint before the next job of the chain starts. A stop marker in
-the job's batch folder ends the chain: no script requeues, resubmits or reruns once it exists.
+One module per scheduler (slurm.py, pbs.py, htcondor.py), registered in schedulers.py. Each
+renders a script whose batch shell runs `watchdog-singleton run NAME ... -- CMD` as our
+supervisor in the background, waits on it (bash runs traps only between commands), and on the
+walltime warning gives it SIGTERM, so the daemon gets its --grace to checkpoint before the next
+job of the chain starts. A stop marker in the job's batch folder ends the chain: no script
+requeues, resubmits or reruns once it exists.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from typing import Any, Optional
 
 from .. import files, paths
 from ..errors import FAILED, UserError
+from ..timefmt import FORMAT as TIME_FORMAT
 
 JOB_PREFIX = "ws-"  # the batch job's name: ws-NAME, the same for every job of the chain
 RECORD = "submission.json"
 STOP = "stop"
 RUNS = "runs"  # one line per start and end of a job of the chain, appended by the scripts (chain.read_runs)
 DEFAULT_LEAD = 300  # --signal-lead for a long walltime; shorter ones get default_lead()
-RERUN_CODE = 75  # EX_TEMPFAIL: the wrapper ended for a reason the next job of the chain fixes
 LOCK_DIR_EXPR = '"/tmp/watchdog-singleton-$(id -u)"'  # node-local; literal /tmp, not a shared $TMPDIR
 
 
@@ -139,21 +140,6 @@ class Scheduler:
         return [tool for tool in self.tools if shutil.which(tool) is None]
 
 
-def registry() -> dict[str, Scheduler]:
-    from .htcondor import HTCondor
-    from .pbs import PBS
-    from .slurm import Slurm
-
-    return {s.name: s for s in (Slurm(), PBS(), HTCondor())}
-
-
-def get(name: str) -> Scheduler:
-    known = registry()
-    if name not in known:
-        raise UserError(f"--scheduler {name!r}: must be one of {', '.join(known)}")
-    return known[name]
-
-
 def tool(argv: list[str], what: str) -> str:
     """Run a scheduler tool; its stdout, or one line (UserError, exit 1) saying why it failed."""
     try:
@@ -212,7 +198,7 @@ def prologue(spec: Spec, title: str, job_id: str) -> str:
         f"ws_job={job_id}\n"
         "ws_pid=\n"
         "ws_why=\n"
-        "ws_say() { printf '[watchdog-singleton batch %s] %s\\n' \"$(date '+%Y-%m-%dT%H:%M:%S%z')\" \"$*\"; }\n"
+        "ws_say() { printf '[watchdog-singleton batch %s] %s\\n' \"$(date '+" + TIME_FORMAT + "')\" \"$*\"; }\n"
         "# The chain's run record, read by `status`: start TIME JOB HOST, end TIME JOB CODE WHY.\n"
         "ws_record() { printf '%s %s %s\\n' \"$1\" \"$(date +%s)\" \"$2\" >>\"$ws_runs\" 2>/dev/null; }\n"
         "# SIGTERM to our supervisor: it gives the daemon SIGTERM and --grace, then SIGKILL.\n"
@@ -329,28 +315,3 @@ def spec_of(record: dict[str, Any]) -> Spec:
                 standby=bool(record.get("standby", False)), rotate=bool(record.get("rotate", False)),
                 on_failure=list(record.get("on_failure", [])), mail=str(record.get("mail", "")),
                 notify_every=float(record.get("notify_every", 3600.0)))
-
-
-# ---- the templates in contrib/batch ---------------------------------------------------------------
-
-TEMPLATE_FILES = {"slurm": {"job.sbatch": "slurm.sbatch"}, "pbs": {"job.pbs.sh": "pbs.sh"},
-                  "htcondor": {"job.sub": "htcondor.sub", "job-wrapper.sh": "htcondor-wrapper.sh"}}
-
-
-def example_spec() -> Spec:
-    """The example the templates show: replace `me`, `login1`, `mydaemon` and the command."""
-    return Spec(name="mydaemon", command=["python3", "-u", "daemon.py"], workdir="/home/me/mydaemon",
-                root="/home/me/.local/state/watchdog-singleton/login1", runner=["watchdog-singleton"],
-                walltime=24 * 3600, signal_lead=300, grace=60.0,
-                env={"PATH": "/home/me/.local/bin:/usr/local/bin:/usr/bin:/bin"})
-
-
-def templates() -> dict[str, str]:
-    """contrib/batch's file name -> text, rendered by the same code as `submit`."""
-    out: dict[str, str] = {}
-    spec = example_spec()
-    for sched_name, names in TEMPLATE_FILES.items():
-        rendered = get(sched_name).render(spec)
-        for filename, target in names.items():
-            out[target] = rendered[filename]
-    return out

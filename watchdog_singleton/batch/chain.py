@@ -25,7 +25,9 @@ from typing import Any, Optional
 from .. import files, paths
 from ..errors import FAILED, NO_SUCH_JOB, UserError
 from ..state import RunState
-from . import JOB_PREFIX, RUNS, STOP, Entry, Scheduler, get, load_record, save_record, spec_of
+from ..timefmt import iso, now_iso
+from . import JOB_PREFIX, RUNS, STOP, Entry, Scheduler, load_record, save_record, spec_of
+from .schedulers import get
 
 DRAIN_SECONDS = 60.0  # after grace: what still runs this long after `stop` asked is cancelled outright
 
@@ -71,7 +73,7 @@ def read_runs(root: str, name: str) -> list[Run]:
 
 
 def _iso(epoch: Optional[float]) -> Optional[str]:
-    return None if epoch is None else time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(epoch))
+    return None if epoch is None else iso(epoch)
 
 
 def _stopped(root: str, name: str) -> bool:
@@ -202,7 +204,7 @@ def start_chain(root: str, name: str) -> str:
     files.remove(spec.stop_marker)  # a new chain: the old marker must not end it
     ids = sched.submit(spec, script)
     record["jobs"] = list(record.get("jobs", [])) + ids
-    record["submitted_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record["submitted_at"] = now_iso()
     save_record(root, name, record)
     return f"submitted {name} to {sched.name} again: job {', '.join(ids)} ({script})"
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import os
 
-from . import RERUN_CODE, Entry, Scheduler, Spec, chain_ended, prologue, q, stop_check, supervise, timer, tool
+from ..envvars import BATCH_ID_ENV
+from ..errors import RERUN
+from . import Entry, Scheduler, Spec, chain_ended, prologue, q, stop_check, supervise, timer, tool
 
 STATES = {"1": "IDLE", "2": "RUNNING", "3": "REMOVED", "4": "COMPLETED", "5": "HELD", "6": "TRANSFERRING_OUTPUT",
           "7": "SUSPENDED"}
@@ -45,14 +47,14 @@ class HTCondor(Scheduler):
             "should_transfer_files = NO",
             f"batch_name = {spec.job_name}",
             f'+WatchdogSingletonName = "{spec.name}"',
-            'environment = "WATCHDOG_SINGLETON_BATCH_ID=$(Cluster).$(Process)"',
+            f'environment = "{BATCH_ID_ENV}=$(Cluster).$(Process)"',
             f"initialdir = {spec.folder}",
             "# HTCondor's own files, one set per job id; the daemon logs to the job's log files.",
             f"output = {keyed}.out",
             f"error = {keyed}.err",
             f"log = {keyed}.log",
             "# Removed only when the wrapper says so: 0 (stop marker) or 2 (usage); 75 or a signal reruns.",
-            f"on_exit_remove = (ExitBySignal == False) && (ExitCode != {RERUN_CODE})",
+            f"on_exit_remove = (ExitBySignal == False) && (ExitCode != {RERUN})",
             f"max_retries = {MAX_RETRIES}",
             "# Holds the system made (not condor_hold) are released after 5 minutes.",
             "periodic_release = (HoldReasonCode =!= 1) && ((time() - EnteredCurrentStatus) > 300)",
@@ -65,21 +67,21 @@ class HTCondor(Scheduler):
         lines.append("queue 1")
         wrapper = (
             "#!/bin/bash\n"
-            + prologue(spec, f"HTCondor wrapper of {spec.name}: exit 0 ends the chain, {RERUN_CODE} reruns it.",
-                       '"${WATCHDOG_SINGLETON_BATCH_ID:-?}"')
+            + prologue(spec, f"HTCondor wrapper of {spec.name}: exit 0 ends the chain, {RERUN} reruns it.",
+                       f'"${{{BATCH_ID_ENV}:-?}}"')
             + f"exec >>{q(spec.stderr_log)} 2>&1  # appended, never truncated\n"
             + "trap 'ws_say \"walltime in {lead}s: stopping $ws_name (grace ${{ws_grace}}s)\"; ws_term walltime' USR1\n"
               .format(lead=spec.signal_lead)
             + "trap 'ws_say \"SIGTERM (eviction or condor_rm): stopping $ws_name\"; ws_term stop' TERM\n"
             + stop_check(0)
             + timer(spec)
-            + "ws_say \"htcondor job ${WATCHDOG_SINGLETON_BATCH_ID:-?} runs $ws_name on $(hostname)\"\n"
+            + f"ws_say \"htcondor job ${{{BATCH_ID_ENV}:-?}} runs $ws_name on $(hostname)\"\n"
             + supervise(spec)
             + "kill \"$ws_watch\" 2>/dev/null\n"
             + stop_check(0)
             + chain_ended(spec, "[ \"$ws_code\" != 2 ]", "the supervisor exited 2 (a usage error): not rerun")
             + "if [ \"$ws_code\" = 2 ]; then exit 2; fi  # a usage error: a rerun would fail the same way\n"
-            + f"exit {RERUN_CODE}\n"
+            + f"exit {RERUN}\n"
         )
         return {self.script: "\n".join(lines) + "\n", self.wrapper: wrapper}
 

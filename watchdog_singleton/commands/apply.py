@@ -211,7 +211,7 @@ def start_all(ctx: Context, steps: list[Step], echo: Echo, warn: Echo) -> int:
             return False, "\n".join(notes + [f"watchdog-singleton: {exc}"])
 
     if not steps:
-        return 0
+        return OK
     with ThreadPoolExecutor(max_workers=min(16, len(steps))) as pool:
         results = list(pool.map(one, steps))
     for ok, text in results:

@@ -16,21 +16,21 @@ import subprocess
 from typing import Any, Optional
 
 from .. import paths
+from ..envvars import CLUSTER_ENV
 from ..errors import UserError
 from ..jobs import check_limit
 from ..leases import (
-    CLUSTER_ENV,
     CRON_TICK,
+    DEFAULT_LEASE,
     LeaseError,
     Timing,
     fresh_window,
     job_cluster,
-    open_cluster,
     redact,
     refuse_without_cluster,
 )
+from ..leases.engines import open_cluster
 
-DEFAULT_LEASE = 60.0
 STATUS_ATTEMPT = 2.0  # seconds status waits for one database (libpq's connect_timeout floor is 2 s)
 
 

@@ -16,6 +16,7 @@ import shlex
 from typing import Any, Optional
 
 from .. import config, paths
+from ..envvars import LOCK_DIR_ENV
 from ..errors import FAILED, OK, UserError
 from ..files import write_atomic
 from ..jobs import Job, check_name
@@ -32,7 +33,7 @@ def _lock_default() -> str:
     """The lock folder a file need not name: our own default folders are left out of it
     (lock.is_own_default); a folder set by WATCHDOG_SINGLETON_LOCK_DIR is the default of the
     shell that exports."""
-    return os.path.abspath(os.environ[paths.LOCK_DIR_ENV]) if os.environ.get(paths.LOCK_DIR_ENV) else ""
+    return os.path.abspath(os.environ[LOCK_DIR_ENV]) if os.environ.get(LOCK_DIR_ENV) else ""
 
 
 def export(names: list[str], ctx: Context, echo: Echo, into: Optional[str] = None, warn: Optional[Echo] = None,

@@ -8,12 +8,14 @@ import os
 import time
 from typing import Callable, NamedTuple, Optional
 
-from .. import notify, paths
-from ..errors import FAILED, OK, UserError
-from ..farm import SOME_FAILED, STORAGE_FAILED, place, pytaskfarmer, tasklist
+from .. import notify
+from ..errors import FAILED, OK, SOME_FAILED, STORAGE_FAILED, UserError
+from ..farm import place, pytaskfarmer, tasklist
 from ..farm.pytaskfarmer import ORIGIN
-from ..farm.store import STATES, Store, check_place, open_store
+from ..farm.store import STATES, Store
+from ..farm.stores import check_place, open_store
 from ..farm.trace import FILE_NAME as TIMELINE_NAME
+from ..lock import default_lock_dir
 
 Echo = Callable[[str], None]
 
@@ -99,7 +101,7 @@ def farm_lock(workdir: str) -> tuple[object, str]:
     """The per-host lock of this work folder (one farm per folder per host) and its path."""
     from ..lock import FlockLock, check_lock_dir
 
-    lock_dir = paths.default_lock_dir()
+    lock_dir = default_lock_dir()
     check_lock_dir(lock_dir)
     name = "farm-" + hashlib.sha1(os.path.realpath(workdir).encode()).hexdigest()[:16]
     return FlockLock(lock_dir, name), os.path.join(lock_dir, f"{name}.lock")

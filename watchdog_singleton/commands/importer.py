@@ -20,10 +20,11 @@ from .. import procs
 from ..cronimport import LeftAlone, Proposal, scan
 from ..crontab import parse_entries, replace_lines
 from ..errors import FAILED, OK, UserError, one_line
-from ..jobs import Job, now_iso
+from ..jobs import Job
 from ..lock import commit_lock_dir, is_held
 from ..quoting import shell_join
 from ..state import RunState
+from ..timefmt import now_iso
 from .common import Context, Echo, start_now
 from .install import InstallRequest, build_job
 

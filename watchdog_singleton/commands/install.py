@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from .. import paths
 from ..crontab import fires_sparsely
+from ..envvars import LOCK_DIR_ENV
 from ..errors import OK, UserError
 from ..files import check_log_file, creatable_dir_problem
 from ..hostinfo import cron_daemon_running
@@ -20,14 +21,14 @@ from ..jobs import (
     check_limit,
     check_name,
     check_schedule,
-    now_iso,
     parse_env,
     resolve_command,
     snapshot_env,
 )
-from ..lock import check_lock_dir, commit_lock_dir, is_own_default
+from ..lock import check_lock_dir, commit_lock_dir, default_lock_dir, is_own_default
 from ..notify import DEFAULT_EVERY, check_hook, check_mail
 from ..quoting import shell_join
+from ..timefmt import now_iso
 from .cluster import check_cron_driver, check_options, grace_note
 from .common import Context, Echo, start_now, stop_processes, tell_to_reload
 
@@ -155,9 +156,9 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
         # The default folder (made by commit_lock_dir once the job is saved). A job that has one
         # of our default folders keeps it: a copy running under it goes on undisturbed.
         previous = ctx.jobs.load(name, strict=False)
-        keep = previous is not None and is_own_default(previous.lock_dir) and not os.environ.get(paths.LOCK_DIR_ENV)
+        keep = previous is not None and is_own_default(previous.lock_dir) and not os.environ.get(LOCK_DIR_ENV)
         lock_dir = previous.lock_dir if keep and previous is not None else \
-            paths.default_lock_dir(ctx.root, create=False)
+            default_lock_dir(ctx.root, create=False)
         check_usable_lock_dir(lock_dir, req.allow_network_fs)
     return Job(name=name, command=command, workdir=workdir, schedule=schedule, env=env,
                grace=req.grace, restart=req.restart, backoff_initial=req.backoff_initial,

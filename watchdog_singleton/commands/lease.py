@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 from typing import Callable, Optional
 
-from ..errors import NO_SUCH_JOB, OK, USAGE, UserError
+from ..envvars import CLUSTER_ENV
+from ..errors import NO_SUCH_JOB, OK, STALE, USAGE, UserError
 from ..jobs import check_name
-from ..leases import CLUSTER_ENV, MAX_TOKEN, LeaseError, cluster_url, open_cluster
+from ..leases import MAX_TOKEN, LeaseError, cluster_url
+from ..leases.engines import open_cluster
 from .cluster import held_words
-
-STALE = 1
 
 Echo = Callable[[str], None]
 

@@ -14,11 +14,12 @@ from ..crontab import Entry
 from ..errors import NO_SUCH_JOB, NOT_RUNNING, OK, UserError
 from ..files import Unreadable
 from ..hostinfo import cron_daemon_running
-from ..jobs import BrokenJob, Job, check_name, iso
+from ..jobs import BrokenJob, Job, check_name
 from ..leases import CRON_TICK
 from ..leases.guard import heartbeat_tick
 from ..quoting import shell_join
 from ..state import RunState
+from ..timefmt import iso
 from .cluster import ClusterView, summary
 from .cluster import describe as describe_cluster
 from .common import Context, Echo

@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import batch, files, notify, paths
+from ..batch import schedulers
+from ..envvars import CLUSTER_ENV
 from ..errors import FAILED, OK, UserError
-from ..jobs import check_limit, check_name, now_iso, resolve_command, snapshot_env
-from ..leases import CLUSTER_ENV, NO_CLUSTER
+from ..jobs import check_limit, check_name, resolve_command, snapshot_env
+from ..leases import NO_CLUSTER
+from ..timefmt import now_iso
 from .cluster import check_cron_driver, check_options
 from .common import Context, Echo
 
@@ -48,7 +51,7 @@ def runner(python: str) -> list[str]:
 def build_spec(req: SubmitRequest, ctx: Context) -> tuple[batch.Scheduler, batch.Spec]:
     """Check everything; a UserError (exit 2, one line) before anything is written or submitted."""
     check_name(req.name)
-    sched = batch.get(req.scheduler)
+    sched = schedulers.get(req.scheduler)
     walltime = batch.parse_walltime(req.walltime)
     check_limit("--grace", req.grace)
     lead = req.signal_lead

@@ -8,6 +8,7 @@ from typing import Any, Optional
 from .. import paths
 from ..errors import FAILED, NO_SUCH_JOB, OK, UserError
 from ..jobs import check_name
+from ..lock import default_lock_dir
 from .common import Context, Echo, stop_processes
 
 
@@ -54,7 +55,7 @@ def uninstall(name: str, ctx: Context, echo: Echo, keep_running: bool = False, p
     # The definition goes first: a tick of a line still in the crontab then finds nothing to run.
     ctx.jobs.delete(name)
     lock_path = job.lock_path if job else (state.lock_path if state else
-                                           paths.lock_file(paths.default_lock_dir(), name))
+                                           paths.lock_file(default_lock_dir(), name))
     found = 0
     if not keep_running:
         found = stop_processes(lock_path, state, job.grace if job else 10.0)

@@ -41,11 +41,12 @@ import sys
 import time
 from typing import Any, Optional
 
+from ..errors import CANNOT_EXECUTE, FAILED, KILLED, NO_NAMESPACE, NOT_FOUND
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
-NO_NAMESPACE = 3  # the outer half's exit code when the namespace could not be set up
 MAX_MESSAGE = 1 << 20
 RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT,
                  signal.SIGPIPE, signal.SIGXFSZ)
@@ -184,11 +185,11 @@ class Nursery:
                                     start_new_session=True, close_fds=True, preexec_fn=bind)
         except OSError as exc:
             where = f"cannot enter {cwd}" if exc.filename == cwd else f"cannot start {argv[0]}"
-            code = 127 if isinstance(exc, FileNotFoundError) and exc.filename != cwd else 126
+            code = NOT_FOUND if isinstance(exc, FileNotFoundError) and exc.filename != cwd else CANNOT_EXECUTE
             send(self.sock, ("failed", seq, code, f"{where}: {exc.strerror}"))
             return
         except subprocess.SubprocessError as exc:
-            send(self.sock, ("failed", seq, 126, f"cannot start {argv[0]}: {exc}"))
+            send(self.sock, ("failed", seq, CANNOT_EXECUTE, f"cannot start {argv[0]}: {exc}"))
             return
         proc.returncode = 0  # we reap it ourselves (waitpid -1); Popen must not look for it again
         self.tasks[proc.pid] = seq
@@ -197,7 +198,7 @@ class Nursery:
     def bind(self) -> None:
         self.libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.me:
-            os._exit(137)  # the nursery died before the task could be bound to it
+            os._exit(KILLED)  # the nursery died before the task could be bound to it
 
     def reap(self) -> None:
         while True:
@@ -313,12 +314,12 @@ class Client:
         """The task's pid, once it runs; raises SpawnFailed (with a shell's exit code) if it cannot."""
         assert self.sock is not None
         if self.gone:
-            raise SpawnFailed(126, "the farm's nursery process is gone")
+            raise SpawnFailed(CANNOT_EXECUTE, "the farm's nursery process is gone")
         try:
             send(self.sock, ("spawn", seq, argv, env, cwd), (log,))
         except OSError as exc:
             self.gone = True
-            raise SpawnFailed(126, f"the farm's nursery process is gone: {exc.strerror}") from None
+            raise SpawnFailed(CANNOT_EXECUTE, f"the farm's nursery process is gone: {exc.strerror}") from None
         while True:
             for i, message in enumerate(self.queue):
                 if message[0] in ("started", "failed") and message[1] == seq:
@@ -327,7 +328,7 @@ class Client:
                         raise SpawnFailed(int(message[2]), str(message[3]))
                     return int(message[2])
             if not self._read(block=True):
-                raise SpawnFailed(126, "the farm's nursery process is gone")
+                raise SpawnFailed(CANNOT_EXECUTE, "the farm's nursery process is gone")
 
     def outer(self, pid: int) -> Optional[int]:
         """A task's pid as the farm sees it, from the pid the nursery reported (read only when a
@@ -408,7 +409,7 @@ def namespace(libc: Libc, sock: socket.socket, marker: str) -> int:
         return NO_NAMESPACE
     pid = os.fork()
     if pid == 0:
-        code = 1
+        code = FAILED
         try:
             # If the outer half died already, the farm did too: the socket's EOF ends us then.
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -436,7 +437,7 @@ def main(argv: list[str]) -> int:
     libc = Libc()
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != farm_pid:
-        return 1  # the farm died before we were bound to it
+        return FAILED  # the farm died before we were bound to it
     sock = socket.socket(fileno=fd)
     if mode == "ns":
         return namespace(libc, sock, marker)

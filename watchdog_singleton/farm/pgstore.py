@@ -22,8 +22,13 @@ from ..leases.postgres import connect, statement_timeout
 from .store import FAILED_STATE, FINISHED, LOST_LIMIT, STATES, TODO, Claim, Row, StoreError
 from .tasklist import Task
 
-NOW = "extract(epoch FROM clock_timestamp())::float8"
-_SCHEMA = """
+NOW = "extract(epoch FROM clock_timestamp())::float8"  # every lease time is the server's clock
+ADD_TIMEOUT = 60.0  # one batch of 5000 new tasks: a bulk statement, bounded more loosely than the rest
+
+# Every statement of the PostgreSQL engine, by name (the same names as store.py's SQLite ones
+# where the step is the same). `%s` are parameters.
+SQL = {
+    "schema": """
 CREATE TABLE IF NOT EXISTS farm_tasks (
     id text PRIMARY KEY,
     seq bigserial,
@@ -41,17 +46,45 @@ CREATE TABLE IF NOT EXISTS farm_tasks (
     ended float8
 );
 CREATE INDEX IF NOT EXISTS farm_tasks_todo ON farm_tasks (state, seq);
-"""
-ADD_TIMEOUT = 60.0  # one batch of 5000 new tasks: a bulk statement, bounded more loosely than the rest
-
-# Whose table the farm found, and whether another role may put tasks in it (PUBLIC is grantee 0).
-_OWNER = """
+""",
+    # Two farms starting at once must not both create the table.
+    "schema_lock": "SELECT pg_advisory_xact_lock(hashtext('watchdog_singleton.farm_tasks'))",
+    # Whose table the farm found, and whether another role may put tasks in it (PUBLIC is grantee 0).
+    "owner": """
 SELECT pg_has_role(current_user, c.relowner, 'USAGE'), pg_get_userbyid(c.relowner), n.nspname,
   EXISTS (SELECT 1 FROM aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
           WHERE a.grantee <> c.relowner AND a.privilege_type IN ('INSERT', 'UPDATE')),
   current_user
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass('farm_tasks')
-"""
+""",
+    "insert": "INSERT INTO farm_tasks (id, line, command) SELECT * FROM unnest(%s::text[], %s::int[], %s::text[]) "
+              "ON CONFLICT (id) DO NOTHING",
+    "claim": f"UPDATE farm_tasks SET state = 'running', holder = %s, gen = gen + 1, attempts = attempts + 1, "
+             f"lease_expires = {NOW} + %s, started = {NOW}, ended = NULL, code = NULL "
+             "WHERE id IN (SELECT id FROM farm_tasks WHERE state = 'todo' ORDER BY seq LIMIT %s "
+             "FOR UPDATE SKIP LOCKED) RETURNING id, command, gen, attempts, seq",
+    "heartbeat": f"UPDATE farm_tasks SET lease_expires = {NOW} + %s WHERE holder = %s AND state = 'running'",
+    "holding": "SELECT id, gen FROM farm_tasks WHERE holder = %s AND state = 'running'",
+    "finish": f"UPDATE farm_tasks SET state = 'finished', code = %s, ended = {NOW}, holder = NULL, "
+              "lease_expires = NULL WHERE id = %s AND gen = %s AND state = 'running'",
+    "fail": f"UPDATE farm_tasks SET state = CASE WHEN failures < %s THEN '{TODO}' ELSE '{FAILED_STATE}' END, "
+            f"failures = failures + 1, code = %s, ended = {NOW}, holder = NULL, lease_expires = NULL "
+            "WHERE id = %s AND gen = %s AND state = 'running' RETURNING state",
+    "release": f"UPDATE farm_tasks SET state = 'todo', holder = NULL, lease_expires = NULL, ended = {NOW} "
+               "WHERE id = %s AND gen = %s AND state = 'running'",
+    "sweep": f"UPDATE farm_tasks SET state = CASE WHEN lost >= %s THEN '{FAILED_STATE}' ELSE '{TODO}' END, "
+             f"lost = lost + 1, holder = NULL, lease_expires = NULL, ended = {NOW}, code = NULL "
+             f"WHERE state = 'running' AND (lease_expires < {NOW} OR (%s::text IS NOT NULL "
+             "AND starts_with(holder, %s::text) AND holder <> %s)) RETURNING id",
+    "retry_one": "UPDATE farm_tasks SET state = 'todo', failures = 0, lost = 0 "
+                 "WHERE state = 'failed' AND id = ANY(%s)",
+    "retry_all": "UPDATE farm_tasks SET state = 'todo', failures = 0, lost = 0 WHERE state = 'failed'",
+    "adopt": "UPDATE farm_tasks SET state = d.state FROM unnest(%s::text[], %s::text[]) AS d(id, state) "
+             "WHERE farm_tasks.id = d.id AND farm_tasks.state = 'todo' AND farm_tasks.attempts = 0",
+    "stats": "SELECT state, count(*) FROM farm_tasks GROUP BY state",
+    "rows": "SELECT id, line, command, state, attempts, failures, holder, code, started, ended "
+            "FROM farm_tasks ORDER BY seq",
+}
 
 
 def attempt_for(lease: float) -> float:
@@ -76,12 +109,11 @@ class PgStore:
         try:
             db = self._connect()
             with db.transaction():
-                # Two farms starting at once must not both create the table.
-                db.execute("SELECT pg_advisory_xact_lock(hashtext('watchdog_singleton.farm_tasks'))")
-                row = db.execute(_OWNER).fetchone()  # before touching it: it may be someone else's
+                db.execute(SQL["schema_lock"])
+                row = db.execute(SQL["owner"]).fetchone()  # before touching it: it may be someone else's
                 if row is None or row[0]:
-                    db.execute(_SCHEMA)
-                    row = db.execute(_OWNER).fetchone()
+                    db.execute(SQL["schema"])
+                    row = db.execute(SQL["owner"]).fetchone()
         except psycopg.Error as exc:
             raise self._failed(exc, "cannot use the farm database") from None
         mine, role, schema, shared, me = row
@@ -136,83 +168,54 @@ class PgStore:
         if not batch:
             return 0
         ids, lines, commands = zip(*batch)
-        cur.execute("INSERT INTO farm_tasks (id, line, command) SELECT * FROM unnest(%s::text[], %s::int[], "
-                    "%s::text[]) ON CONFLICT (id) DO NOTHING", (list(ids), list(lines), list(commands)))
+        cur.execute(SQL["insert"], (list(ids), list(lines), list(commands)))
         return int(cur.rowcount)
 
     def claim(self, holder: str, lease: float, limit: int) -> list[Claim]:
-        rows = self._q(
-            f"UPDATE farm_tasks SET state = 'running', holder = %s, gen = gen + 1, attempts = attempts + 1, "
-            f"lease_expires = {NOW} + %s, started = {NOW}, ended = NULL, code = NULL "
-            "WHERE id IN (SELECT id FROM farm_tasks WHERE state = 'todo' ORDER BY seq LIMIT %s "
-            "FOR UPDATE SKIP LOCKED) RETURNING id, command, gen, attempts, seq",
-            (holder, lease, limit)).fetchall()
+        rows = self._q(SQL["claim"], (holder, lease, limit)).fetchall()
         return [Claim(r[0], r[1], r[2], r[3]) for r in sorted(rows, key=lambda r: r[4])]
 
     def heartbeat(self, holder: str, lease: float) -> int:
-        return int(self._q(f"UPDATE farm_tasks SET lease_expires = {NOW} + %s "
-                           "WHERE holder = %s AND state = 'running'", (lease, holder)).rowcount)
+        return int(self._q(SQL["heartbeat"], (lease, holder)).rowcount)
 
     def holding(self, holder: str) -> set[tuple[str, int]]:
-        return {(r[0], int(r[1])) for r in self._q(
-            "SELECT id, gen FROM farm_tasks WHERE holder = %s AND state = 'running'", (holder,)).fetchall()}
+        return {(r[0], int(r[1])) for r in self._q(SQL["holding"], (holder,)).fetchall()}
 
     def finish(self, claim: Claim, code: int) -> bool:
-        return bool(self._q(
-            f"UPDATE farm_tasks SET state = 'finished', code = %s, ended = {NOW}, holder = NULL, "
-            "lease_expires = NULL WHERE id = %s AND gen = %s AND state = 'running'",
-            (code, claim.id, claim.gen)).rowcount == 1)
+        return bool(self._q(SQL["finish"], (code, claim.id, claim.gen)).rowcount == 1)
 
     def fail(self, claim: Claim, code: int, retries: int) -> str:
-        row = self._q(
-            f"UPDATE farm_tasks SET state = CASE WHEN failures < %s THEN '{TODO}' ELSE '{FAILED_STATE}' END, "
-            f"failures = failures + 1, code = %s, ended = {NOW}, holder = NULL, lease_expires = NULL "
-            "WHERE id = %s AND gen = %s AND state = 'running' RETURNING state",
-            (retries, code, claim.id, claim.gen)).fetchone()
+        row = self._q(SQL["fail"], (retries, code, claim.id, claim.gen)).fetchone()
         return str(row[0]) if row else ""
 
     def release(self, claim: Claim) -> bool:
-        return bool(self._q(
-            f"UPDATE farm_tasks SET state = 'todo', holder = NULL, lease_expires = NULL, ended = {NOW} "
-            "WHERE id = %s AND gen = %s AND state = 'running'", (claim.id, claim.gen)).rowcount == 1)
+        return bool(self._q(SQL["release"], (claim.id, claim.gen)).rowcount == 1)
 
     def sweep(self, dead_holder_prefix: Optional[str] = None, alive: Optional[str] = None) -> list[str]:
-        rows = self._q(
-            f"UPDATE farm_tasks SET state = CASE WHEN lost >= %s THEN '{FAILED_STATE}' ELSE '{TODO}' END, "
-            f"lost = lost + 1, holder = NULL, lease_expires = NULL, ended = {NOW}, code = NULL "
-            f"WHERE state = 'running' AND (lease_expires < {NOW} OR (%s::text IS NOT NULL "
-            "AND starts_with(holder, %s::text) AND holder <> %s)) RETURNING id",
-            (LOST_LIMIT, dead_holder_prefix, dead_holder_prefix, alive or "")).fetchall()
+        rows = self._q(SQL["sweep"], (LOST_LIMIT, dead_holder_prefix, dead_holder_prefix, alive or "")).fetchall()
         return [r[0] for r in rows]
 
     def retry(self, ids: Iterable[str] = ()) -> int:
         wanted = list(ids)
         if wanted:
-            return int(self._q("UPDATE farm_tasks SET state = 'todo', failures = 0, lost = 0 "
-                               "WHERE state = 'failed' AND id = ANY(%s)", (wanted,)).rowcount)
-        return int(self._q("UPDATE farm_tasks SET state = 'todo', failures = 0, lost = 0 "
-                           "WHERE state = 'failed'").rowcount)
+            return int(self._q(SQL["retry_one"], (wanted,)).rowcount)
+        return int(self._q(SQL["retry_all"]).rowcount)
 
     def adopt(self, done: Iterable[tuple[str, str]]) -> int:
         pairs = [(tid, state) for tid, state in done if state in (FINISHED, FAILED_STATE)]
         if not pairs:
             return 0
         ids, states = zip(*pairs)
-        return int(self._q(
-            "UPDATE farm_tasks SET state = d.state FROM unnest(%s::text[], %s::text[]) AS d(id, state) "
-            "WHERE farm_tasks.id = d.id AND farm_tasks.state = 'todo' AND farm_tasks.attempts = 0",
-            (list(ids), list(states))).rowcount)
+        return int(self._q(SQL["adopt"], (list(ids), list(states))).rowcount)
 
     def stats(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
-        for state, n in self._q("SELECT state, count(*) FROM farm_tasks GROUP BY state").fetchall():
+        for state, n in self._q(SQL["stats"]).fetchall():
             counts[state] = int(n)
         return counts
 
     def rows(self) -> list[Row]:
-        return [Row(*r) for r in self._q(
-            "SELECT id, line, command, state, attempts, failures, holder, code, started, ended "
-            "FROM farm_tasks ORDER BY seq").fetchall()]
+        return [Row(*r) for r in self._q(SQL["rows"]).fetchall()]
 
     def close(self) -> None:
         if self.conn is not None:

@@ -1,7 +1,8 @@
 """Where the farm's tasks live: todo -> running (a lease) -> finished | failed.
 
-One small interface, two backends: SQLite in the work folder (one host; the default) and
-PostgreSQL (many hosts, `--db postgresql://...`). Every change of state is one transaction,
+One small interface, two backends: SQLite in the work folder (one host; the default; here) and
+PostgreSQL (many hosts, `--db postgresql://...`; pgstore.py); stores.py opens the one `--db`
+names. Both are held to tests/test_farm_store_contract.py. Every change of state is one transaction,
 and a running task is named by (id, gen): `gen` grows at each claim, so a farm whose lease
 ran out can never finish or fail a task that another farm holds now.
 
@@ -21,8 +22,8 @@ import sqlite3
 import time
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Protocol
 
-from ..errors import UserError
-from . import STORAGE_FAILED, place
+from ..errors import STORAGE_FAILED, UserError
+from . import place
 from .tasklist import Task
 
 TODO, RUNNING, FINISHED, FAILED_STATE = "todo", "running", "finished", "failed"
@@ -80,7 +81,10 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-_SCHEMA = """
+# Every statement of the SQLite engine, by name (pgstore.py has its own dialect's, under the same
+# names where the step is the same). `?` are parameters.
+SQL = {
+    "schema": """
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -98,7 +102,32 @@ CREATE TABLE IF NOT EXISTS tasks (
     ended REAL
 );
 CREATE INDEX IF NOT EXISTS tasks_todo ON tasks (state, seq);
-"""
+""",
+    "last_seq": "SELECT coalesce(max(seq), 0) FROM tasks",
+    "insert": "INSERT OR IGNORE INTO tasks (id, seq, line, command) VALUES (?, ?, ?, ?)",
+    "claimable": "SELECT id, command, gen, attempts FROM tasks WHERE state = 'todo' ORDER BY seq LIMIT ?",
+    "claim": "UPDATE tasks SET state = 'running', holder = ?, gen = gen + 1, attempts = attempts + 1, "
+             "lease_expires = ?, started = ?, ended = NULL, code = NULL WHERE id = ? AND state = 'todo'",
+    "heartbeat": "UPDATE tasks SET lease_expires = ? WHERE holder = ? AND state = 'running'",
+    "holding": "SELECT id, gen FROM tasks WHERE holder = ? AND state = 'running'",
+    "finish": "UPDATE tasks SET state = 'finished', code = ?, ended = ?, holder = NULL, lease_expires = NULL "
+              "WHERE id = ? AND gen = ? AND state = 'running'",
+    "failures": "SELECT failures FROM tasks WHERE id = ? AND gen = ? AND state = 'running'",
+    "fail": "UPDATE tasks SET state = ?, failures = failures + 1, code = ?, ended = ?, holder = NULL, "
+            "lease_expires = NULL WHERE id = ? AND gen = ?",
+    "release": "UPDATE tasks SET state = 'todo', holder = NULL, lease_expires = NULL, ended = ? "
+               "WHERE id = ? AND gen = ? AND state = 'running'",
+    "lost": "SELECT id, lost, failures FROM tasks WHERE state = 'running' AND (lease_expires < ? "
+            "OR (? IS NOT NULL AND substr(holder, 1, length(?)) = ? AND holder != ?))",
+    "sweep": "UPDATE tasks SET state = ?, lost = lost + 1, holder = NULL, lease_expires = NULL, ended = ?, "
+             "code = NULL WHERE id = ?",
+    "retry_one": "UPDATE tasks SET state = 'todo', failures = 0, lost = 0 WHERE id = ? AND state = 'failed'",
+    "retry_all": "UPDATE tasks SET state = 'todo', failures = 0, lost = 0 WHERE state = 'failed'",
+    "adopt": "UPDATE tasks SET state = ? WHERE id = ? AND state = 'todo' AND attempts = 0",
+    "stats": "SELECT state, count(*) FROM tasks GROUP BY state",
+    "rows": "SELECT id, line, command, state, attempts, failures, holder, code, started, ended FROM tasks "
+            "ORDER BY seq",
+}
 
 
 class SqliteStore:
@@ -126,7 +155,7 @@ class SqliteStore:
             self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: safe against a killed process
-            self.db.executescript(_SCHEMA)
+            self.db.executescript(SQL["schema"])
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the farm database {path}: {exc}") from None
         finally:
@@ -168,7 +197,7 @@ class SqliteStore:
         added = 0
         batch: list[tuple[str, int, str]] = []
         with self._write():
-            seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM tasks").fetchone()[0]
+            seq = self.db.execute(SQL["last_seq"]).fetchone()[0]
             for task in tasks:
                 batch.append((task.id, task.line, task.command))
                 if len(batch) >= 5000:
@@ -179,83 +208,65 @@ class SqliteStore:
 
     def _insert(self, batch: list[tuple[str, int, str]], seq: int) -> int:
         before = self.db.total_changes
-        self.db.executemany("INSERT OR IGNORE INTO tasks (id, seq, line, command) VALUES (?, ?, ?, ?)",
-                            [(tid, seq + i + 1, line, cmd) for i, (tid, line, cmd) in enumerate(batch)])
+        self.db.executemany(SQL["insert"], [(tid, seq + i + 1, line, cmd)
+                                            for i, (tid, line, cmd) in enumerate(batch)])
         return self.db.total_changes - before
 
     def claim(self, holder: str, lease: float, limit: int) -> list[Claim]:
         self._still_there()
         now = self.clock()
         with self._write():
-            rows = self.db.execute("SELECT id, command, gen, attempts FROM tasks WHERE state = 'todo' "
-                                   "ORDER BY seq LIMIT ?", (limit,)).fetchall()
-            self.db.executemany("UPDATE tasks SET state = 'running', holder = ?, gen = gen + 1, "
-                                "attempts = attempts + 1, lease_expires = ?, started = ?, ended = NULL, "
-                                "code = NULL WHERE id = ? AND state = 'todo'",
-                                [(holder, now + lease, now, r[0]) for r in rows])
+            rows = self.db.execute(SQL["claimable"], (limit,)).fetchall()
+            self.db.executemany(SQL["claim"], [(holder, now + lease, now, r[0]) for r in rows])
         return [Claim(r[0], r[1], r[2] + 1, r[3] + 1) for r in rows]
 
     def heartbeat(self, holder: str, lease: float) -> int:
         self._still_there()
         with self._write():
-            return self.db.execute("UPDATE tasks SET lease_expires = ? WHERE holder = ? AND state = 'running'",
-                                   (self.clock() + lease, holder)).rowcount
+            return self.db.execute(SQL["heartbeat"], (self.clock() + lease, holder)).rowcount
 
     def holding(self, holder: str) -> set[tuple[str, int]]:
         """(id, gen) of the tasks `holder` runs now: after a heartbeat renewed fewer, which were taken."""
-        return {(r[0], r[1]) for r in self.db.execute(
-            "SELECT id, gen FROM tasks WHERE holder = ? AND state = 'running'", (holder,))}
+        return {(r[0], r[1]) for r in self.db.execute(SQL["holding"], (holder,))}
 
     def finish(self, claim: Claim, code: int) -> bool:
         with self._write():
-            return self.db.execute("UPDATE tasks SET state = 'finished', code = ?, ended = ?, holder = NULL, "
-                                   "lease_expires = NULL WHERE id = ? AND gen = ? AND state = 'running'",
-                                   (code, self.clock(), claim.id, claim.gen)).rowcount == 1
+            return self.db.execute(SQL["finish"], (code, self.clock(), claim.id, claim.gen)).rowcount == 1
 
     def fail(self, claim: Claim, code: int, retries: int) -> str:
         """Record a failed attempt; the task goes back to todo while it has retries left.
         Returns the task's new state, or '' if the claim was no longer ours."""
         with self._write():
-            row = self.db.execute("SELECT failures FROM tasks WHERE id = ? AND gen = ? AND state = 'running'",
-                                  (claim.id, claim.gen)).fetchone()
+            row = self.db.execute(SQL["failures"], (claim.id, claim.gen)).fetchone()
             if row is None:
                 return ""
             state = TODO if row[0] < retries else FAILED_STATE
-            self.db.execute("UPDATE tasks SET state = ?, failures = failures + 1, code = ?, ended = ?, "
-                            "holder = NULL, lease_expires = NULL WHERE id = ? AND gen = ?",
-                            (state, code, self.clock(), claim.id, claim.gen))
+            self.db.execute(SQL["fail"], (state, code, self.clock(), claim.id, claim.gen))
         return state
 
     def release(self, claim: Claim) -> bool:
         """Back to todo without counting a failure: the farm stopped it (SIGUSR1, --timeout)."""
         with self._write():
-            return self.db.execute("UPDATE tasks SET state = 'todo', holder = NULL, lease_expires = NULL, "
-                                   "ended = ? WHERE id = ? AND gen = ? AND state = 'running'",
-                                   (self.clock(), claim.id, claim.gen)).rowcount == 1
+            return self.db.execute(SQL["release"], (self.clock(), claim.id, claim.gen)).rowcount == 1
 
     def sweep(self, dead_holder_prefix: Optional[str] = None, alive: Optional[str] = None) -> list[str]:
         """Running tasks whose lease ran out (or whose holder starts with `dead_holder_prefix` and
         is not `alive`: farms of this host that our host lock proves dead) go back to todo."""
         now = self.clock()
         with self._write():
-            rows = self.db.execute(
-                "SELECT id, lost, failures FROM tasks WHERE state = 'running' AND (lease_expires < ? "
-                "OR (? IS NOT NULL AND substr(holder, 1, length(?)) = ? AND holder != ?))",
-                (now, dead_holder_prefix, dead_holder_prefix, dead_holder_prefix, alive or "")).fetchall()
+            rows = self.db.execute(SQL["lost"], (now, dead_holder_prefix, dead_holder_prefix, dead_holder_prefix,
+                                                 alive or "")).fetchall()
             for tid, lost, _failures in rows:
                 state = FAILED_STATE if lost >= LOST_LIMIT else TODO
-                self.db.execute("UPDATE tasks SET state = ?, lost = lost + 1, holder = NULL, lease_expires = NULL, "
-                                "ended = ?, code = NULL WHERE id = ?", (state, now, tid))
+                self.db.execute(SQL["sweep"], (state, now, tid))
         return [r[0] for r in rows]
 
     def retry(self, ids: Iterable[str] = ()) -> int:
         wanted = list(ids)
         with self._write():
             if wanted:
-                return sum(self.db.execute("UPDATE tasks SET state = 'todo', failures = 0, lost = 0 "
-                                           "WHERE id = ? AND state = 'failed'", (tid,)).rowcount for tid in wanted)
-            return self.db.execute("UPDATE tasks SET state = 'todo', failures = 0, lost = 0 "
-                                   "WHERE state = 'failed'").rowcount
+                return sum(self.db.execute(SQL["retry_one"], (tid,)).rowcount for tid in wanted)
+            return self.db.execute(SQL["retry_all"]).rowcount
 
     def adopt(self, done: Iterable[tuple[str, str]]) -> int:
         """(id, finished|failed) of tasks that ran to their end elsewhere (a PyTaskFarmer campaign
@@ -263,22 +274,20 @@ class SqliteStore:
         how status tells them apart. Returns how many changed."""
         with self._write():
             before = self.db.total_changes
-            self.db.executemany("UPDATE tasks SET state = ? WHERE id = ? AND state = 'todo' AND attempts = 0",
-                                [(state, tid) for tid, state in done if state in (FINISHED, FAILED_STATE)])
+            self.db.executemany(SQL["adopt"], [(state, tid) for tid, state in done
+                                               if state in (FINISHED, FAILED_STATE)])
             return self.db.total_changes - before
 
     def stats(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
         with self._read():
-            for state, n in self.db.execute("SELECT state, count(*) FROM tasks GROUP BY state"):
+            for state, n in self.db.execute(SQL["stats"]):
                 counts[state] = n
         return counts
 
     def rows(self) -> list[Row]:
         with self._read():
-            return [Row(*r) for r in self.db.execute(
-                "SELECT id, line, command, state, attempts, failures, holder, code, started, ended "
-                "FROM tasks ORDER BY seq")]
+            return [Row(*r) for r in self.db.execute(SQL["rows"])]
 
     def close(self) -> None:
         self.db.close()
@@ -319,10 +328,6 @@ class _Tx:
             raise self.store.failed(exc) from None
 
 
-def is_postgres(db: Optional[str]) -> bool:
-    return bool(db) and str(db).startswith(("postgresql://", "postgres://"))
-
-
 def sqlite_path(db: Optional[str], workdir: str) -> str:
     path = db[len("sqlite://"):] if db and db.startswith("sqlite://") else db
     return path or os.path.join(workdir, SQLITE_NAME)
@@ -335,39 +340,6 @@ def check_sqlite_files(path: str) -> None:
     place.check(path, "farm database")
     for suffix in SQLITE_SIDE_FILES:
         place.check(path + suffix, "farm database file")
-
-
-def check_place(db: Optional[str], workdir: str) -> None:
-    """Refuse a SQLite database on a network file system, or not ours alone, before anything is created."""
-    if is_postgres(db):
-        return
-    path = sqlite_path(db, workdir)
-    if path == ":memory:":
-        return
-    check_sqlite_files(path)
-    from ..lock import filesystem_type
-
-    fs = filesystem_type(path)
-    if fs:
-        raise UserError(f"the farm database {path} would be on {fs}: SQLite's locking is not safe there; "
-                        "use a --workdir (or --db FILE) on a local disk, or --db postgresql://...")
-
-
-def open_store(db: Optional[str], workdir: str, create: bool = True, lease: float = 60.0) -> Store:
-    """The store `--db` names: a postgresql:// URL, a SQLite file (FILE or sqlite://FILE), or by
-    default farm.sqlite in the work folder; SQLite is refused on a network file system, and a
-    database, or folder, that is not the user's alone is refused everywhere."""
-    if is_postgres(db):
-        from .pgstore import PgStore
-
-        assert db is not None
-        store: Store = PgStore(db, lease=lease)
-        return store
-    check_place(db, workdir)
-    path = sqlite_path(db, workdir)
-    if not create and path != ":memory:" and not os.path.exists(path):
-        raise UserError(f"no farm in {workdir}: {path} does not exist")
-    return SqliteStore(path)
 
 
 class Guarded:

@@ -34,9 +34,19 @@ import time
 from typing import Any, Callable, NamedTuple, Optional
 
 from .. import procs
-from ..errors import UserError
+from ..envvars import (
+    ATTEMPT_ENV,
+    FARM_ENV,
+    GENERATION_ENV,
+    NAMESPACE_ENV,
+    PROC_NUMBER_ENV,
+    SLOT_ENV,
+    TASK_ENV,
+    TOKEN_ENV,
+)
+from ..errors import REQUEUE, SOME_FAILED, STORAGE_FAILED, UserError
 from ..tree import Finder, Stopper
-from . import REQUEUE, SOME_FAILED, STORAGE_FAILED, place
+from . import place
 from . import tasklist as tasklist_mod
 from .nursery import Client, SpawnFailed, boottime
 from .progress import Progress
@@ -46,11 +56,6 @@ from .store import Claim, Guarded, Store
 from .trace import FILE_NAME as TIMELINE_NAME
 from .trace import Timeline
 
-TASK_ENV = "WATCHDOG_SINGLETON_FARM_TASK"
-SLOT_ENV = "WATCHDOG_SINGLETON_FARM_SLOT"
-ATTEMPT_ENV = "WATCHDOG_SINGLETON_FARM_ATTEMPT"
-GENERATION_ENV = "WATCHDOG_SINGLETON_FARM_GENERATION"  # the claim's fencing token: grows at every claim of the task
-NAMESPACE_ENV = "WATCHDOG_SINGLETON_FARM_NAMESPACE"  # "0": no PID namespace for the tasks (the fallback)
 IDLE_POLL = 1.0  # with nothing to claim, how often to look again (tasks added, other farms' leases)
 RELIST_EVERY = 2.0  # how often to look whether the task list file changed
 
@@ -112,7 +117,7 @@ class Farm:
         self.progress = Progress(warn, tty=tty, every=options.progress_every, clock=clock)
         self.logs = os.path.join(options.workdir, "logs")
         env = procs.clean_environ(dict(os.environ))
-        env["WATCHDOG_SINGLETON_FARM"] = options.workdir
+        env[FARM_ENV] = options.workdir
         self.env = env
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.reaper: Optional[subprocess.Popen[bytes]] = None
@@ -265,9 +270,9 @@ class Farm:
         slot.started = self.wall()
         slot.deadline = self.clock() + self.o.task_timeout if self.o.task_timeout else 0.0
         env = dict(self.env)
-        env[procs.TOKEN_ENV] = slot.token
+        env[TOKEN_ENV] = slot.token
         env[TASK_ENV] = claim.id
-        env[SLOT_ENV] = env["PROC_NUMBER"] = str(slot.number)  # PyTaskFarmer has the task index there
+        env[SLOT_ENV] = env[PROC_NUMBER_ENV] = str(slot.number)  # PyTaskFarmer has the task index there
         env[ATTEMPT_ENV] = str(claim.attempt)
         env[GENERATION_ENV] = str(claim.gen)
         cwd = self.o.cwd

@@ -1,6 +1,6 @@
 """One copy across several hosts: a lease with a fencing token, behind one small interface.
 
-    cluster = open_cluster("postgresql://me@db.example.org/ws")    # the password: ~/.pgpass
+    cluster = engines.open_cluster("postgresql://me@db.example.org/ws")    # the password: ~/.pgpass
     grant = cluster.acquire("ingest")           # None: another host holds it
     if grant is not None:
         os.environ["WATCHDOG_SINGLETON_FENCING_TOKEN"] = str(grant.token)
@@ -13,7 +13,7 @@ give-up deadline on its local CLOCK_BOOTTIME (keeper.py). A grant's token strict
 across every grant of that name, forever, so whatever the daemon writes can be fenced with it
 (Kleppmann: a lease alone never guarantees one holder; a stale holder must be refused by the
 resource it writes to). PostgreSQL is the first engine (postgres.py); another (etcd, Redis)
-implements `ClusterLease` and gets a scheme in `open_cluster`.
+implements `ClusterLease` and gets a scheme in `engines.open_cluster`.
 
 Nothing here imports a driver: the launcher pays for psycopg only when a job has a cluster.
 """
@@ -25,7 +25,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from ..errors import FAILED, USAGE, UserError
+from ..envvars import CLUSTER_ENV
+from ..errors import FAILED, UNAVAILABLE, USAGE, UserError
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -73,10 +74,8 @@ if TYPE_CHECKING:
         def close(self) -> None: ...
 
 
-UNAVAILABLE = 3  # the exit code of `lease check` and `lease status` when the engine cannot be reached
-CLUSTER_ENV = "WATCHDOG_SINGLETON_CLUSTER"
-FENCING_TOKEN_ENV = "WATCHDOG_SINGLETON_FENCING_TOKEN"
 MAX_TOKEN = 2**63 - 1  # a bigint
+DEFAULT_LEASE = 60.0  # --lease: Timing.for_lease renews every 10 s
 KILL_LANDS = 1.0  # seconds allowed, after SIGKILL, for the kernel to end a tree
 
 
@@ -242,15 +241,3 @@ def refuse_without_cluster(options: dict[str, bool]) -> None:
         if given:
             raise UserError(f"{option} is for cluster jobs: add --cluster postgresql://USER@HOST/DB "
                             f"(or set {CLUSTER_ENV})", USAGE)
-
-
-def open_cluster(url: str, timing: Optional[Timing] = None, holder: Optional[str] = None,
-                 host: Optional[str] = None) -> "ClusterLease":
-    """The engine for `url`'s scheme. Connects lazily: the first call may raise LeaseUnavailable."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in ("postgresql", "postgres"):
-        from .postgres import PostgresLease
-
-        return PostgresLease(url, timing or Timing(), holder=holder, host=host)
-    raise UserError(f"cluster {redact(url)!r}: unknown kind; use postgresql://USER@HOST/DB "
-                    "(the password goes in ~/.pgpass)", USAGE)

@@ -1,0 +1,27 @@
+"""Which engine serves a cluster URL: the one place that knows every engine module.
+
+Kept out of the package's __init__ (the interface every engine imports), so that no engine and
+the interface import each other. Nothing here imports a driver until a URL asks for it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from ..errors import USAGE, UserError
+from . import Timing, redact
+
+if TYPE_CHECKING:
+    from . import ClusterLease
+
+
+def open_cluster(url: str, timing: Optional[Timing] = None, holder: Optional[str] = None,
+                 host: Optional[str] = None) -> "ClusterLease":
+    """The engine for `url`'s scheme. Connects lazily: the first call may raise LeaseUnavailable."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresLease
+
+        return PostgresLease(url, timing or Timing(), holder=holder, host=host)
+    raise UserError(f"cluster {redact(url)!r}: unknown kind; use postgresql://USER@HOST/DB "
+                    "(the password goes in ~/.pgpass)", USAGE)
