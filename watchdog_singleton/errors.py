@@ -9,11 +9,14 @@ NO_SUCH_JOB = 4
 
 
 class UserError(Exception):
-    """An error the user can cause or fix; the message is fit to print on one line."""
+    """An error the user can cause or fix; the message is fit to print on one line. `field` names
+    the option it is about (options.py: "grace", "every", "command"; "" when none), so `apply`
+    can point at the file's line for it."""
 
-    def __init__(self, message: str, exit_code: int = USAGE) -> None:
+    def __init__(self, message: str, exit_code: int = USAGE, field: str = "") -> None:
         super().__init__(one_line(message))
         self.exit_code = exit_code
+        self.field = field
 
 
 def one_line(text: str) -> str:
