@@ -179,6 +179,7 @@ def build_failure(tmp_path: Any, text: str) -> tuple[config.ConfigFile, UserErro
     ('max_lifetime = 100\nperiod = 60\n', "max_lifetime", "max_lifetime", 3),
     ('restart = "sometimes"\n', "restart", "restart", 3),
     ('env = {X = "a"}\non_failure = ""\n', "on_failure", "on_failure", 4),
+    ('env = {X = "a"}\narguments = ["%s"]\n' % ("x" * 140000), "command", "command", 2),
 ])
 def test_a_build_error_names_its_field_and_apply_says_that_keys_line(
         tmp_path: Any, monkeypatch: Any, lines: str, field: str, key: str, line: int) -> None:
@@ -196,3 +197,25 @@ def test_a_range_error_names_its_field() -> None:
     with pytest.raises(UserError) as caught:
         check_limit("--backoff-max", 0.5, low=("--backoff-initial", 1.0))
     assert caught.value.field == "backoff_max"
+
+
+def test_run_takes_the_shared_options_with_their_ranges_and_says_so_in_its_help() -> None:
+    from watchdog_singleton import runargs
+
+    for opt in options.for_command(RUN):
+        assert opt.flag in (runargs.FLAGS if opt.kind == "bool" else runargs.VALUES), opt.flag
+        assert f"  {opt.flag}" in runargs.HELP, opt.flag
+        if opt.high is not None:
+            assert opt.flag in runargs.NUMBERS
+            assert number_range(opt) in runargs.HELP, opt.flag
+    with pytest.raises(UserError, match="--lease 1: must be from 5 to 86400"):
+        runargs.parse(["web", "--lease", "1", "--", "x"])
+
+
+def test_apply_help_lists_every_key_of_the_file() -> None:
+    proc = subprocess.run([sys.executable, "-m", "watchdog_singleton", "apply", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    listed = " ".join(proc.stdout.split()).split("Keys: ")[1]
+    for key in config.KEYS:
+        assert re.search(rf"\b{key}\b", listed), key

@@ -346,14 +346,16 @@ def apply(
     env, workdir, lock or kind changed are restarted; jobs an earlier apply of FILE created and
     FILE no longer lists are uninstalled (each named); jobs installed by hand are never removed. A
     bad file (exit 2) changes nothing, and so does a file with no job unless --allow-empty.
-    Keys: command, arguments, enable, schedule, periodic, period,
-    timeout, jitter, catch_up, loop, max_lifetime, sync, workdir, env, grace, restart,
-    backoff_initial, backoff_max, min_uptime, settle, log_dir, log_max_bytes, log_backups,
-    lock_dir, allow_network_fs, lean, forking, cluster, lease, standby, rotate (see the README).
+    Keys: KEYS (see docs/periodic-and-config.md).
     """
     from .commands.apply import apply as do_apply
 
     _call(lambda: do_apply(file, _context(), _echo, _warn, dry_run, allow_empty=allow_empty))
+
+
+# The keys as options.py has them (typer reads the docstring when it builds the command).
+apply.__doc__ = (apply.__doc__ or "").replace(
+    "KEYS", ", ".join(["command", "arguments", "enable"] + [o.key for o in options.OPTIONS.values() if o.key]))
 
 
 @app.command(short_help="Write the jobs (all, or NAME...) as a TOML file for apply.",

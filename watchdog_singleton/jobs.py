@@ -272,13 +272,15 @@ def check_exec_size(command: list[str], env: dict[str, str]) -> None:
     for text in strings:
         size = len(text.encode(errors="surrogateescape"))
         if size > EXEC_STRING_LIMIT:
-            what = "a command argument" if text in command else f"--env {text.partition('=')[0]}"
-            raise UserError(f"{what} is {size} bytes long; execve takes at most {EXEC_STRING_LIMIT} (E2BIG)")
+            about = "command" if text in command else "env"
+            what = "a command argument" if about == "command" else f"--env {text.partition('=')[0]}"
+            raise UserError(f"{what} is {size} bytes long; execve takes at most {EXEC_STRING_LIMIT} (E2BIG)",
+                            field=about)
     # Each string also costs its NUL and a pointer in the new process's stack.
     total = sum(len(t.encode(errors="surrogateescape")) + 1 + 8 for t in strings)
     if total > EXEC_TOTAL_LIMIT:
         raise UserError(f"--env: the command and its {len(env)} variables take {total} bytes; at most "
-                        f"{EXEC_TOTAL_LIMIT} are allowed, so that it can start (execve: E2BIG)")
+                        f"{EXEC_TOTAL_LIMIT} are allowed, so that it can start (execve: E2BIG)", field="env")
 
 
 def snapshot_env(environ: dict[str, str]) -> dict[str, str]:

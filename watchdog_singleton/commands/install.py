@@ -138,8 +138,7 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
         raise UserError("--lean cannot hold a cluster lease: the supervisor renews it (drop --lean)", field="lean")
     if req.restart not in RESTART_POLICIES:
         raise UserError(f"--restart must be one of {', '.join(RESTART_POLICIES)}", field="restart")
-    with about("env"):
-        check_exec_size(command, env)
+    check_exec_size(command, env)  # its error says whether the command or env is too big
     if req.lock_dir:
         with about("lock_dir"):
             check_usable_lock_dir(os.path.abspath(req.lock_dir), req.allow_network_fs)
