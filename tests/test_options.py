@@ -219,3 +219,30 @@ def test_apply_help_lists_every_key_of_the_file() -> None:
     listed = " ".join(proc.stdout.split()).split("Keys: ")[1]
     for key in config.KEYS:
         assert re.search(rf"\b{key}\b", listed), key
+
+
+SAMPLES: dict[str, Any] = {"schedule": "0 * * * *", "restart": "never", "catch_up": "once", "mail": "a@example.org",
+                           "cluster": "postgresql://u@db.invalid/jobs", "workdir": "/elsewhere",
+                           "lock_dir": "/tmp/elsewhere", "stdout_log": "/o/out.log", "stderr_log": "/o/err.log",
+                           "env": {"X": "1"}, "on_failure": ["/bin/true"]}
+
+
+@pytest.mark.parametrize("opt", [o for o in OPTIONS.values() if o.key and o.name in dict(Job.FIELDS)],
+                         ids=lambda o: o.name)
+def test_export_writes_every_key_of_the_schema_that_differs_from_its_default(opt: options.Option,
+                                                                             monkeypatch: Any) -> None:
+    monkeypatch.delenv("WATCHDOG_SINGLETON_CLUSTER", raising=False)
+    base = {"name": "web", "command": ["/bin/true"], "workdir": "/srv", "lock_dir": "/tmp/lk",
+            "stdout_log": "/d/web.stdout.log", "stderr_log": "/d/web.stderr.log"}
+    if opt.kind == "bool":
+        value: Any = not opt.default
+    elif opt.kind in ("number", "int"):
+        value = (opt.high or 100) - 1
+    else:
+        value = SAMPLES[opt.name]
+    extra = {"lease": {"cluster": SAMPLES["cluster"]}, "every": {"periodic": True}}.get(opt.name, {})
+    plain_job = Job.from_dict({**base, **extra})
+    job = Job.from_dict({**base, **extra, opt.name: value})
+    if opt.name != "workdir":  # written always when no file's folder is its default
+        assert opt.key not in config.job_table(plain_job, "/d", "/tmp/lk")
+    assert opt.key in config.job_table(job, "/d", "/tmp/lk"), opt.key

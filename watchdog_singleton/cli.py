@@ -140,8 +140,8 @@ COMMAND = typer.Argument(None, metavar="-- COMMAND [ARG...]", help="the program 
 
 def install(name: str, command: Optional[List[str]], no_start: bool, **given: Any) -> None:
     """Install NAME: one crontab line that keeps one copy of COMMAND running; start it now."""
-    from .commands.install import InstallRequest
     from .commands.install import install as do_install
+    from .request import InstallRequest
 
     given["env"] = list(given.get("env") or [])
     req = InstallRequest(name=name, command=list(command or []), start=not no_start, **given)

@@ -25,6 +25,7 @@ from typing import Any, Optional
 from . import options, paths
 from .errors import UserError
 from .jobs import ENV_KEY_CHARS, Job
+from .request import InstallRequest
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -86,10 +87,8 @@ class ConfigFile:
     def error(self, spec: Optional[JobSpec], key: str, message: str) -> ConfigError:
         return config_error(self.path, spec, key, message)
 
-    def request(self, spec: JobSpec) -> Any:
+    def request(self, spec: JobSpec) -> InstallRequest:
         """The InstallRequest for `spec`: relative paths are taken from the file's folder."""
-        from .commands.install import InstallRequest
-
         values = spec.values
         kwargs: dict[str, Any] = {"name": spec.name, "start": spec.enable}
         folder = os.path.dirname(self.path)

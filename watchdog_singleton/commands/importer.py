@@ -23,9 +23,10 @@ from ..errors import FAILED, OK, UserError, one_line
 from ..jobs import Job, now_iso
 from ..lock import commit_lock_dir, is_held
 from ..quoting import shell_join
+from ..request import InstallRequest
 from ..state import RunState
 from .common import Context, Echo, start_now
-from .install import InstallRequest, build_job
+from .install import build_job
 
 
 @dataclass
