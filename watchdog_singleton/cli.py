@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 import typer
 
-from . import completion
+from . import completion, options
 from .errors import INTERRUPTED, USAGE, UserError
 
 if TYPE_CHECKING:
@@ -85,12 +86,6 @@ NAME = typer.Argument(..., metavar="NAME", help="the job's name: letters, digits
                       autocompletion=completion.known_job)
 INSTALLED_NAME = typer.Argument(..., metavar="NAME", help="the job's name: letters, digits, _ . @ + -",
                                 autocompletion=completion.installed_job)
-ON_FAILURE_HELP = ("run CMD (split as a shell splits words, run without one) when NAME enters backoff, a periodic "
-                   "run fails or times out, or it loses its lease or batch chain")
-MAIL_HELP = "on those failures, mail ADDR (cron's MAILTO) through the host's sendmail"
-NOTIFY_EVERY_HELP = "at most one notice per kind of failure this often, 1 to 31622400 (default 3600)"
-
-
 def _completion_item(value: str, help: Optional[str] = None) -> Any:
     try:  # typer >= 0.20 carries its own copy of click
         from typer._click.shell_completion import CompletionItem
@@ -107,89 +102,60 @@ class _RunCommand(typer.core.TyperCommand):
         return [_completion_item(*item) if isinstance(item, tuple) else _completion_item(item) for item in items]
 
 
-@app.command(short_help="Install NAME: keep one copy of COMMAND running.",
-             epilog=_example("install web -- python3 -u server.py --port 8080",
-                             "install sync --schedule '*/5 * * * *' --restart never -- ./sync.sh"))
-def install(
-    name: str = INSTALLED_NAME,
-    command: List[str] = typer.Argument(None, metavar="-- COMMAND [ARG...]",
-                                        help="the program and its arguments, after --"),
-    schedule: str = typer.Option("* * * * *", metavar="EXPR",
-                                 help="when cron runs the launcher: 5 fields or an @-word"),
-    no_start: bool = typer.Option(False, "--no-start", help="do not start it now; the next tick will"),
-    log_dir: Optional[str] = typer.Option(None, metavar="DIR", help="folder for NAME.stdout.log and NAME.stderr.log"),
-    workdir: Optional[str] = typer.Option(None, metavar="DIR", help="the daemon's working directory (default: here)"),
-    env: List[str] = typer.Option([], "--env", metavar="KEY=VALUE", help="extra environment (repeatable)"),
-    grace: float = typer.Option(10.0, metavar="SECONDS", help="SIGTERM to SIGKILL wait when stopping, 0 to 3600"),
-    restart: str = typer.Option("always", metavar="POLICY",
-                                help="always | on-failure | never (then the next tick restarts it)"),
-    backoff_initial: float = typer.Option(1.0, metavar="SECONDS",
-                                          help="first delay after quick failures, 0.1 to 3600"),
-    backoff_max: float = typer.Option(60.0, metavar="SECONDS",
-                                      help="longest delay between restarts, --backoff-initial to 86400"),
-    min_uptime: float = typer.Option(1.0, metavar="SECONDS",
-                                     help="a run shorter than this is a quick failure, 0.1 to 86400"),
-    log_max_bytes: int = typer.Option(10 * 1024 * 1024, metavar="N",
-                                      help="rotate a log file at this size: 0 (never) or 4096 to 2^40"),
-    log_backups: int = typer.Option(3, metavar="N", help="rotated files kept per log, 0 to 100"),
-    lock_dir: Optional[str] = typer.Option(None, metavar="DIR",
-                                           help="where the lock lives (default /tmp/watchdog-singleton-UID)"),
-    allow_network_fs: bool = typer.Option(False, "--allow-network-fs", help="accept a lock folder on NFS/Lustre/GPFS"),
-    lean: bool = typer.Option(False, "--lean", help="no resident supervisor: the daemon holds the lock itself"),
-    forking: bool = typer.Option(False, "--forking",
-                                 help="the command puts itself in the background (like systemd Type=forking): "
-                                      "follow the tree it leaves"),
-    settle: float = typer.Option(1.0, metavar="SECONDS",
-                                 help="how long install/start wait to see the daemon still running, 0 to 60"),
-    periodic: bool = typer.Option(False, "--periodic",
-                                  help="run COMMAND to completion at each due time of --schedule, never two at once"),
-    # 0 stands for "not given" in these two: the help says the real default, and shows no 0.0.
-    every: float = typer.Option(0.0, metavar="SECONDS", show_default=False,
-                                help="periodic, start to start (the supervisor keeps it; under a minute too) "
-                                     "(default: none, the due times of --schedule)"),
-    timeout: float = typer.Option(0.0, metavar="SECONDS", show_default=False,
-                                  help="periodic: stop a run's tree after this long (default min(3 periods, "
-                                       "period + 1 h))"),
-    jitter: float = typer.Option(0.0, metavar="SECONDS", help="periodic: start each run up to this much late"),
-    catch_up: str = typer.Option("none", "--catch-up", metavar="none|once",
-                                 help="periodic: once = one make-up run at start for a missed due time"),
-    loop: bool = typer.Option(False, "--loop", help="periodic: rerun at once while it exits 0, period after period"),
-    max_lifetime: float = typer.Option(0.0, metavar="SECONDS",
-                                       help="daemons: restart gracefully after this long (0: never)"),
-    stdout_log: Optional[str] = typer.Option(None, metavar="FILE",
-                                             help="stdout to this file instead of LOG_DIR/NAME.stdout.log"),
-    stderr_log: Optional[str] = typer.Option(None, metavar="FILE",
-                                             help="stderr to this file (may be the --stdout-log file)"),
-    cluster: Optional[str] = typer.Option(None, "--cluster", metavar="URL",
-                                          help="one copy across hosts, on a lease in this PostgreSQL: "
-                                               "postgresql://USER@HOST/DB, password in ~/.pgpass (default "
-                                               "$WATCHDOG_SINGLETON_CLUSTER; none: this host only)"),
-    lease: Optional[float] = typer.Option(None, "--lease", metavar="SECONDS",
-                                          help="cluster: the lease's duration, 5 to 86400 (default 60; renewed "
-                                               "every sixth of it)"),
-    standby: bool = typer.Option(False, "--standby",
-                                 help="cluster: while another host holds the lease, wait resident for it"),
-    rotate: bool = typer.Option(False, "--rotate", help="cluster: the hosts take turns, one run each, in name order"),
-    sync: bool = typer.Option(False, "--sync",
-                              help="cluster, periodic: at most one run per period across all hosts"),
-    on_failure: Optional[str] = typer.Option(None, "--on-failure", metavar="CMD", help=ON_FAILURE_HELP),
-    mail: str = typer.Option("", "--mail", metavar="ADDR", help=MAIL_HELP),
-    notify_every: float = typer.Option(3600.0, "--notify-every", metavar="SECONDS", help=NOTIFY_EVERY_HELP),
-) -> None:
-    """Install NAME: one crontab line that keeps one copy of COMMAND running; start it now."""
-    from .commands.install import InstallRequest
-    from .commands.install import install as do_install
+def _typer_option(opt: options.Option, command: str) -> tuple[Any, Any]:
+    """(the annotation, the typer.Option) of a schema option: help, range and default from options.py."""
+    kind: Any
+    default: Any
+    if opt.kind == "bool":
+        kind, default = bool, False
+    elif opt.kind == "env":
+        kind, default = List[str], []
+    elif opt.unset or opt.default is None or opt.kind == "hook":  # None until given
+        kind, default = Optional[float] if opt.kind == "number" else Optional[str], None
+    else:
+        kind = {"number": float, "int": int}.get(opt.kind, str)
+        default = opt.default
+    return kind, typer.Option(default, opt.flag, metavar=opt.metavar or None, help=opt.help_text(command),
+                              show_default=False)
 
-    req = InstallRequest(name=name, command=list(command or []), schedule=schedule, start=not no_start,
-                         log_dir=log_dir, workdir=workdir, env=list(env), grace=grace, lock_dir=lock_dir,
-                         allow_network_fs=allow_network_fs, restart=restart, backoff_initial=backoff_initial,
-                         backoff_max=backoff_max, min_uptime=min_uptime, log_max_bytes=log_max_bytes,
-                         log_backups=log_backups, lean=lean, forking=forking, settle=settle, periodic=periodic,
-                         every=every, timeout=timeout, jitter=jitter, catch_up=catch_up, loop=loop,
-                         max_lifetime=max_lifetime, stdout_log=stdout_log, stderr_log=stderr_log, cluster=cluster,
-                         lease=lease, standby=standby, rotate=rotate, sync=sync, on_failure=on_failure, mail=mail,
-                         notify_every=notify_every)
+
+def _with_options(command: str, body: Callable[..., None], leading: List[inspect.Parameter]) -> Callable[..., None]:
+    """`body` with its own parameters (`leading`) and then one keyword per option of options.py
+    that `command` takes: what typer reads to build the command's options."""
+    params = list(leading)
+    for opt in options.for_command(command):
+        kind, option = _typer_option(opt, command)
+        params.append(inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
+    body.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    body.__annotations__ = {p.name: p.annotation for p in params}
+    return body
+
+
+def _param(name: str, kind: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
+
+
+COMMAND = typer.Argument(None, metavar="-- COMMAND [ARG...]", help="the program and its arguments, after --")
+
+
+def install(name: str, command: Optional[List[str]], no_start: bool, **given: Any) -> None:
+    """Install NAME: one crontab line that keeps one copy of COMMAND running; start it now."""
+    from .commands.install import install as do_install
+    from .request import InstallRequest
+
+    given["env"] = list(given.get("env") or [])
+    req = InstallRequest(name=name, command=list(command or []), start=not no_start, **given)
     _call(lambda: do_install(req, _context(), _echo, _warn))
+
+
+app.command(short_help="Install NAME: keep one copy of COMMAND running.",
+            epilog=_example("install web -- python3 -u server.py --port 8080",
+                            "install sync --schedule '*/5 * * * *' --restart never -- ./sync.sh"))(
+    _with_options(options.INSTALL, install, [
+        _param("name", str, INSTALLED_NAME),
+        _param("command", Optional[List[str]], COMMAND),
+        _param("no_start", bool, typer.Option(False, "--no-start", help="do not start it now; the next tick will")),
+    ]))
 
 
 @app.command(cls=_RunCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
@@ -202,38 +168,8 @@ def run(ctx: typer.Context) -> None:
     raise typer.Exit(launch_main(list(ctx.args)))
 
 
-@app.command(short_help="Keep NAME alive through Slurm, PBS or HTCondor instead of cron.",
-             epilog=_example("submit web --scheduler slurm --walltime 24:00:00 -- python3 -u server.py",
-                             "submit web --scheduler pbs --queue long --dry-run -- ./serve.sh"))
-def submit(
-    name: str = NAME,
-    command: List[str] = typer.Argument(None, metavar="-- COMMAND [ARG...]",
-                                        help="the program and its arguments, after --"),
-    scheduler: str = typer.Option(..., metavar="slurm|pbs|htcondor", help="the batch system",
-                                  autocompletion=completion.schedulers),
-    walltime: str = typer.Option("24:00:00", metavar="HH:MM:SS", help="each job's walltime ([DAYS-]HH:MM:SS)"),
-    account: str = typer.Option("", metavar="A", help="the account (HTCondor: accounting_group)"),
-    queue: str = typer.Option("", "--queue", "--partition", metavar="Q", help="the queue or partition"),
-    signal_lead: Optional[int] = typer.Option(None, metavar="SECONDS",
-                                              help="warn the daemon (SIGTERM) this long before the walltime; > "
-                                                   "--grace (default 300, at most a quarter of the walltime, at "
-                                                   "least --grace + 20)"),
-    grace: float = typer.Option(10.0, metavar="SECONDS", help="SIGTERM to SIGKILL wait for the daemon, 0 to 3600"),
-    extra: List[str] = typer.Option([], "--extra", metavar="DIRECTIVE",
-                                    help="a raw directive for the script (repeatable), e.g. --extra '--mem=4G'"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the script; write and submit nothing"),
-    cluster: Optional[str] = typer.Option(None, "--cluster", metavar="URL",
-                                          help="one copy across hosts and batch jobs, on a lease in this "
-                                               "PostgreSQL (default $WATCHDOG_SINGLETON_CLUSTER; none: no lease)"),
-    lease: Optional[float] = typer.Option(None, "--lease", metavar="SECONDS",
-                                          help="cluster: the lease's duration, 5 to 86400 (default 60)"),
-    standby: bool = typer.Option(False, "--standby",
-                                 help="cluster: while another host holds the lease, wait resident for it"),
-    rotate: bool = typer.Option(False, "--rotate", help="cluster: the hosts take turns, one run each"),
-    on_failure: Optional[str] = typer.Option(None, "--on-failure", metavar="CMD", help=ON_FAILURE_HELP),
-    mail: str = typer.Option("", "--mail", metavar="ADDR", help=MAIL_HELP),
-    notify_every: float = typer.Option(3600.0, "--notify-every", metavar="SECONDS", help=NOTIFY_EVERY_HELP),
-) -> None:
+def submit(name: str, command: Optional[List[str]], scheduler: str, walltime: str, account: str, queue: str,
+           signal_lead: Optional[int], extra: List[str], dry_run: bool, **given: Any) -> None:
     """Submit NAME as a self-renewing batch job that runs COMMAND under `run NAME`: Slurm requeues it
     (singleton dependency, USR1 before the walltime), PBS chains a successor (afterany), HTCondor
     reruns it in place; the daemon gets SIGTERM and --grace before each end. `stop NAME` ends it."""
@@ -241,10 +177,32 @@ def submit(
     from .commands.submit import submit as do_submit
 
     req = SubmitRequest(name=name, command=list(command or []), scheduler=scheduler, walltime=walltime,
-                        account=account, queue=queue, signal_lead=signal_lead, grace=grace, extra=list(extra),
-                        dry_run=dry_run, cluster=cluster, lease=lease, standby=standby, rotate=rotate,
-                        on_failure=on_failure, mail=mail, notify_every=notify_every)
+                        account=account, queue=queue, signal_lead=signal_lead, extra=list(extra), dry_run=dry_run,
+                        **given)
     _call(lambda: do_submit(req, _context(), _echo, _warn))
+
+
+app.command(short_help="Keep NAME alive through Slurm, PBS or HTCondor instead of cron.",
+            epilog=_example("submit web --scheduler slurm --walltime 24:00:00 -- python3 -u server.py",
+                            "submit web --scheduler pbs --queue long --dry-run -- ./serve.sh"))(
+    _with_options(options.SUBMIT, submit, [
+        _param("name", str, NAME),
+        _param("command", Optional[List[str]], COMMAND),
+        _param("scheduler", str, typer.Option(..., metavar="slurm|pbs|htcondor", help="the batch system",
+                                              autocompletion=completion.schedulers)),
+        _param("walltime", str, typer.Option("24:00:00", metavar="HH:MM:SS",
+                                             help="each job's walltime ([DAYS-]HH:MM:SS)")),
+        _param("account", str, typer.Option("", metavar="A", help="the account (HTCondor: accounting_group)")),
+        _param("queue", str, typer.Option("", "--queue", "--partition", metavar="Q",
+                                          help="the queue or partition")),
+        _param("signal_lead", Optional[int], typer.Option(
+            None, metavar="SECONDS", help="warn the daemon (SIGTERM) this long before the walltime; > --grace "
+                                          "(default 300, at most a quarter of the walltime, at least --grace + 20)")),
+        _param("extra", List[str], typer.Option([], "--extra", metavar="DIRECTIVE",
+                                                help="a raw directive for the script (repeatable), e.g. "
+                                                     "--extra '--mem=4G'")),
+        _param("dry_run", bool, typer.Option(False, "--dry-run", help="print the script; write and submit nothing")),
+    ]))
 
 
 class _WatchCommand(typer.core.TyperCommand):
@@ -388,14 +346,16 @@ def apply(
     env, workdir, lock or kind changed are restarted; jobs an earlier apply of FILE created and
     FILE no longer lists are uninstalled (each named); jobs installed by hand are never removed. A
     bad file (exit 2) changes nothing, and so does a file with no job unless --allow-empty.
-    Keys: command, arguments, enable, schedule, periodic, period,
-    timeout, jitter, catch_up, loop, max_lifetime, sync, workdir, env, grace, restart,
-    backoff_initial, backoff_max, min_uptime, settle, log_dir, log_max_bytes, log_backups,
-    lock_dir, allow_network_fs, lean, forking, cluster, lease, standby, rotate (see the README).
+    Keys: KEYS (see docs/periodic-and-config.md).
     """
     from .commands.apply import apply as do_apply
 
     _call(lambda: do_apply(file, _context(), _echo, _warn, dry_run, allow_empty=allow_empty))
+
+
+# The keys as options.py has them (typer reads the docstring when it builds the command).
+apply.__doc__ = (apply.__doc__ or "").replace(
+    "KEYS", ", ".join(["command", "arguments", "enable"] + [o.key for o in options.OPTIONS.values() if o.key]))
 
 
 @app.command(short_help="Write the jobs (all, or NAME...) as a TOML file for apply.",

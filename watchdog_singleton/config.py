@@ -22,71 +22,43 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import paths
+from . import options, paths
 from .envvars import CLUSTER_ENV
 from .errors import UserError
 from .jobs import ENV_KEY_CHARS, Job
+from .request import InstallRequest
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - 3.9 and 3.10
     import tomli as tomllib
 
-# key: (the InstallRequest field it sets, or "" when apply itself handles it; its kind)
-KEYS: dict[str, tuple[str, str]] = {
-    "command": ("command", "argv"),  # a list, or a string split as a shell would (shlex)
-    "arguments": ("", "list"),  # PanDA's: appended to command
-    "enable": ("", "bool"),  # PanDA's: false keeps the job installed but stopped and its line off
-    "schedule": ("schedule", "str"),
-    "periodic": ("periodic", "bool"),
-    "period": ("every", "number"),  # PanDA's period, seconds start to start: --every
-    "timeout": ("timeout", "number"),
-    "jitter": ("jitter", "number"),
-    "catch_up": ("catch_up", "str"),
-    "loop": ("loop", "bool"),
-    "max_lifetime": ("max_lifetime", "number"),
-    "sync": ("sync", "bool"),  # PanDA's: with a cluster, one run per period across hosts
-    "cluster": ("cluster", "str"),  # postgresql://USER@HOST/DB (password in ~/.pgpass); "none": this host only
-    "lease": ("lease", "number"),
-    "standby": ("standby", "bool"),
-    "rotate": ("rotate", "bool"),
-    "workdir": ("workdir", "path"),
-    "env": ("env", "env"),
-    "grace": ("grace", "number"),
-    "restart": ("restart", "str"),
-    "backoff_initial": ("backoff_initial", "number"),
-    "backoff_max": ("backoff_max", "number"),
-    "min_uptime": ("min_uptime", "number"),
-    "settle": ("settle", "number"),
-    "log_dir": ("log_dir", "path"),
-    "stdout_log": ("stdout_log", "path"),  # a file of its own instead of LOG_DIR/NAME.stdout.log
-    "stderr_log": ("stderr_log", "path"),
-    "log_max_bytes": ("log_max_bytes", "int"),
-    "log_backups": ("log_backups", "int"),
-    "lock_dir": ("lock_dir", "path"),
-    "allow_network_fs": ("allow_network_fs", "bool"),
-    "lean": ("lean", "bool"),
-    "forking": ("forking", "bool"),
-    "on_failure": ("on_failure", "hook"),  # a string split as a shell would, or a list (argv); [] none
-    "mail": ("mail", "str"),
-    "notify_every": ("notify_every", "number"),
-}
-KIND_TEXT = {"argv": "a list of strings or a string", "list": "a list of strings", "bool": "true or false",
-             "str": "a string", "path": "a string (a path)", "number": "a number", "int": "an integer",
-             "env": "a table of strings", "hook": "a list of strings or a string"}
-# install's option names in build_job's messages, as this file spells them
-OPTION_KEYS = [("--periodic (or --every SECONDS)", "periodic = true (or period = SECONDS)"),
-               ("--every SECONDS", "period"), ("--schedule EXPR", "schedule"), ("--periodic", "periodic = true"),
-               ("--catch-up once", "catch_up = \"once\""), ("--every", "period"), ("--catch-up", "catch_up"),
-               ("--max-lifetime", "max_lifetime"), ("--backoff-initial", "backoff_initial"),
-               ("--backoff-max", "backoff_max"), ("--min-uptime", "min_uptime"), ("--log-max-bytes", "log_max_bytes"),
-               ("--log-backups", "log_backups"), ("--forking", "forking"), ("--lean", "lean"), ("--loop", "loop"),
-               ("--timeout", "timeout"), ("--jitter", "jitter"), ("--grace", "grace"), ("--settle", "settle"),
-               ("--restart", "restart"), ("--env", "env"),
-               ("--cluster postgresql://USER@HOST/DB", 'cluster = "postgresql://USER@HOST/DB"'),
-               ("--sync", "sync = true"), ("--standby", "standby = true"), ("--rotate", "rotate = true"),
-               ("--lease", "lease"), ("--on-failure", "on_failure"), ("--notify-every", "notify_every"),
-               ("--mail", "mail")]
+# key: (the InstallRequest field it sets, or "" when apply itself handles it; its kind): options.py's
+# TOML keys, plus command, arguments (PanDA's: appended to command) and enable (PanDA's: false keeps
+# the job installed but stopped and its line off).
+KEYS: dict[str, tuple[str, str]] = options.file_keys()
+KIND_TEXT = options.KIND_TEXT
+
+
+def _file_words() -> list[tuple[str, str]]:
+    """install's option names as this file spells them, longest first ("--every SECONDS" before
+    "--every"): a message of build_job's is told in the file's words."""
+    words = [("--periodic (or --every SECONDS)", "periodic = true (or period = SECONDS)"),
+             ("--catch-up once", 'catch_up = "once"'),
+             ("--cluster postgresql://USER@HOST/DB", 'cluster = "postgresql://USER@HOST/DB"')]
+    for opt in options.OPTIONS.values():
+        if not opt.key:
+            continue
+        if opt.kind == "bool":
+            words.append((opt.flag, f"{opt.key} = true"))
+            continue
+        if opt.metavar:
+            words.append((f"{opt.flag} {opt.metavar}", opt.key))
+        words.append((opt.flag, opt.key))
+    return sorted(words, key=lambda pair: -len(pair[0]))
+
+
+OPTION_KEYS = _file_words()
 
 
 class ConfigError(UserError):
@@ -116,10 +88,8 @@ class ConfigFile:
     def error(self, spec: Optional[JobSpec], key: str, message: str) -> ConfigError:
         return config_error(self.path, spec, key, message)
 
-    def request(self, spec: JobSpec) -> Any:
+    def request(self, spec: JobSpec) -> InstallRequest:
         """The InstallRequest for `spec`: relative paths are taken from the file's folder."""
-        from .commands.install import InstallRequest
-
         values = spec.values
         kwargs: dict[str, Any] = {"name": spec.name, "start": spec.enable}
         folder = os.path.dirname(self.path)
@@ -158,14 +128,24 @@ def config_error(path: str, spec: Optional[JobSpec], key: str, message: str) -> 
     return ConfigError(f"{where}: {about}: {message}")
 
 
+def in_file_words(message: str) -> str:
+    """A message of build_job's with install's option names told as this file spells them."""
+    for option, name in OPTION_KEYS:
+        message = message.replace(option, name)
+    return message
+
+
+def error_of(path: str, spec: JobSpec, exc: UserError) -> ConfigError:
+    """A build_job error as the file's: at the line of the key it is about (exc.field)."""
+    return config_error(path, spec, options.key_of(exc.field), in_file_words(str(exc)))
+
+
 def option_to_key(message: str) -> tuple[str, str]:
-    """(the key a build_job message is about, the message in this file's words)."""
+    """(the key a message is about, found in its text; the message in this file's words). For a
+    message without a field only: apply goes by UserError.field (error_of)."""
     found = [(message.find(option), name.split(" ")[0]) for option, name in OPTION_KEYS if option in message]
     if found:
-        key = min(found, key=lambda pos_name: pos_name[0])[1]  # the option the message opens with
-        for option, name in OPTION_KEYS:  # longest first: "--every SECONDS" before "--every"
-            message = message.replace(option, name)
-        return key, message
+        return min(found, key=lambda pos_name: pos_name[0])[1], in_file_words(message)
     for start, name in (("program", "command"), ("no command", "command"), ("command argument", "command"),
                         ("schedule", "schedule"), ("a periodic job cannot run", "schedule"),
                         ("working directory", "workdir"), ("lock folder", "lock_dir"), ("log folder", "log_dir"),
@@ -349,9 +329,8 @@ def job_table(job: Job, default_log_dir: str, default_lock_dir: str, environ: Op
     from), an environment key install captured from the shell (PATH, LANG, ...) is written only
     when the job's value is not the one that shell gives it anyway.
     """
-    from .commands.install import InstallRequest
     from .jobs import snapshot_env
-    from .leases import DEFAULT_LEASE, NO_CLUSTER
+    from .leases import NO_CLUSTER
 
     given = dict(defaults or {})
 
@@ -360,7 +339,7 @@ def job_table(job: Job, default_log_dir: str, default_lock_dir: str, environ: Op
             return builtin
         return os.path.normpath(os.path.join(folder or "", os.path.expanduser(given[key])))
 
-    base = InstallRequest(name=job.name, command=[])
+    default = {name: opt.default for name, opt in options.OPTIONS.items()}
     table: dict[str, Any] = {"command": list(job.command)}
     if job.workdir != default_path("workdir", folder):
         table["workdir"] = job.workdir
@@ -376,27 +355,27 @@ def job_table(job: Job, default_log_dir: str, default_lock_dir: str, environ: Op
             table["period"] = 0
         if job.periodic != given.get("periodic", False):
             table["periodic"] = job.periodic
-    if job.schedule != given.get("schedule", base.schedule):
+    if job.schedule != given.get("schedule", default["schedule"]):
         table["schedule"] = job.schedule
     for key in ("timeout", "jitter", "max_lifetime", "grace", "backoff_initial", "backoff_max", "min_uptime",
                 "settle"):
-        if getattr(job, key) != given.get(key, getattr(base, key)):
+        if getattr(job, key) != given.get(key, default[key]):
             table[key] = _number(getattr(job, key))
     for key in ("catch_up", "restart", "log_max_bytes", "log_backups", "loop", "sync", "allow_network_fs", "lean",
                 "forking", "standby", "rotate", "mail"):
-        if getattr(job, key) != given.get(key, getattr(base, key)):
+        if getattr(job, key) != given.get(key, default[key]):
             table[key] = getattr(job, key)
     default_hook = given.get("on_failure", [])
     if list(job.on_failure) != (list(default_hook) if isinstance(default_hook, list) else shlex.split(default_hook)):
         table["on_failure"] = list(job.on_failure)
-    if job.notify_every != given.get("notify_every", base.notify_every):
+    if job.notify_every != given.get("notify_every", default["notify_every"]):
         table["notify_every"] = _number(job.notify_every)
     if job.cluster and job.cluster != given.get("cluster"):
         table["cluster"] = job.cluster
     elif not job.cluster and str(given.get("cluster", os.environ.get(CLUSTER_ENV, ""))).strip() not in (
             "", NO_CLUSTER):
         table["cluster"] = NO_CLUSTER  # or apply from this shell would make it a cluster job
-    if job.cluster and job.lease != given.get("lease", DEFAULT_LEASE):
+    if job.cluster and job.lease != given.get("lease", default["lease"]):
         table["lease"] = _number(job.lease)
     log_dir = os.path.dirname(job.stdout_log)
     if (job.stdout_log, job.stderr_log) != paths.log_files(log_dir, job.name):

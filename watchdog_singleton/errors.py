@@ -34,11 +34,14 @@ NO_NAMESPACE = 3  # the outer half's code when the namespace could not be set up
 
 
 class UserError(Exception):
-    """An error the user can cause or fix; the message is fit to print on one line."""
+    """An error the user can cause or fix; the message is fit to print on one line. `field` names
+    the option it is about (options.py: "grace", "every", "command"; "" when none), so `apply`
+    can point at the file's line for it."""
 
-    def __init__(self, message: str, exit_code: int = USAGE) -> None:
+    def __init__(self, message: str, exit_code: int = USAGE, field: str = "") -> None:
         super().__init__(one_line(message))
         self.exit_code = exit_code
+        self.field = field
 
 
 def one_line(text: str) -> str:

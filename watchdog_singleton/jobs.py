@@ -6,8 +6,9 @@ import math
 import os
 import time
 
-from . import files, paths
+from . import files, options, paths
 from .errors import FAILED, NO_SUCH_JOB, UserError
+from .options import OPTIONS
 from .record import REQUIRED, Record
 
 TYPE_CHECKING = False
@@ -25,34 +26,21 @@ RESTART_POLICIES = ("always", "on-failure", "never")
 SNAPSHOT_ENV = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX",
                 "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 
-DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
-DEFAULT_LOG_BACKUPS = 3
+DEFAULT_LOG_MAX_BYTES = OPTIONS["log_max_bytes"].default
+DEFAULT_LOG_BACKUPS = OPTIONS["log_backups"].default
 
-# The range of every number option, in one place: install, run and logs check against it, and
-# the README's option tables quote it. (low, high); --backoff-max's low is --backoff-initial.
-LIMITS: dict[str, tuple[float, float]] = {
-    "--grace": (0.0, 3600.0),
-    "--backoff-initial": (0.1, 3600.0),
-    "--backoff-max": (0.1, 86400.0),
-    "--min-uptime": (0.1, 86400.0),  # a floor on the restart rate whatever the other options
-    "--log-max-bytes": (4096, 2**40),  # or 0: never rotate
-    "--log-backups": (0, 100),  # each backup costs a rename at every rotation
-    "--settle": (0.0, 60.0),
-    "--every": (1.0, 366 * 86400.0),  # periodic, start to start; under a minute the supervisor keeps it
-    "--timeout": (1.0, 366 * 86400.0),  # or 0: PanDA's default, min(period * 3, period + 3600)
-    "--jitter": (0.0, 86400.0),
-    "--max-lifetime": (10.0, 366 * 86400.0),  # or 0: never
-    "--lines": (0, 1_000_000),
-    "--lease": (5.0, 86400.0),  # a cluster lease's duration; renew and give-up times follow from it
-    "--notify-every": (1.0, 366 * 86400.0),  # at most one failure notice per event kind this often
-}
+# The range of every number option (options.py): install, run and logs check against it.
+LIMITS = options.LIMITS
+
+# What a running copy was started with: a change to any of these needs a restart to take effect
+# (options.py marks them). The command, its environment and folder; the lock (a copy under the
+# old lock would not keep a second copy under the new one out); how the copy runs (periodic,
+# lean, forking); its cluster settings.
+RESTART_FIELDS = options.RESTART_FIELDS
 
 
-# What a running copy was started with: a change to any of these needs a restart to take effect.
-# The command, its environment and folder; the lock (a copy under the old lock would not keep a
-# second copy under the new one out); how the copy runs (periodic, lean, forking).
-RESTART_FIELDS = ("command", "env", "workdir", "lock_dir", "periodic", "lean", "forking",
-                  "cluster", "lease", "standby", "rotate", "sync")
+def _default(name: str) -> object:
+    return OPTIONS[name].default
 
 
 class Job(Record):
@@ -62,41 +50,41 @@ class Job(Record):
         ("name", REQUIRED),
         ("command", REQUIRED),
         ("workdir", REQUIRED),
-        ("schedule", "* * * * *"),
+        ("schedule", _default("schedule")),
         ("env", {}),
-        ("grace", 10.0),
-        ("restart", "always"),
-        ("backoff_initial", 1.0),
-        ("backoff_max", 60.0),
-        ("min_uptime", 1.0),
-        ("forking", False),
-        ("settle", 1.0),
-        ("periodic", False),
-        ("every", 0.0),
-        ("timeout", 0.0),
-        ("jitter", 0.0),
-        ("catch_up", "none"),
-        ("loop", False),
-        ("max_lifetime", 0.0),
-        ("sync", False),
+        ("grace", _default("grace")),
+        ("restart", _default("restart")),
+        ("backoff_initial", _default("backoff_initial")),
+        ("backoff_max", _default("backoff_max")),
+        ("min_uptime", _default("min_uptime")),
+        ("forking", _default("forking")),
+        ("settle", _default("settle")),
+        ("periodic", _default("periodic")),
+        ("every", _default("every")),
+        ("timeout", _default("timeout")),
+        ("jitter", _default("jitter")),
+        ("catch_up", _default("catch_up")),
+        ("loop", _default("loop")),
+        ("max_lifetime", _default("max_lifetime")),
+        ("sync", _default("sync")),
         ("cluster", ""),
-        ("lease", 60.0),
-        ("standby", False),
-        ("rotate", False),
+        ("lease", _default("lease")),
+        ("standby", _default("standby")),
+        ("rotate", _default("rotate")),
         ("applied_from", ""),
         ("state_folder", ""),
         ("stdout_log", ""),
         ("stderr_log", ""),
-        ("log_max_bytes", DEFAULT_LOG_MAX_BYTES),
-        ("log_backups", DEFAULT_LOG_BACKUPS),
+        ("log_max_bytes", _default("log_max_bytes")),
+        ("log_backups", _default("log_backups")),
         ("lock_dir", ""),
-        ("allow_network_fs", False),
-        ("lean", False),
+        ("allow_network_fs", _default("allow_network_fs")),
+        ("lean", _default("lean")),
         ("enabled", True),
         ("installed_at", ""),
         ("on_failure", []),
-        ("mail", ""),
-        ("notify_every", 3600.0),
+        ("mail", _default("mail")),
+        ("notify_every", _default("notify_every")),
     )
     name: str
     command: list[str]
@@ -227,19 +215,25 @@ def check_schedule(schedule: str) -> str:
 def check_range(option: str, value: float, low: float, high: float, also: Optional[float] = None,
                 low_text: str = "") -> float:
     """`value` if it is finite and within [low, high] (or equal to `also`); else a UserError naming
-    the option, the value and the range. nan and inf pass float() and typer unchecked."""
+    the option, the value and the range (its `field` the option's, options.py). nan and inf pass
+    float() and typer unchecked."""
     if value == also or (math.isfinite(value) and low <= value <= high):
         return value
     allowed = f"from {low_text or _num(low)} to {_num(high)}"
     if also is not None:
         allowed = f"{_num(also)}, or {allowed}"
-    raise UserError(f"{option} {_num(value)}: must be {allowed}")
+    opt = options.BY_FLAG.get(option)
+    raise UserError(f"{option} {_num(value)}: must be {allowed}", field=opt.name if opt is not None else "")
 
 
 def check_limit(option: str, value: float, also: Optional[float] = None,
                 low: Optional[tuple[str, float]] = None) -> float:
-    """check_range against LIMITS[option]; `low` (its option, its value) replaces the lower bound."""
+    """check_range against LIMITS[option]; `also` defaults to the option's own (options.py: 0 for
+    "never"); `low` (its option, its value) replaces the lower bound."""
     table_low, high = LIMITS[option]
+    opt = options.BY_FLAG.get(option)
+    if also is None and opt is not None:
+        also = opt.also
     if low is None:
         return check_range(option, value, table_low, high, also)
     return check_range(option, value, max(table_low, low[1]), high, also, f"{low[0]} ({_num(low[1])})")
@@ -278,13 +272,15 @@ def check_exec_size(command: list[str], env: dict[str, str]) -> None:
     for text in strings:
         size = len(text.encode(errors="surrogateescape"))
         if size > EXEC_STRING_LIMIT:
-            what = "a command argument" if text in command else f"--env {text.partition('=')[0]}"
-            raise UserError(f"{what} is {size} bytes long; execve takes at most {EXEC_STRING_LIMIT} (E2BIG)")
+            about = "command" if text in command else "env"
+            what = "a command argument" if about == "command" else f"--env {text.partition('=')[0]}"
+            raise UserError(f"{what} is {size} bytes long; execve takes at most {EXEC_STRING_LIMIT} (E2BIG)",
+                            field=about)
     # Each string also costs its NUL and a pointer in the new process's stack.
     total = sum(len(t.encode(errors="surrogateescape")) + 1 + 8 for t in strings)
     if total > EXEC_TOTAL_LIMIT:
         raise UserError(f"--env: the command and its {len(env)} variables take {total} bytes; at most "
-                        f"{EXEC_TOTAL_LIMIT} are allowed, so that it can start (execve: E2BIG)")
+                        f"{EXEC_TOTAL_LIMIT} are allowed, so that it can start (execve: E2BIG)", field="env")
 
 
 def snapshot_env(environ: dict[str, str]) -> dict[str, str]:

@@ -33,6 +33,7 @@ from .envvars import (
     TOKEN_ENV,
 )
 from .errors import UserError
+from .options import OPTIONS
 from .timefmt import iso, now_iso
 
 TYPE_CHECKING = False
@@ -50,7 +51,7 @@ EVENTS = {
     "chain-ended": "its batch chain ended for good",
     "farm-failed": "a farm finished with failed tasks",
 }
-DEFAULT_EVERY = 3600.0
+DEFAULT_EVERY: float = OPTIONS["notify_every"].default
 HOOK_TIMEOUT = 30.0  # a hook (or sendmail) still running after this long has its tree stopped
 STOP_GRACE = 2.0
 TAIL_LINES = 20

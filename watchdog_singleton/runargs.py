@@ -8,8 +8,10 @@ that is not an option starts it.
 
 from __future__ import annotations
 
+from . import options
 from .errors import UserError
 from .jobs import RESTART_POLICIES, check_limit
+from .options import OPTIONS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -48,12 +50,12 @@ examples:
   watchdog-singleton run web --detach --log-dir ~/logs -- python3 -u server.py
 """
 
-FLAGS = {"--detach": "detach", "--cron": "cron", "--allow-network-fs": "allow_network_fs",
-         "--forking": "forking", "--help": "help", "-h": "help", "--standby": "standby", "--rotate": "rotate"}
-VALUES = {"--state-dir": "state_dir", "--lock-dir": "lock_dir", "--log-dir": "log_dir", "--workdir": "workdir",
-          "--env": "env", "--grace": "grace", "--restart": "restart", "--settle": "settle",
-          "--cluster": "cluster", "--lease": "lease"}
-NUMBERS = ("--grace", "--settle", "--lease")
+# run's own options, then those of the job it shares with install (options.py: commands has "run")
+FLAGS = {"--detach": "detach", "--cron": "cron", "--help": "help", "-h": "help",
+         **{opt.flag: opt.name for opt in options.for_command(options.RUN) if opt.kind == "bool"}}
+VALUES = {"--state-dir": "state_dir",
+          **{opt.flag: opt.name for opt in options.for_command(options.RUN) if opt.kind != "bool"}}
+NUMBERS = tuple(opt.flag for opt in options.for_command(options.RUN) if opt.kind == "number")
 
 
 class RunArgs:
@@ -69,13 +71,13 @@ class RunArgs:
         self.log_dir: Optional[str] = None
         self.workdir: Optional[str] = None
         self.env: list[str] = []
-        self.grace = 10.0
-        self.restart = "never"
+        self.grace: float = OPTIONS["grace"].default
+        self.restart = "never"  # run's own: an ad-hoc command runs once (install's is "always")
         self.settle: Optional[float] = None  # None: the job's own (1 s for ad-hoc runs)
         self.forking = False
         self.allow_network_fs = False
         self.cluster: Optional[str] = None  # None: $WATCHDOG_SINGLETON_CLUSTER
-        self.lease = 60.0
+        self.lease: float = OPTIONS["lease"].default
         self.standby = False
         self.rotate = False
         self.help = False

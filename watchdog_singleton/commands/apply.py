@@ -67,9 +67,8 @@ def make_plan(cfg: config.ConfigFile, ctx: Context, environ: dict[str, str], cro
     for spec in cfg.jobs:
         try:
             job = build_job(cfg.request(spec), ctx, environ)
-        except UserError as exc:
-            key, message = config.option_to_key(str(exc))
-            raise cfg.error(spec, key, message) from None
+        except UserError as exc:  # at the line of the key it is about
+            raise config.error_of(cfg.path, spec, exc) from None
         if job.cluster:
             try:
                 check_cron_driver(ctx.python, ctx.isolation())

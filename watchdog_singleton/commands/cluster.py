@@ -30,6 +30,7 @@ from ..leases import (
     refuse_without_cluster,
 )
 from ..leases.engines import open_cluster
+from ..options import BY_FLAG, about
 
 STATUS_ATTEMPT = 2.0  # seconds status waits for one database (libpq's connect_timeout floor is 2 s)
 
@@ -42,16 +43,19 @@ def check_options(given: Optional[str], lease: Optional[float], standby: bool, r
                   environ: dict[str, str]) -> tuple[str, float]:
     """The job's cluster URL ("" for none) and lease, or a UserError (exit 2, one line) naming
     the option that cannot be. `given` None: $WATCHDOG_SINGLETON_CLUSTER of `environ`."""
-    url = job_cluster(given if given is not None else environ.get(CLUSTER_ENV, ""))
+    with about("cluster"):
+        url = job_cluster(given if given is not None else environ.get(CLUSTER_ENV, ""))
     if lease is not None:
         check_limit("--lease", lease)
     if not url:
-        refuse_without_cluster({"--lease": lease is not None, "--standby": standby, "--rotate": rotate,
-                                "--sync": sync})
+        for option, value in (("--lease", lease is not None), ("--standby", standby), ("--rotate", rotate),
+                              ("--sync", sync)):
+            with about(BY_FLAG[option].name):
+                refuse_without_cluster({option: value})
         return "", DEFAULT_LEASE
     psycopg_problem = driver_problem()
     if psycopg_problem:
-        raise UserError(psycopg_problem)
+        raise UserError(psycopg_problem, field="cluster")
     return url, DEFAULT_LEASE if lease is None else float(lease)
 
 

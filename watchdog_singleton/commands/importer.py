@@ -23,10 +23,11 @@ from ..errors import FAILED, OK, UserError, one_line
 from ..jobs import Job
 from ..lock import commit_lock_dir, is_held
 from ..quoting import shell_join
+from ..request import InstallRequest
 from ..state import RunState
 from ..timefmt import now_iso
 from .common import Context, Echo, start_now
-from .install import InstallRequest, build_job
+from .install import build_job
 
 
 @dataclass

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
-from .. import paths
+from .. import options, paths
 from ..crontab import fires_sparsely
 from ..envvars import LOCK_DIR_ENV
 from ..errors import OK, UserError
 from ..files import check_log_file, creatable_dir_problem
 from ..hostinfo import cron_daemon_running
 from ..jobs import (
-    DEFAULT_LOG_BACKUPS,
-    DEFAULT_LOG_MAX_BYTES,
     RESTART_POLICIES,
     Job,
     check_exec_size,
@@ -26,130 +23,99 @@ from ..jobs import (
     snapshot_env,
 )
 from ..lock import check_lock_dir, commit_lock_dir, default_lock_dir, is_own_default
-from ..notify import DEFAULT_EVERY, check_hook, check_mail
+from ..notify import check_hook, check_mail
+from ..options import about
 from ..quoting import shell_join
+from ..request import InstallRequest as InstallRequest  # also where callers have found it
 from ..timefmt import now_iso
 from .cluster import check_cron_driver, check_options, grace_note
 from .common import Context, Echo, start_now, stop_processes, tell_to_reload
 
 
-@dataclass
-class InstallRequest:
-    name: str
-    command: list[str]
-    schedule: str = "* * * * *"
-    start: bool = True
-    log_dir: Optional[str] = None
-    workdir: Optional[str] = None
-    env: list[str] = field(default_factory=list)
-    grace: float = 10.0
-    lock_dir: Optional[str] = None
-    allow_network_fs: bool = False
-    restart: str = "always"
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    min_uptime: float = 1.0
-    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
-    log_backups: int = DEFAULT_LOG_BACKUPS
-    lean: bool = False
-    forking: bool = False
-    settle: float = 1.0
-    periodic: bool = False
-    every: float = 0.0
-    timeout: float = 0.0
-    jitter: float = 0.0
-    catch_up: str = "none"
-    loop: bool = False
-    max_lifetime: float = 0.0
-    sync: bool = False
-    cluster: Optional[str] = None  # postgresql://USER@HOST/DB; None: $WATCHDOG_SINGLETON_CLUSTER; "none": this host
-    lease: Optional[float] = None  # None: the default (60 s); given without a cluster, refused
-    standby: bool = False
-    rotate: bool = False
-    applied_from: str = ""
-    stdout_log: Optional[str] = None  # an explicit log file instead of LOG_DIR/NAME.stdout.log
-    stderr_log: Optional[str] = None  # the same file as stdout_log is fine: both streams go there
-    on_failure: Any = None  # a command line (split as a shell would) or an argv list ([]: none); None: none
-    mail: str = ""  # failure mail to this address (cron's MAILTO); "": none
-    notify_every: float = DEFAULT_EVERY
-
-
 def check_numbers(req: InstallRequest) -> None:
-    """Every number finite and within jobs.LIMITS: nan or inf would hang a stop or crash the
-    supervisor, and a tiny --min-uptime would restart hundreds of times a second."""
-    check_limit("--grace", req.grace)
-    check_limit("--backoff-initial", req.backoff_initial)
-    check_limit("--backoff-max", req.backoff_max, low=("--backoff-initial", req.backoff_initial))
-    check_limit("--min-uptime", req.min_uptime)
-    check_limit("--log-max-bytes", req.log_max_bytes, also=0)
-    check_limit("--log-backups", req.log_backups)
-    check_limit("--settle", req.settle)
-    check_limit("--every", req.every, also=0)
-    check_limit("--timeout", req.timeout, also=0)
-    check_limit("--jitter", req.jitter)
-    check_limit("--max-lifetime", req.max_lifetime, also=0)
-    check_limit("--notify-every", req.notify_every)
+    """Every number finite and within its range (options.py): nan or inf would hang a stop or
+    crash the supervisor, and a tiny --min-uptime would restart hundreds of times a second."""
+    for opt in options.for_command(options.INSTALL):
+        value = getattr(req, opt.name)
+        if opt.high is None or value is None or opt.name == "lease":  # the lease: check_options
+            continue
+        low = (opt.low_from, getattr(req, options.BY_FLAG[opt.low_from].name)) if opt.low_from else None
+        check_limit(opt.flag, value, low=low)
 
 
 def check_kind(req: InstallRequest, schedule: str) -> None:
     """The options of periodic jobs go with --periodic, and those of daemons without it."""
     periodic = req.periodic or req.every > 0
     if not periodic:
-        for option, value in (("--timeout", req.timeout), ("--jitter", req.jitter), ("--loop", req.loop),
-                              ("--catch-up once", req.catch_up == "once"), ("--sync", req.sync)):
+        for name, option, value in (("timeout", "--timeout", req.timeout), ("jitter", "--jitter", req.jitter),
+                                    ("loop", "--loop", req.loop),
+                                    ("catch_up", "--catch-up once", req.catch_up == "once"),
+                                    ("sync", "--sync", req.sync)):
             if value:
-                raise UserError(f"{option} is for periodic jobs: add --periodic (or --every SECONDS)")
+                raise UserError(f"{option} is for periodic jobs: add --periodic (or --every SECONDS)", field=name)
         return
     if req.catch_up not in ("none", "once"):
-        raise UserError(f"--catch-up {req.catch_up}: must be none or once")
+        raise UserError(f"--catch-up {req.catch_up}: must be none or once", field="catch_up")
     if req.max_lifetime:
-        raise UserError("--max-lifetime is for daemons kept alive; a periodic run has --timeout")
+        raise UserError("--max-lifetime is for daemons kept alive; a periodic run has --timeout",
+                        field="max_lifetime")
     if req.forking or req.lean:
-        raise UserError("--forking and --lean are for daemons kept alive, not periodic jobs")
+        raise UserError("--forking and --lean are for daemons kept alive, not periodic jobs",
+                        field="forking" if req.forking else "lean")
     if req.every > 0 and schedule != "* * * * *":
-        raise UserError("give --every SECONDS or --schedule EXPR, not both")
+        raise UserError("give --every SECONDS or --schedule EXPR, not both", field="every")
     if schedule == "@reboot" and not req.every:
-        raise UserError("a periodic job cannot run @reboot: use --every SECONDS or a 5-field --schedule")
+        raise UserError("a periodic job cannot run @reboot: use --every SECONDS or a 5-field --schedule",
+                        field="schedule")
 
 
 def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job:
-    """Check every input and build the definition; changes nothing anywhere."""
-    name = check_name(req.name)
-    schedule = check_schedule(req.schedule)
+    """Check every input and build the definition; changes nothing anywhere. A UserError names
+    the option it is about (`field`), for apply to point at the file's line."""
+    with about("name"):
+        name = check_name(req.name)
+    with about("schedule"):
+        schedule = check_schedule(req.schedule)
     env = snapshot_env(environ)
-    env.update(parse_env(req.env))
+    with about("env"):
+        env.update(parse_env(req.env))
     workdir = os.path.abspath(req.workdir or os.getcwd())
     if not os.path.isdir(workdir):
-        raise UserError(f"working directory {workdir} does not exist")
-    command = resolve_command(req.command, workdir, env.get("PATH"))
+        raise UserError(f"working directory {workdir} does not exist", field="workdir")
+    with about("command"):
+        command = resolve_command(req.command, workdir, env.get("PATH"))
     check_numbers(req)
     check_kind(req, schedule)
     cluster, lease = check_options(req.cluster, req.lease, req.standby, req.rotate, req.sync, environ)
     if cluster and req.lean:
-        raise UserError("--lean cannot hold a cluster lease: the supervisor renews it (drop --lean)")
+        raise UserError("--lean cannot hold a cluster lease: the supervisor renews it (drop --lean)", field="lean")
     if req.restart not in RESTART_POLICIES:
-        raise UserError(f"--restart must be one of {', '.join(RESTART_POLICIES)}")
-    check_exec_size(command, env)
+        raise UserError(f"--restart must be one of {', '.join(RESTART_POLICIES)}", field="restart")
+    check_exec_size(command, env)  # its error says whether the command or env is too big
     if req.lock_dir:
-        check_usable_lock_dir(os.path.abspath(req.lock_dir), req.allow_network_fs)
+        with about("lock_dir"):
+            check_usable_lock_dir(os.path.abspath(req.lock_dir), req.allow_network_fs)
     log_dir = os.path.abspath(req.log_dir) if req.log_dir else paths.default_log_dir(ctx.root)
     problem = creatable_dir_problem(log_dir)
     if problem:
-        raise UserError(f"log folder {log_dir} cannot be used: {problem}")
+        raise UserError(f"log folder {log_dir} cannot be used: {problem}", field="log_dir")
     stdout_log, stderr_log = paths.log_files(log_dir, name)
     stdout_log = os.path.abspath(req.stdout_log) if req.stdout_log else stdout_log
     stderr_log = os.path.abspath(req.stderr_log) if req.stderr_log else stderr_log
-    for log in (req.stdout_log, req.stderr_log):
+    for log, key in ((req.stdout_log, "stdout_log"), (req.stderr_log, "stderr_log")):
         if log and not os.path.isdir(os.path.dirname(os.path.abspath(log))):
-            raise UserError(f"log file {os.path.abspath(log)}: its folder does not exist")
-    for log in (stdout_log, stderr_log):
+            raise UserError(f"log file {os.path.abspath(log)}: its folder does not exist", field=key)
+    for log, given, key in ((stdout_log, req.stdout_log, "stdout_log"), (stderr_log, req.stderr_log, "stderr_log")):
+        key = key if given else "log_dir"
         problem = check_log_file(log)
         if problem:
-            raise UserError(problem)
+            raise UserError(problem, field=key)
         if os.path.exists(log) and not os.access(log, os.W_OK):
-            raise UserError(f"log file {log} is not writable")
-    on_failure = [] if req.on_failure is None or req.on_failure == [] else check_hook(req.on_failure)
-    mail = check_mail(req.mail) if req.mail else ""
+            raise UserError(f"log file {log} is not writable", field=key)
+    with about("on_failure"):
+        on_failure = [] if req.on_failure is None or req.on_failure == [] else check_hook(req.on_failure)
+    with about("mail"):
+        mail = check_mail(req.mail) if req.mail else ""
     if req.lock_dir:
         lock_dir = os.path.abspath(req.lock_dir)
     else:
@@ -159,7 +125,8 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
         keep = previous is not None and is_own_default(previous.lock_dir) and not os.environ.get(LOCK_DIR_ENV)
         lock_dir = previous.lock_dir if keep and previous is not None else \
             default_lock_dir(ctx.root, create=False)
-        check_usable_lock_dir(lock_dir, req.allow_network_fs)
+        with about("lock_dir"):
+            check_usable_lock_dir(lock_dir, req.allow_network_fs)
     return Job(name=name, command=command, workdir=workdir, schedule=schedule, env=env,
                grace=req.grace, restart=req.restart, backoff_initial=req.backoff_initial,
                backoff_max=req.backoff_max, min_uptime=req.min_uptime, stdout_log=stdout_log,

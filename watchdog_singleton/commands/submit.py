@@ -13,6 +13,7 @@ from ..envvars import CLUSTER_ENV
 from ..errors import FAILED, OK, UserError
 from ..jobs import check_limit, check_name, resolve_command, snapshot_env
 from ..leases import NO_CLUSTER
+from ..options import OPTIONS
 from ..timefmt import now_iso
 from .cluster import check_cron_driver, check_options
 from .common import Context, Echo
@@ -22,6 +23,8 @@ MAX_SLURM_LEAD = 65535  # --signal's @TIME is 16 bits
 
 @dataclass
 class SubmitRequest:
+    """What submit is asked; the options it shares with install default as options.py says."""
+
     name: str
     command: list[str]
     scheduler: str
@@ -29,17 +32,17 @@ class SubmitRequest:
     account: str = ""
     queue: str = ""
     signal_lead: Optional[int] = None  # None: batch.default_lead (300 s, less for a short walltime)
-    grace: float = 10.0
+    grace: float = OPTIONS["grace"].default
     extra: list[str] = field(default_factory=list)
     dry_run: bool = False
     workdir: Optional[str] = None
     cluster: Optional[str] = None  # None: $WATCHDOG_SINGLETON_CLUSTER; "none": no lease
     lease: Optional[float] = None
-    standby: bool = False
-    rotate: bool = False
+    standby: bool = OPTIONS["standby"].default
+    rotate: bool = OPTIONS["rotate"].default
     on_failure: Optional[str] = None  # notify.py: when the chain ends for good (not by `stop`)
-    mail: str = ""
-    notify_every: float = 3600.0
+    mail: str = OPTIONS["mail"].default
+    notify_every: float = OPTIONS["notify_every"].default
 
 
 def runner(python: str) -> list[str]:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Optional
 
 from ..envvars import CLUSTER_ENV
 from ..errors import FAILED, UNAVAILABLE, USAGE, UserError
+from ..options import OPTIONS
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -75,7 +76,7 @@ if TYPE_CHECKING:
 
 
 MAX_TOKEN = 2**63 - 1  # a bigint
-DEFAULT_LEASE = 60.0  # --lease: Timing.for_lease renews every 10 s
+DEFAULT_LEASE: float = OPTIONS["lease"].default  # Timing.for_lease renews every sixth of it
 KILL_LANDS = 1.0  # seconds allowed, after SIGKILL, for the kernel to end a tree
 
 
