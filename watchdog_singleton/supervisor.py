@@ -33,7 +33,7 @@ import os
 import pwd
 import time
 
-from . import notify, procs, tree
+from . import notify, procs
 from .errors import UserError
 from .files import ensure_dir
 from .jobs import JobStore, iso
@@ -45,6 +45,7 @@ from .pump import OutputPump
 from .quoting import shell_join
 from .spawn import SpawnError, spawn
 from .state import CARRIED, RunState, StateKeeper
+from .supervisor_child import Child, Exit, Follow
 from .supervisor_decisions import BURST, Done, Go, NextDue, PeriodicPlan, RestartPolicy, Standby, finite, restart_delay
 from .supervisor_io import Output, Wakeups
 
@@ -158,7 +159,7 @@ class Supervisor:
         self.inherit_env = inherit_env
         self.ready = ready
         seams = self.seams = seams or Seams()
-        self.stopper = tree.Stopper(send=seams.send, clock=seams.clock, sleep=seams.sleep, reap=self._reap)
+        self.child = Child(seams, self._reap)  # the daemon's tree
         self.state = RunState(name=job.name, phase=Phase.STARTING, boot_id=seams.boot_id(),
                               supervisor_pid=seams.pid, supervisor_start=seams.start_time(seams.pid),
                               command=job.command, lock_path=job.lock_path, stdout_log=job.stdout_log,
@@ -171,9 +172,6 @@ class Supervisor:
         # Claim the job before anything else: a launcher that finds a fresh lock file (the old
         # one deleted) sees this live supervisor and leaves.
         self.keeper.save()
-        self.daemon: Optional[int] = None  # the pid we wait for: the command, or what it left (forking)
-        self.following = False  # forking: the command exited 0 and its tree is followed as the daemon
-        self.daemon_started = 0.0
         self.settle_at: Optional[float] = None
         self.next_start = 0.0
         self.stopping = False
@@ -224,7 +222,7 @@ class Supervisor:
                 if self.stopping or self.duplicate or self.done_code is not None:
                     break
                 now = self.seams.clock()
-                if self.daemon is None and now >= self.next_start:
+                if self.child.pid is None and now >= self.next_start:
                     if self.lease is None or self._ask_lease(now):
                         self._start_daemon()
                     continue
@@ -244,7 +242,7 @@ class Supervisor:
         lease, the lock watch, a failed state write."""
         if self.settle_at is not None and now >= self.settle_at:
             self._report_ready(None)
-        if self.deadline is not None and now >= self.deadline and self.daemon is not None:
+        if self.deadline is not None and now >= self.deadline and self.child.pid is not None:
             self._end_run_ourselves()
         if self.lease is not None:
             self._lease_tick(self.lease)
@@ -256,7 +254,7 @@ class Supervisor:
 
     def _wake_at(self, now: float) -> float:
         times = [self.watch.next_check]
-        if self.daemon is None:
+        if self.child.pid is None:
             times.append(self.next_start)
         elif self.deadline is not None:
             times.append(self.deadline)
@@ -275,12 +273,10 @@ class Supervisor:
     def _finish(self) -> int:
         if self.duplicate:
             # A duplicate steps down: only its own descendants go, and the state is not ours to write.
-            own = tree.Finder(self.job.lock_path, roots=lambda: (self.seams.pid,), scan=self.seams.scan,
-                              marked=False)
-            self.stopper.stop(own, self.job.grace)
+            self.child.step_down(self.job)
             self.pump.drain_all()
             return 0
-        if self.state.phase == Phase.STANDBY and self.daemon is None:
+        if self.state.phase == Phase.STANDBY and self.child.pid is None:
             self.keeper.save()  # the cluster lease is another host's: nothing of ours ran
         else:
             self._stop_tree("stopping: " + ("signal received" if self.stopping else "daemon done"))
@@ -320,7 +316,7 @@ class Supervisor:
         job = self.job
         self._enter(Phase.STARTING, save=False)  # saved as running, or with the failure
         try:
-            child = self._spawn(job)
+            child = self.child.spawn(job, self._env(job), self.lock.inheritable_fds(), not self.passthrough)
         except (SpawnError, OSError, UserError) as exc:
             if isinstance(exc, OSError) and not isinstance(exc, SpawnError):
                 message = f"cannot start {job.command[0]}: {exc.strerror}"
@@ -334,9 +330,6 @@ class Supervisor:
         if child.stdout is not None and child.stderr is not None and out is not None and err is not None:
             self.pump.watch(child.stdout, out)
             self.pump.watch(child.stderr, err)
-        self.daemon = child.pid
-        self.following = False
-        self.daemon_started = self.seams.clock()
         state = self.state
         state.pid, state.pid_start = child.pid, self.seams.start_time(child.pid)
         state.started_at = iso(self.seams.wall())
@@ -350,18 +343,16 @@ class Supervisor:
             if settle == 0:
                 self._report_ready(None)  # started is enough (a cron tick): what follows is the supervisor's
             else:
-                self.settle_at = self.daemon_started + settle
+                self.settle_at = self.child.started + settle
 
-    def _spawn(self, job: Job) -> Spawned:
-        if job.state_folder:
-            self.seams.ensure_dir(job.state_folder)
+    def _env(self, job: Job) -> dict[str, str]:
         env = daemon_env(job, self.inherit_env)
         if self.guard is not None and self.guard.token is not None:
             from .leases import CLUSTER_ENV, FENCING_TOKEN_ENV
 
             env[FENCING_TOKEN_ENV] = str(self.guard.token)
             env[CLUSTER_ENV] = job.cluster  # `lease check NAME --token ...` asks this database
-        return self.seams.spawn(job.command, job.workdir, env, self.lock.inheritable_fds(), not self.passthrough)
+        return env
 
     def _arm_deadline(self) -> None:
         """A periodic run's timeout (once per slot), or a daemon's --max-lifetime."""
@@ -400,10 +391,10 @@ class Supervisor:
         if self.periodic is not None and (new.every, new.schedule, new.catch_up) != (old.every, old.schedule,
                                                                                       old.catch_up):
             self.periodic = self._plan(new)
-            if self.daemon is None:
+            if self.child.pid is None:
                 self._wait_for(self.periodic.runs.first_due())
-        if self.daemon is not None and self.periodic is None:
-            self.deadline = self.daemon_started + new.max_lifetime if new.max_lifetime > 0 else None
+        if self.child.pid is not None and self.periodic is None:
+            self.deadline = self.child.started + new.max_lifetime if new.max_lifetime > 0 else None
         self._note("re-read its definition: new settings in force")
         self.keeper.save()
 
@@ -416,61 +407,38 @@ class Supervisor:
 
     # -- exits -----------------------------------------------------------------------------
     def _reap(self) -> None:
-        """Reap every exited child, ours or adopted; act on the daemon's exit."""
-        for pid, code in self.seams.reap():
-            if pid == self.daemon:
-                self.daemon = None
-                self._on_daemon_exit(pid, code)
-        if self.following and self.daemon is None:
-            self._follow_or_exit(0)
+        """Reap every exited child, ours or adopted; act on what became of the daemon."""
+        for what in self.child.reaped(self.job, self.duplicate, self.stopping or bool(self.ending)):
+            if isinstance(what, Follow):
+                if what.pid != self.state.pid:
+                    self._note(f"following pid {what.pid} ({what.count} process(es) in the background)")
+                self.state.pid, self.state.pid_start = what.pid, what.start
+                self.state.message = ""
+                self._enter(Phase.RUNNING)
+            else:
+                self._on_exit(what)
 
-    def _tree(self) -> dict[int, int]:
-        return tree.members(self.seams.scan(), self.job.lock_path, (self.seams.pid,), (self.seams.pid,))
-
-    def _on_daemon_exit(self, pid: int, code: int) -> None:
-        lasted = self.seams.clock() - self.daemon_started
-        what = f"pid {pid} (of the tree it left)" if self.following else f"pid {pid}"
-        self._note(f"{what} {procs.exit_text(code)} after {lasted:.1f} s")
-        if self.duplicate:
-            return  # stepping down: the job's tree and state belong to the other supervisor
-        if self.stopping or self.ending:
-            self._after_exit(code, "", lasted)  # we are stopping the tree already
-            return
-        left = self._tree()
-        if left and (self.following or (code == 0 and self.job.forking)):
-            self.following = True
-            self._follow_or_exit(code, left)
-            return
-        message = ""
+    def _on_exit(self, what: Exit) -> None:
+        if what.pid:  # else the tree a forking command left is gone: no exit of ours to tell
+            followed = " (of the tree it left)" if what.followed else ""
+            self._note(f"pid {what.pid}{followed} {procs.exit_text(what.code)} after {what.lasted:.1f} s")
+            if self.duplicate:
+                return  # stepping down: the job's tree and state belong to the other supervisor
+        message, left = "", what.left
         if left:
-            if code == 0:
+            if what.code == 0:
                 processes = "process" if len(left) == 1 else "processes"
                 message = (f"exited 0 leaving {len(left)} {processes}: if it daemonizes itself, install it "
                            "with --forking or run it in the foreground")
                 self._note(message)
             # Like systemd's KillMode=control-group: what the daemon left behind goes with it.
             self._stop_tree(f"stopping {len(left)} leftover process(es) of the daemon's tree", leftovers=True)
-        self._after_exit(code, message, lasted)
-
-    def _follow_or_exit(self, code: int, left: Optional[dict[int, int]] = None) -> None:
-        """Forking: the oldest process the command left is the daemon now; none left is an exit."""
-        left = self._tree() if left is None else left
-        if not left:
-            self.following = False
-            self._after_exit(code, "", self.seams.clock() - self.daemon_started)
-            return
-        main = min(left, key=lambda pid: (left[pid], pid))
-        if main != self.state.pid:
-            self._note(f"following pid {main} ({len(left)} process(es) in the background)")
-        self.daemon = main
-        self.state.pid, self.state.pid_start = main, left[main]
-        self.state.message = ""
-        self._enter(Phase.RUNNING)
+        self._after_exit(what.code, message, what.lasted)
 
     def _after_exit(self, code: int, message: str, lasted: float = 0.0) -> None:
         job, state = self.job, self.state
-        self.daemon = None
-        self.following = False  # forking: the tree is gone, and this is its one exit
+        self.child.pid = None
+        self.child.following = False  # forking: the tree is gone, and this is its one exit
         state.last_exit_code = code
         state.last_exit_at = iso(self.seams.wall())
         state.pid = state.pid_start = None
@@ -569,7 +537,7 @@ class Supervisor:
         if news.lost is None:
             return
         self._lease_lost(news.lost)
-        if self.daemon is not None:
+        if self.child.pid is not None:
             self.ending = LEASE
             self._stop_tree("the cluster lease was lost: stopping the tree before another host may start",
                             leftovers=True)
@@ -598,7 +566,6 @@ class Supervisor:
     def _stop_tree(self, why: str, leftovers: bool = False) -> None:
         self.state.pid = self.state.pid_start = None
         self._enter(Phase.STOPPING)
-        finder = tree.Finder(self.job.lock_path, roots=lambda: (self.seams.pid,), scan=self.seams.scan)
 
         def say(count: int) -> None:
             if count and (not leftovers or self.ending):  # ending: a timeout or --max-lifetime
@@ -611,18 +578,12 @@ class Supervisor:
             # A lease holder's tree must be gone before the lease can pass, even when the database
             # becomes unreachable in the middle of a stop: every stop fits the stop budget.
             wait = self.guard.timing.capped_grace(wait)
-        survivors = self.stopper.stop(finder, wait, on_first=say)
+        survivors = self.child.stop(self.job, wait, say)
         if survivors:
             self._note(f"pids {sorted(survivors)} survived SIGKILL (stuck in the kernel?)")
-        self._reap_quietly()
         self.pump.drain_all()
         if not leftovers:
             self._enter(Phase.STOPPED if self.stopping else Phase.EXITED)
-
-    def _reap_quietly(self) -> None:
-        for pid, _code in self.seams.reap():
-            if pid == self.daemon:
-                self.daemon = None
 
     def _note(self, text: str) -> None:
         self.output.note(text)

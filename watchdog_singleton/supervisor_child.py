@@ -1,0 +1,101 @@
+"""The daemon's process tree as its supervisor sees it: start the command, reap what exits and say
+what became of the daemon (`Exit`, or `Follow` when a forking command left its tree running),
+list what is left of the tree, stop it. It writes no run state: the supervisor acts on what it
+says. Every process goes through the supervisor's seams (spawn, scan, reap, signals, clock).
+
+    child = Child(seams, reap=supervisor.reap)
+    child.spawn(job, env, fds, capture=True)
+    for what in child.reaped(job, forking=job.forking, settled=False):  # Exit | Follow
+        ...
+"""
+
+from __future__ import annotations
+
+from . import tree
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Callable, Iterator, Optional, Union
+
+    from .jobs import Job
+    from .spawn import Spawned
+    from .supervisor import Seams
+
+
+class Exit:
+    """The daemon is gone after `lasted` seconds (`tree_left`: its exit was the command's, not the
+    followed tree's); `left` is what remains of its tree, to stop ({} when nothing is, or when
+    the supervisor stops the tree anyway)."""
+    __slots__ = ("pid", "code", "lasted", "followed", "left")
+
+    def __init__(self, pid: int, code: int, lasted: float, followed: bool, left: dict[int, int]) -> None:
+        self.pid, self.code, self.lasted, self.followed, self.left = pid, code, lasted, followed, left
+
+
+class Follow:
+    """Forking: the oldest process the command left, `pid` (started at `start`), is the daemon now."""
+    __slots__ = ("pid", "start", "count")
+
+    def __init__(self, pid: int, start: int, count: int) -> None:
+        self.pid, self.start, self.count = pid, start, count
+
+
+class Child:
+    def __init__(self, seams: Seams, reap: Callable[[], None]) -> None:
+        self.seams = seams
+        self.pid: Optional[int] = None  # the pid we wait for: the command, or what it left (forking)
+        self.following = False  # forking: the command exited 0 and its tree is followed as the daemon
+        self.started = 0.0
+        self.stopper = tree.Stopper(send=seams.send, clock=seams.clock, sleep=seams.sleep, reap=reap)
+
+    def spawn(self, job: Job, env: dict[str, str], fds: tuple[int, ...], capture: bool) -> Spawned:
+        if job.state_folder:
+            self.seams.ensure_dir(job.state_folder)
+        child = self.seams.spawn(job.command, job.workdir, env, fds, capture)
+        self.pid, self.following, self.started = child.pid, False, self.seams.clock()
+        return child
+
+    def members(self, job: Job) -> dict[int, int]:
+        pid = self.seams.pid
+        return tree.members(self.seams.scan(), job.lock_path, (pid,), (pid,))
+
+    def reaped(self, job: Job, quiet: bool, stopping: bool) -> Iterator[Union[Exit, Follow]]:
+        """Reap every exited child, ours or adopted; say what became of the daemon, one at a time
+        (the supervisor acts on each before the next). `quiet`: a duplicate stepping down, whose
+        tree is another's; `stopping`: we stop the tree already, what it leaves is ours to end."""
+        for pid, code in self.seams.reap():
+            if pid != self.pid:
+                continue
+            self.pid = None
+            lasted = self.seams.clock() - self.started
+            if quiet or stopping:
+                yield Exit(pid, code, lasted, self.following, {})
+                continue
+            left = self.members(job)
+            if left and (self.following or (code == 0 and job.forking)):
+                self.following = True
+                yield self._follow(left)
+                continue
+            yield Exit(pid, code, lasted, self.following, left)
+        if self.following and self.pid is None:
+            left = self.members(job)
+            yield self._follow(left) if left else Exit(0, 0, self.seams.clock() - self.started, True, {})
+
+    def _follow(self, left: dict[int, int]) -> Follow:
+        main = min(left, key=lambda pid: (left[pid], pid))
+        self.pid = main
+        return Follow(main, left[main], len(left))
+
+    def stop(self, job: Job, grace: float, say: Callable[[int], None]) -> dict[int, int]:
+        """SIGTERM to the whole tree, SIGKILL after `grace`; what survived SIGKILL."""
+        finder = tree.Finder(job.lock_path, roots=lambda: (self.seams.pid,), scan=self.seams.scan)
+        survivors = self.stopper.stop(finder, grace, on_first=say)
+        for pid, _code in self.seams.reap():
+            if pid == self.pid:
+                self.pid = None
+        return survivors
+
+    def step_down(self, job: Job) -> None:
+        """A duplicate supervisor leaves: only its own descendants go (they carry no mark yet)."""
+        own = tree.Finder(job.lock_path, roots=lambda: (self.seams.pid,), scan=self.seams.scan, marked=False)
+        self.stopper.stop(own, job.grace)
