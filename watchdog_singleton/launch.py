@@ -311,7 +311,7 @@ def detach(body: Callable[[int], None], lock: FlockLock, name: str, quiet: bool 
 def run_lean(job: Job, lock: FlockLock, states: StateStore, background: bool) -> int:
     """Lean mode: no resident process of ours. The daemon holds the lock and writes the files."""
     from .files import CREATE_FLAGS
-    from .supervisor import daemon_env
+    from .supervisor_child import daemon_env
 
     def become_daemon() -> None:
         out = os.open(job.stdout_log, CREATE_FLAGS | os.O_APPEND, 0o600)

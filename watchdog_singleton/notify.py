@@ -134,7 +134,7 @@ def job_event(job: Job, event: str, code: Optional[int], detail: str,
         if not job.state_folder or not claim(job.state_folder, event, wall(), job.notify_every):
             return False
         if env is None:
-            from .supervisor import daemon_env
+            from .supervisor_child import daemon_env
 
             env = daemon_env(job, inherit)
         payload = {"name": job.name, "event": event, "code": code, "detail": detail, "argv": list(job.on_failure),

@@ -11,7 +11,12 @@ says. Every process goes through the supervisor's seams (spawn, scan, reap, sign
 
 from __future__ import annotations
 
-from . import tree
+import os
+import pwd
+
+from . import procs, tree
+from .paths import STATE_DIR_ENV
+from .spawn import SpawnError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -19,7 +24,38 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 
     from .jobs import Job
     from .spawn import Spawned
-    from .supervisor import Seams
+    from .supervisor_seams import Seams
+
+
+def daemon_env(job: Job, inherit: Optional[dict[str, str]] = None, token: Optional[int] = None) -> dict[str, str]:
+    """The daemon's environment: the same whether cron or the user's shell started it; with a
+    cluster lease's fencing `token`, that and the database to check it with."""
+    if inherit is not None:
+        env = procs.clean_environ(inherit)
+    else:
+        user = pwd.getpwuid(os.getuid())
+        env = {"HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name,
+               "SHELL": user.pw_shell or "/bin/sh", "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    env.update(job.env)
+    env[procs.JOB_ENV] = env[procs.NAME_ENV] = job.name
+    env[procs.TOKEN_ENV] = job.lock_path
+    if job.state_folder:
+        env[STATE_DIR_ENV] = job.state_folder
+    if token is not None:
+        from .leases import CLUSTER_ENV, FENCING_TOKEN_ENV
+
+        env[FENCING_TOKEN_ENV] = str(token)
+        env[CLUSTER_ENV] = job.cluster  # `lease check NAME --token ...` asks this database
+    return env
+
+
+def start_failure(job: Job, exc: Exception) -> tuple[int, str]:
+    """The exit code and the message of a command that could not start (126: found, not run)."""
+    if isinstance(exc, SpawnError):
+        return exc.code, str(exc)
+    if isinstance(exc, OSError):
+        return 126, f"cannot start {job.command[0]}: {exc.strerror}"
+    return 126, str(exc)
 
 
 class Exit:
@@ -86,14 +122,22 @@ class Child:
         self.pid = main
         return Follow(main, left[main], len(left))
 
-    def stop(self, job: Job, grace: float, say: Callable[[int], None]) -> dict[int, int]:
-        """SIGTERM to the whole tree, SIGKILL after `grace`; what survived SIGKILL."""
+    def stop(self, job: Job, grace: float, why: str, detailed: bool, note: Callable[[str], None]) -> None:
+        """SIGTERM to the whole tree, SIGKILL after `grace`; `why` goes to the log once the first
+        scan found something (`detailed`: with the numbers), and what survived SIGKILL."""
+        def say(count: int) -> None:
+            if count and detailed:
+                note(f"{why}; SIGTERM to {count} process(es), SIGKILL after {grace:g} s")
+            elif count:
+                note(why)
+
         finder = tree.Finder(job.lock_path, roots=lambda: (self.seams.pid,), scan=self.seams.scan)
         survivors = self.stopper.stop(finder, grace, on_first=say)
+        if survivors:
+            note(f"pids {sorted(survivors)} survived SIGKILL (stuck in the kernel?)")
         for pid, _code in self.seams.reap():
             if pid == self.pid:
                 self.pid = None
-        return survivors
 
     def step_down(self, job: Job) -> None:
         """A duplicate supervisor leaves: only its own descendants go (they carry no mark yet)."""

@@ -22,9 +22,10 @@ from .notify import RESULT_EVENTS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
-    from typing import Optional, Union
+    from typing import Callable, Optional, Union
 
     from .jobs import Job
+    from .leases import ClusterLease
     from .leases.guard import ClusterGuard
     from .periodic import PeriodicRuns
     from .state import RunState
@@ -126,6 +127,12 @@ class PeriodicPlan:
         self.notes: list[str] = []
         self.event = ""  # the notify event of the run that just ended ("" for none)
 
+    @staticmethod
+    def of(job: Job, state: RunState, wall: Callable[[], float], clock: Callable[[], float]) -> PeriodicPlan:
+        from .periodic import PeriodicRuns  # imported only here: a daemon kept alive does not load it
+
+        return PeriodicPlan(PeriodicRuns(job, state, wall, clock))
+
     def delay_to(self, due: float) -> float:
         """Seconds until the run due at `due` starts, plus a fresh jitter: never early. A run due
         already because the last one outlasted its period starts at once, with no jitter."""
@@ -192,6 +199,19 @@ class LeaseGate:
         self.said = ""  # the last lease problem written to the log (each is written once)
         self.notes: list[str] = []  # what the last `before_start` has to say in the log
         self.lost: Optional[str] = None  # set by `before_start` when it found the lease lost
+
+    @staticmethod
+    def open(job: Job, state: RunState, cluster: ClusterLease, wake: Callable[[], None],
+             clock: Optional[Callable[[], float]] = None, threaded: bool = True) -> LeaseGate:
+        """The gate of `cluster`'s lease for `job`; `wake` wakes the supervisor (the renew thread's
+        news), `clock` is the lease's (CLOCK_BOOTTIME unless a test passes its own)."""
+        from .leases import Timing
+        from .leases.guard import ClusterGuard
+        from .leases.keeper import boottime
+
+        guard = ClusterGuard(job, cluster, Timing.for_lease(job.lease), wake, clock=clock or boottime,
+                             threaded=threaded)
+        return LeaseGate(job, state, guard)
 
     def before_start(self, now: float, checked_at: str, plan: Optional[PeriodicPlan],
                      stopping: bool) -> Union[Go, WaitUntil, Standby, Done]:
