@@ -189,5 +189,11 @@ class Supervisor:
         except UserError as exc:
             self.output.note(f"cannot re-read the definition: {exc}")
             return
-        if new is not None and not new.needs_restart_from(self.job):  # else uninstalled, or a restart
-            self.life.reload(new)  # is needed: install and apply do that
+        if new is None or new.needs_restart_from(self.job):
+            return  # uninstalled, or a change that needs a restart: install and apply do that
+        try:
+            self.output.take(self.job, new, self.pump)  # new log files, or new sizes
+        except OSError as exc:
+            self.output.note(f"cannot re-read the definition: {exc}")
+            return
+        self.life.reload(new)

@@ -49,6 +49,13 @@ def daemon_env(job: Job, inherit: Optional[dict[str, str]] = None, token: Option
     return env
 
 
+def exit_report(job: Job, code: int, lasted: float, message: str, log: str) -> str:
+    """For whoever waits for the start: the daemon ended within its settle time."""
+    detail = f" ({message})" if message else ""
+    return f"{job.name} {procs.exit_text(code)} {lasted:.1f} s after it started{detail}" + (f"; see {log}" if log
+                                                                                               else "")
+
+
 def start_failure(job: Job, exc: Exception) -> tuple[int, str]:
     """The exit code and the message of a command that could not start (126: found, not run)."""
     if isinstance(exc, SpawnError):
@@ -66,6 +73,14 @@ class Exit:
 
     def __init__(self, pid: int, code: int, lasted: float, followed: bool, left: dict[int, int]) -> None:
         self.pid, self.code, self.lasted, self.followed, self.left = pid, code, lasted, followed, left
+
+    def hint(self) -> str:
+        """A command that exited 0 leaving processes has put itself in the background, unasked."""
+        if self.code != 0 or not self.left:
+            return ""
+        processes = "process" if len(self.left) == 1 else "processes"
+        return (f"exited 0 leaving {len(self.left)} {processes}: if it daemonizes itself, install it "
+                "with --forking or run it in the foreground")
 
 
 class Follow:

@@ -24,7 +24,7 @@ from .jobs import iso
 from .phases import Phase, allowed
 from .quoting import shell_join
 from .spawn import SpawnError
-from .supervisor_child import Child, Exit, Follow, daemon_env, start_failure
+from .supervisor_child import Child, Exit, Follow, daemon_env, exit_report, start_failure
 from .supervisor_decisions import Done, Go, LeaseGate, NextDue, PeriodicPlan, RestartPolicy, Standby, finite
 
 TYPE_CHECKING = False
@@ -118,11 +118,6 @@ class Lifecycle:
         """A re-read definition whose changes need no restart (schedule, grace, timeouts, backoff,
         log sizes and files): in force now."""
         old = self.job
-        try:
-            self.output.take(old, new, self.pump)
-        except OSError as exc:
-            self._note(f"cannot re-read the definition: {exc}")
-            return
         self.job = self.restarts.job = new
         if self.lease is not None:
             self.lease.job = new
@@ -228,14 +223,10 @@ class Lifecycle:
             self._note(f"pid {what.pid}{followed} {procs.exit_text(what.code)} after {what.lasted:.1f} s")
             if self.duplicate:
                 return  # stepping down: the job's tree and state belong to the other supervisor
-        message, left = "", what.left
-        if left:
-            if what.code == 0:
-                processes = "process" if len(left) == 1 else "processes"
-                message = (f"exited 0 leaving {len(left)} {processes}: if it daemonizes itself, install it "
-                           "with --forking or run it in the foreground")
-                self._note(message)
-            # Like systemd's KillMode=control-group: what the daemon left behind goes with it.
+        message, left = what.hint(), what.left
+        if message:
+            self._note(message)
+        if left:  # like systemd's KillMode=control-group: what the daemon left behind goes with it
             self._stop_tree(f"stopping {len(left)} leftover process(es) of the daemon's tree", leftovers=True)
         self._after_exit(what.code, message, what.lasted)
 
@@ -252,10 +243,8 @@ class Lifecycle:
             self._after_periodic_run(self.periodic, code, message, ending == TIMEOUT)
             return
         self._lease_run_ended()
-        if self.settle_at is not None:
-            log = "" if self.passthrough else f"; see {job.stderr_log}"
-            detail = f" ({message})" if message else ""
-            self._report_ready(f"{job.name} {procs.exit_text(code)} {lasted:.1f} s after it started{detail}{log}")
+        if self.settle_at is not None:  # it ended within the settle time: the start failed
+            self._report_ready(exit_report(job, code, lasted, message, "" if self.passthrough else job.stderr_log))
         now = self.seams.clock()
         decision = self.restarts.after_exit(code, lasted, now, lifetime=ending == LIFETIME, stopping=self.stopping)
         if isinstance(decision, Done):
