@@ -261,7 +261,7 @@ class Lifecycle:
             state.message = f"{message}; {backoff}" if message else backoff
             self._note(f"restart in {delay:g} s ({decision.quick_runs} runs shorter than {job.min_uptime:g} s "
                        "in a row)")
-            notify.job_event(job, "backoff", code, state.message, self._note, self.inherit_env)
+            self._tell("backoff", code, state.message)
         self.enter(Phase.BACKOFF if delay else Phase.STARTING)
 
     def _after_periodic_run(self, plan: PeriodicPlan, code: int, message: str, timed_out: bool) -> None:
@@ -275,7 +275,7 @@ class Lifecycle:
         self.state.message = message
         for text in plan.notes:
             self._note(text)
-        notify.job_event(self.job, plan.event, code, plan.notes[-1], self._note, self.inherit_env)
+        self._tell(plan.event, code, plan.notes[-1])
         if isinstance(decision, Done):
             self.done_code = decision.code
             self.state.next_due_at = None
@@ -338,7 +338,7 @@ class Lifecycle:
 
     def _lease_lost(self, lost: str) -> None:
         self._note(lost)
-        notify.job_event(self.job, "lease-lost", self.state.last_exit_code, lost, self._note, self.inherit_env)
+        self._tell("lease-lost", self.state.last_exit_code, lost)
 
     def _lease_run_ended(self) -> None:
         said = self.lease.run_ended() if self.lease is not None else None
@@ -372,3 +372,7 @@ class Lifecycle:
 
     def _note(self, text: str) -> None:
         self.output.note(text)
+
+    def _tell(self, event: str, code: Optional[int], text: str) -> None:
+        """Notify the job's hook or mail of `event` (notify decides whether it is due)."""
+        notify.job_event(self.job, event, code, text, self._note, self.inherit_env, wall=self.seams.wall)
