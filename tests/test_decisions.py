@@ -14,17 +14,9 @@ from watchdog_singleton.leases.guard import ClusterGuard
 from watchdog_singleton.periodic import PeriodicRuns
 from watchdog_singleton.phases import NEXT, Phase, allowed
 from watchdog_singleton.state import RunState
-from watchdog_singleton.supervisor_decisions import (
-    Done,
-    Go,
-    LeaseGate,
-    NextDue,
-    PeriodicPlan,
-    RestartAt,
-    RestartPolicy,
-    Standby,
-    WaitUntil,
-)
+from watchdog_singleton.supervisor_decisions import Done, Go, NextDue, RestartAt, RestartPolicy, Standby
+from watchdog_singleton.supervisor_lease import LeaseGate
+from watchdog_singleton.supervisor_periodic import PeriodicPlan
 
 
 def job(**options: Any) -> Job:
@@ -48,7 +40,7 @@ def test_restart_policy_forgets_quick_exits_after_a_run_that_lasted() -> None:
 
 def test_restart_policy_never_counts_a_run_ended_at_its_max_lifetime_as_quick() -> None:
     policy = RestartPolicy(job(min_uptime=5.0))
-    assert [policy.after_exit(0, 0.1, 0.0, lifetime=True).quick_runs for _ in range(5)] == [0] * 5  # type: ignore[union-attr]
+    assert [policy.after_exit(0, 0.1, 0.0, lifetime=True).quick_runs for _ in range(5)] == [0] * 5
 
 
 @pytest.mark.parametrize(("restart", "code", "expected"), [
@@ -164,7 +156,7 @@ def test_lease_gate_leaves_with_code_1_when_the_database_cannot_be_reached() -> 
     db.reachable = False
     gate = gate_for(world, db, "a")
     decision = gate.before_start(world.now, "now", None, stopping=False)
-    assert isinstance(decision, Done) and decision.code == 1 and str(decision.report).startswith("unavailable")
+    assert decision.kind == "done" and decision.code == 1 and str(decision.report).startswith("unavailable")
     assert gate.state.lease_problem and gate.state.lease_checked_at is None
 
 
@@ -179,7 +171,7 @@ def test_lease_gate_of_a_periodic_job_waits_for_the_next_due_time_and_skips_a_sy
     second = gate_for(world, db, "b", periodic=True, every=30.0, sync=True)
     plan = PeriodicPlan(PeriodicRuns(second.job, second.state, clock, clock))
     plan.delay_to(plan.runs.first_due())
-    assert second.before_start(world.now, "now", plan, stopping=False) == WaitUntil(world.now + 30)
+    assert second.before_start(world.now, "now", plan, stopping=False) == NextDue(world.now + 30)
     assert second.state.skipped == 1 and second.state.history[-1]["result"] == "skipped"
 
 
@@ -200,7 +192,7 @@ def test_lease_gate_tick_says_once_when_the_lease_is_lost() -> None:
 # -- phases ------------------------------------------------------------------------------------
 def test_phase_table_names_only_phases_and_ends_in_stopped() -> None:
     names = {v for k, v in vars(Phase).items() if k.isupper()}
-    assert set(NEXT) == names and all(targets <= names for targets in NEXT.values())
-    assert NEXT[Phase.STOPPED] == frozenset()
+    assert set(NEXT) == names and all(set(targets) <= names for targets in NEXT.values())
+    assert NEXT[Phase.STOPPED] == ()
     assert allowed(Phase.RUNNING, Phase.RUNNING) and allowed(Phase.RUNNING, Phase.BACKOFF)
     assert not allowed(Phase.STOPPED, Phase.RUNNING) and not allowed(Phase.BACKOFF, Phase.RUNNING)

@@ -2,7 +2,7 @@
 
 Strings, not an `enum`: they go into the state file as they are, and `enum` would cost the
 resident supervisor about a megabyte. The supervisor changes its phase in one place
-(`Supervisor._enter`), which checks the step against `NEXT`; the launcher and the importer only
+(`supervisor_life.Lifecycle.enter`), which checks the step against `NEXT`; the launcher and the importer only
 ever write the first phase of a run (`STARTING`, or `RUNNING` for a lean run or an adopted copy).
 """
 
@@ -21,25 +21,25 @@ class Phase:
 
 
 P = Phase
-_BEFORE_A_START = frozenset({P.STARTING, P.WAITING, P.BACKOFF, P.STANDBY, P.STOPPING})
-
-# phase -> the phases that may follow it (staying in a phase is always allowed)
-NEXT: dict[str, frozenset[str]] = {
-    P.STARTING: frozenset({P.RUNNING, P.WAITING, P.BACKOFF, P.STANDBY, P.STOPPING, P.EXITED}),
+# phase -> the phases that may follow it (staying in a phase is always allowed). Tuples, not sets:
+# the resident keeps them all its life.
+_TO_A_START = (P.STARTING, P.WAITING, P.BACKOFF, P.STANDBY)
+NEXT: dict[str, tuple[str, ...]] = {
+    P.STARTING: (P.RUNNING, P.WAITING, P.BACKOFF, P.STANDBY, P.STOPPING, P.EXITED),
     # a run ends: at once again, a pause, the next due time (or one due already: the lease gate), or
     # done; a lease lost mid-run stops it
-    P.RUNNING: frozenset({P.STARTING, P.WAITING, P.BACKOFF, P.STANDBY, P.STOPPING, P.EXITED}),
-    P.WAITING: frozenset({P.STARTING, P.STANDBY, P.STOPPING, P.EXITED}),
-    P.BACKOFF: frozenset({P.STARTING, P.STANDBY, P.STOPPING}),
-    P.STANDBY: frozenset({P.STARTING, P.WAITING, P.STOPPING}),
+    P.RUNNING: (P.STARTING, P.WAITING, P.BACKOFF, P.STANDBY, P.STOPPING, P.EXITED),
+    P.WAITING: (P.STARTING, P.STANDBY, P.STOPPING, P.EXITED),
+    P.BACKOFF: (P.STARTING, P.STANDBY, P.STOPPING),
+    P.STANDBY: (P.STARTING, P.WAITING, P.STOPPING),
     # a stop of leftovers, a timeout or a lifetime goes on to the next run, or the tree is followed
-    P.STOPPING: _BEFORE_A_START | {P.RUNNING, P.STOPPED, P.EXITED},
-    P.STOPPED: frozenset(),
+    P.STOPPING: (*_TO_A_START, P.RUNNING, P.STOPPED, P.EXITED),
+    P.STOPPED: (),
     # the daemon exits while its tree is being stopped, then the stop ends; or `stop` of a job that is
     # done already still stops (and saves) what is left
-    P.EXITED: frozenset({P.STOPPING, P.STOPPED}),
+    P.EXITED: (P.STOPPING, P.STOPPED),
 }
 
 
 def allowed(old: str, new: str) -> bool:
-    return old == new or new in NEXT.get(old, frozenset())
+    return old == new or new in NEXT.get(old, ())

@@ -36,7 +36,7 @@ from .phases import Phase
 from .pump import OutputPump
 from .state import CARRIED, RunState, StateKeeper
 from .supervisor_child import daemon_env
-from .supervisor_decisions import BURST, PeriodicPlan, restart_delay
+from .supervisor_decisions import BURST, restart_delay
 from .supervisor_io import Output, Wakeups
 from .supervisor_life import Lifecycle
 from .supervisor_seams import Seams, reap_children
@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from .leases import ClusterLease
     from .lock import SingletonLock
     from .state import StateStore
+    from .supervisor_periodic import PeriodicPlan
 
     Ready = Callable[[Optional[str]], None]
 

@@ -25,7 +25,7 @@ from .phases import Phase, allowed
 from .quoting import shell_join
 from .spawn import SpawnError
 from .supervisor_child import Child, Exit, Follow, daemon_env, exit_report, start_failure
-from .supervisor_decisions import Done, Go, LeaseGate, NextDue, PeriodicPlan, RestartPolicy, Standby, finite
+from .supervisor_decisions import DONE, GO, NEXT_DUE, STANDBY, RestartPolicy, finite
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from .pump import OutputPump
     from .state import RunState, StateKeeper
     from .supervisor_io import Output
+    from .supervisor_lease import LeaseGate
+    from .supervisor_periodic import PeriodicPlan
     from .supervisor_seams import Seams
 
     Ready = Callable[[Optional[str]], None]
@@ -67,12 +69,15 @@ class Lifecycle:
         self.done_code: Optional[int] = None
         self.restarts = RestartPolicy(job)
         # A periodic job's due times and record; None for a daemon kept alive.
-        self.periodic = PeriodicPlan.of(job, state, seams.wall, seams.clock) if job.periodic else None
+        self.periodic: Optional[PeriodicPlan] = self._plan(job) if job.periodic else None
         self.deadline: Optional[float] = None  # the running command's timeout or max lifetime
         self.ending: Optional[str] = None  # TIMEOUT, LIFETIME or LEASE while we end the run ourselves
         # A cluster job's lease: asked for before each start, renewed while it runs (leases/guard).
-        self.lease: Optional[LeaseGate] = None if cluster is None else \
-            LeaseGate.open(job, state, cluster, wake, seams.lease_clock, seams.threads)
+        self.lease: Optional[LeaseGate] = None
+        if cluster is not None:  # imported only here, as the periodic plan: a plain daemon does not load them
+            from .supervisor_lease import LeaseGate
+
+            self.lease = LeaseGate.open(job, state, cluster, wake, seams.lease_clock, seams.threads)
         self.guard = self.lease.guard if self.lease is not None else None
 
     # -- what the loop asks ------------------------------------------------------------------
@@ -124,7 +129,7 @@ class Lifecycle:
         self.state.stdout_log, self.state.stderr_log = new.stdout_log, new.stderr_log
         if self.periodic is not None and (new.every, new.schedule, new.catch_up) != (old.every, old.schedule,
                                                                                       old.catch_up):
-            self.periodic = PeriodicPlan.of(new, self.state, self.seams.wall, self.seams.clock)
+            self.periodic = self._plan(new)
             if self.child.pid is None:
                 self._wait_for(self.periodic.runs.first_due())
         if self.child.pid is not None and self.periodic is None:
@@ -247,7 +252,7 @@ class Lifecycle:
             self._report_ready(exit_report(job, code, lasted, message, "" if self.passthrough else job.stderr_log))
         now = self.seams.clock()
         decision = self.restarts.after_exit(code, lasted, now, lifetime=ending == LIFETIME, stopping=self.stopping)
-        if isinstance(decision, Done):
+        if decision.kind == DONE:
             self.done_code = decision.code
             self.enter(Phase.EXITED)
             return
@@ -276,7 +281,7 @@ class Lifecycle:
         for text in plan.notes:
             self._note(text)
         self._tell(plan.event, code, plan.notes[-1])
-        if isinstance(decision, Done):
+        if decision.kind == DONE:
             self.done_code = decision.code
             self.state.next_due_at = None
             self.enter(Phase.EXITED)
@@ -303,15 +308,15 @@ class Lifecycle:
             self._lease_lost(lease.lost)
         for text in lease.notes:
             self._note(text)
-        if isinstance(decision, Go):
+        if decision.kind == GO:
             return True
-        if isinstance(decision, NextDue):  # WaitUntil
+        if decision.kind == NEXT_DUE:
             self._wait_for(decision.due)
-        elif isinstance(decision, Standby):
+        elif decision.kind == STANDBY:
             self.next_start = decision.at
             self.enter(Phase.STANDBY, save=False)
             self._report_ready(decision.report)
-        elif isinstance(decision, Done):
+        elif decision.kind == DONE:
             self.done_code = decision.code
             self.enter(Phase.STANDBY, save=False)
             self._report_ready(decision.report)
@@ -372,6 +377,11 @@ class Lifecycle:
 
     def _note(self, text: str) -> None:
         self.output.note(text)
+
+    def _plan(self, job: Job) -> PeriodicPlan:
+        from .supervisor_periodic import plan_for  # imported only here: a daemon kept alive does not load it
+
+        return plan_for(job, self.state, self.seams.wall, self.seams.clock)
 
     def _tell(self, event: str, code: Optional[int], text: str) -> None:
         """Notify the job's hook or mail of `event` (notify decides whether it is due)."""
