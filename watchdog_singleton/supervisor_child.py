@@ -3,10 +3,14 @@ what became of the daemon (`Exit`, or `Follow` when a forking command left its t
 list what is left of the tree, stop it. It writes no run state: the supervisor acts on what it
 says. Every process goes through the supervisor's seams (spawn, scan, reap, signals, clock).
 
-    child = Child(seams, reap=supervisor.reap)
-    child.spawn(job, env, fds, capture=True)
-    for what in child.reaped(job, forking=job.forking, settled=False):  # Exit | Follow
+    child = Child(seams, reap=lifecycle.reap)  # the stopper reaps through the lifecycle while it waits
+    child.spawn(job, daemon_env(job), fds, capture=True)
+    for what in child.reaped(job, quiet=False, stopping=False):  # Exit | Follow, one at a time
         ...
+    child.stop(job, grace, why, detailed=True, note=note)
+
+It also holds what the daemon's start needs besides the spawn: its environment (`daemon_env`, the
+launcher's lean mode and notify's hooks use it too) and the words for a start that failed.
 """
 
 from __future__ import annotations
@@ -66,9 +70,9 @@ def start_failure(job: Job, exc: Exception) -> tuple[int, str]:
 
 
 class Exit:
-    """The daemon is gone after `lasted` seconds (`tree_left`: its exit was the command's, not the
-    followed tree's); `left` is what remains of its tree, to stop ({} when nothing is, or when
-    the supervisor stops the tree anyway)."""
+    """The daemon is gone after `lasted` seconds (`followed`: it was the tree a forking command
+    left; `pid` 0: that tree is gone with no exit of ours to reap); `left` is what remains of its
+    tree, to stop ({} when nothing is, or when the supervisor stops the tree anyway)."""
     __slots__ = ("pid", "code", "lasted", "followed", "left")
 
     def __init__(self, pid: int, code: int, lasted: float, followed: bool, left: dict[int, int]) -> None:
