@@ -17,13 +17,14 @@ re-parent here; every process of the tree carries the job's token, which finds t
 daemon inherits the lock's descriptor: while any copy runs the lock stays held, even if the
 supervisor is SIGKILLed.
 
-This module is the loop and the actions (spawn, stop the tree, save, note). What to do after an
-exit, a periodic run or at the lease gate is decided by the small objects of
-`supervisor_decisions` (RestartPolicy, PeriodicPlan, LeaseGate), which touch nothing. What the
-loop touches of the world goes through `Seams` (clock, wall clock, spawn, the process table,
-reaping, signals, /proc, the job's definition on disk, folders, log files, stderr), which the
-fake world of the tests replaces; `pump` moves output, `lockwatch` looks after the lock file,
-`tree` finds and stops the tree, `supervisor_io` holds the log sinks and the wake-ups.
+This module is the loop: signals and wake-ups (`supervisor_io`), the output pump, the lock watch
+(`lockwatch`), the state file's healing, re-reading the definition. What happens to the daemon is
+its `Lifecycle` (`supervisor_life`): the phases, each start and exit, stopping the tree (through
+`supervisor_child.Child`). What to do after an exit, a periodic run or at the lease gate is
+decided by small objects that touch nothing (`supervisor_decisions.RestartPolicy`,
+`supervisor_periodic.PeriodicPlan`, `supervisor_lease.LeaseGate`). Everything touched of the world
+goes through `Seams` (`supervisor_seams`: clocks, spawn, the process table, reaping, signals,
+/proc, the job's definition on disk, folders, log files, stderr), which the fake world replaces.
 """
 
 from __future__ import annotations
