@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from fakeworld import FakeDatabase, FakeWorld
+from test_supervisor import supervisor
 
 from watchdog_singleton.jobs import Job
 from watchdog_singleton.leases import Timing
@@ -196,3 +197,18 @@ def test_phase_table_names_only_phases_and_ends_in_stopped() -> None:
     assert NEXT[Phase.STOPPED] == ()
     assert allowed(Phase.RUNNING, Phase.RUNNING) and allowed(Phase.RUNNING, Phase.BACKOFF)
     assert not allowed(Phase.STOPPED, Phase.RUNNING) and not allowed(Phase.BACKOFF, Phase.RUNNING)
+
+
+def test_the_one_phase_change_refuses_a_step_the_table_does_not_allow_and_saves_each(tmp_path: Any) -> None:
+    world = FakeWorld()
+    sup = supervisor(tmp_path, world)
+    sup.life.enter(Phase.STOPPING)
+    sup.life.enter(Phase.STOPPED)
+    saved = sup.store.load("j")
+    assert saved is not None and saved.phase == Phase.STOPPED
+    with pytest.raises(AssertionError, match="stopped -> running"):
+        sup.life.enter(Phase.RUNNING)  # the fake world is strict: a step out of the table is a bug
+    assert sup.state.phase == Phase.STOPPED
+    sup.seams.strict = False  # the resident notes it in the job's log and goes on
+    sup.life.enter(Phase.RUNNING)
+    assert sup.state.phase == Phase.RUNNING and "unexpected phase change: stopped -> running" in sup.output._early[-1]
