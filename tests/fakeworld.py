@@ -83,7 +83,8 @@ class FakeWorld:
     def seams(self) -> Seams:
         return Seams(clock=lambda: self.now, wall=lambda: self.now + self.wall_offset, spawn=self.spawn, scan=self.scan,
                      reap=self.reap, wait=self.wait, send=self.send, sleep=self.sleep, pid=SUPERVISOR,
-                     lease_clock=lambda: self.now, threads=False)
+                     lease_clock=lambda: self.now, threads=False, boot_id=lambda: "fake-boot",
+                     start_time=self.start_time, strict=True)
 
     def spawn(self, argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, ...] = (),
               capture: bool = True) -> Spawned:
@@ -103,6 +104,11 @@ class FakeWorld:
         for p in self.procs.values():
             table[p.pid] = procs.Proc(p.pid, p.ppid, int(p.born * 100), "S", 0, p.token)
         return table
+
+    def start_time(self, pid: int) -> Optional[int]:
+        """As procs.start_time of a real pid: None for one that is gone (or never was)."""
+        proc = self.procs.get(pid)
+        return int(proc.born * 100) if proc is not None else 1 if pid == SUPERVISOR else None
 
     def reap(self) -> list[tuple[int, int]]:
         done, self.exited = self.exited, []

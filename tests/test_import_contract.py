@@ -69,17 +69,19 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("commands", ("commands",)),
     ("cli libraries", ("config", "crontab", "cronimport", "batch", "farm")),
     ("tick and resident", ("launch", "runargs", "resident", "supervisor", "supervisor_lease",
-                           "supervisor_periodic", "supervisor_part", "pump", "logsink", "lockwatch", "periodic",
+                           "supervisor_periodic", "supervisor_decisions", "supervisor_life", "supervisor_child",
+                           "supervisor_io", "supervisor_seams", "pump", "logsink", "lockwatch", "periodic",
                            "notify", "lease_watcher")),
     ("cluster", ("leases",)),
     ("job, state, processes, lock", ("jobs", "state", "procs", "tree", "lock", "daemonenv", "schedule", "spawn",
-                                     "hostinfo", "request")),
+                                     "hostinfo", "request", "phases")),
     ("util", ("errors", "envvars", "timefmt", "paths", "files", "lightjson", "record", "quoting", "options")),
 ]
 # Upward edges that another change removes; each one named, none added.
 KNOWN_UPWARD: set[tuple[str, str]] = set()
 TICK = ("launch", "runargs")
-RESIDENT = ("resident", "supervisor", "supervisor_lease", "supervisor_periodic", "pump", "logsink", "lockwatch",
+RESIDENT = ("resident", "supervisor", "supervisor_lease", "supervisor_periodic", "supervisor_decisions",
+            "supervisor_life", "supervisor_child", "supervisor_io", "supervisor_seams", "pump", "logsink", "lockwatch",
             "periodic", "lease_watcher", "spawn")
 CLI_SIDE = ("cli", "commands", "config", "crontab", "cronimport", "completion", "farm", "batch")
 

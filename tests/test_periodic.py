@@ -82,7 +82,7 @@ def test_an_every_job_is_not_stalled_by_a_backward_step_of_the_wall_clock(tmp_pa
     assert births(world) == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0]
     assert sup.state.skipped == 0
     assert sup.periodic is not None
-    assert sup.state.history[-1]["due"] == sup.periodic.when(T0 + 30)  # shown on the wall clock, stepped
+    assert sup.state.history[-1]["due"] == sup.periodic.runs.when(T0 + 30)  # shown on the wall clock, stepped
     assert sup.state.last_due == pytest.approx(T0 + 30 - 600)
 
 
@@ -242,7 +242,7 @@ def test_sigusr2_takes_new_settings_without_a_restart(tmp_path: Any) -> None:
         new = Job.from_dict(sup.job.to_dict())
         new.every = 3.0
         JobStore(store_root).save(new)
-        sup._signals.append(12)  # SIGUSR2, as install and apply send it
+        sup.wakeups.signals.append(12)  # SIGUSR2, as install and apply send it
 
     world.at(T0 + 12, change_the_period)
     world.at(T0 + 20, sup.request_stop)

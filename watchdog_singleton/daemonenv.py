@@ -9,7 +9,7 @@ import os
 import pwd
 
 from . import procs
-from .envvars import JOB_ENV, NAME_ENV, STATE_DIR_ENV, TOKEN_ENV
+from .envvars import CLUSTER_ENV, FENCING_TOKEN_ENV, JOB_ENV, NAME_ENV, STATE_DIR_ENV, TOKEN_ENV
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -18,8 +18,9 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from .jobs import Job
 
 
-def daemon_env(job: Job, inherit: Optional[dict[str, str]] = None) -> dict[str, str]:
-    """The daemon's environment: the same whether cron or the user's shell started it."""
+def daemon_env(job: Job, inherit: Optional[dict[str, str]] = None, token: Optional[int] = None) -> dict[str, str]:
+    """The daemon's environment: the same whether cron or the user's shell started it; with a
+    cluster lease's fencing `token`, that and the database to check it with."""
     if inherit is not None:
         env = procs.clean_environ(inherit)
     else:
@@ -31,4 +32,7 @@ def daemon_env(job: Job, inherit: Optional[dict[str, str]] = None) -> dict[str, 
     env[TOKEN_ENV] = job.lock_path
     if job.state_folder:
         env[STATE_DIR_ENV] = job.state_folder
+    if token is not None:
+        env[FENCING_TOKEN_ENV] = str(token)
+        env[CLUSTER_ENV] = job.cluster  # `lease check NAME --token ...` asks this database
     return env

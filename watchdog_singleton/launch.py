@@ -16,6 +16,7 @@ from .envvars import JOB_ENV, TOKEN_ENV
 from .errors import FAILED, OK, UserError
 from .jobs import Job, JobStore, check_exec_size, check_name, parse_env, resolve_command
 from .lock import REPAIRED, FlockLock, check_lock_dir, default_lock_dir, resolve_lock_dir
+from .phases import Phase
 from .state import CARRIED, RunState, StateStore
 from .timefmt import now_iso
 
@@ -177,7 +178,7 @@ def claim(job: Job, states: StateStore, state: Optional[RunState]) -> None:
     """
     me = os.getpid()
     state = state or RunState(name=job.name)
-    state.phase, state.boot_id, state.lock_path = "starting", procs.boot_id(), job.lock_path
+    state.phase, state.boot_id, state.lock_path = Phase.STARTING, procs.boot_id(), job.lock_path
     state.supervisor_pid, state.supervisor_start = me, procs.start_time(me)
     state.pid = state.pid_start = None
     states.save(state)
@@ -329,7 +330,7 @@ def run_lean(job: Job, lock: FlockLock, states: StateStore, background: bool) ->
         except OSError:
             pass  # already a session leader
         me = os.getpid()
-        states.save(RunState(name=job.name, phase="running", boot_id=procs.boot_id(), pid=me,
+        states.save(RunState(name=job.name, phase=Phase.RUNNING, boot_id=procs.boot_id(), pid=me,
                              pid_start=procs.start_time(me), started_at=now_iso(), command=job.command,
                              lock_path=job.lock_path, stdout_log=job.stdout_log,
                              stderr_log=job.stderr_log, lean=True))

@@ -24,7 +24,7 @@ CARRIED = ("restarts", "last_exit_code", "last_exit_at", "runs", "failures", "ti
 class RunState(Record):
     FIELDS = (
         ("name", REQUIRED),
-        ("phase", "stopped"),  # starting | running | backoff | stopping | stopped | exited
+        ("phase", "stopped"),  # one of phases.Phase; which may follow which: phases.NEXT
         ("boot_id", ""),
         ("supervisor_pid", None),
         ("supervisor_start", None),

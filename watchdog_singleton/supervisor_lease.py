@@ -1,119 +1,123 @@
-"""The supervisor's steps for a cluster job's lease: the gate before each start (hold the lease,
-or say why not and decide what comes next), the tick that notices a renew problem or a lost
-lease and stops the tree in time, and giving the lease back after a sync or rotate run
-(leases/guard.py talks to the database). A part of `Supervisor`."""
+"""A cluster job's decisions around its lease (the supervisor's part of leases/guard.py): loaded
+only by the supervisor of a cluster job."""
 
 from __future__ import annotations
 
-import os
-
-from . import notify
-from .supervisor_part import SupervisorPart
-from .timefmt import now_iso
+from .supervisor_decisions import Decision, Done, Go, NextDue, Standby
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
     from typing import Callable, Optional
 
+    from .jobs import Job
     from .leases import ClusterLease
     from .leases.guard import ClusterGuard
+    from .state import RunState
+    from .supervisor_periodic import PeriodicPlan
 
 
-class LeaseSteps(SupervisorPart):
-    if TYPE_CHECKING:  # what these steps use of the Supervisor they are part of (and SupervisorPart's)
-        guard: Optional[ClusterGuard]
-        _lease_said: str
-        _wake: Callable[[], None]
+class LeaseNews:
+    """What a lease tick found: lines for the log, whether the state changed, and a lost lease."""
+    __slots__ = ("notes", "changed", "lost")
 
-    def _lease_guard(self, cluster: ClusterLease) -> ClusterGuard:
+    def __init__(self, notes: list[str], changed: bool = False, lost: Optional[str] = None) -> None:
+        self.notes, self.changed, self.lost = notes, changed, lost
+
+    def __repr__(self) -> str:
+        return f"LeaseNews({self.notes!r}, changed={self.changed}, lost={self.lost!r})"
+
+
+class LeaseGate:
+    """A cluster job's lease around each run: held before a start (or why not, and what next),
+    watched while the run goes on, given back after a sync or rotate run. It writes the run
+    state's lease fields; the guard talks to the database."""
+
+    def __init__(self, job: Job, state: RunState, guard: ClusterGuard) -> None:
+        self.job = job
+        self.state = state
+        self.guard = guard
+        self.said = ""  # the last lease problem written to the log (each is written once)
+        self.notes: list[str] = []  # what the last `before_start` has to say in the log
+        self.lost: Optional[str] = None  # set by `before_start` when it found the lease lost
+
+    @staticmethod
+    def open(job: Job, state: RunState, cluster: ClusterLease, wake: Callable[[], None],
+             clock: Optional[Callable[[], float]] = None, threaded: bool = True) -> LeaseGate:
+        """The gate of `cluster`'s lease for `job`; `wake` wakes the supervisor (the renew thread's
+        news), `clock` is the lease's (CLOCK_BOOTTIME unless a test passes its own)."""
         from .leases import Timing
         from .leases.guard import ClusterGuard
         from .leases.keeper import boottime
 
-        return ClusterGuard(self.job, cluster, Timing.for_lease(self.job.lease), lambda: self._wake(),
-                            clock=self.seams.lease_clock or boottime, threaded=self.seams.threads)
+        guard = ClusterGuard(job, cluster, Timing.for_lease(job.lease), wake, clock=clock or boottime,
+                             threaded=threaded)
+        return LeaseGate(job, state, guard)
 
-    def _lease_gate(self) -> bool:
-        """Before a start: hold NAME's cluster lease, or say why not and decide what comes next
-        (wait for the next due time, retry as a standby, or leave)."""
-        assert self.guard is not None
-        if self.guard.keeper.grant is not None and self.guard.lost():
+    def before_start(self, now: float, checked_at: str, plan: Optional[PeriodicPlan],
+                     stopping: bool) -> Decision:
+        """Before a start: hold NAME's cluster lease, or say why not and decide what comes next (wait
+        for the next due time, retry as a standby, or leave). `checked_at`: now, as the state shows it."""
+        guard, state, job = self.guard, self.state, self.job
+        self.notes, self.lost = [], None
+        if guard.keeper.grant is not None and guard.lost():
             # Stopped (SIGSTOP) past the give-up deadline: the watcher ended the tree meanwhile.
-            self._lease_lost()
-        gate = self.guard.gate()
-        state = self.state
-        state.lease_checked_at = now_iso() if not gate.unreachable else state.lease_checked_at
+            self.lost = self.forget()
+        gate = guard.gate()
+        state.lease_checked_at = checked_at if not gate.unreachable else state.lease_checked_at
         if gate.go:
-            if state.lease_token != self.guard.token or state.lease_role != "holder":
-                self._note(f"holding the cluster lease of {self.job.name}: token {self.guard.token}")
-            state.lease_role, state.lease_token, state.lease_holder = "holder", self.guard.token, ""
-            state.lease_problem = self._lease_said = ""
-            self.guard.start_renewing()
-            return True
+            if state.lease_token != guard.token or state.lease_role != "holder":
+                self.notes.append(f"holding the cluster lease of {job.name}: token {guard.token}")
+            state.lease_role, state.lease_token, state.lease_holder = "holder", guard.token, ""
+            state.lease_problem = self.said = ""
+            guard.start_renewing()
+            return Go()
         state.lease_role, state.lease_token, state.lease_holder = "standby", None, gate.holder
         state.lease_problem = gate.why if gate.unreachable else ""
-        if gate.why != self._lease_said:
-            self._lease_said = gate.why
-            self._note(f"not started here: {gate.why}")
-        now = self.seams.clock()
-        if self.periodic is not None and gate.taken:
-            self.periodic.skipped_slot(gate.why)  # sync: this period's run is another host's
-        due = self.periodic.next_due() if self.periodic is not None and not self.stopping else None
+        if gate.why != self.said:
+            self.said = gate.why
+            self.notes.append(f"not started here: {gate.why}")
+        if plan is not None and gate.taken:
+            plan.runs.skipped_slot(gate.why)  # sync: this period's run is another host's
+        due = plan.runs.next_due() if plan is not None and not stopping else None
         if due is not None:
-            self._wait_for(due)  # the supervisor keeps the due times: ask again at the next
-        elif self.job.standby and self.periodic is None:
-            self.next_start = now + self.guard.timing.retry
-            state.phase = "standby"
-            self._report_ready(f"ok standby {self.job.name}: {gate.why}: standing by")
-        else:
-            # Leave: the next tick asks again. An unreachable database is a failure for a manual
-            # run (exit 1, on stderr) and a quiet exit from cron (its log and status say it).
-            self.done_code = 1 if gate.unreachable else 0
-            state.phase = "standby"
-            said = f"{self.job.name} not started here: {gate.why}"
-            self._report_ready(f"unavailable {said}" if gate.unreachable else f"ok standby {said}")
-            if self.passthrough:
-                os.write(2, f"watchdog-singleton: {said}\n".encode())
-        self.keeper.save()
-        return False
+            return NextDue(due)  # the supervisor keeps the due times: ask again at the next
+        if job.standby and plan is None:
+            return Standby(now + guard.timing.retry, f"ok standby {job.name}: {gate.why}: standing by")
+        # Leave: the next tick asks again. An unreachable database is a failure for a manual run
+        # (exit 1, on stderr) and a quiet exit from cron (its log and status say it).
+        said = f"{job.name} not started here: {gate.why}"
+        return Done(1 if gate.unreachable else 0, f"unavailable {said}" if gate.unreachable else f"ok standby {said}")
 
-    def _lease_tick(self) -> None:
-        """Renew inline (tests), note a renew problem once, and stop the tree once the lease is lost."""
+    def on_tick(self) -> LeaseNews:
+        """Renew inline (tests), note a renew problem once, and say when the lease is lost."""
         guard = self.guard
-        assert guard is not None
         guard.tick()
         problem = guard.keeper.problem
         if guard.keeper.grant is None:
-            return
-        if problem != self._lease_said:
+            return LeaseNews([])
+        news = LeaseNews([])
+        if problem != self.said:
             if problem:
-                self._note(f"cluster lease: {problem}")
-            elif self._lease_said:
-                self._note("cluster lease: renewed again")
-            self._lease_said = self.state.lease_problem = problem
-            self.keeper.save()
-        if not guard.lost():
-            return
-        self._lease_lost()
-        if self.daemon is not None:
-            self.ending = "lease"
-            self._stop_tree("the cluster lease was lost: stopping the tree before another host may start",
-                            leftovers=True)
-        self.keeper.save()
+                news.notes.append(f"cluster lease: {problem}")
+            elif self.said:
+                news.notes.append("cluster lease: renewed again")
+            self.said = self.state.lease_problem = problem
+            news.changed = True
+        if guard.lost():
+            news.lost = self.forget()
+        return news
 
-    def _lease_lost(self) -> None:
-        assert self.guard is not None
+    def forget(self) -> str:
+        """The lease is lost: forget our grant; returns what to log."""
         problem = self.guard.keeper.problem
         self.guard.forget()
         self.state.lease_role, self.state.lease_token = "", None
-        lost = f"lost the cluster lease of {self.job.name} ({problem or 'expired'})"
-        self._note(lost)
-        notify.job_event(self.job, "lease-lost", self.state.last_exit_code, lost, self._note, self.inherit_env)
+        return f"lost the cluster lease of {self.job.name} ({problem or 'expired'})"
 
-    def _lease_run_ended(self) -> None:
-        if self.guard is None or not (self.job.sync or self.job.rotate):
-            return
+    def run_ended(self) -> Optional[str]:
+        """A run ended: a sync or rotate job gives the lease back; returns what to log, if anything."""
+        if not (self.job.sync or self.job.rotate):
+            return None
         turn = self.guard.run_ended()
         self.state.lease_role, self.state.lease_token = "", None
-        if turn is not None:
-            self._note(f"the turn passes to {turn}")
+        return f"the turn passes to {turn}" if turn is not None else None

@@ -1,95 +1,74 @@
-"""The supervisor's steps for periodic runs and deadlines: waiting for a due time, arming a
-run's timeout or a daemon's --max-lifetime, ending a run ourselves, and recording a run that
-ended (periodic.PeriodicRuns keeps the due times and the record). A part of `Supervisor`."""
+"""A periodic job's decisions after each run (the supervisor's part of periodic.PeriodicRuns):
+loaded only by the supervisor of a periodic job."""
 
 from __future__ import annotations
 
-from . import notify
-from .errors import TIMED_OUT
-from .supervisor_part import SupervisorPart
+from .notify import RESULT_EVENTS
+from .periodic import PeriodicRuns
+from .supervisor_decisions import Decision, Done, NextDue
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
-    from .logsink import LogSink
+    from typing import Callable, Optional
+
+    from .jobs import Job
+    from .state import RunState
 
 
-class PeriodicSteps(SupervisorPart):
-    if TYPE_CHECKING:  # what these steps use of the Supervisor they are part of (and SupervisorPart's)
-        out: LogSink
+def plan_for(job: Job, state: RunState, wall: Callable[[], float], clock: Callable[[], float]) -> PeriodicPlan:
+    return PeriodicPlan(PeriodicRuns(job, state, wall, clock))
 
-    def _wait_for(self, due: float) -> None:
-        """Start the next run at `due` (on the periodic clock), plus a fresh jitter: never early. A
-        run due already because the last one outlasted its period starts at once, with no jitter."""
-        runs = self.periodic
-        assert runs is not None
+
+class PeriodicPlan:
+    """A periodic job's next step after each event, over `PeriodicRuns` (the due times and the
+    record). `notes` collects what the last call has to say in the job's log."""
+
+    def __init__(self, runs: PeriodicRuns) -> None:
+        self.runs = runs
+        self.notes: list[str] = []
+        self.event = ""  # the notify event of the run that just ended ("" for none)
+
+    def delay_to(self, due: float) -> float:
+        """Seconds until the run due at `due` starts, plus a fresh jitter: never early. A run due
+        already because the last one outlasted its period starts at once, with no jitter."""
+        runs = self.runs
         runs.due = due
-        delay = max(0.0, due - runs.now()) + (0.0 if runs.overran else runs.jitter())
-        self.next_start = self.seams.clock() + delay
-        self.state.next_due_at = runs.when(due)
-        if delay > 0:
-            self.state.phase = "waiting"
-            self.keeper.save()
+        return max(0.0, due - runs.now()) + (0.0 if runs.overran else runs.jitter())
 
-    def _arm_deadline(self) -> None:
-        job, now = self.job, self.seams.clock()
-        if self.periodic is not None:
-            assert self.periodic.due is not None
-            if self.periodic.started_at is None or self.periodic.loops == 0:
-                late = self.periodic.started(self.periodic.due)
-                if late is not None:
-                    self._note(late)
-                self.deadline = now + job.run_timeout
-                marker = f"run due {self.periodic.when(self.periodic.due)} started (pid {self.state.pid})"
-                self._note(marker)
-                if not self.passthrough:
-                    self.out.note(marker)
-            else:
-                self.periodic.loops += 1  # loop mode: the same slot, its deadline unchanged
-        elif job.max_lifetime > 0:
-            self.deadline = now + job.max_lifetime
-        else:
-            self.deadline = None
+    def on_start(self, pid: Optional[int]) -> bool:
+        """A run started: True when it begins a slot (arm its timeout); False for a loop's rerun."""
+        runs = self.runs
+        assert runs.due is not None
+        self.notes = []
+        if runs.started_at is not None and runs.loops != 0:
+            runs.loops += 1  # loop mode: the same slot, its deadline unchanged
+            return False
+        late = runs.started(runs.due)
+        if late is not None:
+            self.notes.append(late)
+        self.notes.append(f"run due {runs.when(runs.due)} started (pid {pid})")
+        return True
 
-    def _end_run_ourselves(self, now: float) -> None:
-        """A periodic run past its timeout, or a daemon past its --max-lifetime: stop its tree
-        (SIGTERM, grace, SIGKILL), and record why."""
-        self.deadline = None
-        if self.periodic is not None:
-            self.ending = "timeout"
-            why = f"run timed out after {self.job.run_timeout:g} s"
-        else:
-            self.ending = "lifetime"
-            why = f"--max-lifetime {self.job.max_lifetime:g} s reached: restarting it"
-        self._stop_tree(why, leftovers=True)  # which logs `why` once
-
-    def _after_periodic_run(self, code: int, message: str) -> None:
-        assert self.periodic is not None
-        runs = self.periodic
-        timed_out, self.ending = self.ending == "timeout", None
+    def again(self, code: int, timed_out: bool, stopping: bool, loop: bool) -> bool:
+        """A run ended: True when loop mode starts it again at once, within the same period (PanDA's)."""
+        runs = self.runs
         if runs.started_at is None:  # it could not even start: still a run that failed
             runs.started(runs.due if runs.due is not None else runs.now())
-        if (not timed_out and code == 0 and self.job.loop and not self.stopping
-                and runs.now() < runs.slot_end()):
-            self.next_start = self.seams.clock()  # PanDA's loop mode: again at once, within the period
-            self.state.phase = "starting"
-            return
-        self._lease_run_ended()
-        result, skipped = runs.finished(code, timed_out, stopped=self.stopping)
+        return not timed_out and code == 0 and loop and not stopping and runs.now() < runs.slot_end()
+
+    def after_run(self, code: int, timed_out: bool, stopping: bool) -> Decision:
+        """A run ended for good (not `again`): record it; then the next due time, or done."""
+        runs = self.runs
+        self.notes, self.event = [], ""
+        result, skipped = runs.finished(code, timed_out, stopped=stopping)
         runs.started_at = None
         runs.loops = 0
-        self.deadline = None
-        self.state.message = message
         if skipped:
-            self._note(f"the run outlasted its period: {skipped} due time(s) skipped")
-        said = f"run due {runs.when(runs.due or 0)}: {result}" + (f" (code {code})" if result == "failed" else "")
-        self._note(said)
-        notify.job_event(self.job, notify.RESULT_EVENTS.get(result, ""), code, said, self._note, self.inherit_env)
-        due = None if self.stopping else runs.next_due()
+            self.notes.append(f"the run outlasted its period: {skipped} due time(s) skipped")
+        self.notes.append(f"run due {runs.when(runs.due or 0)}: {result}" + (f" (code {code})" if result == "failed"
+                                                                                else ""))
+        self.event = RESULT_EVENTS.get(result, "")
+        due = None if stopping else runs.next_due()
         if due is None:
-            self.done_code = code if not timed_out else TIMED_OUT
-            self.state.phase = "exited"
-            self.state.next_due_at = None
-            self.keeper.save()
-            return
-        self._wait_for(due)
-        self.keeper.save()
+            return Done(code if not timed_out else 124)  # timeout(1)'s code
+        return NextDue(due)

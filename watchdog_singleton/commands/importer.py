@@ -22,6 +22,7 @@ from ..crontab import parse_entries, replace_lines
 from ..errors import FAILED, OK, UserError, one_line
 from ..jobs import Job
 from ..lock import commit_lock_dir, is_held
+from ..phases import Phase
 from ..quoting import shell_join
 from ..request import InstallRequest
 from ..state import RunState
@@ -227,7 +228,7 @@ def apply_plans(ctx: Context, plans: list[Plan], echo: Echo, warn: Echo) -> int:
             adopted[plan.job.name] = pid
             job = plan.job
             ctx.states.save(RunState(
-                name=job.name, phase="running", boot_id=procs.boot_id(), pid=pid, pid_start=start,
+                name=job.name, phase=Phase.RUNNING, boot_id=procs.boot_id(), pid=pid, pid_start=start,
                 started_at=now_iso(), command=job.command, lock_path=job.lock_path, stdout_log=job.stdout_log,
                 stderr_log=job.stderr_log, lean=True,
                 message=f"adopted: the copy started by the old crontab line {plan.proposal.lineno}"))
