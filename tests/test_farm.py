@@ -273,3 +273,85 @@ def test_a_missing_task_list_is_refused(sandbox: Sandbox) -> None:
     proc = farm(sandbox, sandbox.path("no-such-list.txt"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     assert not os.path.exists(sandbox.path("no-such-list.txt.farm"))
+
+
+# --- the run path without typer (farmargs.py): the same requests, typer's errors ---
+SAME_AS_TYPER = [
+    ["tasks.txt"],
+    ["run", "tasks.txt"],
+    ["tasks.txt", "--workers", "8", "--timeout", "3.5", "--task-timeout=60", "--retries", "2"],
+    ["-n8", "tasks.txt", "--lease", "2", "--grace", "0", "--progress-every", "1e1"],
+    ["--workers", "3", "-n", "5", "tasks.txt", "--workdir", "-w", "--db", "sqlite://:memory:"],
+    ["tasks.txt", "--runner=gpu", "--from-pytaskfarmer", "tasks.txt_workdir", "--retries", "-1"],
+    ["run", "--", "-tasks.txt"],
+    ["run", "status"],
+    ["tasks.txt", "--workers", " +7 ", "--timeout", "inf"],
+]
+
+
+def typer_request(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The FarmRequest typer's `farm ARGS` hands to commands.farm.run."""
+    from watchdog_singleton import cli
+    from watchdog_singleton.commands import farm as farm_command
+
+    seen: list[Any] = []
+
+    def fake_run(req: Any, echo: Any, warn: Any) -> int:
+        seen.append(req)
+        return 0
+    monkeypatch.setattr(farm_command, "run", fake_run)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["farm", *args])
+    assert exit_info.value.code == 0
+    return seen[0]
+
+
+@pytest.mark.parametrize("args", SAME_AS_TYPER, ids=" ".join)
+def test_the_farm_run_path_parses_as_typer_does(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from watchdog_singleton import farmargs
+
+    assert farmargs.parse(args) == typer_request(args, monkeypatch)
+
+
+@pytest.mark.parametrize("args", [
+    [], ["--help"], ["-h"], ["run"], ["run", "--help"], ["tasks.txt", "--help"], ["status", "tasks.txt"],
+    ["retry"], ["trace", "x"], ["tasks.txt", "--workers", "x"], ["tasks.txt", "-n=8"], ["tasks.txt", "--worker", "3"],
+    ["tasks.txt", "--workers"], ["a.txt", "b.txt"], ["--workers", "2"], ["tasks.txt", "--timeout", "soon"],
+    ["tasks.txt", "-x"], ["tasks.txt", "--json"],
+], ids=" ".join)
+def test_help_and_usage_errors_are_left_to_typer(args: list[str]) -> None:
+    from watchdog_singleton import farmargs
+
+    assert farmargs.parse(args) is None
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--workers", "x"], "Invalid value for '--workers' / '-n'"),
+    (["--bogus"], "No such option: --bogus"),
+    (["--workers"], "requires an argument"),
+])
+def test_farm_usage_errors_stay_one_line_and_exit_2(sandbox: Sandbox, args: list[str], needle: str) -> None:
+    listing = write_list(sandbox, ["echo never >> out"])
+    proc = farm(sandbox, listing, *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("watchdog-singleton: "), proc.stderr
+    assert not os.path.exists(f"{listing}.farm")
+
+
+def test_a_farm_run_loads_no_cli_stack(sandbox: Sandbox) -> None:
+    """`farm LIST` is parsed before typer, click, pydantic or rich would be imported: a one-task
+    list costs about what GNU parallel's start costs, not several interpreter starts more."""
+    listing = write_list(sandbox, ["echo ran >> out"])
+    probe = ("import json, sys\n"
+             "from watchdog_singleton.__main__ import main\n"
+             "try:\n"
+             f"    main(['farm', {listing!r}, '--workers', '2'])\n"
+             "except SystemExit as exc:\n"
+             "    code = exc.code\n"
+             "print(json.dumps([code, sorted({m.split('.')[0] for m in sys.modules})]))\n")
+    proc = sandbox.run_as([sys.executable, "-c", probe])
+    code, loaded = json.loads(proc.stdout.splitlines()[-1])
+    assert code == 0, proc.stderr
+    assert out_lines(sandbox) == ["ran"]
+    assert not {"typer", "click", "pydantic", "rich", "argparse"} & set(loaded), loaded
