@@ -89,6 +89,34 @@ def test_task_ids_survive_inserted_lines_and_tell_duplicates_apart() -> None:
     assert tasklist.argv("echo a > f") == ["/bin/sh", "-c", "echo a > f"]
 
 
+def test_task_ids_of_a_long_list_with_many_duplicates_count_each_copy() -> None:
+    """Across the copy counter's growths, each line's id is its hash and how many copies came before."""
+    import hashlib
+
+    lines = [f"task {i % 3001}\n" for i in range(20000)]
+    seen: dict[str, int] = {}
+    expected = []
+    for line in lines:
+        full = hashlib.sha1(line.strip().encode()).hexdigest()
+        expected.append(f"{full[:12]}-{seen.get(full, 0)}")
+        seen[full] = seen.get(full, 0) + 1
+    assert [t.id for t in tasklist.parse(lines)] == expected
+
+
+def test_reading_a_list_of_100k_tasks_holds_a_few_mib_not_one_object_per_line() -> None:
+    import tracemalloc
+
+    lines = (f"true {i}\n" for i in range(100_000))
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in tasklist.parse(lines))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == 100_000
+    assert peak < 4 * 2**20, f"{peak / 2**20:.1f} MiB"
+
+
 def test_an_expired_lease_returns_the_task_and_the_old_holder_cannot_finish_it(tmp_path: Any) -> None:
     store = SqliteStore(str(tmp_path / "farm.sqlite"))
     store.add([Task("t-0", 1, "true")])

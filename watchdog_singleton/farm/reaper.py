@@ -13,10 +13,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Callable
 
 from .. import procs
 from ..tree import Stopper
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the watcher's start
+    from typing import Callable
 
 
 def marked(prefix: str, scan: Callable[[], dict[int, procs.Proc]] = procs.scan) -> Callable[[], dict[int, int]]:
