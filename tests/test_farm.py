@@ -383,3 +383,15 @@ def test_a_farm_run_loads_no_cli_stack(sandbox: Sandbox) -> None:
     assert code == 0, proc.stderr
     assert out_lines(sandbox) == ["ran"]
     assert not {"typer", "click", "pydantic", "rich", "argparse"} & set(loaded), loaded
+
+
+@pytest.mark.parametrize("namespace", ["1", "0"])
+def test_a_task_holds_no_descriptor_of_the_farm_or_its_nursery(sandbox: Sandbox, namespace: str) -> None:
+    """Tasks are spawned without closing descriptors one by one: every one of the nursery's must
+    be close-on-exec (its socket to the farm above all: a task holding it would keep the nursery's
+    EOF from coming when the farm dies)."""
+    listing = write_list(sandbox, ["ls /proc/self/fd > fds"])
+    proc = sandbox.ws("farm", listing, env=sandbox.env({"WATCHDOG_SINGLETON_FARM_NAMESPACE": namespace}))
+    assert proc.returncode == 0, proc.stderr
+    # 0-2, and the folder `ls` reads
+    assert sorted(int(fd) for fd in read_bytes(sandbox.path("fds")).split()) == [0, 1, 2, 3]

@@ -22,12 +22,10 @@ rows than the farm holds means some were taken: those tasks are stopped at once 
 from __future__ import annotations
 
 import os
-import secrets
 import select
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,7 +36,7 @@ from ..errors import UserError
 from ..tree import Finder, Stopper
 from . import REQUEUE, SOME_FAILED, STORAGE_FAILED, place
 from . import tasklist as tasklist_mod
-from .nursery import Client, SpawnFailed, boottime
+from .nursery import Client, SpawnFailed, boottime, helper_argv
 from .progress import Progress
 from .reaper import marked
 from .runner import Runner
@@ -99,7 +97,7 @@ class Farm:
         self.clock = clock
         self.wall = wall
         self.host = os.uname().nodename
-        self.nonce = secrets.token_hex(4)
+        self.nonce = os.urandom(4).hex()  # not secrets: its hmac would load OpenSSL
         # host/lock/pid/nonce: the host lock of this work folder proves the other farms under
         # host/lock/ dead; farms of other folders (sharing a PostgreSQL list) are not touched.
         self.farm_prefix = f"{self.host}/{os.path.basename(marker.rstrip('#'))}/"
@@ -132,7 +130,7 @@ class Farm:
         back = self.store.sweep(dead_holder_prefix=self.farm_prefix, alive=self.holder)
         if back:
             self.warn(f"farm: {len(back)} task(s) of a farm that died went back to todo")
-        if self.nursery.start() != "ns":
+        if self.nursery.start(self.env) != "ns":
             # No PID namespace: the watcher stops what the tasks forked if the farm is killed.
             if self.nursery.namespaces:
                 self.warn("farm: no PID namespace on this host: a killed farm's tasks are stopped by its watcher, "
@@ -264,7 +262,7 @@ class Farm:
         slot.token = f"{self.marker}{claim.id}#{claim.gen}"
         slot.started = self.wall()
         slot.deadline = self.clock() + self.o.task_timeout if self.o.task_timeout else 0.0
-        env = dict(self.env)
+        env = {}  # what differs from self.env, which the nursery has had since it started
         env[procs.TOKEN_ENV] = slot.token
         env[TASK_ENV] = claim.id
         env[SLOT_ENV] = env["PROC_NUMBER"] = str(slot.number)  # PyTaskFarmer has the task index there
@@ -291,7 +289,8 @@ class Farm:
             self.last_seq += 1
             slot.seq = self.last_seq
             self.by_seq[slot.seq] = slot
-            slot.pid = self.nursery.spawn(slot.seq, self.runner.argv(claim.command), env, cwd, log)
+            slot.pid = 0  # until the nursery says it started (_reap)
+            self.nursery.spawn(slot.seq, self.runner.argv(claim.command), env, cwd, log)
         except SpawnFailed as exc:
             try:
                 os.write(log, f"# farm: cannot start it: {exc}\n".encode(errors="surrogateescape"))
@@ -305,12 +304,10 @@ class Farm:
 
     def _reap(self) -> None:
         for event in self.nursery.events():
-            if event[0] == "exit":
-                slot = self.by_seq.pop(event[1], None)
-                if slot is not None:
-                    slot.code = int(event[2])
-            elif event[0] == "lapsed":  # the nursery's deadline came first: it killed every task
+            if event[0] == "lapsed":  # the nursery's deadline came first: it killed every task
                 self._lapse(self.slots, "the farm could not renew its leases in time")
+            else:
+                self._spawned(event)
         if self.nursery.gone and self.by_seq:
             if not self.stop_reason:
                 self.stop_reason = "the farm's nursery process died"
@@ -330,6 +327,17 @@ class Farm:
                 self.warn("farm: the watcher process died: a SIGKILL of this farm would leave tasks running")
             elif self.nursery.proc is not None and pid == self.nursery.proc.pid:
                 self.nursery.proc.returncode = os.waitstatus_to_exitcode(status)
+
+    def _spawned(self, event: tuple[Any, ...]) -> None:
+        """A task started (its pid), could not start (its code) or ended (its code)."""
+        if event[0] == "started":
+            slot = self.by_seq.get(event[1])
+            if slot is not None:
+                slot.pid = int(event[2])
+        elif event[0] in ("failed", "exit"):
+            slot = self.by_seq.pop(event[1], None)
+            if slot is not None:
+                slot.code = int(event[2])
 
     def _finish_slots(self) -> None:
         for slot in self.slots:
@@ -363,6 +371,10 @@ class Farm:
     # -- stopping -----------------------------------------------------------------------
     def _stop_slot(self, slot: Slot, outcome: str, grace: Optional[float] = None) -> None:
         slot.outcome = outcome
+        if not slot.pid and self.by_seq.get(slot.seq) is slot:  # asked for, not yet started: wait for it
+            answer = self.nursery.wait_started(slot.seq)
+            if answer is not None:
+                self._spawned(answer)
         root = self.nursery.outer(slot.pid) if slot.pid else None
         finder = Finder(slot.token, roots=lambda: (root,) if root else ())
         wait = self.o.grace if grace is None else grace
@@ -399,8 +411,8 @@ class Farm:
     def _start_reaper(self) -> None:
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
-            self.reaper = subprocess.Popen([sys.executable, "-m", "watchdog_singleton.farm.reaper", self.marker,
-                                            str(self.o.grace)], stdin=r, stdout=subprocess.DEVNULL,
+            argv = helper_argv("watchdog_singleton.farm.reaper", self.marker, str(self.o.grace))
+            self.reaper = subprocess.Popen(argv, stdin=r, stdout=subprocess.DEVNULL,
                                            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
                                            env=procs.clean_environ(dict(os.environ)))
         finally:
