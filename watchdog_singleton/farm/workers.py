@@ -173,7 +173,8 @@ class Farm:
                 self.give_up_at = float("inf")
                 self._lapse(self.slots, "the farm could not renew its leases in time")
             self._reap()
-            self._finish_slots()
+            if self._finish_slots():
+                idle_until = 0.0  # a slot is free: claim now, or see that the list is done
             now = self.clock()
             if not self.stop_reason and self.o.timeout and now - began >= self.o.timeout:
                 self.stop_reason = f"--timeout {self.o.timeout:g} s reached"
@@ -339,13 +340,17 @@ class Farm:
             if slot is not None:
                 slot.code = int(event[2])
 
-    def _finish_slots(self) -> None:
+    def _finish_slots(self) -> int:
+        """Record the attempts that ended; how many."""
+        ended = 0
         for slot in self.slots:
             if slot.claim is None or slot.code is None:
                 continue
             if slot.stopper is not None and slot.stopper.is_alive():
                 continue  # its tree may still hold processes: the task is not over until it is gone
             self._record(slot)
+            ended += 1
+        return ended
 
     def _record(self, slot: Slot) -> None:
         claim, code = slot.claim, slot.code
