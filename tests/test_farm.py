@@ -395,3 +395,26 @@ def test_a_task_holds_no_descriptor_of_the_farm_or_its_nursery(sandbox: Sandbox,
     assert proc.returncode == 0, proc.stderr
     # 0-2, and the folder `ls` reads
     assert sorted(int(fd) for fd in read_bytes(sandbox.path("fds")).split()) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("clear", [True, False])
+def test_the_watcher_scans_unless_the_farm_said_all_clear(tmp_path: Any, clear: bool) -> None:
+    """A farm that ended on its own stopped its leftovers itself: its watcher exits at once
+    instead of scanning /proc again (the farm waits for it). Without the word, it stops them."""
+    from watchdog_singleton import procs
+    from watchdog_singleton.farm.reaper import ALL_CLEAR
+
+    marker = f"{tmp_path}/farm.lock#{os.getpid()}#"
+    marked = subprocess.Popen(["sleep", "600"], env={**os.environ, procs.TOKEN_ENV: f"{marker}task#1"})
+    try:
+        r, w = os.pipe()
+        watcher = subprocess.Popen([sys.executable, "-m", "watchdog_singleton.farm.reaper", marker, "1"], stdin=r)
+        os.close(r)
+        if clear:
+            os.write(w, ALL_CLEAR)
+        os.close(w)
+        assert watcher.wait(30) == 0
+        assert (marked.poll() is None) == clear
+    finally:
+        marked.kill()
+        marked.wait()

@@ -38,7 +38,7 @@ from . import REQUEUE, SOME_FAILED, STORAGE_FAILED, place
 from . import tasklist as tasklist_mod
 from .nursery import Client, SpawnFailed, boottime, helper_argv
 from .progress import Progress
-from .reaper import marked
+from .reaper import ALL_CLEAR, marked
 from .runner import Runner
 from .store import Claim, Guarded, Store
 from .trace import FILE_NAME as TIMELINE_NAME
@@ -143,10 +143,15 @@ class Farm:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
             signal.set_wakeup_fd(-1)
-            Stopper().stop(marked(self.marker), self.o.grace)  # leftovers of finished tasks
+            left = Stopper().stop(marked(self.marker), self.o.grace)  # leftovers of finished tasks
             self.nursery.close()  # in a namespace: what hid from the marker goes with it
             if self.reaper_w is not None:
-                os.close(self.reaper_w)  # the reaper finds nothing left and exits
+                if not left:  # nothing marked is left to fork more: the watcher need not scan again
+                    try:
+                        os.write(self.reaper_w, ALL_CLEAR)
+                    except OSError:
+                        pass
+                os.close(self.reaper_w)  # the reaper exits
             if self.reaper is not None:
                 try:
                     self.reaper.wait(5)
