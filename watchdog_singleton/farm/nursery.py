@@ -293,6 +293,7 @@ class Client:
     spawn tasks through it, send renew deadlines, and collect what it reports.
 
         nursery = Client(marker)
+        nursery.launch()                      # optional: it boots while we do something else
         mode = nursery.start(base_env)        # "ns" or "plain"
         nursery.spawn(7, argv, {"TASK": "7"}, cwd, log_fd)   # base_env + this; raises SpawnFailed
                                               # if the nursery is gone
@@ -310,10 +311,23 @@ class Client:
         self.pid = 0  # the nursery's, as we see it
         self.queue: list[tuple[Any, ...]] = []
         self.gone = False  # the nursery is dead: every task of it is too (ns) or orphaned (plain)
+        self.booting: Optional[tuple[str, socket.socket]] = None  # launched, its hello not read yet
+
+    def launch(self) -> None:
+        """Start the nursery's interpreter, and return at once: the farm does its own start-up
+        (the sweep of a dead farm's tasks) while the nursery boots; start() then waits for it."""
+        if self.booting is None:
+            mode = "ns" if self.namespaces else "plain"
+            self.booting = (mode, self._launch(mode))
 
     def start(self, env: dict[str, str]) -> str:
-        """Start the nursery; `env` is every task's environment (a spawn sends what it adds)."""
-        if not (self.namespaces and self._start("ns")) and not self._start("plain"):
+        """Start the nursery (or finish what launch() began); `env` is every task's environment
+        (a spawn sends what it adds)."""
+        self.launch()
+        assert self.booting is not None
+        mode, ours = self.booting
+        self.booting = None
+        if not self._hello(ours) and (mode == "plain" or not self._hello(self._launch("plain"))):
             raise OSError(errno.ECHILD, "the farm's nursery process did not start")
         assert self.sock is not None
         try:
@@ -322,7 +336,7 @@ class Client:
             self.gone = True
         return self.mode
 
-    def _start(self, mode: str) -> bool:
+    def _launch(self, mode: str) -> socket.socket:
         import subprocess
 
         from .. import procs
@@ -335,6 +349,9 @@ class Client:
                 stdout=subprocess.DEVNULL, start_new_session=True, env=procs.clean_environ(dict(os.environ)))
         finally:
             theirs.close()
+        return ours
+
+    def _hello(self, ours: socket.socket) -> bool:
         deadline = time.monotonic() + self.hello_wait
         while True:
             left = deadline - time.monotonic()

@@ -125,6 +125,7 @@ class Farm:
 
     # -- the lifecycle ------------------------------------------------------------------
     def run(self) -> int:
+        self.nursery.launch()  # it boots while we sweep (no task starts before both are done)
         # Our host lock is held: any farm of this folder on this host that left tasks is dead.
         Stopper().stop(marked(self.host_marker), self.o.grace)
         back = self.store.sweep(dead_holder_prefix=self.farm_prefix, alive=self.holder)
