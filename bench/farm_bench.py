@@ -5,6 +5,11 @@ SIGKILLed halfway through a list and the tool is started again (tasks lost, task
 twice, restarts that hung); and the farm's peak memory with 10k and 100k tasks in the list
 (goal < 100 MiB, flat).
 
+The three goals of issue 19, each printed as a ratio against its peer and against the figure
+before that work (TODAY): the fixed cost (a one-task list, start to exit) against GNU parallel's,
+the cost per task ((time of N tasks - time of one) / N) against `xargs -P`'s, and the peak
+memory with 100k tasks in the list against GNU parallel's (each runs 5 s, then is stopped).
+
     python3 bench/farm_bench.py [--tasks 2000] [--workers 8] [--reps 3] [--quick]
 
 Installs GNU parallel (Debian package `parallel`) when missing and run as root, and PyTaskFarmer
@@ -26,6 +31,17 @@ from statistics import median
 from typing import Callable, Optional
 
 FARM = [sys.executable, "-m", "watchdog_singleton", "farm"]
+# Before issue 19's work, measured the same way: a one-task list 580 ms (GNU parallel 206 ms), a
+# task 3x `xargs -P`'s cost, 50 MiB with 100k tasks (GNU parallel 19 MiB).
+TODAY = {"fixed": 580 / 206, "per task": 3.0, "memory": 50 / 19}
+GOAL = 1.5
+
+
+def verdict(name: str, ratio: float) -> str:
+    """`ratio`x the peer, against the goal and against the ratio before (TODAY)."""
+    met = "met" if ratio <= GOAL else "NOT met"
+    return (f"{ratio:.2f}x (goal <= {GOAL}x: {met}; it was {TODAY[name]:.2f}x, "
+            f"now {ratio / TODAY[name]:.2f}x of that)")
 
 
 def ensure_parallel() -> bool:
@@ -120,6 +136,91 @@ def timed(run: Callable[[], None]) -> float:
     return time.perf_counter() - began
 
 
+def peak_memory(argv: list[str], stop_after: Optional[float] = None, stdin: Optional[str] = None) -> float:
+    """The peak RSS (MiB) of `argv`'s process, SIGTERMed after `stop_after` seconds if given."""
+    with open(stdin or os.devnull, "rb") as source:
+        proc = subprocess.Popen(argv, stdin=source, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if stop_after is not None:
+        try:
+            proc.wait(stop_after)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+    _, _, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    return usage.ru_maxrss / 1024
+
+
+def goals(base: str, workers: str, tasks: int, reps: int, have_parallel: bool, quick: bool) -> None:
+    """Issue 19's three goals, each side by side with its peer, commands interleaved."""
+    one = os.path.join(base, "one.txt")
+    with open(one, "w") as f:
+        f.write("true\n")
+    many = os.path.join(base, "goal-tasks.txt")
+    with open(many, "w") as f:
+        f.writelines(f"true {i}\n" for i in range(tasks))
+    numbers = os.path.join(base, "numbers.txt")
+    with open(numbers, "w") as f:
+        f.writelines(f"{i}\n" for i in range(tasks))
+
+    def farm(listing: str) -> Callable[[], None]:
+        def go() -> None:
+            subprocess.run([*FARM, listing, "--workers", workers, "--workdir", tempfile.mkdtemp(dir=base)],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return go
+
+    def xargs(listing: str) -> Callable[[], None]:
+        def go() -> None:
+            with open(listing, "rb") as f:
+                subprocess.run(["xargs", "-P", workers, "-n", "1", "true"], stdin=f, check=True)
+        return go
+
+    def parallel_one() -> None:
+        subprocess.run(["parallel", "--will-cite", "-j", workers, "true", ":::", "1"], check=True,
+                       stdout=subprocess.DEVNULL)
+
+    runs: dict[str, Callable[[], None]] = {"farm, one task": farm(one), "farm, N tasks": farm(many),
+                                           "xargs -P, one task": xargs(one), "xargs -P, N tasks": xargs(numbers)}
+    if have_parallel:
+        runs["GNU parallel, one task"] = parallel_one
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():  # a warm-up round: page cache, pyc files
+        run()
+    for _ in range(reps):
+        for name, run in runs.items():
+            times[name].append(timed(run))
+    ms = {name: median(t) * 1e3 for name, t in times.items()}
+    print(f"issue 19's goals ({reps} interleaved runs each, medians):")
+    for name, value in ms.items():
+        print(f"  {name:<30} {value:8.1f} ms")
+    if have_parallel:
+        fixed = ms["farm, one task"] / ms["GNU parallel, one task"]
+        print(f"  fixed cost, farm / GNU parallel: {verdict('fixed', fixed)}")
+    farm_task = (ms["farm, N tasks"] - ms["farm, one task"]) / (tasks - 1)
+    xargs_task = (ms["xargs -P, N tasks"] - ms["xargs -P, one task"]) / (tasks - 1)
+    print(f"  per task: farm {farm_task:.2f} ms, xargs -P {xargs_task:.2f} ms; "
+          f"farm / xargs -P: {verdict('per task', farm_task / xargs_task)}")
+    count = 100_000  # each runs 5 s: --quick too
+    big = os.path.join(base, f"goal-big-{count}.txt")
+    with open(big, "w") as f:
+        f.writelines(f"true {i}\n" for i in range(count))
+    big_numbers = os.path.join(base, f"goal-big-{count}.numbers")
+    with open(big_numbers, "w") as f:
+        f.writelines(f"{i}\n" for i in range(count))
+    farm_mib: list[float] = []
+    parallel_mib: list[float] = []
+    for _ in range(1 if quick else 3):
+        farm_mib.append(peak_memory([*FARM, big, "--workers", workers, "--workdir", tempfile.mkdtemp(dir=base),
+                                     "--timeout", "5", "--grace", "1"]))
+        if have_parallel:
+            parallel_mib.append(peak_memory(["parallel", "--will-cite", "-j", workers, "true"], stop_after=5.0,
+                                            stdin=big_numbers))
+    line = f"  memory with {count} tasks: farm {median(farm_mib):.1f} MiB"
+    if parallel_mib:
+        line += (f", GNU parallel {median(parallel_mib):.1f} MiB; farm / GNU parallel: "
+                 f"{verdict('memory', median(farm_mib) / median(parallel_mib))}")
+    print(line)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=2000)
@@ -135,6 +236,9 @@ def main() -> int:
     with open(listing, "w") as f:
         f.write("\n".join(lines) + "\n")
     w = str(args.workers)
+    have_parallel = ensure_parallel()
+    # The cost per task from at least 1000 tasks (--quick too): fewer leave it in the noise.
+    goals(base, w, max(args.tasks, 1000), 5 if args.quick else max(args.reps, 7), have_parallel, args.quick)
 
     def farm(db: list[str]) -> Callable[[], None]:
         def go() -> None:
@@ -148,7 +252,6 @@ def main() -> int:
         "farm (store in memory)": farm(["--db", "sqlite://:memory:"]),
         "PyTaskFarmer-style loop": lambda: ptf_loop(lines, args.workers),
     }
-    have_parallel = ensure_parallel()
     if have_parallel:
         def gnu_parallel() -> None:
             subprocess.run(["parallel", "--will-cite", "-j", w], input="\n".join(lines), text=True, check=True,

@@ -87,6 +87,34 @@ def test_task_ids_survive_inserted_lines_and_tell_duplicates_apart() -> None:
     assert tasklist.argv("echo a > f") == ["/bin/sh", "-c", "echo a > f"]
 
 
+def test_task_ids_of_a_long_list_with_many_duplicates_count_each_copy() -> None:
+    """Across the copy counter's growths, each line's id is its hash and how many copies came before."""
+    import hashlib
+
+    lines = [f"task {i % 3001}\n" for i in range(20000)]
+    seen: dict[str, int] = {}
+    expected = []
+    for line in lines:
+        full = hashlib.sha1(line.strip().encode()).hexdigest()
+        expected.append(f"{full[:12]}-{seen.get(full, 0)}")
+        seen[full] = seen.get(full, 0) + 1
+    assert [t.id for t in tasklist.parse(lines)] == expected
+
+
+def test_reading_a_list_of_100k_tasks_holds_a_few_mib_not_one_object_per_line() -> None:
+    import tracemalloc
+
+    lines = (f"true {i}\n" for i in range(100_000))
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in tasklist.parse(lines))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == 100_000
+    assert peak < 4 * 2**20, f"{peak / 2**20:.1f} MiB"
+
+
 # -- real farms as the test user ----------------------------------------------------------
 
 def test_five_hundred_tasks_over_eight_workers_each_run_exactly_once(sandbox: Sandbox) -> None:
@@ -254,3 +282,120 @@ def test_a_missing_task_list_is_refused(sandbox: Sandbox) -> None:
     proc = farm(sandbox, sandbox.path("no-such-list.txt"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     assert not os.path.exists(sandbox.path("no-such-list.txt.farm"))
+
+
+# --- the run path without typer (farmargs.py): the same requests, typer's errors ---
+SAME_AS_TYPER = [
+    ["tasks.txt"],
+    ["run", "tasks.txt"],
+    ["tasks.txt", "--workers", "8", "--timeout", "3.5", "--task-timeout=60", "--retries", "2"],
+    ["-n8", "tasks.txt", "--lease", "2", "--grace", "0", "--progress-every", "1e1"],
+    ["--workers", "3", "-n", "5", "tasks.txt", "--workdir", "-w", "--db", "sqlite://:memory:"],
+    ["tasks.txt", "--runner=gpu", "--from-pytaskfarmer", "tasks.txt_workdir", "--retries", "-1"],
+    ["run", "--", "-tasks.txt"],
+    ["run", "status"],
+    ["tasks.txt", "--workers", " +7 ", "--timeout", "inf"],
+]
+
+
+def typer_request(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The FarmRequest typer's `farm ARGS` hands to commands.farm.run."""
+    from watchdog_singleton import cli
+    from watchdog_singleton.commands import farm as farm_command
+
+    seen: list[Any] = []
+
+    def fake_run(req: Any, echo: Any, warn: Any) -> int:
+        seen.append(req)
+        return 0
+    monkeypatch.setattr(farm_command, "run", fake_run)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["farm", *args])
+    assert exit_info.value.code == 0
+    return seen[0]
+
+
+@pytest.mark.parametrize("args", SAME_AS_TYPER, ids=" ".join)
+def test_the_farm_run_path_parses_as_typer_does(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from watchdog_singleton import farmargs
+
+    assert farmargs.parse(args) == typer_request(args, monkeypatch)
+
+
+@pytest.mark.parametrize("args", [
+    [], ["--help"], ["-h"], ["run"], ["run", "--help"], ["tasks.txt", "--help"], ["status", "tasks.txt"],
+    ["retry"], ["trace", "x"], ["tasks.txt", "--workers", "x"], ["tasks.txt", "-n=8"], ["tasks.txt", "--worker", "3"],
+    ["tasks.txt", "--workers"], ["a.txt", "b.txt"], ["--workers", "2"], ["tasks.txt", "--timeout", "soon"],
+    ["tasks.txt", "-x"], ["tasks.txt", "--json"],
+], ids=" ".join)
+def test_help_and_usage_errors_are_left_to_typer(args: list[str]) -> None:
+    from watchdog_singleton import farmargs
+
+    assert farmargs.parse(args) is None
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--workers", "x"], "Invalid value for '--workers' / '-n'"),
+    (["--bogus"], "No such option: --bogus"),
+    (["--workers"], "requires an argument"),
+])
+def test_farm_usage_errors_stay_one_line_and_exit_2(sandbox: Sandbox, args: list[str], needle: str) -> None:
+    listing = write_list(sandbox, ["echo never >> out"])
+    proc = farm(sandbox, listing, *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("watchdog-singleton: "), proc.stderr
+    assert not os.path.exists(f"{listing}.farm")
+
+
+def test_a_farm_run_loads_no_cli_stack(sandbox: Sandbox) -> None:
+    """`farm LIST` is parsed before typer, click, pydantic or rich would be imported: a one-task
+    list costs about what GNU parallel's start costs, not several interpreter starts more."""
+    listing = write_list(sandbox, ["echo ran >> out"])
+    probe = ("import json, sys\n"
+             "from watchdog_singleton.__main__ import main\n"
+             "try:\n"
+             f"    main(['farm', {listing!r}, '--workers', '2'])\n"
+             "except SystemExit as exc:\n"
+             "    code = exc.code\n"
+             "print(json.dumps([code, sorted({m.split('.')[0] for m in sys.modules})]))\n")
+    proc = sandbox.run_as([sys.executable, "-c", probe])
+    code, loaded = json.loads(proc.stdout.splitlines()[-1])
+    assert code == 0, proc.stderr
+    assert out_lines(sandbox) == ["ran"]
+    assert not {"typer", "click", "pydantic", "rich", "argparse"} & set(loaded), loaded
+
+
+@pytest.mark.parametrize("namespace", ["1", "0"])
+def test_a_task_holds_no_descriptor_of_the_farm_or_its_nursery(sandbox: Sandbox, namespace: str) -> None:
+    """Tasks are spawned without closing descriptors one by one: every one of the nursery's must
+    be close-on-exec (its socket to the farm above all: a task holding it would keep the nursery's
+    EOF from coming when the farm dies)."""
+    listing = write_list(sandbox, ["ls /proc/self/fd > fds"])
+    proc = sandbox.ws("farm", listing, env=sandbox.env({"WATCHDOG_SINGLETON_FARM_NAMESPACE": namespace}))
+    assert proc.returncode == 0, proc.stderr
+    # 0-2, and the folder `ls` reads
+    assert sorted(int(fd) for fd in read_bytes(sandbox.path("fds")).split()) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("clear", [True, False])
+def test_the_watcher_scans_unless_the_farm_said_all_clear(tmp_path: Any, clear: bool) -> None:
+    """A farm that ended on its own stopped its leftovers itself: its watcher exits at once
+    instead of scanning /proc again (the farm waits for it). Without the word, it stops them."""
+    from watchdog_singleton.envvars import TOKEN_ENV
+    from watchdog_singleton.farm.reaper import ALL_CLEAR
+
+    marker = f"{tmp_path}/farm.lock#{os.getpid()}#"
+    marked = subprocess.Popen(["sleep", "600"], env={**os.environ, TOKEN_ENV: f"{marker}task#1"})
+    try:
+        r, w = os.pipe()
+        watcher = subprocess.Popen([sys.executable, "-m", "watchdog_singleton.farm.reaper", marker, "1"], stdin=r)
+        os.close(r)
+        if clear:
+            os.write(w, ALL_CLEAR)
+        os.close(w)
+        assert watcher.wait(30) == 0
+        assert (marked.poll() is None) == clear
+    finally:
+        marked.kill()
+        marked.wait()

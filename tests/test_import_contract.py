@@ -1,6 +1,7 @@
 """What each process may load: the cron tick and the resident supervisor of a plain job import the
 standard library and our own code only. Cron may start the tick every minute and the resident stays
 beside the daemon for its whole life, so a third-party import there costs every user, every minute.
+The farm's run path too: the CLI stack alone would cost more than GNU parallel's whole start.
 
 Checked at run time, in a fresh isolated interpreter (`-I -S`, as cron's line and the launcher's exec
 start them), so a lazy import reached on the way is caught too. Then statically, on the package's import
@@ -41,6 +42,8 @@ def _loaded_after(code: str) -> list[str]:
     ("the tick", "from watchdog_singleton import launch, runargs; runargs.parse(['web', '--detach', '--', 'x'])"),
     ("the resident supervisor", "from watchdog_singleton import resident, supervisor, logsink, pump, spawn"),
     ("the entry point before dispatch", "from watchdog_singleton import __main__"),
+    ("the farm's run path", "from watchdog_singleton import farmargs; from watchdog_singleton.farm import workers; "
+                            "farmargs.parse(['tasks.txt', '-n', '8'])"),
 ])
 def test_the_tick_and_the_resident_load_no_third_party_module(what: str, code: str) -> None:
     loaded = _loaded_after(code)
@@ -65,7 +68,7 @@ PACKAGE = "watchdog_singleton"
 # Layers, highest first, by module name prefix (as far as the flat layout allows): a module may import
 # its own layer and the layers below it, never one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("entry", ("__main__", "cli", "completion")),
+    ("entry", ("__main__", "cli", "completion", "farmargs")),
     ("commands", ("commands",)),
     ("cli libraries", ("config", "crontab", "cronimport", "batch", "farm")),
     ("tick and resident", ("launch", "runargs", "resident", "supervisor", "supervisor_lease",

@@ -1,7 +1,9 @@
 """Entry point: `watchdog-singleton ...` and `python -m watchdog_singleton ...`.
 
 `run` goes straight to the launcher, which imports only the standard library: cron may call it
-every minute, and typer alone costs several bare interpreter starts.
+every minute, and typer alone costs several bare interpreter starts. `farm`'s run path goes
+straight to the farm too (farmargs.py), so a short list does not pay for typer either; its help
+and its usage errors still go to typer.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         from .notify import batch_main
 
         sys.exit(batch_main(args[1:]))
+    if args[:1] == ["farm"]:
+        from .farmargs import main as farm_main
+
+        code = farm_main(args[1:])
+        if code is not None:
+            sys.exit(code)
     from .cli import main as cli_main
 
     cli_main(args)

@@ -72,7 +72,6 @@ _LIBC: list["ctypes.CDLL"] = []
 def filesystem_type(path: str) -> Optional[str]:
     """The name of the network filesystem `path` (or its nearest existing parent) is on, else None."""
     import ctypes
-    import ctypes.util
 
     current = os.path.abspath(path)
     while not os.path.exists(current):
@@ -81,8 +80,8 @@ def filesystem_type(path: str) -> Optional[str]:
     class Statfs(ctypes.Structure):
         _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 256)]
 
-    if not _LIBC:  # find_library runs ldconfig: once per process, not once per job (apply of 100 jobs)
-        _LIBC.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True))
+    if not _LIBC:  # the interpreter's own symbols, libc's among them: find_library would run ldconfig
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
     libc = _LIBC[0]
     buf = Statfs()
     if libc.statfs(os.fsencode(current), ctypes.byref(buf)) != 0:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -103,7 +102,7 @@ def farm_lock(workdir: str) -> tuple[object, str]:
 
     lock_dir = default_lock_dir()
     check_lock_dir(lock_dir)
-    name = "farm-" + hashlib.sha1(os.path.realpath(workdir).encode()).hexdigest()[:16]
+    name = "farm-" + tasklist.sha1_hex(os.path.realpath(workdir).encode())[:16]
     return FlockLock(lock_dir, name), os.path.join(lock_dir, f"{name}.lock")
 
 

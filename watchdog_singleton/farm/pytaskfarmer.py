@@ -23,7 +23,6 @@ command that occurs once in the list; any other record matches nothing and its t
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import time
@@ -136,6 +135,8 @@ def still_running(folder: str) -> bool:
     places = [os.path.join(folder, "lock")]
     for var in ("SCRATCH", "TMP", "TMPDIR"):  # PyTaskFarmer's lock_area, first set wins
         if var in os.environ:
+            import hashlib
+
             digest = hashlib.md5(os.path.abspath(folder).encode()).hexdigest()
             places.append(f"{os.environ[var]}/{digest}_lock")
             break

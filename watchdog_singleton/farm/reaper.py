@@ -1,5 +1,7 @@
 """The farm's watcher: a tiny process that outlives a SIGKILLed farm just long enough to kill
 its tasks' trees, so a task handed to another farm after its lease can never run twice at once.
+A farm that ends on its own stops its tasks' leftovers itself and says so (ALL_CLEAR) before the
+EOF: the watcher then exits without scanning again, and the farm does not wait for a scan.
 
 The farm starts it with the read end of a pipe as stdin and keeps the write end (close-on-exec,
 so no task holds it). When the farm dies, however it dies, the kernel closes the write end;
@@ -13,10 +15,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Callable
 
 from .. import procs
 from ..tree import Stopper
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the watcher's start
+    from typing import Callable
 
 
 def marked(prefix: str, scan: Callable[[], dict[int, procs.Proc]] = procs.scan) -> Callable[[], dict[int, int]]:
@@ -29,19 +34,26 @@ def marked(prefix: str, scan: Callable[[], dict[int, procs.Proc]] = procs.scan) 
     return find
 
 
+ALL_CLEAR = b"."  # written by a farm that stopped every marked process itself
+
+
 def main(argv: list[str]) -> int:
     prefix, grace = argv[0], float(argv[1])
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)  # the farm handles these; we wait for it to be gone
+    clear = False
     while True:
         try:
-            if not os.read(0, 4096):
-                break
+            data = os.read(0, 4096)
         except InterruptedError:
             continue
         except OSError:
             break
-    Stopper().stop(marked(prefix), grace)
+        if not data:
+            break
+        clear = clear or ALL_CLEAR in data
+    if not clear:
+        Stopper().stop(marked(prefix), grace)
     return 0
 
 

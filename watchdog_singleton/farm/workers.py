@@ -22,12 +22,10 @@ rows than the farm holds means some were taken: those tasks are stopped at once 
 from __future__ import annotations
 
 import os
-import secrets
 import select
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -48,9 +46,9 @@ from ..errors import REQUEUE, SOME_FAILED, STORAGE_FAILED, UserError
 from ..tree import Finder, Stopper
 from . import place
 from . import tasklist as tasklist_mod
-from .nursery import Client, SpawnFailed, boottime
+from .nursery import Client, SpawnFailed, boottime, helper_argv
 from .progress import Progress
-from .reaper import marked
+from .reaper import ALL_CLEAR, marked
 from .runner import Runner
 from .store import Claim, Guarded, Store
 from .trace import FILE_NAME as TIMELINE_NAME
@@ -104,7 +102,7 @@ class Farm:
         self.clock = clock
         self.wall = wall
         self.host = os.uname().nodename
-        self.nonce = secrets.token_hex(4)
+        self.nonce = os.urandom(4).hex()  # not secrets: its hmac would load OpenSSL
         # host/lock/pid/nonce: the host lock of this work folder proves the other farms under
         # host/lock/ dead; farms of other folders (sharing a PostgreSQL list) are not touched.
         self.farm_prefix = f"{self.host}/{os.path.basename(marker.rstrip('#'))}/"
@@ -132,12 +130,13 @@ class Farm:
 
     # -- the lifecycle ------------------------------------------------------------------
     def run(self) -> int:
+        self.nursery.launch()  # it boots while we sweep (no task starts before both are done)
         # Our host lock is held: any farm of this folder on this host that left tasks is dead.
         Stopper().stop(marked(self.host_marker), self.o.grace)
         back = self.store.sweep(dead_holder_prefix=self.farm_prefix, alive=self.holder)
         if back:
             self.warn(f"farm: {len(back)} task(s) of a farm that died went back to todo")
-        if self.nursery.start() != "ns":
+        if self.nursery.start(self.env) != "ns":
             # No PID namespace: the watcher stops what the tasks forked if the farm is killed.
             if self.nursery.namespaces:
                 self.warn("farm: no PID namespace on this host: a killed farm's tasks are stopped by its watcher, "
@@ -150,10 +149,15 @@ class Farm:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
             signal.set_wakeup_fd(-1)
-            Stopper().stop(marked(self.marker), self.o.grace)  # leftovers of finished tasks
+            left = Stopper().stop(marked(self.marker), self.o.grace)  # leftovers of finished tasks
             self.nursery.close()  # in a namespace: what hid from the marker goes with it
             if self.reaper_w is not None:
-                os.close(self.reaper_w)  # the reaper finds nothing left and exits
+                if not left:  # nothing marked is left to fork more: the watcher need not scan again
+                    try:
+                        os.write(self.reaper_w, ALL_CLEAR)
+                    except OSError:
+                        pass
+                os.close(self.reaper_w)  # the reaper exits
             if self.reaper is not None:
                 try:
                     self.reaper.wait(5)
@@ -180,7 +184,8 @@ class Farm:
                 self.give_up_at = float("inf")
                 self._lapse(self.slots, "the farm could not renew its leases in time")
             self._reap()
-            self._finish_slots()
+            if self._finish_slots():
+                idle_until = 0.0  # a slot is free: claim now, or see that the list is done
             now = self.clock()
             if not self.stop_reason and self.o.timeout and now - began >= self.o.timeout:
                 self.stop_reason = f"--timeout {self.o.timeout:g} s reached"
@@ -269,7 +274,7 @@ class Farm:
         slot.token = f"{self.marker}{claim.id}#{claim.gen}"
         slot.started = self.wall()
         slot.deadline = self.clock() + self.o.task_timeout if self.o.task_timeout else 0.0
-        env = dict(self.env)
+        env = {}  # what differs from self.env, which the nursery has had since it started
         env[TOKEN_ENV] = slot.token
         env[TASK_ENV] = claim.id
         env[SLOT_ENV] = env[PROC_NUMBER_ENV] = str(slot.number)  # PyTaskFarmer has the task index there
@@ -296,7 +301,8 @@ class Farm:
             self.last_seq += 1
             slot.seq = self.last_seq
             self.by_seq[slot.seq] = slot
-            slot.pid = self.nursery.spawn(slot.seq, self.runner.argv(claim.command), env, cwd, log)
+            slot.pid = 0  # until the nursery says it started (_reap)
+            self.nursery.spawn(slot.seq, self.runner.argv(claim.command), env, cwd, log)
         except SpawnFailed as exc:
             try:
                 os.write(log, f"# farm: cannot start it: {exc}\n".encode(errors="surrogateescape"))
@@ -310,12 +316,10 @@ class Farm:
 
     def _reap(self) -> None:
         for event in self.nursery.events():
-            if event[0] == "exit":
-                slot = self.by_seq.pop(event[1], None)
-                if slot is not None:
-                    slot.code = int(event[2])
-            elif event[0] == "lapsed":  # the nursery's deadline came first: it killed every task
+            if event[0] == "lapsed":  # the nursery's deadline came first: it killed every task
                 self._lapse(self.slots, "the farm could not renew its leases in time")
+            else:
+                self._spawned(event)
         if self.nursery.gone and self.by_seq:
             if not self.stop_reason:
                 self.stop_reason = "the farm's nursery process died"
@@ -336,13 +340,28 @@ class Farm:
             elif self.nursery.proc is not None and pid == self.nursery.proc.pid:
                 self.nursery.proc.returncode = os.waitstatus_to_exitcode(status)
 
-    def _finish_slots(self) -> None:
+    def _spawned(self, event: tuple[Any, ...]) -> None:
+        """A task started (its pid), could not start (its code) or ended (its code)."""
+        if event[0] == "started":
+            slot = self.by_seq.get(event[1])
+            if slot is not None:
+                slot.pid = int(event[2])
+        elif event[0] in ("failed", "exit"):
+            slot = self.by_seq.pop(event[1], None)
+            if slot is not None:
+                slot.code = int(event[2])
+
+    def _finish_slots(self) -> int:
+        """Record the attempts that ended; how many."""
+        ended = 0
         for slot in self.slots:
             if slot.claim is None or slot.code is None:
                 continue
             if slot.stopper is not None and slot.stopper.is_alive():
                 continue  # its tree may still hold processes: the task is not over until it is gone
             self._record(slot)
+            ended += 1
+        return ended
 
     def _record(self, slot: Slot) -> None:
         claim, code = slot.claim, slot.code
@@ -368,6 +387,10 @@ class Farm:
     # -- stopping -----------------------------------------------------------------------
     def _stop_slot(self, slot: Slot, outcome: str, grace: Optional[float] = None) -> None:
         slot.outcome = outcome
+        if not slot.pid and self.by_seq.get(slot.seq) is slot:  # asked for, not yet started: wait for it
+            answer = self.nursery.wait_started(slot.seq)
+            if answer is not None:
+                self._spawned(answer)
         root = self.nursery.outer(slot.pid) if slot.pid else None
         finder = Finder(slot.token, roots=lambda: (root,) if root else ())
         wait = self.o.grace if grace is None else grace
@@ -404,8 +427,8 @@ class Farm:
     def _start_reaper(self) -> None:
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
-            self.reaper = subprocess.Popen([sys.executable, "-m", "watchdog_singleton.farm.reaper", self.marker,
-                                            str(self.o.grace)], stdin=r, stdout=subprocess.DEVNULL,
+            argv = helper_argv("watchdog_singleton.farm.reaper", self.marker, str(self.o.grace))
+            self.reaper = subprocess.Popen(argv, stdin=r, stdout=subprocess.DEVNULL,
                                            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
                                            env=procs.clean_environ(dict(os.environ)))
         finally:
