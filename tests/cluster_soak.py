@@ -27,7 +27,7 @@ from hostkit import Host, Network, Run, TickDriver, end_everything, netns_proble
 from pgkit import TEST_USER, destroy_cluster, make_cluster  # noqa: E402
 from userkit import unprivileged_user  # noqa: E402
 
-from watchdog_singleton.leases import Timing  # noqa: E402
+from watchdog_singleton.cluster import Timing  # noqa: E402
 
 
 def running_daemons(net: Network, name: str) -> dict[str, int]:

@@ -12,11 +12,11 @@ import heapq
 import itertools
 from typing import Any, Callable, Optional
 
-from watchdog_singleton import procs
+from watchdog_singleton.cluster import Grant, LeaseUnavailable
 from watchdog_singleton.envvars import TOKEN_ENV
-from watchdog_singleton.leases import Grant, LeaseUnavailable
-from watchdog_singleton.spawn import Spawned, SpawnError
-from watchdog_singleton.supervisor import Seams
+from watchdog_singleton.proc import procs
+from watchdog_singleton.proc.spawn import Spawned, SpawnError
+from watchdog_singleton.supervisor.core import Seams
 
 SUPERVISOR = 4_000_000  # above any real pid_max, so /proc never answers for these
 TERM, KILL, CONT = 15, 9, 18

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
-from watchdog_singleton.state import RunState, StateStore
+from watchdog_singleton.state.store import RunState, StateStore
 
 if TYPE_CHECKING:
     from conftest import Sandbox
@@ -283,12 +283,12 @@ class Network:
 
 
 def watcher_of(supervisor: int) -> int:
-    """A cluster supervisor's watcher (its parent, watchdog_singleton.lease_watcher); 0 if none."""
+    """A cluster supervisor's watcher (its parent, watchdog_singleton.cluster.watcher); 0 if none."""
     try:
         with open(f"/proc/{supervisor}/stat", "rb") as f:
             parent = int(f.read().rsplit(b")", 1)[1].split()[1])
         with open(f"/proc/{parent}/cmdline", "rb") as f:
-            return parent if b"lease_watcher" in f.read() else 0
+            return parent if b"watchdog_singleton.cluster.watcher" in f.read() else 0
     except (OSError, ValueError, IndexError):
         return 0
 

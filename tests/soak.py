@@ -429,7 +429,7 @@ class Soak:
     def kill_supervisor(self, job: Job, pid: int, start: int) -> bool:
         def is_supervisor(p: int) -> bool:
             args = cmdline(p)
-            # The resident supervisor is `python -I -S -c "...watchdog_singleton.resident..." ... NAME FD`.
+            # The resident supervisor is `python -I -S -c "...watchdog_singleton.supervisor.resident..." ... NAME FD`.
             return proc_uid(p) == self.runner.user.uid and "watchdog_singleton" in " ".join(args) and job.name in args
 
         return kill_verified(pid, start, is_supervisor)

@@ -15,10 +15,10 @@ from conftest import Sandbox, pids_with_arg, wait_for
 from docskit import docs_text
 from userkit import read_bytes
 
-from watchdog_singleton import runargs
 from watchdog_singleton.commands.status import exit_word, table
 from watchdog_singleton.errors import USAGE, UserError
-from watchdog_singleton.jobs import LIMITS
+from watchdog_singleton.job.model import LIMITS
+from watchdog_singleton.tick import runargs
 
 COMMANDS = ("install", "run", "status", "logs", "stop", "start", "restart", "uninstall", "apply", "export")
 
@@ -130,7 +130,7 @@ def test_run_help_prints_a_short_usage_and_exits_0(quiet_env: dict[str, str]) ->
 
 
 def test_the_launcher_does_not_load_argparse() -> None:
-    probe = ("import sys; from watchdog_singleton import launch; "
+    probe = ("import sys; from watchdog_singleton.tick import launch; "
              "launch.runargs.parse(['web', '--detach', '--grace', '3', '--', 'x']); "
              "print('argparse' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)

@@ -19,12 +19,12 @@ import pytest
 from conftest import Sandbox
 
 from watchdog_singleton import config
+from watchdog_singleton.cluster import Timing
+from watchdog_singleton.cluster.engines import open_cluster
+from watchdog_singleton.cluster.postgres import PostgresLease
 from watchdog_singleton.commands.install import InstallRequest, needs_restart
-from watchdog_singleton.jobs import Job
-from watchdog_singleton.leases import Timing
-from watchdog_singleton.leases.engines import open_cluster
-from watchdog_singleton.leases.postgres import PostgresLease
-from watchdog_singleton.runargs import parse as parse_run
+from watchdog_singleton.job.model import Job
+from watchdog_singleton.tick.runargs import parse as parse_run
 
 if TYPE_CHECKING:
     from pgkit import PgCluster
@@ -249,7 +249,7 @@ def engine(pg_cluster: PgCluster) -> Iterator[PostgresLease]:
 
 def save_state(box: Sandbox, name: str, **fields: Any) -> None:
     """Write NAME's run state as the test user, the way the launcher would."""
-    script = ("import json, sys; from watchdog_singleton.state import RunState, StateStore; "
+    script = ("import json, sys; from watchdog_singleton.state.store import RunState, StateStore; "
               "store = StateStore(sys.argv[1]); "
               "assert store.save(RunState(name=sys.argv[2], **json.loads(sys.argv[3]))), store.last_error")
     proc = box.run_as([sys.executable, "-c", script, box.state_root, name, json.dumps(fields)])
@@ -328,7 +328,7 @@ def test_status_with_an_unreachable_database_is_one_line_and_still_shows_the_loc
 @pytest.mark.parametrize("option", ["--standby", "--rotate"])
 def test_run_refuses_a_cluster_option_without_a_cluster(option: str, capsys: pytest.CaptureFixture[str],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from watchdog_singleton import launch
+    from watchdog_singleton.tick import launch
 
     monkeypatch.delenv("WATCHDOG_SINGLETON_CLUSTER", raising=False)
     assert launch.main(["adhoc", option, "--", "/bin/true"]) == 2
@@ -360,7 +360,7 @@ def test_lease_check_of_an_unknown_job_is_no_such_job_and_lease_status_names_the
 
 
 def test_status_flags_a_cluster_holder_whose_supervisor_is_gone(sandbox: Sandbox) -> None:
-    from watchdog_singleton import procs
+    from watchdog_singleton.proc import procs
 
     name = sandbox.job("orphan")
     sandbox.ok("install", name, "--no-start", "--cluster", "postgresql://nobody@127.0.0.1:9/ws", *CMD)

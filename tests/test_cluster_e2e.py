@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from conftest import Sandbox, wait_for
 
-from watchdog_singleton.jobs import Job, JobStore
-from watchdog_singleton.leases import Timing
-from watchdog_singleton.state import RunState, StateStore
+from watchdog_singleton.cluster import Timing
+from watchdog_singleton.job.model import Job, JobStore
+from watchdog_singleton.state.store import RunState, StateStore
 
 if TYPE_CHECKING:
     from pgkit import PgCluster

@@ -32,8 +32,8 @@ from hostkit import (
     runs,
 )
 
+from watchdog_singleton.cluster import Timing
 from watchdog_singleton.errors import NO_SUCH_JOB, UNAVAILABLE
-from watchdog_singleton.leases import Timing
 
 if TYPE_CHECKING:
     from pgkit import PgCluster

@@ -12,13 +12,13 @@ from typing import Any, Optional
 from fakeworld import CONT, KILL, SUPERVISOR, TERM, FakeDatabase, FakeProc, FakeWorld
 from test_supervisor import FakeLock, births, exit_after, log_of
 
-from watchdog_singleton import procs
+from watchdog_singleton.cluster import Timing
+from watchdog_singleton.cluster.watcher import Watcher
 from watchdog_singleton.envvars import FENCING_TOKEN_ENV
-from watchdog_singleton.jobs import Job
-from watchdog_singleton.lease_watcher import Watcher
-from watchdog_singleton.leases import Timing
-from watchdog_singleton.state import StateStore
-from watchdog_singleton.supervisor import Supervisor
+from watchdog_singleton.job.model import Job
+from watchdog_singleton.proc import procs
+from watchdog_singleton.state.store import StateStore
+from watchdog_singleton.supervisor.core import Supervisor
 
 LEASE = 6.0  # renew every 1 s, give up after 4 s without a renew, stop budget 1.5 s
 TIMING = Timing.for_lease(LEASE)
@@ -195,7 +195,7 @@ def test_a_sync_slot_that_could_not_be_claimed_leaves_no_lease_that_skips_the_ne
     assert len(claims) == 4  # every run claimed its slot first; none rode on a left-over lease
 
 
-# -- the watcher (lease_watcher): the supervisor's parent ------------------------------------------
+# -- the watcher (cluster/watcher.py): the supervisor's parent ------------------------------------------
 WATCHER = SUPERVISOR - 1
 TOKEN = "/locks/j.lock"
 

@@ -13,7 +13,7 @@ from docskit import docs_text
 
 from watchdog_singleton import config
 from watchdog_singleton.commands.install import InstallRequest, needs_restart
-from watchdog_singleton.jobs import Job
+from watchdog_singleton.job.model import Job
 
 SLEEP = "import time; time.sleep(10**6)"
 

@@ -20,11 +20,11 @@ from typing import Any, Iterator
 import pytest
 from conftest import TEST_USER, Sandbox, UnprivilegedUser, ensure_user, make_sandbox, pids_with_arg, wait_for
 
-from watchdog_singleton import crontab
 from watchdog_singleton.commands.common import Context
 from watchdog_singleton.commands.status import _state_word
+from watchdog_singleton.cron import crontab
 from watchdog_singleton.errors import LOCK_HELD
-from watchdog_singleton.jobs import Job
+from watchdog_singleton.job.model import Job
 
 OWN_USER = f"{TEST_USER}3"
 

@@ -9,15 +9,15 @@ import pytest
 from fakeworld import FakeDatabase, FakeWorld
 from test_supervisor import supervisor
 
-from watchdog_singleton.jobs import Job
-from watchdog_singleton.leases import Timing
-from watchdog_singleton.leases.guard import ClusterGuard
-from watchdog_singleton.periodic import PeriodicRuns
-from watchdog_singleton.phases import NEXT, Phase, allowed
-from watchdog_singleton.state import RunState
-from watchdog_singleton.supervisor_decisions import Done, Go, NextDue, RestartAt, RestartPolicy, Standby
-from watchdog_singleton.supervisor_lease import LeaseGate
-from watchdog_singleton.supervisor_periodic import PeriodicPlan
+from watchdog_singleton.cluster import Timing
+from watchdog_singleton.cluster.guard import ClusterGuard
+from watchdog_singleton.job.model import Job
+from watchdog_singleton.state.phases import NEXT, Phase, allowed
+from watchdog_singleton.state.store import RunState
+from watchdog_singleton.supervisor.decisions import Done, Go, NextDue, RestartAt, RestartPolicy, Standby
+from watchdog_singleton.supervisor.lease_gate import LeaseGate
+from watchdog_singleton.supervisor.periodic import PeriodicRuns
+from watchdog_singleton.supervisor.periodic_plan import PeriodicPlan
 
 
 def job(**options: Any) -> Job:

@@ -153,8 +153,9 @@ def test_run_and_the_supervisor_never_import_tomlkit() -> None:
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "watchdog_singleton", "run", "--help"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc
-    assert "watchdog_singleton.launch" in proc.stderr and "tomlkit" not in proc.stderr
-    probe = ("import sys, watchdog_singleton.supervisor, watchdog_singleton.resident, watchdog_singleton.launch; "
+    assert "watchdog_singleton.tick.launch" in proc.stderr and "tomlkit" not in proc.stderr
+    probe = ("import sys, watchdog_singleton.supervisor.core, watchdog_singleton.supervisor.resident, "
+             "watchdog_singleton.tick.launch; "
              "print('tomlkit' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           timeout=60).stdout.strip() == "False"

@@ -300,7 +300,7 @@ SAME_AS_TYPER = [
 
 def typer_request(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
     """The FarmRequest typer's `farm ARGS` hands to commands.farm.run."""
-    from watchdog_singleton import cli
+    from watchdog_singleton.cli import app as cli
     from watchdog_singleton.commands import farm as farm_command
 
     seen: list[Any] = []
@@ -317,7 +317,7 @@ def typer_request(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
 
 @pytest.mark.parametrize("args", SAME_AS_TYPER, ids=" ".join)
 def test_the_farm_run_path_parses_as_typer_does(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from watchdog_singleton import farmargs
+    from watchdog_singleton.cli import farmargs
 
     assert farmargs.parse(args) == typer_request(args, monkeypatch)
 
@@ -329,7 +329,7 @@ def test_the_farm_run_path_parses_as_typer_does(args: list[str], monkeypatch: py
     ["tasks.txt", "-x"], ["tasks.txt", "--json"],
 ], ids=" ".join)
 def test_help_and_usage_errors_are_left_to_typer(args: list[str]) -> None:
-    from watchdog_singleton import farmargs
+    from watchdog_singleton.cli import farmargs
 
     assert farmargs.parse(args) is None
 

@@ -332,10 +332,10 @@ def test_systemd_tmpfiles_clean_leaves_a_held_lock_alone(sandbox: Sandbox) -> No
 RACE_SCRIPT = """
 import os, subprocess, sys
 from watchdog_singleton import paths
-from watchdog_singleton.jobs import JobStore
-from watchdog_singleton.launch import settle
-from watchdog_singleton.lock import FlockLock
-from watchdog_singleton.state import StateStore
+from watchdog_singleton.job.model import JobStore
+from watchdog_singleton.tick.launch import settle
+from watchdog_singleton.lock.flock import FlockLock
+from watchdog_singleton.state.store import StateStore
 
 root = paths.state_dir()
 job = JobStore(root).get(sys.argv[1])

@@ -20,11 +20,12 @@ from typing import Callable, Iterator
 import pytest
 from conftest import wait_for
 
-from watchdog_singleton import files, lock
+from watchdog_singleton import files
 from watchdog_singleton.errors import FAILED, UserError
-from watchdog_singleton.jobs import Job, JobStore
-from watchdog_singleton.logsink import LogSink
-from watchdog_singleton.state import RunState, StateStore
+from watchdog_singleton.job.model import Job, JobStore
+from watchdog_singleton.lock import flock as lock
+from watchdog_singleton.state.store import RunState, StateStore
+from watchdog_singleton.supervisor.logsink import LogSink
 
 ROOT = os.getuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (mount a tmpfs, chown to another user)")

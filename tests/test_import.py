@@ -18,11 +18,11 @@ import pytest
 from conftest import Sandbox, holds_for, pids_with_arg, wait_for
 from test_core import TRICKY_CRONTAB
 
-from watchdog_singleton import cronimport
-from watchdog_singleton.cronimport import LeftAlone, Proposal
-from watchdog_singleton.crontab import replace_lines
+from watchdog_singleton.cron import oldlines as cronimport
+from watchdog_singleton.cron.crontab import replace_lines
+from watchdog_singleton.cron.oldlines import LeftAlone, Proposal
 from watchdog_singleton.errors import UserError
-from watchdog_singleton.jobs import check_name
+from watchdog_singleton.job.model import check_name
 
 HOME = "/home/u"
 SEED = (b'* * * * * flock -n /tmp/$USER.lockfile -c "python -u $HOME/daemon.py >> $HOME/daemon.out 2>&1"'

@@ -302,7 +302,7 @@ def test_twenty_concurrent_installs_then_uninstalls_keep_every_line(foreign: San
 
 
 def test_a_foreign_write_between_our_read_and_write_is_redone_not_overwritten(foreign: Sandbox) -> None:
-    from watchdog_singleton.crontab import CrontabEditor, CrontabIO
+    from watchdog_singleton.cron.crontab import CrontabEditor, CrontabIO
 
     def as_user(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
         proc: subprocess.CompletedProcess[bytes] = subprocess.run(

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 import pytest
 from conftest import Sandbox, wait_for
 
+from watchdog_singleton.cluster import Grant, LeaseError, LeaseUnavailable, Timing
+from watchdog_singleton.cluster.engines import open_cluster
+from watchdog_singleton.cluster.keeper import LOST, RENEWED, RETRY, LeaseKeeper
+from watchdog_singleton.cluster.postgres import PostgresLease
 from watchdog_singleton.errors import UserError
-from watchdog_singleton.leases import Grant, LeaseError, LeaseUnavailable, Timing
-from watchdog_singleton.leases.engines import open_cluster
-from watchdog_singleton.leases.keeper import LOST, RENEWED, RETRY, LeaseKeeper
-from watchdog_singleton.leases.postgres import PostgresLease
 
 if TYPE_CHECKING:
     from pgkit import PgCluster

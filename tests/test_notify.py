@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 from conftest import Sandbox, holds_for, wait_for
 
-from watchdog_singleton import batch, cronimport, notify
+from watchdog_singleton import batch
 from watchdog_singleton.batch import Spec, schedulers
-from watchdog_singleton.cronimport import Proposal
+from watchdog_singleton.cron import oldlines as cronimport
+from watchdog_singleton.cron.oldlines import Proposal
 from watchdog_singleton.errors import UserError
-from watchdog_singleton.jobs import Job
+from watchdog_singleton.job import notify
+from watchdog_singleton.job.model import Job
 
 
 def script(sandbox: Sandbox, name: str, body: str) -> str:
@@ -268,7 +270,7 @@ def test_import_shows_and_keeps_mailto_as_mail(sandbox: Sandbox) -> None:
 
 def test_a_farm_with_failed_tasks_inside_a_job_calls_the_jobs_hook(tmp_path: Any, monkeypatch: Any) -> None:
     from watchdog_singleton import paths
-    from watchdog_singleton.jobs import JobStore
+    from watchdog_singleton.job.model import JobStore
 
     root = str(tmp_path / "state" / "watchdog-singleton" / paths.host())
     folder = paths.job_state_dir(root, "farmer")

@@ -1,4 +1,4 @@
-"""One option schema (watchdog_singleton/options.py): install's and submit's typer options, the
+"""One option schema (watchdog_singleton/job/options.py): install's and submit's typer options, the
 TOML keys, the ranges, the defaults of InstallRequest, Job and export, and the docs' option tables
 all say what the schema says; a build_job error names the option it is about, and apply points at
 the file's line for it from that field, not from the message's words."""
@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 from docskit import ROOT
 
-from watchdog_singleton import config, options
+from watchdog_singleton import config
 from watchdog_singleton.commands.install import InstallRequest, build_job
 from watchdog_singleton.commands.submit import SubmitRequest
 from watchdog_singleton.errors import UserError
-from watchdog_singleton.jobs import LIMITS, RESTART_FIELDS, Job
-from watchdog_singleton.options import INSTALL, OPTIONS, RUN, SUBMIT
+from watchdog_singleton.job import options
+from watchdog_singleton.job.model import LIMITS, RESTART_FIELDS, Job
+from watchdog_singleton.job.options import INSTALL, OPTIONS, RUN, SUBMIT
 
 
 def table_rows(path: str, header: str) -> list[list[str]]:
@@ -192,7 +193,7 @@ def test_a_build_error_names_its_field_and_apply_says_that_keys_line(
 
 
 def test_a_range_error_names_its_field() -> None:
-    from watchdog_singleton.jobs import check_limit
+    from watchdog_singleton.job.model import check_limit
 
     with pytest.raises(UserError) as caught:
         check_limit("--backoff-max", 0.5, low=("--backoff-initial", 1.0))
@@ -200,7 +201,7 @@ def test_a_range_error_names_its_field() -> None:
 
 
 def test_run_takes_the_shared_options_with_their_ranges_and_says_so_in_its_help() -> None:
-    from watchdog_singleton import runargs
+    from watchdog_singleton.tick import runargs
 
     for opt in options.for_command(RUN):
         assert opt.flag in (runargs.FLAGS if opt.kind == "bool" else runargs.VALUES), opt.flag

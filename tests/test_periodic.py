@@ -10,10 +10,10 @@ import pytest
 from fakeworld import TERM, FakeProc, FakeWorld
 from test_supervisor import T0, FakeLock, births, log_of
 
-from watchdog_singleton.jobs import Job
-from watchdog_singleton.schedule import CronSchedule, EverySchedule, skipped_between
-from watchdog_singleton.state import RunState, StateStore
-from watchdog_singleton.supervisor import Supervisor
+from watchdog_singleton.job.model import Job
+from watchdog_singleton.job.schedule import CronSchedule, EverySchedule, skipped_between
+from watchdog_singleton.state.store import RunState, StateStore
+from watchdog_singleton.supervisor.core import Supervisor
 
 
 def periodic(tmp_path: Any, world: FakeWorld, history: Optional[dict[str, Any]] = None, **options: Any) -> Supervisor:
@@ -236,7 +236,7 @@ def test_sigusr2_takes_new_settings_without_a_restart(tmp_path: Any) -> None:
     sup = periodic(tmp_path, world, every=10.0)
     runs_for(world, 1.0)
     store_root = os.path.join(str(tmp_path), "state")
-    from watchdog_singleton.jobs import JobStore
+    from watchdog_singleton.job.model import JobStore
 
     def change_the_period() -> None:
         new = Job.from_dict(sup.job.to_dict())

@@ -13,7 +13,7 @@ from fakeworld import FakeWorld
 from test_periodic import periodic, runs_for
 from test_supervisor import log_of
 
-from watchdog_singleton.schedule import EverySchedule, skipped_between
+from watchdog_singleton.job.schedule import EverySchedule, skipped_between
 
 PERIODS = (0.1, 1.0, 3.0, 5.0, 6.0, 7.5, 20.0, 86400.0)
 

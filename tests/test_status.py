@@ -9,10 +9,10 @@ import time
 
 from conftest import Sandbox, pids_with_arg, wait_for
 
-from watchdog_singleton import procs
 from watchdog_singleton.commands.status import HostView, _state_word, describe
-from watchdog_singleton.jobs import Job
-from watchdog_singleton.state import RunState
+from watchdog_singleton.job.model import Job
+from watchdog_singleton.proc import procs
+from watchdog_singleton.state.store import RunState
 from watchdog_singleton.timefmt import now_iso
 
 

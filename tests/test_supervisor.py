@@ -9,10 +9,10 @@ from typing import Any, Optional
 import pytest
 from fakeworld import SUPERVISOR, TERM, FakeProc, FakeWorld
 
-from watchdog_singleton.jobs import Job
-from watchdog_singleton.spawn import SpawnError
-from watchdog_singleton.state import RunState, StateStore
-from watchdog_singleton.supervisor import Supervisor
+from watchdog_singleton.job.model import Job
+from watchdog_singleton.proc.spawn import SpawnError
+from watchdog_singleton.state.store import RunState, StateStore
+from watchdog_singleton.supervisor.core import Supervisor
 
 T0 = 1000.0
 
@@ -279,7 +279,7 @@ def test_a_sigterm_to_the_supervisor_exits_with_the_daemons_story(tmp_path: Any)
 def test_a_stop_does_not_end_on_one_empty_scan_a_fork_and_exit_can_hide_in() -> None:
     """/proc is not read atomically: a process that forks and exits between the listing and
     the read of it leaves a scan that sees neither it nor its child."""
-    from watchdog_singleton.tree import Stopper
+    from watchdog_singleton.proc.tree import Stopper
 
     scans = iter([{101: 1}, {}, {102: 2}, {}, {}, {}, {}, {}])
     sent: list[tuple[int, int]] = []
@@ -291,7 +291,7 @@ def test_a_stop_does_not_end_on_one_empty_scan_a_fork_and_exit_can_hide_in() -> 
 
 
 def test_a_duplicate_steps_down_stopping_its_own_daemon_and_only_that(tmp_path: Any) -> None:
-    from watchdog_singleton.lock import TAKEN
+    from watchdog_singleton.lock.flock import TAKEN
 
     world = FakeWorld()
     sup = supervisor(tmp_path, world, grace=1.0)

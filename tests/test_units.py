@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from watchdog_singleton import crontab
 from watchdog_singleton.commands.logs import tail_bytes
+from watchdog_singleton.cron import crontab
 from watchdog_singleton.errors import UserError
-from watchdog_singleton.jobs import Job, check_name, check_schedule, parse_env
-from watchdog_singleton.logsink import LogSink
-from watchdog_singleton.supervisor import restart_delay
+from watchdog_singleton.job.model import Job, check_name, check_schedule, parse_env
+from watchdog_singleton.supervisor.core import restart_delay
+from watchdog_singleton.supervisor.logsink import LogSink
 
 FOREIGN = (b"# header\nMAILTO=\"\"\nFOO = spaced\n\n0 0 * * 7\techo 'a #b' % x\n@reboot true\n"
            b"# comment above a job\n1 2 3 4 5 true\nLAST=after\n")

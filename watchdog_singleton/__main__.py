@@ -15,20 +15,20 @@ from typing import List, Optional
 def main(argv: Optional[List[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["run"]:
-        from .launch import main as launch_main
+        from .tick.launch import main as launch_main
 
         sys.exit(launch_main(args[1:]))
     if args[:1] == ["_notify"]:  # what a batch script calls when its chain ends for good (notify.py)
-        from .notify import batch_main
+        from .job.notify import batch_main
 
         sys.exit(batch_main(args[1:]))
     if args[:1] == ["farm"]:
-        from .farmargs import main as farm_main
+        from .cli.farmargs import main as farm_main
 
         code = farm_main(args[1:])
         if code is not None:
             sys.exit(code)
-    from .cli import main as cli_main
+    from .cli.app import main as cli_main
 
     cli_main(args)
 

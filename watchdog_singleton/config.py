@@ -22,11 +22,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import options, paths
+from . import paths
 from .envvars import CLUSTER_ENV
 from .errors import UserError
-from .jobs import ENV_KEY_CHARS, Job
-from .request import InstallRequest
+from .job import options
+from .job.model import ENV_KEY_CHARS, Job
+from .job.request import InstallRequest
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -329,8 +330,8 @@ def job_table(job: Job, default_log_dir: str, default_lock_dir: str, environ: Op
     from), an environment key install captured from the shell (PATH, LANG, ...) is written only
     when the job's value is not the one that shell gives it anyway.
     """
-    from .jobs import snapshot_env
-    from .leases import NO_CLUSTER
+    from .cluster import NO_CLUSTER
+    from .job.model import snapshot_env
 
     given = dict(defaults or {})
 
@@ -382,7 +383,7 @@ def job_table(job: Job, default_log_dir: str, default_lock_dir: str, environ: Op
         table["stdout_log"], table["stderr_log"] = job.stdout_log, job.stderr_log  # taken over from `>> FILE`
     elif log_dir != default_path("log_dir", default_log_dir):
         table["log_dir"] = log_dir
-    from .lock import is_own_default
+    from .lock.flock import is_own_default
 
     if job.lock_dir != default_path("lock_dir", default_lock_dir) and not (
             is_own_default(job.lock_dir) and "lock_dir" not in given):

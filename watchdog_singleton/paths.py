@@ -22,6 +22,11 @@ def lock_dir_record(root: str) -> str:
     return os.path.join(root, "lock-dir")
 
 
+# The folder that holds this package: what a fresh `python -I -S` (the resident, the watcher, the
+# notifier) puts on sys.path to import it, since -S skips the site-packages it lives in.
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def state_dir() -> str:
     """The per-host folder that holds job definitions, run state and default logs."""
     explicit = os.environ.get(HOME_ENV) or (os.environ.get(STATE_DIR_ENV) if JOB_ENV not in os.environ else None)
@@ -79,7 +84,7 @@ def isolation_flag() -> str:
     import site
     import sys
 
-    package_parent = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    package_parent = os.path.realpath(PACKAGE_PARENT)
     dropped = {os.path.realpath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
     user_site = os.path.realpath(site.getusersitepackages())
     kept = set()

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from .. import files, paths
 from ..errors import FAILED, NO_SUCH_JOB, UserError
-from ..state import RunState
+from ..state.store import RunState
 from ..timefmt import iso, now_iso
 from . import JOB_PREFIX, RUNS, STOP, Entry, Scheduler, load_record, save_record, spec_of
 from .schedulers import get

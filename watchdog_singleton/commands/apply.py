@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .. import config
-from ..crontab import CrontabEditor, disabled, parse_entries, with_entry
+from ..cron.crontab import CrontabEditor, disabled, parse_entries, with_entry
+from ..cron.hostinfo import cron_daemon_running
 from ..errors import FAILED, OK, UserError
-from ..hostinfo import cron_daemon_running
-from ..jobs import Job
-from ..lock import commit_lock_dir
+from ..job.model import Job
+from ..lock.flock import commit_lock_dir
 from .cluster import check_cron_driver
 from .common import Context, Echo, start_now, stop_processes
 from .install import build_job, needs_restart, replace_running_copy

@@ -16,10 +16,7 @@ import subprocess
 from typing import Any, Optional
 
 from .. import paths
-from ..envvars import CLUSTER_ENV
-from ..errors import UserError
-from ..jobs import check_limit
-from ..leases import (
+from ..cluster import (
     CRON_TICK,
     DEFAULT_LEASE,
     LeaseError,
@@ -29,8 +26,11 @@ from ..leases import (
     redact,
     refuse_without_cluster,
 )
-from ..leases.engines import open_cluster
-from ..options import BY_FLAG, about
+from ..cluster.engines import open_cluster
+from ..envvars import CLUSTER_ENV
+from ..errors import UserError
+from ..job.model import check_limit
+from ..job.options import BY_FLAG, about
 
 STATUS_ATTEMPT = 2.0  # seconds status waits for one database (libpq's connect_timeout floor is 2 s)
 
@@ -150,7 +150,7 @@ def supervisor_trouble(state: Any) -> str:
         return ""
     if not state.supervisor_alive():
         return "gone"
-    from ..procs import read_proc
+    from ..proc.procs import read_proc
 
     info = read_proc(state.supervisor_pid)
     return "stopped" if info is not None and info.state in ("T", "t") else ""

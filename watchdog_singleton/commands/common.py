@@ -10,12 +10,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .. import paths, procs
-from ..crontab import CrontabEditor, CrontabIO, render
+from .. import paths
+from ..cron.crontab import CrontabEditor, CrontabIO, render
 from ..errors import FAILED, NO_SUCH_JOB, UserError
-from ..jobs import Job, JobStore
-from ..state import RunState, StateStore
-from ..tree import Stopper, members
+from ..job.model import Job, JobStore
+from ..proc import procs
+from ..proc.tree import Stopper, members
+from ..state.store import RunState, StateStore
 
 Echo = Callable[[str], None]
 
@@ -78,7 +79,7 @@ def start_now(ctx: Context, job: Job, why_kept: str) -> str:
     failure (exit 1) whose one line says how it ended, where its log is, and `why_kept`. A
     periodic job that cron fires at each due time is not run now: its next due time is said."""
     if job.periodic and not job.supervised_schedule:
-        from ..schedule import CronSchedule
+        from ..job.schedule import CronSchedule
 
         due = time.strftime("%H:%M", time.localtime(CronSchedule(job.schedule).next_after(time.time())))
         return f"{job.name} runs at each due time of '{job.schedule}'; the next is {due}"

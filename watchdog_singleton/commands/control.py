@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import FAILED, NO_SUCH_JOB, OK, UserError
-from ..jobs import Job, check_name
+from ..job.model import Job, check_name
 from .common import Context, Echo, start_now, stop_processes
 
 

@@ -19,7 +19,7 @@ from .. import config, paths
 from ..envvars import LOCK_DIR_ENV
 from ..errors import FAILED, OK, UserError
 from ..files import write_atomic
-from ..jobs import Job, check_name
+from ..job.model import Job, check_name
 from .common import Context, Echo
 
 # A Job field that differs -> the keys of a table that decide it.

@@ -7,14 +7,14 @@ import os
 import time
 from typing import Callable, NamedTuple, Optional
 
-from .. import notify
 from ..errors import FAILED, OK, SOME_FAILED, STORAGE_FAILED, UserError
 from ..farm import place, pytaskfarmer, tasklist
 from ..farm.pytaskfarmer import ORIGIN
 from ..farm.store import STATES, Store
 from ..farm.stores import check_place, open_store
 from ..farm.trace import FILE_NAME as TIMELINE_NAME
-from ..lock import default_lock_dir
+from ..job import notify
+from ..lock.flock import default_lock_dir
 
 Echo = Callable[[str], None]
 
@@ -98,7 +98,7 @@ def make_workdir(workdir: str) -> None:
 
 def farm_lock(workdir: str) -> tuple[object, str]:
     """The per-host lock of this work folder (one farm per folder per host) and its path."""
-    from ..lock import FlockLock, check_lock_dir
+    from ..lock.flock import FlockLock, check_lock_dir
 
     lock_dir = default_lock_dir()
     check_lock_dir(lock_dir)

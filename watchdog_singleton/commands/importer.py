@@ -16,16 +16,16 @@ import pwd
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .. import procs
-from ..cronimport import LeftAlone, Proposal, scan
-from ..crontab import parse_entries, replace_lines
+from ..cron.crontab import parse_entries, replace_lines
+from ..cron.oldlines import LeftAlone, Proposal, scan
 from ..errors import FAILED, OK, UserError, one_line
-from ..jobs import Job
-from ..lock import commit_lock_dir, is_held
-from ..phases import Phase
+from ..job.model import Job
+from ..job.request import InstallRequest
+from ..lock.flock import commit_lock_dir, is_held
+from ..proc import procs
 from ..quoting import shell_join
-from ..request import InstallRequest
-from ..state import RunState
+from ..state.phases import Phase
+from ..state.store import RunState
 from ..timefmt import now_iso
 from .common import Context, Echo, start_now
 from .install import build_job

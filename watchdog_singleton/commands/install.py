@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from .. import options, paths
-from ..crontab import fires_sparsely
+from .. import paths
+from ..cron.crontab import fires_sparsely
+from ..cron.hostinfo import cron_daemon_running
 from ..envvars import LOCK_DIR_ENV
 from ..errors import OK, UserError
 from ..files import check_log_file, creatable_dir_problem
-from ..hostinfo import cron_daemon_running
-from ..jobs import (
+from ..job import options
+from ..job.model import (
     RESTART_POLICIES,
     Job,
     check_exec_size,
@@ -22,11 +23,11 @@ from ..jobs import (
     resolve_command,
     snapshot_env,
 )
-from ..lock import check_lock_dir, commit_lock_dir, default_lock_dir, is_own_default
-from ..notify import check_hook, check_mail
-from ..options import about
+from ..job.notify import check_hook, check_mail
+from ..job.options import about
+from ..job.request import InstallRequest as InstallRequest  # also where callers have found it
+from ..lock.flock import check_lock_dir, commit_lock_dir, default_lock_dir, is_own_default
 from ..quoting import shell_join
-from ..request import InstallRequest as InstallRequest  # also where callers have found it
 from ..timefmt import now_iso
 from .cluster import check_cron_driver, check_options, grace_note
 from .common import Context, Echo, start_now, stop_processes, tell_to_reload

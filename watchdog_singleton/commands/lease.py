@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 from typing import Callable, Optional
 
+from ..cluster import MAX_TOKEN, LeaseError, cluster_url
+from ..cluster.engines import open_cluster
 from ..envvars import CLUSTER_ENV
 from ..errors import NO_SUCH_JOB, OK, STALE, USAGE, UserError
-from ..jobs import check_name
-from ..leases import MAX_TOKEN, LeaseError, cluster_url
-from ..leases.engines import open_cluster
+from ..job.model import check_name
 from .cluster import held_words
 
 Echo = Callable[[str], None]

@@ -8,7 +8,7 @@ import time
 from typing import BinaryIO, Callable, Optional
 
 from ..errors import OK, UserError
-from ..jobs import LIMITS, check_name, check_range
+from ..job.model import LIMITS, check_name, check_range
 from .common import Context
 
 POLL_SECONDS = 0.2

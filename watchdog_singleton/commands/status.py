@@ -9,16 +9,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from .. import lock, paths, procs, tree
-from ..crontab import Entry
+from .. import paths
+from ..cluster import CRON_TICK
+from ..cluster.guard import heartbeat_tick
+from ..cron.crontab import Entry
+from ..cron.hostinfo import cron_daemon_running
 from ..errors import NO_SUCH_JOB, NOT_RUNNING, OK, UserError
 from ..files import Unreadable
-from ..hostinfo import cron_daemon_running
-from ..jobs import BrokenJob, Job, check_name
-from ..leases import CRON_TICK
-from ..leases.guard import heartbeat_tick
+from ..job.model import BrokenJob, Job, check_name
+from ..lock import flock as lock
+from ..proc import procs, tree
 from ..quoting import shell_join
-from ..state import RunState
+from ..state.store import RunState
 from ..timefmt import iso
 from .cluster import ClusterView, summary
 from .cluster import describe as describe_cluster
@@ -37,8 +39,8 @@ class HostView:
 
     @classmethod
     def read(cls, ctx: Context) -> "HostView":
-        from ..cronimport import cron_zones
-        from ..crontab import parse_entries
+        from ..cron.crontab import parse_entries
+        from ..cron.oldlines import cron_zones
 
         zones: dict[str, str] = {}
         try:
@@ -162,7 +164,7 @@ def _next_due(job: Optional[Job], state: Optional[RunState], supervisor: bool,
         return None
     if job.supervised_schedule:
         return state.next_due_at if state is not None and supervisor else None
-    from ..cronimport import next_due
+    from ..cron.oldlines import next_due
 
     return next_due(job.schedule, time.time(), zone)  # None for one that never fires
 

@@ -7,13 +7,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .. import batch, files, notify, paths
+from .. import batch, files, paths
 from ..batch import schedulers
+from ..cluster import NO_CLUSTER
 from ..envvars import CLUSTER_ENV
 from ..errors import FAILED, OK, UserError
-from ..jobs import check_limit, check_name, resolve_command, snapshot_env
-from ..leases import NO_CLUSTER
-from ..options import OPTIONS
+from ..job import notify
+from ..job.model import check_limit, check_name, resolve_command, snapshot_env
+from ..job.options import OPTIONS
 from ..timefmt import now_iso
 from .cluster import check_cron_driver, check_options
 from .common import Context, Echo

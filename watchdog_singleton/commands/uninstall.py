@@ -7,8 +7,8 @@ from typing import Any, Optional
 
 from .. import paths
 from ..errors import FAILED, NO_SUCH_JOB, OK, UserError
-from ..jobs import check_name
-from ..lock import default_lock_dir
+from ..job.model import check_name
+from ..lock.flock import default_lock_dir
 from .common import Context, Echo, stop_processes
 
 

@@ -283,7 +283,7 @@ class Nursery:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        from ..tree import Stopper
+        from ..proc.tree import Stopper
         from .reaper import marked
 
         Stopper(reap=self.reap).stop(marked(self.marker), 0.0)
@@ -340,7 +340,7 @@ class Client:
     def _launch(self, mode: str) -> socket.socket:
         import subprocess
 
-        from .. import procs
+        from ..proc import procs
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
+from ..cluster import redact
+from ..cluster.postgres import connect, statement_timeout
 from ..errors import UserError
-from ..leases import redact
-from ..leases.postgres import connect, statement_timeout
 from .store import FAILED_STATE, FINISHED, LOST_LIMIT, STATES, TODO, Claim, Row, StoreError
 from .tasklist import Task
 

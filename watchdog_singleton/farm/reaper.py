@@ -16,8 +16,8 @@ import os
 import signal
 import sys
 
-from .. import procs
-from ..tree import Stopper
+from ..proc import procs
+from ..proc.tree import Stopper
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the watcher's start

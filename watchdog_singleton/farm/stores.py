@@ -23,7 +23,7 @@ def check_place(db: Optional[str], workdir: str) -> None:
     if path == ":memory:":
         return
     check_sqlite_files(path)
-    from ..lock import filesystem_type
+    from ..lock.flock import filesystem_type
 
     fs = filesystem_type(path)
     if fs:

@@ -31,7 +31,6 @@ import threading
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
-from .. import procs
 from ..envvars import (
     ATTEMPT_ENV,
     FARM_ENV,
@@ -43,7 +42,8 @@ from ..envvars import (
     TOKEN_ENV,
 )
 from ..errors import REQUEUE, SOME_FAILED, STORAGE_FAILED, UserError
-from ..tree import Finder, Stopper
+from ..proc import procs
+from ..proc.tree import Finder, Stopper
 from . import place
 from . import tasklist as tasklist_mod
 from .nursery import Client, SpawnFailed, boottime, helper_argv

@@ -1,0 +1,139 @@
+"""The daemon's process tree as its supervisor sees it: start the command, reap what exits and say
+what became of the daemon (`Exit`, or `Follow` when a forking command left its tree running),
+list what is left of the tree, stop it. It writes no run state: the supervisor acts on what it
+says. Every process goes through the supervisor's seams (spawn, scan, reap, signals, clock).
+
+    child = Child(seams, reap=lifecycle.reap)  # the stopper reaps through the lifecycle while it waits
+    child.spawn(job, daemon_env(job), fds, capture=True)
+    for what in child.reaped(job, quiet=False, stopping=False):  # Exit | Follow, one at a time
+        ...
+    child.stop(job, grace, why, detailed=True, note=note)
+
+It also holds what the daemon's start needs besides the spawn: its environment (`daemon_env`, the
+launcher's lean mode and notify's hooks use it too) and the words for a start that failed.
+"""
+
+from __future__ import annotations
+
+from ..errors import CANNOT_EXECUTE
+from ..proc import procs, tree
+from ..proc.spawn import SpawnError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Callable, Iterator, Optional, Union
+
+    from ..job.model import Job
+    from ..proc.spawn import Spawned
+    from .seams import Seams
+
+
+def exit_report(job: Job, code: int, lasted: float, message: str, log: str) -> str:
+    """For whoever waits for the start: the daemon ended within its settle time."""
+    detail = f" ({message})" if message else ""
+    return f"{job.name} {procs.exit_text(code)} {lasted:.1f} s after it started{detail}" + (f"; see {log}" if log
+                                                                                               else "")
+
+
+def start_failure(job: Job, exc: Exception) -> tuple[int, str]:
+    """The exit code and the message of a command that could not start (126: found, not run)."""
+    if isinstance(exc, SpawnError):
+        return exc.code, str(exc)
+    if isinstance(exc, OSError):
+        return CANNOT_EXECUTE, f"cannot start {job.command[0]}: {exc.strerror}"
+    return CANNOT_EXECUTE, str(exc)
+
+
+class Exit:
+    """The daemon is gone after `lasted` seconds (`followed`: it was the tree a forking command
+    left; `pid` 0: that tree is gone with no exit of ours to reap); `left` is what remains of its
+    tree, to stop ({} when nothing is, or when the supervisor stops the tree anyway)."""
+    __slots__ = ("pid", "code", "lasted", "followed", "left")
+
+    def __init__(self, pid: int, code: int, lasted: float, followed: bool, left: dict[int, int]) -> None:
+        self.pid, self.code, self.lasted, self.followed, self.left = pid, code, lasted, followed, left
+
+    def hint(self) -> str:
+        """A command that exited 0 leaving processes has put itself in the background, unasked."""
+        if self.code != 0 or not self.left:
+            return ""
+        processes = "process" if len(self.left) == 1 else "processes"
+        return (f"exited 0 leaving {len(self.left)} {processes}: if it daemonizes itself, install it "
+                "with --forking or run it in the foreground")
+
+
+class Follow:
+    """Forking: the oldest process the command left, `pid` (started at `start`), is the daemon now."""
+    __slots__ = ("pid", "start", "count")
+
+    def __init__(self, pid: int, start: int, count: int) -> None:
+        self.pid, self.start, self.count = pid, start, count
+
+
+class Child:
+    def __init__(self, seams: Seams, reap: Callable[[], None]) -> None:
+        self.seams = seams
+        self.pid: Optional[int] = None  # the pid we wait for: the command, or what it left (forking)
+        self.following = False  # forking: the command exited 0 and its tree is followed as the daemon
+        self.started = 0.0
+        self.stopper = tree.Stopper(send=seams.send, clock=seams.clock, sleep=seams.sleep, reap=reap)
+
+    def spawn(self, job: Job, env: dict[str, str], fds: tuple[int, ...], capture: bool) -> Spawned:
+        if job.state_folder:
+            self.seams.ensure_dir(job.state_folder)
+        child = self.seams.spawn(job.command, job.workdir, env, fds, capture)
+        self.pid, self.following, self.started = child.pid, False, self.seams.clock()
+        return child
+
+    def members(self, job: Job) -> dict[int, int]:
+        pid = self.seams.pid
+        return tree.members(self.seams.scan(), job.lock_path, (pid,), (pid,))
+
+    def reaped(self, job: Job, quiet: bool, stopping: bool) -> Iterator[Union[Exit, Follow]]:
+        """Reap every exited child, ours or adopted; say what became of the daemon, one at a time
+        (the supervisor acts on each before the next). `quiet`: a duplicate stepping down, whose
+        tree is another's; `stopping`: we stop the tree already, what it leaves is ours to end."""
+        for pid, code in self.seams.reap():
+            if pid != self.pid:
+                continue
+            self.pid = None
+            lasted = self.seams.clock() - self.started
+            if quiet or stopping:
+                yield Exit(pid, code, lasted, self.following, {})
+                continue
+            left = self.members(job)
+            if left and (self.following or (code == 0 and job.forking)):
+                self.following = True
+                yield self._follow(left)
+                continue
+            yield Exit(pid, code, lasted, self.following, left)
+        if self.following and self.pid is None:
+            left = self.members(job)
+            yield self._follow(left) if left else Exit(0, 0, self.seams.clock() - self.started, True, {})
+
+    def _follow(self, left: dict[int, int]) -> Follow:
+        main = min(left, key=lambda pid: (left[pid], pid))
+        self.pid = main
+        return Follow(main, left[main], len(left))
+
+    def stop(self, job: Job, grace: float, why: str, detailed: bool, note: Callable[[str], None]) -> None:
+        """SIGTERM to the whole tree, SIGKILL after `grace`; `why` goes to the log once the first
+        scan found something (`detailed`: with the numbers), and what survived SIGKILL."""
+        def say(count: int) -> None:
+            if count and detailed:
+                note(f"{why}; SIGTERM to {count} process(es), SIGKILL after {grace:g} s")
+            elif count:
+                note(why)
+
+        finder = tree.Finder(job.lock_path, roots=lambda: (self.seams.pid,), scan=self.seams.scan)
+        survivors = self.stopper.stop(finder, grace, on_first=say)
+        if survivors:
+            note(f"pids {sorted(survivors)} survived SIGKILL (stuck in the kernel?)")
+        for pid, _code in self.seams.reap():
+            if pid == self.pid:
+                self.pid = None
+
+    def step_down(self, job: Job) -> None:
+        """A duplicate supervisor leaves: only its own descendants go (they carry no mark yet)."""
+        own = tree.Finder(job.lock_path, roots=lambda: (self.seams.pid,), scan=self.seams.scan, marked=False)
+        self.stopper.stop(own, job.grace)

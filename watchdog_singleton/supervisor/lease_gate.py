@@ -1,0 +1,123 @@
+"""A cluster job's decisions around its lease (the supervisor's part of leases/guard.py): loaded
+only by the supervisor of a cluster job."""
+
+from __future__ import annotations
+
+from .decisions import Decision, Done, Go, NextDue, Standby
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Callable, Optional
+
+    from ..cluster import ClusterLease
+    from ..cluster.guard import ClusterGuard
+    from ..job.model import Job
+    from ..state.store import RunState
+    from .periodic_plan import PeriodicPlan
+
+
+class LeaseNews:
+    """What a lease tick found: lines for the log, whether the state changed, and a lost lease."""
+    __slots__ = ("notes", "changed", "lost")
+
+    def __init__(self, notes: list[str], changed: bool = False, lost: Optional[str] = None) -> None:
+        self.notes, self.changed, self.lost = notes, changed, lost
+
+    def __repr__(self) -> str:
+        return f"LeaseNews({self.notes!r}, changed={self.changed}, lost={self.lost!r})"
+
+
+class LeaseGate:
+    """A cluster job's lease around each run: held before a start (or why not, and what next),
+    watched while the run goes on, given back after a sync or rotate run. It writes the run
+    state's lease fields; the guard talks to the database."""
+
+    def __init__(self, job: Job, state: RunState, guard: ClusterGuard) -> None:
+        self.job = job
+        self.state = state
+        self.guard = guard
+        self.said = ""  # the last lease problem written to the log (each is written once)
+        self.notes: list[str] = []  # what the last `before_start` has to say in the log
+        self.lost: Optional[str] = None  # set by `before_start` when it found the lease lost
+
+    @staticmethod
+    def open(job: Job, state: RunState, cluster: ClusterLease, wake: Callable[[], None],
+             clock: Optional[Callable[[], float]] = None, threaded: bool = True) -> LeaseGate:
+        """The gate of `cluster`'s lease for `job`; `wake` wakes the supervisor (the renew thread's
+        news), `clock` is the lease's (CLOCK_BOOTTIME unless a test passes its own)."""
+        from ..cluster import Timing
+        from ..cluster.guard import ClusterGuard
+        from ..cluster.keeper import boottime
+
+        guard = ClusterGuard(job, cluster, Timing.for_lease(job.lease), wake, clock=clock or boottime,
+                             threaded=threaded)
+        return LeaseGate(job, state, guard)
+
+    def before_start(self, now: float, checked_at: str, plan: Optional[PeriodicPlan],
+                     stopping: bool) -> Decision:
+        """Before a start: hold NAME's cluster lease, or say why not and decide what comes next (wait
+        for the next due time, retry as a standby, or leave). `checked_at`: now, as the state shows it."""
+        guard, state, job = self.guard, self.state, self.job
+        self.notes, self.lost = [], None
+        if guard.keeper.grant is not None and guard.lost():
+            # Stopped (SIGSTOP) past the give-up deadline: the watcher ended the tree meanwhile.
+            self.lost = self.forget()
+        gate = guard.gate()
+        state.lease_checked_at = checked_at if not gate.unreachable else state.lease_checked_at
+        if gate.go:
+            if state.lease_token != guard.token or state.lease_role != "holder":
+                self.notes.append(f"holding the cluster lease of {job.name}: token {guard.token}")
+            state.lease_role, state.lease_token, state.lease_holder = "holder", guard.token, ""
+            state.lease_problem = self.said = ""
+            guard.start_renewing()
+            return Go()
+        state.lease_role, state.lease_token, state.lease_holder = "standby", None, gate.holder
+        state.lease_problem = gate.why if gate.unreachable else ""
+        if gate.why != self.said:
+            self.said = gate.why
+            self.notes.append(f"not started here: {gate.why}")
+        if plan is not None and gate.taken:
+            plan.runs.skipped_slot(gate.why)  # sync: this period's run is another host's
+        due = plan.runs.next_due() if plan is not None and not stopping else None
+        if due is not None:
+            return NextDue(due)  # the supervisor keeps the due times: ask again at the next
+        if job.standby and plan is None:
+            return Standby(now + guard.timing.retry, f"ok standby {job.name}: {gate.why}: standing by")
+        # Leave: the next tick asks again. An unreachable database is a failure for a manual run
+        # (exit 1, on stderr) and a quiet exit from cron (its log and status say it).
+        said = f"{job.name} not started here: {gate.why}"
+        return Done(1 if gate.unreachable else 0, f"unavailable {said}" if gate.unreachable else f"ok standby {said}")
+
+    def on_tick(self) -> LeaseNews:
+        """Renew inline (tests), note a renew problem once, and say when the lease is lost."""
+        guard = self.guard
+        guard.tick()
+        problem = guard.keeper.problem
+        if guard.keeper.grant is None:
+            return LeaseNews([])
+        news = LeaseNews([])
+        if problem != self.said:
+            if problem:
+                news.notes.append(f"cluster lease: {problem}")
+            elif self.said:
+                news.notes.append("cluster lease: renewed again")
+            self.said = self.state.lease_problem = problem
+            news.changed = True
+        if guard.lost():
+            news.lost = self.forget()
+        return news
+
+    def forget(self) -> str:
+        """The lease is lost: forget our grant; returns what to log."""
+        problem = self.guard.keeper.problem
+        self.guard.forget()
+        self.state.lease_role, self.state.lease_token = "", None
+        return f"lost the cluster lease of {self.job.name} ({problem or 'expired'})"
+
+    def run_ended(self) -> Optional[str]:
+        """A run ended: a sync or rotate job gives the lease back; returns what to log, if anything."""
+        if not (self.job.sync or self.job.rotate):
+            return None
+        turn = self.guard.run_ended()
+        self.state.lease_role, self.state.lease_token = "", None
+        return f"the turn passes to {turn}" if turn is not None else None

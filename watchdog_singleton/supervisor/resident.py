@@ -1,0 +1,84 @@
+"""The resident supervisor's entry point, exec'd by the launcher once it holds NAME's lock.
+
+    python -I -S -c BOOT PACKAGE_PARENT --state-dir ROOT NAME JOB_FD
+
+A fresh interpreter that loads only what supervising needs, so the process that stays beside
+the daemon for its whole life costs about what a bare interpreter does. JOB_FD is a memfd
+holding the job and the hand-over (lock descriptors, where to report readiness), marshalled:
+marshal is built in, so reading it loads nothing.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+
+from ..errors import FAILED
+from ..files import read_to_end
+from ..job.model import Job
+from ..lock.flock import FlockLock
+from ..state.store import StateStore
+from .core import Supervisor
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Optional
+
+
+# Set by the launcher in our environment, read by glibc at our start.
+RESIDENT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "1"}
+
+
+def main(argv: list[str]) -> int:
+    _, root, name, job_fd = argv
+    for key in RESIDENT_MALLOC:  # ours, read by glibc at our start; not the daemon's
+        os.environ.pop(key, None)
+    hand_over = marshal.loads(read_to_end(int(job_fd)))
+    job = Job.from_dict(hand_over["job"])
+    lock = FlockLock(job.lock_dir, job.name)
+    lock.fd, lock.dir_fd = hand_over["lock_fd"], hand_over["dir_fd"]
+    for fd in lock.inheritable_fds():
+        os.set_inheritable(fd, False)  # the daemon gets them through spawn's pass_fds
+    ready_fd = hand_over["ready_fd"]
+    beat_fd = hand_over.get("beat_fd", -1)  # a cluster job's: to its watcher, our parent (cluster/watcher.py)
+    if beat_fd >= 0:
+        os.set_inheritable(beat_fd, False)  # the watcher's EOF is our death, never the daemon's
+    if ready_fd >= 0:
+        os.set_inheritable(ready_fd, False)  # else the daemon would hold it and nobody hear EOF
+
+    def ready(problem: Optional[str]) -> None:
+        nonlocal ready_fd
+        if ready_fd < 0:
+            return
+        try:
+            if problem is None and supervisor.periodic is not None and not supervisor.state.pid:
+                problem = f"ok supervisor {os.getpid()}"  # waiting for its first due time
+            os.write(ready_fd, (problem or f"ok {supervisor.state.pid or os.getpid()}").encode())
+            os.close(ready_fd)
+        except OSError:
+            pass  # whoever waited is gone
+        ready_fd = -1
+
+    try:
+        cluster = None
+        if job.cluster:
+            from ..cluster import Timing
+            from ..cluster.engines import open_cluster
+
+            cluster = open_cluster(job.cluster, Timing.for_lease(job.lease))  # connects at its first ask
+        supervisor = Supervisor(job, lock, StateStore(root), adhoc=hand_over["adhoc"], cluster=cluster,
+                                passthrough=hand_over["passthrough"],
+                                inherit_env=dict(os.environ) if hand_over["adhoc"] else None,
+                                ready=ready if ready_fd >= 0 else None, history=hand_over["history"])
+        if supervisor.guard is not None and beat_fd >= 0:
+            from ..cluster.watcher import beat
+
+            supervisor.guard.keeper.on_deadline = lambda deadline: beat(beat_fd, deadline)
+        return supervisor.run()
+    except Exception as exc:  # e.g. a log file that is not ours: one line for whoever waits
+        message = str(exc) or exc.__class__.__name__
+        ready(f"{name}: the supervisor could not run: {message}")
+        if ready_fd < 0 and sys.stderr is not None:
+            print(f"watchdog-singleton: {name}: {message}", file=sys.stderr)
+        return FAILED

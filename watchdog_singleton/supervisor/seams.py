@@ -1,0 +1,77 @@
+"""What the supervisor touches of the world, in one object that tests replace (tests/fakeworld.py):
+the clocks, starting, listing, reaping and signalling processes, /proc, the job's definition on
+disk, folders, log files, and the terminal of a passthrough run."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ..files import ensure_dir
+from ..job.model import JobStore
+from ..proc import procs
+from ..proc.spawn import spawn
+from .logsink import LogSink
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Callable, Optional
+
+    from ..job.model import Job
+    from ..proc.spawn import Spawned
+
+
+def reap_children() -> list[tuple[int, int]]:
+    """(pid, exit code) of every exited child, ours or adopted."""
+    exited: list[tuple[int, int]] = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return exited
+        if pid == 0:
+            return exited
+        exited.append((pid, os.waitstatus_to_exitcode(status)))
+
+
+def load_job(root: str, name: str) -> Optional[Job]:
+    return JobStore(root).load(name)
+
+
+def to_stderr(text: str) -> None:
+    os.write(2, f"watchdog-singleton: {text}\n".encode())
+
+
+class Seams:
+    """What the supervisor touches of the world; tests pass fakes (clock, processes, waiting)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 spawn: Callable[..., Spawned] = spawn, scan: Callable[[], dict[int, procs.Proc]] = procs.scan,
+                 reap: Callable[[], list[tuple[int, int]]] = reap_children,
+                 wait: Optional[Callable[[float], None]] = None, send: Callable[[int, int], None] = os.kill,
+                 sleep: Callable[[float], None] = time.sleep, pid: int = 0,
+                 lease_clock: Optional[Callable[[], float]] = None, threads: bool = True,
+                 boot_id: Callable[[], str] = procs.boot_id,
+                 start_time: Callable[[int], Optional[int]] = procs.start_time,
+                 load_job: Callable[[str, str], Optional[Job]] = load_job,
+                 ensure_dir: Callable[[str], None] = ensure_dir,
+                 open_sink: Callable[[str, int, int], LogSink] = LogSink,
+                 stderr: Callable[[str], None] = to_stderr, strict: bool = False) -> None:
+        self.clock = clock
+        self.wall = wall
+        self.spawn = spawn
+        self.scan = scan
+        self.reap = reap
+        self.wait = wait  # None: sleep in the output pump's poll
+        self.send = send
+        self.sleep = sleep
+        self.pid = pid or os.getpid()
+        self.lease_clock = lease_clock  # None: CLOCK_BOOTTIME (leases.keeper)
+        self.threads = threads  # False: a cluster lease is renewed inline, in the supervisor's tick
+        self.boot_id = boot_id  # /proc: this boot, and a pid's start time, for the run state
+        self.start_time = start_time
+        self.load_job = load_job  # (state root, name): the definition on disk, re-read on SIGUSR2
+        self.ensure_dir = ensure_dir
+        self.open_sink = open_sink  # (path, max bytes, backups): a log file
+        self.stderr = stderr  # a line for the terminal of a passthrough run
+        self.strict = strict  # a phase change the table does not allow raises (tests), else is noted
