@@ -257,6 +257,26 @@ class JsonFolder:
         return sorted(found)
 
 
+def append_note(path: str, text: str) -> None:
+    """One line of ours, `[watchdog-singleton TIME] text`, appended to a job's log by a process
+    that has no log sink of its own (the watcher, the notifier). Never follows a symlink;
+    failing to write is not worth failing for."""
+    if not path:
+        return
+    from .timefmt import now_iso
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        os.write(fd, f"[watchdog-singleton {now_iso()}] {text}\n".encode(errors="replace"))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def read_to_end(fd: int) -> bytes:
     """Everything until EOF on `fd` (a pipe, a memfd), which is then closed."""
     chunks: list[bytes] = []

@@ -30,10 +30,9 @@ import os
 import sys
 import time
 
-from .. import paths
+from .. import files, paths
 from ..errors import SIGNALLED
 from ..proc import procs, tree
-from ..timefmt import now_iso
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the watcher's memory; annotations are strings
@@ -212,21 +211,7 @@ class Watcher:
 
 def log_note(path: str) -> Callable[[str], None]:
     """Lines of ours appended to the job's stderr log (the supervisor's own sink may be gone)."""
-    def note(text: str) -> None:
-        if not path:
-            return
-        stamp = now_iso()
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return
-        try:
-            os.write(fd, f"[watchdog-singleton {stamp}] {text}\n".encode(errors="replace"))
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-    return note
+    return lambda text: files.append_note(path, text)
 
 
 def main(argv: list[str]) -> int:

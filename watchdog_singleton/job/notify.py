@@ -34,7 +34,7 @@ from ..envvars import (
 )
 from ..errors import UserError
 from ..proc import procs
-from ..timefmt import iso, now_iso
+from ..timefmt import iso
 from .options import OPTIONS
 
 TYPE_CHECKING = False
@@ -215,24 +215,8 @@ def deliver(payload: dict[str, Any], env: dict[str, str], timeout: float = HOOK_
         said.append(run_hook(payload, env, timeout))
     log = payload.get("stderr_log") or ""
     for line in said:
-        log_note(log, line)
+        files.append_note(log, line)
     return said
-
-
-def log_note(path: str, text: str) -> None:
-    if not path:
-        return
-    stamp = now_iso()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError:
-        return
-    try:
-        os.write(fd, f"[watchdog-singleton {stamp}] {text}\n".encode(errors="replace"))
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def run_hook(payload: dict[str, Any], env: dict[str, str], timeout: float) -> str:
