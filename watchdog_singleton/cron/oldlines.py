@@ -15,7 +15,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import NoReturn, Optional, Union
 
 from ..job.model import AT_WORDS, NAME_CHARS
 
@@ -107,6 +107,147 @@ SPECIAL = set("|&;()<>")
 GLOB = set("*?[")
 
 
+def _expand(text: str, j: int, quoted: bool, env: CronEnv, unknown: list[str]) -> tuple[str, int]:
+    """Expand the $VAR or ${VAR} at text[j] == "$": its value and the index after it.
+
+    A variable we cannot know expands to "" and is noted in `unknown`, as sh would leave it."""
+    n = len(text)
+    if j + 1 < n and text[j + 1] == "{":
+        end = text.find("}", j)
+        name = text[j + 2:end] if end > 0 else ""
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise Refused(f"the shell expansion {text[j:end + 1 if end > 0 else n]} is beyond a simple command")
+        nxt = end + 1
+    else:
+        match = re.match(r"[A-Za-z_][A-Za-z0-9_]*", text[j + 1:])
+        if not match:
+            if j + 1 < n and text[j + 1] == "(":
+                raise Refused("a command substitution $( ) cannot be split safely")
+            if j + 1 >= n or text[j + 1] in " \t\"":
+                return "$", j + 1  # a lone $ stays a $
+            raise Refused(f"the shell parameter ${text[j + 1]} is beyond a simple command")
+        name = match.group(0)
+        nxt = j + 1 + len(name)
+    value = env.lookup(name)
+    if value is None:
+        unknown.append(name)
+        value = ""
+    elif not quoted and (set(value) & (set(" \t\n") | GLOB)):
+        raise Refused(f"${name} is unquoted and its value would be split or globbed by sh")
+    return value, nxt
+
+
+def _redirect_op(text: str, i: int) -> tuple[str, int]:
+    """The redirection operator starting with the < or > at text[i], and the index after it."""
+    op = text[i]
+    if text.startswith(">>", i):
+        return ">>", i + 2
+    if text.startswith(">&", i):
+        return ">&", i + 2
+    if text.startswith(">|", i):
+        return ">", i + 2
+    if text.startswith("<<", i) or text.startswith("<&", i) or text.startswith("<>", i):
+        raise Refused("a here-document or descriptor redirection cannot be split safely")
+    return op, i + 1
+
+
+def _fd_redirect_op(text: str, i: int) -> tuple[str, int]:
+    """The operator after a descriptor number (2>..., 2>>..., 2>&...) at text[i], and the index after it."""
+    if text.startswith(">>", i):
+        return ">>", i + 2
+    if text.startswith(">&", i):
+        return ">&", i + 2
+    if text[i] == ">":
+        return ">", i + 1
+    raise Refused("an input redirection of a descriptor cannot be split safely")
+
+
+def _refuse_operator(text: str, i: int) -> NoReturn:
+    """Refuse the control operator (| & ; ( )) at text[i], naming what sh would do with it."""
+    what = {"|": "a pipeline (|)", "&": "a background or list operator (&, &&)",
+            ";": "a command list (;)", "(": "a subshell ( )", ")": "a subshell ( )"}[text[i]]
+    if text.startswith("||", i):
+        what = "a list operator (||)"
+    raise Refused(f"{what} cannot be split safely")
+
+
+def _tilde(text: str, i: int, env: CronEnv) -> str:
+    """The home a word-initial ~ at text[i] stands for; ~user is refused."""
+    end = i + 1
+    while end < len(text) and text[end] not in " \t/":
+        end += 1
+    if end > i + 1:
+        raise Refused(f"{text[i:end]} names another user's home")
+    return env.home
+
+
+def _single_quoted(text: str, i: int) -> tuple[str, int]:
+    """The literal text of the '...' opening at text[i], and the index after the closing quote."""
+    end = text.find("'", i + 1)
+    if end < 0:
+        raise Refused("an unclosed ' quote")
+    return text[i + 1:end], end + 1
+
+
+def _double_quoted(text: str, i: int, env: CronEnv, unknown: list[str]) -> tuple[str, int]:
+    """The text of the "..." opening at text[i], variables expanded, and the index after the closing quote."""
+    n = len(text)
+    part: list[str] = []
+    i += 1
+    while True:
+        if i >= n:
+            raise Refused('an unclosed " quote')
+        c = text[i]
+        if c == '"':
+            return "".join(part), i + 1
+        if c == "`":
+            raise Refused("a command substitution with backticks cannot be split safely")
+        if c == "\\" and i + 1 < n and text[i + 1] in '$`"\\':
+            part.append(text[i + 1])
+            i += 2
+        elif c == "$":
+            value, i = _expand(text, i, True, env, unknown)
+            part.append(value)
+        else:
+            part.append(c)
+            i += 1
+
+
+def _word(text: str, i: int, env: CronEnv, unknown: list[str]) -> tuple[str, bool, int]:
+    """Read the word starting at text[i]: its value, whether any of it was quoted, and the index after it."""
+    n = len(text)
+    word: list[str] = []
+    quoted_any = False
+    if text[i] == "~":
+        word.append(_tilde(text, i, env))
+        i += 1
+    while i < n and text[i] not in " \t" and text[i] not in SPECIAL:
+        c = text[i]
+        if c == "\\":
+            if i + 1 < n:
+                word.append(text[i + 1])
+            i += 2
+        elif c == "'":
+            part, i = _single_quoted(text, i)
+            word.append(part)
+            quoted_any = True
+        elif c == '"':
+            part, i = _double_quoted(text, i, env, unknown)
+            word.append(part)
+            quoted_any = True
+        elif c == "`":
+            raise Refused("a command substitution with backticks cannot be split safely")
+        elif c == "$":
+            value, i = _expand(text, i, False, env, unknown)
+            word.append(value)
+        elif c in GLOB or c in "{}":
+            raise Refused(f"the unquoted {c} would be expanded by sh")
+        else:
+            word.append(c)
+            i += 1
+    return "".join(word), quoted_any, i
+
+
 def split_shell(text: str, env: CronEnv) -> Words:
     """Split one simple sh command into words and redirections, expanding $VAR, ${VAR} and ~.
 
@@ -119,33 +260,6 @@ def split_shell(text: str, env: CronEnv) -> Words:
     unknown: list[str] = []
     i, n = 0, len(text)
     pending: Optional[tuple[int, str]] = None  # a redirection waiting for its target word
-
-    def expand(j: int, quoted: bool) -> tuple[str, int]:
-        # text[j] == "$"
-        if j + 1 < n and text[j + 1] == "{":
-            end = text.find("}", j)
-            name = text[j + 2:end] if end > 0 else ""
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise Refused(f"the shell expansion {text[j:end + 1 if end > 0 else n]} is beyond a simple command")
-            nxt = end + 1
-        else:
-            match = re.match(r"[A-Za-z_][A-Za-z0-9_]*", text[j + 1:])
-            if not match:
-                if j + 1 < n and text[j + 1] == "(":
-                    raise Refused("a command substitution $( ) cannot be split safely")
-                if j + 1 >= n or text[j + 1] in " \t\"":
-                    return "$", j + 1  # a lone $ stays a $
-                raise Refused(f"the shell parameter ${text[j + 1]} is beyond a simple command")
-            name = match.group(0)
-            nxt = j + 1 + len(name)
-        value = env.lookup(name)
-        if value is None:
-            unknown.append(name)
-            value = ""
-        elif not quoted and (set(value) & (set(" \t\n") | GLOB)):
-            raise Refused(f"${name} is unquoted and its value would be split or globbed by sh")
-        return value, nxt
-
     while i < n:
         c = text[i]
         if c in " \t":
@@ -153,98 +267,20 @@ def split_shell(text: str, env: CronEnv) -> Words:
             continue
         if c == "#":
             break  # a comment to the end of the line
+        if c in "<>":
+            op, i = _redirect_op(text, i)
+            if pending:
+                raise Refused("a redirection without a target")
+            pending = (1 if op != "<" else 0, op)
+            continue
         if c in SPECIAL:
-            if c in "<>":
-                op = c
-                if text.startswith(">>", i):
-                    op, i = ">>", i + 2
-                elif text.startswith(">&", i):
-                    op, i = ">&", i + 2
-                elif text.startswith(">|", i):
-                    op, i = ">", i + 2
-                elif text.startswith("<<", i) or text.startswith("<&", i) or text.startswith("<>", i):
-                    raise Refused("a here-document or descriptor redirection cannot be split safely")
-                else:
-                    i += 1
-                if pending:
-                    raise Refused("a redirection without a target")
-                pending = (1 if op != "<" else 0, op)
-                continue
-            what = {"|": "a pipeline (|)", "&": "a background or list operator (&, &&)",
-                    ";": "a command list (;)", "(": "a subshell ( )", ")": "a subshell ( )"}[c]
-            if text.startswith("||", i):
-                what = "a list operator (||)"
-            raise Refused(f"{what} cannot be split safely")
-        # a word
-        word: list[str] = []
-        quoted_any = False
-        start = i
-        unknown_before = len(unknown)
-        if c == "~":
-            end = i + 1
-            while end < n and text[end] not in " \t/":
-                end += 1
-            if end > i + 1:
-                raise Refused(f"{text[i:end]} names another user's home")
-            word.append(env.home)
-            i += 1
-        while i < n and text[i] not in " \t" and text[i] not in SPECIAL:
-            c = text[i]
-            if c == "\\":
-                if i + 1 < n:
-                    word.append(text[i + 1])
-                i += 2
-            elif c == "'":
-                end = text.find("'", i + 1)
-                if end < 0:
-                    raise Refused("an unclosed ' quote")
-                word.append(text[i + 1:end])
-                quoted_any = True
-                i = end + 1
-            elif c == '"':
-                quoted_any = True
-                i += 1
-                while True:
-                    if i >= n:
-                        raise Refused('an unclosed " quote')
-                    c = text[i]
-                    if c == '"':
-                        i += 1
-                        break
-                    if c == "`":
-                        raise Refused("a command substitution with backticks cannot be split safely")
-                    if c == "\\" and i + 1 < n and text[i + 1] in '$`"\\':
-                        word.append(text[i + 1])
-                        i += 2
-                    elif c == "$":
-                        value, i = expand(i, True)
-                        word.append(value)
-                    else:
-                        word.append(c)
-                        i += 1
-            elif c == "`":
-                raise Refused("a command substitution with backticks cannot be split safely")
-            elif c == "$":
-                value, i = expand(i, False)
-                word.append(value)
-            elif c in GLOB or c in "{}":
-                raise Refused(f"the unquoted {c} would be expanded by sh")
-            else:
-                word.append(c)
-                i += 1
+            _refuse_operator(text, i)
+        start, unknown_before = i, len(unknown)
+        value, quoted_any, i = _word(text, i, env, unknown)
         raw = text[start:i]
-        value = "".join(word)
         if i < n and text[i] in "<>" and not quoted_any and raw.isdigit() and not pending:
             fd = int(raw)  # 2>... : the digits name the descriptor
-            op = ">"
-            if text.startswith(">>", i):
-                op, i = ">>", i + 2
-            elif text.startswith(">&", i):
-                op, i = ">&", i + 2
-            elif text[i] == ">":
-                i += 1
-            else:
-                raise Refused("an input redirection of a descriptor cannot be split safely")
+            op, i = _fd_redirect_op(text, i)
             pending = (fd, op)
             continue
         if pending:
