@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from ..job.model import Job
 
 BURST = 3  # quick runs in a row restarted at once; backoff begins with the next
+LIFETIME, TIMEOUT, LEASE = "lifetime", "timeout", "lease"  # why we end a run ourselves (`Lifecycle.ending`)
 
 
 def finite(value: float, default: float) -> float:

@@ -1,9 +1,11 @@
-"""A cluster job's decisions around its lease (the supervisor's part of leases/guard.py): loaded
-only by the supervisor of a cluster job."""
+"""A cluster job's decisions around its lease (the supervisor's part of leases/guard.py), and what
+its Lifecycle does about them (`LeaseReactions`): loaded only by the supervisor of a cluster job."""
 
 from __future__ import annotations
 
-from .decisions import Decision, Done, Go, NextDue, Standby
+from ..state.phases import Phase
+from ..timefmt import iso
+from .decisions import DONE, GO, LEASE, NEXT_DUE, STANDBY, Decision, Done, Go, NextDue, Standby
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -13,6 +15,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from ..cluster.guard import ClusterGuard
     from ..job.model import Job
     from ..state.store import RunState
+    from .life import Lifecycle
     from .periodic_plan import PeriodicPlan
 
 
@@ -121,3 +124,64 @@ class LeaseGate:
         turn = self.guard.run_ended()
         self.state.lease_role, self.state.lease_token = "", None
         return f"the turn passes to {turn}" if turn is not None else None
+
+
+class LeaseReactions:
+    """What a cluster job's Lifecycle does about its gate's answers: start or not (wait, stand by,
+    leave), note and tell a lost lease, stop the tree once it is lost. Part of the Lifecycle (it
+    acts through the Lifecycle's own steps), kept here so that only a cluster job loads it."""
+    __slots__ = ("life", "gate")
+
+    def __init__(self, life: Lifecycle, gate: LeaseGate) -> None:
+        self.life, self.gate = life, gate
+
+    def ask(self, now: float) -> bool:
+        """Before a start: hold NAME's cluster lease (True), or act on why not."""
+        life, gate = self.life, self.gate
+        decision = gate.before_start(now, iso(life.seams.wall()), life.periodic, life.stopping)
+        if gate.lost is not None:
+            self._lost(gate.lost)
+        for text in gate.notes:
+            life._note(text)
+        if decision.kind == GO:
+            return True
+        if decision.kind == NEXT_DUE:
+            life._wait_for(decision.due)
+        elif decision.kind == STANDBY:
+            life.next_start = decision.at
+            life.enter(Phase.STANDBY, save=False)
+            life._report_ready(decision.report)
+        elif decision.kind == DONE:
+            life.done_code = decision.code
+            life.enter(Phase.STANDBY, save=False)
+            life._report_ready(decision.report)
+            if life.passthrough:
+                life.seams.stderr(f"{life.job.name} not started here: {gate.said}")
+        life.keeper.save()
+        return False
+
+    def tick(self) -> None:
+        """Renew inline (tests), note a renew problem once, and stop the tree once the lease is lost."""
+        life = self.life
+        news = self.gate.on_tick()
+        for text in news.notes:
+            life._note(text)
+        if news.changed:
+            life.keeper.save()
+        if news.lost is None:
+            return
+        self._lost(news.lost)
+        if life.child.pid is not None:
+            life.ending = LEASE
+            life._stop_tree("the cluster lease was lost: stopping the tree before another host may start",
+                            leftovers=True)
+        life.keeper.save()
+
+    def run_ended(self) -> None:
+        said = self.gate.run_ended()
+        if said:
+            self.life._note(said)
+
+    def _lost(self, lost: str) -> None:
+        self.life._note(lost)
+        self.life._tell("lease-lost", self.life.state.last_exit_code, lost)

@@ -13,7 +13,8 @@ The supervisor's loop (supervisor.py) owns the process side: signals, the wake-u
 watch, the state file's healing, re-reading the definition. This object owns the run: the phase
 changes in one place (`enter`, checked against phases.NEXT), and what to do after an exit, a
 periodic run or at the lease gate is asked of the decision objects (decisions), whose
-answers it turns into actions: spawn, stop the tree, save, note, notify.
+answers it turns into actions: spawn, stop the tree, save, note, notify. A cluster job's lease
+answers are turned into actions by `lease_gate.LeaseReactions`, loaded for cluster jobs only.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..quoting import shell_join
 from ..state.phases import Phase, allowed
 from ..timefmt import iso
 from .child import Child, Exit, Follow, exit_report, start_failure
-from .decisions import DONE, GO, NEXT_DUE, STANDBY, RestartPolicy, finite
+from .decisions import DONE, LIFETIME, TIMEOUT, RestartPolicy, finite
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -37,14 +38,12 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from ..job.model import Job
     from ..state.store import RunState, StateKeeper
     from .io import Output
-    from .lease_gate import LeaseGate
+    from .lease_gate import LeaseGate, LeaseReactions
     from .periodic_plan import PeriodicPlan
     from .pump import OutputPump
     from .seams import Seams
 
     Ready = Callable[[Optional[str]], None]
-
-LIFETIME, TIMEOUT, LEASE = "lifetime", "timeout", "lease"  # why we end a run ourselves (`Lifecycle.ending`)
 
 
 class Lifecycle:
@@ -76,10 +75,12 @@ class Lifecycle:
         self.ending: Optional[str] = None  # TIMEOUT, LIFETIME or LEASE while we end the run ourselves
         # A cluster job's lease: asked for before each start, renewed while it runs (leases/guard).
         self.lease: Optional[LeaseGate] = None
+        self.leased: Optional[LeaseReactions] = None  # what this run does about the gate's answers
         if cluster is not None:  # imported only here, as the periodic plan: a plain daemon does not load them
-            from .lease_gate import LeaseGate
+            from .lease_gate import LeaseGate, LeaseReactions
 
             self.lease = LeaseGate.open(job, state, cluster, wake, seams.lease_clock, seams.threads)
+            self.leased = LeaseReactions(self, self.lease)
         self.guard = self.lease.guard if self.lease is not None else None
 
     # -- what the loop asks ------------------------------------------------------------------
@@ -96,7 +97,7 @@ class Lifecycle:
 
     def start_due(self, now: float) -> None:
         """The start is due: ask for the lease (a cluster job), then start."""
-        if self.lease is None or self._ask_lease(now):
+        if self.leased is None or self.leased.ask(now):
             self._start_daemon()
 
     def tick(self, now: float) -> None:
@@ -105,8 +106,8 @@ class Lifecycle:
             self._report_ready(None)
         if self.deadline is not None and now >= self.deadline and self.child.pid is not None:
             self._end_run_ourselves()
-        if self.lease is not None:
-            self._lease_tick(self.lease)
+        if self.leased is not None:
+            self.leased.tick()
 
     def wake_times(self, now: float) -> list[float]:
         times = []
@@ -249,7 +250,8 @@ class Lifecycle:
         if self.periodic is not None:
             self._after_periodic_run(self.periodic, code, message, ending == TIMEOUT)
             return
-        self._lease_run_ended()
+        if self.leased is not None:
+            self.leased.run_ended()
         if self.settle_at is not None:  # it ended within the settle time: the start failed
             self._report_ready(exit_report(job, code, lasted, message, "" if self.passthrough else job.stderr_log))
         now = self.seams.clock()
@@ -276,7 +278,8 @@ class Lifecycle:
             self.next_start = self.seams.clock()  # PanDA's loop mode: again at once, within the period
             self.enter(Phase.STARTING, save=False)
             return
-        self._lease_run_ended()
+        if self.leased is not None:
+            self.leased.run_ended()
         decision = plan.after_run(code, timed_out, self.stopping)
         self.deadline = None
         self.state.message = message
@@ -299,58 +302,6 @@ class Lifecycle:
         self.state.next_due_at = self.periodic.runs.when(due)
         if delay > 0:
             self.enter(Phase.WAITING)
-
-    # -- the cluster lease -----------------------------------------------------------------
-    def _ask_lease(self, now: float) -> bool:
-        """Before a start: hold NAME's cluster lease (True), or act on why not."""
-        lease = self.lease
-        assert lease is not None
-        decision = lease.before_start(now, iso(self.seams.wall()), self.periodic, self.stopping)
-        if lease.lost is not None:
-            self._lease_lost(lease.lost)
-        for text in lease.notes:
-            self._note(text)
-        if decision.kind == GO:
-            return True
-        if decision.kind == NEXT_DUE:
-            self._wait_for(decision.due)
-        elif decision.kind == STANDBY:
-            self.next_start = decision.at
-            self.enter(Phase.STANDBY, save=False)
-            self._report_ready(decision.report)
-        elif decision.kind == DONE:
-            self.done_code = decision.code
-            self.enter(Phase.STANDBY, save=False)
-            self._report_ready(decision.report)
-            if self.passthrough:
-                self.seams.stderr(f"{self.job.name} not started here: {lease.said}")
-        self.keeper.save()
-        return False
-
-    def _lease_tick(self, lease: LeaseGate) -> None:
-        """Renew inline (tests), note a renew problem once, and stop the tree once the lease is lost."""
-        news = lease.on_tick()
-        for text in news.notes:
-            self._note(text)
-        if news.changed:
-            self.keeper.save()
-        if news.lost is None:
-            return
-        self._lease_lost(news.lost)
-        if self.child.pid is not None:
-            self.ending = LEASE
-            self._stop_tree("the cluster lease was lost: stopping the tree before another host may start",
-                            leftovers=True)
-        self.keeper.save()
-
-    def _lease_lost(self, lost: str) -> None:
-        self._note(lost)
-        self._tell("lease-lost", self.state.last_exit_code, lost)
-
-    def _lease_run_ended(self) -> None:
-        said = self.lease.run_ended() if self.lease is not None else None
-        if said:
-            self._note(said)
 
     # -- stopping ----------------------------------------------------------------------------
     def _end_run_ourselves(self) -> None:
