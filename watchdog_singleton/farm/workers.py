@@ -17,42 +17,37 @@ Leases: each heartbeat that renewed every lease the farm holds moves the give-up
 each stop every task at that deadline (SIGKILL, at once), so a farm that could not renew, or was
 paused, has nothing running when another farm may take its tasks. A heartbeat that renewed fewer
 rows than the farm holds means some were taken: those tasks are stopped at once too.
+
+The loop decides when; attempt.py starts and records one attempt of a slot, lease.py keeps
+the give-up deadline and says which slots a heartbeat found taken.
 """
 
 from __future__ import annotations
 
 import os
 import select
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
-from ..envvars import (
-    ATTEMPT_ENV,
-    FARM_ENV,
-    GENERATION_ENV,
-    NAMESPACE_ENV,
-    PROC_NUMBER_ENV,
-    SLOT_ENV,
-    TASK_ENV,
-    TOKEN_ENV,
-)
-from ..errors import REQUEUE, SOME_FAILED, STORAGE_FAILED, UserError
+from ..envvars import FARM_ENV, NAMESPACE_ENV
+from ..errors import REQUEUE, SOME_FAILED, STORAGE_FAILED
 from ..proc import procs
 from ..proc.tree import Finder, Stopper
-from . import place
 from . import tasklist as tasklist_mod
-from .nursery import Client, SpawnFailed, boottime, helper_argv
+from .attempt import Attempts, Slot
+from .lease import Leases
+from .nursery import Client, boottime, helper_argv
 from .progress import Progress
 from .reaper import ALL_CLEAR, marked
 from .runner import Runner
-from .store import Claim, Guarded, Store
+from .store import Guarded, Store
 from .trace import FILE_NAME as TIMELINE_NAME
 from .trace import Timeline
+
+__all__ = ["Farm", "Options", "Slot"]
 
 IDLE_POLL = 1.0  # with nothing to claim, how often to look again (tasks added, other farms' leases)
 RELIST_EVERY = 2.0  # how often to look whether the task list file changed
@@ -69,23 +64,6 @@ class Options(NamedTuple):
     grace: float = 10.0
     progress_every: float = 10.0
     cwd: str = "."  # where tasks run (the folder the farm was started in)
-
-
-class Slot:
-    """One worker slot's current attempt."""
-
-    def __init__(self, number: int) -> None:
-        self.number = number
-        self.claim: Optional[Claim] = None
-        self.token = ""
-        self.started = 0.0
-        self.deadline = 0.0
-        self.code: Optional[int] = None
-        self.stopper: Optional[threading.Thread] = None
-        self.outcome = ""  # set when we stop it: "timeout", "requeued" or "lapsed" (its lease lost)
-        self.tmpdir: Optional[str] = None
-        self.seq = 0  # the nursery's name for this attempt
-        self.pid = 0  # its first process, as the nursery sees it
 
 
 class Farm:
@@ -113,7 +91,6 @@ class Farm:
         self.stop_reason = ""
         self.timeline = Timeline(os.path.join(options.workdir, TIMELINE_NAME), on_error=self._broken)
         self.progress = Progress(warn, tty=tty, every=options.progress_every, clock=clock)
-        self.logs = os.path.join(options.workdir, "logs")
         env = procs.clean_environ(dict(os.environ))
         env[FARM_ENV] = options.workdir
         self.env = env
@@ -122,11 +99,10 @@ class Farm:
         self.reaper_w: Optional[int] = None
         self.list_stat: tuple[int, int] = (0, 0)
         self.nursery = Client(self.marker, namespaces=os.environ.get(NAMESPACE_ENV, "1") != "0")
-        self.by_seq: dict[int, Slot] = {}
-        self.last_seq = 0
-        # The give-up deadline on CLOCK_BOOTTIME; the margin is the time to SIGKILL and reap.
-        self.margin = min(options.lease / 4, 5.0)
-        self.give_up_at = float("inf")
+        self.attempts = Attempts(options, self.store, runner, self.nursery, self.timeline, self.marker,
+                                 self.host, self.holder, self._broken, clock=clock, wall=wall)
+        self.by_seq = self.attempts.by_seq  # the same dict: _reap and _stop_slot follow the nursery's events
+        self.leases = Leases(options.lease, tell=self.nursery.renew)
 
     # -- the lifecycle ------------------------------------------------------------------
     def run(self) -> int:
@@ -175,13 +151,10 @@ class Farm:
         next_progress = began
         idle_until = 0.0
         self.list_stat = self._stat_list()
-        self._renewed(boottime())
+        self.leases.renewed(boottime())
         while True:
             self._drain_wake()
-            if boottime() >= self.give_up_at:
-                # Past the deadline (a pause, a database we could not reach): our leases may be
-                # gone and the tasks given to another farm. Stop everything now, before anything else.
-                self.give_up_at = float("inf")
+            if self.leases.overdue(boottime()):  # before anything else
                 self._lapse(self.slots, "the farm could not renew its leases in time")
             self._reap()
             if self._finish_slots():
@@ -224,7 +197,7 @@ class Farm:
             elif free and now >= idle_until:
                 claims = self.store.claim(self.holder, self.o.lease, len(free))
                 for slot, claim in zip(free, claims):
-                    self._start(slot, claim)
+                    self.attempts.start(slot, claim)
                 if not claims:
                     idle_until = now + IDLE_POLL
                     if busy == 0:
@@ -237,26 +210,16 @@ class Farm:
                 self.progress.update(self.store.stats(), force=True)
             deadlines = [s.deadline for s in self.slots if s.deadline and s.stopper is None]
             self._wait(min(next_beat, next_progress, *deadlines, idle_until if idle_until > now else next_beat,
-                           now + self.give_up_at - boottime()) - self.clock())
+                           now + self.leases.give_up_at - boottime()) - self.clock())
 
     # -- leases -------------------------------------------------------------------------
-    def _renewed(self, sent: float) -> None:
-        self.give_up_at = sent + self.o.lease - self.margin
-        self.nursery.renew(self.give_up_at)
-
     def _heartbeat(self) -> None:
-        sent = boottime()
-        renewed = self.store.heartbeat(self.holder, self.o.lease)
-        if renewed < 0:  # the store failed: nothing was renewed, so the give-up deadline stays where it is
+        beat = self.leases.heartbeat(self.store, self.holder, self.slots)
+        if beat is None:
             return
-        held = [s for s in self.slots if s.claim is not None]
-        if renewed < len(held):  # some lease was taken over (we were paused past it): those tasks stop now
-            ours = self.store.holding(self.holder)
-            if ours is None:
-                return
-            self._lapse([s for s in held if s.claim is not None and (s.claim.id, s.claim.gen) not in ours],
-                        "another farm took over the lease")
-        self._renewed(sent)
+        if beat.taken:
+            self._lapse(beat.taken, "another farm took over the lease")
+        self.leases.renewed(beat.sent)
 
     def _lapse(self, slots: list[Slot], why: str) -> None:
         lapsed = [s for s in slots if s.claim is not None and s.outcome != "lapsed"]
@@ -266,54 +229,6 @@ class Farm:
             self.warn(f"farm: {why}: {len(lapsed)} task(s) stopped at once, to run again")
 
     # -- one attempt --------------------------------------------------------------------
-    def _start(self, slot: Slot, claim: Claim) -> None:
-        slot.claim = claim
-        slot.code = None
-        slot.outcome = ""
-        slot.stopper = None
-        slot.token = f"{self.marker}{claim.id}#{claim.gen}"
-        slot.started = self.wall()
-        slot.deadline = self.clock() + self.o.task_timeout if self.o.task_timeout else 0.0
-        env = {}  # what differs from self.env, which the nursery has had since it started
-        env[TOKEN_ENV] = slot.token
-        env[TASK_ENV] = claim.id
-        env[SLOT_ENV] = env[PROC_NUMBER_ENV] = str(slot.number)  # PyTaskFarmer has the task index there
-        env[ATTEMPT_ENV] = str(claim.attempt)
-        env[GENERATION_ENV] = str(claim.gen)
-        cwd = self.o.cwd
-        path = os.path.join(self.logs, f"{claim.id}.log")
-        try:
-            log = place.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, "log file")
-            try:
-                os.write(log, f"# farm: attempt {claim.attempt} of {claim.id} on {self.host} slot {slot.number}: "
-                              f"{claim.command}\n".encode(errors="surrogateescape"))
-                if self.runner.tmpdir:
-                    slot.tmpdir = cwd = tempfile.mkdtemp(prefix=f"farm-{claim.id}-")
-            except OSError:
-                os.close(log)
-                raise
-        except (OSError, UserError) as exc:  # a full disk, a read-only folder: the task never started
-            self.store.release(claim)
-            slot.claim = None
-            self._broken(f"cannot write {path}: {exc.strerror if isinstance(exc, OSError) else exc}")
-            return
-        try:
-            self.last_seq += 1
-            slot.seq = self.last_seq
-            self.by_seq[slot.seq] = slot
-            slot.pid = 0  # until the nursery says it started (_reap)
-            self.nursery.spawn(slot.seq, self.runner.argv(claim.command), env, cwd, log)
-        except SpawnFailed as exc:
-            try:
-                os.write(log, f"# farm: cannot start it: {exc}\n".encode(errors="surrogateescape"))
-            except OSError:
-                pass
-            self.by_seq.pop(slot.seq, None)
-            slot.pid = 0
-            slot.code = exc.code
-        finally:
-            os.close(log)
-
     def _reap(self) -> None:
         for event in self.nursery.events():
             if event[0] == "lapsed":  # the nursery's deadline came first: it killed every task
@@ -359,30 +274,9 @@ class Farm:
                 continue
             if slot.stopper is not None and slot.stopper.is_alive():
                 continue  # its tree may still hold processes: the task is not over until it is gone
-            self._record(slot)
+            self.attempts.record(slot)
             ended += 1
         return ended
-
-    def _record(self, slot: Slot) -> None:
-        claim, code = slot.claim, slot.code
-        assert claim is not None and code is not None
-        if code == 0:  # finished, whenever it ended: during a stop, a timeout or a lost lease too
-            outcome = "finished" if self.store.finish(claim, code) else "lost"
-        elif slot.outcome in ("requeued", "lapsed"):  # cut short: back to todo, not a failure
-            outcome = "requeued" if self.store.release(claim) else "lost"
-        else:
-            state = self.store.fail(claim, code, self.o.retries)
-            outcome = "lost" if not state else (slot.outcome or "failed")
-        self.timeline.attempt(task=claim.id, attempt=claim.attempt, command=claim.command, node=self.host,
-                              farm=self.holder, slot=slot.number, start=slot.started, end=self.wall(),
-                              outcome=outcome, code=code)
-        if slot.tmpdir:
-            shutil.rmtree(slot.tmpdir, ignore_errors=True)
-        slot.claim = slot.stopper = slot.tmpdir = None
-        slot.code = None
-        slot.deadline = 0.0
-        slot.pid = slot.seq = 0
-        slot.outcome = ""
 
     # -- stopping -----------------------------------------------------------------------
     def _stop_slot(self, slot: Slot, outcome: str, grace: Optional[float] = None) -> None:
