@@ -122,15 +122,9 @@ def read_beats(fd: int) -> Callable[[Optional[float]], Optional[bytes]]:
 def reaper(supervisor: int, exited: dict[int, int]) -> Callable[[], None]:
     """Reap every exited child (the supervisor, and the tree's orphans once it is gone)."""
     def reap() -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, code in procs.reap_exited():
             if pid == supervisor:
-                exited[pid] = os.waitstatus_to_exitcode(status)
+                exited[pid] = code
     return reap
 
 

@@ -42,6 +42,7 @@ import sys
 import time
 
 from ..errors import CANNOT_EXECUTE, FAILED, KILLED, NO_NAMESPACE, NOT_FOUND
+from ..proc.procs import reap_exited
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs the nursery's start more than all the rest it imports
@@ -259,17 +260,11 @@ class Nursery:
             os._exit(KILLED)  # the nursery died before the task could be bound to it
 
     def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, code in reap_exited():
             self.ignore.discard(pid)
             seq = self.tasks.pop(pid, None)
             if seq is not None:
-                send(self.sock, ("exit", seq, os.waitstatus_to_exitcode(status)))
+                send(self.sock, ("exit", seq, code))
 
     def kill_all(self) -> None:
         if self.mode == "ns":

@@ -242,18 +242,12 @@ class Farm:
             for slot in self.by_seq.values():
                 slot.code = -signal.SIGKILL
             self.by_seq.clear()
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, code in procs.reap_exited():
             if self.reaper is not None and pid == self.reaper.pid:
-                self.reaper.returncode = os.waitstatus_to_exitcode(status)
+                self.reaper.returncode = code
                 self.warn("farm: the watcher process died: a SIGKILL of this farm would leave tasks running")
             elif self.nursery.proc is not None and pid == self.nursery.proc.pid:
-                self.nursery.proc.returncode = os.waitstatus_to_exitcode(status)
+                self.nursery.proc.returncode = code
 
     def _spawned(self, event: tuple[Any, ...]) -> None:
         """A task started (its pid), could not start (its code) or ended (its code)."""

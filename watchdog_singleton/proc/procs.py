@@ -117,6 +117,20 @@ def scan() -> dict[int, Proc]:
     return table
 
 
+def reap_exited() -> list[tuple[int, int]]:
+    """(pid, exit code) of every child that has exited, ours or adopted (a subreaper's), without
+    waiting for the others."""
+    exited: list[tuple[int, int]] = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return exited
+        if pid == 0:
+            return exited
+        exited.append((pid, os.waitstatus_to_exitcode(status)))
+
+
 def holding_file(table: dict[int, Proc], path: str) -> set[int]:
     """Our processes with an open descriptor on `path`'s inode (holders of an inherited lock)."""
     try:
