@@ -46,6 +46,7 @@ class FakeWorld:
         self.stop_requested: Callable[[], None] = lambda: None
         self.envs: list[dict[str, str]] = []  # each spawn's environment
         self.deaths: dict[int, float] = {}  # pid -> when it exited
+        self.scans = 0  # how often the supervisor listed every process
 
     # -- scripting ---------------------------------------------------------------------------
     def at(self, when: float, action: Callable[[], None]) -> None:
@@ -82,7 +83,8 @@ class FakeWorld:
     # -- the seams ---------------------------------------------------------------------------
     def seams(self) -> Seams:
         return Seams(clock=lambda: self.now, wall=lambda: self.now + self.wall_offset, spawn=self.spawn, scan=self.scan,
-                     reap=self.reap, wait=self.wait, send=self.send, sleep=self.sleep, pid=SUPERVISOR,
+                     reap=self.reap, has_children=self.has_children, wait=self.wait, send=self.send,
+                     sleep=self.sleep, pid=SUPERVISOR,
                      lease_clock=lambda: self.now, threads=False, boot_id=lambda: "fake-boot",
                      start_time=self.start_time, strict=True)
 
@@ -99,7 +101,12 @@ class FakeWorld:
         self.on_spawn(proc)
         return Spawned(proc.pid, None, None)
 
+    def has_children(self) -> bool:
+        """As waitid(P_ALL, WNOHANG|WNOWAIT) not failing with ECHILD: a living or unreaped child."""
+        return bool(self.exited) or any(p.ppid == SUPERVISOR for p in self.procs.values())
+
     def scan(self) -> dict[int, procs.Proc]:
+        self.scans += 1
         table = {SUPERVISOR: procs.Proc(SUPERVISOR, 1, 1, "S", 0, None)}
         for p in self.procs.values():
             table[p.pid] = procs.Proc(p.pid, p.ppid, int(p.born * 100), "S", 0, p.token)

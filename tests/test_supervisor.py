@@ -364,3 +364,51 @@ def test_shell_join_reads_back_as_the_same_words() -> None:
     assert "\n" not in line and "\x1b" not in line
     out = subprocess.run(["bash", "-c", f"printf '%s\\0' {line}"], capture_output=True, check=True).stdout
     assert out.decode().split("\0")[:-1] == words
+
+
+def scans_between_kill_and_restart(tmp_path: Any, setup: Any) -> tuple[int, FakeWorld, Supervisor]:
+    """A daemon killed -9 at 3 s and restarted: how often /proc was scanned in between."""
+    world = FakeWorld()
+    sup = supervisor(tmp_path, world)
+    marks: list[int] = []
+
+    def kill() -> None:
+        setup(world, world.spawned[0])
+        marks.append(world.scans)
+        world.exit(world.spawned[0].pid, -9)
+
+    def on_spawn(proc: FakeProc) -> None:
+        if len(world.spawned) == 2:
+            marks.append(world.scans)
+    world.on_spawn = on_spawn
+    world.at(T0 + 3, kill)
+    world.at(T0 + 10, sup.request_stop)
+    sup.run()
+    assert len(world.spawned) == 2 and births(world)[1] >= 3.0
+    return marks[1] - marks[0], world, sup
+
+
+def test_a_restart_with_no_child_left_does_not_scan_proc(tmp_path: Any) -> None:
+    scans, world, sup = scans_between_kill_and_restart(tmp_path, lambda world, daemon: None)
+    assert scans == 0
+    assert births(world) == [0.0, 3.0]
+    assert world.tree_at_spawn[1] == []
+
+
+def test_a_restart_with_a_leftover_scans_and_stops_it_first(tmp_path: Any) -> None:
+    strays: list[FakeProc] = []
+    scans, world, sup = scans_between_kill_and_restart(
+        tmp_path, lambda world, daemon: strays.append(world.fork(world.fork(daemon.pid).pid, token=None)))
+    assert scans > 0
+    assert world.tree_at_spawn[1] == [] and strays[0].pid not in world.procs and TERM in strays[0].signals
+
+
+def test_a_restart_beside_a_child_of_the_supervisors_own_scans_and_spares_it(tmp_path: Any) -> None:
+    notifiers: list[FakeProc] = []
+
+    def notifier(world: FakeWorld, daemon: FakeProc) -> None:  # as job/notify.py starts one: its own mark
+        notifiers.append(world.fork(daemon.pid, token="other"))
+        notifiers[0].ppid = SUPERVISOR
+    scans, world, sup = scans_between_kill_and_restart(tmp_path, notifier)
+    assert scans > 0
+    assert notifiers[0].pid in world.procs and notifiers[0].signals == []

@@ -86,6 +86,13 @@ class Child:
         return child
 
     def members(self, job: Job) -> dict[int, int]:
+        """What is left of the tree once the daemon is reaped. The supervisor is a subreaper:
+        whatever of the tree still lives is its child (double-forked, setsid'd, env-cleared or
+        not), so with no child at all nothing is left and /proc is not scanned (a restart's cost
+        stays flat however many processes the host runs). With any child (of the tree, or the
+        supervisor's own, e.g. a notifier) the scan tells which is which, as before."""
+        if not self.seams.has_children():
+            return {}
         pid = self.seams.pid
         return tree.members(self.seams.scan(), job.lock_path, (pid,), (pid,))
 

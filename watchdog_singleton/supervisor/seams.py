@@ -34,6 +34,17 @@ def reap_children() -> list[tuple[int, int]]:
         exited.append((pid, os.waitstatus_to_exitcode(status)))
 
 
+def has_children() -> bool:
+    """Whether the supervisor has any child left, living or exited and not yet reaped (WNOWAIT:
+    nothing is reaped here). A subreaper with none has no descendant: every one left when its
+    parent died would have become its child."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
 def load_job(root: str, name: str) -> Optional[Job]:
     return JobStore(root).load(name)
 
@@ -48,6 +59,7 @@ class Seams:
     def __init__(self, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  spawn: Callable[..., Spawned] = spawn, scan: Callable[[], dict[int, procs.Proc]] = procs.scan,
                  reap: Callable[[], list[tuple[int, int]]] = reap_children,
+                 has_children: Callable[[], bool] = has_children,
                  wait: Optional[Callable[[float], None]] = None, send: Callable[[int, int], None] = os.kill,
                  sleep: Callable[[float], None] = time.sleep, pid: int = 0,
                  lease_clock: Optional[Callable[[], float]] = None, threads: bool = True,
@@ -62,6 +74,7 @@ class Seams:
         self.spawn = spawn
         self.scan = scan
         self.reap = reap
+        self.has_children = has_children  # False: no child left, so nothing of the tree either
         self.wait = wait  # None: sleep in the output pump's poll
         self.send = send
         self.sleep = sleep
