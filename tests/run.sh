@@ -45,14 +45,14 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 set +e
-"$venv/bin/python" -m pytest -ra "$@"
+"$venv/bin/python" -m pytest -ra --durations=15 "$@"
 code=$?
 # The run-anywhere half again as a normal user (the tests that need root skip themselves), so
 # that no fixture assumes root: a copy of the checkout it can read, the test user's own home.
 if [ "$(id -u)" = 0 ] && [ "$code" = 0 ]; then
   user=${WATCHDOG_SINGLETON_TEST_USER:-wstest}
   copy=$(mktemp -d /tmp/ws-suite.XXXXXX)
-  cp -r tests contrib docs README.md pyproject.toml "$copy/" && chmod -R a+rX "$copy"
+  cp -r watchdog_singleton tests contrib docs README.md pyproject.toml "$copy/" && chmod -R a+rX "$copy"
   echo "pytest as $user (not root)"
   (cd "$copy" && runuser -u "$user" -- env HOME="$(getent passwd "$user" | cut -d: -f6)" \
      PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@")
