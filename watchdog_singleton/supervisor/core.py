@@ -40,7 +40,7 @@ from .io import Output, Wakeups
 from .life import Lifecycle
 from .lockwatch import DUPLICATE, LockWatch
 from .pump import OutputPump
-from .seams import Seams, reap_children
+from .seams import Seams
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 
     Ready = Callable[[Optional[str]], None]
 
-__all__ = ["BURST", "Seams", "Supervisor", "daemon_env", "first_state", "reap_children", "restart_delay"]
+__all__ = ["BURST", "Seams", "Supervisor", "daemon_env", "first_state", "restart_delay"]
 SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGUSR2 = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGCHLD,
                                              _signal.SIGUSR2)
 

@@ -21,19 +21,6 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from ..proc.spawn import Spawned
 
 
-def reap_children() -> list[tuple[int, int]]:
-    """(pid, exit code) of every exited child, ours or adopted."""
-    exited: list[tuple[int, int]] = []
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return exited
-        if pid == 0:
-            return exited
-        exited.append((pid, os.waitstatus_to_exitcode(status)))
-
-
 def has_children() -> bool:
     """Whether the supervisor has any child left, living or exited and not yet reaped (WNOWAIT:
     nothing is reaped here). A subreaper with none has no descendant: every one left when its
@@ -58,7 +45,7 @@ class Seams:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  spawn: Callable[..., Spawned] = spawn, scan: Callable[[], dict[int, procs.Proc]] = procs.scan,
-                 reap: Callable[[], list[tuple[int, int]]] = reap_children,
+                 reap: Callable[[], list[tuple[int, int]]] = procs.reap_exited,
                  has_children: Callable[[], bool] = has_children,
                  wait: Optional[Callable[[float], None]] = None, send: Callable[[int, int], None] = os.kill,
                  sleep: Callable[[float], None] = time.sleep, pid: int = 0,
