@@ -144,16 +144,9 @@ def supervisor_trouble(state: Any) -> str:
     """"gone" or "stopped" when this host's record says holder but its supervisor cannot renew
     (its watcher then ends the tree before the lease can pass); "" otherwise, also for a
     supervisor that ended on purpose (`stop`, the daemon done): it released the lease."""
-    if state is None or state.lease_role != "holder" or not state.supervisor_pid:
+    if state is None or state.lease_role != "holder":
         return ""
-    if state.phase in ("stopped", "exited"):
-        return ""
-    if not state.supervisor_alive():
-        return "gone"
-    from ..proc.procs import read_proc
-
-    info = read_proc(state.supervisor_pid)
-    return "stopped" if info is not None and info.state in ("T", "t") else ""
+    return str(state.supervisor_trouble())
 
 
 def describe(job_cluster_url: str, lease: float, standby: bool, rotate: bool, sync: bool, state: Any,

@@ -90,9 +90,21 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         if unwritable:
             problem = (f"cannot write {state_dir}: its state on file is out of date; "
                        + ("the pid shown is read from the process table" if live else "no daemon runs now"))
+    # A cluster job says the same in its lease line (commands/cluster.py).
+    trouble = state.supervisor_trouble() if state is not None and not state.lease_role else ""
+    if trouble == "gone" and running:
+        problem = problem or (f"its supervisor ({state.supervisor_pid if state else '?'}) is gone: the daemon runs on "
+                              "and holds the lock, but nothing restarts it or reads its output; "
+                              f"`restart {name}` gives it a new one")
+    elif trouble == "stopped":
+        problem = problem or (f"its supervisor ({state.supervisor_pid if state else '?'}) is stopped (SIGSTOP): "
+                              "nothing restarts the daemon or reads its output until it gets SIGCONT")
+    else:
+        trouble = ""
     return {
         "name": name,
         "host": paths.host(),
+        "supervisor": trouble,
         "installed": job is not None,
         "enabled": bool(job and job.enabled and (entry.enabled if entry else not host.entries_known)),
         "cron_entry": ("unknown" if not host.entries_known else
@@ -394,8 +406,9 @@ def table(infos: list[dict[str, Any]]) -> str:
                 counts += f" ({i['runs']} run{'' if i['runs'] == 1 else 's'})"  # the chain's jobs that ran
         command = i["command"] or (i["batch"] and i["batch"]["command"]) or []
         word = _state_word(i)
-        if i.get("cluster") and i["cluster"].get("supervisor"):
-            word += f" (supervisor {i['cluster']['supervisor']})"  # a holder that cannot renew
+        trouble = (i.get("cluster") or {}).get("supervisor") or i.get("supervisor")
+        if trouble:
+            word += f" (supervisor {trouble})"  # nothing restarts it: SIGKILLed or SIGSTOPped
         rows.append((i["name"], word, str(i["pid"] or "-"), _since(i["started_at"] if i["running"] else None),
                      counts, last, schedule, shell_join(command)))
     lines = _columns(rows).split("\n")

@@ -104,6 +104,17 @@ class RunState(Record):
     def daemon_alive(self) -> bool:
         return procs.is_alive(self.pid, self.pid_start, self.boot_id)
 
+    def supervisor_trouble(self) -> str:
+        """"gone" (SIGKILLed) or "stopped" (SIGSTOP, a debugger) when the supervisor this record
+        names should be at work and cannot be; "" otherwise: lean mode has none, and one that
+        ended on purpose (`stop`, the daemon done) recorded that."""
+        if self.lean or not self.supervisor_pid or self.phase in ("stopped", "exited"):
+            return ""
+        if not self.supervisor_alive():
+            return "gone"
+        info = procs.read_proc(self.supervisor_pid)
+        return "stopped" if info is not None and info.state in ("T", "t") else ""
+
 
 class StateStore:
     """Run state for this host: one JSON file each under <state dir>/run.
