@@ -324,6 +324,11 @@ def test_lease_check_exits_0_while_current_1_once_stale_2_on_bad_input(engines: 
     assert a.release(grant)
     stale = sandbox.ws("lease", "check", name, "--token", str(grant.token), "--cluster", url)
     assert stale.returncode == 1 and stale.stderr.count("\n") == 1 and "stale" in stale.stderr
+    assert f"free (last holder host-a, token {grant.token}" in stale.stderr, stale.stderr
+    # A token above every grant (another database's, a typo) is refused, and said to be so.
+    never = sandbox.ws("lease", "check", name, "--token", str(grant.token + 5), "--cluster", url)
+    assert never.returncode == 1 and never.stderr.count("\n") == 1, never.stderr
+    assert f"was never granted: the latest grant is {grant.token}" in never.stderr, never.stderr
     for bad in (["--token", "x"], ["--token", "0"], ["--token", str(2**63)], []):
         proc = sandbox.ws("lease", "check", name, *bad, "--cluster", url)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (bad, proc.stderr)

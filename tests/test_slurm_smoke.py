@@ -105,7 +105,9 @@ def daemons() -> list[str]:
     # start.sh's own records hidden: the running daemons are someone else's.
     ("mount -t tmpfs tmpfs " + RUNDIR, "slurmctld (pid"),
     # a slurm.conf start.sh did not write.
-    ("printf 'ClusterName=theirs\\n' >/tmp/ws-theirs.conf && mount --bind /tmp/ws-theirs.conf /etc/slurm/slurm.conf",
+    # (written in a tmpfs of the namespace's own, so nothing is left behind)
+    ("mount -t tmpfs tmpfs /mnt && printf 'ClusterName=theirs\\n' >/mnt/theirs.conf && "
+     "mount --bind /mnt/theirs.conf /etc/slurm/slurm.conf",
      "/etc/slurm/slurm.conf was not written by this script"),
 ])
 def test_start_sh_leaves_a_slurm_it_did_not_start_alone(slurm_cluster: SlurmCluster, disguise: str,

@@ -53,10 +53,16 @@ def check(name: str, token: int, cluster: Optional[str], warn: Echo) -> int:
     try:
         if engine.check(name, token):
             return OK
-        if engine.status(name) is None:  # asked only on the way out: a check that holds costs one query
+        info = engine.status(name)  # asked only on the way out: a check that holds costs one query
+        if info is None:
             warn(f"watchdog-singleton: {unknown(name)}")
             return NO_SUCH_JOB
-        warn(f"watchdog-singleton: token {token} of {name} is stale")
+        latest = info.token
+        if latest is not None and token > latest:  # refused all the same: it fences nothing
+            warn(f"watchdog-singleton: token {token} of {name} was never granted: the latest grant is {latest} "
+                 "(a token from another database?)")
+        else:
+            warn(f"watchdog-singleton: token {token} of {name} is stale: {held_words(info.to_dict())}")
         return STALE
     except LeaseError as exc:
         warn(f"watchdog-singleton: {exc}")
