@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..errors import UserError
 from ..job import options
-from ..job.model import RESTART_POLICIES, check_limit
+from ..job.model import check_limit, check_restart
 from ..job.options import OPTIONS
 
 TYPE_CHECKING = False
@@ -77,7 +77,7 @@ class RunArgs:
         self.forking = False
         self.allow_network_fs = False
         self.cluster: Optional[str] = None  # None: $WATCHDOG_SINGLETON_CLUSTER
-        self.lease: float = OPTIONS["lease"].default
+        self.lease: Optional[float] = None  # None: the default (60 s); given without a cluster, refused
         self.standby = False
         self.rotate = False
         self.help = False
@@ -143,9 +143,10 @@ def _store(args: RunArgs, option: str, value: str) -> Optional[str]:
             return str(exc)
         setattr(args, VALUES[option], number)
     elif option == "--restart":
-        if value not in RESTART_POLICIES:
-            return f"--restart {value!r}: must be one of {', '.join(RESTART_POLICIES)}"
-        args.restart = value
+        try:
+            args.restart = check_restart(value)
+        except UserError as exc:
+            return str(exc)
     elif option == "--env":
         args.env.append(value)
     else:
