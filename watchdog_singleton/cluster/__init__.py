@@ -27,6 +27,10 @@ from typing import TYPE_CHECKING, Optional
 
 from ..envvars import CLUSTER_ENV
 from ..errors import FAILED, UNAVAILABLE, USAGE, UserError
+from ..job.clusteropts import NO_CLUSTER as NO_CLUSTER  # a job's cluster options: checked with the job
+from ..job.clusteropts import job_cluster as job_cluster
+from ..job.clusteropts import redact as redact
+from ..job.clusteropts import refuse_without_cluster as refuse_without_cluster
 from ..job.options import OPTIONS
 
 if TYPE_CHECKING:
@@ -189,22 +193,6 @@ def holder_id(pid: Optional[int] = None) -> str:
     return f"{os.uname().nodename}:{procs.boot_id()}:{pid}:{procs.start_time(pid)}"
 
 
-def redact(url: str) -> str:
-    """The URL without a password (in its user part or a password= parameter), should one have
-    been put in it against our advice."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    if "@" in rest.split("/", 1)[0]:
-        auth, _, hostpart = rest.partition("@")
-        rest = f"{auth.split(':', 1)[0]}@{hostpart}"
-    base, question, query = rest.partition("?")
-    if question:
-        kept = [part for part in query.split("&") if not part.lower().startswith("password=")]
-        rest = base + ("?" + "&".join(kept) if kept else "")
-    return f"{scheme}://{rest}"
-
-
 def cluster_url(given: Optional[str]) -> str:
     """--cluster, else WATCHDOG_SINGLETON_CLUSTER; UserError when neither says."""
     url = given or os.environ.get(CLUSTER_ENV, "")
@@ -213,32 +201,3 @@ def cluster_url(given: Optional[str]) -> str:
     return url
 
 
-NO_CLUSTER = "none"  # --cluster none: this host only, whatever $WATCHDOG_SINGLETON_CLUSTER says
-
-
-def job_cluster(given: Optional[str]) -> str:
-    """A job's cluster from --cluster (or `cluster =`), else $WATCHDOG_SINGLETON_CLUSTER; "" for
-    none. Checked without connecting: a known scheme, and no password in it (it would land in the
-    crontab and our files in clear)."""
-    url = (os.environ.get(CLUSTER_ENV, "") if given is None else given).strip()
-    if url in ("", NO_CLUSTER):
-        return ""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("postgresql", "postgres"):
-        raise UserError(f"cluster {redact(url)!r}: unknown kind; use postgresql://USER@HOST/DB", USAGE)
-    auth = rest.split("/", 1)[0].rpartition("@")[0]
-    if ":" in auth or "password=" in url.lower():
-        raise UserError(f"cluster {redact(url)!r}: a password in the URL would be written in clear to the "
-                        "crontab and our files; put it in ~/.pgpass (or PGPASSFILE, or a pg_service.conf)", USAGE)
-    if any(c.isspace() or ord(c) < 32 for c in url):
-        raise UserError(f"cluster {redact(url)!r}: a URL cannot hold spaces or control characters", USAGE)
-    return url
-
-
-def refuse_without_cluster(options: dict[str, bool]) -> None:
-    """A UserError (exit 2) naming the first option given ({"--standby": True, ...}) that only a
-    cluster job can have; called when the job has no cluster."""
-    for option, given in options.items():
-        if given:
-            raise UserError(f"{option} is for cluster jobs: add --cluster postgresql://USER@HOST/DB "
-                            f"(or set {CLUSTER_ENV})", USAGE)

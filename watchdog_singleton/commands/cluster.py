@@ -5,8 +5,8 @@ companions (never by connecting), and reading each cluster job's lease for `stat
     view = ClusterView()                      # one connection per database, for one status call
     view.read(job_name, url, fresh)           # {"holder": ..., "token": ..., "hosts": [...]} or a problem
 
-Nothing here connects while checking input: a URL is checked by its shape (leases.job_cluster),
-and psycopg by importing it, here and in the interpreter cron runs.
+Nothing here connects while checking input: a URL is checked by its shape (job/clusteropts.py,
+as every job's build does), and psycopg by importing it, here and in the interpreter cron runs.
 """
 
 from __future__ import annotations
@@ -16,21 +16,10 @@ import subprocess
 from typing import Any, Optional
 
 from .. import paths
-from ..cluster import (
-    CRON_TICK,
-    DEFAULT_LEASE,
-    LeaseError,
-    Timing,
-    fresh_window,
-    job_cluster,
-    redact,
-    refuse_without_cluster,
-)
+from ..cluster import CRON_TICK, LeaseError, Timing, fresh_window, redact
 from ..cluster.engines import open_cluster
-from ..envvars import CLUSTER_ENV
 from ..errors import UserError
-from ..job.model import check_limit
-from ..job.options import BY_FLAG, about
+from ..job.clusteropts import check_cluster
 
 STATUS_ATTEMPT = 2.0  # seconds status waits for one database (libpq's connect_timeout floor is 2 s)
 
@@ -42,21 +31,13 @@ def need_psycopg() -> str:
 def check_options(given: Optional[str], lease: Optional[float], standby: bool, rotate: bool, sync: bool,
                   environ: dict[str, str]) -> tuple[str, float]:
     """The job's cluster URL ("" for none) and lease, or a UserError (exit 2, one line) naming
-    the option that cannot be. `given` None: $WATCHDOG_SINGLETON_CLUSTER of `environ`."""
-    with about("cluster"):
-        url = job_cluster(given if given is not None else environ.get(CLUSTER_ENV, ""))
-    if lease is not None:
-        check_limit("--lease", lease)
-    if not url:
-        for option, value in (("--lease", lease is not None), ("--standby", standby), ("--rotate", rotate),
-                              ("--sync", sync)):
-            with about(BY_FLAG[option].name):
-                refuse_without_cluster({option: value})
-        return "", DEFAULT_LEASE
-    psycopg_problem = driver_problem()
-    if psycopg_problem:
-        raise UserError(psycopg_problem, field="cluster")
-    return url, DEFAULT_LEASE if lease is None else float(lease)
+    the option that cannot be: job.clusteropts.check_cluster (what job building checks), then
+    whether psycopg can be imported here. `given` None: $WATCHDOG_SINGLETON_CLUSTER of `environ`."""
+    url, seconds = check_cluster(given, lease, standby, rotate, sync, environ)
+    problem = driver_problem() if url else ""
+    if problem:
+        raise UserError(problem, field="cluster")
+    return url, seconds
 
 
 def driver_problem() -> str:

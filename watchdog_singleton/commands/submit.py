@@ -9,14 +9,14 @@ from typing import Optional
 
 from .. import batch, files, paths
 from ..batch import schedulers
-from ..cluster import NO_CLUSTER
 from ..envvars import CLUSTER_ENV
 from ..errors import FAILED, OK, UserError
-from ..job import notify
-from ..job.model import check_limit, check_name, resolve_command, snapshot_env
-from ..job.options import OPTIONS
+from ..job.build import build_job
+from ..job.clusteropts import NO_CLUSTER
+from ..job.model import Job
+from ..job.options import OPTIONS, SUBMIT
 from ..timefmt import now_iso
-from .cluster import check_cron_driver, check_options
+from .cluster import check_cron_driver, driver_problem
 from .common import Context, Echo
 
 MAX_SLURM_LEAD = 65535  # --signal's @TIME is 16 bits
@@ -52,22 +52,30 @@ def runner(python: str) -> list[str]:
     return [python, *([flag] if flag else []), "-m", "watchdog_singleton"]
 
 
+def submit_job(req: SubmitRequest, ctx: Context, environ: dict[str, str]) -> Job:
+    """The job the chain runs: the one build (job/build.py) of submit's options. Its lock is the
+    batch node's (batch.LOCK_DIR_EXPR), so it has none here."""
+    return build_job(req, ctx.root, environ, command=SUBMIT, driver=driver_problem)
+
+
 def build_spec(req: SubmitRequest, ctx: Context) -> tuple[batch.Scheduler, batch.Spec]:
-    """Check everything; a UserError (exit 2, one line) before anything is written or submitted."""
-    check_name(req.name)
+    """Check everything; a UserError (exit 2, one line) before anything is written or submitted.
+    The job's options are checked by its build; the chain's own (scheduler, walltime, signal
+    lead, account, queue, --extra) here."""
+    environ = dict(os.environ)
+    job = submit_job(req, ctx, environ)
     sched = schedulers.get(req.scheduler)
     walltime = batch.parse_walltime(req.walltime)
-    check_limit("--grace", req.grace)
     lead = req.signal_lead
     if lead is None:
-        lead = batch.default_lead(walltime, req.grace)
+        lead = batch.default_lead(walltime, job.grace)
         if lead >= walltime:
             raise UserError(f"--walltime {req.walltime}: too short to warn the daemon before its end (it needs "
-                            f"more than --grace {req.grace:g} s + 20 s); give a longer walltime or a smaller --grace")
+                            f"more than --grace {job.grace:g} s + 20 s); give a longer walltime or a smaller --grace")
     if lead <= 0 or lead >= walltime:
         raise UserError(f"--signal-lead {lead}: must be more than 0 and less than the walltime ({walltime} s)")
-    if lead <= req.grace:
-        raise UserError(f"--signal-lead {lead}: must be longer than --grace ({req.grace:g} s), or the "
+    if lead <= job.grace:
+        raise UserError(f"--signal-lead {lead}: must be longer than --grace ({job.grace:g} s), or the "
                         "walltime kill comes before the daemon's grace is over")
     if sched.name == "slurm" and lead > MAX_SLURM_LEAD:
         raise UserError(f"--signal-lead {lead}: Slurm takes at most {MAX_SLURM_LEAD}")
@@ -77,24 +85,19 @@ def build_spec(req: SubmitRequest, ctx: Context) -> tuple[batch.Scheduler, batch
     for value, option in ((req.account, "--account"), (req.queue, "--queue")):
         if value and (not value.strip() or any(c.isspace() or c in "\"'\\" for c in value)):
             raise UserError(f"{option} {value!r}: no spaces or quotes")
-    cluster, lease = check_options(req.cluster, req.lease, req.standby, req.rotate, False, dict(os.environ))
+    cluster = job.cluster
     if cluster:
         check_cron_driver(ctx.python, ctx.isolation())  # the script's run line uses the same interpreter
-    elif os.environ.get(CLUSTER_ENV):
+    elif environ.get(CLUSTER_ENV):
         cluster = NO_CLUSTER  # the batch node may see the variable (Slurm exports our environment)
     missing = sched.missing_tools()
     if missing and not req.dry_run:
         raise UserError(f"--scheduler {sched.name}: {', '.join(missing)} not found on PATH")
-    workdir = os.path.abspath(req.workdir or os.getcwd())
-    command = resolve_command(req.command, workdir, os.environ.get("PATH"))
-    extra = [f"{d}" for d in req.extra]
-    check_limit("--notify-every", req.notify_every)
-    on_failure = notify.check_hook(req.on_failure) if req.on_failure is not None else []
-    spec = batch.Spec(name=req.name, command=command, workdir=workdir, root=ctx.root, runner=runner(ctx.python),
-                      walltime=walltime, signal_lead=lead, grace=req.grace, account=req.account,
-                      queue=req.queue, extra=extra, env=snapshot_env(dict(os.environ)), cluster=cluster,
-                      lease=lease, standby=req.standby, rotate=req.rotate, on_failure=on_failure,
-                      mail=notify.check_mail(req.mail) if req.mail else "", notify_every=req.notify_every)
+    spec = batch.Spec(name=job.name, command=job.command, workdir=job.workdir, root=ctx.root,
+                      runner=runner(ctx.python), walltime=walltime, signal_lead=lead, grace=job.grace,
+                      account=req.account, queue=req.queue, extra=list(req.extra), env=job.env, cluster=cluster,
+                      lease=job.lease, standby=job.standby, rotate=job.rotate, on_failure=job.on_failure,
+                      mail=job.mail, notify_every=job.notify_every)
     return sched, spec
 
 

@@ -260,6 +260,46 @@ def parse_env(items: list[str]) -> dict[str, str]:
     return env
 
 
+def check_restart(value: str) -> str:
+    """A restart policy (RESTART_POLICIES), or a UserError naming the value."""
+    if value not in RESTART_POLICIES:
+        raise UserError(f"--restart {value!r}: must be one of {', '.join(RESTART_POLICIES)}", field="restart")
+    return value
+
+
+def check_hook(value: str | list[str], option: str = "--on-failure") -> list[str]:
+    """The hook's argv: a list as given, a string split as a shell splits words (run without one)."""
+    if isinstance(value, str):
+        import shlex
+
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            raise UserError(f"{option} {value!r}: {exc} (it is split as a shell splits words)") from None
+    else:
+        argv = list(value)
+    if not argv or not argv[0].strip():
+        raise UserError(f"{option} is empty: give a command, e.g. {option} 'notify-send failed'")
+    for word in argv:
+        if "\n" in word or "\r" in word or "\0" in word:
+            raise UserError(f"{option}: {word!r} holds a newline or NUL byte")
+    return argv
+
+
+def check_mail(value: str, option: str = "--mail") -> str:
+    """One address or a comma-separated list: user@host or a local user, as cron's MAILTO."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise UserError(f"{option} {value!r}: holds a newline or control character")
+    parts = [part.strip() for part in value.split(",")]
+    for part in parts:
+        if not part:
+            raise UserError(f"{option} {value!r}: an empty address")
+        if part.startswith("-") or any(c.isspace() or c in "<>()[]\\;:\"'" for c in part) or part.count("@") > 1 \
+                or part.startswith("@") or part.endswith("@"):
+            raise UserError(f"{option} {part!r} is not a mail address (user@host, or a local user name)")
+    return ", ".join(parts)
+
+
 # execve(2) fails with E2BIG past ARG_MAX (often 2 MiB, all of argv and the environment) and
 # for any one string past 128 KiB. A job must start wherever it is installed, with room left
 # for the variables we add: refuse well before either limit, at install, not at the first start.

@@ -35,6 +35,8 @@ from ..envvars import (
 from ..errors import UserError
 from ..proc import procs
 from ..timefmt import iso
+from .model import check_hook as check_hook  # the checks of --on-failure and --mail live with a job's
+from .model import check_mail as check_mail  # other checks (model.py, build.py); named here as before
 from .options import OPTIONS
 
 TYPE_CHECKING = False
@@ -61,40 +63,6 @@ STATE_FILE = ".notify.json"  # in the job's state folder: event kind -> when it 
 MARK = "#notify"  # appended to the job's marker: the notifier's own, never the job's tree
 BOOT = ("import sys; sys.path.append(sys.argv[1]); from watchdog_singleton.job.notify import main; "
         "sys.exit(main(sys.argv[2:]))")
-
-
-# -- checking what the user gave -----------------------------------------------------------------
-def check_hook(value: Any, option: str = "--on-failure") -> list[str]:
-    """The hook's argv: a list as given, a string split as a shell splits words (run without one)."""
-    if isinstance(value, str):
-        import shlex
-
-        try:
-            argv = shlex.split(value)
-        except ValueError as exc:
-            raise UserError(f"{option} {value!r}: {exc} (it is split as a shell splits words)") from None
-    else:
-        argv = list(value)
-    if not argv or not argv[0].strip():
-        raise UserError(f"{option} is empty: give a command, e.g. {option} 'notify-send failed'")
-    for word in argv:
-        if "\n" in word or "\r" in word or "\0" in word:
-            raise UserError(f"{option}: {word!r} holds a newline or NUL byte")
-    return argv
-
-
-def check_mail(value: str, option: str = "--mail") -> str:
-    """One address or a comma-separated list: user@host or a local user, as cron's MAILTO."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise UserError(f"{option} {value!r}: holds a newline or control character")
-    parts = [part.strip() for part in value.split(",")]
-    for part in parts:
-        if not part:
-            raise UserError(f"{option} {value!r}: an empty address")
-        if part.startswith("-") or any(c.isspace() or c in "<>()[]\\;:\"'" for c in part) or part.count("@") > 1 \
-                or part.startswith("@") or part.endswith("@"):
-            raise UserError(f"{option} {part!r} is not a mail address (user@host, or a local user name)")
-    return ", ".join(parts)
 
 
 # -- the rate limit ------------------------------------------------------------------------------

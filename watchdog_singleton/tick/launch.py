@@ -14,8 +14,9 @@ import time
 from .. import paths
 from ..envvars import JOB_ENV, TOKEN_ENV
 from ..errors import FAILED, OK, UserError
-from ..job.model import Job, JobStore, check_exec_size, check_name, parse_env, resolve_command
-from ..lock.flock import REPAIRED, FlockLock, check_lock_dir, default_lock_dir, resolve_lock_dir
+from ..job.model import Job, JobStore, check_name
+from ..job.options import RUN
+from ..lock.flock import REPAIRED, FlockLock
 from ..proc import procs
 from ..state.phases import Phase
 from ..state.store import CARRIED, RunState, StateStore
@@ -50,30 +51,11 @@ def main(argv: list[str]) -> int:
 
 
 def adhoc_job(args: runargs.RunArgs, root: str) -> Job:
-    name = check_name(args.name)
-    workdir = os.path.abspath(args.workdir or os.getcwd())
-    # A batch script passes the old fixed name: it follows our recorded folder when that name is
-    # gone or taken, as an installed job's does.
-    lock_dir = resolve_lock_dir(os.path.abspath(args.lock_dir), root) if args.lock_dir \
-        else default_lock_dir(root)
-    check_lock_dir(lock_dir, args.allow_network_fs)
-    env = parse_env(args.env)
-    from ..cluster import job_cluster, refuse_without_cluster
+    """`run NAME -- COMMAND`: the one build of a job (job/build.py) from run's options. Its output
+    goes to log files only with --log-dir or --detach; else to this terminal."""
+    from ..job.build import build_job  # an ad-hoc run's only: a cron tick of an installed job never loads it
 
-    cluster = job_cluster(args.cluster)
-    if not cluster:
-        refuse_without_cluster({"--standby": args.standby, "--rotate": args.rotate})
-    command = resolve_command(args.command, workdir, os.environ.get("PATH"))
-    check_exec_size(command, env)
-    job = Job(name=name, command=command,
-              workdir=workdir, env=env, grace=args.grace, restart=args.restart,
-              lock_dir=lock_dir, allow_network_fs=args.allow_network_fs, forking=args.forking,
-              settle=1.0 if args.settle is None else args.settle, state_folder=paths.job_state_dir(root, name),
-              cluster=cluster, lease=args.lease, standby=args.standby, rotate=args.rotate)
-    if args.log_dir or args.detach:
-        log_dir = os.path.abspath(args.log_dir) if args.log_dir else paths.default_log_dir(root)
-        job.stdout_log, job.stderr_log = paths.log_files(log_dir, name)
-    return job
+    return build_job(args, root, dict(os.environ), command=RUN, logs=bool(args.log_dir or args.detach))
 
 
 def launch(args: runargs.RunArgs) -> int:

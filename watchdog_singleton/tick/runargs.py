@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..errors import UserError
 from ..job import options
-from ..job.model import RESTART_POLICIES, check_limit
+from ..job.model import check_limit, check_restart
 from ..job.options import OPTIONS
 
 TYPE_CHECKING = False
@@ -77,7 +77,7 @@ class RunArgs:
         self.forking = False
         self.allow_network_fs = False
         self.cluster: Optional[str] = None  # None: $WATCHDOG_SINGLETON_CLUSTER
-        self.lease: float = OPTIONS["lease"].default
+        self.lease: Optional[float] = None  # None: the default (60 s); given without a cluster, refused
         self.standby = False
         self.rotate = False
         self.help = False
@@ -93,7 +93,7 @@ def parse(argv: list[str]) -> RunArgs:
     """
     args = RunArgs()
     name: Optional[str] = None
-    problem: Optional[str] = None
+    problem: Optional[UserError] = None  # the first one; it names its option (UserError.field)
     words = list(argv)
     while words:
         word = words.pop(0)
@@ -109,45 +109,43 @@ def parse(argv: list[str]) -> RunArgs:
         option, has_value, value = word.partition("=")
         if option in FLAGS:
             if has_value:
-                problem = problem or f"run: option {option} takes no value (got {word!r}){SEE_HELP}"
+                problem = problem or UserError(f"run: option {option} takes no value (got {word!r}){SEE_HELP}")
             setattr(args, FLAGS[option], True)
         elif option in VALUES:
             if not has_value:
                 if not words:
-                    problem = problem or f"run: option {option} needs a value{SEE_HELP}"
+                    problem = problem or UserError(f"run: option {option} needs a value{SEE_HELP}")
                     continue
                 value = words.pop(0)
             problem = problem or _store(args, option, value)
         else:
-            problem = problem or f"run: no such option: {option}{SEE_HELP}"
+            problem = problem or UserError(f"run: no such option: {option}{SEE_HELP}")
     args.name = name or ""
     if args.help:
         return args
     if problem is None and name is None:
-        problem = f"run: missing NAME{SEE_HELP}"
+        problem = UserError(f"run: missing NAME{SEE_HELP}")
     if problem is not None:
-        raise UserError(problem)
+        raise problem
     return args
 
 
-def _store(args: RunArgs, option: str, value: str) -> Optional[str]:
-    """Put `value` into its attribute; the problem with it, if any."""
-    if option in NUMBERS:
-        try:
-            number = float(value)
-        except ValueError:
-            return f"{option} {value!r} is not a number"
-        try:
-            check_limit(option, number)
-        except UserError as exc:
-            return str(exc)
-        setattr(args, VALUES[option], number)
-    elif option == "--restart":
-        if value not in RESTART_POLICIES:
-            return f"--restart {value!r}: must be one of {', '.join(RESTART_POLICIES)}"
-        args.restart = value
-    elif option == "--env":
-        args.env.append(value)
-    else:
-        setattr(args, VALUES[option], value)
+def _store(args: RunArgs, option: str, value: str) -> Optional[UserError]:
+    """Put `value` into its attribute; the problem with it, if any (the one check of its option)."""
+    try:
+        if option in NUMBERS:
+            try:
+                number = float(value)
+            except ValueError:
+                opt = options.BY_FLAG[option]
+                return UserError(f"{option} {value!r} is not a number", field=opt.name)
+            setattr(args, VALUES[option], check_limit(option, number))
+        elif option == "--restart":
+            args.restart = check_restart(value)
+        elif option == "--env":
+            args.env.append(value)
+        else:
+            setattr(args, VALUES[option], value)
+    except UserError as exc:
+        return exc
     return None
