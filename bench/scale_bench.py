@@ -63,8 +63,8 @@ MODES: list[tuple[str, list[str]]] = [
     ("per-job supervisors", []),
 ]
 JOBS = {"full": 50, "quick": 10}
-WINDOW = {"full": 180.0, "quick": 12.0}  # full: 3 whole periods of a 60 s lock watch
-SETTLE = 3.0  # after the last start, before the window: start-up chores are over
+WINDOW = {"full": 180.0, "quick": 10.0}  # full: 3 whole periods of a 60 s lock watch
+SETTLE = 2.0  # after the last start, before the window: start-up chores are over
 GOALS = {"RSS": 3.0, "USS": 2.0, "wake-ups": 1.0}
 PIP_TIMEOUT = 180.0
 STOP_WAIT = 15.0
@@ -148,6 +148,7 @@ class Supervisord:
     folder: str
     programs: int
     proc: Optional[subprocess.Popen[bytes]] = None
+    programs_left: list[int] = field(default_factory=list)
 
     def config(self) -> str:
         # echo_supervisord_conf's shape: a unix socket for supervisorctl, logs of each program.
@@ -178,18 +179,22 @@ class Supervisord:
                    f"supervisord's {self.programs} programs to run", 0.05)
 
     def stop(self) -> None:
-        """SIGTERM to supervisord by its PID (it stops its programs); SIGKILL to it and them after
-        STOP_WAIT."""
+        """SIGTERM to supervisord by its PID (it stops its programs); `wait_stopped` waits for it."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        programs = self.sleepers()
+        self.programs_left = self.sleepers()
         self.proc.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self) -> None:
+        """SIGKILL to supervisord and its programs, by PID, if it has not stopped in STOP_WAIT."""
+        if self.proc is None:
+            return
         try:
             self.proc.wait(timeout=STOP_WAIT)
         except subprocess.TimeoutExpired:
             kill_pid(self.proc.pid)
             self.proc.wait()
-        for pid in programs:
+        for pid in self.programs_left:
             if alive(pid):
                 kill_pid(pid)
 
@@ -256,10 +261,15 @@ def rows_for(label: str, ours: Side, theirs: Optional[Side], size: int, minutes:
     ]
 
 
+def note(what: str, since: float) -> None:
+    print(f"[11] {what} at {time.monotonic() - since:.0f} s", file=sys.stderr, flush=True)
+
+
 def scale_figure(bench: Bench, plan: Plan) -> list[Row]:
     mode = "quick" if plan is QUICK else "full"
     jobs = JOBS[mode]
     sizes = (jobs, 1)
+    began = time.monotonic()
     venv, pip = start_supervisor_install(bench)
     scenarios: list[Scenario] = []
     daemons: list[Supervisord] = []
@@ -282,18 +292,23 @@ def scale_figure(bench: Bench, plan: Plan) -> list[Row]:
                 daemon.wait_running()
                 assert daemon.proc is not None
                 theirs[daemon.programs] = Side(f"supervisord, {daemon.programs} programs", [daemon.proc.pid])
+        note(f"{sum(sizes) * len(MODES)} jobs and supervisord started", began)
         time.sleep(SETTLE)
         for sc, side in ours.values():
             side.pids = residents(sc)
             if not side.pids:
                 raise BenchError(f"{side.label}: no resident process found")
         minutes = measure([side for _, side in ours.values()] + list(theirs.values()), WINDOW[mode]) / 60
+        note("measured", began)
     finally:
         end_install(pip)
         for daemon in daemons:
             daemon.stop()
         for sc in scenarios:
             sc.cleanup()
+        for daemon in daemons:
+            daemon.wait_stopped()
+        note("cleaned up", began)
     rows = []
     for label, _ in MODES:
         for size in sizes:
