@@ -11,7 +11,8 @@ at most supervisord's.
 
 A wake-up is one voluntary context switch (voluntary_ctxt_switches of /proc/PID/task/TID/status,
 summed over the process's threads): a thread switches out voluntarily only when it goes to
-sleep, so each one is one sleep and the wake that ends it. Involuntary switches are left out:
+sleep, so each one is one sleep and the wake that ends it (a short block on the disk inside one
+wake counts too: a slight upper bound). Involuntary switches are left out:
 they count preemptions by other processes while the thread runs, which says how busy the
 machine is, not how often the process wakes (schedstat's run count adds both up).
 
@@ -54,6 +55,8 @@ from harness import (
     wait_until,
 )
 from userkit import read_bytes, user_pids
+
+from watchdog_singleton.supervisor.lockwatch import CHECK_SECONDS
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SLEEPER = ["/bin/sleep", "1000000"]
@@ -255,9 +258,11 @@ def rows_for(label: str, ours: Side, theirs: Optional[Side], size: int, minutes:
                 f"<= {GOALS['RSS']:g}x", at_most=GOALS["RSS"]),
         compare("11", f"{jobs}: resident USS, total", ours.uss, ref, theirs.uss, fmt_mb,
                 f"<= {GOALS['USS']:g}x", at_most=GOALS["USS"]),
+        # A window shorter than the lock watch's period (--quick) may see none of its wake-ups.
         compare("11", f"{jobs}: idle wake-ups per minute, over {window:g} s", [ours.woke / minutes], ref,
-                [theirs.woke / minutes], lambda v: f"{v:.1f}", f"<= {GOALS['wake-ups']:g}x",
-                at_most=GOALS["wake-ups"]),
+                [theirs.woke / minutes], lambda v: f"{v:.1f}",
+                f"<= {GOALS['wake-ups']:g}x" if window >= CHECK_SECONDS else f"report (< {CHECK_SECONDS:g} s)",
+                at_most=GOALS["wake-ups"] if window >= CHECK_SECONDS else None),
     ]
 
 
