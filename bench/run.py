@@ -17,13 +17,16 @@ import sys
 import time
 import traceback
 
+import harness
 from apply_bench import apply_noop
 from cluster_bench import cluster_figure
 from figures import FIGURES, FULL, QUICK
 from harness import Bench, BenchError, Row
+from scale_bench import scale_figure
 
 FIGURES["9"] = ("apply of a 100-job file already applied", apply_noop)
 FIGURES["10"] = ("cluster jobs: standby ticks, takeover, renew load", cluster_figure)
+FIGURES["11"] = ("many jobs of one user against one supervisord", scale_figure)
 
 COLUMNS = ("#", "measure", "ours", "reference", "ref", "ratio", "goal", "result", "n")
 
@@ -60,7 +63,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--only", default=",".join(FIGURES), help="figures to run, e.g. 1,3 (default all)")
     p.add_argument("--python", default=sys.executable,
                    help="interpreter that runs watchdog_singleton as the bench user (default: this one)")
+    p.add_argument("--user", default=harness.BENCH_USER, help="the unprivileged user to run as")
     args = p.parse_args(argv)
+    harness.BENCH_USER = args.user
     plan = QUICK if args.quick else FULL
     chosen = [f for f in args.only.split(",") if f]
     unknown = [f for f in chosen if f not in FIGURES]

@@ -13,6 +13,7 @@ from watchdog_singleton.job.model import Job
 from watchdog_singleton.proc.spawn import SpawnError
 from watchdog_singleton.state.store import RunState, StateStore
 from watchdog_singleton.supervisor.core import Supervisor
+from watchdog_singleton.supervisor.lockwatch import CHECK_SECONDS, TAKEN_RECHECK
 
 T0 = 1000.0
 
@@ -301,7 +302,7 @@ def test_a_duplicate_steps_down_stopping_its_own_daemon_and_only_that(tmp_path: 
     # The other supervisor's daemon carries the same job token, but is not below this supervisor.
     other = FakeProc(3_999_000, 1, sup.job.lock_path, ["/bin/daemon"], T0)
     world.procs[other.pid] = other
-    world.at(T0 + 60, sup.request_stop)
+    world.at(T0 + CHECK_SECONDS + 3 * TAKEN_RECHECK, sup.request_stop)  # after the third check that finds it taken
     assert sup.run() == 0
     mine = world.spawned[0]
     assert mine.pid not in world.procs, "the duplicate's own daemon was left running"

@@ -175,8 +175,9 @@ class Supervisor:
             sig = self.wakeups.signals.pop(0)
             if sig in (SIGTERM, SIGINT):
                 self.life.stopping = True
-            elif sig == SIGHUP:
+            elif sig == SIGHUP:  # files moved or deleted (logrotate, a /tmp cleaner): look again
                 self.output.reopen()
+                self.watch.soon()
             elif sig == SIGUSR2:
                 self._reload()
         self.life.reap()

@@ -4,7 +4,14 @@ A /tmp cleaner may delete the lock file or its folder. The launcher never starts
 because of that (it checks the recorded supervisor after its flock), so this watch can be slow:
 every CHECK_SECONDS it puts a held lock back at the path, refreshes timestamps that age-based
 cleaners read, and notices when another supervisor holds the path for good (then this one is
-the duplicate and steps down).
+the duplicate and steps down). It is the only timer of an idle supervisor, so its period is
+the idle job's wake-up rate.
+
+Why a minute is enough: the tick that first finds the lock file gone (it takes a fresh one and
+then sees this supervisor alive) sends SIGHUP, which makes the watch look at once (`soon`), so
+the lock is back within a tick of the deletion, as before; age-based cleaners age files by hours
+or days (`refresh` touches only files older than an hour); and a duplicate needs a lost state
+file besides a deleted lock, and is found within CHECK_SECONDS + 2 * TAKEN_RECHECK.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 
     from ..lock.flock import SingletonLock
 
-CHECK_SECONDS = 10.0
+CHECK_SECONDS = 60.0
 TAKEN_CHECKS = 3  # another process held our path this many checks in a row: we are a duplicate
 TAKEN_RECHECK = 1.0  # once the path is taken, look again sooner
 
@@ -36,6 +43,10 @@ class LockWatch:
 
     def due(self, now: float) -> bool:
         return now >= self.next_check
+
+    def soon(self) -> None:
+        """Look at the next wake (SIGHUP: a tick found the lock file replaced, or logs rotated)."""
+        self.next_check = float("-inf")
 
     def check(self, now: float) -> str:
         """Look at the lock once; DUPLICATE when this supervisor must step down."""

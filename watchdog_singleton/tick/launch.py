@@ -140,6 +140,8 @@ def settle(lock: FlockLock, job: Job, states: StateStore,
     if state is not None and (state.supervisor_alive() or state.daemon_alive()):
         # Alive although we got the lock: its lock file was deleted (a /tmp cleaner).
         lock.release()
+        if state.phase in SETTLED and state.supervisor_alive():
+            ask_to_look(state)
         return False
     if before_claim:
         before_claim()
@@ -151,6 +153,22 @@ def settle(lock: FlockLock, job: Job, states: StateStore,
         return False
     clear_debris(job)
     return True
+
+
+# Phases a supervisor saves only from inside its loop, which handles SIGHUP. Not `starting` (a
+# launcher that claimed the lock and has not become the supervisor dies of SIGHUP), nor
+# `stopping` and the ends (a supervisor on its way out released the lock itself).
+SETTLED = (Phase.RUNNING, Phase.WAITING, Phase.BACKOFF, Phase.STANDBY)
+
+
+def ask_to_look(state: RunState) -> None:
+    """SIGHUP to the live supervisor, which then puts a held lock back at the path at once instead
+    of at its next lock check (a minute away at most); our fresh file is free again by now."""
+    assert state.supervisor_pid is not None
+    try:
+        os.kill(state.supervisor_pid, 1)  # SIGHUP (the signal module stays out of the tick)
+    except OSError:
+        pass  # gone meanwhile, or not ours: its own check comes anyway
 
 
 def claim(job: Job, states: StateStore, state: Optional[RunState]) -> None:
