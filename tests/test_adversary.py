@@ -1,0 +1,76 @@
+"""Another local user is an adversary: what we read or run must be ours and private, or refused,
+and nothing another user plants (a file, a symlink, a FIFO, a lock) runs code as us, reads our
+files for them, or keeps a job down without a word.
+
+The victim is the test user; the attacker is a second unprivileged user who plants things where
+the victim looks: a shared folder anyone may create in (sticky, like /tmp) or one the group shares.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Iterator
+
+import pytest
+from conftest import TEST_USER, Sandbox, UnprivilegedUser, ensure_user, pids_with_arg
+
+ATTACKER = f"{TEST_USER}2"
+
+
+@pytest.fixture
+def attacker(test_user: UnprivilegedUser) -> Iterator[UnprivilegedUser]:
+    user = ensure_user(ATTACKER)
+    yield user
+    subprocess.run(["crontab", "-u", user.name, "-r"], capture_output=True)
+
+
+@pytest.fixture
+def shared(sandbox: Sandbox) -> str:
+    """A folder everyone may create in (sticky), like /tmp or a project's scratch."""
+    folder = sandbox.mkdir("shared")
+    os.chmod(folder, 0o1777)
+    return folder
+
+
+def as_user(user: UnprivilegedUser, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60, cwd="/",
+                          **user.popen_kwargs(), **kw)  # type: ignore[call-overload]
+
+
+def one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("watchdog-singleton: "), proc.stderr
+    return lines[0]
+
+
+# -- apply FILE runs the file's commands as us, from cron, for good ---------------------------
+
+@pytest.mark.parametrize("how", ["theirs", "writable-by-all", "symlink-to-theirs"])
+def test_apply_refuses_a_job_file_another_user_wrote_or_can_write(
+        sandbox: Sandbox, shared: str, attacker: UnprivilegedUser, how: str) -> None:
+    name = sandbox.job("planted")
+    text = f'[jobs.{name}]\ncommand = ["/usr/bin/python3", "-c", "import time; time.sleep(10**6)", "m-{name}"]\n'
+    planted = os.path.join(shared, "their.toml")
+    path = os.path.join(shared, "jobs.toml")
+    with open(planted if how != "writable-by-all" else path, "w") as f:
+        f.write(text)
+    if how == "writable-by-all":
+        os.chown(path, sandbox.user.uid, sandbox.user.gid)
+        os.chmod(path, 0o666)  # the victim's own file, but anyone may rewrite it
+    else:
+        os.chown(planted, attacker.uid, attacker.gid)
+        os.chmod(planted, 0o644)
+        if how == "symlink-to-theirs":  # not sticky: the kernel's protected_symlinks would refuse it first
+            os.chmod(shared, 0o777)
+            as_user(attacker, ["ln", "-s", planted, path])
+        else:
+            path = planted
+    before = sandbox.crontab()
+    proc = sandbox.ws("apply", path, timeout=60)
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    line = one_line(proc)
+    assert "refusing" in line and path in line, line
+    assert sandbox.crontab() == before
+    assert pids_with_arg(f"m-{name}", sandbox.user.uid) == []
+
