@@ -74,3 +74,66 @@ def test_apply_refuses_a_job_file_another_user_wrote_or_can_write(
     assert sandbox.crontab() == before
     assert pids_with_arg(f"m-{name}", sandbox.user.uid) == []
 
+
+# -- the failure notifier, with the job's logs in a folder the group shares -------------------
+
+NOTIFY = """
+import json, os, sys
+from watchdog_singleton.job import notify
+payload = json.loads(sys.argv[1])
+if sys.argv[2] == "mail":
+    sys.stdout.write(notify.mail_text(payload, "host", 0.0).decode())
+else:
+    env = notify.hook_env(dict(os.environ), payload, "/tmp/ws-adversary-test.lock")
+    print(notify.deliver(payload, env, timeout=5.0))
+"""
+
+
+def notifier(sandbox: Sandbox, payload: dict[str, object], what: str) -> subprocess.CompletedProcess[str]:
+    import json
+    import sys
+
+    return sandbox.run_as([sys.executable, "-c", NOTIFY, json.dumps(payload), what], timeout=30)
+
+
+@pytest.fixture
+def group_logs(sandbox: Sandbox) -> str:
+    """A log folder others may write and that is not sticky (a group's project folder): they can
+    rename the victim's log away and put something else at its path."""
+    folder = sandbox.mkdir("group-logs")
+    os.chmod(folder, 0o777)
+    return folder
+
+
+def test_the_failure_mail_never_quotes_a_file_a_symlink_at_the_logs_path_points_to(
+        sandbox: Sandbox, group_logs: str, attacker: UnprivilegedUser) -> None:
+    secret = sandbox.path("id_secret")
+    with open(secret, "w") as f:
+        f.write("-----BEGIN PRIVATE KEY-----\nvictim-only\n")
+    os.chown(secret, sandbox.user.uid, sandbox.user.gid)
+    os.chmod(secret, 0o600)
+    log = os.path.join(group_logs, "web.stderr.log")
+    as_user(attacker, ["ln", "-s", secret, log])
+    payload = {"name": "web", "event": "backoff", "code": 1, "argv": [], "mail": "team@example.org",
+               "stderr_log": log, "command": ["/bin/true"], "every": 3600.0}
+    proc = notifier(sandbox, payload, "mail")
+    assert proc.returncode == 0, proc.stderr
+    assert "victim-only" not in proc.stdout and "PRIVATE KEY" not in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo"])
+def test_the_hook_never_writes_through_a_planted_symlink_nor_hangs_on_a_planted_fifo(
+        sandbox: Sandbox, group_logs: str, attacker: UnprivilegedUser, plant: str) -> None:
+    target = sandbox.path("profile")
+    with open(target, "w") as f:
+        f.write("# the victim's own file\n")
+    os.chown(target, sandbox.user.uid, sandbox.user.gid)
+    log = os.path.join(group_logs, "web.stderr.log")
+    as_user(attacker, ["ln", "-s", target, log] if plant == "symlink" else ["mkfifo", "-m", "0666", log])
+    payload = {"name": "web", "event": "run-failed", "code": 1, "argv": ["/bin/echo", "hook-said-this"],
+               "stderr_log": log}
+    proc = notifier(sandbox, payload, "hook")  # run_as's timeout: a notifier stuck on the FIFO fails here
+    assert proc.returncode == 0, proc.stderr
+    assert "hook /bin/echo" in proc.stdout, proc.stdout
+    with open(target) as f:
+        assert f.read() == "# the victim's own file\n"

@@ -266,13 +266,40 @@ def append_note(path: str, text: str) -> None:
     from .timefmt import now_iso
 
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = open_log_file(path)  # a FIFO planted there must not hang us, nor another's file get our line
     except OSError:
         return
     try:
         os.write(fd, f"[watchdog-singleton {now_iso()}] {text}\n".encode(errors="replace"))
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+def read_own_file(path: str, limit: int) -> Optional[bytes]:
+    """The last `limit` bytes of `path` if it is a regular file of ours; None for anything else
+    (missing, a symlink, a FIFO, another user's file), which is never followed nor waited on."""
+    try:
+        fd = os.open(path, READ_FLAGS | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if _file_problem(path, st, "file"):
+            return None
+        os.lseek(fd, max(0, st.st_size - limit), os.SEEK_SET)
+        chunks: list[bytes] = []
+        left = limit
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
     finally:
         os.close(fd)
 
