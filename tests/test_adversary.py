@@ -9,11 +9,12 @@ the victim looks: a shared folder anyone may create in (sticky, like /tmp) or on
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from typing import Iterator
 
 import pytest
-from conftest import TEST_USER, Sandbox, UnprivilegedUser, ensure_user, pids_with_arg
+from conftest import TEST_USER, Sandbox, UnprivilegedUser, ensure_user, is_locked, pids_with_arg, wait_for
 
 ATTACKER = f"{TEST_USER}2"
 
@@ -137,3 +138,32 @@ def test_the_hook_never_writes_through_a_planted_symlink_nor_hangs_on_a_planted_
     assert "hook /bin/echo" in proc.stdout, proc.stdout
     with open(target) as f:
         assert f.read() == "# the victim's own file\n"
+
+
+# -- keep down: a lock file another user planted in a lock folder the group shares -------------
+
+def test_a_lock_file_another_user_planted_and_holds_is_never_taken_for_a_running_copy(
+        sandbox: Sandbox, attacker: UnprivilegedUser) -> None:
+    """In a --lock-dir others may write, another user can make NAME.lock first: the job cannot start
+    (the price of such a folder), but each tick says why instead of exiting 0 in silence, as if a
+    copy of NAME held the lock."""
+    locks = sandbox.mkdir("group-locks")
+    os.chmod(locks, 0o777)
+    name = sandbox.job("held")
+    lock = os.path.join(locks, f"{name}.lock")
+    holder = subprocess.Popen(["flock", "-n", lock, "sleep", "300"], cwd="/", stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True, **attacker.popen_kwargs())
+    try:
+        wait_for(lambda: is_locked(lock), 10, what="the planted lock to be held")
+        install = sandbox.ws("install", name, "--lock-dir", locks, "--", "/usr/bin/python3", "-c",
+                             "import time; time.sleep(10**6)", f"m-{name}")
+        assert install.returncode in (0, 1), install.stderr
+        tick = sandbox.fire_tick(name, wait=False)
+        out, _ = tick.communicate(timeout=60)
+        text = out.decode()
+        assert text.strip(), "a tick that cannot start the job exited in silence (cron mails nothing)"
+        assert f"lock file {lock} belongs to uid {attacker.uid}" in text, text
+        assert pids_with_arg(f"m-{name}", sandbox.user.uid) == []
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)  # flock and its sleep
+        holder.wait()
