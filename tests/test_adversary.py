@@ -34,9 +34,10 @@ def shared(sandbox: Sandbox) -> str:
     return folder
 
 
-def as_user(user: UnprivilegedUser, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+def as_user(user: UnprivilegedUser, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """`argv` run as `user` (the attacker planting something), checked."""
     return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60, cwd="/",
-                          **user.popen_kwargs(), **kw)  # type: ignore[call-overload]
+                          **user.popen_kwargs())
 
 
 def one_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -167,3 +168,18 @@ def test_a_lock_file_another_user_planted_and_holds_is_never_taken_for_a_running
     finally:
         os.killpg(holder.pid, signal.SIGKILL)  # flock and its sleep
         holder.wait()
+
+
+# -- export --into writes where a symlink another user planted points ------------------------
+
+def test_export_into_refuses_a_symlink_another_user_planted(sandbox: Sandbox, attacker: UnprivilegedUser) -> None:
+    folder = sandbox.mkdir("project")
+    os.chmod(folder, 0o777)  # a group's folder, not sticky: protected_symlinks does not apply
+    target = sandbox.path("chosen-by-them")
+    path = os.path.join(folder, "jobs.toml")
+    as_user(attacker, ["ln", "-s", target, path])
+    proc = sandbox.ws("export", "--into", path)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    line = one_line(proc)
+    assert path in line and "symlink" in line and f"uid {attacker.uid}" in line, line
+    assert not os.path.lexists(target)

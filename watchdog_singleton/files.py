@@ -122,12 +122,13 @@ def creatable_dir_problem(path: str) -> Optional[str]:
     return None
 
 
-def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
+def write_atomic(path: str, data: bytes, durable: bool = True, mode: int = 0o600) -> None:
     """Replace `path` with `data` so that readers see the old or the new file, never half of one.
 
     Raises OSError (ENOSPC, EROFS, EIO...) with nothing left behind: a failed write removes its
     temp file, so the next try starts clean. `durable=False` skips the fsyncs, for files that are
-    worthless after a crash of the machine anyway.
+    worthless after a crash of the machine anyway. `mode` is the new file's, set before it has
+    the name.
     """
     folder = os.path.dirname(path)
     ensure_dir(folder)
@@ -144,6 +145,8 @@ def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
         raise FileExistsError(errno.EEXIST, "no free temp file name", path)
     try:
         try:
+            if mode != 0o600:
+                os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]  # a short write (a full disk on the way) goes on
