@@ -25,6 +25,7 @@ from typing import Any, Optional
 from . import paths
 from .envvars import CLUSTER_ENV
 from .errors import UserError
+from .farm import place
 from .job import options
 from .job.model import ENV_KEY_CHARS, Job
 from .job.request import InstallRequest
@@ -207,11 +208,17 @@ def load(path: str) -> ConfigFile:
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        mode = os.fstat(fd).st_mode
+        st = os.fstat(fd)
+        mode = st.st_mode
         if not stat.S_ISREG(mode):
             kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else \
                 "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
             raise ConfigError(f"{path} is {kind}: apply reads a regular file")
+        # Its commands go into our crontab: a file another user wrote, or may rewrite, would run
+        # their code as us from then on. What counts is the file read (a symlink is followed).
+        why = place.problem(path, st, "job file", folder=False, owners=(0,))
+        if why:
+            raise ConfigError(why.replace("refusing to use it", "refusing to apply it (copy it to a file of yours)"))
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as fh:
             raw = fh.read()

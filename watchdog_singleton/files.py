@@ -122,12 +122,13 @@ def creatable_dir_problem(path: str) -> Optional[str]:
     return None
 
 
-def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
+def write_atomic(path: str, data: bytes, durable: bool = True, mode: int = 0o600) -> None:
     """Replace `path` with `data` so that readers see the old or the new file, never half of one.
 
     Raises OSError (ENOSPC, EROFS, EIO...) with nothing left behind: a failed write removes its
     temp file, so the next try starts clean. `durable=False` skips the fsyncs, for files that are
-    worthless after a crash of the machine anyway.
+    worthless after a crash of the machine anyway. `mode` is the new file's, set before it has
+    the name.
     """
     folder = os.path.dirname(path)
     ensure_dir(folder)
@@ -144,6 +145,8 @@ def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
         raise FileExistsError(errno.EEXIST, "no free temp file name", path)
     try:
         try:
+            if mode != 0o600:
+                os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]  # a short write (a full disk on the way) goes on
@@ -266,13 +269,40 @@ def append_note(path: str, text: str) -> None:
     from .timefmt import now_iso
 
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = open_log_file(path)  # a FIFO planted there must not hang us, nor another's file get our line
     except OSError:
         return
     try:
         os.write(fd, f"[watchdog-singleton {now_iso()}] {text}\n".encode(errors="replace"))
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+def read_own_file(path: str, limit: int) -> Optional[bytes]:
+    """The last `limit` bytes of `path` if it is a regular file of ours; None for anything else
+    (missing, a symlink, a FIFO, another user's file), which is never followed nor waited on."""
+    try:
+        fd = os.open(path, READ_FLAGS | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if _file_problem(path, st, "file"):
+            return None
+        os.lseek(fd, max(0, st.st_size - limit), os.SEEK_SET)
+        chunks: list[bytes] = []
+        left = limit
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
     finally:
         os.close(fd)
 

@@ -49,6 +49,7 @@ def export(names: list[str], ctx: Context, echo: Echo, into: Optional[str] = Non
 
 def export_into(path: str, jobs: list[Job], every_job: bool, ctx: Context, echo: Echo, warn: Echo,
                 environ: dict[str, str]) -> int:
+    _check_link(path)
     target = os.path.realpath(path)  # a symlinked file (dotfiles) is updated where it lives
     if not os.path.exists(target):
         text = config.dump(jobs, paths.default_log_dir(ctx.root), _lock_default(), environ)
@@ -246,9 +247,23 @@ def _check_round_trip(text: str, target: str, jobs: list[Job], ctx: Context, env
             warn(f"warning: apply of {target} would still change {job.name}: {', '.join(fields)}")
 
 
+def _check_link(path: str) -> None:
+    """A symlink is followed only when it is ours: one another user planted (in a folder the group
+    shares) would have us write where they chose."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if stat.S_ISLNK(st.st_mode) and st.st_uid != os.getuid():
+        raise UserError(f"{path} is a symlink of uid {st.st_uid}, not yours: refusing to write where it points")
+
+
 def _write(target: str, text: str, mode: int) -> None:
     try:
-        write_atomic(target, text.encode("utf-8"))
-        os.chmod(target, mode)
+        # The mode is set on the new file before it takes the name: a chmod of the name after the
+        # rename would follow whatever someone who may write the folder put there meanwhile.
+        write_atomic(target, text.encode("utf-8"), mode=mode)
     except OSError as exc:
         raise UserError(f"cannot write {target}: {exc.strerror or exc}", FAILED) from None

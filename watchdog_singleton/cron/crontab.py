@@ -97,8 +97,9 @@ def render(job: Job, python: str, state_root: str, flock_binary: Optional[str], 
     launcher = (f"cd / && exec {shlex.quote(python)}{flag} -m watchdog_singleton run --cron "
                 f"--state-dir {shlex.quote(state_root)} {job.name}")
     if flock_binary:
-        # Only a lock file that is ours is probed; anything odd goes to the launcher, which says why.
-        command = (f"test -O {lock_dir} -a ! -h {lock_dir} -a -f {lock} && "
+        # Only a lock file that is ours is probed; anything odd goes to the launcher, which says why
+        # (another user's file held in a folder they may write would look like a running copy).
+        command = (f"test -O {lock_dir} -a ! -h {lock_dir} -a -f {lock} -a -O {lock} -a ! -h {lock} && "
                    f"{shlex.quote(flock_binary)} -n -E {LOCK_HELD} {lock} true 2>/dev/null; "
                    f"[ $? = {LOCK_HELD} ] || {{ {launcher}; }}")
     else:

@@ -199,7 +199,7 @@ def run_hook(payload: dict[str, Any], env: dict[str, str], timeout: float) -> st
     out: Any = subprocess.DEVNULL
     if log:
         try:
-            out = open(log, "ab")
+            out = os.fdopen(files.open_log_file(log), "ab")  # never through a symlink, nor into a FIFO
         except OSError:
             pass
     cwd = payload.get("workdir") or "/"
@@ -267,12 +267,8 @@ def send_mail(payload: dict[str, Any], env: dict[str, str], timeout: float) -> s
 
 def tail(path: str, count: int) -> list[str]:
     """The last `count` lines of `path` (read from its last 64 KiB); [] when it cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - 65536))
-            data = f.read()
-    except OSError:
+    data = files.read_own_file(path, 65536)  # a symlink planted at the log's path is not mailed
+    if data is None:
         return []
     lines = data.decode(errors="replace").splitlines()
     if len(data) == 65536 and lines:

@@ -391,11 +391,23 @@ class FlockLock:
         try:
             fd = os.open(name, flags, 0o600, dir_fd=self.dir_fd)
         except OSError as exc:
+            owner = None
+            try:
+                owner = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False).st_uid
+            except OSError:
+                pass
+            if owner is not None and owner != os.getuid():  # made first by someone who may write the folder
+                raise UserError(self._not_ours(owner)) from None
             raise UserError(f"cannot open lock file {self.path}: {exc.strerror}") from None
-        if os.fstat(fd).st_uid != os.getuid():
+        owner = os.fstat(fd).st_uid
+        if owner != os.getuid():
             os.close(fd)
-            raise UserError(f"lock file {self.path} belongs to another user: refusing to use it")
+            raise UserError(self._not_ours(owner))
         return fd
+
+    def _not_ours(self, owner: int) -> str:
+        return (f"lock file {self.path} belongs to uid {owner}, not to you: refusing to use it "
+                f"(whoever may write {self.lock_dir} can block the job so: use a lock folder only you can write)")
 
     def _is_at_path(self, fd: int) -> bool:
         try:
