@@ -54,9 +54,8 @@ class HostView:
 
 def describe(name: str, job: Optional[Job], state: Optional[RunState], host: HostView,
              state_error: Optional[str] = None, state_dir: str = "") -> dict[str, Any]:
-    """NAME as status shows it. `state_error`: why its run state could not be read (then what
-    runs is told by its lock alone); `state_dir`: the run state's folder, to say why a record
-    is out of date."""
+    """NAME as status shows it. `state_error`: why its run state could not be read (then its lock
+    tells what runs); `state_dir`: the run state's folder, to say why a record is out of date."""
     entry = host.entries.get(name)
     running = state is not None and state.daemon_alive()
     supervisor = state is not None and state.supervisor_alive()
@@ -90,17 +89,8 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         if unwritable:
             problem = (f"cannot write {state_dir}: its state on file is out of date; "
                        + ("the pid shown is read from the process table" if live else "no daemon runs now"))
-    # A cluster job says the same in its lease line (commands/cluster.py).
-    trouble = state.supervisor_trouble() if state is not None and not state.lease_role else ""
-    if trouble == "gone" and running:
-        problem = problem or (f"its supervisor ({state.supervisor_pid if state else '?'}) is gone: the daemon runs on "
-                              "and holds the lock, but nothing restarts it or reads its output; "
-                              f"`restart {name}` gives it a new one")
-    elif trouble == "stopped":
-        problem = problem or (f"its supervisor ({state.supervisor_pid if state else '?'}) is stopped (SIGSTOP): "
-                              "nothing restarts the daemon or reads its output until it gets SIGCONT")
-    else:
-        trouble = ""
+    trouble, said = _supervisor_trouble(name, state, running)
+    problem = problem or said
     return {
         "name": name,
         "host": paths.host(),
@@ -142,6 +132,19 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         "problem": problem,
         "lock_problem": _lock_problem(job),
     }
+
+
+def _supervisor_trouble(name: str, state: Optional[RunState], running: bool) -> tuple[str, str]:
+    """("gone", why) for a daemon that runs on without its supervisor (SIGKILLed), ("stopped", why)
+    for a SIGSTOPped supervisor, else ("", ""). A cluster job says it in its lease line."""
+    trouble = state.supervisor_trouble() if state is not None and not state.lease_role else ""
+    if trouble == "gone" and running and state is not None:
+        return trouble, (f"its supervisor ({state.supervisor_pid}) is gone: the daemon runs on and holds the lock, "
+                         f"but nothing restarts it or reads its output; `restart {name}` gives it a new one")
+    if trouble == "stopped" and state is not None:
+        return trouble, (f"its supervisor ({state.supervisor_pid}) is stopped (SIGSTOP): nothing restarts the "
+                         "daemon or reads its output until it gets SIGCONT")
+    return "", ""
 
 
 def _lock_problem(job: Optional[Job]) -> Optional[str]:
