@@ -183,3 +183,40 @@ def test_export_into_refuses_a_symlink_another_user_planted(sandbox: Sandbox, at
     line = one_line(proc)
     assert path in line and "symlink" in line and f"uid {attacker.uid}" in line, line
     assert not os.path.lexists(target)
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo"])
+def test_logs_never_shows_a_file_a_planted_symlink_points_to_nor_hangs_on_a_planted_fifo(
+        sandbox: Sandbox, group_logs: str, attacker: UnprivilegedUser, plant: str) -> None:
+    secret = sandbox.path("id_secret")
+    with open(secret, "w") as f:
+        f.write("victim-only\n")
+    os.chown(secret, sandbox.user.uid, sandbox.user.gid)
+    os.chmod(secret, 0o600)
+    name = sandbox.job("planted")
+    sandbox.ok("install", name, "--no-start", "--schedule", "0 0 1 1 *", "--log-dir", group_logs,
+               "--", "/bin/sleep", "1041")
+    log = sandbox.status(name)["stdout_log"]
+    assert os.path.dirname(log) == group_logs and not os.path.lexists(log)
+    as_user(attacker, ["ln", "-s", secret, log] if plant == "symlink" else ["mkfifo", "-m", "0666", log])
+    proc = sandbox.ws("logs", name)  # the sandbox's timeout: a `logs` stuck on the FIFO fails here
+    assert proc.returncode == 2 and "victim-only" not in proc.stdout, (proc.stdout, proc.stderr)
+    assert ("symlink" if plant == "symlink" else "FIFO") in one_line(proc)
+
+
+def test_another_users_lock_in_a_shared_tmp_never_blocks_a_pytaskfarmer_takeover(
+        sandbox: Sandbox, shared: str, attacker: UnprivilegedUser, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from watchdog_singleton.farm.pytaskfarmer import still_running
+
+    folder = sandbox.mkdir("campaign")
+    lock = os.path.join(shared, hashlib.md5(os.path.abspath(folder).encode()).hexdigest() + "_lock")
+    holder = subprocess.Popen(["flock", lock, "sleep", "1043"], start_new_session=True, **attacker.popen_kwargs())
+    try:
+        wait_for(lambda: is_locked(lock), 10, what="the attacker's flock")
+        monkeypatch.setenv("TMP", shared)
+        assert not still_running(folder)
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()

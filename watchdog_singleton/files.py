@@ -12,7 +12,7 @@ from .errors import FAILED, UserError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
-    from typing import Any, Callable, Optional
+    from typing import Any, BinaryIO, Callable, Optional
 
 # O_NOFOLLOW: a symlink planted where we expect our own file is refused, never followed.
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -305,6 +305,24 @@ def read_own_file(path: str, limit: int) -> Optional[bytes]:
         return None
     finally:
         os.close(fd)
+
+
+def open_own_file(path: str) -> BinaryIO:
+    """`path` opened for reading if it is a regular file of ours. A symlink, a FIFO or another
+    user's file (planted in a folder others can write) is refused with one line, never followed
+    nor waited on. FileNotFoundError goes to the caller."""
+    try:
+        fd = os.open(path, READ_FLAGS | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{path} is a symlink: refusing to follow it") from None
+        raise
+    st = os.fstat(fd)
+    problem = _file_problem(path, st, "file")
+    if problem:
+        os.close(fd)
+        raise UserError(problem.replace("refusing to write into it", "refusing to read it"))
+    return os.fdopen(fd, "rb")
 
 
 def read_to_end(fd: int) -> bytes:

@@ -8,6 +8,7 @@ import time
 from typing import BinaryIO, Callable, Optional
 
 from ..errors import OK, UserError
+from ..files import open_own_file
 from ..job.model import LIMITS, check_name, check_range
 from .common import Context
 
@@ -15,7 +16,7 @@ POLL_SECONDS = 0.2
 
 
 def tail_bytes(path: str, lines: int) -> bytes:
-    with open(path, "rb") as f:
+    with open_own_file(path) as f:
         f.seek(0, os.SEEK_END)
         end = f.tell()
         block, data = 65536, b""
@@ -45,7 +46,7 @@ def logs(name: str, ctx: Context, stderr: bool = False, lines: int = 10, follow:
     if not path:
         raise UserError(f"{name} has no log files (an ad-hoc run that wrote to the terminal)")
     sink = out or sys.stdout.buffer
-    if os.path.exists(path):
+    if os.path.lexists(path):
         sink.write(tail_bytes(path, lines))
         sink.flush()
     if not follow:
@@ -63,7 +64,7 @@ def follow_file(path: str, sink: BinaryIO, keep_going: Callable[[], bool]) -> No
         while keep_going():
             if f is None:
                 try:
-                    f = open(path, "rb")
+                    f = open_own_file(path)
                 except FileNotFoundError:
                     time.sleep(POLL_SECONDS)
                     continue

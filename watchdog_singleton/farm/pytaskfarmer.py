@@ -146,6 +146,8 @@ def still_running(folder: str) -> bool:
         except OSError:
             continue
         try:
+            if os.fstat(fd).st_uid != os.getuid():
+                continue  # not our PyTaskFarmer's: another user's file (in a shared $TMP) blocks nothing
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return True
