@@ -33,7 +33,7 @@ pytest_plugins = ["pgkit"]
 
 NOWHERE = "postgresql://ws@127.0.0.1:1/ws"  # never connected to: input is checked by its shape
 CMD = ["--", "/bin/sleep", "1000", "cluster-cli-marker"]
-NEED_PSYCOPG = "cluster jobs need psycopg 3: pip install 'watchdog-singleton[postgres]'"  # pipx: test_probe_cli
+NEED_PSYCOPG = f"cluster jobs need psycopg 3: {sys.executable} -m pip install 'psycopg[binary]'"  # pipx: test_probe_cli
 
 
 def files_under(*roots: str) -> dict[str, bytes]:

@@ -99,9 +99,12 @@ def isolation_flag() -> str:
 
 def psycopg_hint() -> str:
     """How to add psycopg to the environment this package runs from: pipx keeps its own venv
-    (marked by pipx_metadata.json), where a `pip install` of the user's would not land."""
+    (marked by pipx_metadata.json), where a `pip install` of the user's would not land. Otherwise
+    this interpreter's own pip: the package is installed from a checkout, not from PyPI, so
+    `pip install 'watchdog-singleton[postgres]'` would fetch nothing, or someone else's."""
+    import shlex
     import sys
 
     if os.path.isfile(os.path.join(sys.prefix, "pipx_metadata.json")):
         return f"pipx inject {os.path.basename(sys.prefix)} 'psycopg[binary]'"
-    return "pip install 'watchdog-singleton[postgres]'"
+    return f"{shlex.quote(sys.executable or 'python3')} -m pip install 'psycopg[binary]'"

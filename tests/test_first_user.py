@@ -1,0 +1,29 @@
+"""What a first user of the README met: the mistakes a newcomer makes get one line that says
+what to type instead, and no hint names something that does not exist."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from conftest import Sandbox
+
+from watchdog_singleton import paths
+from watchdog_singleton.commands.importer import shown_line
+from watchdog_singleton.errors import UserError
+from watchdog_singleton.job.model import resolve_command
+
+OUR_LINE = ("* * * * * test -O /tmp/ws-1 -a -f /tmp/ws-1/web.lock && /usr/bin/flock -n -E 75 /tmp/ws-1/web.lock "
+            "true 2>/dev/null; [ $? = 75 ] || { cd / && exec /v/bin/python -I -m watchdog_singleton run --cron "
+            "--state-dir /h/.local/state/watchdog-singleton/h web; } #watchdog-singleton:web")
+
+
+def test_the_psycopg_hint_outside_pipx_names_this_interpreters_pip_not_an_unpublished_package(
+        tmp_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The package is installed from a checkout: `pip install 'watchdog-singleton[postgres]'`
+    finds nothing on PyPI (or, one day, someone else's package)."""
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))  # a venv, not pipx's (no pipx_metadata.json)
+    hint = paths.psycopg_hint()
+    assert "watchdog-singleton[" not in hint
+    assert hint == f"{sys.executable} -m pip install 'psycopg[binary]'"
