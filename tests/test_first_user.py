@@ -27,3 +27,10 @@ def test_the_psycopg_hint_outside_pipx_names_this_interpreters_pip_not_an_unpubl
     hint = paths.psycopg_hint()
     assert "watchdog-singleton[" not in hint
     assert hint == f"{sys.executable} -m pip install 'psycopg[binary]'"
+
+
+def test_import_shows_our_own_lines_by_their_job_name() -> None:
+    """Each of our lines is some 400 bytes of launcher: `import` listed them all in full."""
+    assert shown_line(OUR_LINE.encode()) == "job web"
+    assert shown_line(f"#disabled {OUR_LINE}".encode()) == "job web (disabled)"
+    assert shown_line(b"* * * * * flock -n /tmp/a.lock ./a.sh") == "* * * * * flock -n /tmp/a.lock ./a.sh"

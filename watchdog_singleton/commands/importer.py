@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..cron.crontab import parse_entries, replace_lines
-from ..cron.oldlines import LeftAlone, Proposal, scan
+from ..cron.oldlines import TAG_RE, LeftAlone, Proposal, scan
 from ..errors import FAILED, OK, UserError, one_line
 from ..job.model import Job
 from ..job.request import InstallRequest
@@ -116,8 +116,14 @@ def old_copy(lock: Optional[str], argvs: list[list[str]]) -> tuple[Optional[int]
 
 
 def shown_line(line: bytes) -> str:
-    """A crontab line fit for a terminal: control bytes escaped, invalid UTF-8 as \\xNN."""
-    return one_line(line.decode(errors="backslashreplace"))
+    """A crontab line fit for a terminal: control bytes escaped, invalid UTF-8 as \\xNN. One of
+    our own lines (some 400 bytes of launcher) is shown by its job's name."""
+    text = line.decode(errors="backslashreplace")
+    tag = TAG_RE.search(text)
+    if tag:
+        off = " (disabled)" if text.startswith("#disabled ") else ""
+        return f"job {tag.group(0).split(':', 1)[1]}{off}"
+    return one_line(text)
 
 
 def takes_over(result: Proposal, named: set[int], take_all: bool) -> bool:
