@@ -34,3 +34,38 @@ def test_import_shows_our_own_lines_by_their_job_name() -> None:
     assert shown_line(OUR_LINE.encode()) == "job web"
     assert shown_line(f"#disabled {OUR_LINE}".encode()) == "job web (disabled)"
     assert shown_line(b"* * * * * flock -n /tmp/a.lock ./a.sh") == "* * * * * flock -n /tmp/a.lock ./a.sh"
+
+
+def test_a_program_in_the_working_folder_without_dot_slash_is_refused_saying_write_dot_slash(tmp_path: str) -> None:
+    script = os.path.join(tmp_path, "sync.sh")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\n")
+    os.chmod(script, 0o755)
+    with pytest.raises(UserError) as exc:
+        resolve_command(["sync.sh"], str(tmp_path), "/usr/bin:/bin")
+    assert str(exc.value) == (f"program 'sync.sh' not found on PATH or not executable "
+                              f"(sync.sh is in {tmp_path}: write ./sync.sh)")
+    assert resolve_command(["./sync.sh"], str(tmp_path), "/usr/bin:/bin") == [script]
+    with pytest.raises(UserError) as exc:  # a name found nowhere gets no such hint
+        resolve_command(["no-such-program-here"], str(tmp_path), "/usr/bin:/bin")
+    assert "write ./" not in str(exc.value)
+
+
+def test_a_script_that_is_not_executable_is_named_by_its_clean_path_with_what_to_do(tmp_path: str) -> None:
+    script = os.path.join(tmp_path, "noexec.sh")
+    open(script, "w").close()
+    with pytest.raises(UserError) as exc:
+        resolve_command(["./noexec.sh"], str(tmp_path), "/usr/bin:/bin")
+    assert str(exc.value).startswith(f"program {script} is not executable (chmod +x it")
+
+
+def test_a_typo_in_a_job_name_names_the_installed_job(sandbox: Sandbox) -> None:
+    name = sandbox.job("ingest")
+    sandbox.ok("install", name, "--no-start", "--", "/bin/sleep", "1000")
+    typo = name.replace("ingest", "ingset")
+    for command in ("stop", "status", "logs", "uninstall", "start", "restart"):
+        proc = sandbox.ws(command, typo)
+        assert (proc.returncode, proc.stderr) == (4, f"watchdog-singleton: no such job: {typo} "
+                                                     f"(did you mean {name}?)\n"), command
+    proc = sandbox.ws("start", "zzzzzz")  # nothing close: the old advice
+    assert (proc.returncode, proc.stderr) == (4, "watchdog-singleton: no such job: zzzzzz (install it first)\n")

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from .. import paths
 from ..cron.crontab import CrontabEditor, CrontabIO, render
-from ..errors import FAILED, NO_SUCH_JOB, UserError
+from ..errors import FAILED, UserError
 from ..job.model import Job, JobStore
 from ..proc import procs
 from ..proc.tree import Stopper, members
@@ -53,7 +53,7 @@ class Context:
     def known(self, name: str) -> tuple[Optional[Job], Optional[RunState]]:
         job, state = self.jobs.load(name), self.states.load(name)
         if job is None and state is None:
-            raise UserError(f"no such job: {name}", NO_SUCH_JOB)
+            raise self.jobs.no_such_job(name)
         return job, state
 
 

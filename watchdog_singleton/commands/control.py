@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import FAILED, NO_SUCH_JOB, OK, UserError
+from ..errors import FAILED, OK, UserError
 from ..job.model import Job, check_name
 from .common import Context, Echo, start_now, stop_processes
 
@@ -55,7 +55,7 @@ def start(name: str, ctx: Context, echo: Echo) -> int:
         return OK
     job = ctx.jobs.load(name)
     if job is None:
-        raise UserError(f"no such job: {name} (install it first)", NO_SUCH_JOB)
+        raise ctx.jobs.no_such_job(name, "install it first")
     _set_enabled(ctx, job, True)
     echo(start_now(ctx, job, "its entry stays enabled: cron tries again at the next tick"))
     return OK
@@ -70,6 +70,6 @@ def restart(name: str, ctx: Context, echo: Echo) -> int:
         return OK
     job = ctx.jobs.load(name)
     if job is None:
-        raise UserError(f"no such job: {name} (install it first)", NO_SUCH_JOB)
+        raise ctx.jobs.no_such_job(name, "install it first")
     stop_processes(job.lock_path, ctx.states.load(name), job.grace)
     return start(name, ctx, echo)

@@ -14,7 +14,7 @@ from ..cluster import CRON_TICK
 from ..cluster.guard import heartbeat_tick
 from ..cron.crontab import Entry
 from ..cron.hostinfo import cron_daemon_running
-from ..errors import NO_SUCH_JOB, NOT_RUNNING, OK, UserError
+from ..errors import NOT_RUNNING, OK, UserError
 from ..files import Unreadable
 from ..job.model import BrokenJob, Job, check_name
 from ..lock import flock as lock
@@ -276,7 +276,7 @@ def status(ctx: Context, echo: Echo, name: Optional[str] = None, as_json: bool =
     if name is not None:
         check_name(name)
         if not ctx.jobs.exists(name) and _load_state(ctx, name) == (None, None) and not _submitted(ctx, name):
-            raise UserError(f"no such job: {name}", NO_SUCH_JOB)
+            raise ctx.jobs.no_such_job(name)
         info = collect(ctx, [name], HostView.read(ctx))[0]
         if as_json:
             echo(json.dumps(info, indent=2))

@@ -6,7 +6,7 @@ import os
 from typing import Any, Optional
 
 from .. import paths
-from ..errors import FAILED, NO_SUCH_JOB, OK, UserError
+from ..errors import FAILED, OK, UserError
 from ..job.model import check_name
 from ..lock.flock import default_lock_dir
 from .common import Context, Echo, stop_processes
@@ -51,7 +51,7 @@ def uninstall(name: str, ctx: Context, echo: Echo, keep_running: bool = False, p
             raise
         has_line = None  # crontab(1) refused (cron.deny): stopping must not depend on it
     if not known and state is None and not has_line:
-        raise UserError(f"no such job: {name}", NO_SUCH_JOB)
+        raise ctx.jobs.no_such_job(name)
     # The definition goes first: a tick of a line still in the crontab then finds nothing to run.
     ctx.jobs.delete(name)
     lock_path = job.lock_path if job else (state.lock_path if state else

@@ -339,15 +339,18 @@ def resolve_command(command: list[str], workdir: str, search_path: Optional[str]
 
     program = command[0]
     if "/" in program:
-        found = os.path.join(workdir, program)
+        found = os.path.normpath(os.path.join(workdir, program))
         if not os.path.isfile(found):
             raise UserError(f"program {program} not found (looked in {workdir})")
         if not os.access(found, os.X_OK):
-            raise UserError(f"program {found} is not executable")
+            raise UserError(f"program {found} is not executable (chmod +x it, or put its interpreter first)")
     else:
         found_or_none = shutil.which(program, path=search_path)
         if found_or_none is None:
-            raise UserError(f"program {program!r} not found on PATH or not executable")
+            # as in a shell, a program in the working folder is not looked for there: say so
+            here = os.path.isfile(os.path.join(workdir, program))
+            raise UserError(f"program {program!r} not found on PATH or not executable"
+                            + (f" ({program} is in {workdir}: write ./{program})" if here else ""))
         found = os.path.join(workdir, found_or_none)
     return [os.path.normpath(found)] + list(command[1:])
 
@@ -415,8 +418,16 @@ class JobStore:
     def get(self, name: str) -> Job:
         job = self.load(name)
         if job is None:
-            raise UserError(f"no such job: {name}", NO_SUCH_JOB)
+            raise self.no_such_job(name)
         return job
+
+    def no_such_job(self, name: str, hint: str = "") -> UserError:
+        """The error for a NAME not installed (exit 4), naming the installed job it is a typo of."""
+        import difflib
+
+        close = difflib.get_close_matches(name, self.names(), n=1)
+        hint = f"did you mean {close[0]}?" if close else hint
+        return UserError(f"no such job: {name}" + (f" ({hint})" if hint else ""), NO_SUCH_JOB)
 
     def save(self, job: Job) -> None:
         try:
