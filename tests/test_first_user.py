@@ -59,6 +59,26 @@ def test_a_script_that_is_not_executable_is_named_by_its_clean_path_with_what_to
     assert str(exc.value).startswith(f"program {script} is not executable (chmod +x it")
 
 
+@pytest.mark.parametrize("args,line", [
+    (["--grace", "99999"], "--grace 99999: must be from 0 to 3600"),  # install's range
+    (["--progress-every", "0"], "--progress-every 0: must be from 0.1 to 86400"),
+    (["--progress-every", "nan"], "--progress-every nan: must be from 0.1 to 86400"),
+    (["--task-timeout", "-5"], "--task-timeout -5: must be from 0 to 315360000"),
+])
+def test_farm_number_options_are_refused_outside_the_range_its_help_states(sandbox: Sandbox, args: list[str],
+                                                                        line: str) -> None:
+    listing = sandbox.path("tasks.txt")
+    with open(listing, "w") as f:
+        f.write("echo never >> out\n")
+    os.chown(listing, sandbox.user.uid, sandbox.user.gid)
+    before = sorted(os.listdir(sandbox.dir))
+    proc = sandbox.ws("farm", listing, *args)
+    assert (proc.returncode, proc.stderr) == (2, f"watchdog-singleton: {line}\n")
+    assert sorted(os.listdir(sandbox.dir)) == before
+    help_text = " ".join(sandbox.ok("farm", "run", "--help").stdout.split())
+    assert f"{args[0]} " in help_text and line.split(" to ")[-1] in help_text  # the range is stated
+
+
 def test_a_typo_in_a_job_name_names_the_installed_job(sandbox: Sandbox) -> None:
     name = sandbox.job("ingest")
     sandbox.ok("install", name, "--no-start", "--", "/bin/sleep", "1000")

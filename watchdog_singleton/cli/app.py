@@ -238,7 +238,7 @@ def _is_number(word: str) -> bool:
 WATCH = typer.Option(False, "--watch", help="[SECONDS] show it again every SECONDS (default 2) until Ctrl-C: "
                                             "redrawn in place on a terminal, one after another elsewhere")
 INTERVAL = typer.Option(2.0, "--interval", metavar="SECONDS", hidden=True)
-COUNT = typer.Option(0, "--count", metavar="N", help="with --watch: stop after N views (for scripts)")
+COUNT = typer.Option(0, "--count", metavar="N", help="with --watch: stop after N views (for scripts; 0: until Ctrl-C)")
 
 
 def _watched(render: Callable[[Callable[[str], None]], int], watch: bool, interval: float, count: int) -> int:
@@ -444,15 +444,19 @@ def farm_run(
     workers: int = typer.Option(4, "--workers", "-n", metavar="N", help="tasks at once, 1 to 4096"),
     workdir: Optional[str] = typer.Option(None, metavar="DIR",
                                           help="database, logs/<id>.log, timeline (default TASKLIST.farm)"),
-    timeout: float = typer.Option(0.0, metavar="S", help="stop cleanly after S seconds and exit 75 (0: never)"),
-    task_timeout: float = typer.Option(0.0, metavar="S", help="stop a task's tree after S seconds (0: never)"),
-    retries: int = typer.Option(0, metavar="K", help="rerun a failed task up to K times"),
+    timeout: float = typer.Option(0.0, metavar="S",
+                                  help="stop cleanly after S seconds and exit 75, 0 (never) to 315360000"),
+    task_timeout: float = typer.Option(0.0, metavar="S",
+                                  help="stop a task's tree after S seconds, 0 (never) to 315360000"),
+    retries: int = typer.Option(0, metavar="K", help="rerun a failed task up to K times, 0 to 1000"),
     db: Optional[str] = DB,
     runner: Optional[str] = typer.Option(None, metavar="NAME",
                                          help="a runner from runners.ini (setup, prefix, tmpdir)"),
-    lease: float = typer.Option(60.0, metavar="S", help="a task's lease; renewed every S/3 while the farm lives"),
-    grace: float = typer.Option(10.0, metavar="S", help="SIGTERM to SIGKILL wait when stopping a task"),
-    progress_every: float = typer.Option(10.0, metavar="S", help="seconds between progress lines off a terminal"),
+    lease: float = typer.Option(60.0, metavar="S",
+                                  help="a task's lease, renewed every S/3 while the farm lives, 0.1 to 86400"),
+    grace: float = typer.Option(10.0, metavar="S", help="SIGTERM to SIGKILL wait when stopping a task, 0 to 3600"),
+    progress_every: float = typer.Option(10.0, metavar="S",
+                                  help="seconds between progress lines off a terminal, 0.1 to 86400"),
     from_pytaskfarmer: Optional[str] = typer.Option(
         None, metavar="DIR", help="take over PyTaskFarmer's work folder DIR (TASKLIST_workdir): its finished "
                                   "and failed tasks are recorded, not run again"),

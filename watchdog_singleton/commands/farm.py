@@ -46,17 +46,18 @@ def resolve_workdir(target: Optional[str]) -> str:
     return os.path.abspath(target)
 
 
+# every number option's range, as `farm run --help` states it (--grace as install's)
+RANGES = (("--workers", "workers", 1, 4096), ("--timeout", "timeout", 0, 10 * 365 * 86400),
+          ("--task-timeout", "task_timeout", 0, 10 * 365 * 86400), ("--retries", "retries", 0, 1000),
+          ("--lease", "lease", 0.1, 86400), ("--grace", "grace", 0, 3600),
+          ("--progress-every", "progress_every", 0.1, 86400))
+
+
 def _check(req: FarmRequest) -> None:
-    if not 1 <= req.workers <= 4096:
-        raise UserError(f"--workers {req.workers}: give 1 to 4096")
-    for flag, value, low in (("--timeout", req.timeout, 0.0), ("--task-timeout", req.task_timeout, 0.0),
-                             ("--grace", req.grace, 0.0)):
-        if not low <= value <= 10 * 365 * 86400:
-            raise UserError(f"{flag} {value:g}: give 0 (none) or a number of seconds")
-    if not 0.1 <= req.lease <= 86400:
-        raise UserError(f"--lease {req.lease:g}: give 0.1 to 86400 seconds")
-    if not 0 <= req.retries <= 1000:
-        raise UserError(f"--retries {req.retries}: give 0 to 1000")
+    for flag, field, low, high in RANGES:
+        value = getattr(req, field)
+        if not low <= value <= high:  # nan too
+            raise UserError(f"{flag} {value:g}: must be from {low:.12g} to {high:.12g}")
     if not os.path.isfile(req.tasklist):
         what = "is not a file" if os.path.exists(req.tasklist) else "does not exist"
         raise UserError(f"task list {req.tasklist} {what}")
