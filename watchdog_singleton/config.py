@@ -421,7 +421,7 @@ def dump(jobs: list[Job], default_log_dir: str, default_lock_dir: str,
 
     tables = {job.name: job_table(job, default_log_dir, default_lock_dir, environ) for job in jobs}
     head = ("# watchdog-singleton jobs: 'watchdog-singleton apply FILE' makes a host's jobs match this file.\n"
-            "# Keys: see 'watchdog-singleton apply --help' and the README.\n\n")
+            "# Keys: see 'watchdog-singleton apply --help' and docs/periodic-and-config.md.\n\n")
     return head + tomli_w.dumps({"jobs": tables}) if tables else head
 
 
