@@ -14,7 +14,7 @@ from ..errors import FAILED, OK, UserError
 from ..job.model import Job
 from ..lock.flock import commit_lock_dir
 from .cluster import check_cron_driver
-from .common import Context, Echo, start_now, stop_processes
+from .common import Context, Echo, start_now, stop_processes, tell_to_reload
 from .install import build_job, needs_restart, replace_running_copy
 
 ACTIONS = ("create", "update", "restart", "remove", "unchanged")
@@ -147,7 +147,10 @@ def apply(path: str, ctx: Context, echo: Echo, warn: Echo, dry_run: bool = False
         elif step.action == "create" and not step.starts:
             echo(f"installed {step.name} (enable = false: not started)")
         elif step.action == "update":
-            echo(f"updated {step.name}" + ("; stopped it (enable = false)" if step.stops else ""))
+            # A running supervisor takes the settings that need no restart at once, as after install.
+            told = not step.stops and not step.starts and tell_to_reload(ctx.states.load(step.name))
+            echo(f"updated {step.name}" + ("; stopped it (enable = false)" if step.stops else
+                                          "; it runs on with the new settings" if told else ""))
     failed = start_all(ctx, [s for s in acting if s.starts], echo, warn)
     if cron_daemon_running() is False:
         warn("warning: no cron daemon runs on this host: the entries will not fire until one does")
