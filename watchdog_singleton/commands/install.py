@@ -90,6 +90,10 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
     cluster, lease = check_options(req.cluster, req.lease, req.standby, req.rotate, req.sync, environ)
     if cluster and req.lean:
         raise UserError("--lean cannot hold a cluster lease: the supervisor renews it (drop --lean)", field="lean")
+    if req.shared and (cluster or req.lean):
+        raise UserError("--shared is not for " + ("a cluster job: its supervisor holds the lease (drop --shared)"
+                                                  if cluster else "--lean, which keeps no supervisor (drop one)"),
+                        field="shared")
     if req.restart not in RESTART_POLICIES:
         raise UserError(f"--restart must be one of {', '.join(RESTART_POLICIES)}", field="restart")
     check_exec_size(command, env)  # its error says whether the command or env is too big
@@ -132,7 +136,7 @@ def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job
                grace=req.grace, restart=req.restart, backoff_initial=req.backoff_initial,
                backoff_max=req.backoff_max, min_uptime=req.min_uptime, stdout_log=stdout_log,
                stderr_log=stderr_log, log_max_bytes=req.log_max_bytes, log_backups=req.log_backups,
-               lock_dir=lock_dir, allow_network_fs=req.allow_network_fs, lean=req.lean,
+               lock_dir=lock_dir, allow_network_fs=req.allow_network_fs, lean=req.lean, shared=req.shared,
                forking=req.forking, settle=req.settle, periodic=req.periodic or req.every > 0,
                every=req.every, timeout=req.timeout, jitter=req.jitter, catch_up=req.catch_up, loop=req.loop,
                max_lifetime=req.max_lifetime, sync=req.sync, cluster=cluster, lease=lease, standby=req.standby,

@@ -90,6 +90,7 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         if unwritable:
             problem = (f"cannot write {state_dir}: its state on file is out of date; "
                        + ("the pid shown is read from the process table" if live else "no daemon runs now"))
+    problem = problem or _orphaned(state, running, supervisor)
     return {
         "name": name,
         "host": paths.host(),
@@ -115,6 +116,7 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         "lock_path": lock_path,
         "lock_held": lock_held,
         "lean": bool(job and job.lean),
+        "shared": bool(job.shared if job is not None else state is not None and state.house),
         "message": state.message if state else "",
         "periodic": bool(job and job.periodic),
         "every": job.every if job and job.every else None,
@@ -130,6 +132,14 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         "problem": problem,
         "lock_problem": _lock_problem(job),
     }
+
+
+def _orphaned(state: Optional[RunState], running: bool, supervisor: bool) -> str:
+    """A shared job whose shared resident is gone (kill -9) while its daemon runs on."""
+    if state is None or not state.house or not running or supervisor:
+        return ""
+    return (f"its shared supervisor (pid {state.supervisor_pid}) is gone: the daemon runs on unsupervised "
+            "and still holds its lock; once it ends, the next tick starts a new shared supervisor")
 
 
 def _lock_problem(job: Optional[Job]) -> Optional[str]:
@@ -149,7 +159,10 @@ def _real_start(pid_start: Optional[int]) -> Optional[str]:
 def _daemon_of(state: RunState) -> Optional[tuple[int, int]]:
     """(pid, start) of the oldest process below NAME's live supervisor, from /proc."""
     assert state.supervisor_pid is not None
-    found = tree.members(procs.scan(), state.lock_path, roots=(state.supervisor_pid,), marked=False)
+    if state.house:  # the shared resident's other children are other jobs': the marker alone tells
+        found = tree.members(procs.scan(), state.lock_path, exclude=(state.supervisor_pid,))
+    else:
+        found = tree.members(procs.scan(), state.lock_path, roots=(state.supervisor_pid,), marked=False)
     if not found:
         return None
     pid = min(found, key=lambda p: (found[p], p))
@@ -394,6 +407,8 @@ def table(infos: list[dict[str, Any]]) -> str:
                 counts += f" ({i['runs']} run{'' if i['runs'] == 1 else 's'})"  # the chain's jobs that ran
         command = i["command"] or (i["batch"] and i["batch"]["command"]) or []
         word = _state_word(i)
+        if i.get("shared") and i["supervisor_pid"]:
+            word += f" (shared supervisor {i['supervisor_pid']})"
         if i.get("cluster") and i["cluster"].get("supervisor"):
             word += f" (supervisor {i['cluster']['supervisor']})"  # a holder that cannot renew
         rows.append((i["name"], word, str(i["pid"] or "-"), _since(i["started_at"] if i["running"] else None),

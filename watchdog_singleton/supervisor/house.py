@@ -221,9 +221,11 @@ class House:
                 "its tree is stopped and its lock released; the next tick starts it again")
         self.failures.append(f"{member.name}: {text}")
         life = sup.life
-        for step in (lambda: sup.output.note(text), lambda: life._report_ready(text),
-                     lambda: life.child.stop(sup.job, sup.job.grace, "stopping: failed", True, sup.output.note),
-                     sup.pump.drain_all):
+        steps: list[Callable[[], None]] = [
+            lambda: sup.output.note(text), lambda: life._report_ready(text),
+            lambda: life.child.stop(sup.job, sup.job.grace, "stopping: failed", True, sup.output.note),
+            lambda: sup.pump.drain_all()]
+        for step in steps:
             try:
                 step()
             except Exception:
