@@ -246,3 +246,31 @@ def test_a_job_handed_over_twice_is_refused_and_the_first_runs_on(tmp_path: Any)
     s.stop_all_at(T0 + 2)
     s.house.run()
     assert s.births("once") == [0.0]
+
+
+def test_two_answers_sent_back_to_back_are_read_one_at_a_time() -> None:
+    """`taken` and `ready` can both wait in the socket when the tick reads: neither is lost."""
+    import socket
+
+    from watchdog_singleton.supervisor.housewire import receive, send
+
+    house, tick = socket.socketpair(socket.AF_UNIX)
+    house.settimeout(5)
+    tick.settimeout(5)
+    r, w = os.pipe()
+    try:
+        send(house, {"taken": 1})
+        send(house, {"ready": "ok 2"})
+        assert receive(tick) == ({"taken": 1}, [])
+        assert receive(tick) == ({"ready": "ok 2"}, [])
+        send(tick, {"op": "take"}, (w,))  # a lock's descriptors ride along
+        message, fds = receive(house)
+        assert message == {"op": "take"} and len(fds) == 1
+        os.close(fds[0])
+        house.close()
+        assert receive(tick) == (None, [])
+    finally:
+        house.close()
+        tick.close()
+        os.close(r)
+        os.close(w)

@@ -75,9 +75,10 @@ def send(sock: _socket.socket, message: dict[str, Any], fds: tuple[int, ...] = (
 
 
 def receive(sock: _socket.socket) -> tuple[Optional[dict[str, Any]], list[int]]:
-    """One message and the descriptors that came with it; (None, []) at EOF before any byte."""
+    """One message and the descriptors that came with it; (None, []) at EOF before any byte. Reads
+    exactly one message: the next one (a `ready` right behind `taken`) stays in the socket."""
     space = _socket.CMSG_SPACE(MAX_FDS * 4)
-    data, ancillary, flags, _ = sock.recvmsg(65536, space, _MSG_CMSG_CLOEXEC)
+    data, ancillary, flags, _ = sock.recvmsg(_HEADER, space, _MSG_CMSG_CLOEXEC)
     fds: list[int] = []
     for level, kind, raw in ancillary:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
@@ -89,12 +90,12 @@ def receive(sock: _socket.socket) -> tuple[Optional[dict[str, Any]], list[int]]:
         if flags & _socket.MSG_CTRUNC:
             raise WireError("more descriptors than a message may carry")
         while len(data) < _HEADER:
-            data += _recv_some(sock)
-        size = int.from_bytes(data[:_HEADER], "little")
+            data += _recv_some(sock, _HEADER - len(data))
+        size = int.from_bytes(data, "little")
         if size > MAX_MESSAGE:
             raise WireError(f"a message of {size} bytes")
-        chunks = [data[_HEADER:]]
-        have = len(chunks[0])
+        chunks: list[bytes] = []
+        have = 0
         while have < size:
             chunk = _recv_some(sock, size - have)
             chunks.append(chunk)
