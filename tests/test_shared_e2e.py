@@ -161,6 +161,11 @@ def test_kill_9_of_the_shared_resident_never_yields_a_second_copy(sandbox: Sandb
         info = sandbox.status(name)
         assert info["running"] and info["supervisor_pid"] is None
         assert "shared supervisor" in info["problem"] and "is gone" in info["problem"]
+    # With no resident to ask, stop ends that job's tree itself, and only it.
+    stopped, stopped_marker = jobs[1]
+    assert "stopped" in sandbox.ok("stop", stopped).stdout
+    assert pids_with_arg(stopped_marker, sandbox.user.uid) == []
+    assert pids_with_arg(jobs[0][1], sandbox.user.uid) == [before[jobs[0][0]]]
     # Once a daemon ends, its lock is free: the next tick starts it under a new resident.
     name, marker = jobs[0]
     os.kill(before[name], signal.SIGKILL)
@@ -170,7 +175,6 @@ def test_kill_9_of_the_shared_resident_never_yields_a_second_copy(sandbox: Sandb
     [new_house] = wait_for(lambda: residents(sandbox), 10, what="a new resident")
     assert new_house != house
     assert sandbox.status(name)["supervisor_pid"] == new_house
-    assert pids_with_arg(jobs[1][1], sandbox.user.uid) == [before[jobs[1][0]]]
 
 
 def test_shared_is_refused_with_lean_and_with_cluster(sandbox: Sandbox) -> None:

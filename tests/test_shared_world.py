@@ -274,3 +274,68 @@ def test_two_answers_sent_back_to_back_are_read_one_at_a_time() -> None:
         tick.close()
         os.close(r)
         os.close(w)
+
+
+def test_a_periodic_shared_job_keeps_its_due_times_beside_a_daemon(tmp_path: Any) -> None:
+    s = Setup(tmp_path)
+    s.take(s.job("tick", periodic=True, every=5.0))
+    s.take(s.job("daemon"))
+
+    def one_second(proc: FakeProc) -> None:
+        s.world.after(1.0, lambda: s.world.exit(proc.pid, 0))
+    s.behaviour["tick"] = one_second
+    s.stop_all_at(T0 + 22)
+    s.house.run()
+    assert s.births("tick") == [0.0, 5.0, 10.0, 15.0, 20.0]
+    assert s.births("daemon") == [0.0]
+    state = s.store.load("tick")
+    assert state is not None and state.runs == 5 and state.failures == 0
+
+
+def test_shared_is_a_toml_key_and_a_default_for_a_whole_file() -> None:
+    from watchdog_singleton.config import parse
+
+    text = ('[defaults]\nshared = true\n[jobs.a]\ncommand = ["/bin/true"]\n'
+            '[jobs.b]\ncommand = ["/bin/true"]\nshared = false\n')
+    config = parse(text, "/srv/jobs.toml")
+    requests = {spec.name: config.request(spec) for spec in config.jobs}
+    assert requests["a"].shared is True and requests["b"].shared is False
+
+
+def test_a_deleted_socket_and_house_lock_are_put_back_at_the_next_look(tmp_path: Any) -> None:
+    """A /tmp cleaner: the next tick must still find the resident, not start a second one."""
+    from watchdog_singleton.lock.flock import FlockLock
+    from watchdog_singleton.supervisor.housemain import Door
+    from watchdog_singleton.supervisor.housewire import HOUSE, ask, socket_path
+
+    folder = os.path.join(str(tmp_path), "locks")
+    os.mkdir(folder, 0o700)
+    house_lock = FlockLock(folder, HOUSE)
+    assert house_lock.try_acquire()
+    s = Setup(tmp_path)
+    door = Door(s.house, socket_path(folder), house_lock)
+    try:
+        os.unlink(socket_path(folder))
+        os.unlink(house_lock.path)
+        door.look()
+        assert house_lock.still_ours()
+        assert not FlockLock(folder, HOUSE).try_acquire()
+        s.house.requests.clear()
+        asked: list[Any] = []
+
+        def serve() -> None:
+            s.house.pump.wait(1.0)  # accept
+            s.house.pump.wait(1.0)  # read the request
+            for request in s.house.requests:
+                request()
+        import threading
+
+        server = threading.Thread(target=serve)
+        server.start()
+        asked.append(ask(socket_path(folder), {"op": "ping"}, 5.0))
+        server.join()
+        assert asked[0] is not None and asked[0]["jobs"] == []
+    finally:
+        door.close()
+        house_lock.release()
+        s.house.close()

@@ -64,6 +64,8 @@ class House:
         self.members: dict[str, Member] = {}
         self.requests: list[Callable[[], None]] = []  # from the socket, acted on between turns
         self.failures: list[str] = []  # "NAME: what went wrong", for the tests and the log
+        self.looks: list[Callable[[], None]] = []  # run with the jobs' lock watch (the socket's own look)
+        self._looked = 0.0
         self.pump: OutputPump
 
     def open(self) -> None:
@@ -141,9 +143,21 @@ class House:
             again = bool(self._guard(member, member.sup.step, now)) or again
         if again or not self.members:
             return
+        self._look(min(m.sup.watch.next_check for m in self._each()))
         wakes = [self._guard(member, member.sup.wake_at, now) for member in self._each()]
         due = min((w for w in wakes if isinstance(w, float)), default=now)
         self.wait(max(0.0, due - now))
+
+    def _look(self, next_check: float) -> None:
+        """The resident's own chores, in the wake-up in which the jobs' locks were looked at."""
+        if next_check == self._looked:
+            return
+        self._looked = next_check
+        for look in self.looks:
+            try:
+                look()
+            except Exception:
+                pass  # the next look tries again
 
     def _each(self) -> list[Member]:
         return list(self.members.values())

@@ -18,7 +18,7 @@ import os
 from ..errors import FAILED
 from ..files import read_to_end
 from ..job.model import Job
-from ..lock.flock import FlockLock
+from ..lock.flock import REPAIRED, FlockLock
 from ..state.store import StateStore
 from .house import House
 from .housewire import HOUSE, WireError, peer_uid, receive, send, socket_path
@@ -35,25 +35,46 @@ class Door:
     """The listening socket: accepts our own user only, reads one request per connection, and
     queues it for the loop (requests are acted on between turns, never inside a job's stop)."""
 
-    def __init__(self, house: House, path: str) -> None:
+    def __init__(self, house: House, path: str, house_lock: FlockLock) -> None:
         self.house = house
         self.path = path
+        self.house_lock = house_lock
         self.open: set[_socket.socket] = set()
+        self.sock, self.ino = self._bind()
+        house.looks.append(self.look)
+
+    def _bind(self) -> tuple[_socket.socket, int]:
         try:
-            os.unlink(path)  # a dead resident's: we hold the house lock, so nobody else binds here
+            os.unlink(self.path)  # a dead resident's: we hold the house lock, so nobody else binds here
         except FileNotFoundError:
             pass
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            sock.bind(path)
+            sock.bind(self.path)
         finally:
             os.umask(old)
         sock.listen(128)
         sock.setblocking(False)
-        self.sock = sock
-        self.ino = os.stat(path).st_ino
-        house.pump.listen(sock.fileno(), self._accept)
+        self.house.pump.listen(sock.fileno(), self._accept)
+        return sock, os.stat(self.path).st_ino
+
+    def look(self) -> None:
+        """With the jobs' lock watch: a /tmp cleaner that deleted the house lock or the socket
+        has them put back (as each job's lock is), so the next tick still finds us."""
+        if not self.house_lock.still_ours() and self.house_lock.repair() != REPAIRED:
+            return  # another resident holds the path now (or the folder cannot be had): it serves there
+        self.house_lock.refresh()
+        try:
+            here: Optional[int] = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            here = None
+        if here == self.ino:
+            return
+        old = self.sock
+        self.sock, self.ino = self._bind()
+        self.house.pump.unlisten(old.fileno())
+        old.close()
 
     def close(self) -> None:
         self.house.pump.unlisten(self.sock.fileno())
@@ -192,7 +213,7 @@ def main(argv: list[str]) -> int:
     door: Optional[Door] = None
     try:
         house.open()
-        door = Door(house, path)
+        door = Door(house, path, house_lock)
         house.take(job, lock, ready=ready, history=hand_over["history"])
         member = house.members.get(job.name)
         if member is not None:
