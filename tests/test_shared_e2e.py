@@ -195,3 +195,26 @@ def test_sigterm_to_the_shared_resident_stops_every_job(sandbox: Sandbox, count:
     for name, marker in jobs:
         assert pids_with_arg(marker, sandbox.user.uid) == []
         assert sandbox.status(name)["phase"] == "stopped"
+
+
+def test_ticks_racing_to_become_the_resident_make_one(sandbox: Sandbox) -> None:
+    names = [sandbox.job(f"race{i}") for i in range(4)]
+    for name in names:
+        sandbox.ok("install", name, "--shared", "--no-start", "--schedule", NEVER, "--", "/bin/sleep", "100000")
+    runners = [subprocess.Popen([sys.executable, "-m", "watchdog_singleton", "run", name, "--detach"],
+                                env=sandbox.env(), cwd=sandbox.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                **sandbox.user.popen_kwargs()) for name in names]
+    try:
+        for runner in runners:
+            out, err = runner.communicate(timeout=60)
+            assert runner.returncode == 0, err
+            assert b"running" in out
+    finally:
+        for runner in runners:
+            if runner.poll() is None:
+                runner.kill()
+                runner.wait()
+    [house] = residents(sandbox)
+    for name in names:
+        info = sandbox.status(name)
+        assert info["running"] and info["supervisor_pid"] == house
