@@ -218,3 +218,16 @@ def test_ticks_racing_to_become_the_resident_make_one(sandbox: Sandbox) -> None:
     for name in names:
         info = sandbox.status(name)
         assert info["running"] and info["supervisor_pid"] == house
+
+
+def test_a_changed_setting_reaches_one_shared_job_without_a_restart(sandbox: Sandbox) -> None:
+    (name, marker), (other, other_marker) = install_shared(sandbox, "tuned"), install_shared(sandbox, "calm")
+    pid, other_pid = one_pid(sandbox, marker), one_pid(sandbox, other_marker)
+    out = sandbox.ok("install", name, "--shared", "--schedule", NEVER, "--grace", "7", "--", "/usr/bin/python3",
+                     "-c", "import time; time.sleep(10**6)", marker).stdout
+    assert f"runs on (pid {pid}) with the new settings" in out
+    assert pids_with_arg(marker, sandbox.user.uid) == [pid]
+    assert pids_with_arg(other_marker, sandbox.user.uid) == [other_pid]
+    log = sandbox.path("state", "watchdog-singleton", os.uname().nodename, "logs", f"{name}.stderr.log")
+    wait_for(lambda: "re-read its definition" in open(log).read(), 10, what="the reload in the log")
+    assert "re-read its definition" not in open(log.replace(name, other)).read()
