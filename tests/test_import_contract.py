@@ -42,6 +42,8 @@ def _loaded_after(code: str) -> list[str]:
     ("the tick", "from watchdog_singleton.tick import launch, runargs; runargs.parse(['web', '--detach', '--', 'x'])"),
     ("the resident supervisor", "from watchdog_singleton.supervisor import core, logsink, pump, resident; "
      "from watchdog_singleton.proc import spawn"),
+    ("the shared resident", "from watchdog_singleton.supervisor import house, housemain, housewire; "
+     "from watchdog_singleton.tick import handover"),
     ("the entry point before dispatch", "from watchdog_singleton import __main__"),
     ("the farm's run path", "from watchdog_singleton.cli import farmargs; from watchdog_singleton.farm import workers; "
                             "farmargs.parse(['tasks.txt', '-n', '8'])"),

@@ -370,7 +370,7 @@ def job_table(job: Job, default_log_dir: str, default_lock_dir: str, environ: Op
         if getattr(job, key) != given.get(key, default[key]):
             table[key] = _number(getattr(job, key))
     for key in ("catch_up", "restart", "log_max_bytes", "log_backups", "loop", "sync", "allow_network_fs", "lean",
-                "forking", "standby", "rotate", "mail"):
+                "shared", "forking", "standby", "rotate", "mail"):
         if getattr(job, key) != given.get(key, default[key]):
             table[key] = getattr(job, key)
     default_hook = given.get("on_failure", [])

@@ -89,10 +89,34 @@ def start_now(ctx: Context, job: Job, why_kept: str) -> str:
         raise UserError(f"{exc} ({why_kept})", exc.exit_code) from None
 
 
+def ask_house(state: RunState, message: dict[str, object], timeout: float) -> Optional[dict[str, object]]:
+    """Ask the shared resident that supervises NAME (install --shared); None if it does not answer."""
+    from ..supervisor.housewire import ask
+
+    try:
+        return ask(state.house, message, timeout)
+    except OSError:
+        return None
+
+
+def is_shared_resident(pid: int) -> bool:
+    """Whether `pid` is a shared resident (supervisor/housemain.py): it holds every shared job's lock,
+    and a signal to it would stop them all."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"watchdog_singleton.supervisor.housemain" in f.read()
+    except OSError:
+        return False
+
+
 def tell_to_reload(state: Optional[RunState]) -> bool:
-    """Ask NAME's running supervisor to re-read its definition (SIGUSR2); False if none runs."""
+    """Ask NAME's running supervisor to re-read its definition (SIGUSR2, or a shared job's request
+    to the shared resident); False if none runs."""
     if state is None or not state.supervisor_alive():
         return False
+    if state.house:
+        answer = ask_house(state, {"op": "reload", "name": state.name}, 10.0)
+        return bool(answer and answer.get("reloaded"))
     assert state.supervisor_pid is not None
     try:
         os.kill(state.supervisor_pid, 12)  # SIGUSR2
@@ -108,7 +132,13 @@ def stop_processes(lock_path: str, state: Optional[RunState], grace: float,
     could not reach (orphans of a SIGKILLed supervisor, lean daemons, holders of the lock)."""
     stopper = stopper or Stopper()
     found = 0
-    if state is not None and state.supervisor_alive():
+    shared = state is not None and bool(state.house)
+    if state is not None and shared and state.supervisor_alive():
+        # One request to the shared resident, never a signal: that would stop all its jobs. If it
+        # does not answer, NAME's tree is stopped below, by its daemon and its marker.
+        answer = ask_house(state, {"op": "stop", "name": state.name}, grace + 15.0)
+        found += 1 if answer and answer.get("stopped") else 0
+    elif state is not None and state.supervisor_alive():
         assert state.supervisor_pid is not None and state.supervisor_start is not None
         supervisor = {state.supervisor_pid: state.supervisor_start}
         found += 1
@@ -118,7 +148,10 @@ def stop_processes(lock_path: str, state: Optional[RunState], grace: float,
             time.sleep(0.01)
     roots: list[int] = []
     if state is not None:
-        for pid, start in ((state.supervisor_pid, state.supervisor_start), (state.pid, state.pid_start)):
+        known = [(state.pid, state.pid_start)]
+        if not shared:  # the shared resident is no root of NAME's tree: its other children are other jobs'
+            known.insert(0, (state.supervisor_pid, state.supervisor_start))
+        for pid, start in known:
             if pid and procs.is_alive(pid, start, state.boot_id):
                 roots.append(pid)
 
@@ -126,6 +159,7 @@ def stop_processes(lock_path: str, state: Optional[RunState], grace: float,
         table = procs.scan()
         tree = members(table, lock_path, roots)
         holders = procs.holding_file(table, lock_path) - {os.getpid()}
+        holders = {pid for pid in holders if not is_shared_resident(pid)}
         tree.update(procs.identities(table, holders))
         return tree
 

@@ -90,7 +90,6 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
             problem = (f"cannot write {state_dir}: its state on file is out of date; "
                        + ("the pid shown is read from the process table" if live else "no daemon runs now"))
     trouble, said = _supervisor_trouble(name, state, running)
-    problem = problem or said
     return {
         "name": name,
         "host": paths.host(),
@@ -117,6 +116,7 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         "lock_path": lock_path,
         "lock_held": lock_held,
         "lean": bool(job and job.lean),
+        "shared": bool(job.shared if job is not None else state is not None and state.house),
         "message": state.message if state else "",
         "periodic": bool(job and job.periodic),
         "every": job.every if job and job.every else None,
@@ -129,7 +129,7 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         "last_result": state.last_result if state else None,
         "next_due_at": _next_due(job, state, supervisor, host.zones.get(name)),
         "history": list(state.history) if state else [],
-        "problem": problem,
+        "problem": problem or said,
         "lock_problem": _lock_problem(job),
     }
 
@@ -138,6 +138,10 @@ def _supervisor_trouble(name: str, state: Optional[RunState], running: bool) -> 
     """("gone", why) for a daemon that runs on without its supervisor (SIGKILLed), ("stopped", why)
     for a SIGSTOPped supervisor, else ("", ""). A cluster job says it in its lease line."""
     trouble = state.supervisor_trouble() if state is not None and not state.lease_role else ""
+    if trouble == "gone" and running and state is not None and state.house:
+        return trouble, (f"its shared supervisor (pid {state.supervisor_pid}) is gone: the daemon runs on "
+                         "unsupervised and still holds its lock; once it ends, the next tick starts a new "
+                         "shared supervisor")
     if trouble == "gone" and running and state is not None:
         return trouble, (f"its supervisor ({state.supervisor_pid}) is gone: the daemon runs on and holds the lock, "
                          f"but nothing restarts it or reads its output; `restart {name}` gives it a new one")
@@ -164,7 +168,10 @@ def _real_start(pid_start: Optional[int]) -> Optional[str]:
 def _daemon_of(state: RunState) -> Optional[tuple[int, int]]:
     """(pid, start) of the oldest process below NAME's live supervisor, from /proc."""
     assert state.supervisor_pid is not None
-    found = tree.members(procs.scan(), state.lock_path, roots=(state.supervisor_pid,), marked=False)
+    if state.house:  # the shared resident's other children are other jobs': the marker alone tells
+        found = tree.members(procs.scan(), state.lock_path, exclude=(state.supervisor_pid,))
+    else:
+        found = tree.members(procs.scan(), state.lock_path, roots=(state.supervisor_pid,), marked=False)
     if not found:
         return None
     pid = min(found, key=lambda p: (found[p], p))
@@ -409,6 +416,8 @@ def table(infos: list[dict[str, Any]]) -> str:
                 counts += f" ({i['runs']} run{'' if i['runs'] == 1 else 's'})"  # the chain's jobs that ran
         command = i["command"] or (i["batch"] and i["batch"]["command"]) or []
         word = _state_word(i)
+        if i.get("shared") and i["supervisor_pid"]:
+            word += f" (shared supervisor {i['supervisor_pid']})"
         trouble = (i.get("cluster") or {}).get("supervisor") or i.get("supervisor")
         if trouble:
             word += f" (supervisor {trouble})"  # nothing restarts it: SIGKILLed or SIGSTOPped

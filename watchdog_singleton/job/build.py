@@ -101,6 +101,10 @@ def build_job(request: Any, root: str, environ: dict[str, str], *, command: str 
             raise UserError(problem, field="cluster")
     if cluster and given["lean"]:
         raise UserError("--lean cannot hold a cluster lease: the supervisor renews it (drop --lean)", field="lean")
+    if given["shared"] and (cluster or given["lean"]):
+        raise UserError("--shared is not for " + ("a cluster job: its supervisor holds the lease (drop --shared)"
+                                                  if cluster else "--lean, which keeps no supervisor (drop one)"),
+                        field="shared")
     check_restart(given["restart"])
     check_exec_size(argv, env)  # its error says whether the command or env is too big
     lock_dir = lock_dir_for(command, name, given, root, jobs)
@@ -120,7 +124,7 @@ def build_job(request: Any, root: str, environ: dict[str, str], *, command: str 
 # The options a Job takes as given (their checks above); the others are resolved first.
 PLAIN = ("grace", "restart", "backoff_initial", "backoff_max", "min_uptime", "forking", "settle", "every",
          "timeout", "jitter", "catch_up", "loop", "max_lifetime", "sync", "standby", "rotate", "log_max_bytes",
-         "log_backups", "allow_network_fs", "lean", "notify_every")
+         "log_backups", "allow_network_fs", "lean", "shared", "notify_every")
 
 
 def check_numbers(given: dict[str, Any]) -> None:

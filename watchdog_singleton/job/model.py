@@ -81,6 +81,7 @@ class Job(Record):
         ("lock_dir", ""),
         ("allow_network_fs", _default("allow_network_fs")),
         ("lean", _default("lean")),
+        ("shared", _default("shared")),
         ("enabled", True),
         ("installed_at", ""),
         ("on_failure", []),
@@ -120,6 +121,7 @@ class Job(Record):
     lock_dir: str
     allow_network_fs: bool
     lean: bool
+    shared: bool  # supervised by the user's shared resident (supervisor/house.py), not one of its own
     enabled: bool
     installed_at: str
     on_failure: list[str]  # a hook's argv, run when the job fails where nobody looks (notify.py); [] none

@@ -131,6 +131,8 @@ _ALL = (
            restarts=True, commands=(INSTALL, RUN)),
     Option("allow_network_fs", "bool", False, "accept a lock folder on NFS/Lustre/GPFS", commands=(INSTALL, RUN)),
     Option("lean", "bool", False, "no resident supervisor: the daemon holds the lock itself", restarts=True),
+    Option("shared", "bool", False, "one resident supervisor for all of your shared jobs on this host, "
+           "instead of one per job", restarts=True),
     Option("forking", "bool", False, "the command puts itself in the background (like systemd Type=forking): "
            "follow the tree it leaves", restarts=True, commands=(INSTALL, RUN)),
     Option("settle", "number", 1.0, "how long install/start wait to see the daemon still running",

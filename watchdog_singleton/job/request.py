@@ -38,6 +38,7 @@ class InstallRequest:
     log_max_bytes: int = _d("log_max_bytes")
     log_backups: int = _d("log_backups")
     lean: bool = _d("lean")
+    shared: bool = _d("shared")
     forking: bool = _d("forking")
     settle: float = _d("settle")
     periodic: bool = _d("periodic")

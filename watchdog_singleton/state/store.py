@@ -43,6 +43,7 @@ class RunState(Record):
         ("stderr_log", ""),
         ("lean", False),
         ("adhoc", False),
+        ("house", ""),  # a shared job's (install --shared): the socket of the resident that supervises it
         ("message", ""),
         # Periodic jobs: the record of their runs (periodic.PeriodicRuns writes it).
         ("runs", 0),
@@ -81,6 +82,7 @@ class RunState(Record):
     stderr_log: str
     lean: bool
     adhoc: bool
+    house: str
     message: str
     runs: int
     failures: int

@@ -76,6 +76,7 @@ class Child:
         self.pid: Optional[int] = None  # the pid we wait for: the command, or what it left (forking)
         self.following = False  # forking: the command exited 0 and its tree is followed as the daemon
         self.started = 0.0
+        self.termed_at: Optional[float] = None  # the shared resident sent the tree SIGTERM already (all stop)
         self.stopper = tree.Stopper(send=seams.send, clock=seams.clock, sleep=seams.sleep, reap=reap)
 
     def spawn(self, job: Job, env: dict[str, str], fds: tuple[int, ...], capture: bool) -> Spawned:
@@ -93,8 +94,35 @@ class Child:
         supervisor's own, e.g. a notifier) the scan tells which is which, as before."""
         if not self.seams.has_children():
             return {}
+        if self.seams.house:
+            return self.finder(job)()
         pid = self.seams.pid
         return tree.members(self.seams.scan(), job.lock_path, (pid,), (pid,))
+
+    def finder(self, job: Job, marked: bool = True) -> Callable[[], dict[int, int]]:
+        """The tree as of each call. A supervisor of its own: what descends from it, and what carries
+        the token. In the shared resident, whose other children are other jobs' daemons: the daemon,
+        what descends from it, what carries the token, and whatever an earlier call found that still
+        lives (a child that cleared its environment keeps its place once its parent, the daemon, died)."""
+        if not self.seams.house:
+            return tree.Finder(job.lock_path, roots=lambda: (self.seams.pid,), scan=self.seams.scan, marked=marked)
+        seen: dict[int, int] = {}
+
+        def find() -> dict[int, int]:
+            table = self.seams.scan()
+            daemon = self.pid
+            roots = (daemon,) if daemon is not None and daemon in table else ()
+            found = tree.members(table, job.lock_path, roots, (self.seams.pid,), marked)
+            if daemon is not None and daemon in roots and not table[daemon].gone:
+                found[daemon] = table[daemon].start
+            for pid, start in seen.items():
+                info = table.get(pid)
+                if info is not None and info.start == start and not info.gone:
+                    found[pid] = start
+            seen.update(found)
+            return found
+
+        return find
 
     def reaped(self, job: Job, quiet: bool, stopping: bool) -> Iterator[Union[Exit, Follow]]:
         """Reap every exited child, ours or adopted; say what became of the daemon, one at a time
@@ -132,8 +160,10 @@ class Child:
             elif count:
                 note(why)
 
-        finder = tree.Finder(job.lock_path, roots=lambda: (self.seams.pid,), scan=self.seams.scan)
-        survivors = self.stopper.stop(finder, grace, on_first=say)
+        if self.termed_at is not None:  # its grace began then, beside the other jobs'
+            grace = max(0.0, grace - (self.seams.clock() - self.termed_at))
+            self.termed_at = None
+        survivors = self.stopper.stop(self.finder(job), grace, on_first=say)
         if survivors:
             note(f"pids {sorted(survivors)} survived SIGKILL (stuck in the kernel?)")
         for pid, _code in self.seams.reap():
@@ -142,5 +172,4 @@ class Child:
 
     def step_down(self, job: Job) -> None:
         """A duplicate supervisor leaves: only its own descendants go (they carry no mark yet)."""
-        own = tree.Finder(job.lock_path, roots=lambda: (self.seams.pid,), scan=self.seams.scan, marked=False)
-        self.stopper.stop(own, job.grace)
+        self.stopper.stop(self.finder(job, marked=False), job.grace)

@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from ..lock.flock import SingletonLock
     from ..state.store import StateStore
     from .periodic_plan import PeriodicPlan
+    from .pump import Pump
 
     Ready = Callable[[Optional[str]], None]
 
@@ -75,7 +76,7 @@ class Supervisor:
     healing, re-reading the definition; what happens to the daemon is its `Lifecycle`'s."""
 
     # Set up by `run`, which owns the signals' wake-up pipe they need.
-    pump: OutputPump
+    pump: Pump
     wait: Callable[[float], None]
     watch: LockWatch
 
@@ -83,18 +84,20 @@ class Supervisor:
                  adhoc: bool = False, passthrough: bool = False,
                  inherit_env: Optional[dict[str, str]] = None, ready: Optional[Ready] = None,
                  history: Optional[dict[str, Any]] = None, seams: Optional[Seams] = None,
-                 cluster: Optional[ClusterLease] = None) -> None:
+                 cluster: Optional[ClusterLease] = None, wakeups: Optional[Wakeups] = None,
+                 house: str = "") -> None:
         self.lock = lock
         self.store = store
         self.adhoc = adhoc
         seams = self.seams = seams or Seams()
         self.state = first_state(job, seams, adhoc, history)
+        self.state.house = house  # the shared resident's socket: it supervises this job among others
         self.output = Output(passthrough, seams.open_sink)
         self.keeper = StateKeeper(store, self.state, self.output.note)
         # Claim the job before anything else: a launcher that finds a fresh lock file (the old
         # one deleted) sees this live supervisor and leaves.
         self.keeper.save()
-        self.wakeups = Wakeups()
+        self.wakeups = wakeups or Wakeups()  # the shared resident's, opened by it
         self._healed_at = 0.0
         self.life = Lifecycle(job, self.state, self.keeper, self.output, seams, fds=lock.inheritable_fds,
                               wake=self.wakeups.wake, passthrough=passthrough, inherit_env=inherit_env, ready=ready,
@@ -114,30 +117,54 @@ class Supervisor:
 
     # -- main loop -------------------------------------------------------------------------
     def run(self) -> int:
+        self.open(OutputPump(self.wakeups.open(), self.seams.clock))
+        try:
+            while True:
+                self._handle_events()
+                if self.over():
+                    break
+                now = self.seams.clock()
+                if self.step(now):
+                    continue
+                self.wait(max(0.0, self.wake_at(now) - now))
+            return self.finish()
+        finally:
+            self.close()
+            self.wakeups.close()
+
+    # -- the pieces of the loop, which the shared resident (house.py) drives for each of its jobs --
+    def open(self, pump: Pump) -> None:
+        """Ready to run: where the daemon's output goes, the log files, the lock watch."""
         life = self.life
-        self.pump = life.pump = OutputPump(self.wakeups.open(), self.seams.clock)
+        self.pump = life.pump = pump
         self.wait = self.seams.wait or self.pump.wait
         self.output.open(life.job, self.wakeups.wake)
         self.watch = LockWatch(self.lock, self.output.note, self.seams.clock())
         life.begin()
+
+    def over(self) -> bool:
+        """Whether the loop ends: a stop was asked for, a duplicate steps down, or the daemon is done."""
+        life = self.life
+        return life.stopping or life.duplicate or life.done_code is not None
+
+    def step(self, now: float) -> bool:
+        """One turn at `now`: start the daemon if its start is due (True: look again before
+        waiting), else the timed chores."""
+        life = self.life
+        if life.child.pid is None and now >= life.next_start:
+            life.start_due(now)
+            return True
+        self._tick(now)
+        return False
+
+    def close(self) -> None:
+        """After `finish`, or on the way out of an error: the pipes, the logs, the lease, the lock."""
         try:
-            while True:
-                self._handle_events()
-                if life.stopping or life.duplicate or life.done_code is not None:
-                    break
-                now = self.seams.clock()
-                if life.child.pid is None and now >= life.next_start:
-                    life.start_due(now)
-                    continue
-                self._tick(now)
-                self.wait(max(0.0, self._wake_at(now) - now))
-            return self._finish()
-        finally:
             self.pump.close()
             self.output.close()
             if self.guard is not None:
                 self.guard.close()  # after the tree is gone: a standby may take over at once
-            self.wakeups.close()
+        finally:
             self.lock.release()
 
     def _tick(self, now: float) -> None:
@@ -150,7 +177,7 @@ class Supervisor:
             self._healed_at = self.watch.next_check  # once per lock check, or every wake while failing
             self.keeper.heal()
 
-    def _wake_at(self, now: float) -> float:
+    def wake_at(self, now: float) -> float:
         times = [self.watch.next_check, *self.life.wake_times(now)]
         if self.keeper.error is not None:
             times.append(now + StateKeeper.RETRY_SECONDS)
@@ -159,7 +186,7 @@ class Supervisor:
             times.append(held)
         return min(times)
 
-    def _finish(self) -> int:
+    def finish(self) -> int:
         if self.life.duplicate:
             # A duplicate steps down: only its own descendants go, and the state is not ours to write.
             self.life.child.step_down(self.life.job)
@@ -179,10 +206,10 @@ class Supervisor:
                 self.output.reopen()
                 self.watch.soon()
             elif sig == SIGUSR2:
-                self._reload()
+                self.reload()
         self.life.reap()
 
-    def _reload(self) -> None:
+    def reload(self) -> None:
         """SIGUSR2 (install or apply changed the definition): take the new settings that need no
         restart without one."""
         if self.adhoc:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 
     from ..job.model import Job
     from .logsink import LogSink
-    from .pump import OutputPump
+    from .pump import Pump
 
     OpenSink = Callable[[str, int, int], LogSink]
 
@@ -70,7 +70,7 @@ class Output:
             self.out.reopen()
             self.err.reopen()
 
-    def take(self, old: Job, new: Job, pump: OutputPump) -> None:
+    def take(self, old: Job, new: Job, pump: Pump) -> None:
         """A re-read definition: new log files (OSError if one cannot be opened; the old stay), or
         new sizes for the same ones."""
         if self.out is None or self.err is None:

@@ -40,14 +40,14 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from .io import Output
     from .lease_gate import LeaseGate, LeaseReactions
     from .periodic_plan import PeriodicPlan
-    from .pump import OutputPump
+    from .pump import Pump
     from .seams import Seams
 
     Ready = Callable[[Optional[str]], None]
 
 
 class Lifecycle:
-    pump: OutputPump  # set by the supervisor's loop, which owns the wake-up pipe it polls
+    pump: Pump  # set by the supervisor's loop, which owns the wake-up pipe it polls
 
     def __init__(self, job: Job, state: RunState, keeper: StateKeeper, output: Output, seams: Seams, *,
                  fds: Callable[[], tuple[int, ...]], wake: Callable[[], None], passthrough: bool = False,

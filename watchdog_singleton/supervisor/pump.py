@@ -21,6 +21,17 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
         def feed(self, data: bytes) -> None: ...
         def has_room(self, size: int) -> bool: ...
 
+    class Pump(Protocol):
+        """What a job's lifecycle uses of a pump: OutputPump, or its PumpShare in the shared resident."""
+
+        @property
+        def sinks(self) -> dict[int, Sink]: ...
+        def watch(self, fd: int, sink: Sink) -> None: ...
+        def next_wake(self, now: float) -> Optional[float]: ...
+        def wait(self, timeout: float) -> None: ...
+        def drain_all(self) -> None: ...
+        def close(self) -> None: ...
+
 READ_SIZE = 1024 * 1024
 BACKPRESSURE_SECONDS = 0.5
 HELD_RECHECK = 0.05  # how often a held pipe's sink is asked for room again
@@ -34,6 +45,7 @@ class OutputPump:
         self.poller = select.poll()
         self.poller.register(wake_fd, select.POLLIN)
         self.sinks: dict[int, Sink] = {}
+        self.handlers: dict[int, Callable[[], None]] = {}  # other descriptors polled here (the house's socket)
         self.held: dict[int, float] = {}  # pipes not read for now (their log is full) -> since when
         self.overflowing: set[int] = set()  # pipes whose log stayed full too long: read, and drop
 
@@ -41,8 +53,18 @@ class OutputPump:
         self.sinks[fd] = sink
         self.poller.register(fd, _READABLE)
 
-    def next_wake(self, now: float) -> Optional[float]:
-        return now + HELD_RECHECK if self.held else None
+    def listen(self, fd: int, handler: Callable[[], None]) -> None:
+        """Call `handler()` whenever `fd` is readable (the shared resident's socket and its peers)."""
+        self.handlers[fd] = handler
+        self.poller.register(fd, select.POLLIN)
+
+    def unlisten(self, fd: int) -> None:
+        if self.handlers.pop(fd, None) is not None:
+            self.poller.unregister(fd)
+
+    def next_wake(self, now: float, fds: Optional[set[int]] = None) -> Optional[float]:
+        held = self.held if fds is None else [fd for fd in self.held if fd in fds]
+        return now + HELD_RECHECK if held else None
 
     def wait(self, timeout: float) -> None:
         """Sleep until output, a signal, or `timeout` seconds; move what output arrived."""
@@ -61,15 +83,20 @@ class OutputPump:
                     pass
             elif fd in self.sinks:
                 self._drain(fd)
+            elif fd in self.handlers:
+                self.handlers[fd]()
 
-    def drain_all(self) -> None:
-        """Read every pipe to its end (the tree is gone, so its writers are)."""
-        for fd in list(self.sinks):
-            self._drain(fd, until_eof=True)
+    def drain_all(self, fds: Optional[set[int]] = None) -> None:
+        """Read every pipe (of `fds`, one job's in the shared resident) to its end (the tree is
+        gone, so its writers are)."""
+        for fd in list(self.sinks if fds is None else fds):
+            if fd in self.sinks:
+                self._drain(fd, until_eof=True)
 
-    def close(self) -> None:
-        for fd in list(self.sinks):
-            self._forget(fd)
+    def close(self, fds: Optional[set[int]] = None) -> None:
+        for fd in list(self.sinks if fds is None else fds):
+            if fd in self.sinks:
+                self._forget(fd)
 
     def _drain(self, fd: int, until_eof: bool = False) -> None:
         while fd in self.sinks:
@@ -117,3 +144,36 @@ class OutputPump:
         for fd in list(self.overflowing):
             if self.sinks[fd].has_room(READ_SIZE):
                 self.overflowing.discard(fd)
+
+
+class PumpShare:
+    """One job's part of the shared resident's pump: the loop and its poll are shared, but a job's
+    stop drains and closes its own pipes only (another job's live pipe would read as a stray
+    writer's and be closed)."""
+
+    def __init__(self, pump: OutputPump) -> None:
+        self.pump = pump
+        self.fds: set[int] = set()
+
+    @property
+    def sinks(self) -> dict[int, Sink]:
+        return self.pump.sinks
+
+    def watch(self, fd: int, sink: Sink) -> None:
+        self.fds.add(fd)
+        self.pump.watch(fd, sink)
+
+    def next_wake(self, now: float) -> Optional[float]:
+        self.fds &= set(self.pump.sinks)
+        return self.pump.next_wake(now, self.fds)
+
+    def wait(self, timeout: float) -> None:
+        self.pump.wait(timeout)
+
+    def drain_all(self) -> None:
+        self.pump.drain_all(self.fds)
+        self.fds &= set(self.pump.sinks)
+
+    def close(self) -> None:
+        self.pump.close(self.fds)
+        self.fds.clear()

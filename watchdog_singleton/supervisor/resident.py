@@ -30,6 +30,14 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 RESIDENT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "1"}
 
 
+def ready_text(supervisor: Optional[Supervisor], problem: Optional[str]) -> str:
+    """What whoever waits for the start is told: "ok PID" (the daemon runs), "ok supervisor PID"
+    (a periodic job's supervisor waits for its first due time), or the problem."""
+    if problem is None and supervisor is not None and supervisor.periodic is not None and not supervisor.state.pid:
+        problem = f"ok supervisor {os.getpid()}"
+    return problem or f"ok {(supervisor.state.pid if supervisor is not None else None) or os.getpid()}"
+
+
 def main(argv: list[str]) -> int:
     _, root, name, job_fd = argv
     for key in RESIDENT_MALLOC:  # ours, read by glibc at our start; not the daemon's
@@ -52,9 +60,7 @@ def main(argv: list[str]) -> int:
         if ready_fd < 0:
             return
         try:
-            if problem is None and supervisor.periodic is not None and not supervisor.state.pid:
-                problem = f"ok supervisor {os.getpid()}"  # waiting for its first due time
-            os.write(ready_fd, (problem or f"ok {supervisor.state.pid or os.getpid()}").encode())
+            os.write(ready_fd, ready_text(None if problem else supervisor, problem).encode())
             os.close(ready_fd)
         except OSError:
             pass  # whoever waited is gone

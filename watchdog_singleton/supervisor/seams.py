@@ -55,7 +55,7 @@ class Seams:
                  load_job: Callable[[str, str], Optional[Job]] = load_job,
                  ensure_dir: Callable[[str], None] = ensure_dir,
                  open_sink: Callable[[str, int, int], LogSink] = LogSink,
-                 stderr: Callable[[str], None] = to_stderr, strict: bool = False) -> None:
+                 stderr: Callable[[str], None] = to_stderr, strict: bool = False, house: bool = False) -> None:
         self.clock = clock
         self.wall = wall
         self.spawn = spawn
@@ -75,3 +75,14 @@ class Seams:
         self.open_sink = open_sink  # (path, max bytes, backups): a log file
         self.stderr = stderr  # a line for the terminal of a passthrough run
         self.strict = strict  # a phase change the table does not allow raises (tests), else is noted
+        # The shared resident (house.py): its other children are other jobs' daemons, so a job's
+        # tree is its daemon, what descends from it and what carries its token; never all of `pid`'s.
+        self.house = house
+
+    def for_job(self, reap: Callable[[], list[tuple[int, int]]], sleep: Callable[[float], None]) -> Seams:
+        """A copy for one job of the shared resident: reaping hands it only its own share of what
+        exited, and waiting within a stop keeps moving every job's output."""
+        copy = Seams.__new__(Seams)
+        copy.__dict__.update(self.__dict__)
+        copy.reap, copy.sleep, copy.house = reap, sleep, True
+        return copy

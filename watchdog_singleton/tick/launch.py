@@ -22,6 +22,7 @@ from ..state.phases import Phase
 from ..state.store import CARRIED, RunState, StateStore
 from ..timefmt import now_iso
 from . import runargs
+from .becoming import become_subreaper, memfd_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -89,11 +90,29 @@ def launch(args: runargs.RunArgs) -> int:
     if job.lean and not adhoc:
         return run_lean(job, lock, states, background)
     history = previous_history(states, job.name)
+    if job.shared and not adhoc:
+        return hand_over_shared(job, lock, root, history, quiet=args.cron or not args.detach)
     if background:
         return detach(lambda ready_fd: exec_supervisor(job, lock, root, adhoc, passthrough, ready_fd, history),
                       lock, job.name, quiet=args.cron)
     exec_supervisor(job, lock, root, adhoc, passthrough, None, history)
     return FAILED  # not reached: exec_supervisor replaces this process
+
+
+def hand_over_shared(job: Job, lock: FlockLock, root: str, history: dict[str, object], quiet: bool) -> int:
+    """A shared job (install --shared): hand NAME to the user's shared resident, or become it."""
+    from .handover import exec_house, find_house
+
+    answer, house = find_house(job, lock, root, history)
+    if house is not None:
+        return detach(lambda ready_fd: exec_house(job, lock, house, root, ready_fd, history), lock, job.name,
+                      quiet=quiet, also=house)
+    lock.release()  # the resident holds it now (and so will the daemon), or nobody could take NAME
+    if answer is None:
+        print(f"watchdog-singleton: {job.name}: the shared supervisor neither answers nor exits; "
+              "the next tick retries", file=sys.stderr)
+        return FAILED
+    return tell(answer, job.name, quiet)
 
 
 def report_held(job: Job, states: StateStore, detach: bool) -> int:
@@ -198,26 +217,11 @@ def clear_debris(job: Job) -> None:
 # (the launcher's checks load much more): python -I -S -c BOOT PACKAGE_PARENT --state-dir ROOT NAME FD
 BOOT = ("import sys; sys.path.append(sys.argv[1]); from watchdog_singleton.supervisor.resident import main; "
         "sys.exit(main(sys.argv[2:]))")
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def become_subreaper() -> bool:
-    """Orphans of the tree re-parent to us instead of init; the setting survives exec."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
-
 
 def exec_supervisor(job: Job, lock: FlockLock, root: str, adhoc: bool, passthrough: bool,
                     ready_fd: Optional[int], history: dict[str, object]) -> None:
     """Become NAME's resident supervisor: exec it in this process, handing over the lock. A
     cluster job's supervisor is a child of this process, which becomes its watcher (cluster/watcher.py)."""
-    import marshal
-
     beat_fd = None
     if job.cluster:
         from ..cluster import Timing
@@ -225,15 +229,10 @@ def exec_supervisor(job: Job, lock: FlockLock, root: str, adhoc: bool, passthrou
 
         become_subreaper()  # the watcher's: orphans of a dead supervisor's tree come to it
         beat_fd = split_watcher(job, Timing.for_lease(job.lease).capped_grace(job.grace), passthrough)
-    payload = marshal.dumps({"job": job.to_dict(), "adhoc": adhoc, "passthrough": passthrough,
-                             "ready_fd": -1 if ready_fd is None else ready_fd, "lock_fd": lock.fd,
-                             "dir_fd": lock.dir_fd, "history": history,
-                             "beat_fd": -1 if beat_fd is None else beat_fd})
-    job_fd = os.memfd_create("watchdog-singleton-job", 0)  # inherited by the exec'd supervisor
-    view = memoryview(payload)
-    while view:
-        view = view[os.write(job_fd, view):]
-    os.lseek(job_fd, 0, os.SEEK_SET)
+    job_fd = memfd_of({"job": job.to_dict(), "adhoc": adhoc, "passthrough": passthrough,
+                       "ready_fd": -1 if ready_fd is None else ready_fd, "lock_fd": lock.fd,
+                       "dir_fd": lock.dir_fd, "history": history,
+                       "beat_fd": -1 if beat_fd is None else beat_fd})
     for fd in (lock.fd, lock.dir_fd, ready_fd, beat_fd):
         if fd is not None:
             os.set_inheritable(fd, True)
@@ -264,7 +263,7 @@ def exec_supervisor(job: Job, lock: FlockLock, root: str, adhoc: bool, passthrou
 
 
 def detach(body: Callable[[int], None], lock: FlockLock, name: str, quiet: bool = False,
-           exec_is_ready: bool = False) -> int:
+           exec_is_ready: bool = False, also: Optional[FlockLock] = None) -> int:
     """Run `body(ready_fd)` in a new session in the background; return once it reports readiness.
 
     The child writes "ok PID" or a problem to ready_fd. With `exec_is_ready`, the child
@@ -291,9 +290,15 @@ def detach(body: Callable[[int], None], lock: FlockLock, name: str, quiet: bool 
             os._exit(FAILED)
     os.close(write_end)
     lock.release()  # the child holds the same lock; our copy must not outlive a quick daemon
+    if also is not None:
+        also.release()  # the shared resident's lock, which the child holds too
     from ..files import read_to_end
 
-    answer = read_to_end(read_end).decode(errors="replace")
+    return tell(read_to_end(read_end).decode(errors="replace"), name, quiet, exec_is_ready)
+
+
+def tell(answer: str, name: str, quiet: bool, exec_is_ready: bool = False) -> int:
+    """Say what the resident reported about the start ("ok PID", or a problem); the exit code."""
     if answer.startswith("unavailable "):  # a cluster job whose database cannot be reached
         if not quiet:
             print(f"watchdog-singleton: {answer[12:]}", file=sys.stderr)

@@ -1,0 +1,228 @@
+"""The shared resident's entry point and its door (the socket), exec'd by the cron tick of a shared
+job that found no shared resident and took `.house.lock`:
+
+    python -I -S -c HOUSE_BOOT PACKAGE_PARENT --state-dir ROOT JOB_FD
+
+JOB_FD is a memfd, as for a resident of its own (resident.py): the first job, its lock's and the
+house lock's descriptors, where to report readiness. The resident binds `.house.sock` beside the
+house lock (only the holder of that lock ever binds or unlinks it) and takes the jobs that other
+ticks hand over there (housewire.py); it exits when no job is left.
+"""
+
+from __future__ import annotations
+
+import _socket
+import marshal
+import os
+
+from ..errors import FAILED
+from ..files import read_to_end
+from ..job.model import Job
+from ..lock.flock import REPAIRED, FlockLock
+from ..state.store import StateStore
+from .house import House
+from .housewire import HOUSE, WireError, peer_uid, receive, send, socket_path
+from .resident import RESIDENT_MALLOC, ready_text
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Any, Optional
+
+READ_TIMEOUT = 2.0  # a peer of ours that connects and says nothing holds the loop this long at most
+
+
+class Door:
+    """The listening socket: accepts our own user only, reads one request per connection, and
+    queues it for the loop (requests are acted on between turns, never inside a job's stop)."""
+
+    def __init__(self, house: House, path: str, house_lock: FlockLock) -> None:
+        self.house = house
+        self.path = path
+        self.house_lock = house_lock
+        self.open: set[_socket.socket] = set()
+        self.sock, self.ino = self._bind()
+        house.looks.append(self.look)
+
+    def _bind(self) -> tuple[_socket.socket, int]:
+        try:
+            os.unlink(self.path)  # a dead resident's: we hold the house lock, so nobody else binds here
+        except FileNotFoundError:
+            pass
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(self.path)
+        finally:
+            os.umask(old)
+        sock.listen(128)
+        sock.setblocking(False)
+        self.house.pump.listen(sock.fileno(), self._accept)
+        return sock, os.stat(self.path).st_ino
+
+    def look(self) -> None:
+        """With the jobs' lock watch: a /tmp cleaner that deleted the house lock or the socket
+        has them put back (as each job's lock is), so the next tick still finds us."""
+        if not self.house_lock.still_ours() and self.house_lock.repair() != REPAIRED:
+            return  # another resident holds the path now (or the folder cannot be had): it serves there
+        self.house_lock.refresh()
+        try:
+            here: Optional[int] = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            here = None
+        if here == self.ino:
+            return
+        old = self.sock
+        self.sock, self.ino = self._bind()
+        self.house.pump.unlisten(old.fileno())
+        old.close()
+
+    def close(self) -> None:
+        self.house.pump.unlisten(self.sock.fileno())
+        try:
+            if os.stat(self.path).st_ino == self.ino:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        self.sock.close()
+        for conn in list(self.open):
+            self._hang_up(conn)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                fd, _ = self.sock._accept()  # type: ignore[attr-defined]  # _socket's accept: no socket.py
+            except OSError:  # BlockingIOError: none left; anything else: the next poll tries again
+                return
+            conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
+            try:
+                ours = peer_uid(conn) == os.getuid()
+            except OSError:
+                ours = False
+            if not ours:  # another local user: not a word, not a byte read
+                conn.close()
+                continue
+            conn.settimeout(READ_TIMEOUT)
+            self.open.add(conn)
+            self.house.pump.listen(conn.fileno(), lambda conn=conn: self._read(conn))  # type: ignore[misc]
+
+    def _read(self, conn: _socket.socket) -> None:
+        self.house.pump.unlisten(conn.fileno())
+        try:
+            message, fds = receive(conn)
+        except (OSError, ValueError, EOFError, TypeError):
+            self._hang_up(conn)
+            return
+        if message is None:
+            self._hang_up(conn)
+            return
+        self.house.requests.append(lambda: self._handle(conn, message, fds))
+
+    def _handle(self, conn: _socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+        op = message.get("op")
+        if op == "take" and len(fds) == 2:
+            self._take(conn, message, fds)
+            return
+        for fd in fds:
+            os.close(fd)
+        name = str(message.get("name", ""))
+        if op == "stop":
+            self.house.stop_job(name, lambda stopped: self._answer(conn, {"stopped": stopped}))
+        elif op == "reload":
+            self._answer(conn, {"reloaded": self.house.reload_job(name)})
+        elif op == "ping":
+            self._answer(conn, {"pid": os.getpid(), "jobs": sorted(self.house.members)})
+        else:
+            self._hang_up(conn)
+
+    def _take(self, conn: _socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+        try:
+            job = Job.from_dict(message["job"])
+            lock = FlockLock(job.lock_dir, job.name)
+            lock.fd, lock.dir_fd = fds
+            if not lock.still_ours():
+                raise WireError(f"the descriptor handed over is not {job.lock_path}")
+        except Exception:
+            for fd in fds:
+                os.close(fd)
+            self._hang_up(conn)  # not taken: the tick may try again
+            return
+        try:
+            send(conn, {"taken": os.getpid()})  # from here on the tick waits; it never starts NAME itself
+        except OSError:
+            lock.release()
+            self._hang_up(conn)
+            return
+        holder: list[Any] = []
+
+        def ready(problem: Optional[str]) -> None:
+            self._answer(conn, {"ready": ready_text(holder[0] if holder else None, problem)})
+
+        try:
+            self.house.take(job, lock, ready=ready, history=message.get("history") or {})
+        except Exception as exc:
+            ready(f"{job.name}: the shared supervisor could not take it: {exc}")
+            return
+        member = self.house.members.get(job.name)
+        if member is not None:
+            holder.append(member.sup)
+
+    def _answer(self, conn: _socket.socket, message: dict[str, Any]) -> None:
+        try:
+            send(conn, message)
+        except OSError:
+            pass  # whoever asked is gone
+        self._hang_up(conn)
+
+    def _hang_up(self, conn: _socket.socket) -> None:
+        self.open.discard(conn)
+        try:
+            self.house.pump.unlisten(conn.fileno())
+        except (OSError, ValueError):
+            pass
+        conn.close()
+
+
+def main(argv: list[str]) -> int:
+    _, root, job_fd = argv
+    for key in RESIDENT_MALLOC:  # ours, read by glibc at our start; not the daemons'
+        os.environ.pop(key, None)
+    hand_over = marshal.loads(read_to_end(int(job_fd)))
+    house_lock = FlockLock(hand_over["house_dir"], HOUSE)
+    house_lock.fd, house_lock.dir_fd = hand_over["house_fd"], hand_over["house_dir_fd"]
+    job = Job.from_dict(hand_over["job"])
+    lock = FlockLock(job.lock_dir, job.name)
+    lock.fd, lock.dir_fd = hand_over["lock_fd"], hand_over["dir_fd"]
+    ready_fd = hand_over["ready_fd"]
+    for fd in (*house_lock.inheritable_fds(), *lock.inheritable_fds(), ready_fd):
+        os.set_inheritable(fd, False)  # each daemon gets its own lock through spawn's pass_fds, nothing else
+    holder: list[Any] = []
+
+    def ready(problem: Optional[str]) -> None:
+        nonlocal ready_fd
+        if ready_fd < 0:
+            return
+        try:
+            os.write(ready_fd, ready_text(holder[0] if holder else None, problem).encode())
+            os.close(ready_fd)
+        except OSError:
+            pass
+        ready_fd = -1
+
+    path = socket_path(hand_over["house_dir"])
+    house = House(StateStore(root), socket_path=path)
+    door: Optional[Door] = None
+    try:
+        house.open()
+        door = Door(house, path, house_lock)
+        house.take(job, lock, ready=ready, history=hand_over["history"])
+        member = house.members.get(job.name)
+        if member is not None:
+            holder.append(member.sup)
+        return house.run()
+    except Exception as exc:
+        ready(f"{job.name}: the shared supervisor could not run: {exc or exc.__class__.__name__}")
+        return FAILED
+    finally:
+        if door is not None:
+            door.close()
+        house_lock.release()

@@ -1,0 +1,111 @@
+"""A shared job's tick (install --shared), once it holds NAME's lock: hand NAME to the user's shared
+resident, or become that resident.
+
+    1. connect to `.house.sock` in the user's lock folder (the peer must be our own uid) and send
+       NAME with the held lock's descriptors (SCM_RIGHTS);
+    2. the resident answers `taken` at once, then the readiness line a resident of its own would
+       write ("ok PID" or a problem); the tick prints it as today and exits;
+    3. no answer, or no `taken`: nothing of NAME started, so whoever holds `.house.lock` decides. The
+       tick that takes it becomes the resident (detached, as today's detach does) with NAME as its
+       first job; one that does not (another tick is becoming it, or one is exiting) connects again.
+
+Once `taken` was said, the tick never starts NAME itself: if the resident then dies, the daemon
+(if it started) holds the lock and the next tick finds it held.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from .. import paths
+from ..lock.flock import FlockLock, default_lock_dir
+from ..supervisor.housewire import HOUSE, connect, receive, send, socket_path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Optional
+
+    from ..job.model import Job
+
+FIND_HOUSE_SECONDS = 10.0  # how long a tick tries to reach or become the resident (one may be starting)
+TAKEN_SECONDS = 10.0  # a resident answers `taken` as soon as its loop reads the request
+RETRY = 0.02
+
+HOUSE_BOOT = ("import sys; sys.path.append(sys.argv[1]); from watchdog_singleton.supervisor.housemain import main; "
+              "sys.exit(main(sys.argv[2:]))")
+
+
+def find_house(job: Job, lock: FlockLock, root: str, history: dict[str, object]
+               ) -> tuple[Optional[str], Optional[FlockLock]]:
+    """(the resident's readiness line, None) once a resident took NAME; (None, the house lock) when
+    this tick is to become the resident; (None, None) when none answered in FIND_HOUSE_SECONDS."""
+    house_dir = default_lock_dir(root)
+    path = socket_path(house_dir)
+    deadline = time.monotonic() + FIND_HOUSE_SECONDS
+    while True:
+        answer = offer(path, job, lock, history)
+        if answer is not None:
+            return answer, None
+        house = FlockLock(house_dir, HOUSE)
+        if house.try_acquire():
+            return None, house
+        if time.monotonic() >= deadline:
+            return None, None
+        time.sleep(RETRY)
+
+
+def offer(path: str, job: Job, lock: FlockLock, history: dict[str, object]) -> Optional[str]:
+    """NAME handed to the resident at `path`: its readiness line ("" if it went silent after
+    taking NAME), or None if no resident took it (then nothing of NAME was started)."""
+    try:
+        sock = connect(path, TAKEN_SECONDS)
+    except OSError:  # none there (ENOENT, ECONNREFUSED), one of another user, or one that hangs
+        return None
+    try:
+        try:
+            send(sock, {"op": "take", "job": job.to_dict(), "history": history}, lock.inheritable_fds())
+            answer, fds = receive(sock)
+        except OSError:
+            return None
+        for fd in fds:
+            os.close(fd)
+        if answer is None or "taken" not in answer:
+            return None
+        sock.settimeout(max(0.0, job.settle) + 60.0)  # the start, then the settle time, then its answer
+        try:
+            answer, fds = receive(sock)
+        except OSError:
+            return ""
+        for fd in fds:
+            os.close(fd)
+        return str(answer.get("ready", "")) if answer else ""
+    finally:
+        sock.close()
+
+
+def exec_house(job: Job, lock: FlockLock, house: FlockLock, root: str, ready_fd: int,
+               history: dict[str, object]) -> None:
+    """Become the shared resident (supervisor/housemain.py), NAME its first job: exec it in this
+    process, handing over NAME's lock and the house lock."""
+    from ..proc import procs
+    from ..proc.spawn import close_all_but
+    from ..supervisor.resident import RESIDENT_MALLOC
+    from .becoming import become_subreaper, memfd_of
+
+    job_fd = memfd_of({"job": job.to_dict(), "lock_fd": lock.fd, "dir_fd": lock.dir_fd, "house_fd": house.fd,
+                       "house_dir_fd": house.dir_fd, "house_dir": house.lock_dir, "ready_fd": ready_fd,
+                       "history": history})
+    keep = (*lock.inheritable_fds(), *house.inheritable_fds(), ready_fd, job_fd)
+    for fd in keep:
+        os.set_inheritable(fd, True)
+    become_subreaper()
+    close_all_but(keep)
+    env = procs.clean_environ(dict(os.environ))  # no job's marker: it is in no job's tree
+    env.update(RESIDENT_MALLOC)
+    os.chdir("/")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-I", "-S", "-c", HOUSE_BOOT, paths.PACKAGE_PARENT, "--state-dir",
+                               root, str(job_fd)], env)
