@@ -64,6 +64,7 @@ SLEEPER = ["/bin/sleep", "1000000"]
 # `install` options of every job. One more mode is one more line here.
 MODES: list[tuple[str, list[str]]] = [
     ("per-job supervisors", []),
+    ("one shared supervisor", ["--shared"]),
 ]
 JOBS = {"full": 50, "quick": 10}
 WINDOW = {"full": 180.0, "quick": 10.0}  # full: 3 whole periods of a 60 s lock watch

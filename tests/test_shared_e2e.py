@@ -119,7 +119,9 @@ def test_uninstall_of_one_shared_job_kills_its_double_forked_grandchild(sandbox:
 def test_a_peer_of_another_uid_is_refused(sandbox: Sandbox) -> None:
     name, marker = install_shared(sandbox, "guarded")
     pid = one_pid(sandbox, marker)
-    path = os.path.join(sandbox.lock_dir(), ".house.sock")
+    from watchdog_singleton.supervisor.housewire import socket_path
+
+    path = socket_path(sandbox.lock_dir(), sandbox.state_root)
     # Another user cannot even reach the socket: the folder is the user's own, 0700.
     stranger = ensure_user(f"{sandbox.user.name}x")
     probe = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({path!r})"
@@ -231,3 +233,37 @@ def test_a_changed_setting_reaches_one_shared_job_without_a_restart(sandbox: San
     log = sandbox.path("state", "watchdog-singleton", os.uname().nodename, "logs", f"{name}.stderr.log")
     wait_for(lambda: "re-read its definition" in open(log).read(), 10, what="the reload in the log")
     assert "re-read its definition" not in open(log.replace(name, other)).read()
+
+
+def test_two_state_folders_sharing_one_lock_folder_get_a_resident_each(sandbox: Sandbox) -> None:
+    """WATCHDOG_SINGLETON_LOCK_DIR may serve several state folders: each one's shared jobs go to
+    a resident of its own, which keeps their run state where their `status` reads it."""
+    locks = sandbox.mkdir("locks")
+    other_home = sandbox.mkdir("state2")
+    for folder in (locks, other_home):
+        os.chown(folder, sandbox.user.uid, sandbox.user.gid)
+        os.chmod(folder, 0o700)
+    envs = [sandbox.env({"WATCHDOG_SINGLETON_LOCK_DIR": locks}),
+            sandbox.env({"WATCHDOG_SINGLETON_LOCK_DIR": locks, "XDG_STATE_HOME": other_home})]
+    names = [sandbox.job("first"), sandbox.job("second")]
+    try:
+        for name, env in zip(names, envs):
+            sandbox.ok("install", name, "--shared", "--schedule", NEVER, "--grace", "2", "--",
+                       "/usr/bin/python3", "-c", "import time; time.sleep(10**6)", f"marker-{name}", env=env)
+        infos = [json_status(sandbox, name, env) for name, env in zip(names, envs)]
+        assert all(info["running"] and info["shared"] for info in infos), infos
+        assert infos[0]["supervisor_pid"] != infos[1]["supervisor_pid"], infos
+        assert len([n for n in os.listdir(locks) if n.endswith(".sock")]) == 2, os.listdir(locks)
+    finally:
+        for name, env in zip(names, envs):
+            sandbox.ws("uninstall", name, env=env)
+
+
+def json_status(box: Sandbox, name: str, env: dict[str, str]) -> dict[str, object]:
+    import json
+
+    proc = box.ws("status", name, "--json", env=env)
+    assert proc.returncode in (0, 3), proc.stderr
+    info = json.loads(proc.stdout)
+    assert isinstance(info, dict)
+    return info

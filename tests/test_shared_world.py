@@ -306,20 +306,20 @@ def test_a_deleted_socket_and_house_lock_are_put_back_at_the_next_look(tmp_path:
     """A /tmp cleaner: the next tick must still find the resident, not start a second one."""
     from watchdog_singleton.lock.flock import FlockLock
     from watchdog_singleton.supervisor.housemain import Door
-    from watchdog_singleton.supervisor.housewire import HOUSE, ask, socket_path
+    from watchdog_singleton.supervisor.housewire import ask, house_name, socket_path
 
     folder = os.path.join(str(tmp_path), "locks")
     os.mkdir(folder, 0o700)
-    house_lock = FlockLock(folder, HOUSE)
+    house_lock = FlockLock(folder, house_name(str(tmp_path)))
     assert house_lock.try_acquire()
     s = Setup(tmp_path)
-    door = Door(s.house, socket_path(folder), house_lock)
+    door = Door(s.house, socket_path(folder, str(tmp_path)), house_lock)
     try:
-        os.unlink(socket_path(folder))
+        os.unlink(socket_path(folder, str(tmp_path)))
         os.unlink(house_lock.path)
         door.look()
         assert house_lock.still_ours()
-        assert not FlockLock(folder, HOUSE).try_acquire()
+        assert not FlockLock(folder, house_name(str(tmp_path))).try_acquire()
         s.house.requests.clear()
         asked: list[Any] = []
 
@@ -332,7 +332,7 @@ def test_a_deleted_socket_and_house_lock_are_put_back_at_the_next_look(tmp_path:
 
         server = threading.Thread(target=serve)
         server.start()
-        asked.append(ask(socket_path(folder), {"op": "ping"}, 5.0))
+        asked.append(ask(socket_path(folder, str(tmp_path)), {"op": "ping"}, 5.0))
         server.join()
         assert asked[0] is not None and asked[0]["jobs"] == []
     finally:

@@ -21,7 +21,7 @@ from ..job.model import Job
 from ..lock.flock import REPAIRED, FlockLock
 from ..state.store import StateStore
 from .house import House
-from .housewire import HOUSE, WireError, peer_uid, receive, send, socket_path
+from .housewire import WireError, house_name, peer_uid, receive, send, socket_path
 from .resident import RESIDENT_MALLOC, ready_text
 
 TYPE_CHECKING = False
@@ -187,7 +187,7 @@ def main(argv: list[str]) -> int:
     for key in RESIDENT_MALLOC:  # ours, read by glibc at our start; not the daemons'
         os.environ.pop(key, None)
     hand_over = marshal.loads(read_to_end(int(job_fd)))
-    house_lock = FlockLock(hand_over["house_dir"], HOUSE)
+    house_lock = FlockLock(hand_over["house_dir"], house_name(root))
     house_lock.fd, house_lock.dir_fd = hand_over["house_fd"], hand_over["house_dir_fd"]
     job = Job.from_dict(hand_over["job"])
     lock = FlockLock(job.lock_dir, job.name)
@@ -208,7 +208,7 @@ def main(argv: list[str]) -> int:
             pass
         ready_fd = -1
 
-    path = socket_path(hand_over["house_dir"])
+    path = socket_path(hand_over["house_dir"], root)
     house = House(StateStore(root), socket_path=path)
     door: Optional[Door] = None
     try:

@@ -28,8 +28,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
     from typing import Any, Optional
 
-HOUSE = ".house"  # the resident's lock: .house.lock (FlockLock adds the suffix)
-SOCKET_NAME = ".house.sock"
+HOUSE = ".house"  # the resident's lock: .house-ROOT.lock (FlockLock adds the suffix)
 MAX_FDS = 4
 MAX_MESSAGE = 64 * 1024 * 1024  # a job's command and environment are bounded by exec's limit far below
 _HEADER = 4
@@ -40,8 +39,16 @@ class WireError(OSError):
     """The other end is gone, not ours, or said something we cannot read."""
 
 
-def socket_path(lock_dir: str) -> str:
-    return os.path.join(lock_dir, SOCKET_NAME)
+def house_name(root: str) -> str:
+    """The resident's name in the lock folder, one per state root: a folder named by
+    WATCHDOG_SINGLETON_LOCK_DIR may serve several roots, and a resident runs the jobs of its own."""
+    import zlib
+
+    return f"{HOUSE}-{zlib.crc32(os.path.abspath(root).encode()):08x}"
+
+
+def socket_path(lock_dir: str, root: str) -> str:
+    return os.path.join(lock_dir, house_name(root) + ".sock")
 
 
 def peer_uid(sock: _socket.socket) -> int:

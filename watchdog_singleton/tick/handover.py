@@ -21,7 +21,7 @@ import time
 
 from .. import paths
 from ..lock.flock import FlockLock, default_lock_dir
-from ..supervisor.housewire import HOUSE, connect, receive, send, socket_path
+from ..supervisor.housewire import connect, house_name, receive, send, socket_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -42,13 +42,13 @@ def find_house(job: Job, lock: FlockLock, root: str, history: dict[str, object]
     """(the resident's readiness line, None) once a resident took NAME; (None, the house lock) when
     this tick is to become the resident; (None, None) when none answered in FIND_HOUSE_SECONDS."""
     house_dir = default_lock_dir(root)
-    path = socket_path(house_dir)
+    path = socket_path(house_dir, root)
     deadline = time.monotonic() + FIND_HOUSE_SECONDS
     while True:
         answer = offer(path, job, lock, history)
         if answer is not None:
             return answer, None
-        house = FlockLock(house_dir, HOUSE)
+        house = FlockLock(house_dir, house_name(root))
         if house.try_acquire():
             return None, house
         if time.monotonic() >= deadline:
