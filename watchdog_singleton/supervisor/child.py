@@ -18,6 +18,7 @@ from __future__ import annotations
 from ..errors import CANNOT_EXECUTE
 from ..proc import procs, tree
 from ..proc.spawn import SpawnError
+from ..proc.stop import stop_job
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -132,8 +133,8 @@ class Child:
             elif count:
                 note(why)
 
-        finder = tree.Finder(job.lock_path, roots=lambda: (self.seams.pid,), scan=self.seams.scan)
-        survivors = self.stopper.stop(finder, grace, on_first=say)
+        survivors = stop_job(job.lock_path, grace, roots=lambda: (self.seams.pid,), scan=self.seams.scan,
+                             stopper=self.stopper, on_first=say).left
         if survivors:
             note(f"pids {sorted(survivors)} survived SIGKILL (stuck in the kernel?)")
         for pid, _code in self.seams.reap():
@@ -142,5 +143,5 @@ class Child:
 
     def step_down(self, job: Job) -> None:
         """A duplicate supervisor leaves: only its own descendants go (they carry no mark yet)."""
-        own = tree.Finder(job.lock_path, roots=lambda: (self.seams.pid,), scan=self.seams.scan, marked=False)
-        self.stopper.stop(own, job.grace)
+        stop_job(job.lock_path, job.grace, roots=lambda: (self.seams.pid,), scan=self.seams.scan,
+                 stopper=self.stopper, marked=False)
