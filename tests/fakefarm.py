@@ -20,7 +20,8 @@ from watchdog_singleton.envvars import TOKEN_ENV
 from watchdog_singleton.farm.nursery import SpawnFailed
 from watchdog_singleton.farm.runner import Runner
 from watchdog_singleton.farm.seams import Seams
-from watchdog_singleton.farm.store import SqliteStore, Store
+from watchdog_singleton.farm.store import Store
+from watchdog_singleton.farm.store.sqlite import SqliteStore
 from watchdog_singleton.farm.workers import Farm, Options
 
 FARM = SUPERVISOR  # the farm is the fake world's subreaper: orphans come to it

@@ -13,7 +13,8 @@ from fakefarm import MARKER, FarmWorld
 from fakeworld import CONT, KILL, TERM, FakeProc
 
 from watchdog_singleton.errors import REQUEUE, SOME_FAILED, STORAGE_FAILED
-from watchdog_singleton.farm.store import SqliteStore, StoreError
+from watchdog_singleton.farm.store import StoreError
+from watchdog_singleton.farm.store.sqlite import SqliteStore
 
 T0 = 1000.0  # the fake world's clock at the start (the farm's first sweep takes it 10 ms further)
 
