@@ -18,9 +18,9 @@ from conftest import TEST_USER, Sandbox, UnprivilegedUser, ensure_user, wait_for
 from test_farm import WAITER, farm, out_lines, sleeping_tasks, start_farm, status, task_pids, touch, write_list
 
 from watchdog_singleton.errors import STORAGE_FAILED
-from watchdog_singleton.farm import store as store_mod
 from watchdog_singleton.farm import tasklist
-from watchdog_singleton.farm.store import SqliteStore
+from watchdog_singleton.farm.store import sqlite as store_mod
+from watchdog_singleton.farm.store.sqlite import SqliteStore
 from watchdog_singleton.farm.tasklist import Task
 
 OTHER_USER = f"{TEST_USER}2"

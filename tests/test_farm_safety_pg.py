@@ -28,7 +28,7 @@ def fresh_table(pg_cluster: Any) -> Any:
 @pytest.mark.parametrize("plant", ["owner", "grant"])
 def test_a_farm_table_another_role_owns_or_may_write_is_refused_and_none_of_its_rows_run(
         sandbox: Sandbox, fresh_table: Any, plant: str) -> None:
-    from watchdog_singleton.farm.pgstore import SQL
+    from watchdog_singleton.farm.store.postgres import SQL
 
     schema = SQL["schema"]
 
@@ -56,8 +56,8 @@ def test_a_farm_table_another_role_owns_or_may_write_is_refused_and_none_of_its_
 def test_a_farm_statement_stuck_behind_a_lock_fails_within_the_attempt_bound(fresh_table: Any) -> None:
     import psycopg
 
-    from watchdog_singleton.farm.pgstore import PgStore
     from watchdog_singleton.farm.store import StoreError
+    from watchdog_singleton.farm.store.postgres import PgStore
     from watchdog_singleton.farm.tasklist import Task
 
     store = PgStore(fresh_table.url_with_passfile, lease=12)  # one round trip: at most 1 s

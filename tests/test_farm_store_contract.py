@@ -16,7 +16,8 @@ from typing import Any, Iterator
 import pytest
 from conftest import TEST_USER, wait_for
 
-from watchdog_singleton.farm.store import LOST_LIMIT, SqliteStore, Store
+from watchdog_singleton.farm.store import LOST_LIMIT, Store
+from watchdog_singleton.farm.store.sqlite import SqliteStore
 from watchdog_singleton.farm.tasklist import Task
 
 HAVE_PG = importlib.util.find_spec("pgkit") is not None and importlib.util.find_spec("psycopg") is not None
@@ -34,7 +35,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Store]:
     else:
         if not HAVE_PG:
             pytest.skip("needs tests/pgkit.py (the pg_cluster fixture) and psycopg")
-        from watchdog_singleton.farm.pgstore import PgStore
+        from watchdog_singleton.farm.store.postgres import PgStore
 
         cluster = request.getfixturevalue("pg_cluster")
         cluster.psql("DROP TABLE IF EXISTS farm_tasks", dbname=TEST_USER)

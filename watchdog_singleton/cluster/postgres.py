@@ -164,6 +164,15 @@ def connect(psycopg: Any, url: str, attempt: float) -> Any:
         application_name="watchdog-singleton")
 
 
+def close_quietly(conn: Any) -> None:
+    """Close a connection (the lease engine's, the farm store's) that may be broken already."""
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # closing a broken connection: nothing more to do  # noqa: BLE001
+            pass
+
+
 def statement_timeout(seconds: float) -> str:
     """The prefix that bounds the statement after it (in the same Query message, so the same
     implicit transaction: nothing is left set on the connection, which a pooler may share)."""
@@ -255,12 +264,8 @@ class PostgresLease:
                              f"this watchdog-singleton knows version {SCHEMA_VERSION}")
 
     def close(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:  # closing a broken connection: nothing more to do  # noqa: BLE001
-                pass
-            self.conn = None
+        close_quietly(self.conn)
+        self.conn = None
 
     # -- the lease ---------------------------------------------------------------------------
     def acquire(self, name: str) -> Optional[Grant]:

@@ -15,7 +15,8 @@ from ..cron.crontab import CrontabEditor, CrontabIO, render
 from ..errors import FAILED, UserError
 from ..job.model import Job, JobStore
 from ..proc import procs
-from ..proc.tree import Stopper, members
+from ..proc.stop import stop_job
+from ..proc.tree import Stopper
 from ..state.store import RunState, StateStore
 
 Echo = Callable[[str], None]
@@ -130,8 +131,8 @@ def stop_processes(lock_path: str, state: Optional[RunState], grace: float,
     """Stop everything of the job; return how many processes were found. Returns only when a
     scan finds none left: the supervisor first (it stops its own tree gracefully), then what it
     could not reach (orphans of a SIGKILLed supervisor, lean daemons, holders of the lock)."""
-    stopper = stopper or Stopper()
     found = 0
+    supervisor = None
     shared = state is not None and bool(state.house)
     if state is not None and shared and state.supervisor_alive():
         # One request to the shared resident, never a signal: that would stop all its jobs. If it
@@ -140,32 +141,18 @@ def stop_processes(lock_path: str, state: Optional[RunState], grace: float,
         found += 1 if answer and answer.get("stopped") else 0
     elif state is not None and state.supervisor_alive():
         assert state.supervisor_pid is not None and state.supervisor_start is not None
-        supervisor = {state.supervisor_pid: state.supervisor_start}
-        found += 1
-        stopper.signal_all(supervisor, 15)
-        deadline = time.monotonic() + grace + 5.0
-        while procs.is_alive(state.supervisor_pid, state.supervisor_start) and time.monotonic() < deadline:
-            time.sleep(0.01)
-    roots: list[int] = []
-    if state is not None:
+        supervisor = (state.supervisor_pid, state.supervisor_start)
+
+    def roots() -> list[int]:  # asked once the supervisor is gone
+        if state is None:
+            return []
         known = [(state.pid, state.pid_start)]
         if not shared:  # the shared resident is no root of NAME's tree: its other children are other jobs'
             known.insert(0, (state.supervisor_pid, state.supervisor_start))
-        for pid, start in known:
-            if pid and procs.is_alive(pid, start, state.boot_id):
-                roots.append(pid)
+        return [pid for pid, start in known if pid and procs.is_alive(pid, start, state.boot_id)]
 
-    def find() -> dict[int, int]:
-        table = procs.scan()
-        tree = members(table, lock_path, roots)
-        holders = procs.holding_file(table, lock_path) - {os.getpid()}
-        holders = {pid for pid in holders if not is_shared_resident(pid)}
-        tree.update(procs.identities(table, holders))
-        return tree
-
-    counted: list[int] = []
-    left = stopper.stop(find, grace, on_first=counted.append)
-    found += counted[0] if counted else 0
-    if left:
-        raise UserError(f"could not stop pids {sorted(left)} (stuck in the kernel?)", FAILED)
-    return found
+    stopped = stop_job(lock_path, grace, supervisor=supervisor, roots=roots, holders=lock_path, stopper=stopper,
+                       exclude_self=False, spare=is_shared_resident)  # it holds every shared job's lock
+    if stopped.left:
+        raise UserError(f"could not stop pids {sorted(stopped.left)} (stuck in the kernel?)", FAILED)
+    return found + stopped.found

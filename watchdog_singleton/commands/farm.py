@@ -11,7 +11,7 @@ from ..errors import FAILED, OK, SOME_FAILED, STORAGE_FAILED, UserError
 from ..farm import place, pytaskfarmer, tasklist
 from ..farm.pytaskfarmer import ORIGIN
 from ..farm.store import STATES, Store
-from ..farm.stores import check_place, open_store
+from ..farm.store.factory import check_place, open_store
 from ..farm.trace import FILE_NAME as TIMELINE_NAME
 from ..job import notify
 from ..lock.flock import default_lock_dir

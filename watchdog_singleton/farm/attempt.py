@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Callable, Optional
 from ..envvars import ATTEMPT_ENV, GENERATION_ENV, PROC_NUMBER_ENV, SLOT_ENV, TASK_ENV, TOKEN_ENV
 from ..errors import UserError
 from . import place
-from .nursery import Client, SpawnFailed
+from .nursery import SpawnFailed
 from .runner import Runner
 from .store import Claim, Guarded
 from .trace import Timeline
 
 if TYPE_CHECKING:
+    from .seams import Nursery
     from .workers import Options
 
 
@@ -47,7 +48,7 @@ class Slot:
 
 
 class Attempts:
-    def __init__(self, options: Options, store: Guarded, runner: Runner, nursery: Client, timeline: Timeline,
+    def __init__(self, options: Options, store: Guarded, runner: Runner, nursery: Nursery, timeline: Timeline,
                  marker: str, host: str, holder: str, broken: Callable[[str], None],
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self.o = options

@@ -27,7 +27,8 @@ class Beat(NamedTuple):
 
 
 class Leases:
-    def __init__(self, lease: float, tell: Callable[[float], None]) -> None:
+    def __init__(self, lease: float, tell: Callable[[float], None], clock: Callable[[], float] = boottime) -> None:
+        self.clock = clock  # CLOCK_BOOTTIME
         self.lease = lease
         self.margin = min(lease / 4, 5.0)
         self.give_up_at = float("inf")
@@ -46,7 +47,7 @@ class Leases:
         return True
 
     def heartbeat(self, store: Guarded, holder: str, slots: list[Slot]) -> Optional[Beat]:
-        sent = boottime()
+        sent = self.clock()
         renewed = store.heartbeat(holder, self.lease)
         if renewed < 0:  # the store failed: nothing was renewed, so the give-up deadline stays where it is
             return None

@@ -42,6 +42,7 @@ import sys
 import time
 
 from ..errors import CANNOT_EXECUTE, FAILED, KILLED, NO_NAMESPACE, NOT_FOUND
+from ..proc.children import Wakeups, end_child, wait_child
 from ..proc.procs import reap_exited
 
 TYPE_CHECKING = False
@@ -162,9 +163,8 @@ class Nursery:
         self.env: dict[str, str] = {}  # every task's, sent once (not once a task): a spawn sends what it adds
 
     def serve(self) -> int:
-        wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        wakeups = Wakeups(())  # SIGCHLD alone: a task's exit ends the wait
+        wake_r = wakeups.open()
         outer = int(os.readlink("self", dir_fd=self.outer_proc)) if self.outer_proc is not None else self.me
         send(self.sock, ("hello", self.mode, outer))
         while True:
@@ -180,11 +180,7 @@ class Nursery:
             except InterruptedError:
                 continue
             if wake_r in ready:
-                try:
-                    while os.read(wake_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
+                wakeups.drain()
             if self.sock.fileno() in ready:
                 try:
                     message, fds = receive(self.sock)
@@ -278,10 +274,10 @@ class Nursery:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        from ..proc.stop import stop_job
         from ..proc.tree import Stopper
-        from .reaper import marked
 
-        Stopper(reap=self.reap).stop(marked(self.marker), 0.0)
+        stop_job(self.marker, 0.0, prefix=True, stopper=Stopper(reap=self.reap))
 
 
 class Client:
@@ -302,7 +298,8 @@ class Client:
         self.namespaces = namespaces
         self.hello_wait = hello_wait
         self.sock: Optional[socket.socket] = None
-        self.proc: Any = None  # subprocess.Popen of the nursery
+        self.child = 0  # the process we started (in a namespace, its outer half)
+        self.child_code: Optional[int] = None  # its exit code, once the farm's loop reaped it
         self.mode = ""
         self.pid = 0  # the nursery's, as we see it
         self.queue: list[tuple[Any, ...]] = []
@@ -333,16 +330,19 @@ class Client:
         return self.mode
 
     def _launch(self, mode: str) -> socket.socket:
-        import subprocess
-
         from ..proc import procs
+        from ..proc.spawn import SpawnError, spawn
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self.proc = subprocess.Popen(
-                helper_argv("watchdog_singleton.farm.nursery", mode, str(os.getpid()), str(theirs.fileno()),
-                            self.marker), pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, start_new_session=True, env=procs.clean_environ(dict(os.environ)))
+            argv = helper_argv("watchdog_singleton.farm.nursery", mode, str(os.getpid()), str(theirs.fileno()),
+                               self.marker)
+            self.child = spawn(argv, ".", procs.clean_environ(dict(os.environ)), pass_fds=(theirs.fileno(),),
+                               capture=False, stdio=(-1, -1, None)).pid
+            self.child_code = None
+        except SpawnError as exc:
+            ours.close()
+            raise OSError(errno.ECHILD, f"the farm's nursery process did not start: {exc}") from None
         finally:
             theirs.close()
         return ours
@@ -358,9 +358,8 @@ class Client:
                 return True
             if message is None:  # EOF (no namespace here) or no word in time
                 ours.close()
-                if self.proc.poll() is None:
-                    self.proc.kill()
-                self.proc.wait()
+                end_child(self.child)
+                self.child = 0
                 return False
 
     def fileno(self) -> int:
@@ -451,11 +450,15 @@ class Client:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        if self.proc is not None:
-            try:
-                self.proc.wait(10)
-            except Exception:
-                pass
+        if self.child and self.child_code is None:
+            wait_child(self.child, 10)
+
+    def exited(self, pid: int, code: int) -> bool:
+        """The farm's loop reaped `pid`: whether it was the nursery (its code is kept)."""
+        if not self.child or pid != self.child:
+            return False
+        self.child_code = code
+        return True
 
 
 class SpawnFailed(Exception):

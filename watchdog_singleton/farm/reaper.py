@@ -16,23 +16,7 @@ import os
 import signal
 import sys
 
-from ..proc import procs
-from ..proc.tree import Stopper
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing stays out of the watcher's start
-    from typing import Callable
-
-
-def marked(prefix: str, scan: Callable[[], dict[int, procs.Proc]] = procs.scan) -> Callable[[], dict[int, int]]:
-    """A finder for every live process whose marker starts with `prefix` (all of a farm's tasks)."""
-    me = os.getpid()
-
-    def find() -> dict[int, int]:
-        return {p.pid: p.start for p in scan().values()
-                if p.token is not None and p.token.startswith(prefix) and not p.gone and p.pid != me}
-    return find
-
+from ..proc.stop import stop_job
 
 ALL_CLEAR = b"."  # written by a farm that stopped every marked process itself
 
@@ -53,7 +37,7 @@ def main(argv: list[str]) -> int:
             break
         clear = clear or ALL_CLEAR in data
     if not clear:
-        Stopper().stop(marked(prefix), grace)
+        stop_job(prefix, grace, prefix=True)  # every process of the farm's tasks, by its marker
     return 0
 
 

@@ -19,7 +19,10 @@ paused, has nothing running when another farm may take its tasks. A heartbeat th
 rows than the farm holds means some were taken: those tasks are stopped at once too.
 
 The loop decides when; attempt.py starts and records one attempt of a slot, lease.py keeps
-the give-up deadline and says which slots a heartbeat found taken.
+the give-up deadline and says which slots a heartbeat found taken. It runs on the child-process
+loop the resident supervisor runs on (proc/children.py: the wake-up pipe, signals acted on at the
+loop's top, reaping), and touches the world only through its `Seams` (seams.py: clocks, the
+nursery, spawn, reap, scan, signals, waiting), which tests/fakefarm.py replaces.
 """
 
 from __future__ import annotations
@@ -27,22 +30,23 @@ from __future__ import annotations
 import os
 import select
 import signal
-import subprocess
 import threading
-import time
 from typing import Any, Callable, NamedTuple, Optional
 
 from ..envvars import FARM_ENV, NAMESPACE_ENV
 from ..errors import REQUEUE, SOME_FAILED, STORAGE_FAILED
 from ..proc import procs
-from ..proc.tree import Finder, Stopper
+from ..proc.children import Wakeups
+from ..proc.stop import stop_job
+from ..proc.tree import Stopper
 from . import tasklist as tasklist_mod
 from .attempt import Attempts, Slot
 from .lease import Leases
-from .nursery import Client, boottime, helper_argv
+from .nursery import helper_argv
 from .progress import Progress
-from .reaper import ALL_CLEAR, marked
+from .reaper import ALL_CLEAR
 from .runner import Runner
+from .seams import Seams
 from .store import Guarded, Store
 from .trace import FILE_NAME as TIMELINE_NAME
 from .trace import Timeline
@@ -68,10 +72,11 @@ class Options(NamedTuple):
 
 class Farm:
     def __init__(self, options: Options, store: Store, runner: Runner, marker: str,
-                 echo: Callable[[str], None], warn: Callable[[str], None],
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 echo: Callable[[str], None], warn: Callable[[str], None], seams: Optional[Seams] = None,
                  tty: Optional[bool] = None) -> None:
         self.o = options
+        seams = self.seams = seams or Seams()
+        clock, wall = seams.clock, seams.wall
         self.failure = ""  # the first failure of the farm's database or files: it stops, exit 74
         self.store = Guarded(store, self._broken)
         self.runner = runner
@@ -94,21 +99,23 @@ class Farm:
         env = procs.clean_environ(dict(os.environ))
         env[FARM_ENV] = options.workdir
         self.env = env
-        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self.reaper: Optional[subprocess.Popen[bytes]] = None
+        self.wakeups = Wakeups((signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+        self.stopper = Stopper(send=seams.send, clock=clock, sleep=seams.sleep)
+        self.reaper = 0  # the watcher's pid, where there is no PID namespace
+        self.reaper_code: Optional[int] = None
         self.reaper_w: Optional[int] = None
         self.list_stat: tuple[int, int] = (0, 0)
-        self.nursery = Client(self.marker, namespaces=os.environ.get(NAMESPACE_ENV, "1") != "0")
+        self.nursery = seams.nursery(self.marker, os.environ.get(NAMESPACE_ENV, "1") != "0")
         self.attempts = Attempts(options, self.store, runner, self.nursery, self.timeline, self.marker,
                                  self.host, self.holder, self._broken, clock=clock, wall=wall)
         self.by_seq = self.attempts.by_seq  # the same dict: _reap and _stop_slot follow the nursery's events
-        self.leases = Leases(options.lease, tell=self.nursery.renew)
+        self.leases = Leases(options.lease, tell=self.nursery.renew, clock=seams.lease_clock)
 
     # -- the lifecycle ------------------------------------------------------------------
     def run(self) -> int:
         self.nursery.launch()  # it boots while we sweep (no task starts before both are done)
         # Our host lock is held: any farm of this folder on this host that left tasks is dead.
-        Stopper().stop(marked(self.host_marker), self.o.grace)
+        stop_job(self.host_marker, self.o.grace, prefix=True, scan=self.seams.scan, stopper=self.stopper)
         back = self.store.sweep(dead_holder_prefix=self.farm_prefix, alive=self.holder)
         if back:
             self.warn(f"farm: {len(back)} task(s) of a farm that died went back to todo")
@@ -118,14 +125,13 @@ class Farm:
                 self.warn("farm: no PID namespace on this host: a killed farm's tasks are stopped by its watcher, "
                           "which cannot find processes that cleared their environment")
             self._start_reaper()
-        old = self._install_signals()
+        self.wakeups.open()
         try:
             return self._loop()
         finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
-            signal.set_wakeup_fd(-1)
-            left = Stopper().stop(marked(self.marker), self.o.grace)  # leftovers of finished tasks
+            self.wakeups.restore()  # the signals are the default's again while the rest is stopped
+            left = stop_job(self.marker, self.o.grace, prefix=True, scan=self.seams.scan,
+                            stopper=self.stopper).left  # what finished tasks left running
             self.nursery.close()  # in a namespace: what hid from the marker goes with it
             if self.reaper_w is not None:
                 if not left:  # nothing marked is left to fork more: the watcher need not scan again
@@ -134,14 +140,10 @@ class Farm:
                     except OSError:
                         pass
                 os.close(self.reaper_w)  # the reaper exits
-            if self.reaper is not None:
-                try:
-                    self.reaper.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass
+            if self.reaper and self.reaper_code is None:
+                self.seams.wait_child(self.reaper, 5)
             self.timeline.close()
-            os.close(self.wake_r)
-            os.close(self.wake_w)
+            self.wakeups.close()
 
     def _loop(self) -> int:
         began = self.clock()
@@ -151,10 +153,11 @@ class Farm:
         next_progress = began
         idle_until = 0.0
         self.list_stat = self._stat_list()
-        self.leases.renewed(boottime())
+        self.leases.renewed(self.seams.lease_clock())
         while True:
-            self._drain_wake()
-            if self.leases.overdue(boottime()):  # before anything else
+            self.wakeups.drain()
+            self._take_signals()
+            if self.leases.overdue(self.seams.lease_clock()):  # before anything else
                 self._lapse(self.slots, "the farm could not renew its leases in time")
             self._reap()
             if self._finish_slots():
@@ -210,7 +213,7 @@ class Farm:
                 self.progress.update(self.store.stats(), force=True)
             deadlines = [s.deadline for s in self.slots if s.deadline and s.stopper is None]
             self._wait(min(next_beat, next_progress, *deadlines, idle_until if idle_until > now else next_beat,
-                           now + self.leases.give_up_at - boottime()) - self.clock())
+                           now + self.leases.give_up_at - self.seams.lease_clock()) - self.clock())
 
     # -- leases -------------------------------------------------------------------------
     def _heartbeat(self) -> None:
@@ -242,12 +245,12 @@ class Farm:
             for slot in self.by_seq.values():
                 slot.code = -signal.SIGKILL
             self.by_seq.clear()
-        for pid, code in procs.reap_exited():
-            if self.reaper is not None and pid == self.reaper.pid:
-                self.reaper.returncode = code
+        for pid, code in self.seams.reap():
+            if self.reaper and pid == self.reaper:
+                self.reaper_code = code
                 self.warn("farm: the watcher process died: a SIGKILL of this farm would leave tasks running")
-            elif self.nursery.proc is not None and pid == self.nursery.proc.pid:
-                self.nursery.proc.returncode = code
+            else:
+                self.nursery.exited(pid, code)
 
     def _spawned(self, event: tuple[Any, ...]) -> None:
         """A task started (its pid), could not start (its code) or ended (its code)."""
@@ -280,14 +283,17 @@ class Farm:
             if answer is not None:
                 self._spawned(answer)
         root = self.nursery.outer(slot.pid) if slot.pid else None
-        finder = Finder(slot.token, roots=lambda: (root,) if root else ())
         wait = self.o.grace if grace is None else grace
 
         def stop() -> None:
-            Stopper().stop(finder, wait)
-            self._wake()
+            stop_job(slot.token, wait, roots=lambda: (root,) if root else (), scan=self.seams.scan,
+                     stopper=self.stopper)
+            self.wakeups.wake()
         slot.stopper = threading.Thread(target=stop, name=f"stop-{slot.number}", daemon=True)
-        slot.stopper.start()
+        if self.seams.threads:
+            slot.stopper.start()
+        else:
+            slot.stopper.run()  # at once; a thread never started is not alive
 
     def _stop_all(self, outcome: str) -> None:
         for slot in self.slots:
@@ -301,49 +307,33 @@ class Farm:
             self.failure = message
             self.stop_reason = self.stop_reason or message
 
-    def _install_signals(self) -> dict[int, Any]:
-        def on_stop(signum: int, _frame: object) -> None:
+    def _take_signals(self) -> None:
+        for sig in self.wakeups.take():
             if not self.stop_reason:
-                self.stop_reason = f"{procs.SIGNAL_NAMES.get(signum, signum)} received"
-        old: dict[int, Any] = {}
-        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            old[sig] = signal.signal(sig, on_stop)
-        old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        return old
+                self.stop_reason = f"{procs.SIGNAL_NAMES.get(sig, sig)} received"
 
     def _start_reaper(self) -> None:
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
             argv = helper_argv("watchdog_singleton.farm.reaper", self.marker, str(self.o.grace))
-            self.reaper = subprocess.Popen(argv, stdin=r, stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
-                                           env=procs.clean_environ(dict(os.environ)))
+            self.reaper = self.seams.spawn(argv, ".", procs.clean_environ(dict(os.environ)), capture=False,
+                                           stdio=(r, -1, -1)).pid
         finally:
             os.close(r)
         self.reaper_w = w
 
     # -- waiting and the list -----------------------------------------------------------
-    def _wake(self) -> None:
-        try:
-            os.write(self.wake_w, b"!")
-        except BlockingIOError:
-            pass
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self.wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
     def _wait(self, seconds: float) -> None:
-        if seconds > 0:
-            try:
-                watch = [self.wake_r] if self.nursery.gone else [self.wake_r, self.nursery.fileno()]
-                select.select(watch, [], [], min(seconds, IDLE_POLL))
-            except InterruptedError:
-                pass
+        if seconds <= 0:
+            return
+        if self.seams.wait is not None:
+            self.seams.wait(min(seconds, IDLE_POLL))
+            return
+        try:
+            watch = [self.wakeups.read_fd] if self.nursery.gone else [self.wakeups.read_fd, self.nursery.fileno()]
+            select.select(watch, [], [], min(seconds, IDLE_POLL))
+        except InterruptedError:
+            pass
 
     def _stat_list(self) -> tuple[int, int]:
         try:

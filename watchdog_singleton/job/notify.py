@@ -223,12 +223,13 @@ def run_hook(payload: dict[str, Any], env: dict[str, str], timeout: float) -> st
 
 def stop_tree(token: str, pid: int, poll: Callable[[], object]) -> None:
     """SIGTERM to the hook's tree, SIGKILL after STOP_GRACE, rescanning until nothing is left."""
-    from ..proc.tree import Finder, Stopper
+    from ..proc.stop import stop_job
+    from ..proc.tree import Stopper
 
     def reap() -> None:
         poll()  # our child must be reaped to be seen gone
 
-    Stopper(reap=reap).stop(Finder(token, roots=lambda: (pid,)), STOP_GRACE)
+    stop_job(token, STOP_GRACE, roots=lambda: (pid,), stopper=Stopper(reap=reap))
 
 
 def sendmail_program(env: dict[str, str]) -> Optional[str]:

@@ -60,12 +60,15 @@ def close_all_but(keep: tuple[int, ...]) -> None:
 
 
 def spawn(argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, ...] = (),
-          capture: bool = True) -> Spawned:
+          capture: bool = True, stdio: tuple[Optional[int], Optional[int], Optional[int]] = (None, None, None),
+          ) -> Spawned:
     """fork + exec `argv` in a new session, stdin from /dev/null; stdout and stderr on pipes
-    (or inherited when not `capture`); `pass_fds` stay open in the child."""
+    (or inherited when not `capture`); `pass_fds` stay open in the child. `stdio` gives a
+    descriptor for stdin, stdout or stderr instead (-1: /dev/null), for a helper process."""
     pipes = [output_pipe(), output_pipe()] if capture else []
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    given = [null if fd == -1 else fd for fd in stdio]
     program = os.fsencode(argv[0])
     args = [os.fsencode(a) for a in argv]
     envb = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
@@ -75,10 +78,14 @@ def spawn(argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, .
         try:
             os.close(err_r)
             os.setsid()  # its own session: no terminal, one group to signal
-            os.dup2(null, 0)
+            os.dup2(null if given[0] is None else given[0], 0)
             if pipes:
                 os.dup2(pipes[0][1], 1)
                 os.dup2(pipes[1][1], 2)
+            for target in (1, 2):
+                fd = given[target]
+                if fd is not None and not pipes:
+                    os.dup2(fd, target)
             close_all_but(tuple(pass_fds) + (err_w,))  # err_w closes itself at exec
             for fd in pass_fds:
                 os.set_inheritable(fd, True)

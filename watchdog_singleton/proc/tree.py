@@ -1,7 +1,10 @@
 """A job's process tree: which processes belong to it, and stopping them until none is left.
 
-Every stop path uses this module: the supervisor's leftovers and shutdown, `stop`, `restart`,
-`uninstall`, the launcher's debris sweep, timeouts. A process belongs to job T when:
+This is the mechanism; which processes a caller stops, who goes first and with what grace is the
+policy, `stop.stop_job()`, which every stop path goes through (the supervisor's leftovers and
+shutdown, `stop`, `restart`, `uninstall`, the launcher's debris sweep, timeouts, the farm's slots
+and its watcher; the cluster watcher drives the Stopper with a finder of its own). A process
+belongs to job T when:
 - its environment carries T's token (inherited through fork, setsid and exec alike, so a
   double-forked grandchild is found even after its supervisor died), or
 - it descends from one of the job's roots (its supervisor, its daemon) through processes that
@@ -35,13 +38,15 @@ CONFIRM_PAUSE = 0.005
 
 
 def members(table: dict[int, Proc], token: str, roots: Iterable[int] = (),
-            exclude: Iterable[int] = (), marked: bool = True) -> dict[int, int]:
+            exclude: Iterable[int] = (), marked: bool = True, prefix: bool = False) -> dict[int, int]:
     """pid -> start of every live process of the job with `token` (see the module docstring).
     Without `marked`, only what descends from `roots`: a supervisor that steps down as a
-    duplicate stops its own descendants, not the other supervisor's, which carry the same token."""
+    duplicate stops its own descendants, not the other supervisor's, which carry the same token.
+    With `prefix`, every process whose token starts with `token` (all of a farm's tasks)."""
     found: dict[int, int] = {}
     for info in table.values():
-        if marked and info.token == token and not info.gone:
+        if marked and info.token is not None and not info.gone and (
+                info.token.startswith(token) if prefix else info.token == token):
             found[info.pid] = info.start
     children: dict[int, list[int]] = {}
     for info in table.values():
@@ -67,15 +72,19 @@ class Finder:
 
     def __init__(self, token: str, roots: Callable[[], Iterable[int]] = tuple,
                  scan: Callable[[], dict[int, Proc]] = procs.scan, exclude_self: bool = True,
-                 marked: bool = True) -> None:
+                 marked: bool = True, prefix: bool = False) -> None:
         self.token = token
         self.roots = roots
         self.scan = scan
         self.exclude = (os.getpid(),) if exclude_self else ()
         self.marked = marked
+        self.prefix = prefix  # every token that starts with `token`: the farm's finder
 
     def __call__(self) -> dict[int, int]:
-        return members(self.scan(), self.token, self.roots(), self.exclude, self.marked)
+        return self.members(self.scan())
+
+    def members(self, table: dict[int, Proc]) -> dict[int, int]:
+        return members(table, self.token, self.roots(), self.exclude, self.marked, self.prefix)
 
 
 class Stopper:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from ..errors import CANNOT_EXECUTE
 from ..proc import procs, tree
 from ..proc.spawn import SpawnError
+from ..proc.stop import stop_job
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -163,7 +164,7 @@ class Child:
         if self.termed_at is not None:  # its grace began then, beside the other jobs'
             grace = max(0.0, grace - (self.seams.clock() - self.termed_at))
             self.termed_at = None
-        survivors = self.stopper.stop(self.finder(job), grace, on_first=say)
+        survivors = stop_job(job.lock_path, grace, find=self.finder(job), stopper=self.stopper, on_first=say).left
         if survivors:
             note(f"pids {sorted(survivors)} survived SIGKILL (stuck in the kernel?)")
         for pid, _code in self.seams.reap():
@@ -172,4 +173,4 @@ class Child:
 
     def step_down(self, job: Job) -> None:
         """A duplicate supervisor leaves: only its own descendants go (they carry no mark yet)."""
-        self.stopper.stop(self.finder(job, marked=False), job.grace)
+        stop_job(job.lock_path, job.grace, find=self.finder(job, marked=False), stopper=self.stopper)

@@ -17,11 +17,11 @@ re-parent here; every process of the tree carries the job's token, which finds t
 daemon inherits the lock's descriptor: while any copy runs the lock stays held, even if the
 supervisor is SIGKILLed.
 
-This module is the loop: signals and wake-ups (`io`), the output pump, the lock watch
-(`lockwatch`), the state file's healing, re-reading the definition. What happens to the daemon is
-its `Lifecycle` (`life`): the phases, each start and exit, stopping the tree (through
-`child.Child`). What to do after an exit, a periodic run or at the lease gate is
-decided by small objects that touch nothing (`decisions.RestartPolicy`,
+This module is the loop: signals and wake-ups (`proc.children.Wakeups`, the child-process loop
+the farm runs on too), the output pump, the lock watch (`lockwatch`), the state file's healing,
+re-reading the definition. What happens to the daemon is its `Lifecycle` (`life`): the phases,
+each start and exit, stopping the tree (through `child.Child`). What to do after an exit, a
+periodic run or at the lease gate is decided by small objects that touch nothing (`decisions.RestartPolicy`,
 `periodic_plan.PeriodicPlan`, `lease_gate.LeaseGate`). Everything touched of the world
 goes through `Seams` (`seams`: clocks, spawn, the process table, reaping, signals,
 /proc, the job's definition on disk, folders, log files, stderr), which the fake world replaces.
@@ -33,10 +33,11 @@ import _signal
 
 from ..errors import UserError
 from ..job.daemonenv import daemon_env
+from ..proc.children import Wakeups
 from ..state.phases import Phase
 from ..state.store import CARRIED, RunState, StateKeeper
 from .decisions import BURST, restart_delay
-from .io import Output, Wakeups
+from .io import Output
 from .life import Lifecycle
 from .lockwatch import DUPLICATE, LockWatch
 from .pump import OutputPump
@@ -56,8 +57,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     Ready = Callable[[Optional[str]], None]
 
 __all__ = ["BURST", "Seams", "Supervisor", "daemon_env", "first_state", "restart_delay"]
-SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGUSR2 = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGCHLD,
-                                             _signal.SIGUSR2)
+SIGTERM, SIGINT, SIGHUP, SIGUSR2 = _signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGUSR2
 
 
 def first_state(job: Job, seams: Seams, adhoc: bool, history: Optional[dict[str, Any]]) -> RunState:
@@ -97,7 +97,7 @@ class Supervisor:
         # Claim the job before anything else: a launcher that finds a fresh lock file (the old
         # one deleted) sees this live supervisor and leaves.
         self.keeper.save()
-        self.wakeups = wakeups or Wakeups()  # the shared resident's, opened by it
+        self.wakeups = wakeups or Wakeups((SIGTERM, SIGINT, SIGHUP, SIGUSR2))  # the shared resident's, opened by it
         self._healed_at = 0.0
         self.life = Lifecycle(job, self.state, self.keeper, self.output, seams, fds=lock.inheritable_fds,
                               wake=self.wakeups.wake, passthrough=passthrough, inherit_env=inherit_env, ready=ready,
@@ -198,8 +198,7 @@ class Supervisor:
         return code
 
     def _handle_events(self) -> None:
-        while self.wakeups.signals:
-            sig = self.wakeups.signals.pop(0)
+        for sig in self.wakeups.take():
             if sig in (SIGTERM, SIGINT):
                 self.life.stopping = True
             elif sig == SIGHUP:  # files moved or deleted (logrotate, a /tmp cleaner): look again

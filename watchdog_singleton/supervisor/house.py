@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import _signal
 
+from ..proc.children import Wakeups
 from ..state.phases import Phase
 from .core import Supervisor
-from .io import Wakeups
 from .pump import OutputPump, PumpShare
 from .seams import Seams
 
@@ -60,7 +60,7 @@ class House:
         self.store = store
         self.seams = seams or Seams()
         self.socket_path = socket_path
-        self.wakeups = Wakeups()
+        self.wakeups = Wakeups((SIGTERM, SIGINT, SIGHUP, SIGUSR2))
         self.members: dict[str, Member] = {}
         self.requests: list[Callable[[], None]] = []  # from the socket, acted on between turns
         self.failures: list[str] = []  # "NAME: what went wrong", for the tests and the log
@@ -163,8 +163,7 @@ class House:
         return list(self.members.values())
 
     def _signals(self) -> None:
-        while self.wakeups.signals:
-            sig = self.wakeups.signals.pop(0)
+        for sig in self.wakeups.take():
             for member in self._each():
                 if sig in (SIGTERM, SIGINT):
                     member.sup.request_stop()

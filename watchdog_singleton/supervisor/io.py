@@ -1,12 +1,9 @@
-"""The supervisor's input and output besides the daemon's tree: its wake-ups (signals, and a
-self-pipe anything may write to), and its log: the daemon's stdout and stderr sinks, with the
-supervisor's own notes in the stderr log (kept until the sinks exist, written once they do).
-Passthrough runs (`run -- COMMAND` on a terminal) have no sinks and write no notes."""
+"""The supervisor's output besides the daemon's tree: its log, the daemon's stdout and stderr
+sinks, with the supervisor's own notes in the stderr log (kept until the sinks exist, written once
+they do). Passthrough runs (`run -- COMMAND` on a terminal) have no sinks and write no notes. What
+wakes the supervisor (signals, a self-pipe) is the child-process loop's (`proc.children.Wakeups`)."""
 
 from __future__ import annotations
-
-import _signal
-import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -91,40 +88,3 @@ class Output:
             self.out.close()
             self.err.close()
 
-
-class Wakeups:
-    """What wakes the supervisor's loop: the signals it handles (kept in `signals` for the loop to
-    act on), and `wake()` from anywhere (a log with room again, the lease's renew thread), both
-    through one self-pipe whose read end the output pump polls."""
-
-    HANDLED = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGCHLD, _signal.SIGUSR2)
-
-    def __init__(self) -> None:
-        self.signals: list[int] = []
-        self.read_fd = self.write_fd = -1  # no pipe yet: `wake` does nothing
-        self._old_wakeup = -1
-        self._old_handlers: dict[int, object] = {}
-
-    def open(self) -> int:
-        """Catch the signals; returns the pipe's read end."""
-        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._old_wakeup = _signal.set_wakeup_fd(self.write_fd)
-        self._old_handlers = {sig: _signal.signal(sig, self._on_signal) for sig in self.HANDLED}
-        return self.read_fd
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.signals.append(signum)
-
-    def wake(self) -> None:
-        try:
-            os.write(self.write_fd, b"\0")
-        except OSError:
-            pass  # the pipe is full (the loop wakes anyway), or not open yet
-
-    def close(self) -> None:
-        _signal.set_wakeup_fd(self._old_wakeup)
-        for sig, handler in self._old_handlers.items():
-            _signal.signal(sig, handler)
-        for fd in (self.read_fd, self.write_fd):
-            os.close(fd)
-        self.read_fd = self.write_fd = -1

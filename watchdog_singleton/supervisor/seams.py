@@ -10,6 +10,7 @@ import time
 from ..files import ensure_dir
 from ..job.model import JobStore
 from ..proc import procs
+from ..proc.children import has_children
 from ..proc.spawn import spawn
 from .logsink import LogSink
 
@@ -19,17 +20,6 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 
     from ..job.model import Job
     from ..proc.spawn import Spawned
-
-
-def has_children() -> bool:
-    """Whether the supervisor has any child left, living or exited and not yet reaped (WNOWAIT:
-    nothing is reaped here). A subreaper with none has no descendant: every one left when its
-    parent died would have become its child."""
-    try:
-        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return False
-    return True
 
 
 def load_job(root: str, name: str) -> Optional[Job]:

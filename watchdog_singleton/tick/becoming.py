@@ -5,18 +5,9 @@ from __future__ import annotations
 
 import os
 
-PR_SET_CHILD_SUBREAPER = 36
+from ..proc.children import become_subreaper
 
-
-def become_subreaper() -> bool:
-    """Orphans of the tree re-parent to us instead of init; the setting survives exec."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
+__all__ = ["become_subreaper", "memfd_of"]
 
 
 def memfd_of(hand_over: dict[str, object]) -> int:

@@ -208,15 +208,16 @@ def claim(job: Job, states: StateStore, state: Optional[RunState]) -> None:
 def clear_debris(job: Job) -> None:
     """End what is left of a dead tree (its daemon and supervisor both gone), so that it cannot
     run beside the new copy; its processes carry the job's token in their environment."""
-    from ..proc.tree import Finder, Stopper
+    from ..proc.stop import stop_job
 
-    Stopper().stop(Finder(job.lock_path), job.grace)
+    stop_job(job.lock_path, job.grace)
 
 
 # The resident supervisor is a fresh interpreter that loads only what supervising needs
 # (the launcher's checks load much more): python -I -S -c BOOT PACKAGE_PARENT --state-dir ROOT NAME FD
 BOOT = ("import sys; sys.path.append(sys.argv[1]); from watchdog_singleton.supervisor.resident import main; "
         "sys.exit(main(sys.argv[2:]))")
+
 
 def exec_supervisor(job: Job, lock: FlockLock, root: str, adhoc: bool, passthrough: bool,
                     ready_fd: Optional[int], history: dict[str, object]) -> None:

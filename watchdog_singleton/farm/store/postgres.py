@@ -1,6 +1,6 @@
 """The store in PostgreSQL: farms on several nodes share one list (`--db postgresql://...`).
 
-The same states and rules as the SQLite store (see store.py); claims use
+The same states and rules as the SQLite store (see __init__.py, sqlite.py); claims use
 `FOR UPDATE SKIP LOCKED`, so farms never wait on each other's rows, and every lease time is the
 server's clock, so nodes whose clocks disagree still agree on when a lease ran out. One list
 per database (or per user's search_path schema): the table is `farm_tasks`, and a farm uses it
@@ -16,16 +16,16 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
-from ..cluster import redact
-from ..cluster.postgres import connect, statement_timeout
-from ..errors import UserError
-from .store import FAILED_STATE, FINISHED, LOST_LIMIT, STATES, TODO, Claim, Row, StoreError
-from .tasklist import Task
+from ...cluster import redact
+from ...cluster.postgres import close_quietly, connect, statement_timeout
+from ...errors import UserError
+from ..tasklist import Task
+from . import FAILED_STATE, FINISHED, LOST_LIMIT, STATES, TODO, Claim, Row, StoreError
 
 NOW = "extract(epoch FROM clock_timestamp())::float8"  # every lease time is the server's clock
 ADD_TIMEOUT = 60.0  # one batch of 5000 new tasks: a bulk statement, bounded more loosely than the rest
 
-# Every statement of the PostgreSQL engine, by name (the same names as store.py's SQLite ones
+# Every statement of the PostgreSQL engine, by name (the same names as sqlite.py's
 # where the step is the same). `%s` are parameters.
 SQL = {
     "schema": """
@@ -218,9 +218,5 @@ class PgStore:
         return [Row(*r) for r in self._q(SQL["rows"]).fetchall()]
 
     def close(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:  # closing a broken connection: nothing more to do  # noqa: BLE001
-                pass
-            self.conn = None
+        close_quietly(self.conn)
+        self.conn = None

@@ -1,5 +1,5 @@
-"""Which store `--db` names: the one place that knows both engines (store.py: SQLite and the
-interface; pgstore.py: PostgreSQL), so that neither engine module imports the other.
+"""Which store `--db` names: the one place that knows both engines (sqlite.py, postgres.py; the
+interface is __init__.py), so that neither engine module imports the other.
 """
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from ..errors import UserError
-from .store import SqliteStore, Store, check_sqlite_files, sqlite_path
+from ...errors import UserError
+from . import Store
+from .sqlite import SqliteStore, check_sqlite_files, sqlite_path
 
 
 def is_postgres(db: Optional[str]) -> bool:
@@ -23,7 +24,7 @@ def check_place(db: Optional[str], workdir: str) -> None:
     if path == ":memory:":
         return
     check_sqlite_files(path)
-    from ..lock.flock import filesystem_type
+    from ...lock.flock import filesystem_type
 
     fs = filesystem_type(path)
     if fs:
@@ -36,7 +37,7 @@ def open_store(db: Optional[str], workdir: str, create: bool = True, lease: floa
     default farm.sqlite in the work folder; SQLite is refused on a network file system, and a
     database, or folder, that is not the user's alone is refused everywhere."""
     if is_postgres(db):
-        from .pgstore import PgStore
+        from .postgres import PgStore
 
         assert db is not None
         store: Store = PgStore(db, lease=lease)
