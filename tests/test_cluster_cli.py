@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
-from conftest import Sandbox
+from conftest import QUIET_SCHEDULE, Sandbox
 
 from watchdog_singleton import config
 from watchdog_singleton.cluster import Timing
@@ -113,7 +113,8 @@ def test_a_cluster_job_without_psycopg_is_refused_in_one_line(sandbox: Sandbox) 
     assert (proc.returncode, proc.stderr) == (2, f"watchdog-singleton: {NEED_PSYCOPG}\n")
     assert sandbox.crontab() == before and not os.path.exists(os.path.join(sandbox.state_root, "jobs", f"{name}.json"))
     # The same interpreter without a cluster needs no driver.
-    proc = sandbox.run_as([sys.executable, "-c", script, "install", name, "--no-start", *CMD])
+    proc = sandbox.run_as([sys.executable, "-c", script, "install", name, "--no-start", "--schedule", QUIET_SCHEDULE,
+                           *CMD])
     assert proc.returncode == 0, proc.stderr
 
 

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 import pytest
-from conftest import Sandbox, pids_with_arg, wait_for
+from conftest import QUIET_SCHEDULE, Sandbox, pids_with_arg, wait_for
 from docskit import docs_text
 
 from watchdog_singleton import config
@@ -157,10 +157,12 @@ def sleeper(name: str) -> str:
     return f'command = ["/usr/bin/python3", "-c", "{SLEEP}", "m-{name}"]\n'
 
 
-def write_file(box: Sandbox, text: str, name: str = "jobs.toml") -> str:
+def write_file(box: Sandbox, text: str, name: str = "jobs.toml", quiet: bool = True) -> str:
+    """The file, with [defaults] of quick starts and (`quiet`) a schedule cron does not fire mid-test."""
     path = box.path(name)
     with open(path, "w") as fh:
-        fh.write("[defaults]\nsettle = 0.3\ngrace = 2\n\n" + text)
+        quiet_line = f'schedule = "{QUIET_SCHEDULE}"\n' if quiet else ""
+        fh.write("[defaults]\nsettle = 0.3\ngrace = 2\n" + quiet_line + "\n" + text)
     os.chown(path, box.user.uid, box.user.gid)
     return path
 
@@ -207,17 +209,19 @@ def test_apply_twice_changes_nothing_the_second_time(sandbox: Sandbox) -> None:
     assert pids_with_arg(f"m-{a}", sandbox.user.uid) == [pid] and pids_with_arg(f"m-{b}", sandbox.user.uid) == []
 
 
+@pytest.mark.cron_ticks  # a period is its own schedule (every minute in the crontab); all its jobs run
 def test_export_then_apply_is_a_no_op(sandbox: Sandbox) -> None:
     a, p, hand = sandbox.job("a"), sandbox.job("p"), sandbox.job("hand")
     sandbox.ok("install", hand, "--grace", "4", "--env", "K=v w", "--", "/usr/bin/python3", "-c", SLEEP, f"m-{hand}")
     path = write_file(sandbox, f"[jobs.{a}]\n{sleeper(a)}restart = \"on-failure\"\nlog_backups = 5\n"
-                               f"[jobs.{p}]\ncommand = \"/bin/true\"\nperiod = 120\ntimeout = 30\nenable = false\n")
+                               f"[jobs.{p}]\ncommand = \"/bin/true\"\nperiod = 120\ntimeout = 30\nenable = false\n",
+                      quiet=False)
     sandbox.ok("apply", path)
     pids = (pid_of(sandbox, a), pid_of(sandbox, hand))
     exported = sandbox.ok("export").stdout
     assert f"[jobs.{a}]" in exported and "period = 120" in exported
     before = snapshot(sandbox)
-    out = write_file(sandbox, "", "exported.toml")
+    out = write_file(sandbox, "", "exported.toml", quiet=False)
     with open(out, "w") as fh:
         fh.write(exported)
     again = sandbox.ok("apply", out)
@@ -288,10 +292,11 @@ BAD_FILES = [
 ]
 
 
+@pytest.mark.cron_ticks  # its bad files set period and schedule themselves; every job it applies runs
 def test_every_kind_of_bad_file_changes_nothing_and_names_file_line_job_key(sandbox: Sandbox) -> None:
     good, bad, hand = sandbox.job("good"), sandbox.job("bad"), sandbox.job("hand")
     sandbox.ok("install", hand, "--no-start", "--", "/bin/sleep", "1000")
-    path = write_file(sandbox, f"[jobs.{good}]\n{sleeper(good)}\n[jobs.{bad}]\n{sleeper(bad)}\n")
+    path = write_file(sandbox, f"[jobs.{good}]\n{sleeper(good)}\n[jobs.{bad}]\n{sleeper(bad)}\n", quiet=False)
     sandbox.ok("apply", path)
     pids = (pid_of(sandbox, good), pid_of(sandbox, bad))
     before = snapshot(sandbox)
@@ -314,7 +319,7 @@ def test_every_kind_of_bad_file_changes_nothing_and_names_file_line_job_key(sand
          "job two\\nlines: job name 'two\\nlines' contains a newline"),
     ]
     for what, text, needle in cases:
-        write_file(sandbox, text)
+        write_file(sandbox, text, quiet=False)
         proc = sandbox.ws("apply", path)
         assert proc.returncode == 2, (what, proc.returncode, proc.stdout, proc.stderr)
         lines = proc.stderr.splitlines()

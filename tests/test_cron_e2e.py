@@ -30,7 +30,7 @@ class CronStarted(TypedDict):
 
 @pytest.fixture(scope="module")
 def cron_started(test_user: UnprivilegedUser, cron_daemon: None) -> Iterator[CronStarted]:
-    box = make_sandbox(test_user, "cron_e2e")
+    box = make_sandbox(test_user, "cron_e2e", ticks=True)
     daemon = box.write_helper("argv_daemon.py")
     plain, tricky, pathy = box.job("plain"), box.job("tricky"), box.job("pathy")
     # A program found only through the install-time PATH, which itself calls a second program

@@ -18,7 +18,16 @@ import threading
 from typing import Any, Iterator
 
 import pytest
-from conftest import TEST_USER, Sandbox, UnprivilegedUser, ensure_user, make_sandbox, pids_with_arg, wait_for
+from conftest import (
+    QUIET_SCHEDULE,
+    TEST_USER,
+    Sandbox,
+    UnprivilegedUser,
+    ensure_user,
+    make_sandbox,
+    pids_with_arg,
+    wait_for,
+)
 
 from watchdog_singleton.commands.common import Context
 from watchdog_singleton.commands.status import _state_word
@@ -272,7 +281,8 @@ def test_a_json_py_in_crons_working_folder_does_not_break_the_launcher(own: Sand
             f.write(f"raise SystemExit('the stdlib {module} was shadowed')\n")
     name = own.job("shadow")
     env = own.env({"HOME": home})
-    proc = own.run_as([CONSOLE_SCRIPT, "install", name, "--no-start", "--", "/bin/sleep", "1000"], env=env, cwd=home)
+    proc = own.run_as([CONSOLE_SCRIPT, "install", name, "--no-start", "--schedule", QUIET_SCHEDULE, "--", "/bin/sleep",
+                       "1000"], env=env, cwd=home)
     assert proc.returncode == 0, proc
     fire_tick_in(own, name, home)
     pid = running_pid(own, name)
@@ -305,6 +315,7 @@ def test_a_hand_commented_line_shows_disabled_and_start_puts_a_working_line_back
     assert "running (no cron line)" in table_row(own, name)
 
 
+@pytest.mark.cron_ticks  # the default every-minute schedule is one of the cases; a tick only starts it early
 def test_an_at_word_schedule_with_restart_always_warns_at_install(sandbox: Sandbox) -> None:
     name = sandbox.job("daily")
     proc = sandbox.ok("install", name, "--no-start", "--schedule", "@daily", "--", "/bin/sleep", "1000")

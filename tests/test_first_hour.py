@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from conftest import Sandbox, holds_for, is_zombie, pids_with_arg, wait_for
+from conftest import QUIET_SCHEDULE, Sandbox, holds_for, is_zombie, pids_with_arg, wait_for
 
 
 def alive(pid: int) -> bool:
@@ -78,8 +78,7 @@ def test_install_of_a_command_that_dies_at_once_exits_1_with_its_code(sandbox: S
 
 def test_start_says_who_holds_the_lock_when_an_orphan_does(sandbox: Sandbox) -> None:
     name = sandbox.job("held")
-    # A schedule cron will not fire during the test: a tick must not start it before the orphan holds the lock.
-    sandbox.ok("install", name, "--no-start", "--schedule", "0 0 1 1 *", "--", "/bin/sleep", "1006")
+    sandbox.ok("install", name, "--no-start", "--", "/bin/sleep", "1006")  # the sandbox's quiet schedule: no tick
     lock = sandbox.status(name)["lock_path"]
     holder = subprocess.Popen(["flock", lock, "/bin/sleep", "1007"], env=sandbox.env(), cwd=sandbox.dir,
                               **sandbox.user.popen_kwargs())
@@ -98,8 +97,8 @@ def test_a_job_installed_from_inside_another_jobs_tree_survives_that_jobs_restar
     a, b = sandbox.job("outer"), sandbox.job("inner")
     done = sandbox.path("b-installed")
     ws = f"{sys.executable} -m watchdog_singleton"
-    script = (f"[ -e {done} ] || {{ {ws} install {b} -- /bin/sleep 1009 && touch {done}; }}; "
-              "exec /bin/sleep 1008")
+    script = (f"[ -e {done} ] || {{ {ws} install {b} --schedule {QUIET_SCHEDULE} -- /bin/sleep 1009 "
+              f"&& touch {done}; }}; exec /bin/sleep 1008")
     sandbox.ok("install", a, "--env", f"XDG_STATE_HOME={sandbox.state_home}", "--", "/bin/sh", "-c", script)
     wait_for(lambda: os.path.exists(done), 30, what="job B to be installed from inside job A")
     [b_daemon] = pids_with_arg("1009", sandbox.user.uid)

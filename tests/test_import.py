@@ -209,6 +209,7 @@ def taken_over(output: str) -> dict[int, str]:
     return found
 
 
+@pytest.mark.cron_ticks  # every-minute lines are what import takes over; a tick of one meets the lock its copy holds
 def test_import_of_the_seed_line_writes_to_the_same_daemon_out_and_keeps_the_rest_byte_identical(
         sandbox: Sandbox) -> None:
     write_daemon(sandbox)
@@ -248,6 +249,7 @@ def test_import_of_the_seed_line_writes_to_the_same_daemon_out_and_keeps_the_res
     assert taken_over(again.stdout) == {}
 
 
+@pytest.mark.cron_ticks  # every-minute lines are what import takes over; a tick of one meets the lock its copy holds
 def test_import_apply_adopts_a_copy_running_under_the_old_lock_and_never_starts_a_second(
         sandbox: Sandbox) -> None:
     write_daemon(sandbox)

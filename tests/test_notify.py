@@ -185,6 +185,7 @@ def test_a_crash_looping_daemon_mails_once_per_notify_every(sandbox: Sandbox) ->
     sandbox.ok("uninstall", name)
 
 
+@pytest.mark.cron_ticks  # --every: the crontab line only keeps the supervisor alive
 def test_a_failing_periodic_run_calls_the_hook_with_the_jobs_environment_and_the_event(sandbox: Sandbox) -> None:
     name = sandbox.job("perhook")
     out = sandbox.path("hook.env")
@@ -260,6 +261,7 @@ def test_apply_takes_the_keys_also_from_defaults_and_export_writes_them_back(san
     assert proc.returncode == 2 and "key on_failure" in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 
+@pytest.mark.cron_ticks  # an every-minute line is what import takes over
 def test_import_shows_and_keeps_mailto_as_mail(sandbox: Sandbox) -> None:
     daemon = script(sandbox, "d.sh", "exec sleep 1000\n")
     lock = sandbox.tmp_path("notify-imp.lock")

@@ -35,6 +35,7 @@ def recorder(path: str, seconds: float) -> list[str]:
     return ["/bin/sh", "-c", f'echo "S $(date +%s.%N)" >> {path}; sleep {seconds}; echo "E $(date +%s.%N)" >> {path}']
 
 
+@pytest.mark.cron_ticks  # --every: the crontab line only keeps the supervisor alive
 def test_every_5_runs_about_every_5_s_with_no_overlap(sandbox: Sandbox) -> None:
     name = sandbox.job("every5")
     runs = sandbox.path("runs")
@@ -76,6 +77,7 @@ def test_a_periodic_job_runs_from_cron_and_a_slow_run_is_never_joined(sandbox: S
     sandbox.ok("uninstall", name)
 
 
+@pytest.mark.cron_ticks  # --every: the crontab line only keeps the supervisor alive
 def test_a_timeout_kills_the_runs_tree_including_a_setsid_grandchild(sandbox: Sandbox) -> None:
     name = sandbox.job("hang")
     sandbox.ok("install", name, "--every", "60", "--timeout", "2", "--grace", "1", "--",
@@ -119,6 +121,7 @@ def test_the_state_folder_survives_restart_and_reinstall_and_goes_with_purge(san
     assert not os.path.exists(folder)
 
 
+@pytest.mark.cron_ticks  # --every: the crontab line only keeps the supervisor alive
 def test_a_loop_job_with_a_2_s_run_and_a_6_s_period_runs_back_to_back_and_never_skips(sandbox: Sandbox) -> None:
     name = sandbox.job("loop6")
     runs = sandbox.path("runs")

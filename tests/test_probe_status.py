@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from conftest import Sandbox, pids_with_arg, wait_for
 
 
@@ -15,6 +16,7 @@ def _record(sandbox: Sandbox, name: str) -> dict[str, object]:
     return record
 
 
+@pytest.mark.cron_ticks  # --every: the crontab line only keeps the supervisor alive
 def test_a_run_under_a_read_only_state_folder_shows_running_not_waiting(sandbox: Sandbox) -> None:
     name = sandbox.job("ro")
     sandbox.ok("install", name, "--every", "4", "--", "/bin/sleep", "2.000000")  # the argument finds its runs
