@@ -28,7 +28,8 @@ from userkit import poll_until as poll_until
 from userkit import read_bytes, unprivileged_user, user_pids
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HELPERS = os.path.join(HERE, "helpers")
+KITS = os.path.join(HERE, "kits")  # on sys.path (pyproject: pytest pythonpath, mypy_path)
+HELPERS = os.path.join(KITS, "helpers")
 TEST_USER = os.environ.get("WATCHDOG_SINGLETON_TEST_USER", "wstest")
 CRON_MIN_PATH = "/usr/bin:/bin"
 
@@ -222,7 +223,7 @@ class Sandbox:
         return proc
 
     def write_helper(self, name: str) -> str:
-        """Copy tests/helpers/NAME into the sandbox, where the test user can read it."""
+        """Copy tests/kits/helpers/NAME into the sandbox, where the test user can read it."""
         target = self.path(name)
         shutil.copy(os.path.join(HELPERS, name), target)
         os.chown(target, self.user.uid, self.user.gid)

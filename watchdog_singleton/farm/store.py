@@ -2,7 +2,7 @@
 
 One small interface, two backends: SQLite in the work folder (one host; the default; here) and
 PostgreSQL (many hosts, `--db postgresql://...`; pgstore.py); stores.py opens the one `--db`
-names. Both are held to tests/test_farm_store_contract.py. Every change of state is one transaction,
+names. Both are held to tests/contract/test_farm_store_contract.py. Every change of state is one transaction,
 and a running task is named by (id, gen): `gen` grows at each claim, so a farm whose lease
 ran out can never finish or fail a task that another farm holds now.
 
