@@ -241,11 +241,24 @@ class Sandbox:
         os.chown(target, self.user.uid, self.user.gid)
         return target
 
+    def left_installed(self) -> list[str]:
+        """This sandbox's jobs that `uninstall` would find: a definition, a run state or a batch
+        record in the state folder, or a crontab line. For any other, uninstall only says "no such
+        job" (exit 4), so cleanup spares that CLI start (most tests uninstall their own jobs)."""
+        lines = self.crontab()
+        root = self.state_root
+
+        def known(name: str) -> bool:
+            return (f"#watchdog-singleton:{name}\n".encode() in lines
+                    or any(os.path.lexists(os.path.join(root, folder, f"{name}.json")) for folder in ("jobs", "run"))
+                    or os.path.lexists(os.path.join(os.path.dirname(root), "job-state", name, ".batch")))
+        return [name for name in self.jobs if known(name)]
+
     def cleanup(self) -> None:
         if not os.path.isdir(self.dir):
             return  # cleaned up already
         self.note_crontab()
-        for name in self.jobs:
+        for name in self.left_installed():
             self.ws("uninstall", name)
         if self.crontab_before is not None:  # foreign lines a test wrote must not meet the next test
             ours = tuple(f"#watchdog-singleton:{n}".encode() for n in self.jobs)
