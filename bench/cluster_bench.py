@@ -1,7 +1,7 @@
 """Figure 10, cluster jobs (issue 10): python bench/cluster_bench.py [--quick]
 
 Three measurements on a throwaway PostgreSQL (initdb in a temporary folder, like
-tests/pgkit.py), with "hosts" that are this machine with their own state, lock and log folders:
+tests/kits/pgkit.py), with "hosts" that are this machine with their own state, lock and log folders:
 
 (a) the tick of a cluster job, `run NAME --detach --cluster URL ... -- CMD`, on a host whose
     local copy runs (the flock is held: it must cost no database round trip at all) and on a
@@ -73,7 +73,7 @@ PR_SET_CHILD_SUBREAPER = 36
 # -- the throwaway PostgreSQL -------------------------------------------------------------------
 def server_bindir() -> str:
     """The newest installed PostgreSQL server's bin folder; as root, installs Debian's
-    `postgresql` first when there is none (as tests/run.sh and tests/pgkit.py do)."""
+    `postgresql` first when there is none (as tests/run.sh and tests/kits/pgkit.py do)."""
     def newest() -> Optional[str]:
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
         return os.path.dirname(found[-1]) if found else None
@@ -372,7 +372,8 @@ def subreaper_timer() -> None:
 def time_ticks(bench: Bench, commands: dict[str, tuple[list[str], dict[str, str]]], reps: int,
                warmup: int) -> dict[str, list[Sample]]:
     """Run subreaper_timer as the bench user (no fork of this big process per sample)."""
-    for helper in ("harness.py", "figures.py", "cluster_bench.py", os.path.join(os.pardir, "tests", "userkit.py")):
+    userkit = os.path.join(os.pardir, "tests", "kits", "userkit.py")
+    for helper in ("harness.py", "figures.py", "cluster_bench.py", userkit):
         bench.copy_helper(os.path.join(HERE, helper))
     job = {"commands": commands, "cwd": bench.user.home, "reps": reps, "warmup": warmup}
     proc = subprocess.run([bench.python, os.path.join(bench.run_dir, "cluster_bench.py"), "--timer"],

@@ -23,8 +23,8 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
-from userkit import UnprivilegedUser, unprivileged_user  # noqa: E402  (tests/ shares it)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests", "kits"))
+from userkit import UnprivilegedUser, unprivileged_user  # noqa: E402  (tests/kits shares it)
 
 RACE_USER = "wsrace"
 TAG = "#watchdog-singleton:"

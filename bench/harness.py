@@ -32,9 +32,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-USERKIT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests")
+USERKIT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests", "kits")
 sys.path.insert(0, USERKIT_DIR)
-from userkit import UnprivilegedUser, poll_until, read_bytes, unprivileged_user, user_pids  # noqa: E402  (tests/ shares it)
+from userkit import UnprivilegedUser, poll_until, read_bytes, unprivileged_user, user_pids  # noqa: E402  (tests/kits shares it)
 
 BENCH_USER = "wsbench"
 CRON_PATH = "/usr/bin:/bin"

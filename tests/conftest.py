@@ -28,7 +28,8 @@ from userkit import poll_until as poll_until
 from userkit import read_bytes, unprivileged_user, user_pids
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HELPERS = os.path.join(HERE, "helpers")
+KITS = os.path.join(HERE, "kits")  # on sys.path (pyproject: pytest pythonpath, mypy_path)
+HELPERS = os.path.join(KITS, "helpers")
 TEST_USER = os.environ.get("WATCHDOG_SINGLETON_TEST_USER", "wstest")
 CRON_MIN_PATH = "/usr/bin:/bin"
 
@@ -117,6 +118,8 @@ class Sandbox:
     jobs: list[str] = field(default_factory=list)
     tmp_paths: list[str] = field(default_factory=list)
     crontab_before: Optional[bytes] = None  # the crontab before this test first set it: put back at cleanup
+    crontab_at_start: bytes = b""  # what the cron guard compares with (lines a test left are not ours)
+    ticks: bool = False  # the test is about cron: installs keep their default every-minute schedule
 
     @property
     def state_home(self) -> str:
@@ -150,13 +153,23 @@ class Sandbox:
 
     def run_as(self, argv: list[str], env: Optional[dict[str, str]] = None, cwd: Optional[str] = None,
                input: Optional[bytes] = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(argv, env=env if env is not None else self.env(), cwd=cwd or self.dir,
-                              input=input.decode() if input is not None else None, capture_output=True,
-                              text=True, timeout=timeout, **self.user.popen_kwargs())
+        try:
+            return subprocess.run(argv, env=env if env is not None else self.env(), cwd=cwd or self.dir,
+                                  input=input.decode() if input is not None else None, capture_output=True,
+                                  text=True, timeout=timeout, **self.user.popen_kwargs())
+        finally:
+            self.note_crontab()
+
+    def note_crontab(self) -> None:
+        """Tell the cron guard about every-minute lines this test added (see cron_guard)."""
+        note_every_minute_lines(self.crontab(), self.crontab_at_start)
 
     def ws(self, *args: str, env: Optional[dict[str, str]] = None, cwd: Optional[str] = None,
            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """The CLI, as the test user: python -m watchdog_singleton ARGS."""
+        """The CLI, as the test user: python -m watchdog_singleton ARGS (an install gets
+        quiet_install's schedule unless this sandbox's test is about cron)."""
+        if not self.ticks:
+            args = quiet_install(args)
         return self.run_as([sys.executable, "-m", "watchdog_singleton", *args], env=env, cwd=cwd,
                            timeout=timeout)
 
@@ -182,6 +195,7 @@ class Sandbox:
         proc = subprocess.run(["crontab", "-"], input=data, capture_output=True, env=self.env(),
                               cwd=self.dir, **self.user.popen_kwargs())
         assert proc.returncode == 0, proc.stderr
+        self.note_crontab()
 
     def cron_line(self, name: str) -> str:
         for line in self.crontab().decode().splitlines():
@@ -209,7 +223,7 @@ class Sandbox:
         return proc
 
     def write_helper(self, name: str) -> str:
-        """Copy tests/helpers/NAME into the sandbox, where the test user can read it."""
+        """Copy tests/kits/helpers/NAME into the sandbox, where the test user can read it."""
         target = self.path(name)
         shutil.copy(os.path.join(HELPERS, name), target)
         os.chown(target, self.user.uid, self.user.gid)
@@ -227,10 +241,24 @@ class Sandbox:
         os.chown(target, self.user.uid, self.user.gid)
         return target
 
+    def left_installed(self) -> list[str]:
+        """This sandbox's jobs that `uninstall` would find: a definition, a run state or a batch
+        record in the state folder, or a crontab line. For any other, uninstall only says "no such
+        job" (exit 4), so cleanup spares that CLI start (most tests uninstall their own jobs)."""
+        lines = self.crontab()
+        root = self.state_root
+
+        def known(name: str) -> bool:
+            return (f"#watchdog-singleton:{name}\n".encode() in lines
+                    or any(os.path.lexists(os.path.join(root, folder, f"{name}.json")) for folder in ("jobs", "run"))
+                    or os.path.lexists(os.path.join(os.path.dirname(root), "job-state", name, ".batch")))
+        return [name for name in self.jobs if known(name)]
+
     def cleanup(self) -> None:
         if not os.path.isdir(self.dir):
             return  # cleaned up already
-        for name in self.jobs:
+        self.note_crontab()
+        for name in self.left_installed():
             self.ws("uninstall", name)
         if self.crontab_before is not None:  # foreign lines a test wrote must not meet the next test
             ours = tuple(f"#watchdog-singleton:{n}".encode() for n in self.jobs)
@@ -259,12 +287,15 @@ class Sandbox:
 SANDBOXES: list["Sandbox"] = []
 
 
-def make_sandbox(user: UnprivilegedUser, label: str) -> Sandbox:
+def make_sandbox(user: UnprivilegedUser, label: str, ticks: bool = False) -> Sandbox:
+    """A sandbox for one test (or one module's tests); `ticks`: they are about cron (cron_guard)."""
     tag = secrets.token_hex(3)
     base = os.path.join(user.home, "t")
     os.makedirs(base, exist_ok=True)
     os.chown(base, user.uid, user.gid)
-    box = Sandbox(user, os.path.join(base, f"{re.sub(r'[^A-Za-z0-9_-]', '_', label)[:40]}-{tag}"), tag)
+    box = Sandbox(user, os.path.join(base, f"{re.sub(r'[^A-Za-z0-9_-]', '_', label)[:40]}-{tag}"), tag,
+                  ticks=ticks)
+    box.crontab_at_start = box.crontab()
     os.makedirs(box.dir)
     os.chown(box.dir, user.uid, user.gid)
     SANDBOXES.append(box)
@@ -273,6 +304,73 @@ def make_sandbox(user: UnprivilegedUser, label: str) -> Sandbox:
 
 @pytest.fixture
 def sandbox(test_user: UnprivilegedUser, request: pytest.FixtureRequest) -> Iterator[Sandbox]:
-    box = make_sandbox(test_user, request.node.name)
+    box = make_sandbox(test_user, request.node.name, ticks=about_cron(request.node))
     yield box
     box.cleanup()
+
+
+# The cron guard. The real cron daemon runs during the suite (tests/run.sh starts it) and fires
+# every `* * * * *` line of the test user's crontab at each minute boundary: a tick in the middle
+# of a test that is not about cron starts a job it installed with --no-start, or restarts one it
+# just stopped or crashed on purpose. So the sandbox gives every install a schedule cron does not
+# fire during a test (Sandbox.ws), and this guard fails a test that still leaves an every-minute
+# line (enabled, all five fields `*`) unless it is marked `cron` (it needs real ticks) or
+# `cron_ticks` (its lines are every minute by nature, e.g. --every, and what a tick does cannot
+# change what it checks).
+EVERY_MINUTE = b"* * * * *"
+CRON_MARKERS = ("cron", "cron_ticks")
+# A keep-alive daemon's schedule that cron fires only when the daemon itself starts after a boot,
+# so never during a test; a real one (a daemon started at boot, restarted by its supervisor), and
+# not sparse, so install prints what it prints for the default. Ticks in a test are fire_tick's.
+QUIET_SCHEDULE = "@reboot"
+# Options after which the schedule is the test's own business (or install does not install).
+OWN_SCHEDULE = ("--schedule", "--every", "--periodic", "--help")
+
+
+def about_cron(node: pytest.Item | pytest.Collector) -> bool:
+    return any(node.get_closest_marker(m) for m in CRON_MARKERS)
+
+
+def quiet_install(args: tuple[str, ...]) -> tuple[str, ...]:
+    """`install ARGS` with QUIET_SCHEDULE unless ARGS choose the schedule or the kind of job."""
+    if not args or args[0] != "install":
+        return args
+    options = args[:args.index("--")] if "--" in args else args
+    if any(a.split("=")[0] in OWN_SCHEDULE for a in options):
+        return args
+    return (args[0], "--schedule", QUIET_SCHEDULE, *args[1:])
+
+
+@dataclass
+class CronGuard:
+    ticks_allowed: bool = True  # outside a test (module fixtures set up before it), nothing is checked
+    seen: list[str] = field(default_factory=list)
+
+
+GUARD = CronGuard()
+
+
+def every_minute_lines(crontab: bytes) -> list[bytes]:
+    """The enabled lines of `crontab` that cron fires at every minute boundary."""
+    return [line for line in crontab.splitlines()
+            if not line.lstrip().startswith(b"#") and b" ".join(line.split()[:5]) == EVERY_MINUTE]
+
+
+def note_every_minute_lines(crontab: bytes, before: bytes) -> None:
+    old = set(every_minute_lines(before))
+    for line in every_minute_lines(crontab):
+        text = line.decode(errors="replace")
+        if line not in old and text not in GUARD.seen:
+            GUARD.seen.append(text)
+
+
+@pytest.fixture(autouse=True)
+def cron_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    GUARD.ticks_allowed = about_cron(request.node)
+    GUARD.seen = []
+    yield
+    seen, GUARD.seen = GUARD.seen, []
+    if seen and not GUARD.ticks_allowed:
+        pytest.fail("left every-minute crontab lines the real cron daemon fires mid-test (mark the test "
+                    f"`cron` or `cron_ticks` if that is what it is about): {seen}", pytrace=False)
+    GUARD.ticks_allowed = True

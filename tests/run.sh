@@ -11,7 +11,7 @@ if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cron util-linux bindfs >/dev/null
   fi
-  # The cluster-lease tests run a throwaway PostgreSQL (tests/pgkit.py makes and removes it).
+  # The cluster-lease tests run a throwaway PostgreSQL (tests/kits/pgkit.py makes and removes it).
   if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
@@ -35,13 +35,13 @@ echo "ruff check watchdog_singleton tests bench"
 echo "mypy watchdog_singleton tests bench"
 "$venv/bin/mypy" watchdog_singleton tests bench
 
-# A real single-node Slurm for the tests marked slurm (tests/slurm/start.sh; stopped on exit unless
+# A real single-node Slurm for the tests marked slurm (tests/kits/slurm/start.sh; stopped on exit unless
 # another test run still uses it). If it cannot start, its line is printed and those tests fail.
 if [ "$(id -u)" = 0 ]; then
   mkdir -p /run/watchdog-singleton-slurm/users && touch "/run/watchdog-singleton-slurm/users/$$"
-  trap 'bash tests/slurm/stop.sh --release $$' EXIT
+  trap 'bash tests/kits/slurm/stop.sh --release $$' EXIT
   slurm_t0=$SECONDS
-  bash tests/slurm/start.sh && echo "slurm: start.sh took $((SECONDS - slurm_t0)) s" || true
+  bash tests/kits/slurm/start.sh && echo "slurm: start.sh took $((SECONDS - slurm_t0)) s" || true
 fi
 
 set +e

@@ -2,7 +2,7 @@
 
     python3 contrib/batch/generate.py
 
-tests/test_batch.py renders them again and fails when a committed file differs.
+tests/e2e/test_batch.py renders them again and fails when a committed file differs.
 """
 
 from __future__ import annotations

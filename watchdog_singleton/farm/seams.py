@@ -1,4 +1,4 @@
-"""What the farm touches of the world, in one object that tests replace (tests/fakefarm.py), as
+"""What the farm touches of the world, in one object that tests replace (tests/kits/fakefarm.py), as
 the supervisor's `Seams` are: the clocks, the nursery that starts the tasks, starting the watcher,
 reaping, listing and signalling processes, waiting, and whether a slot's tree is stopped in a
 thread of its own (real farms: other slots keep running meanwhile) or at once (the fake world,

@@ -22,7 +22,7 @@ The loop decides when; attempt.py starts and records one attempt of a slot, leas
 the give-up deadline and says which slots a heartbeat found taken. It runs on the child-process
 loop the resident supervisor runs on (proc/children.py: the wake-up pipe, signals acted on at the
 loop's top, reaping), and touches the world only through its `Seams` (seams.py: clocks, the
-nursery, spawn, reap, scan, signals, waiting), which tests/fakefarm.py replaces.
+nursery, spawn, reap, scan, signals, waiting), which tests/kits/fakefarm.py replaces.
 """
 
 from __future__ import annotations

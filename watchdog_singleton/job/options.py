@@ -3,7 +3,7 @@ restarts the daemon, and which commands take it.
 
 Everything else is made from this table: install's typer options (and submit's shared ones),
 the TOML keys `apply` reads and their types, `export`'s defaults, the ranges (`jobs.LIMITS`) and
-the docs' option tables (checked by tests/test_options.py, with `install --help`).
+the docs' option tables (checked by tests/contract/test_options.py, with `install --help`).
 
     opt = OPTIONS["grace"]
     opt.flag, opt.key, opt.default, opt.range_text()   # "--grace", "grace", 10.0, "0 to 3600"

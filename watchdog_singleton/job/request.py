@@ -19,7 +19,7 @@ def _d(name: str) -> Any:
 @dataclass
 class InstallRequest:
     """What install is asked: one field per option of options.py that install takes (its default
-    the schema's; tests/test_options.py holds the two together), plus the job's name and command."""
+    the schema's; tests/contract/test_options.py holds the two together), plus the job's name and command."""
 
     name: str
     command: list[str]

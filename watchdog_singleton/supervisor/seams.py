@@ -1,4 +1,4 @@
-"""What the supervisor touches of the world, in one object that tests replace (tests/fakeworld.py):
+"""What the supervisor touches of the world, in one object that tests replace (tests/kits/fakeworld.py):
 the clocks, starting, listing, reaping and signalling processes, /proc, the job's definition on
 disk, folders, log files, and the terminal of a passthrough run."""
 

@@ -3,7 +3,7 @@
 One small interface (here), two engines: SQLite in the work folder (one host; the default;
 sqlite.py) and PostgreSQL (many hosts, `--db postgresql://...`; postgres.py); factory.py opens the
 one `--db` names, and is the only module that knows both. Neither engine imports the other, and
-this package's __init__ imports neither. Both are held to tests/test_farm_store_contract.py.
+this package's __init__ imports neither. Both are held to tests/contract/test_farm_store_contract.py.
 Every change of state is one transaction, and a running task is named by (id, gen): `gen` grows
 at each claim, so a farm whose lease ran out can never finish or fail a task that another farm
 holds now.
