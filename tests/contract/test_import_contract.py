@@ -249,3 +249,24 @@ def test_the_farm_never_imports_the_tick_or_the_resident() -> None:
     bad = sorted((_short(a), _short(b)) for a, targets in graph.items() for b in targets
                  if _in(a, ("farm",)) and _in(b, own))
     assert bad == []
+
+
+def unresolved_relative_imports(sources: dict[str, tuple[str, bool]]) -> list[str]:
+    """Every `from .x import y` (module level or lazy) whose `.x` is no module of ours: a file moved
+    a folder deeper keeps its old dots, and a lazy one fails only on the path that runs it."""
+    bad = []
+    for name, (text, is_package) in sources.items():
+        here = name.split(".") if is_package else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                module = ".".join(here[:len(here) - node.level + 1] + ([node.module] if node.module else []))
+                if module not in sources:
+                    bad.append(f"{_short(name)}:{node.lineno}: {'.' * node.level}{node.module or ''}")
+    return bad
+
+
+def test_every_relative_import_names_a_module_of_ours() -> None:
+    assert unresolved_relative_imports(package_sources()) == []
+    moved = {"pkg": ("", True), "pkg.paths": ("", False), "pkg.farm": ("", True),
+             "pkg.farm.store": ("", True), "pkg.farm.store.postgres": ("def f():\n    from ..paths import x\n", False)}
+    assert unresolved_relative_imports(moved) == ["pkg.farm.store.postgres:2: ..paths"]  # it can fail

@@ -98,7 +98,7 @@ class PgStore:
         try:
             import psycopg
         except ImportError:
-            from ..paths import psycopg_hint
+            from ...paths import psycopg_hint
 
             raise UserError(f"--db postgresql://... needs psycopg: {psycopg_hint()}") from None
         self.psycopg = psycopg
