@@ -339,3 +339,24 @@ def test_a_deleted_socket_and_house_lock_are_put_back_at_the_next_look(tmp_path:
         door.close()
         house_lock.release()
         s.house.close()
+
+
+def test_one_jobs_stop_never_holds_back_another_jobs_restart(tmp_path: Any) -> None:
+    """A stop waits out its job's grace beside the loop, not in it: another job's daemon that dies
+    meanwhile is restarted at once, not once the grace is over."""
+    s = Setup(tmp_path)
+    s.take(s.job("slow", grace=10.0))
+    s.take(s.job("other"))
+    s.behaviour["slow"] = lambda proc: setattr(proc, "ignores_term", True)
+    answers: list[tuple[float, bool]] = []
+    s.world.at(T0 + 2, lambda: s.house.stop_job("slow", lambda ok: answers.append((s.world.now, ok))))
+    s.world.at(T0 + 3, lambda: s.world.exit(s.live("other")[0], -9))
+    s.stop_all_at(T0 + 20)
+    s.house.run()
+    assert s.births("other") == [0.0, 3.0], "the other job's restart waited for the stop"
+    assert s.births("slow") == [0.0], "the stopped job started again"
+    [(answered, ok)] = answers
+    assert ok and answered == pytest.approx(T0 + 12, abs=0.1)  # SIGKILL at the end of its grace
+    state = s.store.load("slow")
+    assert state is not None and state.phase == "stopped" and state.supervisor_pid is None
+    assert s.locks["slow"].released

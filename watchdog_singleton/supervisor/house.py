@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     Ready = Callable[[Optional[str]], None]
     T = TypeVar("T")
 
+ENDING_LOOK = 0.05  # how often an ending job's tree is looked for while its grace runs
 SIGTERM, SIGINT, SIGHUP, SIGUSR2 = _signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGUSR2
 SIGCONT = 18
 
@@ -46,13 +47,14 @@ SIGCONT = 18
 class Member:
     """One job in the house: its supervisor, the exits reaped for it, who waits for its stop."""
 
-    __slots__ = ("name", "sup", "inbox", "waiting")
+    __slots__ = ("name", "sup", "inbox", "waiting", "ending_since")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.sup: Supervisor
         self.inbox: list[tuple[int, int]] = []
         self.waiting: list[Callable[[bool], None]] = []
+        self.ending_since: Optional[float] = None  # its tree got SIGTERM then; its grace runs beside the loop
 
 
 class House:
@@ -128,7 +130,7 @@ class House:
     def _turn(self) -> None:
         self._signals()
         self._reap_all()
-        for member in self._each():
+        for member in self._running():
             if member.inbox:
                 self._guard(member, member.sup.life.reap)
         requests, self.requests = self.requests, []
@@ -139,12 +141,16 @@ class House:
             return
         now = self.seams.clock()
         again = False
-        for member in self._each():
+        for member in self._running():
             again = bool(self._guard(member, member.sup.step, now)) or again
-        if again or not self.members:
+        running = self._running()
+        if again or not self.members or any(m.inbox for m in running):  # an exit reaped while ending another
             return
-        self._look(min(m.sup.watch.next_check for m in self._each()))
-        wakes = [self._guard(member, member.sup.wake_at, now) for member in self._each()]
+        if running:
+            self._look(min(m.sup.watch.next_check for m in running))
+        wakes = [self._guard(member, member.sup.wake_at, now) for member in running]
+        # An ending job: look for its tree again soon, and finish it when its grace is over.
+        wakes += [min(now + ENDING_LOOK, self._ending_until(m)) for m in self._each() if m.ending_since is not None]
         due = min((w for w in wakes if isinstance(w, float)), default=now)
         self.wait(max(0.0, due - now))
 
@@ -162,6 +168,10 @@ class House:
     def _each(self) -> list[Member]:
         return list(self.members.values())
 
+    def _running(self) -> list[Member]:
+        """The jobs not on their way out."""
+        return [m for m in self.members.values() if m.ending_since is None]
+
     def _signals(self) -> None:
         for sig in self.wakeups.take():
             for member in self._each():
@@ -173,17 +183,28 @@ class House:
                     self._guard(member, member.sup.reload)
 
     def _end_those_done(self) -> None:
-        done = [m for m in self._each() if self._guard(m, m.sup.over)]
-        if len(done) > 1:
-            # All at once (SIGTERM to the resident): every tree gets its SIGTERM first, so the
-            # graces run side by side, not one after the other.
-            for member in done:
-                self._guard(member, self._term_tree, member)
-        for member in done:
-            if member.name not in self.members:
+        """Jobs whose run is over (a stop, a step-down, done). Each tree gets SIGTERM at once and
+        its grace runs beside the loop: the other jobs' restarts never wait for it, and several
+        stops (SIGTERM to the resident) wait side by side. The job is finished (SIGKILL to what
+        is left, the state saved, the lock let go) once its tree is gone or its grace is over."""
+        now = self.seams.clock()
+        for member in [m for m in self._each() if m.ending_since is None and self._guard(m, m.sup.over)]:
+            member.ending_since = now
+            self._guard(member, self._term_tree, member)
+        for member in [m for m in self._each() if m.ending_since is not None]:
+            if now < self._ending_until(member) and self._guard(member, self._tree_left, member):
                 continue
             if self._guard(member, member.sup.finish) is not False:
                 self._leave(member)
+
+    def _ending_until(self, member: Member) -> float:
+        assert member.ending_since is not None
+        return member.ending_since + (0.0 if member.sup.life.duplicate else member.sup.job.grace)
+
+    def _tree_left(self, member: Member) -> bool:
+        sup = member.sup
+        self._reap_all()  # a daemon that obeyed SIGTERM is a zombie until reaped
+        return bool(sup.life.child.finder(sup.job)())
 
     def _term_tree(self, member: Member) -> None:
         sup = member.sup
