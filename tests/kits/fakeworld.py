@@ -268,7 +268,12 @@ T0 = 1000.0  # FakeWorld starts its clock here
 
 
 class FakeLock:
-    path = "/nonexistent/fake.lock"
+    """A lock that is always ours; it counts the lock watch's looks and remembers its release."""
+
+    def __init__(self, path: str = "/nonexistent/fake.lock") -> None:
+        self.path = path
+        self.released = False
+        self.looks = 0
 
     def try_acquire(self) -> bool:
         return True
@@ -277,6 +282,7 @@ class FakeLock:
         return ()
 
     def still_ours(self) -> bool:
+        self.looks += 1
         return True
 
     def repair(self) -> str:
@@ -286,7 +292,7 @@ class FakeLock:
         pass
 
     def release(self) -> None:
-        pass
+        self.released = True
 
 
 def supervisor(tmp_path: Any, world: FakeWorld, store: Optional[StateStore] = None,

@@ -8,7 +8,7 @@ import os
 from typing import Any, Callable
 
 import pytest
-from fakeworld import SUPERVISOR, TERM, FakeProc, FakeWorld
+from fakeworld import SUPERVISOR, TERM, FakeLock, FakeProc, FakeWorld
 
 from watchdog_singleton.job.model import Job
 from watchdog_singleton.state.store import StateStore
@@ -16,32 +16,6 @@ from watchdog_singleton.supervisor.house import SIGTERM, House
 from watchdog_singleton.supervisor.lockwatch import CHECK_SECONDS
 
 T0 = 1000.0
-
-
-class FakeLock:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.released = False
-        self.looks = 0
-
-    def try_acquire(self) -> bool:
-        return True
-
-    def inheritable_fds(self) -> tuple[int, ...]:
-        return ()
-
-    def still_ours(self) -> bool:
-        self.looks += 1
-        return True
-
-    def repair(self) -> str:
-        return "repaired"
-
-    def refresh(self, older_than: float = 0.0) -> None:
-        pass
-
-    def release(self) -> None:
-        self.released = True
 
 
 class Setup:
