@@ -24,6 +24,7 @@ class DeletedLock(FakeLock):
     """A lock whose file a /tmp cleaner deleted: every check finds it gone and puts it back."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.repairs: list[float] = []
         self.clock: Callable[[], float] = lambda: 0.0
 
