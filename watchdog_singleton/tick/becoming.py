@@ -1,13 +1,9 @@
-"""What a tick needs to become a resident (its own job's, or the shared one): the subreaper flag
-and the hand-over written to a memfd that the exec'd interpreter inherits."""
+"""What a tick needs to become a resident (its own job's, or the shared one): the hand-over,
+written to a memfd that the exec'd interpreter inherits (the subreaper flag: proc/children.py)."""
 
 from __future__ import annotations
 
 import os
-
-from ..proc.children import become_subreaper
-
-__all__ = ["become_subreaper", "memfd_of"]
 
 
 def memfd_of(hand_over: dict[str, object]) -> int:

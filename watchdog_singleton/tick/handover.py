@@ -90,9 +90,10 @@ def exec_house(job: Job, lock: FlockLock, house: FlockLock, root: str, ready_fd:
     """Become the shared resident (supervisor/housemain.py), NAME its first job: exec it in this
     process, handing over NAME's lock and the house lock."""
     from ..proc import procs
+    from ..proc.children import become_subreaper
     from ..proc.spawn import close_all_but
     from ..supervisor.resident import RESIDENT_MALLOC
-    from .becoming import become_subreaper, memfd_of
+    from .becoming import memfd_of
 
     job_fd = memfd_of({"job": job.to_dict(), "lock_fd": lock.fd, "dir_fd": lock.dir_fd, "house_fd": house.fd,
                        "house_dir_fd": house.dir_fd, "house_dir": house.lock_dir, "ready_fd": ready_fd,

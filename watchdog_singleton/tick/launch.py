@@ -18,11 +18,12 @@ from ..job.model import Job, JobStore, check_name
 from ..job.options import RUN
 from ..lock.flock import REPAIRED, FlockLock
 from ..proc import procs
+from ..proc.children import become_subreaper
 from ..state.phases import Phase
 from ..state.store import CARRIED, RunState, StateStore
 from ..timefmt import now_iso
 from . import runargs
-from .becoming import become_subreaper, memfd_of
+from .becoming import memfd_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
