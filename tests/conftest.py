@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import pytest
 from slurmkit import slurm_cluster as slurm_cluster  # the real-Slurm fixture, for every test module
+from testuser import TEST_USER
 from userkit import UnprivilegedUser as UnprivilegedUser  # `X as X`: re-exported, the tests import these from here
 from userkit import is_locked as is_locked
 from userkit import locked_inodes as locked_inodes
@@ -30,7 +31,6 @@ from userkit import read_bytes, unprivileged_user, user_pids
 HERE = os.path.dirname(os.path.abspath(__file__))
 KITS = os.path.join(HERE, "kits")  # on sys.path (pyproject: pytest pythonpath, mypy_path)
 HELPERS = os.path.join(KITS, "helpers")
-TEST_USER = os.environ.get("WATCHDOG_SINGLETON_TEST_USER", "wstest")
 CRON_MIN_PATH = "/usr/bin:/bin"
 
 
@@ -362,6 +362,14 @@ def note_every_minute_lines(crontab: bytes, before: bytes) -> None:
         text = line.decode(errors="replace")
         if line not in old and text not in GUARD.seen:
             GUARD.seen.append(text)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """In parallel (pytest -n 2 --dist loadgroup), the tests of the one real Slurm node run on one
+    worker, one after another: two workers' jobs would wait for each other's CPUs."""
+    for item in items:
+        if item.get_closest_marker("slurm") is not None or "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 @pytest.fixture(autouse=True)

@@ -45,7 +45,9 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 set +e
-"$venv/bin/python" -m pytest -ra --durations=15 "$@"
+# Two workers, each its own test user (tests/kits/testuser.py); the Slurm tests on one of them.
+# Most tests wait on real processes, cron and Slurm rather than compute: this halves the wall time.
+"$venv/bin/python" -m pytest -ra --durations=15 -n 2 --dist loadgroup "$@"
 code=$?
 # The run-anywhere half again as a normal user (the tests that need root skip themselves), so
 # that no fixture assumes root: a copy of the checkout it can read, the test user's own home.

@@ -48,9 +48,9 @@ import time
 from typing import Any, Iterator, Optional
 
 import pytest
+from testuser import TEST_USER
 from userkit import UnprivilegedUser, unprivileged_user
 
-TEST_USER = os.environ.get("WATCHDOG_SINGLETON_TEST_USER", "wstest")
 START_WAIT = 60  # seconds pg_ctl waits for the server to accept connections
 
 

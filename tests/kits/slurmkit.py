@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import pytest
+from testuser import TEST_USER
 from userkit import UnprivilegedUser
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 START_SH = os.path.join(HERE, "slurm", "start.sh")
-TEST_USER = os.environ.get("WATCHDOG_SINGLETON_TEST_USER", "wstest")
 SLURM_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
 # Job states while a job still holds or waits for the node (squeue's default listing).
 ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
