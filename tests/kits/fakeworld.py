@@ -131,8 +131,8 @@ class FakeWorld:
 
     def alive(self, pid: Optional[int], start: Optional[int], boot: Optional[str] = None) -> bool:
         """As procs.is_alive: that process of this boot runs."""
-        return bool(pid) and start is not None and boot in (None, "", "fake-boot") and pid in self.procs and \
-            self.start_time(pid) == start
+        return bool(pid) and start is not None and boot in (None, "", "fake-boot") and \
+            self.start_time(pid or 0) == start
 
     def watch_exit(self, pid: int, on_exit: Callable[[], None]) -> Callable[[], None]:
         """As a pidfd in the resident's poll: `on_exit()` once `pid` exits; the cancel."""
