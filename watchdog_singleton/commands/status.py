@@ -105,7 +105,8 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         "supervisor_pid": state.supervisor_pid if supervisor and state else None,
         "started_at": started_at or (state.started_at if running and state else None),
         "restarts": state.restarts if state else 0,
-        "last_exit_code": state.last_exit_code if state else None,
+        "last_exit_code": state.last_exit_code if state and state.last_exit_code != procs.UNKNOWN_EXIT else None,
+        "last_exit_unknown": bool(state and state.last_exit_code == procs.UNKNOWN_EXIT),
         "last_exit_at": state.last_exit_at if state else None,
         "next_start_at": state.next_start_at if supervisor and state and not running else None,
         "backoff_seconds": state.backoff_seconds if supervisor and state and not running else 0.0,
@@ -140,8 +141,8 @@ def _supervisor_trouble(name: str, state: Optional[RunState], running: bool) -> 
     trouble = state.supervisor_trouble() if state is not None and not state.lease_role else ""
     if trouble == "gone" and running and state is not None and state.house:
         return trouble, (f"its shared supervisor (pid {state.supervisor_pid}) is gone: the daemon runs on "
-                         "unsupervised and still holds its lock; once it ends, the next tick starts a new "
-                         "shared supervisor")
+                         "unsupervised and still holds its lock; the next cron tick of any shared job starts a "
+                         "new shared supervisor, which adopts it")
     if trouble == "gone" and running and state is not None:
         return trouble, (f"its supervisor ({state.supervisor_pid}) is gone: the daemon runs on and holds the lock, "
                          f"but nothing restarts it or reads its output; `restart {name}` gives it a new one")
@@ -387,6 +388,8 @@ def exit_word(code: Optional[int]) -> str:
     """An exit code as a person reads it: the number, or for a negative code its signal's name."""
     if code is None:
         return "-"
+    if code == procs.UNKNOWN_EXIT:
+        return "unknown"  # an adopted daemon's end: it was no child of its supervisor
     if code >= 0:
         return str(code)
     try:
@@ -411,7 +414,8 @@ def table(infos: list[dict[str, Any]]) -> str:
             schedule = f"every {i['every']:g}s" if i["every"] else str(i["schedule"])
         else:
             adhoc = f"(batch: {i['batch']['scheduler']})" if i.get("batch") else "(ad hoc)"
-            counts, last, schedule = str(i["restarts"]), exit_word(i["last_exit_code"]), i["schedule"] or adhoc
+            counts, last, schedule = str(i["restarts"]), exit_word(procs.UNKNOWN_EXIT if i.get("last_exit_unknown") else i["last_exit_code"]), \
+                i["schedule"] or adhoc
             if i.get("batch"):
                 counts += f" ({i['runs']} run{'' if i['runs'] == 1 else 's'})"  # the chain's jobs that ran
         command = i["command"] or (i["batch"] and i["batch"]["command"]) or []
