@@ -100,9 +100,13 @@ def render(job: Job, python: str, state_root: str, flock_binary: Optional[str], 
         # Only a lock file that is ours is probed; anything odd goes to the launcher, which says why
         # (another user's file held in a folder they may write would look like a running copy).
         held = f"[ $? = {LOCK_HELD} ]"
-        if job.shared:
+        if job.shared:  # a longer line: the paths go into variables, cron cuts a line at 1000 bytes
+            lock_dir, lock = '"$d"', '"$l"'
+            first = f"d={shlex.quote(job.lock_dir)}; l=\"$d\"/{shlex.quote(job.name + '.lock')}; "
             held += f" && {{ {shared_resident_lives(job, state_root)}; }} 2>/dev/null"
-        command = (f"test -O {lock_dir} -a ! -h {lock_dir} -a -f {lock} -a -O {lock} -a ! -h {lock} && "
+        else:
+            first = ""
+        command = (f"{first}test -O {lock_dir} -a ! -h {lock_dir} -a -f {lock} -a -O {lock} -a ! -h {lock} && "
                    f"{shlex.quote(flock_binary)} -n -E {LOCK_HELD} {lock} true 2>/dev/null; "
                    f"{held} || {{ {launcher}; }}")
     else:
@@ -126,9 +130,12 @@ def shared_resident_lives(job: Job, state_root: str) -> str:
     from ..supervisor.housewire import pid_path
 
     folder = default_lock_dir(state_root, create=False)
-    path = shlex.quote(pid_path(folder, state_root))
-    checks = [] if folder == job.lock_dir else [f"-O {shlex.quote(folder)} -a ! -h {shlex.quote(folder)} -a"]
-    return (f"test {' '.join(checks + [f'-f {path} -a -O {path} -a ! -h {path}'])} && read p s < {path} && "
+    name = shlex.quote(os.path.basename(pid_path(folder, state_root)))
+    if folder == job.lock_dir:  # "$d", checked before the flock
+        where, checks = f'h="$d"/{name}; ', ""
+    else:
+        where, checks = f'e={shlex.quote(folder)}; h="$e"/{name}; ', '-O "$e" -a ! -h "$e" -a '
+    return (f'{where}test {checks}-f "$h" -a -O "$h" -a ! -h "$h" && read p s < "$h" && '
             'read -r x < /proc/"$p"/stat && set -f -- $x && [ "${22}" = "$s" -a "$3" != Z ]')
 
 
