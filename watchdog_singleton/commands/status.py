@@ -105,8 +105,7 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         "supervisor_pid": state.supervisor_pid if supervisor and state else None,
         "started_at": started_at or (state.started_at if running and state else None),
         "restarts": state.restarts if state else 0,
-        "last_exit_code": state.last_exit_code if state and state.last_exit_code != procs.UNKNOWN_EXIT else None,
-        "last_exit_unknown": bool(state and state.last_exit_code == procs.UNKNOWN_EXIT),
+        **_last_exit(state),
         "last_exit_at": state.last_exit_at if state else None,
         "next_start_at": state.next_start_at if supervisor and state and not running else None,
         "backoff_seconds": state.backoff_seconds if supervisor and state and not running else 0.0,
@@ -133,6 +132,14 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         "problem": problem or said,
         "lock_problem": _lock_problem(job),
     }
+
+
+def _last_exit(state: Optional[RunState]) -> dict[str, Any]:
+    """The last exit code; none, with `last_exit_unknown`, for an adopted daemon's end (no child of
+    the shared resident that adopted it, which cannot know how it ended)."""
+    code = state.last_exit_code if state else None
+    unknown = code == procs.UNKNOWN_EXIT
+    return {"last_exit_code": None if unknown else code, "last_exit_unknown": unknown}
 
 
 def _supervisor_trouble(name: str, state: Optional[RunState], running: bool) -> tuple[str, str]:
@@ -414,8 +421,8 @@ def table(infos: list[dict[str, Any]]) -> str:
             schedule = f"every {i['every']:g}s" if i["every"] else str(i["schedule"])
         else:
             adhoc = f"(batch: {i['batch']['scheduler']})" if i.get("batch") else "(ad hoc)"
-            counts, last, schedule = str(i["restarts"]), exit_word(procs.UNKNOWN_EXIT if i.get("last_exit_unknown") else i["last_exit_code"]), \
-                i["schedule"] or adhoc
+            code = procs.UNKNOWN_EXIT if i.get("last_exit_unknown") else i["last_exit_code"]
+            counts, last, schedule = str(i["restarts"]), exit_word(code), i["schedule"] or adhoc
             if i.get("batch"):
                 counts += f" ({i['runs']} run{'' if i['runs'] == 1 else 's'})"  # the chain's jobs that ran
         command = i["command"] or (i["batch"] and i["batch"]["command"]) or []
