@@ -50,6 +50,7 @@ class FakeWorld:
         self.envs: list[dict[str, str]] = []  # each spawn's environment
         self.deaths: dict[int, float] = {}  # pid -> when it exited
         self.scans = 0  # how often the supervisor listed every process
+        self.exit_watches: dict[int, list[Callable[[], None]]] = {}  # pidfds on processes not ours
 
     # -- scripting ---------------------------------------------------------------------------
     def at(self, when: float, action: Callable[[], None]) -> None:
@@ -65,11 +66,19 @@ class FakeWorld:
         self.procs[child.pid] = child
         return child
 
+    def stray(self, token: Optional[str], argv: list[str], ppid: int = 1) -> FakeProc:
+        """A process that is no child of the supervisor (a dead supervisor's daemon, now init's)."""
+        proc = FakeProc(next(self.next_pid), ppid, token, argv, self.now)
+        self.procs[proc.pid] = proc
+        return proc
+
     def exit(self, pid: int, code: int) -> None:
         proc = self.procs.pop(pid, None)
         if proc is None:
             return
         self.deaths[pid] = self.now
+        for on_exit in self.exit_watches.pop(pid, []):
+            on_exit()  # its pidfd is readable
         for other in self.procs.values():
             if other.ppid == pid:
                 other.ppid = SUPERVISOR  # the supervisor is a subreaper
@@ -89,7 +98,7 @@ class FakeWorld:
                      reap=self.reap, has_children=self.has_children, wait=self.wait, send=self.send,
                      sleep=self.sleep, pid=SUPERVISOR,
                      lease_clock=lambda: self.now, threads=False, boot_id=lambda: "fake-boot",
-                     start_time=self.start_time, strict=True)
+                     start_time=self.start_time, strict=True, alive=self.alive, watch_exit=self.watch_exit)
 
     def spawn(self, argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, ...] = (),
               capture: bool = True) -> Spawned:
@@ -119,6 +128,23 @@ class FakeWorld:
         """As procs.start_time of a real pid: None for one that is gone (or never was)."""
         proc = self.procs.get(pid)
         return int(proc.born * 100) if proc is not None else 1 if pid == SUPERVISOR else None
+
+    def alive(self, pid: Optional[int], start: Optional[int], boot: Optional[str] = None) -> bool:
+        """As procs.is_alive: that process of this boot runs."""
+        return bool(pid) and start is not None and boot in (None, "", "fake-boot") and \
+            self.start_time(pid or 0) == start
+
+    def watch_exit(self, pid: int, on_exit: Callable[[], None]) -> Callable[[], None]:
+        """As a pidfd in the resident's poll: `on_exit()` once `pid` exits; the cancel."""
+        if pid not in self.procs:
+            raise ProcessLookupError(pid)
+        self.exit_watches.setdefault(pid, []).append(on_exit)
+
+        def cancel() -> None:
+            watches = self.exit_watches.get(pid, [])
+            if on_exit in watches:
+                watches.remove(on_exit)
+        return cancel
 
     def reap(self) -> list[tuple[int, int]]:
         done, self.exited = self.exited, []

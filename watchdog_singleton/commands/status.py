@@ -105,7 +105,7 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         "supervisor_pid": state.supervisor_pid if supervisor and state else None,
         "started_at": started_at or (state.started_at if running and state else None),
         "restarts": state.restarts if state else 0,
-        "last_exit_code": state.last_exit_code if state else None,
+        **_last_exit(state),
         "last_exit_at": state.last_exit_at if state else None,
         "next_start_at": state.next_start_at if supervisor and state and not running else None,
         "backoff_seconds": state.backoff_seconds if supervisor and state and not running else 0.0,
@@ -134,14 +134,22 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
     }
 
 
+def _last_exit(state: Optional[RunState]) -> dict[str, Any]:
+    """The last exit code; none, with `last_exit_unknown`, for an adopted daemon's end (no child of
+    the shared resident that adopted it, which cannot know how it ended)."""
+    code = state.last_exit_code if state else None
+    unknown = code == procs.UNKNOWN_EXIT
+    return {"last_exit_code": None if unknown else code, "last_exit_unknown": unknown}
+
+
 def _supervisor_trouble(name: str, state: Optional[RunState], running: bool) -> tuple[str, str]:
     """("gone", why) for a daemon that runs on without its supervisor (SIGKILLed), ("stopped", why)
     for a SIGSTOPped supervisor, else ("", ""). A cluster job says it in its lease line."""
     trouble = state.supervisor_trouble() if state is not None and not state.lease_role else ""
     if trouble == "gone" and running and state is not None and state.house:
         return trouble, (f"its shared supervisor (pid {state.supervisor_pid}) is gone: the daemon runs on "
-                         "unsupervised and still holds its lock; once it ends, the next tick starts a new "
-                         "shared supervisor")
+                         "unsupervised and still holds its lock; the next cron tick of any shared job starts a "
+                         "new shared supervisor, which adopts it")
     if trouble == "gone" and running and state is not None:
         return trouble, (f"its supervisor ({state.supervisor_pid}) is gone: the daemon runs on and holds the lock, "
                          f"but nothing restarts it or reads its output; `restart {name}` gives it a new one")
@@ -387,6 +395,8 @@ def exit_word(code: Optional[int]) -> str:
     """An exit code as a person reads it: the number, or for a negative code its signal's name."""
     if code is None:
         return "-"
+    if code == procs.UNKNOWN_EXIT:
+        return "unknown"  # an adopted daemon's end: it was no child of its supervisor
     if code >= 0:
         return str(code)
     try:
@@ -411,7 +421,8 @@ def table(infos: list[dict[str, Any]]) -> str:
             schedule = f"every {i['every']:g}s" if i["every"] else str(i["schedule"])
         else:
             adhoc = f"(batch: {i['batch']['scheduler']})" if i.get("batch") else "(ad hoc)"
-            counts, last, schedule = str(i["restarts"]), exit_word(i["last_exit_code"]), i["schedule"] or adhoc
+            code = procs.UNKNOWN_EXIT if i.get("last_exit_unknown") else i["last_exit_code"]
+            counts, last, schedule = str(i["restarts"]), exit_word(code), i["schedule"] or adhoc
             if i.get("batch"):
                 counts += f" ({i['runs']} run{'' if i['runs'] == 1 else 's'})"  # the chain's jobs that ran
         command = i["command"] or (i["batch"] and i["batch"]["command"]) or []

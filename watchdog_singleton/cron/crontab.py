@@ -99,15 +99,44 @@ def render(job: Job, python: str, state_root: str, flock_binary: Optional[str], 
     if flock_binary:
         # Only a lock file that is ours is probed; anything odd goes to the launcher, which says why
         # (another user's file held in a folder they may write would look like a running copy).
-        command = (f"test -O {lock_dir} -a ! -h {lock_dir} -a -f {lock} -a -O {lock} -a ! -h {lock} && "
+        held = f"[ $? = {LOCK_HELD} ]"
+        if job.shared:  # a longer line: the paths go into variables, cron cuts a line at 1000 bytes
+            lock_dir, lock = '"$d"', '"$l"'
+            first = f"d={shlex.quote(job.lock_dir)}; l=\"$d\"/{shlex.quote(job.name + '.lock')}; "
+            held += f" && {{ {shared_resident_lives(job, state_root)}; }} 2>/dev/null"
+        else:
+            first = ""
+        command = (f"{first}test -O {lock_dir} -a ! -h {lock_dir} -a -f {lock} -a -O {lock} -a ! -h {lock} && "
                    f"{shlex.quote(flock_binary)} -n -E {LOCK_HELD} {lock} true 2>/dev/null; "
-                   f"[ $? = {LOCK_HELD} ] || {{ {launcher}; }}")
+                   f"{held} || {{ {launcher}; }}")
     else:
         command = launcher
     line = f"{job.cron_schedule} {cron_escape(command)} {TAG}{job.name}"
     if "\n" in line or "\r" in line:
         raise UserError("a newline cannot go into a crontab line")
     return line.encode()
+
+
+def shared_resident_lives(job: Job, state_root: str) -> str:
+    """Shell builtins only (no process): true while the shared resident named in its pid file runs.
+
+    A shared job's lock held means its daemon runs, but not that anything supervises it: after a
+    kill -9 of the resident the daemon holds the lock on. So the line runs the launcher (which
+    adopts it, supervisor/adopt.py) unless the file `PID START`, ours and no symlink, in a folder of
+    ours, names a live process of that start time (field 22 of /proc/PID/stat; 3 is its state, Z for
+    a zombie). A pid reused by another process would have another start time.
+    """
+    from ..lock.flock import default_lock_dir
+    from ..supervisor.housewire import pid_path
+
+    folder = default_lock_dir(state_root, create=False)
+    name = shlex.quote(os.path.basename(pid_path(folder, state_root)))
+    if folder == job.lock_dir:  # "$d", checked before the flock
+        where, checks = f'h="$d"/{name}; ', ""
+    else:
+        where, checks = f'e={shlex.quote(folder)}; h="$e"/{name}; ', '-O "$e" -a ! -h "$e" -a '
+    return (f'{where}test {checks}-f "$h" -a -O "$h" -a ! -h "$h" && read p s < "$h" && '
+            'read -r x < /proc/"$p"/stat && set -f -- $x && [ "${22}" = "$s" -a "$3" != Z ]')
 
 
 SPARSE_GAP_MINUTES = 10

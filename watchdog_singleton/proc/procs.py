@@ -183,8 +183,15 @@ SIGNAL_NAMES = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP
                 14: "SIGALRM", 15: "SIGTERM", 24: "SIGXCPU", 25: "SIGXFSZ", 31: "SIGSYS"}
 
 
+# The end of a process that is not our child (a daemon the shared resident adopted from one that
+# died): waitpid is its parent's, so how it ended is unknown. Below any signal's -N.
+UNKNOWN_EXIT = -1000
+
+
 def exit_text(code: int) -> str:
     """'exited with code 1' or 'was killed by SIGKILL' (code -9, as waitstatus_to_exitcode gives)."""
+    if code == UNKNOWN_EXIT:
+        return "ended (how is unknown: it was adopted, not our child)"
     if code < 0:
         return f"was killed by {SIGNAL_NAMES.get(-code, f'signal {-code}')}"
     return f"exited with code {code}"

@@ -47,7 +47,7 @@ SIGCONT = 18
 class Member:
     """One job in the house: its supervisor, the exits reaped for it, who waits for its stop."""
 
-    __slots__ = ("name", "sup", "inbox", "waiting", "ending_since")
+    __slots__ = ("name", "sup", "inbox", "waiting", "ending_since", "on_leave")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -55,6 +55,7 @@ class Member:
         self.inbox: list[tuple[int, int]] = []
         self.waiting: list[Callable[[bool], None]] = []
         self.ending_since: Optional[float] = None  # its tree got SIGTERM then; its grace runs beside the loop
+        self.on_leave: list[Callable[[], None]] = []  # an adopted daemon's watch (adopt.py), ended with the job
 
 
 class House:
@@ -272,6 +273,11 @@ class House:
         """The job is no longer ours: its record no longer names us (a tick that takes its lock
         must not find a live supervisor there), then its files and lock go."""
         self.members.pop(member.name, None)
+        for undo in member.on_leave:
+            try:
+                undo()
+            except Exception:
+                pass
         sup = member.sup
         if not sup.life.duplicate:  # a duplicate's record is the other supervisor's
             sup.state.supervisor_pid = sup.state.supervisor_start = None

@@ -19,7 +19,9 @@ from ..errors import FAILED
 from ..files import read_to_end
 from ..job.model import Job
 from ..lock.flock import REPAIRED, FlockLock
+from ..proc import procs
 from ..state.store import StateStore
+from .adopt import adopt_orphans
 from .house import House
 from .housewire import WireError, house_name, peer_uid, receive, send, socket_path
 from .resident import RESIDENT_MALLOC, ready_text
@@ -39,8 +41,10 @@ class Door:
         self.house = house
         self.path = path
         self.house_lock = house_lock
+        self.pid_file = path[:-len(".sock")] + ".pid"  # housewire.pid_path: the crontab line reads it
         self.open: set[_socket.socket] = set()
         self.sock, self.ino = self._bind()
+        self.pid_ino = write_pid_file(self.pid_file)
         house.looks.append(self.look)
 
     def _bind(self) -> tuple[_socket.socket, int]:
@@ -65,10 +69,9 @@ class Door:
         if not self.house_lock.still_ours() and self.house_lock.repair() != REPAIRED:
             return  # another resident holds the path now (or the folder cannot be had): it serves there
         self.house_lock.refresh()
-        try:
-            here: Optional[int] = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            here = None
+        if self.pid_ino is None or file_ino(self.pid_file) != self.pid_ino:
+            self.pid_ino = write_pid_file(self.pid_file)
+        here = file_ino(self.path)
         if here == self.ino:
             return
         old = self.sock
@@ -78,11 +81,12 @@ class Door:
 
     def close(self) -> None:
         self.house.pump.unlisten(self.sock.fileno())
-        try:
-            if os.stat(self.path).st_ino == self.ino:
-                os.unlink(self.path)
-        except OSError:
-            pass
+        for path, ino in ((self.path, self.ino), (self.pid_file, self.pid_ino)):
+            try:
+                if file_ino(path) == ino:
+                    os.unlink(path)
+            except OSError:
+                pass
         self.sock.close()
         for conn in list(self.open):
             self._hang_up(conn)
@@ -182,6 +186,31 @@ class Door:
         conn.close()
 
 
+def file_ino(path: str) -> Optional[int]:
+    try:
+        return os.stat(path, follow_symlinks=False).st_ino
+    except OSError:
+        return None
+
+
+def write_pid_file(path: str) -> Optional[int]:
+    """`PID START` into `path` (our private lock folder, beside the house lock only we hold), for
+    the crontab line of a shared job: while that process lives, a held lock needs no Python. A
+    new file renamed over the old: a reader sees the old or the new, never half."""
+    me = os.getpid()
+    tmp = f"{path}.{me}.new"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, f"{me} {procs.start_time(me)}\n".encode())
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError:
+        return None  # the next look tries again; meanwhile a held lock's tick runs Python and finds us
+    return file_ino(path)
+
+
 def main(argv: list[str]) -> int:
     _, root, job_fd = argv
     for key in RESIDENT_MALLOC:  # ours, read by glibc at our start; not the daemons'
@@ -189,11 +218,13 @@ def main(argv: list[str]) -> int:
     hand_over = marshal.loads(read_to_end(int(job_fd)))
     house_lock = FlockLock(hand_over["house_dir"], house_name(root))
     house_lock.fd, house_lock.dir_fd = hand_over["house_fd"], hand_over["house_dir_fd"]
-    job = Job.from_dict(hand_over["job"])
-    lock = FlockLock(job.lock_dir, job.name)
-    lock.fd, lock.dir_fd = hand_over["lock_fd"], hand_over["dir_fd"]
+    # No first job: a tick found its job's daemon running on after its resident died (adopt.py).
+    job = Job.from_dict(hand_over["job"]) if hand_over["job"] is not None else None
+    lock = FlockLock(job.lock_dir, job.name) if job is not None else None
+    if lock is not None:
+        lock.fd, lock.dir_fd = hand_over["lock_fd"], hand_over["dir_fd"]
     ready_fd = hand_over["ready_fd"]
-    for fd in (*house_lock.inheritable_fds(), *lock.inheritable_fds(), ready_fd):
+    for fd in (*house_lock.inheritable_fds(), *(lock.inheritable_fds() if lock else ()), ready_fd):
         os.set_inheritable(fd, False)  # each daemon gets its own lock through spawn's pass_fds, nothing else
     holder: list[Any] = []
 
@@ -211,16 +242,21 @@ def main(argv: list[str]) -> int:
     path = socket_path(hand_over["house_dir"], root)
     house = House(StateStore(root), socket_path=path)
     door: Optional[Door] = None
+    what = job.name if job is not None else "adopting"
     try:
         house.open()
         door = Door(house, path, house_lock)
-        house.take(job, lock, ready=ready, history=hand_over["history"])
-        member = house.members.get(job.name)
-        if member is not None:
-            holder.append(member.sup)
+        adopt_orphans(house, root)  # the daemons a resident before us left running, ours again
+        if job is not None and lock is not None:
+            house.take(job, lock, ready=ready, history=hand_over["history"])
+            member = house.members.get(job.name)
+            if member is not None:
+                holder.append(member.sup)
+        else:
+            ready(None)
         return house.run()
     except Exception as exc:
-        ready(f"{job.name}: the shared supervisor could not run: {exc or exc.__class__.__name__}")
+        ready(f"{what}: the shared supervisor could not run: {exc or exc.__class__.__name__}")
         return FAILED
     finally:
         if door is not None:

@@ -51,6 +51,12 @@ def socket_path(lock_dir: str, root: str) -> str:
     return os.path.join(lock_dir, house_name(root) + ".sock")
 
 
+def pid_path(lock_dir: str, root: str) -> str:
+    """`PID START` of the live resident: the crontab line of a shared job reads it with shell
+    builtins, so a held lock costs no Python while the resident lives (cron/crontab.py)."""
+    return os.path.join(lock_dir, house_name(root) + ".pid")
+
+
 def peer_uid(sock: _socket.socket) -> int:
     """The uid of the process at the other end (SO_PEERCRED: pid, uid, gid as C ints)."""
     raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)

@@ -1,6 +1,7 @@
 """What the supervisor touches of the world, in one object that tests replace (tests/kits/fakeworld.py):
 the clocks, starting, listing, reaping and signalling processes, /proc, the job's definition on
-disk, folders, log files, and the terminal of a passthrough run."""
+disk, folders, log files, the terminal of a passthrough run, and (the shared resident) the end of a
+daemon that is not our child."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 
     from ..job.model import Job
     from ..proc.spawn import Spawned
+
+    WatchExit = Callable[[int, Callable[[], None]], Callable[[], None]]
 
 
 def load_job(root: str, name: str) -> Optional[Job]:
@@ -45,7 +48,9 @@ class Seams:
                  load_job: Callable[[str, str], Optional[Job]] = load_job,
                  ensure_dir: Callable[[str], None] = ensure_dir,
                  open_sink: Callable[[str, int, int], LogSink] = LogSink,
-                 stderr: Callable[[str], None] = to_stderr, strict: bool = False, house: bool = False) -> None:
+                 stderr: Callable[[str], None] = to_stderr, strict: bool = False, house: bool = False,
+                 alive: Callable[[Optional[int], Optional[int], Optional[str]], bool] = procs.is_alive,
+                 watch_exit: Optional[WatchExit] = None) -> None:
         self.clock = clock
         self.wall = wall
         self.spawn = spawn
@@ -68,6 +73,10 @@ class Seams:
         # The shared resident (house.py): its other children are other jobs' daemons, so a job's
         # tree is its daemon, what descends from it and what carries its token; never all of `pid`'s.
         self.house = house
+        self.alive = alive  # (pid, start, boot): that process runs (not a zombie); another resident's, say
+        # (pid, on_exit) -> cancel: call on_exit() once the process `pid` (not our child) has ended;
+        # ProcessLookupError if it is gone already. None: a pidfd in the shared resident's poll (adopt.py).
+        self.watch_exit = watch_exit
 
     def for_job(self, reap: Callable[[], list[tuple[int, int]]], sleep: Callable[[float], None]) -> Seams:
         """A copy for one job of the shared resident: reaping hands it only its own share of what

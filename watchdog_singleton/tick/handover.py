@@ -10,7 +10,9 @@ resident, or become that resident.
        first job; one that does not (another tick is becoming it, or one is exiting) connects again.
 
 Once `taken` was said, the tick never starts NAME itself: if the resident then dies, the daemon
-(if it started) holds the lock and the next tick finds it held.
+(if it started) holds the lock and the next tick finds it held. That tick's line runs Python only
+when the resident's pid file names no live process (cron/crontab.py); then `rescue` makes this tick
+a new resident with no first job, which adopts every daemon the dead one left (supervisor/adopt.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from typing import Optional
 
     from ..job.model import Job
+    from ..state.store import RunState
 
 FIND_HOUSE_SECONDS = 10.0  # how long a tick tries to reach or become the resident (one may be starting)
 TAKEN_SECONDS = 10.0  # a resident answers `taken` as soon as its loop reads the request
@@ -85,20 +88,30 @@ def offer(path: str, job: Job, lock: FlockLock, history: dict[str, object]) -> O
         sock.close()
 
 
-def exec_house(job: Job, lock: FlockLock, house: FlockLock, root: str, ready_fd: int,
+def rescue(job: Job, state: Optional[RunState], root: str) -> Optional[FlockLock]:
+    """NAME's lock is held. If that is its daemon running on after its shared resident died, the
+    house lock (this tick is to become a resident that adopts it); else None: all is well, or a live
+    resident (or one being born, which adopts it) holds the house lock."""
+    if state is None or not state.house or state.supervisor_alive() or not state.daemon_alive():
+        return None
+    house = FlockLock(default_lock_dir(root), house_name(root))
+    return house if house.try_acquire() else None
+
+
+def exec_house(job: Optional[Job], lock: Optional[FlockLock], house: FlockLock, root: str, ready_fd: int,
                history: dict[str, object]) -> None:
-    """Become the shared resident (supervisor/housemain.py), NAME its first job: exec it in this
-    process, handing over NAME's lock and the house lock."""
+    """Become the shared resident (supervisor/housemain.py), NAME its first job (none: it only
+    adopts): exec it in this process, handing over NAME's lock and the house lock."""
     from ..proc import procs
     from ..proc.children import become_subreaper
     from ..proc.spawn import close_all_but
     from ..supervisor.resident import RESIDENT_MALLOC
     from .becoming import memfd_of
 
-    job_fd = memfd_of({"job": job.to_dict(), "lock_fd": lock.fd, "dir_fd": lock.dir_fd, "house_fd": house.fd,
-                       "house_dir_fd": house.dir_fd, "house_dir": house.lock_dir, "ready_fd": ready_fd,
-                       "history": history})
-    keep = (*lock.inheritable_fds(), *house.inheritable_fds(), ready_fd, job_fd)
+    job_fd = memfd_of({"job": job.to_dict() if job is not None else None, "lock_fd": lock.fd if lock else None,
+                       "dir_fd": lock.dir_fd if lock else None, "house_fd": house.fd, "house_dir_fd": house.dir_fd,
+                       "house_dir": house.lock_dir, "ready_fd": ready_fd, "history": history})
+    keep = (*(lock.inheritable_fds() if lock else ()), *house.inheritable_fds(), ready_fd, job_fd)
     for fd in keep:
         os.set_inheritable(fd, True)
     become_subreaper()

@@ -77,6 +77,8 @@ def launch(args: runargs.RunArgs) -> int:
     states = StateStore(root)
     lock = FlockLock(job.lock_dir, job.name)
     if not acquire(lock, job, states, patient=not args.cron):
+        if args.cron and job.shared and not adhoc:
+            return adopt_shared(job, states, root)
         return OK if args.cron else report_held(job, states, args.detach)
     if args.cron:
         # Re-read after locking: a stop or uninstall may have raced this tick.
@@ -114,6 +116,17 @@ def hand_over_shared(job: Job, lock: FlockLock, root: str, history: dict[str, ob
               "the next tick retries", file=sys.stderr)
         return FAILED
     return tell(answer, job.name, quiet)
+
+
+def adopt_shared(job: Job, states: StateStore, root: str) -> int:
+    """A shared job's lock is held: if by its daemon alone, its resident having died, become a
+    new resident that adopts it and every other daemon the dead one left (supervisor/adopt.py)."""
+    from .handover import exec_house, rescue
+
+    house = rescue(job, states.load(job.name), root)
+    if house is None:
+        return OK
+    return detach(lambda ready_fd: exec_house(None, None, house, root, ready_fd, {}), house, job.name, quiet=True)
 
 
 def report_held(job: Job, states: StateStore, detach: bool) -> int:
