@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import pytest
 from slurmkit import slurm_cluster as slurm_cluster  # the real-Slurm fixture, for every test module
-from testuser import TEST_USER
+from testuser import TEST_USER as TEST_USER  # re-exported
 from userkit import UnprivilegedUser as UnprivilegedUser  # `X as X`: re-exported, the tests import these from here
 from userkit import is_locked as is_locked
 from userkit import locked_inodes as locked_inodes

@@ -48,7 +48,7 @@ import time
 from typing import Any, Iterator, Optional
 
 import pytest
-from testuser import TEST_USER
+from testuser import TEST_USER as TEST_USER  # re-exported
 from userkit import UnprivilegedUser, unprivileged_user
 
 START_WAIT = 60  # seconds pg_ctl waits for the server to accept connections
