@@ -177,3 +177,27 @@ def test_a_stop_during_an_outage_ends_75_and_its_unrecorded_results_run_again(tm
     assert a.signals[0] == TERM and world.deaths[a.pid] == near(T0 + 30)
     assert said(world, f"stopped \\(SIGTERM received\\) while its {WHERE} does not answer \\(1 whose end "
                        "could not be recorded: they run again\\): run the farm again to continue \\(exit 75\\)")
+
+
+def test_a_claim_whose_answer_was_lost_in_the_outage_is_given_back_and_runs_once(tmp_path: Any) -> None:
+    world = FarmWorld()
+    runs_for(world, {"a": [10], "b": [10]})
+    farm = world.farm(tmp_path, ["a", "b"], workers=1, lease=60, grace=10)
+    outage = Outage(world, T0 + 10.5, T0 + 15)
+    store = world.store
+    assert store is not None
+    claim, lost = store.claim, []
+
+    def commit_then_drop(*args: Any) -> Any:  # the server committed it; its answer never came back
+        got = claim(*args)
+        if got and world.now >= T0 + 10 and not lost:
+            lost.extend(got)
+            raise outage.error()
+        return got
+    store.claim = commit_then_drop  # type: ignore[method-assign]
+    assert farm.run() == 0
+    assert [c.command for c in lost] == ["b"]  # claimed at T0 + 10, when a's slot was free
+    assert {cmd: len(t) for cmd, t in by_command(world).items()} == {"a": 1, "b": 1}
+    b = by_command(world)["b"][0]
+    assert b.born == near(T0 + 16)  # the first probe after T0 + 15: b given back, and claimed again
+    assert rows(world) == {"a": ("finished", 1), "b": ("finished", 2)}  # the lost claim counts as an attempt

@@ -236,7 +236,7 @@ class Farm:
 
     # -- leases -------------------------------------------------------------------------
     def _heartbeat(self) -> None:
-        beat = self.leases.heartbeat(self.store, self.holder, self.slots)
+        beat = self.leases.heartbeat(self.store, self.holder, self.slots, check=self.store.down)
         if beat is None:
             return
         if beat.taken:
