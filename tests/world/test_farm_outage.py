@@ -17,7 +17,7 @@ from fakefarm import FarmWorld
 from fakeworld import KILL, TERM, FakeProc
 
 from watchdog_singleton.errors import REQUEUE, STORAGE_FAILED
-from watchdog_singleton.farm.store import StoreError
+from watchdog_singleton.farm.store import Claim, StoreError
 from watchdog_singleton.timefmt import clock_time
 
 T0 = 1000.0
@@ -186,7 +186,7 @@ def test_a_claim_whose_answer_was_lost_in_the_outage_is_given_back_and_runs_once
     outage = Outage(world, T0 + 10.5, T0 + 15)
     store = world.store
     assert store is not None
-    claim, lost = store.claim, []
+    claim, lost = store.claim, list[Claim]()
 
     def commit_then_drop(*args: Any) -> Any:  # the server committed it; its answer never came back
         got = claim(*args)
@@ -194,7 +194,7 @@ def test_a_claim_whose_answer_was_lost_in_the_outage_is_given_back_and_runs_once
             lost.extend(got)
             raise outage.error()
         return got
-    store.claim = commit_then_drop  # type: ignore[method-assign]
+    store.claim = commit_then_drop  # type: ignore[method-assign,assignment]
     assert farm.run() == 0
     assert [c.command for c in lost] == ["b"]  # claimed at T0 + 10, when a's slot was free
     assert {cmd: len(t) for cmd, t in by_command(world).items()} == {"a": 1, "b": 1}
