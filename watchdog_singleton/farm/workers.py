@@ -200,9 +200,9 @@ class Farm:
                     self.attempts.start(slot, claim)
                 if not claims:
                     idle_until = now + IDLE_POLL
-                    if busy == 0:
-                        counts = self.store.stats()
-                        if counts["todo"] == 0 and counts["running"] == 0:
+                    if busy == 0 and not self.store.down:
+                        counts = self.store.stats()  # the last counts seen, if the database is down now
+                        if counts["todo"] == 0 and counts["running"] == 0 and not self.store.down:
                             self.progress.close(counts)
                             return SOME_FAILED if counts["failed"] else 0
             if now >= next_progress:
