@@ -5,7 +5,7 @@ restart, a failover, a network blip) instead of ending a farm whose leases would
     outage.begin(error, now)         # the first transient failure (store.Guarded is `down` now)
     outage.due(now)                  # time to probe again: the farm sends a heartbeat
     outage.past_bound(now)           # lasted longer than the bound: give up, exit 74
-    outage.end(now)                  # the database answered; the line to say
+    outage.end(now, recorded)        # the database answered; the line to say
 
 The farm's loop (workers.py) acts: while it lasts it claims nothing and reads nothing, its
 running tasks run on until the lease's give-up deadline (lease.py, and the nursery: then they
