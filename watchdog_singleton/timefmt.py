@@ -15,3 +15,8 @@ def iso(t: float) -> str:
 
 def now_iso() -> str:
     return iso(time.time())
+
+
+def clock_time(t: float) -> str:
+    """Unix time `t` as the local time of day (HH:MM:SS), for a line about the next minutes."""
+    return time.strftime("%H:%M:%S", time.localtime(t))

@@ -160,17 +160,25 @@ def test_a_task_whose_lease_another_farm_took_is_killed_at_the_next_heartbeat(tm
     assert any("another farm took over the lease" in w for w in world.warnings)
 
 
-def test_a_heartbeat_the_database_refuses_stops_the_farm_with_exit_74_and_its_tasks_back_to_todo(
-        tmp_path: Any) -> None:
+@pytest.mark.parametrize("refusal", [
+    "farm database /w/farm.sqlite: database is locked (someone holds a lock on it or its -wal/-shm for over 10 s)",
+    "farm database postgresql://me@db/farm: permission denied for table farm_tasks",
+])
+def test_a_heartbeat_the_database_refuses_for_good_stops_the_farm_at_once_with_exit_74_and_its_tasks_back_to_todo(
+        tmp_path: Any, refusal: str) -> None:
+    # Not transient (a lock SQLite already waited 10 s for, a permission): no outage to ride out
+    # (tests/world/test_farm_outage.py), the farm stops at the first refusal.
     world = FarmWorld()
     farm = world.farm(tmp_path, ["a"], lease=60, grace=10)
     assert world.store is not None
 
     def refuse(holder: str, lease: float) -> int:
-        raise StoreError("the farm database is locked")
+        raise StoreError(refusal)
     world.at(T0 + 1, lambda: setattr(world.store, "heartbeat", refuse))
     assert farm.run() == STORAGE_FAILED
     task = world.spawned[0]
     # The heartbeat at lease / 3 failed; the loop's next turn (within a second) stops the task.
     assert task.signals[0] == TERM and T0 + 20 < world.deaths[task.pid] <= T0 + 21.1
     assert list(states(world).values()) == ["todo"]
+    assert not any("unreachable" in w for w in world.warnings)
+    assert any(refusal in w and "exit 74" in w for w in world.warnings)

@@ -117,13 +117,15 @@ class Attempts:
     def record(self, slot: Slot) -> None:
         claim, code = slot.claim, slot.code
         assert claim is not None and code is not None
+        # "lost": the claim was no longer ours. A result kept during an outage (store.Guarded) is
+        # recorded later, or lost then: the timeline says how the attempt ended.
         if code == 0:  # finished, whenever it ended: during a stop, a timeout or a lost lease too
-            outcome = "finished" if self.store.finish(claim, code) else "lost"
+            outcome = "finished" if self.store.finish(claim, code) or self.store.kept(claim) else "lost"
         elif slot.outcome in ("requeued", "lapsed"):  # cut short: back to todo, not a failure
-            outcome = "requeued" if self.store.release(claim) else "lost"
+            outcome = "requeued" if self.store.release(claim) or self.store.kept(claim) else "lost"
         else:
             state = self.store.fail(claim, code, self.o.retries)
-            outcome = "lost" if not state else (slot.outcome or "failed")
+            outcome = "lost" if not state and not self.store.kept(claim) else (slot.outcome or "failed")
         self.timeline.attempt(task=claim.id, attempt=claim.attempt, command=claim.command, node=self.host,
                               farm=self.holder, slot=slot.number, start=slot.started, end=self.wall(),
                               outcome=outcome, code=code)

@@ -3,6 +3,7 @@
     leases = Leases(options.lease, tell=nursery.renew)
     leases.renewed(boottime())                      # the deadline moves to `lease - margin` later
     beat = leases.heartbeat(store, holder, slots)   # None: nothing renewed, the deadline stays
+                                                    # (check=True: compare what we hold, after an outage)
     if beat: stop beat.taken at once, then leases.renewed(beat.sent)
     if leases.overdue(boottime()): stop every task at once
 
@@ -16,7 +17,7 @@ from typing import Callable, NamedTuple, Optional
 
 from .attempt import Slot
 from .nursery import boottime
-from .store import Guarded
+from .store import Claim, Guarded
 
 
 class Beat(NamedTuple):
@@ -46,16 +47,20 @@ class Leases:
         self.give_up_at = float("inf")
         return True
 
-    def heartbeat(self, store: Guarded, holder: str, slots: list[Slot]) -> Optional[Beat]:
+    def heartbeat(self, store: Guarded, holder: str, slots: list[Slot], check: bool = False) -> Optional[Beat]:
         sent = self.clock()
         renewed = store.heartbeat(holder, self.lease)
         if renewed < 0:  # the store failed: nothing was renewed, so the give-up deadline stays where it is
             return None
-        held = [s for s in slots if s.claim is not None]
-        if renewed >= len(held):
+        held = {(s.claim.id, s.claim.gen): s for s in slots if s.claim is not None}
+        if renewed == len(held) and not check:
             return Beat(sent, [])
-        # Some lease was taken over (we were paused past it): those tasks stop now.
         ours = store.holding(holder)
         if ours is None:
             return None
-        return Beat(sent, [s for s in held if s.claim is not None and (s.claim.id, s.claim.gen) not in ours])
+        # A claim whose answer was lost (the connection dropped after the commit) holds tasks no
+        # slot runs: without this our heartbeats would keep them ours forever. Back to todo.
+        for tid, gen in ours - held.keys():
+            store.release(Claim(tid, "", gen, 0))
+        # Some lease was taken over (we were paused past it): those tasks stop now.
+        return Beat(sent, [s for key, s in held.items() if key not in ours])

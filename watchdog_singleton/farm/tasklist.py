@@ -160,3 +160,33 @@ def argv(command: str) -> list[str]:
     except ValueError:
         return ["/bin/sh", "-c", command]  # unbalanced quotes: let the shell say what is wrong
     return words or ["/bin/true"]
+
+
+class Watch:
+    """Whether a list file changed (its mtime and size) since it was last looked at: lines
+    appended while the farm runs. `again()` after lines could not be taken: the next look sees
+    the change once more."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.seen = self.last = (0, 0)
+
+    def _stat(self) -> tuple[int, int]:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return self.seen
+        return (st.st_mtime_ns, st.st_size)
+
+    def start(self) -> None:
+        self.seen = self.last = self._stat()
+
+    def changed(self) -> bool:
+        current = self._stat()
+        if current == self.seen:
+            return False
+        self.last, self.seen = self.seen, current
+        return True
+
+    def again(self) -> None:
+        self.seen = self.last

@@ -18,6 +18,11 @@ each stop every task at that deadline (SIGKILL, at once), so a farm that could n
 paused, has nothing running when another farm may take its tasks. A heartbeat that renewed fewer
 rows than the farm holds means some were taken: those tasks are stopped at once too.
 
+A database that does not answer for a moment (transient: refused, dropped, timed out; PostgreSQL)
+is an outage (outage.py), not a stop: no claims, the tasks run on until the give-up deadline, the
+results wait in store.Guarded, and a heartbeat every few seconds probes; the first that goes
+through records what waited and the farm goes on. Past the bound (the lease) it stops, exit 74.
+
 The loop decides when; attempt.py starts and records one attempt of a slot, lease.py keeps
 the give-up deadline and says which slots a heartbeat found taken. It runs on the child-process
 loop the resident supervisor runs on (proc/children.py: the wake-up pipe, signals acted on at the
@@ -43,11 +48,12 @@ from . import tasklist as tasklist_mod
 from .attempt import Attempts, Slot
 from .lease import Leases
 from .nursery import helper_argv
+from .outage import Outage, retry_every
 from .progress import Progress
 from .reaper import ALL_CLEAR
 from .runner import Runner
 from .seams import Seams
-from .store import Guarded, Store
+from .store import Guarded, Store, StoreError
 from .trace import FILE_NAME as TIMELINE_NAME
 from .trace import Timeline
 
@@ -78,7 +84,9 @@ class Farm:
         seams = self.seams = seams or Seams()
         clock, wall = seams.clock, seams.wall
         self.failure = ""  # the first failure of the farm's database or files: it stops, exit 74
-        self.store = Guarded(store, self._broken)
+        self.outage = Outage(bound=options.lease, retry_every=retry_every(options.lease))
+        self.store = Guarded(store, self._broken, on_outage=self._outage_began,
+                             on_back=lambda recorded: self.warn(self.outage.end(self.clock(), recorded)))
         self.runner = runner
         self.echo = echo
         self.warn = warn
@@ -104,7 +112,7 @@ class Farm:
         self.reaper = 0  # the watcher's pid, where there is no PID namespace
         self.reaper_code: Optional[int] = None
         self.reaper_w: Optional[int] = None
-        self.list_stat: tuple[int, int] = (0, 0)
+        self.list = tasklist_mod.Watch(options.tasklist)
         self.nursery = seams.nursery(self.marker, os.environ.get(NAMESPACE_ENV, "1") != "0")
         self.attempts = Attempts(options, self.store, runner, self.nursery, self.timeline, self.marker,
                                  self.host, self.holder, self._broken, clock=clock, wall=wall)
@@ -152,7 +160,7 @@ class Farm:
         next_relist = began + RELIST_EVERY
         next_progress = began
         idle_until = 0.0
-        self.list_stat = self._stat_list()
+        self.list.start()
         self.leases.renewed(self.seams.lease_clock())
         while True:
             self.wakeups.drain()
@@ -165,47 +173,36 @@ class Farm:
             now = self.clock()
             if not self.stop_reason and self.o.timeout and now - began >= self.o.timeout:
                 self.stop_reason = f"--timeout {self.o.timeout:g} s reached"
+            if self.outage.past_bound(now) and not self.failure:
+                self._broken(self.outage.failure(now))
             if self.stop_reason:
                 self._stop_all("requeued")
-            if now >= next_beat:
+            if now >= next_beat or self.outage.due(now):  # in an outage the heartbeat is the probe
                 next_beat = now + beat_every
+                self.outage.probed(now)
                 self._heartbeat()
                 self.store.sweep()
             if self.o.task_timeout:
                 for slot in self.slots:
                     if slot.pid and slot.code is None and slot.stopper is None and now >= slot.deadline:
                         self._stop_slot(slot, "timeout")
-            if not self.stop_reason and now >= next_relist:
+            if not self.stop_reason and now >= next_relist and not self.store.down:
                 next_relist = now + RELIST_EVERY
                 self._relist()
             free = [s for s in self.slots if s.claim is None]
             busy = len(self.slots) - len(free)
             if self.stop_reason:
                 if busy == 0:
-                    unrecorded = self.store.settle()
-                    counts = self.store.stats()
-                    self.progress.close(counts)
-                    left = counts['todo'] + counts['running']
-                    if self.failure:
-                        lost = f" ({unrecorded} whose end could not be recorded: they run again)" if unrecorded else ""
-                        self.warn(f"farm: stopped: {self.failure}; {left} task(s) left{lost}: fix that and "
-                                  f"run the farm again (exit {STORAGE_FAILED})")
-                        return STORAGE_FAILED
-                    if left == 0:  # what was running finished meanwhile
-                        self.warn(f"farm: stopped ({self.stop_reason}) with nothing left to do")
-                        return SOME_FAILED if counts["failed"] else 0
-                    self.warn(f"farm: stopped ({self.stop_reason}); {left} "
-                              f"task(s) left: run the farm again to continue (exit {REQUEUE})")
-                    return REQUEUE
-            elif free and now >= idle_until:
+                    return self._stopped()
+            elif free and now >= idle_until and not self.store.down:  # an outage claims nothing
                 claims = self.store.claim(self.holder, self.o.lease, len(free))
                 for slot, claim in zip(free, claims):
                     self.attempts.start(slot, claim)
                 if not claims:
                     idle_until = now + IDLE_POLL
-                    if busy == 0:
-                        counts = self.store.stats()
-                        if counts["todo"] == 0 and counts["running"] == 0:
+                    if busy == 0 and not self.store.down:
+                        counts = self.store.stats()  # the last counts seen, if the database is down now
+                        if counts["todo"] == 0 and counts["running"] == 0 and not self.store.down:
                             self.progress.close(counts)
                             return SOME_FAILED if counts["failed"] else 0
             if now >= next_progress:
@@ -213,11 +210,33 @@ class Farm:
                 self.progress.update(self.store.stats(), force=True)
             deadlines = [s.deadline for s in self.slots if s.deadline and s.stopper is None]
             self._wait(min(next_beat, next_progress, *deadlines, idle_until if idle_until > now else next_beat,
-                           now + self.leases.give_up_at - self.seams.lease_clock()) - self.clock())
+                           now + self.leases.give_up_at - self.seams.lease_clock(), self.outage.next_probe,
+                           self.outage.deadline() + 0.001) - self.clock())
+
+    def _stopped(self) -> int:
+        """The farm stopped and nothing runs any more: record what is left to, say so, and its exit code."""
+        unrecorded = self.store.settle()
+        counts = self.store.stats()  # during an outage: the last counts seen
+        self.progress.close(counts)
+        left = counts['todo'] + counts['running']
+        lost = f" ({unrecorded} whose end could not be recorded: they run again)" if unrecorded else ""
+        if self.failure:
+            self.warn(f"farm: stopped: {self.failure}; {left} task(s) left{lost}: fix that and "
+                      f"run the farm again (exit {STORAGE_FAILED})")
+            return STORAGE_FAILED
+        if self.store.down:  # a stop (signal, --timeout) during an outage: the next farm may find it over
+            self.warn(self.outage.stopped_line(self.stop_reason, lost, REQUEUE))
+            return REQUEUE
+        if left == 0:  # what was running finished meanwhile
+            self.warn(f"farm: stopped ({self.stop_reason}) with nothing left to do")
+            return SOME_FAILED if counts["failed"] else 0
+        self.warn(f"farm: stopped ({self.stop_reason}); {left} "
+                  f"task(s) left: run the farm again to continue (exit {REQUEUE})")
+        return REQUEUE
 
     # -- leases -------------------------------------------------------------------------
     def _heartbeat(self) -> None:
-        beat = self.leases.heartbeat(self.store, self.holder, self.slots)
+        beat = self.leases.heartbeat(self.store, self.holder, self.slots, check=self.store.down)
         if beat is None:
             return
         if beat.taken:
@@ -307,6 +326,14 @@ class Farm:
             self.failure = message
             self.stop_reason = self.stop_reason or message
 
+    def _outage_began(self, error: StoreError) -> None:
+        """The database does not answer for now (store.Guarded is `down`): say so, once."""
+        self.outage.begin(error, self.clock())
+        wall = self.wall()
+        running = sum(1 for s in self.slots if s.claim is not None)
+        self.warn(self.outage.began_line(running, wall + self.leases.give_up_at - self.seams.lease_clock(),
+                                         wall + self.outage.bound))
+
     def _take_signals(self) -> None:
         for sig in self.wakeups.take():
             if not self.stop_reason:
@@ -335,23 +362,17 @@ class Farm:
         except InterruptedError:
             pass
 
-    def _stat_list(self) -> tuple[int, int]:
-        try:
-            st = os.stat(self.o.tasklist)
-        except OSError:
-            return self.list_stat
-        return (st.st_mtime_ns, st.st_size)
-
     def _relist(self) -> None:
         """Tasks added to the list while the farm runs join it (ids of old lines do not change)."""
-        current = self._stat_list()
-        if current == self.list_stat:
+        if not self.list.changed():
             return
-        self.list_stat = current
         try:
             added = self.store.add(tasklist_mod.read(self.o.tasklist))
         except Exception as exc:  # the list is being rewritten: take it at the next change
             self.warn(f"farm: cannot reread {self.o.tasklist}: {exc}")
+            return
+        if self.store.down:  # not added: the database stopped answering; again once it answers
+            self.list.again()
             return
         if added:
             self.warn(f"farm: {added} task(s) added from {self.o.tasklist}")

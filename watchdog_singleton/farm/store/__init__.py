@@ -14,7 +14,9 @@ beyond its retries (it keeps killing its node) is failed instead.
 
 A database that fails (locked by someone for BUSY_TIMEOUT, a full disk, a read-only folder,
 removed, unreachable) raises StoreError: one line, exit STORAGE_FAILED (74). A farm meets it
-through Guarded, which turns it into a stop instead.
+through Guarded, which turns it into a stop instead, or, when the error is `transient` (a
+PostgreSQL that does not answer for now: refused, dropped, timed out), into an outage the farm
+rides out (outage.py).
 """
 
 from __future__ import annotations
@@ -31,10 +33,16 @@ LOST_LIMIT = 3
 
 class StoreError(UserError):
     """The farm's database failed it: locked by someone else, a full disk, a read-only folder,
-    removed, unreachable. The message is one line; the exit code is STORAGE_FAILED."""
+    removed, unreachable. The message is one line; the exit code is STORAGE_FAILED.
+    `transient`: the database may answer again in a moment (a connection refused, dropped or
+    timed out), as opposed to a refusal that asking again cannot change (a permission, a table,
+    a constraint); `where` names the database and `reason` is what it said, for the outage's line."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, transient: bool = False, where: str = "", reason: str = "") -> None:
         super().__init__(message, STORAGE_FAILED)
+        self.transient = transient
+        self.where = where or "database"
+        self.reason = reason or str(self)
 
 
 class Claim(NamedTuple):
@@ -76,46 +84,78 @@ class Store(Protocol):
 
 
 class Guarded:
-    """The store as a farm's loop uses it: a StoreError is handed once to `on_error` (which stops
+    """The store as a farm's loop uses it: a StoreError is handed to `on_error` (which stops
     the farm) instead of raised, and the call answers "nothing": no claim, no lease renewed, no
     result recorded, the last counts seen. A result that could not be recorded (finish, fail,
     release: each applies only to the attempt it names, so a second try is harmless) is tried
     again before each later call and by `settle`; what is still unrecorded then runs again in
-    the next farm."""
+    the next farm.
+
+    A transient StoreError (given `on_outage`) starts an outage instead: the store is `down`,
+    and until a heartbeat (the farm's probe, at the outage's cadence) goes through, no other
+    call reaches the database (each would wait out its own timeout): they answer "nothing" at
+    once and results are kept. The first heartbeat that goes through records what was kept
+    first (in order), and `on_back` is told how many it recorded."""
 
     RESULTS = ("finish", "fail", "release")
     READS = ("stats", "rows")
+    PROBE = "heartbeat"
 
-    def __init__(self, store: Store, on_error: Callable[[str], None]) -> None:
+    def __init__(self, store: Store, on_error: Callable[[str], None],
+                 on_outage: Optional[Callable[[StoreError], None]] = None,
+                 on_back: Optional[Callable[[int], None]] = None) -> None:
         self.store = store
         self.on_error = on_error
+        self.on_outage = on_outage
+        self.on_back = on_back
+        self.down = False
+        self.replayed = 0  # results kept and recorded since the outage began
         self.counts = dict.fromkeys(STATES, 0)
         self.unrecorded: list[tuple[str, tuple[Any, ...]]] = []
 
     def _call(self, name: str, args: tuple[Any, ...], default: Any) -> Any:
+        if self.down and name != self.PROBE:
+            if name in self.RESULTS:
+                self.unrecorded.append((name, args))
+            return default
         try:
             if name not in self.READS:
                 self._replay()
-            return getattr(self.store, name)(*args)
+            answer = getattr(self.store, name)(*args)
         except StoreError as exc:
             if name in self.RESULTS:
                 self.unrecorded.append((name, args))
-            self.on_error(str(exc))
+            if exc.transient and self.on_outage is not None:
+                if not self.down:
+                    self.down, self.replayed = True, 0
+                    self.on_outage(exc)
+            else:
+                self.on_error(str(exc))
             return default
+        if self.down:
+            self.down = False
+            if self.on_back is not None:
+                self.on_back(self.replayed)
+        return answer
 
     def _replay(self) -> None:
         while self.unrecorded:
             name, args = self.unrecorded[0]
             getattr(self.store, name)(*args)
             self.unrecorded.pop(0)
+            self.replayed += 1
 
     def settle(self) -> int:
-        """Try the unrecorded results once more; how many are still unrecorded."""
+        """Try the unrecorded results once more (during an outage too); how many are still unrecorded."""
         try:
             self._replay()
         except StoreError:
             pass
         return len(self.unrecorded)
+
+    def kept(self, claim: Claim) -> bool:
+        """Whether a result for `claim` waits to be recorded (the database did not answer)."""
+        return any(args[0] == claim for _name, args in self.unrecorded)
 
     def __getattr__(self, name: str) -> Any:
         # A store method without a guarded twin below is passed through: its StoreError ends the
@@ -130,8 +170,8 @@ class Guarded:
         return claims
 
     def heartbeat(self, holder: str, lease: float) -> int:
-        """How many leases were renewed; -1 when the store failed (nothing was renewed, and the
-        failure already stops the farm)."""
+        """How many leases were renewed; -1 when the store failed (nothing was renewed: the
+        failure stops the farm, or the outage goes on). During an outage, the probe."""
         return int(self._call("heartbeat", (holder, lease), -1))
 
     def holding(self, holder: str) -> Optional[set[tuple[str, int]]]:

@@ -10,6 +10,9 @@ another role made first, in a schema everyone may create in, would run that role
 The connection is the cluster lease's (leases/postgres.connect): connect_timeout, TCP keepalives,
 tcp_user_timeout and a statement_timeout on every statement, all from one attempt bound that
 the farm's --lease sets, so a farm on a partitioned node fails a query instead of hanging in it.
+A failure that may pass by itself (`is_transient`: the server down, restarting or failing over, a
+network cut, a timeout) is a transient StoreError, which a running farm rides out (outage.py);
+any other (a permission, a table, a constraint) stops it at once.
 """
 
 from __future__ import annotations
@@ -87,6 +90,28 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_r
 }
 
 
+# OperationalError's SQLSTATEs that asking again cannot change: a program limit (the same statement
+# fails the same way) and the database dropped.
+PERMANENT_CLASSES = ("54",)
+PERMANENT_STATES = ("57P04",)
+# Outside OperationalError: a connection that reached a standby (a failover under way) refuses writes.
+TRANSIENT_STATES = ("25006",)
+
+
+def is_transient(psycopg: Any, exc: BaseException) -> bool:
+    """Whether the server may answer again in a moment: psycopg's OperationalError (the connection
+    refused, closed or lost, no SQLSTATE; a server shutting down or starting, 57P0x; a statement
+    timeout or lock wait, 57014, 55P03; a serialization failure or deadlock, 40xxx; too many
+    connections or a full disk on the server, 53xxx), not a refusal of what we asked (42xxx: a
+    permission, a missing table; 23xxx: a constraint), which stays the same however often we ask."""
+    state = getattr(exc, "sqlstate", None) or ""
+    if state in TRANSIENT_STATES:
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    return not (state.startswith(PERMANENT_CLASSES) or state in PERMANENT_STATES)
+
+
 def attempt_for(lease: float) -> float:
     """The longest one round trip may take, from the farm's --lease (the cluster lease's rule,
     Timing.for_lease, with a floor of 1 s: a farm's statements are bulkier than a renew)."""
@@ -135,7 +160,10 @@ class PgStore:
         """The one-line error; the connection is dropped and opened again by the next call."""
         self.close()
         text = str(exc).strip() or exc.__class__.__name__
-        return StoreError(f"{what} {redact(self.url)}: {' '.join(text.splitlines()[0].split())}")
+        reason = " ".join(text.splitlines()[0].split())
+        where = f"database {redact(self.url)}"
+        return StoreError(f"{what} {redact(self.url)}: {reason}", transient=is_transient(self.psycopg, exc),
+                          where=where, reason=reason)
 
     def _q(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         """One statement under the statement timeout; its cursor, positioned on its result."""
