@@ -131,25 +131,31 @@ def expect(samples: list[Sample], code: int, what: str, quiet: bool = False) -> 
 def tick_cost(bench: Bench, plan: Plan) -> list[Row]:
     """The crontab line of a running job, as cron runs it, against flock -n and python -c pass."""
     sc = bench.scenario("tick")
-    name = sc.job("tick")
+    name, shared = sc.job("tick"), sc.job("shared")
     try:
         sc.install(name, SLEEPER)
+        sc.install(shared, SLEEPER, "--shared")
         info = sc.status(name)
-        if not (info["running"] and info["lock_held"]):
-            raise BenchError(f"{name} is not running with its lock held: {info}")
+        for job in (name, shared):
+            if not (sc.status(job)["running"] and sc.status(job)["lock_held"]):
+                raise BenchError(f"{job} is not running with its lock held: {sc.status(job)}")
+        shared_info = sc.status(shared)
         line = sc.cron_command(name)
         env = bench.cron_env()
         runs = bench.alternate_as_user({
             "tick": ["/bin/sh", "-c", line],
+            # A shared job's line also checks, with shell builtins, that its resident lives.
+            "shared": ["/bin/sh", "-c", sc.cron_command(shared)],
             "flock": ["flock", "-n", info["lock_path"], "true"],
             "cron-flock": ["/bin/sh", "-c", f"flock -n {shlex.quote(info['lock_path'])} true"],
             "system": [SYSTEM_PYTHON, "-c", "pass"],
             "venv": [bench.python, "-c", "pass"],
         }, env, plan.tick_reps)
         expect(runs["tick"], 0, "the tick", quiet=True)  # cron mails whatever a tick prints
+        expect(runs["shared"], 0, "the shared job's tick", quiet=True)
         for key in ("flock", "cron-flock"):
             expect(runs[key], 1, "flock -n on the held lock")
-        if sc.status(name)["pid"] != info["pid"]:
+        if sc.status(name)["pid"] != info["pid"] or sc.status(shared)["pid"] != shared_info["pid"]:
             raise BenchError("a tick started a second copy while the first ran")
     finally:
         sc.cleanup()
@@ -166,6 +172,8 @@ def tick_cost(bench: Bench, plan: Plan) -> list[Row]:
                     pick(runs["system"]), fmt_time, "<= 1.3x", at_most=1.3),
             compare("1", f"tick while NAME runs, {kind}", pick(tick), f"{bench.python_label} -c pass",
                     pick(runs["venv"]), fmt_time, "<= 1.3x", at_most=1.3),
+            compare("1", f"tick of a --shared job while it runs, {kind}", pick(runs["shared"]),
+                    "sh -c 'flock -n FILE true'", pick(runs["cron-flock"]), fmt_time),
         ]
     return rows
 
