@@ -4,7 +4,8 @@ job that found no shared resident and took `.house.lock`:
     python -I -S -c HOUSE_BOOT PACKAGE_PARENT --state-dir ROOT JOB_FD
 
 JOB_FD is a memfd, as for a resident of its own (resident.py): the first job, its lock's and the
-house lock's descriptors, where to report readiness. The resident binds `.house.sock` beside the
+house lock's descriptors, where to report readiness (and the cluster house's beat pipe to its
+watcher: housecluster.py). The resident binds `.house.sock` beside the
 house lock (only the holder of that lock ever binds or unlinks it) and takes the jobs that other
 ticks hand over there (housewire.py); it exits when no job is left.
 """
@@ -187,9 +188,10 @@ def main(argv: list[str]) -> int:
     for key in RESIDENT_MALLOC:  # ours, read by glibc at our start; not the daemons'
         os.environ.pop(key, None)
     hand_over = marshal.loads(read_to_end(int(job_fd)))
-    house_lock = FlockLock(hand_over["house_dir"], house_name(root))
-    house_lock.fd, house_lock.dir_fd = hand_over["house_fd"], hand_over["house_dir_fd"]
     job = Job.from_dict(hand_over["job"])
+    cluster = bool(job.cluster)  # the cluster house: its first job is a cluster job (tick/handover.py)
+    house_lock = FlockLock(hand_over["house_dir"], house_name(root, cluster))
+    house_lock.fd, house_lock.dir_fd = hand_over["house_fd"], hand_over["house_dir_fd"]
     lock = FlockLock(job.lock_dir, job.name)
     lock.fd, lock.dir_fd = hand_over["lock_fd"], hand_over["dir_fd"]
     ready_fd = hand_over["ready_fd"]
@@ -208,8 +210,15 @@ def main(argv: list[str]) -> int:
             pass
         ready_fd = -1
 
-    path = socket_path(hand_over["house_dir"], root)
+    path = socket_path(hand_over["house_dir"], root, cluster)
     house = House(StateStore(root), socket_path=path)
+    beat_fd = hand_over.get("beat_fd", -1)  # the cluster house's: to its watcher, our parent
+    if cluster:
+        from ..cluster.watcher import beat
+        from .housecluster import ClusterDuty
+
+        os.set_inheritable(beat_fd, False)  # the watcher's EOF is our death, never a daemon's
+        house.duty = ClusterDuty(house.members, send=lambda deadline, grace: beat(beat_fd, deadline, grace))
     door: Optional[Door] = None
     try:
         house.open()

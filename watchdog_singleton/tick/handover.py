@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 
 from .. import paths
 from ..lock.flock import FlockLock, default_lock_dir
@@ -42,13 +43,14 @@ def find_house(job: Job, lock: FlockLock, root: str, history: dict[str, object]
     """(the resident's readiness line, None) once a resident took NAME; (None, the house lock) when
     this tick is to become the resident; (None, None) when none answered in FIND_HOUSE_SECONDS."""
     house_dir = default_lock_dir(root)
-    path = socket_path(house_dir, root)
+    cluster = bool(job.cluster)  # a cluster job goes to the cluster house (supervisor/housecluster.py)
+    path = socket_path(house_dir, root, cluster)
     deadline = time.monotonic() + FIND_HOUSE_SECONDS
     while True:
         answer = offer(path, job, lock, history)
         if answer is not None:
             return answer, None
-        house = FlockLock(house_dir, house_name(root))
+        house = FlockLock(house_dir, house_name(root, cluster))
         if house.try_acquire():
             return None, house
         if time.monotonic() >= deadline:
@@ -88,17 +90,29 @@ def offer(path: str, job: Job, lock: FlockLock, history: dict[str, object]) -> O
 def exec_house(job: Job, lock: FlockLock, house: FlockLock, root: str, ready_fd: int,
                history: dict[str, object]) -> None:
     """Become the shared resident (supervisor/housemain.py), NAME its first job: exec it in this
-    process, handing over NAME's lock and the house lock."""
+    process, handing over NAME's lock and the house lock. The cluster house is a child of this
+    process, which becomes its watcher (cluster/watcher.py), as for a cluster job's own supervisor."""
     from ..proc import procs
     from ..proc.children import become_subreaper
     from ..proc.spawn import close_all_but
     from ..supervisor.resident import RESIDENT_MALLOC
     from .becoming import memfd_of
 
+    beat_fd = -1
+    if job.cluster:
+        from ..cluster import Timing
+        from ..cluster.watcher import split_watcher
+        from ..supervisor.housecluster import head_for, watcher_log
+
+        timing = Timing.for_lease(job.lease)
+        become_subreaper()  # the watcher's: orphans of a dead house's trees come to it
+        # Its token is empty: every process below it is the tree; each beat says the grace.
+        beat_fd = split_watcher(job, replace(timing, head=head_for(timing)).capped_grace(job.grace), False,
+                                token="", log=watcher_log(root))
     job_fd = memfd_of({"job": job.to_dict(), "lock_fd": lock.fd, "dir_fd": lock.dir_fd, "house_fd": house.fd,
                        "house_dir_fd": house.dir_fd, "house_dir": house.lock_dir, "ready_fd": ready_fd,
-                       "history": history})
-    keep = (*lock.inheritable_fds(), *house.inheritable_fds(), ready_fd, job_fd)
+                       "history": history, "beat_fd": beat_fd})
+    keep = (*lock.inheritable_fds(), *house.inheritable_fds(), ready_fd, job_fd, *((beat_fd,) if job.cluster else ()))
     for fd in keep:
         os.set_inheritable(fd, True)
     become_subreaper()
@@ -108,5 +122,7 @@ def exec_house(job: Job, lock: FlockLock, house: FlockLock, root: str, ready_fd:
     os.chdir("/")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-I", "-S", "-c", HOUSE_BOOT, paths.PACKAGE_PARENT, "--state-dir",
+    # -I -S, as a resident of its own; the cluster house needs its driver from site-packages: -I only.
+    flags = ["-I"] if job.cluster else ["-I", "-S"]
+    os.execve(sys.executable, [sys.executable, *flags, "-c", HOUSE_BOOT, paths.PACKAGE_PARENT, "--state-dir",
                                root, str(job_fd)], env)
