@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import replace
 
 from .. import paths
 from ..lock.flock import FlockLock, default_lock_dir
@@ -100,6 +99,8 @@ def exec_house(job: Job, lock: FlockLock, house: FlockLock, root: str, ready_fd:
 
     beat_fd = -1
     if job.cluster:
+        from dataclasses import replace
+
         from ..cluster import Timing
         from ..cluster.watcher import split_watcher
         from ..supervisor.housecluster import head_for, watcher_log
