@@ -121,8 +121,9 @@ class ClusterDuty:
 
     def wrap(self, wait: Callable[[float], None]) -> Callable[[float], None]:
         """The house's wait (its loop's, and a stop's pauses): never past the next give-up
-        deadline, and a beat after each."""
+        deadline, and a beat before and after each (one write only when it changed)."""
         def waiting(timeout: float) -> None:
+            self.beat()
             wait(max(0.0, min(timeout, self.switch_at - self.clock())))
             self.beat()
         return waiting
