@@ -178,12 +178,12 @@ def test_kill_9_of_the_shared_resident_never_yields_a_second_copy(sandbox: Sandb
     assert sandbox.status(name)["supervisor_pid"] == new_house
 
 
-def test_shared_is_refused_with_lean_and_with_cluster(sandbox: Sandbox) -> None:
+def test_shared_is_refused_with_lean(sandbox: Sandbox) -> None:
+    """(With --cluster it is allowed: tests/e2e/test_house_cluster_e2e.py.)"""
     name = sandbox.job("refused")
-    for extra in (["--lean"], ["--cluster", "postgresql://u@db.invalid/ws"]):
-        proc = sandbox.ws("install", name, "--shared", *extra, "--", "/bin/sleep", "100")
-        assert proc.returncode == 2, proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1 and "--shared" in proc.stderr
+    proc = sandbox.ws("install", name, "--shared", "--lean", "--", "/bin/sleep", "100")
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--shared" in proc.stderr
     assert sandbox.ws("status", name).returncode == 4
 
 

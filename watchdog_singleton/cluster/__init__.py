@@ -111,12 +111,17 @@ class Timing:
     retry: how often the holder renews (and retries a failed renew).
     attempt: the longest one round trip may take (connect, statement, unacknowledged TCP data);
       at most `retry`.
+    head: the shared resident's head start (0 for a supervisor of its own): its watcher begins
+      this long after the give-up deadline, so that the resident, which gives up at the
+      deadline, has told it first that it stops that job's tree itself (supervisor/housecluster.py);
+      taken out of the capped grace.
     """
 
     lease: float = 60.0
     renew_deadline: float = 40.0
     retry: float = 10.0
     attempt: float = 5.0
+    head: float = 0.0
 
     def __post_init__(self) -> None:
         for field in ("lease", "renew_deadline", "retry", "attempt"):
@@ -140,7 +145,7 @@ class Timing:
     def capped_grace(self, grace: float) -> float:
         """--grace as a lease holder may use it: SIGTERM, the grace, SIGKILL and a second for the
         kernel to end the processes must all fit in the stop budget."""
-        return max(0.0, min(grace, self.stop_budget() - KILL_LANDS))
+        return max(0.0, min(grace, self.stop_budget() - KILL_LANDS - self.head))
 
     def stop_budget(self) -> float:
         """Seconds between the holder's give-up and the earliest moment another host can hold

@@ -14,6 +14,11 @@ the output pump or the deadlines; the main loop only reads the keeper's verdict 
 its own clock and wakes for the give-up deadline. Acquiring happens in the main loop: nothing
 runs then that a slow round trip could hold up. Tests pass `threaded=False` and a fake clock,
 and the supervisor's tick renews inline.
+
+In the shared resident, whose loop serves other jobs too, the guard is `patient = False`: it
+never waits for its renew thread, and with `beside = True` the gate's round trips (acquire, the
+sync slot, the turn) run in a thread of their own (`ask_beside`), whose answer the next `gate`
+takes; the loop only waits for a wake.
 """
 
 from __future__ import annotations
@@ -69,6 +74,12 @@ class ClusterGuard:
         self.keeper = LeaseKeeper(cluster, job.name, timing, clock)
         self._stop_lock: Optional[_thread.LockType] = None  # held while a renew thread may run
         self._done_lock: Optional[_thread.LockType] = None  # held by the renew thread until it ends
+        self.patient = True  # False (the shared resident): never wait for the renew thread
+        self.beside = False  # True (the shared resident): the gate asks in a thread of its own
+        self.answer: Optional[Gate] = None  # that thread's answer, for the next `gate`
+        self.asking = False  # that thread runs
+        self._closing = _thread.allocate_lock()  # `close` and the end of that thread, one at a time
+        self.closed = False
 
     # -- asking --------------------------------------------------------------------------------
     @property
@@ -85,9 +96,40 @@ class ClusterGuard:
 
     def gate(self) -> Gate:
         """One decision before a start: hold the lease (and, for sync, this period's slot; for
-        rotate, the turn). Never raises for an unreachable database."""
+        rotate, the turn). Never raises for an unreachable database. The answer of a thread
+        `ask_beside` started, if there is one."""
+        answer, self.answer = self.answer, None
+        if answer is not None and (self.holding or not answer.go):
+            return answer
         if self.holding:
             return Gate(True)
+        return self._ask()
+
+    def ask_beside(self) -> bool:
+        """With `beside`: the gate's round trips in a thread of their own, so that a slow or
+        unreachable database holds up no other job's loop. True while its answer is not in yet
+        (it wakes the loop when it is); False when `gate` may be called now."""
+        if not self.beside or self.answer is not None or self.holding:
+            return False
+        if not self.asking:
+            self.asking = True
+            _thread.start_new_thread(self._ask_thread, ())
+        return True
+
+    def _ask_thread(self) -> None:
+        try:
+            answer = self._ask()
+        except BaseException as exc:  # noqa: BLE001  a thread's death must reach the main loop
+            answer = Gate(False, f"the lease request failed: {exc.__class__.__name__}: {exc}", unreachable=True)
+        with self._closing:
+            self.answer = answer
+            self.asking = False
+            if self.closed:  # the job left while we asked: what we got goes back at once
+                self._give_back()
+                return
+        self.wake()
+
+    def _ask(self) -> Gate:
         self.forget()
         name = self.job.name
         try:
@@ -167,8 +209,11 @@ class ClusterGuard:
             return
         stop.release()
         # A renew in flight ends within one attempt; past that we go on without it (it holds no
-        # state of ours but the keeper, which release below replaces).
-        done.acquire(True, self.timing.attempt + 1.0)
+        # state of ours but the keeper, which release below replaces). The shared resident goes
+        # on at once: its loop serves other jobs (a renew that still succeeds only extends a
+        # grant we stopped counting on, which the release, or its expiry, ends).
+        if self.patient:
+            done.acquire(True, self.timing.attempt + 1.0)
 
     # -- giving back ---------------------------------------------------------------------------
     def forget(self) -> None:
@@ -193,7 +238,15 @@ class ClusterGuard:
         return turn
 
     def close(self) -> None:
-        """At exit, the tree gone: release (a standby need not wait out the lease)."""
+        """At exit, the tree gone: release (a standby need not wait out the lease). A gate thread
+        still asking releases what it gets when its answer comes (the loop does not wait for it)."""
+        with self._closing:
+            self.closed = True
+            if self.asking:
+                return
+        self._give_back()
+
+    def _give_back(self) -> None:
         self.stop_renewing()
         self.keeper.release()
         try:

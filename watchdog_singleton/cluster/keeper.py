@@ -69,11 +69,13 @@ class LeaseKeeper:
         return grant
 
     def _granted(self, grant: Grant, sent: float) -> None:
-        self.grant = grant
-        self._lost = False
-        self.problem = ""
+        # The deadline before the grant: the shared resident reads both from another thread, and
+        # a new grant beside an old, passed deadline would look like a lease being lost.
         self.give_up_at = sent + self.timing.renew_deadline
         self.next_renew = sent + self.timing.retry
+        self._lost = False
+        self.problem = ""
+        self.grant = grant
         self.on_deadline(self.give_up_at)
 
     def due(self, now: float) -> bool:

@@ -16,6 +16,11 @@ capped grace, SIGKILL; tree.Stopper) when
 It never signals the supervisor, and it passes SIGTERM, SIGINT and SIGHUP on to it (in the
 foreground, the shell's child is the watcher); it exits with the supervisor's exit code.
 
+The shared resident of cluster jobs (supervisor/housecluster.py) has a watcher too: its token is
+empty, so everything below the watcher is the tree (every job's, whatever their tokens), and each
+beat carries the grace to use with the deadline ("DEADLINE GRACE"), which the resident computes
+from all of its jobs' leases.
+
 Why a process of its own and not PR_SET_PDEATHSIG or a PID namespace: a death signal reaches
 only the daemon (not what it started), and neither notices a supervisor that is stopped
 rather than dead; unprivileged user namespaces are not on every HPC host, and PIDs inside one
@@ -54,11 +59,13 @@ def boottime() -> float:
         return time.monotonic()
 
 
-def beat(fd: int, deadline: float) -> None:
-    """The supervisor's side: the tree may live until `deadline` unless a newer one follows.
-    One short write (atomic in a pipe); a full pipe or a gone watcher costs the supervisor nothing."""
+def beat(fd: int, deadline: float, grace: Optional[float] = None) -> None:
+    """The supervisor's side: the tree may live until `deadline` unless a newer one follows (and
+    is then stopped with `grace`, if given, instead of the watcher's own). One short write
+    (atomic in a pipe); a full pipe or a gone watcher costs the supervisor nothing."""
+    line = f"{deadline:.6f}" if grace is None else f"{deadline:.6f} {grace:.6f}"
     try:
-        os.write(fd, f"{deadline:.6f}\n".encode())
+        os.write(fd, f"{line}\n".encode())
     except OSError:
         pass
 
@@ -70,6 +77,7 @@ class Watch:
         self.deadline = INF  # nothing to guard until the first grant
         self.acted_on: Optional[float] = None  # the passed deadline whose stop was done
         self.hung_up = False  # EOF: the supervisor is gone
+        self.grace: Optional[float] = None  # the last beat's grace, if it said one
         self._partial = b""
 
     def feed(self, data: bytes) -> None:
@@ -81,9 +89,12 @@ class Watch:
         self._partial = lines.pop()
         for line in lines:
             try:
-                self.deadline = float(line)
+                fields = [float(field) for field in line.split()]
             except ValueError:
-                pass
+                continue
+            if fields:
+                self.deadline = fields[0]
+                self.grace = fields[1] if len(fields) > 1 else self.grace
 
     def due(self, now: float) -> bool:
         """Whether the tree must be stopped now."""
@@ -191,14 +202,15 @@ class Watcher:
             if alive and self.supervisor in table and table[self.supervisor].gone:
                 alive = False
             exclude = (self.me, self.supervisor) if alive else (self.me,)
-            found = tree.members(table, self.token, (self.me,), exclude, marked=False)
+            found = tree.members(table, self.token, (self.me,), exclude, marked=False, any_token=not self.token)
             if found and not said[0] and why:
                 said[0] = True
                 self.note(f"watcher: {why}: stopping {len(found)} process(es) of the tree before the "
-                          f"cluster lease can pass (SIGTERM, SIGKILL after {self.grace:g} s)")
+                          f"cluster lease can pass (SIGTERM, SIGKILL after {grace:g} s)")
             return found
 
-        survivors = self.stopper.stop(find, self.grace)
+        grace = self.grace if self.watch.grace is None else min(self.grace, self.watch.grace)
+        survivors = self.stopper.stop(find, grace)
         if survivors:
             self.note(f"watcher: pids {sorted(survivors)} survived SIGKILL (stuck in the kernel?)")
 
@@ -224,10 +236,12 @@ def main(argv: list[str]) -> int:
     return Watcher(supervisor, read_beats(fd), token, float(grace_text), log_note(log)).run()
 
 
-def split_watcher(job: Job, grace: float, passthrough: bool) -> int:
+def split_watcher(job: Job, grace: float, passthrough: bool, token: Optional[str] = None,
+                  log: Optional[str] = None) -> int:
     """Fork. The parent becomes the watcher (an exec, never returns); the child returns the write
     end of the beat pipe, to hand to the supervisor it becomes. The caller is a child subreaper
-    already (the setting survives exec); the child must become one again (fork does not keep it)."""
+    already (the setting survives exec); the child must become one again (fork does not keep it).
+    The cluster house passes an empty `token` (everything below is the tree) and its own `log`."""
     beat_r, beat_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid:
@@ -236,8 +250,10 @@ def split_watcher(job: Job, grace: float, passthrough: bool) -> int:
 
         close_all_but((beat_r,))  # the lock, the ready pipe, what cron left open: the supervisor's
         os.set_inheritable(beat_r, True)
+        if log is None:
+            log = "" if passthrough else job.stderr_log
         argv = [sys.executable, "-I", "-S", "-c", BOOT, paths.PACKAGE_PARENT,
-                str(pid), str(beat_r), repr(grace), job.lock_path, "" if passthrough else job.stderr_log]
+                str(pid), str(beat_r), repr(grace), job.lock_path if token is None else token, log]
         env = procs.clean_environ(dict(os.environ))
         try:
             os.execve(sys.executable, argv, env)

@@ -100,7 +100,9 @@ def render(job: Job, python: str, state_root: str, flock_binary: Optional[str], 
         # Only a lock file that is ours is probed; anything odd goes to the launcher, which says why
         # (another user's file held in a folder they may write would look like a running copy).
         held = f"[ $? = {LOCK_HELD} ]"
-        if job.shared:  # a longer line: the paths go into variables, cron cuts a line at 1000 bytes
+        # A shared job's line also checks its resident lives (a cluster house's watcher ends every tree
+        # with it, so there is nothing to adopt); the paths go into variables: cron cuts at 1000 bytes.
+        if job.shared and not job.cluster:
             lock_dir, lock = '"$d"', '"$l"'
             first = f"d={shlex.quote(job.lock_dir)}; l=\"$d\"/{shlex.quote(job.name + '.lock')}; "
             held += f" && {{ {shared_resident_lives(job, state_root)}; }} 2>/dev/null"

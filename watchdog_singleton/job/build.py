@@ -101,10 +101,8 @@ def build_job(request: Any, root: str, environ: dict[str, str], *, command: str 
             raise UserError(problem, field="cluster")
     if cluster and given["lean"]:
         raise UserError("--lean cannot hold a cluster lease: the supervisor renews it (drop --lean)", field="lean")
-    if given["shared"] and (cluster or given["lean"]):
-        raise UserError("--shared is not for " + ("a cluster job: its supervisor holds the lease (drop --shared)"
-                                                  if cluster else "--lean, which keeps no supervisor (drop one)"),
-                        field="shared")
+    if given["shared"] and given["lean"]:
+        raise UserError("--shared is not for --lean, which keeps no supervisor (drop one)", field="shared")
     check_restart(given["restart"])
     check_exec_size(argv, env)  # its error says whether the command or env is too big
     lock_dir = lock_dir_for(command, name, given, root, jobs)

@@ -38,11 +38,14 @@ CONFIRM_PAUSE = 0.005
 
 
 def members(table: dict[int, Proc], token: str, roots: Iterable[int] = (),
-            exclude: Iterable[int] = (), marked: bool = True, prefix: bool = False) -> dict[int, int]:
+            exclude: Iterable[int] = (), marked: bool = True, prefix: bool = False,
+            any_token: bool = False) -> dict[int, int]:
     """pid -> start of every live process of the job with `token` (see the module docstring).
     Without `marked`, only what descends from `roots`: a supervisor that steps down as a
     duplicate stops its own descendants, not the other supervisor's, which carry the same token.
-    With `prefix`, every process whose token starts with `token` (all of a farm's tasks)."""
+    With `prefix`, every process whose token starts with `token` (all of a farm's tasks). With
+    `any_token`, everything that descends from `roots`, whatever it carries (a cluster house's
+    watcher: every job below it)."""
     found: dict[int, int] = {}
     for info in table.values():
         if marked and info.token is not None and not info.gone and (
@@ -56,7 +59,7 @@ def members(table: dict[int, Proc], token: str, roots: Iterable[int] = (),
     while stack:
         for child in children.get(stack.pop(), ()):
             info = table[child]
-            if child in seen or (info.token is not None and info.token != token):
+            if child in seen or (not any_token and info.token is not None and info.token != token):
                 continue  # another job's process: it and what hangs below it are not ours
             seen.add(child)
             stack.append(child)

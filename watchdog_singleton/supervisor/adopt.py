@@ -57,7 +57,8 @@ def orphans(house: House, root: str) -> list[tuple[Job, RunState]]:
             job = seams.load_job(root, name)
         except Exception:  # one unreadable file never keeps the others from being adopted
             continue
-        if state is None or job is None or not job.shared or job.periodic or not state.house:
+        # A cluster job is never adopted: its lease is its own house's, whose watcher ends its tree.
+        if state is None or job is None or not job.shared or job.periodic or job.cluster or not state.house:
             continue
         if seams.alive(state.supervisor_pid, state.supervisor_start, state.boot_id):
             continue  # supervised (or a tick holds it for a moment)

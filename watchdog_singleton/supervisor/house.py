@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from ..job.model import Job
     from ..lock.flock import SingletonLock
     from ..state.store import StateStore
+    from .housecluster import ClusterDuty
 
     Ready = Callable[[Optional[str]], None]
     T = TypeVar("T")
@@ -70,10 +71,13 @@ class House:
         self.looks: list[Callable[[], None]] = []  # run with the jobs' lock watch (the socket's own look)
         self._looked = 0.0
         self.pump: OutputPump
+        self.duty: Optional[ClusterDuty] = None  # the cluster house's (housecluster.py): leases, beats
 
     def open(self) -> None:
         self.pump = OutputPump(self.wakeups.open(), self.seams.clock)
         self.wait = self.seams.wait or self.pump.wait
+        if self.duty is not None:
+            self.wait = self.duty.wrap(self.wait)
 
     def close(self) -> None:
         for member in list(self.members.values()):
@@ -91,12 +95,17 @@ class House:
         member = Member(job.name)
         seams = self.seams.for_job(reap=lambda: self._reaped_by(member), sleep=self._pause)
         try:
+            if bool(job.cluster) != (self.duty is not None):
+                raise ValueError("a cluster job goes to the cluster house, any other to the plain one")
+            cluster = self.duty.cluster_for(job) if self.duty is not None else None
             member.sup = Supervisor(job, lock, self.store, ready=ready, history=history, seams=seams,
-                                    wakeups=self.wakeups, house=self.socket_path)
+                                    wakeups=self.wakeups, house=self.socket_path, cluster=cluster)
         except BaseException:
             lock.release()
             raise
         self.members[job.name] = member
+        if self.duty is not None:
+            self.duty.join(member.sup)
         try:
             member.sup.open(PumpShare(self.pump))
         except Exception as exc:
@@ -200,7 +209,7 @@ class House:
 
     def _ending_until(self, member: Member) -> float:
         assert member.ending_since is not None
-        return member.ending_since + (0.0 if member.sup.life.duplicate else member.sup.job.grace)
+        return member.ending_since + (0.0 if member.sup.life.duplicate else member.sup.life.stop_grace())
 
     def _tree_left(self, member: Member) -> bool:
         sup = member.sup
@@ -258,7 +267,7 @@ class House:
         life = sup.life
         steps: list[Callable[[], None]] = [
             lambda: sup.output.note(text), lambda: life._report_ready(text),
-            lambda: life.child.stop(sup.job, sup.job.grace, "stopping: failed", True, sup.output.note),
+            lambda: life.child.stop(sup.job, life.stop_grace(), "stopping: failed", True, sup.output.note),
             lambda: sup.pump.drain_all()]
         for step in steps:
             try:

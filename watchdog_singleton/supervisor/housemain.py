@@ -4,7 +4,8 @@ job that found no shared resident and took `.house.lock`:
     python -I -S -c HOUSE_BOOT PACKAGE_PARENT --state-dir ROOT JOB_FD
 
 JOB_FD is a memfd, as for a resident of its own (resident.py): the first job, its lock's and the
-house lock's descriptors, where to report readiness. The resident binds `.house.sock` beside the
+house lock's descriptors, where to report readiness (and the cluster house's beat pipe to its
+watcher: housecluster.py). The resident binds `.house.sock` beside the
 house lock (only the holder of that lock ever binds or unlinks it) and takes the jobs that other
 ticks hand over there (housewire.py); it exits when no job is left.
 """
@@ -216,10 +217,11 @@ def main(argv: list[str]) -> int:
     for key in RESIDENT_MALLOC:  # ours, read by glibc at our start; not the daemons'
         os.environ.pop(key, None)
     hand_over = marshal.loads(read_to_end(int(job_fd)))
-    house_lock = FlockLock(hand_over["house_dir"], house_name(root))
-    house_lock.fd, house_lock.dir_fd = hand_over["house_fd"], hand_over["house_dir_fd"]
     # No first job: a tick found its job's daemon running on after its resident died (adopt.py).
     job = Job.from_dict(hand_over["job"]) if hand_over["job"] is not None else None
+    cluster = job is not None and bool(job.cluster)  # the cluster house: its first job is a cluster job
+    house_lock = FlockLock(hand_over["house_dir"], house_name(root, cluster))
+    house_lock.fd, house_lock.dir_fd = hand_over["house_fd"], hand_over["house_dir_fd"]
     lock = FlockLock(job.lock_dir, job.name) if job is not None else None
     if lock is not None:
         lock.fd, lock.dir_fd = hand_over["lock_fd"], hand_over["dir_fd"]
@@ -239,14 +241,22 @@ def main(argv: list[str]) -> int:
             pass
         ready_fd = -1
 
-    path = socket_path(hand_over["house_dir"], root)
+    path = socket_path(hand_over["house_dir"], root, cluster)
     house = House(StateStore(root), socket_path=path)
+    beat_fd = hand_over.get("beat_fd", -1)  # the cluster house's: to its watcher, our parent
+    if cluster:
+        from ..cluster.watcher import beat
+        from .housecluster import ClusterDuty
+
+        os.set_inheritable(beat_fd, False)  # the watcher's EOF is our death, never a daemon's
+        house.duty = ClusterDuty(house.members, send=lambda deadline, grace: beat(beat_fd, deadline, grace))
     door: Optional[Door] = None
     what = job.name if job is not None else "adopting"
     try:
         house.open()
         door = Door(house, path, house_lock)
-        adopt_orphans(house, root)  # the daemons a resident before us left running, ours again
+        if not cluster:  # a cluster house's watcher stops every tree a dead one left: none to adopt
+            adopt_orphans(house, root)  # the daemons a resident before us left running, ours again
         if job is not None and lock is not None:
             house.take(job, lock, ready=ready, history=hand_over["history"])
             member = house.members.get(job.name)

@@ -1,6 +1,7 @@
 """The shared resident's socket (install --shared): where it is, who may talk to it, and how.
 
-One AF_UNIX stream socket per user, host and state root, `.house.sock` in the user's private
+One AF_UNIX stream socket per user, host, state root and kind (plain, or cluster jobs:
+`house_name`), `.house.sock` in the user's private
 0700 lock folder, beside `.house.lock`, the flock its resident holds for its whole life (no job
 name starts with '.', so neither can be a job's). Only peers of our own uid are heard (SO_PEERCRED,
 on both ends): another local user is an adversary, and the folder's mode is not the only wall.
@@ -39,16 +40,21 @@ class WireError(OSError):
     """The other end is gone, not ours, or said something we cannot read."""
 
 
-def house_name(root: str) -> str:
+CLUSTER = "-cluster"  # the cluster house's suffix: shared cluster jobs have a resident of their own
+
+
+def house_name(root: str, cluster: bool = False) -> str:
     """The resident's name in the lock folder, one per state root: a folder named by
-    WATCHDOG_SINGLETON_LOCK_DIR may serve several roots, and a resident runs the jobs of its own."""
+    WATCHDOG_SINGLETON_LOCK_DIR may serve several roots, and a resident runs the jobs of its own.
+    Shared cluster jobs go to a resident of their own (supervisor/housecluster.py), which loads
+    the database driver and has a watcher above it: a user without them pays for neither."""
     import zlib
 
-    return f"{HOUSE}-{zlib.crc32(os.path.abspath(root).encode()):08x}"
+    return f"{HOUSE}-{zlib.crc32(os.path.abspath(root).encode()):08x}{CLUSTER if cluster else ''}"
 
 
-def socket_path(lock_dir: str, root: str) -> str:
-    return os.path.join(lock_dir, house_name(root) + ".sock")
+def socket_path(lock_dir: str, root: str, cluster: bool = False) -> str:
+    return os.path.join(lock_dir, house_name(root, cluster) + ".sock")
 
 
 def pid_path(lock_dir: str, root: str) -> str:

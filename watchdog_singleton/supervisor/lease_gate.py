@@ -7,6 +7,8 @@ from ..state.phases import Phase
 from ..timefmt import iso
 from .decisions import DONE, GO, LEASE, NEXT_DUE, STANDBY, Decision, Done, Go, NextDue, Standby
 
+INF = float("inf")
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
     from typing import Callable, Optional
@@ -130,14 +132,22 @@ class LeaseReactions:
     """What a cluster job's Lifecycle does about its gate's answers: start or not (wait, stand by,
     leave), note and tell a lost lease, stop the tree once it is lost. Part of the Lifecycle (it
     acts through the Lifecycle's own steps), kept here so that only a cluster job loads it."""
-    __slots__ = ("life", "gate")
+    __slots__ = ("life", "gate", "asking")
 
     def __init__(self, life: Lifecycle, gate: LeaseGate) -> None:
         self.life, self.gate = life, gate
+        self.asking = False  # the shared resident: the gate's round trips run beside the loop
 
     def ask(self, now: float) -> bool:
-        """Before a start: hold NAME's cluster lease (True), or act on why not."""
+        """Before a start: hold NAME's cluster lease (True), or act on why not. In the shared
+        resident, the first call starts the round trips in a thread (guard.ask_beside) and the
+        start waits for its answer, which wakes the loop; the call after it acts on that answer."""
         life, gate = self.life, self.gate
+        if gate.guard.ask_beside():
+            self.asking = True
+            life.next_start = INF  # `tick` brings it back when the answer is in
+            return False
+        self.asking = False
         decision = gate.before_start(now, iso(life.seams.wall()), life.periodic, life.stopping)
         if gate.lost is not None:
             self._lost(gate.lost)
@@ -163,6 +173,9 @@ class LeaseReactions:
     def tick(self) -> None:
         """Renew inline (tests), note a renew problem once, and stop the tree once the lease is lost."""
         life = self.life
+        if self.asking and not self.gate.guard.asking:
+            self.asking = False
+            life.next_start = life.seams.clock()  # the gate's answer is in: the start goes on
         news = self.gate.on_tick()
         for text in news.notes:
             life._note(text)

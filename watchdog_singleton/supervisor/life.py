@@ -317,16 +317,17 @@ class Lifecycle:
     def _stop_tree(self, why: str, leftovers: bool = False) -> None:
         self.state.pid = self.state.pid_start = None
         self.enter(Phase.STOPPING)
-        wait = self.job.grace
-        if self.guard is not None:
-            # A lease holder's tree must be gone before the lease can pass, even when the database
-            # becomes unreachable in the middle of a stop: every stop fits the stop budget.
-            wait = self.guard.timing.capped_grace(wait)
         # The stop's numbers are told unless we only end what an exited daemon left behind.
-        self.child.stop(self.job, wait, why, not leftovers or bool(self.ending), self._note)
+        self.child.stop(self.job, self.stop_grace(), why, not leftovers or bool(self.ending), self._note)
         self.pump.drain_all()
         if not leftovers:
             self.enter(Phase.STOPPED if self.stopping else Phase.EXITED)
+
+    def stop_grace(self) -> float:
+        """The grace of a stop of the tree: --grace, capped for a lease holder. Its tree must be gone
+        before the lease can pass, even when the database becomes unreachable in the middle of a
+        stop: every stop fits the stop budget."""
+        return self.job.grace if self.guard is None else self.guard.timing.capped_grace(self.job.grace)
 
     def _note(self, text: str) -> None:
         self.output.note(text)

@@ -45,13 +45,14 @@ def find_house(job: Job, lock: FlockLock, root: str, history: dict[str, object]
     """(the resident's readiness line, None) once a resident took NAME; (None, the house lock) when
     this tick is to become the resident; (None, None) when none answered in FIND_HOUSE_SECONDS."""
     house_dir = default_lock_dir(root)
-    path = socket_path(house_dir, root)
+    cluster = bool(job.cluster)  # a cluster job goes to the cluster house (supervisor/housecluster.py)
+    path = socket_path(house_dir, root, cluster)
     deadline = time.monotonic() + FIND_HOUSE_SECONDS
     while True:
         answer = offer(path, job, lock, history)
         if answer is not None:
             return answer, None
-        house = FlockLock(house_dir, house_name(root))
+        house = FlockLock(house_dir, house_name(root, cluster))
         if house.try_acquire():
             return None, house
         if time.monotonic() >= deadline:
@@ -92,8 +93,8 @@ def rescue(job: Job, state: Optional[RunState], root: str) -> Optional[FlockLock
     """NAME's lock is held. If that is its daemon running on after its shared resident died, the
     house lock (this tick is to become a resident that adopts it); else None: all is well, or a live
     resident (or one being born, which adopts it) holds the house lock."""
-    if state is None or not state.house or state.supervisor_alive() or not state.daemon_alive():
-        return None
+    if job.cluster or state is None or not state.house or state.supervisor_alive() or not state.daemon_alive():
+        return None  # a cluster house's watcher stops every tree it leaves: nothing to adopt
     house = FlockLock(default_lock_dir(root), house_name(root))
     return house if house.try_acquire() else None
 
@@ -101,17 +102,34 @@ def rescue(job: Job, state: Optional[RunState], root: str) -> Optional[FlockLock
 def exec_house(job: Optional[Job], lock: Optional[FlockLock], house: FlockLock, root: str, ready_fd: int,
                history: dict[str, object]) -> None:
     """Become the shared resident (supervisor/housemain.py), NAME its first job (none: it only
-    adopts): exec it in this process, handing over NAME's lock and the house lock."""
+    adopts): exec it in this process, handing over NAME's lock and the house lock. The cluster house
+    is a child of this process, which becomes its watcher (cluster/watcher.py), as for a cluster
+    job's own supervisor."""
     from ..proc import procs
     from ..proc.children import become_subreaper
     from ..proc.spawn import close_all_but
     from ..supervisor.resident import RESIDENT_MALLOC
     from .becoming import memfd_of
 
+    beat_fd = -1
+    cluster = job is not None and bool(job.cluster)
+    if job is not None and job.cluster:
+        from dataclasses import replace
+
+        from ..cluster import Timing
+        from ..cluster.watcher import split_watcher
+        from ..supervisor.housecluster import head_for, watcher_log
+
+        timing = Timing.for_lease(job.lease)
+        become_subreaper()  # the watcher's: orphans of a dead house's trees come to it
+        # Its token is empty: every process below it is the tree; each beat says the grace.
+        beat_fd = split_watcher(job, replace(timing, head=head_for(timing)).capped_grace(job.grace), False,
+                                token="", log=watcher_log(root))
     job_fd = memfd_of({"job": job.to_dict() if job is not None else None, "lock_fd": lock.fd if lock else None,
                        "dir_fd": lock.dir_fd if lock else None, "house_fd": house.fd, "house_dir_fd": house.dir_fd,
-                       "house_dir": house.lock_dir, "ready_fd": ready_fd, "history": history})
-    keep = (*(lock.inheritable_fds() if lock else ()), *house.inheritable_fds(), ready_fd, job_fd)
+                       "house_dir": house.lock_dir, "ready_fd": ready_fd, "history": history, "beat_fd": beat_fd})
+    keep = (*(lock.inheritable_fds() if lock else ()), *house.inheritable_fds(), ready_fd, job_fd,
+            *((beat_fd,) if cluster else ()))
     for fd in keep:
         os.set_inheritable(fd, True)
     become_subreaper()
@@ -121,5 +139,7 @@ def exec_house(job: Optional[Job], lock: Optional[FlockLock], house: FlockLock, 
     os.chdir("/")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-I", "-S", "-c", HOUSE_BOOT, paths.PACKAGE_PARENT, "--state-dir",
+    # -I -S, as a resident of its own; the cluster house needs its driver from site-packages: -I only.
+    flags = ["-I"] if job.cluster else ["-I", "-S"]
+    os.execve(sys.executable, [sys.executable, *flags, "-c", HOUSE_BOOT, paths.PACKAGE_PARENT, "--state-dir",
                                root, str(job_fd)], env)
