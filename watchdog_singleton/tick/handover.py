@@ -140,6 +140,6 @@ def exec_house(job: Optional[Job], lock: Optional[FlockLock], house: FlockLock, 
     sys.stdout.flush()
     sys.stderr.flush()
     # -I -S, as a resident of its own; the cluster house needs its driver from site-packages: -I only.
-    flags = ["-I"] if job.cluster else ["-I", "-S"]
+    flags = ["-I"] if cluster else ["-I", "-S"]
     os.execve(sys.executable, [sys.executable, *flags, "-c", HOUSE_BOOT, paths.PACKAGE_PARENT, "--state-dir",
                                root, str(job_fd)], env)
