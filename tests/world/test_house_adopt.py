@@ -184,6 +184,8 @@ def test_only_orphans_are_adopted(tmp_path: Any) -> None:
     s.store.save(RunState.from_dict({**s.state("supervised").to_dict(), "supervisor_start": 1}))
     s.orphan("plain")
     s.jobs["plain"].shared = False  # reinstalled without --shared
+    s.orphan("leased")
+    s.jobs["leased"].cluster = "postgresql://db/ws"  # its lease is its cluster house's: never adopted
     assert s.adopt() == ["orphan"]
     assert supervised.pid in s.world.procs and s.world.exit_watches.keys() == {s.daemons["orphan"].pid}
     s.stop_all_at(T0 + 5)
