@@ -14,7 +14,7 @@ from watchdog_singleton.job.model import Job
 from watchdog_singleton.proc.procs import UNKNOWN_EXIT
 from watchdog_singleton.state.phases import Phase
 from watchdog_singleton.state.store import RunState, StateStore
-from watchdog_singleton.supervisor.adopt import adopt_orphans
+from watchdog_singleton.supervisor.adopt import adopt_orphans, orphans
 from watchdog_singleton.supervisor.house import SIGTERM, House
 
 T0 = 1000.0
@@ -186,6 +186,7 @@ def test_only_orphans_are_adopted(tmp_path: Any) -> None:
     s.jobs["plain"].shared = False  # reinstalled without --shared
     s.orphan("leased")
     s.jobs["leased"].cluster = "postgresql://db/ws"  # its lease is its cluster house's: never adopted
+    assert [job.name for job, _ in orphans(s.house, s.root)] == ["orphan"]
     assert s.adopt() == ["orphan"]
     assert supervised.pid in s.world.procs and s.world.exit_watches.keys() == {s.daemons["orphan"].pid}
     s.stop_all_at(T0 + 5)
