@@ -92,13 +92,24 @@ class Child:
         whatever of the tree still lives is its child (double-forked, setsid'd, env-cleared or
         not), so with no child at all nothing is left and /proc is not scanned (a restart's cost
         stays flat however many processes the host runs). With any child (of the tree, or the
-        supervisor's own, e.g. a notifier) the scan tells which is which, as before."""
+        supervisor's own, e.g. a notifier) the scan tells which is which, as before.
+
+        The shared resident always has children (the other jobs' daemons): when its children are
+        only those, nothing of this tree is left either, and /proc is not scanned."""
         if not self.seams.has_children():
             return {}
         if self.seams.house:
-            return self.finder(job)()
+            return {} if self._only_known_children() else self.finder(job)()
         pid = self.seams.pid
         return tree.members(self.seams.scan(), job.lock_path, (pid,), (pid,))
+
+    def _only_known_children(self) -> bool:
+        """Whether every child of the shared resident is one it accounts for. A process left of a
+        reaped daemon's tree is a child of ours (a subreaper), or descends from one that is: the
+        daemon was our child, so the chain up from it reaches us through a child we have not
+        reaped. None from the seam (the kernel does not list children): we cannot tell."""
+        children = self.seams.children()
+        return children is not None and set(children) <= self.seams.known()
 
     def finder(self, job: Job, marked: bool = True) -> Callable[[], dict[int, int]]:
         """The tree as of each call. A supervisor of its own: what descends from it, and what carries

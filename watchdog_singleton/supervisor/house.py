@@ -88,7 +88,8 @@ class House:
             lock.release()
             raise ValueError(f"{job.name} is supervised here already")
         member = Member(job.name)
-        seams = self.seams.for_job(reap=lambda: self._reaped_by(member), sleep=self._pause)
+        seams = self.seams.for_job(reap=lambda: self._reaped_by(member), sleep=self._pause,
+                                   known=lambda: self._daemons(member))
         try:
             member.sup = Supervisor(job, lock, self.store, ready=ready, history=history, seams=seams,
                                     wakeups=self.wakeups, house=self.socket_path)
@@ -226,6 +227,13 @@ class House:
             if owner is not None:
                 owner.inbox.append((pid, code))
             # else an orphan of some job's tree (we are its subreaper), or a notifier: reaped, no more
+
+    def _daemons(self, but: Member) -> set[int]:
+        """The other jobs' daemons that we started: children of ours, whose pids no other process
+        can have until we reap them. Not a forking job's followed process: it may be another's
+        child, reaped without our knowing, and its pid anyone's since."""
+        return {m.sup.life.child.pid for m in self.members.values()
+                if m is not but and m.sup.life.child.pid is not None and not m.sup.life.child.following}
 
     def _reaped_by(self, member: Member) -> list[tuple[int, int]]:
         self._reap_all()
