@@ -12,7 +12,9 @@ watches due in the same wake-up (a job that joins takes the next look of those a
 
 Isolation: an exception in one job's handling stops that job's tree, releases its lock, is written
 to its log, and the others run on. A job's tree is its daemon, what descends from it and what
-carries its token (child.Child in shared mode), never the resident's other children. Each daemon
+carries its token (child.Child in shared mode), never the resident's other children. Every stop
+(asked over the socket, or by a job's own run: its timeout, its lifetime, its daemon's leftovers)
+sends SIGTERM and waits out its grace beside the loop, never holding another job's restart. Each daemon
 inherits only its own lock's descriptors. SIGTERM stops every job, SIGHUP reopens every log,
 SIGUSR2 re-reads every definition; one job is stopped or re-read through the socket (housewire.py),
 never a signal, which would reach all of them.
@@ -134,6 +136,9 @@ class House:
         for member in self._running():
             if member.inbox:
                 self._guard(member, member.sup.life.reap)
+        for member in self._running():  # a stop of a job's own (timeout, lifetime, leftovers)
+            if member.sup.life.child.aside_until is not None:
+                self._guard(member, self._aside, member)
         requests, self.requests = self.requests, []
         for request in requests:
             request()
@@ -152,6 +157,8 @@ class House:
         wakes = [self._guard(member, member.sup.wake_at, now) for member in running]
         # An ending job: look for its tree again soon, and finish it when its grace is over.
         wakes += [min(now + ENDING_LOOK, self._ending_until(m)) for m in self._each() if m.ending_since is not None]
+        # A job's stop of its own likewise (it starts again only once that stop is over).
+        wakes += [min(now + ENDING_LOOK, a) for a in (m.sup.life.child.aside_until for m in running) if a is not None]
         due = min((w for w in wakes if isinstance(w, float)), default=now)
         self.wait(max(0.0, due - now))
 
@@ -195,8 +202,18 @@ class House:
         for member in [m for m in self._each() if m.ending_since is not None]:
             if now < self._ending_until(member) and self._guard(member, self._tree_left, member):
                 continue
+            if member.sup.life.child.aside_until is not None:  # its own stop first, and what follows it
+                self._guard(member, member.sup.life.child.end_aside, member.sup.job, member.sup.output.note)
             if self._guard(member, member.sup.finish) is not False:
                 self._leave(member)
+
+    def _aside(self, member: Member) -> None:
+        """A job's stop of its own runs beside the loop, as a stop asked over the socket does:
+        finished once its tree is gone or its grace is over."""
+        self._reap_all()  # a daemon that obeyed SIGTERM is a zombie until reaped
+        sup = member.sup
+        if not sup.life.child.aside():
+            sup.life.child.end_aside(sup.job, sup.output.note)
 
     def _ending_until(self, member: Member) -> float:
         assert member.ending_since is not None
