@@ -51,6 +51,7 @@ class FakeWorld:
         self.deaths: dict[int, float] = {}  # pid -> when it exited
         self.scans = 0  # how often the supervisor listed every process
         self.exit_watches: dict[int, list[Callable[[], None]]] = {}  # pidfds on processes not ours
+        self.lists_children = True  # False: a kernel without /proc/self/task/*/children
 
     # -- scripting ---------------------------------------------------------------------------
     def at(self, when: float, action: Callable[[], None]) -> None:
@@ -95,8 +96,8 @@ class FakeWorld:
     # -- the seams ---------------------------------------------------------------------------
     def seams(self) -> Seams:
         return Seams(clock=lambda: self.now, wall=lambda: self.now + self.wall_offset, spawn=self.spawn, scan=self.scan,
-                     reap=self.reap, has_children=self.has_children, wait=self.wait, send=self.send,
-                     sleep=self.sleep, pid=SUPERVISOR,
+                     reap=self.reap, has_children=self.has_children, children=self.children, wait=self.wait,
+                     send=self.send, sleep=self.sleep, pid=SUPERVISOR,
                      lease_clock=lambda: self.now, threads=False, boot_id=lambda: "fake-boot",
                      start_time=self.start_time, strict=True, alive=self.alive, watch_exit=self.watch_exit)
 
@@ -116,6 +117,13 @@ class FakeWorld:
     def has_children(self) -> bool:
         """As waitid(P_ALL, WNOHANG|WNOWAIT) not failing with ECHILD: a living or unreaped child."""
         return bool(self.exited) or any(p.ppid == SUPERVISOR for p in self.procs.values())
+
+    def children(self) -> Optional[list[int]]:
+        """As /proc/self/task/*/children: the supervisor's children, living or not yet reaped."""
+        if not self.lists_children:
+            return None
+        living = {p.pid for p in self.procs.values() if p.ppid == SUPERVISOR}
+        return sorted(living | {pid for pid, _code in self.exited})
 
     def scan(self) -> dict[int, procs.Proc]:
         self.scans += 1

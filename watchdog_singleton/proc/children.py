@@ -54,6 +54,33 @@ def has_children() -> bool:
     return True
 
 
+def own_children() -> Optional[list[int]]:
+    """Our children's pids, living or exited and not yet reaped, without looking at any other
+    process: each thread's /proc/self/task/TID/children (a child is listed under the thread that
+    forked it, an orphan under the thread the kernel gave it to). None when the kernel does not
+    say (built without CONFIG_PROC_CHILDREN), or a thread ended while we read (its children
+    moved to another thread, maybe one already read): then only a scan of /proc tells."""
+    pids: list[int] = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            fd = os.open(f"/proc/self/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                # The file can skip a child that leaves the list between two reads; a child of
+                # ours stays listed until we reap it, and the loop that reads here is the one that reaps.
+                text = b""
+                while True:
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        break
+                    text += chunk
+            finally:
+                os.close(fd)
+            pids.extend(int(pid) for pid in text.split())
+    except OSError:
+        return None
+    return pids
+
+
 def wait_child(pid: int, timeout: float, clock: Callable[[], float] = time.monotonic,
                sleep: Callable[[float], None] = time.sleep) -> Optional[int]:
     """Reap child `pid` within `timeout` seconds: its exit code, or None if it still runs (or was

@@ -78,6 +78,11 @@ class Child:
         self.following = False  # forking: the command exited 0 and its tree is followed as the daemon
         self.started = 0.0
         self.termed_at: Optional[float] = None  # the shared resident sent the tree SIGTERM already (all stop)
+        # The shared resident's stop of our own (`term`): its grace runs beside the loop until then.
+        self.aside_until: Optional[float] = None
+        self._aside_find: Callable[[], dict[int, int]] = dict
+        self._aside_termed: dict[int, int] = {}
+        self._after_aside: Optional[Callable[[], None]] = None
         self.stopper = tree.Stopper(send=seams.send, clock=seams.clock, sleep=seams.sleep, reap=reap)
 
     def spawn(self, job: Job, env: dict[str, str], fds: tuple[int, ...], capture: bool) -> Spawned:
@@ -92,13 +97,24 @@ class Child:
         whatever of the tree still lives is its child (double-forked, setsid'd, env-cleared or
         not), so with no child at all nothing is left and /proc is not scanned (a restart's cost
         stays flat however many processes the host runs). With any child (of the tree, or the
-        supervisor's own, e.g. a notifier) the scan tells which is which, as before."""
+        supervisor's own, e.g. a notifier) the scan tells which is which, as before.
+
+        The shared resident always has children (the other jobs' daemons): when its children are
+        only those, nothing of this tree is left either, and /proc is not scanned."""
         if not self.seams.has_children():
             return {}
         if self.seams.house:
-            return self.finder(job)()
+            return {} if self._only_known_children() else self.finder(job)()
         pid = self.seams.pid
         return tree.members(self.seams.scan(), job.lock_path, (pid,), (pid,))
+
+    def _only_known_children(self) -> bool:
+        """Whether every child of the shared resident is one it accounts for. A process left of a
+        reaped daemon's tree is a child of ours (a subreaper), or descends from one that is: the
+        daemon was our child, so the chain up from it reaches us through a child we have not
+        reaped. None from the seam (the kernel does not list children): we cannot tell."""
+        children = self.seams.children()
+        return children is not None and set(children) <= self.seams.known()
 
     def finder(self, job: Job, marked: bool = True) -> Callable[[], dict[int, int]]:
         """The tree as of each call. A supervisor of its own: what descends from it, and what carries
@@ -154,22 +170,61 @@ class Child:
 
     def stop(self, job: Job, grace: float, why: str, detailed: bool, note: Callable[[str], None]) -> None:
         """SIGTERM to the whole tree, SIGKILL after `grace`; `why` goes to the log once the first
-        scan found something (`detailed`: with the numbers), and what survived SIGKILL."""
+        scan found something (`detailed`: with the numbers), and what survived SIGKILL. After
+        `term`: what is left of the tree gets SIGKILL if its grace is over (`why` was told then)."""
         def say(count: int) -> None:
             if count and detailed:
                 note(f"{why}; SIGTERM to {count} process(es), SIGKILL after {grace:g} s")
             elif count:
                 note(why)
 
-        if self.termed_at is not None:  # its grace began then, beside the other jobs'
+        told = self.aside_until is not None
+        if self.aside_until is not None:
+            grace = max(0.0, self.aside_until - self.seams.clock())
+        elif self.termed_at is not None:  # its grace began then, beside the other jobs'
             grace = max(0.0, grace - (self.seams.clock() - self.termed_at))
-            self.termed_at = None
-        survivors = stop_job(job.lock_path, grace, find=self.finder(job), stopper=self.stopper, on_first=say).left
+        self.termed_at = self.aside_until = None
+        self._aside_find, self._aside_termed = dict, {}
+        survivors = stop_job(job.lock_path, grace, find=self.finder(job), stopper=self.stopper,
+                             on_first=None if told else say).left
         if survivors:
             note(f"pids {sorted(survivors)} survived SIGKILL (stuck in the kernel?)")
         for pid, _code in self.seams.reap():
             if pid == self.pid:
                 self.pid = None
+
+    def term(self, job: Job, grace: float, why: str, detailed: bool, note: Callable[[str], None],
+             then: Optional[Callable[[], None]]) -> None:
+        """The shared resident's stop of our own (a timeout, a lifetime, leftovers): SIGTERM to the
+        tree now, and its grace runs beside the loop, which calls `aside` until it is over and
+        then `end_aside`: the other jobs' restarts never wait for it. `then` follows the stop."""
+        self._aside_find, self._aside_termed, self._after_aside = self.finder(job), {}, then
+        self.termed_at = self.seams.clock()
+        self.aside_until = self.termed_at + grace
+        count = len(self._term_new())
+        if count:
+            note(f"{why}; SIGTERM to {count} process(es), SIGKILL after {grace:g} s" if detailed else why)
+
+    def aside(self) -> bool:
+        """Whether the stop begun by `term` goes on: some of the tree is left, and its grace is not
+        over. What joined the tree since the last look gets SIGTERM too."""
+        return self.aside_until is not None and self.seams.clock() < self.aside_until and bool(self._term_new())
+
+    def end_aside(self, job: Job, note: Callable[[str], None]) -> None:
+        """The stop begun by `term` is over (the tree is gone, or its grace is): SIGKILL to what is
+        left, then what follows the stop."""
+        then, self._after_aside = self._after_aside, None
+        self.stop(job, 0.0, "", False, note)
+        if then is not None:
+            then()
+
+    def _term_new(self) -> dict[int, int]:
+        tree = self._aside_find()
+        new = [pid for pid, start in tree.items() if self._aside_termed.get(pid) != start]
+        self.stopper.signal_all(new, 15)
+        self.stopper.signal_all(new, 18)  # SIGCONT: a stopped process acts on its SIGTERM
+        self._aside_termed.update(tree)
+        return tree
 
     def step_down(self, job: Job) -> None:
         """A duplicate supervisor leaves: only its own descendants go (they carry no mark yet)."""

@@ -151,7 +151,7 @@ class Supervisor:
         """One turn at `now`: start the daemon if its start is due (True: look again before
         waiting), else the timed chores."""
         life = self.life
-        if life.child.pid is None and now >= life.next_start:
+        if life.child.pid is None and now >= life.next_start and life.child.aside_until is None:
             life.start_due(now)
             return True
         self._tick(now)

@@ -12,7 +12,9 @@ watches due in the same wake-up (a job that joins takes the next look of those a
 
 Isolation: an exception in one job's handling stops that job's tree, releases its lock, is written
 to its log, and the others run on. A job's tree is its daemon, what descends from it and what
-carries its token (child.Child in shared mode), never the resident's other children. Each daemon
+carries its token (child.Child in shared mode), never the resident's other children. Every stop
+(asked over the socket, or by a job's own run: its timeout, its lifetime, its daemon's leftovers)
+sends SIGTERM and waits out its grace beside the loop, never holding another job's restart. Each daemon
 inherits only its own lock's descriptors. SIGTERM stops every job, SIGHUP reopens every log,
 SIGUSR2 re-reads every definition; one job is stopped or re-read through the socket (housewire.py),
 never a signal, which would reach all of them.
@@ -93,7 +95,8 @@ class House:
             lock.release()
             raise ValueError(f"{job.name} is supervised here already")
         member = Member(job.name)
-        seams = self.seams.for_job(reap=lambda: self._reaped_by(member), sleep=self._pause)
+        seams = self.seams.for_job(reap=lambda: self._reaped_by(member), sleep=self._pause,
+                                   known=lambda: self._daemons(member))
         try:
             if bool(job.cluster) != (self.duty is not None):
                 raise ValueError("a cluster job goes to the cluster house, any other to the plain one")
@@ -143,6 +146,9 @@ class House:
         for member in self._running():
             if member.inbox:
                 self._guard(member, member.sup.life.reap)
+        for member in self._running():  # a stop of a job's own (timeout, lifetime, leftovers)
+            if member.sup.life.child.aside_until is not None:
+                self._guard(member, self._aside, member)
         requests, self.requests = self.requests, []
         for request in requests:
             request()
@@ -161,6 +167,8 @@ class House:
         wakes = [self._guard(member, member.sup.wake_at, now) for member in running]
         # An ending job: look for its tree again soon, and finish it when its grace is over.
         wakes += [min(now + ENDING_LOOK, self._ending_until(m)) for m in self._each() if m.ending_since is not None]
+        # A job's stop of its own likewise (it starts again only once that stop is over).
+        wakes += [min(now + ENDING_LOOK, a) for a in (m.sup.life.child.aside_until for m in running) if a is not None]
         due = min((w for w in wakes if isinstance(w, float)), default=now)
         self.wait(max(0.0, due - now))
 
@@ -204,8 +212,18 @@ class House:
         for member in [m for m in self._each() if m.ending_since is not None]:
             if now < self._ending_until(member) and self._guard(member, self._tree_left, member):
                 continue
+            if member.sup.life.child.aside_until is not None:  # its own stop first, and what follows it
+                self._guard(member, member.sup.life.child.end_aside, member.sup.job, member.sup.output.note)
             if self._guard(member, member.sup.finish) is not False:
                 self._leave(member)
+
+    def _aside(self, member: Member) -> None:
+        """A job's stop of its own runs beside the loop, as a stop asked over the socket does:
+        finished once its tree is gone or its grace is over."""
+        self._reap_all()  # a daemon that obeyed SIGTERM is a zombie until reaped
+        sup = member.sup
+        if not sup.life.child.aside():
+            sup.life.child.end_aside(sup.job, sup.output.note)
 
     def _ending_until(self, member: Member) -> float:
         assert member.ending_since is not None
@@ -236,6 +254,13 @@ class House:
             if owner is not None:
                 owner.inbox.append((pid, code))
             # else an orphan of some job's tree (we are its subreaper), or a notifier: reaped, no more
+
+    def _daemons(self, but: Member) -> set[int]:
+        """The other jobs' daemons that we started: children of ours, whose pids no other process
+        can have until we reap them. Not a forking job's followed process: it may be another's
+        child, reaped without our knowing, and its pid anyone's since."""
+        return {m.sup.life.child.pid for m in self.members.values()
+                if m is not but and m.sup.life.child.pid is not None and not m.sup.life.child.following}
 
     def _reaped_by(self, member: Member) -> list[tuple[int, int]]:
         self._reap_all()

@@ -111,9 +111,9 @@ class Lifecycle:
 
     def wake_times(self, now: float) -> list[float]:
         times = []
-        if self.child.pid is None:
+        if self.child.pid is None and self.child.aside_until is None:  # no start while a stop runs beside
             times.append(self.next_start)
-        elif self.deadline is not None:
+        elif self.deadline is not None and self.child.pid is not None:
             times.append(self.deadline)
         if self.settle_at is not None:
             times.append(self.settle_at)
@@ -135,7 +135,7 @@ class Lifecycle:
             self.periodic = self._plan(new)
             if self.child.pid is None:
                 self._wait_for(self.periodic.runs.first_due())
-        if self.child.pid is not None and self.periodic is None:
+        if self.child.pid is not None and self.periodic is None and self.child.aside_until is None:
             self.deadline = self.child.started + new.max_lifetime if new.max_lifetime > 0 else None
         self._note("re-read its definition: new settings in force")
         self.keeper.save()
@@ -234,9 +234,11 @@ class Lifecycle:
         message, left = what.hint(), what.left
         if message:
             self._note(message)
+        def then() -> None:  # now, or once what the daemon left is gone
+            self._after_exit(what.code, message, what.lasted)
         if left:  # like systemd's KillMode=control-group: what the daemon left behind goes with it
-            self._stop_tree(f"stopping {len(left)} leftover process(es) of the daemon's tree", leftovers=True)
-        self._after_exit(what.code, message, what.lasted)
+            return self._stop_tree(f"stopping {len(left)} leftover process(es) of the daemon's tree", True, then)
+        then()
 
     def _after_exit(self, code: int, message: str, lasted: float = 0.0) -> None:
         job, state = self.job, self.state
@@ -314,19 +316,23 @@ class Lifecycle:
             self.ending, why = LIFETIME, f"--max-lifetime {self.job.max_lifetime:g} s reached: restarting it"
         self._stop_tree(why, leftovers=True)  # which logs `why` once
 
-    def _stop_tree(self, why: str, leftovers: bool = False) -> None:
+    def _stop_tree(self, why: str, leftovers: bool = False, then: Optional[Callable[[], None]] = None) -> None:
         self.state.pid = self.state.pid_start = None
         self.enter(Phase.STOPPING)
         # The stop's numbers are told unless we only end what an exited daemon left behind.
-        self.child.stop(self.job, self.stop_grace(), why, not leftovers or bool(self.ending), self._note)
+        wait, detailed = self.stop_grace(), not leftovers or bool(self.ending)
+        if leftovers and self.seams.house and self.guard is None:  # a stop of our own: beside the shared loop
+            return self.child.term(self.job, wait, why, detailed, self._note, then)
+        self.child.stop(self.job, wait, why, detailed, self._note)
         self.pump.drain_all()
         if not leftovers:
             self.enter(Phase.STOPPED if self.stopping else Phase.EXITED)
+        if then is not None:
+            then()
 
     def stop_grace(self) -> float:
-        """The grace of a stop of the tree: --grace, capped for a lease holder. Its tree must be gone
-        before the lease can pass, even when the database becomes unreachable in the middle of a
-        stop: every stop fits the stop budget."""
+        """--grace, capped for a lease holder: its tree must be gone before the lease can pass, even
+        if the database goes away in the middle of a stop (every stop fits the stop budget)."""
         return self.job.grace if self.guard is None else self.guard.timing.capped_grace(self.job.grace)
 
     def _note(self, text: str) -> None:

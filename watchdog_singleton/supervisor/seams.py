@@ -11,7 +11,7 @@ import time
 from ..files import ensure_dir
 from ..job.model import JobStore
 from ..proc import procs
-from ..proc.children import has_children
+from ..proc.children import has_children, own_children
 from ..proc.spawn import spawn
 from .logsink import LogSink
 
@@ -40,6 +40,7 @@ class Seams:
                  spawn: Callable[..., Spawned] = spawn, scan: Callable[[], dict[int, procs.Proc]] = procs.scan,
                  reap: Callable[[], list[tuple[int, int]]] = procs.reap_exited,
                  has_children: Callable[[], bool] = has_children,
+                 children: Callable[[], Optional[list[int]]] = own_children,
                  wait: Optional[Callable[[float], None]] = None, send: Callable[[int, int], None] = os.kill,
                  sleep: Callable[[float], None] = time.sleep, pid: int = 0,
                  lease_clock: Optional[Callable[[], float]] = None, threads: bool = True,
@@ -57,6 +58,7 @@ class Seams:
         self.scan = scan
         self.reap = reap
         self.has_children = has_children  # False: no child left, so nothing of the tree either
+        self.children = children  # our children's pids without a scan of /proc; None: only a scan tells
         self.wait = wait  # None: sleep in the output pump's poll
         self.send = send
         self.sleep = sleep
@@ -77,11 +79,14 @@ class Seams:
         # (pid, on_exit) -> cancel: call on_exit() once the process `pid` (not our child) has ended;
         # ProcessLookupError if it is gone already. None: a pidfd in the shared resident's poll (adopt.py).
         self.watch_exit = watch_exit
+        self.known: Callable[[], set[int]] = set  # the shared resident's children it accounts for (for_job)
 
-    def for_job(self, reap: Callable[[], list[tuple[int, int]]], sleep: Callable[[float], None]) -> Seams:
+    def for_job(self, reap: Callable[[], list[tuple[int, int]]], sleep: Callable[[float], None],
+                known: Callable[[], set[int]]) -> Seams:
         """A copy for one job of the shared resident: reaping hands it only its own share of what
-        exited, and waiting within a stop keeps moving every job's output."""
+        exited, waiting within a stop keeps moving every job's output, and `known` names the
+        resident's children that are no job's leftovers (the other jobs' daemons)."""
         copy = Seams.__new__(Seams)
         copy.__dict__.update(self.__dict__)
-        copy.reap, copy.sleep, copy.house = reap, sleep, True
+        copy.reap, copy.sleep, copy.house, copy.known = reap, sleep, True, known
         return copy
