@@ -80,11 +80,21 @@ class FakeWorld:
         self.deaths[pid] = self.now
         for on_exit in self.exit_watches.pop(pid, []):
             on_exit()  # its pidfd is readable
+        # Orphans go to the nearest subreaper above: the supervisor, if the dead process descends
+        # from it; else init (a stray's, e.g. an adopted daemon's, whose supervisor died).
+        reaper = SUPERVISOR if self._descends_from_supervisor(proc) else 1
         for other in self.procs.values():
             if other.ppid == pid:
-                other.ppid = SUPERVISOR  # the supervisor is a subreaper
+                other.ppid = reaper
         if proc.ppid == SUPERVISOR:
             self.exited.append((pid, code))
+
+    def _descends_from_supervisor(self, proc: FakeProc) -> bool:
+        seen: set[int] = set()
+        while proc.ppid not in (SUPERVISOR, 1, 0) and proc.ppid not in seen and proc.ppid in self.procs:
+            seen.add(proc.ppid)
+            proc = self.procs[proc.ppid]
+        return proc.ppid == SUPERVISOR
 
     def step_wall(self, seconds: float) -> None:
         """A step of the wall clock alone (NTP, `date -s`): the monotonic clock goes on."""

@@ -143,6 +143,26 @@ def test_leftovers_holding_the_lock_are_stopped_by_token_before_the_restart(tmp_
     assert restarted.born >= s.world.deaths[leftover.pid]
 
 
+def test_leftovers_that_closed_the_lock_are_found_by_a_scan_before_the_restart(tmp_path: Any) -> None:
+    """An adopted daemon's orphans are not ours (it was not our child): its leftovers are always
+    looked for in /proc, even when every child of the resident is another job's daemon or it has none."""
+    s = Setup(tmp_path)
+    a = s.orphan("a")
+    leftover = s.world.fork(a.pid)  # carries the token, closed its lock descriptor
+    s.adopt()
+
+    def closed(lock: HeldLock) -> bool:
+        lock.taken = True
+        return True
+    s.world.at(T0 + 1, lambda: setattr(s.locks["a"], "try_acquire", lambda: closed(s.locks["a"])))
+    s.world.at(T0 + 2, lambda: s.world.exit(a.pid, 0))
+    s.stop_all_at(T0 + 10)
+    s.house.run()
+    assert TERM in leftover.signals and leftover.pid in s.world.deaths
+    [restarted] = [p for p in s.world.spawned if p.token == s.jobs["a"].lock_path]
+    assert restarted.born >= s.world.deaths[leftover.pid], "restarted beside what was left of the adopted tree"
+
+
 def test_stop_of_an_adopted_job_ends_its_tree_only(tmp_path: Any) -> None:
     s = Setup(tmp_path)
     a, b = s.orphan("a"), s.orphan("b")

@@ -91,7 +91,7 @@ def adopt(house: House, job: Job, state: RunState, make_lock: MakeLock = FlockLo
     if member is None:
         return False  # it failed to open; house.take said why in its log
     sup = member.sup
-    sup.life.child.pid, sup.life.child.started = pid, seams.clock()
+    sup.life.child.pid, sup.life.child.started, sup.life.child.adopted = pid, seams.clock(), True
     mine = sup.state
     mine.pid, mine.pid_start, mine.started_at = pid, start, state.started_at
     mine.message = (f"adopted from a shared supervisor that died (pid {state.supervisor_pid}): how the daemon "

@@ -76,6 +76,8 @@ class Child:
         self.seams = seams
         self.pid: Optional[int] = None  # the pid we wait for: the command, or what it left (forking)
         self.following = False  # forking: the command exited 0 and its tree is followed as the daemon
+        # Adopted (adopt.py): the daemon is no child of ours, nor will its orphans be: always scan.
+        self.adopted = False
         self.started = 0.0
         self.termed_at: Optional[float] = None  # the shared resident sent the tree SIGTERM already (all stop)
         # The shared resident's stop of our own (`term`): its grace runs beside the loop until then.
@@ -89,7 +91,7 @@ class Child:
         if job.state_folder:
             self.seams.ensure_dir(job.state_folder)
         child = self.seams.spawn(job.command, job.workdir, env, fds, capture)
-        self.pid, self.following, self.started = child.pid, False, self.seams.clock()
+        self.pid, self.following, self.adopted, self.started = child.pid, False, False, self.seams.clock()
         return child
 
     def members(self, job: Job) -> dict[int, int]:
@@ -101,6 +103,8 @@ class Child:
 
         The shared resident always has children (the other jobs' daemons): when its children are
         only those, nothing of this tree is left either, and /proc is not scanned."""
+        if self.adopted:
+            return self.finder(job)()
         if not self.seams.has_children():
             return {}
         if self.seams.house:
