@@ -101,25 +101,82 @@ def rescue(job: Job, state: Optional[RunState], root: str) -> Optional[FlockLock
 def exec_house(job: Optional[Job], lock: Optional[FlockLock], house: FlockLock, root: str, ready_fd: int,
                history: dict[str, object]) -> None:
     """Become the shared resident (supervisor/housemain.py), NAME its first job (none: it only
-    adopts): exec it in this process, handing over NAME's lock and the house lock."""
+    adopts): split the anchor above it first (supervisor/anchor.py: this process becomes the anchor,
+    its child goes on), then exec the resident in that child, handing over NAME's lock and the house lock."""
     from ..proc import procs
     from ..proc.children import become_subreaper
     from ..proc.spawn import close_all_but
     from ..supervisor.resident import RESIDENT_MALLOC
     from .becoming import memfd_of
 
-    job_fd = memfd_of({"job": job.to_dict() if job is not None else None, "lock_fd": lock.fd if lock else None,
-                       "dir_fd": lock.dir_fd if lock else None, "house_fd": house.fd, "house_dir_fd": house.dir_fd,
-                       "house_dir": house.lock_dir, "ready_fd": ready_fd, "history": history})
-    keep = (*(lock.inheritable_fds() if lock else ()), *house.inheritable_fds(), ready_fd, job_fd)
-    for fd in keep:
-        os.set_inheritable(fd, True)
-    become_subreaper()
-    close_all_but(keep)
     env = procs.clean_environ(dict(os.environ))  # no job's marker: it is in no job's tree
     env.update(RESIDENT_MALLOC)
+    become_subreaper()  # the anchor's: a dead resident's daemons come to it
+    anchor_fd = split_anchor(house, root, env)
+    job_fd = memfd_of({"job": job.to_dict() if job is not None else None, "lock_fd": lock.fd if lock else None,
+                       "dir_fd": lock.dir_fd if lock else None, "house_fd": house.fd, "house_dir_fd": house.dir_fd,
+                       "house_dir": house.lock_dir, "ready_fd": ready_fd, "history": history,
+                       "anchor_fd": anchor_fd})
+    keep = (*(lock.inheritable_fds() if lock else ()), *house.inheritable_fds(), ready_fd, job_fd, anchor_fd)
+    for fd in keep:
+        os.set_inheritable(fd, True)
+    become_subreaper()  # ours again: fork does not keep it
+    close_all_but(keep)
     os.chdir("/")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-I", "-S", "-c", HOUSE_BOOT, paths.PACKAGE_PARENT, "--state-dir",
+                               root, str(job_fd)], env)
+
+
+def split_anchor(house: FlockLock, root: str, env: dict[str, str]) -> int:
+    """Fork. The parent becomes the anchor (an exec, never returns), keeping the house lock and its
+    end of a socketpair; the child returns the other end, to hand to the resident it becomes."""
+    import _socket
+
+    from ..supervisor.anchor import BOOT
+
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid:
+        theirs.close()
+        link = ours.detach()
+        assert house.fd is not None and house.dir_fd is not None
+        from ..proc.spawn import close_all_but
+
+        keep = (link, house.fd, house.dir_fd)
+        close_all_but(keep)  # NAME's lock, the ready pipe, what cron left open: the resident's
+        for fd in keep:
+            os.set_inheritable(fd, True)
+        os.chdir("/")
+        argv = [sys.executable, "-I", "-S", "-c", BOOT, paths.PACKAGE_PARENT, root, str(pid), str(link),
+                str(house.fd), str(house.dir_fd), house.lock_dir]
+        try:
+            os.execve(sys.executable, argv, env)
+        except OSError:  # no new interpreter (out of memory, a vanished venv): anchor from this one
+            from ..supervisor.anchor import main
+
+            os._exit(main(argv[6:]))
+    ours.close()
+    return int(theirs.detach())
+
+
+def exec_resident(package_parent: str, root: str, house: tuple[int, int, str], anchor_fd: int,
+                  env: dict[str, str]) -> None:
+    """In a child of the anchor: become a new resident with no first job, which adopts the jobs the
+    anchor hands it over `anchor_fd` (supervisor/anchorlink.py)."""
+    from ..proc.children import become_subreaper
+    from ..proc.spawn import close_all_but
+    from .becoming import memfd_of
+
+    house_fd, house_dir_fd, house_dir = house
+    job_fd = memfd_of({"job": None, "lock_fd": None, "dir_fd": None, "house_fd": house_fd,
+                       "house_dir_fd": house_dir_fd, "house_dir": house_dir, "ready_fd": -1, "history": {},
+                       "anchor_fd": anchor_fd, "from_anchor": True})
+    keep = (house_fd, house_dir_fd, anchor_fd, job_fd)
+    for fd in keep:
+        os.set_inheritable(fd, True)
+    become_subreaper()
+    close_all_but(keep)  # the other jobs' descriptors the anchor keeps are not the resident's
+    os.execve(sys.executable, [sys.executable, "-I", "-S", "-c", HOUSE_BOOT, package_parent, "--state-dir",
                                root, str(job_fd)], env)
