@@ -73,6 +73,7 @@ class AnchorLink:
         self.house = house
         self.sock = sock
         self.make_lock = make_lock
+        self.send, self.receive = send, receive  # housewire's; tests join both ends in one process
         self.holding: set[str] = set()  # the jobs whose descriptors the anchor keeps
         self.handing = False  # taking the anchor's jobs: it holds theirs already
         self.deferred: list[str] = []  # sets to give back once the hand-over is read (it answers after)
@@ -111,8 +112,8 @@ class AnchorLink:
         lock = lock_fds(member.sup.lock)
         pipes = (out, err) if out is not None and err is not None else ()
         try:
-            send(self.sock, {"op": "hold", "name": member.name, "pid": pid, "lock": len(lock), "pipes": len(pipes)},
-                 lock + pipes)
+            self.send(self.sock, {"op": "hold", "name": member.name, "pid": pid, "lock": len(lock),
+                                  "pipes": len(pipes)}, lock + pipes)
         except OSError:
             self._lost()
             return
@@ -121,9 +122,9 @@ class AnchorLink:
     def _drop(self, name: str) -> None:
         assert self.sock is not None
         try:
-            send(self.sock, {"op": "drop", "name": name})
+            self.send(self.sock, {"op": "drop", "name": name})
             while True:
-                message, fds = receive(self.sock)
+                message, fds = self.receive(self.sock)
                 close_all(fds)
                 if message is None:
                     break
@@ -139,7 +140,7 @@ class AnchorLink:
         if self.sock is None:
             return
         try:
-            message, fds = receive(self.sock)
+            message, fds = self.receive(self.sock)
         except (OSError, ValueError, EOFError, TypeError):
             message, fds = None, []
         close_all(fds)
@@ -183,7 +184,7 @@ class AnchorLink:
         try:
             while self.sock is not None:
                 try:
-                    message, fds = receive(self.sock)
+                    message, fds = self.receive(self.sock)
                 except (OSError, ValueError, EOFError, TypeError):
                     self._lost()
                     break
