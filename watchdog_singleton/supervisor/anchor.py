@@ -218,13 +218,15 @@ def starter(package_parent: str, root: str, house: tuple[int, int, str], env: di
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:  # what the child loads goes with its exec: the anchor stays small
+            from ..errors import FAILED
+
             try:
                 ours.close()
-                from ..tick.handover import exec_resident
+                from ..tick.becoming import exec_resident
 
                 exec_resident(package_parent, root, house, theirs.detach(), env)
             finally:
-                os._exit(70)
+                os._exit(FAILED)
         theirs.close()
         return pid, Link(ours)
     return start

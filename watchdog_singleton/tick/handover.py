@@ -24,6 +24,7 @@ import time
 from .. import paths
 from ..lock.flock import FlockLock, default_lock_dir
 from ..supervisor.housewire import connect, house_name, receive, send, socket_path
+from .becoming import HOUSE_BOOT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -35,9 +36,6 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 FIND_HOUSE_SECONDS = 10.0  # how long a tick tries to reach or become the resident (one may be starting)
 TAKEN_SECONDS = 10.0  # a resident answers `taken` as soon as its loop reads the request
 RETRY = 0.02
-
-HOUSE_BOOT = ("import sys; sys.path.append(sys.argv[1]); from watchdog_singleton.supervisor.housemain import main; "
-              "sys.exit(main(sys.argv[2:]))")
 
 
 def find_house(job: Job, lock: FlockLock, root: str, history: dict[str, object]
@@ -159,24 +157,3 @@ def split_anchor(house: FlockLock, root: str, env: dict[str, str]) -> int:
             os._exit(main(argv[6:]))
     ours.close()
     return int(theirs.detach())
-
-
-def exec_resident(package_parent: str, root: str, house: tuple[int, int, str], anchor_fd: int,
-                  env: dict[str, str]) -> None:
-    """In a child of the anchor: become a new resident with no first job, which adopts the jobs the
-    anchor hands it over `anchor_fd` (supervisor/anchorlink.py)."""
-    from ..proc.children import become_subreaper
-    from ..proc.spawn import close_all_but
-    from .becoming import memfd_of
-
-    house_fd, house_dir_fd, house_dir = house
-    job_fd = memfd_of({"job": None, "lock_fd": None, "dir_fd": None, "house_fd": house_fd,
-                       "house_dir_fd": house_dir_fd, "house_dir": house_dir, "ready_fd": -1, "history": {},
-                       "anchor_fd": anchor_fd, "from_anchor": True})
-    keep = (house_fd, house_dir_fd, anchor_fd, job_fd)
-    for fd in keep:
-        os.set_inheritable(fd, True)
-    become_subreaper()
-    close_all_but(keep)  # the other jobs' descriptors the anchor keeps are not the resident's
-    os.execve(sys.executable, [sys.executable, "-I", "-S", "-c", HOUSE_BOOT, package_parent, "--state-dir",
-                               root, str(job_fd)], env)
