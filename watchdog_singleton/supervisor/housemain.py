@@ -6,7 +6,9 @@ job that found no shared resident and took `.house.lock`:
 JOB_FD is a memfd, as for a resident of its own (resident.py): the first job, its lock's and the
 house lock's descriptors, where to report readiness. The resident binds `.house.sock` beside the
 house lock (only the holder of that lock ever binds or unlinks it) and takes the jobs that other
-ticks hand over there (housewire.py); it exits when no job is left.
+ticks hand over there (housewire.py); it exits when no job is left. Its parent is its anchor
+(anchor.py), linked by the socketpair named in the hand-over (`anchor_fd`); a resident the anchor
+started (`from_anchor`) first adopts the jobs the anchor hands it (anchorlink.py).
 """
 
 from __future__ import annotations

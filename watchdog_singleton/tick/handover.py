@@ -9,8 +9,9 @@ resident, or become that resident.
        tick that takes it becomes the resident (detached, as today's detach does) with NAME as its
        first job; one that does not (another tick is becoming it, or one is exiting) connects again.
 
-Once `taken` was said, the tick never starts NAME itself: if the resident then dies, the daemon
-(if it started) holds the lock and the next tick finds it held. That tick's line runs Python only
+Once `taken` was said, the tick never starts NAME itself: if the resident then dies, its anchor
+(supervisor/anchor.py, the process the becoming tick split above it) starts a new one at once that
+adopts every job; without an anchor, the daemon (if it started) holds the lock and the next tick finds it held. That tick's line runs Python only
 when the resident's pid file names no live process (cron/crontab.py); then `rescue` makes this tick
 a new resident with no first job, which adopts every daemon the dead one left (supervisor/adopt.py).
 """
@@ -97,10 +98,11 @@ def rescue(job: Job, state: Optional[RunState], root: str) -> Optional[FlockLock
 
 
 def exec_house(job: Optional[Job], lock: Optional[FlockLock], house: FlockLock, root: str, ready_fd: int,
-               history: dict[str, object]) -> None:
+               history: dict[str, object], anchor: bool = True) -> None:
     """Become the shared resident (supervisor/housemain.py), NAME its first job (none: it only
     adopts): split the anchor above it first (supervisor/anchor.py: this process becomes the anchor,
-    its child goes on), then exec the resident in that child, handing over NAME's lock and the house lock."""
+    its child goes on; `anchor=False`: none), then exec the resident, handing over NAME's lock and
+    the house lock."""
     from ..proc import procs
     from ..proc.children import become_subreaper
     from ..proc.spawn import close_all_but
@@ -110,12 +112,13 @@ def exec_house(job: Optional[Job], lock: Optional[FlockLock], house: FlockLock, 
     env = procs.clean_environ(dict(os.environ))  # no job's marker: it is in no job's tree
     env.update(RESIDENT_MALLOC)
     become_subreaper()  # the anchor's: a dead resident's daemons come to it
-    anchor_fd = split_anchor(house, root, env)
+    anchor_fd = split_anchor(house, root, env) if anchor else -1
     job_fd = memfd_of({"job": job.to_dict() if job is not None else None, "lock_fd": lock.fd if lock else None,
                        "dir_fd": lock.dir_fd if lock else None, "house_fd": house.fd, "house_dir_fd": house.dir_fd,
                        "house_dir": house.lock_dir, "ready_fd": ready_fd, "history": history,
                        "anchor_fd": anchor_fd})
-    keep = (*(lock.inheritable_fds() if lock else ()), *house.inheritable_fds(), ready_fd, job_fd, anchor_fd)
+    keep = (*(lock.inheritable_fds() if lock else ()), *house.inheritable_fds(), ready_fd, job_fd,
+            *((anchor_fd,) if anchor_fd >= 0 else ()))
     for fd in keep:
         os.set_inheritable(fd, True)
     become_subreaper()  # ours again: fork does not keep it
