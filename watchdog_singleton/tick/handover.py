@@ -11,9 +11,10 @@ resident, or become that resident.
 
 Once `taken` was said, the tick never starts NAME itself: if the resident then dies, its anchor
 (supervisor/anchor.py, the process the becoming tick split above it) starts a new one at once that
-adopts every job; without an anchor, the daemon (if it started) holds the lock and the next tick finds it held. That tick's line runs Python only
-when the resident's pid file names no live process (cron/crontab.py); then `rescue` makes this tick
-a new resident with no first job, which adopts every daemon the dead one left (supervisor/adopt.py).
+adopts every job. Without an anchor, the daemon (if it started) holds the lock and the next tick
+finds it held. That tick's line runs Python only when the resident's pid file names no live
+process (cron/crontab.py); then `rescue` makes this tick a new resident with no first job, which
+adopts every daemon the dead one left (supervisor/adopt.py).
 """
 
 from __future__ import annotations
