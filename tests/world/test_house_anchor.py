@@ -378,3 +378,30 @@ def test_a_periodic_job_is_not_handed_to_the_anchor(tmp_path: Any, periodic: boo
     s.house._turn()
     assert "p" not in s.anchor.held
     run_until(s, T0 + 1)
+
+
+def test_a_resident_that_let_go_of_its_anchor_ends_it_and_no_new_one_is_started(tmp_path: Any) -> None:
+    """It waited too long for a stopped anchor's answer and runs on alone: when it exits later, no
+    new resident may start for jobs it stopped itself."""
+    s = Setup(tmp_path)
+    s.take("a")
+    s.house._turn()
+    s.anchor.message(None, [])  # EOF while the resident lives
+    assert s.anchor.timeout() == 2.0 and not s.anchor.done
+    s.world.now += 1
+    s.anchor.look()
+    assert not s.anchor.done
+    s.world.now += 1
+    s.anchor.look()
+    assert s.anchor.done and s.anchor.held == {} and s.starts == []
+
+
+def test_eof_from_a_dying_resident_is_followed_by_its_new_one(tmp_path: Any) -> None:
+    s = Setup(tmp_path)
+    s.take("a")
+    s.house._turn()
+    s.anchor.message(None, [])  # its descriptors close before it is a zombie
+    s.world.now += 0.01
+    s.anchor.reaped(RESIDENT, -9)
+    s.anchor.look()
+    assert s.starts == [T0 + 0.01] and not s.anchor.done and s.anchor.timeout() is None

@@ -50,6 +50,7 @@ BOOT = ("import sys; sys.path.append(sys.argv[1]); from watchdog_singleton.super
         "sys.exit(main(sys.argv[2:]))")
 STORM_STARTS = 5  # new residents within STORM_SECONDS: the anchor gives up past this many
 STORM_SECONDS = 60.0
+HANGUP_SECONDS = 2.0  # EOF on the link with the resident still there this long: it let go of us
 PASSED_ON = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGUSR2)
 
 
@@ -100,11 +101,14 @@ class Anchor:
         self.starts: list[float] = []
         self.done = False  # the anchor exits
         self.gave_up = False
+        self.hung_up_at: Optional[float] = None  # EOF from a resident not yet reaped
 
     # -- what the resident says ------------------------------------------------------------
     def message(self, message: Optional[dict[str, Any]], fds: list[int]) -> None:
         if message is None:  # EOF: the resident is going (its exit, reaped, decides what follows)
             self._closed()
+            if self.resident is not None:
+                self.hung_up_at = self.clock()
             return
         op, name = message.get("op"), str(message.get("name", ""))
         lock, pipes = message.get("lock", 0), message.get("pipes", 0)
@@ -124,7 +128,7 @@ class Anchor:
             if self.link is None or not self._tell({"op": "exit", "pid": pid, "code": code}):
                 self.pending[pid] = code  # a daemon re-parented to us: its status goes to the next resident
             return
-        self.resident = None
+        self.resident, self.hung_up_at = None, None
         self._closed()
         if not self.held:
             self.done = True  # a clean end (no job left, or all stopped), or nothing of ours to keep
@@ -138,6 +142,21 @@ class Anchor:
             return
         self.resident, self.link = self.start()
         self._hand_over()
+
+    def timeout(self) -> Optional[float]:
+        """How long the real loop may wait for the next event (None: until one comes)."""
+        if self.hung_up_at is None:
+            return None
+        return max(0.0, self.hung_up_at + HANGUP_SECONDS - self.clock())
+
+    def look(self) -> None:
+        """A resident that closed the link and lives on (it stopped waiting for a stopped anchor)
+        keeps its jobs itself: ours would be stale, and a new resident must never be started for
+        them when it exits. Everything let go; the anchor ends."""
+        if self.hung_up_at is not None and self.resident is not None and \
+                self.clock() - self.hung_up_at >= HANGUP_SECONDS:
+            self.quit()
+            self.done = True
 
     def _hand_over(self) -> None:
         """Every job's set to the new resident, with how its daemon is: running (our child now),
@@ -203,10 +222,12 @@ def reap_all() -> list[tuple[int, int]]:
 
 
 def is_child(pid: int) -> bool:
+    """A child of ours, running or exited and not yet reaped (then its status follows)."""
     try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
         return False
+    return True
 
 
 def starter(package_parent: str, root: str, house: tuple[int, int, str], env: dict[str, str]) -> Start:
@@ -262,8 +283,9 @@ def main(argv: list[str]) -> int:
         poller.register(wake_r, select.POLLIN)
         if anchor.link is not None:
             poller.register(anchor.link.fileno(), select.POLLIN)
+        wait = anchor.timeout()
         try:
-            events = poller.poll()
+            events = poller.poll(None if wait is None else int(wait * 1000) + 1)
         except InterruptedError:
             events = []
         for fd, _ in events:
@@ -279,7 +301,9 @@ def main(argv: list[str]) -> int:
                 except (OSError, ValueError, EOFError, TypeError):
                     message, fds = None, []
                 anchor.message(message, fds)
-        for pid, code in reap_all():
+        exited = reap_all()  # the resident's exit last: the daemons' that came with it are known then
+        for pid, code in sorted(exited, key=lambda e: e[0] == anchor.resident):
             anchor.reaped(pid, code)
+        anchor.look()
     anchor.quit()
     return 0
