@@ -405,3 +405,19 @@ def test_eof_from_a_dying_resident_is_followed_by_its_new_one(tmp_path: Any) -> 
     s.anchor.reaped(RESIDENT, -9)
     s.anchor.look()
     assert s.starts == [T0 + 0.01] and not s.anchor.done and s.anchor.timeout() is None
+
+
+def test_the_anchor_loads_only_its_module_and_the_wire() -> None:
+    """It lives as long as the resident, for every user of shared mode: kept small."""
+    import subprocess
+    import sys
+
+    import watchdog_singleton
+
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(watchdog_singleton.__file__)))
+    probe = (f"import sys; sys.path.insert(0, {parent!r}); from watchdog_singleton.supervisor import anchor; "
+             "print(sorted(m for m in sys.modules if m.startswith('watchdog_singleton')))")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    assert out.split() == ["['watchdog_singleton',", "'watchdog_singleton.supervisor',",
+                           "'watchdog_singleton.supervisor.anchor',", "'watchdog_singleton.supervisor.housewire']"]
