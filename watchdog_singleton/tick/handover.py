@@ -133,13 +133,19 @@ def exec_house(job: Optional[Job], lock: Optional[FlockLock], house: FlockLock, 
 
 def split_anchor(house: FlockLock, root: str, env: dict[str, str]) -> int:
     """Fork. The parent becomes the anchor (an exec, never returns), keeping the house lock and its
-    end of a socketpair; the child returns the other end, to hand to the resident it becomes."""
+    end of a socketpair; the child returns the other end, to hand to the resident it becomes
+    (-1: no anchor, the fork failed)."""
     import _socket
 
     from ..supervisor.anchor import BOOT
 
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # no process to spare: a resident without an anchor, as before there was one
+        ours.close()
+        theirs.close()
+        return -1
     if pid:
         theirs.close()
         link = ours.detach()
