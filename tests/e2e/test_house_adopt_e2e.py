@@ -1,7 +1,7 @@
-"""After a kill -9 of the shared resident, the crontab line of one shared job starts a new resident
-that adopts every daemon the dead one left running (supervisor/adopt.py), as the test user with
-real processes: supervision is back for all of them, and one adopted daemon's death is acted on at
-once, by that new resident, without touching the other."""
+"""After a kill -9 of the shared resident with no anchor above it (killed first), the crontab line
+of one shared job starts a new resident that adopts every daemon the dead one left running
+(supervisor/adopt.py), as the test user with real processes: supervision is back for all of them,
+and one adopted daemon's death is acted on at once, by that new resident, without touching the other."""
 
 from __future__ import annotations
 
@@ -22,6 +22,16 @@ def residents(box: Sandbox) -> list[int]:
             found.append(pid)
     return found
 
+def kill_anchor(house: int) -> None:
+    """kill -9 of the anchor above the resident (supervisor/anchor.py): what follows is the case
+    without one, as after a second kill -9 of a resident."""
+    stat = read_bytes(f"/proc/{house}/stat")
+    anchor = int(stat[stat.rindex(b")") + 2:].split()[1])
+    assert b"supervisor.anchor" in read_bytes(f"/proc/{anchor}/cmdline")
+    os.kill(anchor, signal.SIGKILL)
+    wait_for(lambda: not os.path.exists(f"/proc/{anchor}") or is_zombie(anchor), 10, what="the anchor to die")
+
+
 
 def test_a_tick_after_kill_9_of_the_shared_resident_adopts_every_daemon(sandbox: Sandbox) -> None:
     jobs = {}
@@ -34,6 +44,7 @@ def test_a_tick_after_kill_9_of_the_shared_resident_adopts_every_daemon(sandbox:
     before = {name: pids_with_arg(marker, sandbox.user.uid) for name, marker in jobs.items()}
     assert all(len(pids) == 1 for pids in before.values()), before
     [house] = residents(sandbox)
+    kill_anchor(house)  # with it, a new resident takes over at once (test_house_anchor_e2e.py)
     os.kill(house, signal.SIGKILL)
     wait_for(lambda: not os.path.exists(f"/proc/{house}") or is_zombie(house), 10, what="the resident to die")
     (first, _), (second, second_marker) = jobs.items()

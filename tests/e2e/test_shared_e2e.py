@@ -39,6 +39,16 @@ def residents(box: Sandbox) -> list[int]:
             found.append(pid)
     return found
 
+def kill_anchor(house: int) -> None:
+    """kill -9 of the anchor above the resident (supervisor/anchor.py): what follows is the case
+    without one, as after a second kill -9 of a resident."""
+    stat = read_bytes(f"/proc/{house}/stat")
+    anchor = int(stat[stat.rindex(b")") + 2:].split()[1])
+    assert b"supervisor.anchor" in read_bytes(f"/proc/{anchor}/cmdline")
+    os.kill(anchor, signal.SIGKILL)
+    wait_for(lambda: not os.path.exists(f"/proc/{anchor}") or is_zombie(anchor), 10, what="the anchor to die")
+
+
 
 def one_pid(box: Sandbox, marker: str) -> int:
     pids = pids_with_arg(marker, box.user.uid)
@@ -152,6 +162,7 @@ def test_kill_9_of_the_shared_resident_never_yields_a_second_copy(sandbox: Sandb
     jobs = [install_shared(sandbox, base) for base in ("m", "n")]
     before = {name: one_pid(sandbox, marker) for name, marker in jobs}
     [house] = residents(sandbox)
+    kill_anchor(house)  # with it, a new resident takes over at once (test_house_anchor_e2e.py)
     os.kill(house, signal.SIGKILL)
     wait_for(lambda: not alive_pid(house), 10, what="the resident to die")
     for name, _ in jobs:  # manual starts find the lock held (a tick adopts: test_house_adopt_e2e.py)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from ..job.model import Job
     from ..lock.flock import SingletonLock
     from ..state.store import StateStore
+    from .anchorlink import AnchorLink
     from .housecluster import ClusterDuty
 
     Ready = Callable[[Optional[str]], None]
@@ -74,6 +75,7 @@ class House:
         self._looked = 0.0
         self.pump: OutputPump
         self.duty: Optional[ClusterDuty] = None  # the cluster house's (housecluster.py): leases, beats
+        self.anchor: Optional[AnchorLink] = None  # the process above us that keeps each job's descriptors (anchor.py)
 
     def open(self) -> None:
         self.pump = OutputPump(self.wakeups.open(), self.seams.clock)
@@ -97,6 +99,8 @@ class House:
         member = Member(job.name)
         seams = self.seams.for_job(reap=lambda: self._reaped_by(member), sleep=self._pause,
                                    known=lambda: self._daemons(member))
+        if self.anchor is not None:
+            self.anchor.wrap(member, seams)  # each daemon start hands the anchor its pipes and lock
         try:
             if bool(job.cluster) != (self.duty is not None):
                 raise ValueError("a cluster job goes to the cluster house, any other to the plain one")
@@ -117,6 +121,8 @@ class House:
         looks = [m.sup.watch.next_check for m in self.members.values() if m is not member]
         if looks:  # one wake-up looks at every lock: a newcomer joins the next look
             member.sup.watch.next_check = min(looks)
+        if self.anchor is not None:
+            self.anchor.taken(member)
 
     def stop_job(self, name: str, done: Callable[[bool], None]) -> None:
         """Stop NAME's tree and let its lock go; `done(True)` once it is gone (False: not here)."""
@@ -307,6 +313,8 @@ class House:
         """The job is no longer ours: its record no longer names us (a tick that takes its lock
         must not find a live supervisor there), then its files and lock go."""
         self.members.pop(member.name, None)
+        if self.anchor is not None:
+            self.anchor.left(member)  # before the lock goes: the anchor's copy goes first
         for undo in member.on_leave:
             try:
                 undo()

@@ -7,7 +7,9 @@ JOB_FD is a memfd, as for a resident of its own (resident.py): the first job, it
 house lock's descriptors, where to report readiness (and the cluster house's beat pipe to its
 watcher: housecluster.py). The resident binds `.house.sock` beside the
 house lock (only the holder of that lock ever binds or unlinks it) and takes the jobs that other
-ticks hand over there (housewire.py); it exits when no job is left.
+ticks hand over there (housewire.py); it exits when no job is left. Its parent is its anchor
+(anchor.py), linked by the socketpair named in the hand-over (`anchor_fd`); a resident the anchor
+started (`from_anchor`) first adopts the jobs the anchor hands it (anchorlink.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..lock.flock import REPAIRED, FlockLock
 from ..proc import procs
 from ..state.store import StateStore
 from .adopt import adopt_orphans
+from .anchorlink import AnchorLink
 from .house import House
 from .housewire import WireError, house_name, peer_uid, receive, send, socket_path
 from .resident import RESIDENT_MALLOC, ready_text
@@ -226,8 +229,10 @@ def main(argv: list[str]) -> int:
     if lock is not None:
         lock.fd, lock.dir_fd = hand_over["lock_fd"], hand_over["dir_fd"]
     ready_fd = hand_over["ready_fd"]
-    for fd in (*house_lock.inheritable_fds(), *(lock.inheritable_fds() if lock else ()), ready_fd):
-        os.set_inheritable(fd, False)  # each daemon gets its own lock through spawn's pass_fds, nothing else
+    anchor_fd = hand_over.get("anchor_fd", -1)  # the socketpair to the anchor above us (anchor.py)
+    for fd in (*house_lock.inheritable_fds(), *(lock.inheritable_fds() if lock else ()), ready_fd, anchor_fd):
+        if fd >= 0:
+            os.set_inheritable(fd, False)  # each daemon gets its own lock through spawn's pass_fds, nothing else
     holder: list[Any] = []
 
     def ready(problem: Optional[str]) -> None:
@@ -255,6 +260,11 @@ def main(argv: list[str]) -> int:
     try:
         house.open()
         door = Door(house, path, house_lock)
+        if anchor_fd >= 0:
+            link = AnchorLink(house, _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, anchor_fd))
+            link.open()
+            if hand_over.get("from_anchor"):
+                link.take_handed(root)  # the jobs of the resident before us, with their pipes and locks
         if not cluster:  # a cluster house's watcher stops every tree a dead one left: none to adopt
             adopt_orphans(house, root)  # the daemons a resident before us left running, ours again
         if job is not None and lock is not None:

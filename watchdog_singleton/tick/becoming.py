@@ -1,9 +1,14 @@
 """What a tick needs to become a resident (its own job's, or the shared one): the hand-over,
-written to a memfd that the exec'd interpreter inherits (the subreaper flag: proc/children.py)."""
+written to a memfd that the exec'd interpreter inherits (the subreaper flag: proc/children.py);
+and the start of a shared resident by its anchor (supervisor/anchor.py), which is the same."""
 
 from __future__ import annotations
 
 import os
+import sys
+
+HOUSE_BOOT = ("import sys; sys.path.append(sys.argv[1]); from watchdog_singleton.supervisor.housemain import main; "
+              "sys.exit(main(sys.argv[2:]))")
 
 
 def memfd_of(hand_over: dict[str, object]) -> int:
@@ -18,3 +23,23 @@ def memfd_of(hand_over: dict[str, object]) -> int:
         view = view[os.write(job_fd, view):]
     os.lseek(job_fd, 0, os.SEEK_SET)
     return job_fd
+
+
+def exec_resident(package_parent: str, root: str, house: tuple[int, int, str], anchor_fd: int,
+                  env: dict[str, str]) -> None:
+    """In a child of the anchor: become a new resident with no first job, which adopts the jobs the
+    anchor hands it over `anchor_fd` (supervisor/anchorlink.py)."""
+    from ..proc.children import become_subreaper
+    from ..proc.spawn import close_all_but
+
+    house_fd, house_dir_fd, house_dir = house
+    job_fd = memfd_of({"job": None, "lock_fd": None, "dir_fd": None, "house_fd": house_fd,
+                       "house_dir_fd": house_dir_fd, "house_dir": house_dir, "ready_fd": -1, "history": {},
+                       "anchor_fd": anchor_fd, "from_anchor": True})
+    keep = (house_fd, house_dir_fd, anchor_fd, job_fd)
+    for fd in keep:
+        os.set_inheritable(fd, True)
+    become_subreaper()
+    close_all_but(keep)  # the other jobs' descriptors the anchor keeps are not the resident's
+    os.execve(sys.executable, [sys.executable, "-I", "-S", "-c", HOUSE_BOOT, package_parent, "--state-dir",
+                               root, str(job_fd)], env)

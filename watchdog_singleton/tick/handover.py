@@ -9,10 +9,12 @@ resident, or become that resident.
        tick that takes it becomes the resident (detached, as today's detach does) with NAME as its
        first job; one that does not (another tick is becoming it, or one is exiting) connects again.
 
-Once `taken` was said, the tick never starts NAME itself: if the resident then dies, the daemon
-(if it started) holds the lock and the next tick finds it held. That tick's line runs Python only
-when the resident's pid file names no live process (cron/crontab.py); then `rescue` makes this tick
-a new resident with no first job, which adopts every daemon the dead one left (supervisor/adopt.py).
+Once `taken` was said, the tick never starts NAME itself: if the resident then dies, its anchor
+(supervisor/anchor.py, the process the becoming tick split above it) starts a new one at once that
+adopts every job. Without an anchor, the daemon (if it started) holds the lock and the next tick
+finds it held. That tick's line runs Python only when the resident's pid file names no live
+process (cron/crontab.py); then `rescue` makes this tick a new resident with no first job, which
+adopts every daemon the dead one left (supervisor/adopt.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 from .. import paths
 from ..lock.flock import FlockLock, default_lock_dir
 from ..supervisor.housewire import connect, house_name, receive, send, socket_path
+from .becoming import HOUSE_BOOT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -35,9 +38,6 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 FIND_HOUSE_SECONDS = 10.0  # how long a tick tries to reach or become the resident (one may be starting)
 TAKEN_SECONDS = 10.0  # a resident answers `taken` as soon as its loop reads the request
 RETRY = 0.02
-
-HOUSE_BOOT = ("import sys; sys.path.append(sys.argv[1]); from watchdog_singleton.supervisor.housemain import main; "
-              "sys.exit(main(sys.argv[2:]))")
 
 
 def find_house(job: Job, lock: FlockLock, root: str, history: dict[str, object]
@@ -100,18 +100,21 @@ def rescue(job: Job, state: Optional[RunState], root: str) -> Optional[FlockLock
 
 
 def exec_house(job: Optional[Job], lock: Optional[FlockLock], house: FlockLock, root: str, ready_fd: int,
-               history: dict[str, object]) -> None:
+               history: dict[str, object], anchor: bool = True) -> None:
     """Become the shared resident (supervisor/housemain.py), NAME its first job (none: it only
-    adopts): exec it in this process, handing over NAME's lock and the house lock. The cluster house
-    is a child of this process, which becomes its watcher (cluster/watcher.py), as for a cluster
-    job's own supervisor."""
+    adopts). A plain resident first splits the anchor above it (supervisor/anchor.py: this process
+    becomes the anchor, its child goes on; `anchor=False`: none); the cluster house splits its
+    watcher instead (cluster/watcher.py), as a cluster job's own supervisor does. Then it execs the
+    resident, handing over NAME's lock and the house lock."""
     from ..proc import procs
     from ..proc.children import become_subreaper
     from ..proc.spawn import close_all_but
     from ..supervisor.resident import RESIDENT_MALLOC
     from .becoming import memfd_of
 
-    beat_fd = -1
+    env = procs.clean_environ(dict(os.environ))  # no job's marker: it is in no job's tree
+    env.update(RESIDENT_MALLOC)
+    beat_fd = anchor_fd = -1
     cluster = job is not None and bool(job.cluster)
     if job is not None and job.cluster:
         from dataclasses import replace
@@ -125,17 +128,19 @@ def exec_house(job: Optional[Job], lock: Optional[FlockLock], house: FlockLock, 
         # Its token is empty: every process below it is the tree; each beat says the grace.
         beat_fd = split_watcher(job, replace(timing, head=head_for(timing)).capped_grace(job.grace), False,
                                 token="", log=watcher_log(root))
+    elif anchor:
+        become_subreaper()  # the anchor's: a dead resident's daemons come to it
+        anchor_fd = split_anchor(house, root, env)
     job_fd = memfd_of({"job": job.to_dict() if job is not None else None, "lock_fd": lock.fd if lock else None,
                        "dir_fd": lock.dir_fd if lock else None, "house_fd": house.fd, "house_dir_fd": house.dir_fd,
-                       "house_dir": house.lock_dir, "ready_fd": ready_fd, "history": history, "beat_fd": beat_fd})
+                       "house_dir": house.lock_dir, "ready_fd": ready_fd, "history": history, "beat_fd": beat_fd,
+                       "anchor_fd": anchor_fd})
     keep = (*(lock.inheritable_fds() if lock else ()), *house.inheritable_fds(), ready_fd, job_fd,
-            *((beat_fd,) if cluster else ()))
+            *(fd for fd in (beat_fd, anchor_fd) if fd >= 0))
     for fd in keep:
         os.set_inheritable(fd, True)
-    become_subreaper()
+    become_subreaper()  # ours again: fork does not keep it
     close_all_but(keep)
-    env = procs.clean_environ(dict(os.environ))  # no job's marker: it is in no job's tree
-    env.update(RESIDENT_MALLOC)
     os.chdir("/")
     sys.stdout.flush()
     sys.stderr.flush()
@@ -143,3 +148,41 @@ def exec_house(job: Optional[Job], lock: Optional[FlockLock], house: FlockLock, 
     flags = ["-I"] if cluster else ["-I", "-S"]
     os.execve(sys.executable, [sys.executable, *flags, "-c", HOUSE_BOOT, paths.PACKAGE_PARENT, "--state-dir",
                                root, str(job_fd)], env)
+
+
+def split_anchor(house: FlockLock, root: str, env: dict[str, str]) -> int:
+    """Fork. The parent becomes the anchor (an exec, never returns), keeping the house lock and its
+    end of a socketpair; the child returns the other end, to hand to the resident it becomes
+    (-1: no anchor, the fork failed)."""
+    import _socket
+
+    from ..supervisor.anchor import BOOT
+
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        pid = os.fork()
+    except OSError:  # no process to spare: a resident without an anchor, as before there was one
+        ours.close()
+        theirs.close()
+        return -1
+    if pid:
+        theirs.close()
+        link = ours.detach()
+        assert house.fd is not None and house.dir_fd is not None
+        from ..proc.spawn import close_all_but
+
+        keep = (link, house.fd, house.dir_fd)
+        close_all_but(keep)  # NAME's lock, the ready pipe, what cron left open: the resident's
+        for fd in keep:
+            os.set_inheritable(fd, True)
+        os.chdir("/")
+        argv = [sys.executable, "-I", "-S", "-c", BOOT, paths.PACKAGE_PARENT, root, str(pid), str(link),
+                str(house.fd), str(house.dir_fd), house.lock_dir]
+        try:
+            os.execve(sys.executable, argv, env)
+        except OSError:  # no new interpreter (out of memory, a vanished venv): anchor from this one
+            from ..supervisor.anchor import main
+
+            os._exit(main(argv[6:]))
+    ours.close()
+    return int(theirs.detach())
