@@ -421,3 +421,20 @@ def test_the_anchor_loads_only_its_module_and_the_wire() -> None:
                          check=True).stdout
     assert out.split() == ["['watchdog_singleton',", "'watchdog_singleton.supervisor',",
                            "'watchdog_singleton.supervisor.anchor',", "'watchdog_singleton.supervisor.housewire']"]
+
+
+def test_an_adopted_daemons_leftovers_are_looked_for_though_every_child_of_ours_is_known(tmp_path: Any) -> None:
+    """The old tree's leftovers are the anchor's children, not ours: that the new resident's own
+    children are only other jobs' daemons says nothing about them, so /proc is scanned."""
+    s = Setup(tmp_path)
+    s.take("a")
+    s.house._turn()
+    a = s.daemon("a")
+    leftover = s.world.fork(a.pid)  # carries a's token
+    s.kill_resident()
+    s.take("c")  # a daemon the new resident starts: its child, which it knows
+    s.world.at(T0 + 3, lambda: s.kill(a, -9))
+    run_until(s, T0 + 10)
+    assert TERM in leftover.signals and leftover.pid in s.world.deaths
+    again = [p for p in s.world.spawned if p.token == s.jobs["a"].lock_path and p.pid != a.pid]
+    assert again and again[0].born >= s.world.deaths[leftover.pid], "restarted beside the old tree's leftover"

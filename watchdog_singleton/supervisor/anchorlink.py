@@ -242,8 +242,8 @@ class AnchorLink:
 
     def _running(self, member: Member, state: Any, pid: int, pipes: list[int]) -> None:
         sup, seams = member.sup, self.house.seams
-        sup.life.child.pid, sup.life.child.started = pid, seams.clock()
-        sup.seams.has_children = lambda: True  # the old tree's leftovers are the anchor's: look in /proc
+        # Not our child: the old tree's leftovers are the anchor's, so they are looked for in /proc.
+        sup.life.child.pid, sup.life.child.started, sup.life.child.adopted = pid, seams.clock(), True
         mine = sup.state
         start = state.pid_start if state.pid == pid else seams.start_time(pid)
         mine.pid, mine.pid_start, mine.started_at = pid, start, state.started_at

@@ -263,10 +263,10 @@ class House:
 
     def _daemons(self, but: Member) -> set[int]:
         """The other jobs' daemons that we started: children of ours, whose pids no other process
-        can have until we reap them. Not a forking job's followed process: it may be another's
-        child, reaped without our knowing, and its pid anyone's since."""
-        return {m.sup.life.child.pid for m in self.members.values()
-                if m is not but and m.sup.life.child.pid is not None and not m.sup.life.child.following}
+        can have until we reap them. Not a forking job's followed process, nor an adopted daemon:
+        another's child, reaped without our knowing, its pid anyone's since."""
+        return {child.pid for child in (m.sup.life.child for m in self.members.values() if m is not but)
+                if child.pid is not None and not child.following and not child.adopted}
 
     def _reaped_by(self, member: Member) -> list[tuple[int, int]]:
         self._reap_all()
