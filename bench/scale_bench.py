@@ -2,9 +2,9 @@
 
 N jobs of the bench user (50; --quick 10), each the same trivial sleeper, against one
 supervisord with N programs running the same sleeper; and one job against one program. All
-four setups run at once and are measured over the same window, so the machine's noise hits
+setups run at once and are measured over the same window, so the machine's noise hits
 both sides alike. For each side: the resident processes (ours: every process of the jobs
-that is not a daemon, i.e. the supervisors; theirs: supervisord itself), their total RSS,
+that is not a daemon: the supervisors, houses and watchers; theirs: supervisord itself), their total RSS,
 their total USS (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) and their idle
 wake-ups per minute. Goals (issue 19): USS at most 2x supervisord's, RSS at most 3x, wake-ups
 at most supervisord's.
@@ -23,6 +23,11 @@ the figure still counts as measured. Cron never fires during the window: the job
 uninstalled and supervisord is stopped by its PID (its programs by theirs if it does not stop).
 
 Another way of running our jobs is one more entry of MODES: its install options, the same rows.
+The cluster modes (`--cluster URL`, per job and `--shared`: one cluster house) run on a throwaway
+PostgreSQL (figure 10's PgServer, stopped at the end whatever happens); their residents include
+the watchers (one per job, one above the house), and their rows compare them with as many plain
+jobs: per-job, the default, is the goal's reference (issue 19: a cluster job at most 1.5x a plain
+one, RSS and USS), shared is reported. The per-job cluster mode runs in the full run only.
 `scale_figure` has the shape of a bench/figures.py figure, so run.py lists it as figure 11.
 """
 
@@ -36,6 +41,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from cluster_bench import PgServer
 from figures import QUICK, Plan, alone_parser, run_alone
 from harness import (
     Bench,
@@ -60,16 +66,36 @@ from watchdog_singleton.supervisor.lockwatch import CHECK_SECONDS
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SLEEPER = ["/bin/sleep", "1000000"]
-# The ways of running our jobs this figure compares with supervisord: a label and the extra
-# `install` options of every job. One more mode is one more line here.
-MODES: list[tuple[str, list[str]]] = [
-    ("per-job supervisors", []),
-    ("one shared supervisor", ["--shared"]),
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One way of running our jobs: a label and the extra `install` options of every job; a
+    cluster mode's jobs also get `--cluster URL`, on the throwaway PostgreSQL the figure starts."""
+
+    label: str
+    options: tuple[str, ...] = ()
+    cluster: bool = False
+    quick: bool = True  # also in --quick (CI); False: the full run only
+
+
+PER_JOB = Mode("per-job supervisors")
+SHARED = Mode("one shared supervisor", ("--shared",))
+# The ways of running our jobs this figure compares: the plain ones with supervisord, the cluster
+# ones with the plain ones (issue 19: a cluster job at most 1.5x a plain one in the default mode).
+# One more mode is one more line here.
+MODES: list[Mode] = [
+    PER_JOB,
+    SHARED,
+    Mode("per-job cluster supervisors", cluster=True, quick=False),  # 2 interpreters a job, psycopg in one
+    Mode("shared cluster house", ("--shared",), cluster=True),
 ]
+WATCHER = b"watchdog_singleton.cluster.watcher"  # in the command line of every watcher (cluster/watcher.py)
 JOBS = {"full": 50, "quick": 10}
 WINDOW = {"full": 180.0, "quick": 10.0}  # full: 3 whole periods of a 60 s lock watch
 SETTLE = 2.0  # after the last start, before the window: start-up chores are over
 GOALS = {"RSS": 3.0, "USS": 2.0, "wake-ups": 1.0}
+CLUSTER_GOAL = 1.5  # RSS and USS of N cluster jobs against N plain per-job jobs
 PIP_TIMEOUT = 180.0
 STOP_WAIT = 15.0
 
@@ -83,6 +109,7 @@ class Side:
     rss: list[float] = field(default_factory=list)  # KiB, total over `pids`, one per sample
     uss: list[float] = field(default_factory=list)
     woke: int = 0
+    watchers: int = 0  # of `pids`: a cluster job's watchers (cluster/watcher.py)
 
     def sample(self) -> None:
         for pid in self.pids:
@@ -227,6 +254,24 @@ def start_jobs(sc: Scenario, count: int, options: list[str]) -> None:
         wait_until(lambda: sc.running_pid(name), 30, f"{name} to run", 0.02)  # noqa: B023 (waited on at once)
 
 
+def watchers(pids: list[int]) -> int:
+    return sum(WATCHER in cmdline(pid) for pid in pids)
+
+
+def start_database(bench: Bench, connections: int) -> tuple[Optional[PgServer], str]:
+    """The cluster modes' PostgreSQL (figure 10's), or None and why not: those rows say it."""
+    pg = None
+    try:
+        pg = PgServer(bench)
+        pg.start(max_connections=connections)
+        return pg, ""
+    except (BenchError, OSError, subprocess.SubprocessError) as exc:
+        if pg is not None:
+            pg.close()
+        print(f"no PostgreSQL for the cluster modes: {exc}", file=sys.stderr)
+        return None, f"not measured: no PostgreSQL ({str(exc)[:80]})"
+
+
 # -- the figure ---------------------------------------------------------------------------------
 def measure(sides: list[Side], window: float) -> float:
     """Sample every side at the start, middle and end of one window; the wake-ups of each."""
@@ -267,58 +312,131 @@ def rows_for(label: str, ours: Side, theirs: Optional[Side], size: int, minutes:
     ]
 
 
+def cluster_rows(mode: Mode, size: int, ours: Side, plain: Side, shared: Side, minutes: float,
+                 window: float) -> list[Row]:
+    """A cluster mode against as many plain jobs: per-job (the goal's reference: what a cluster job
+    costs over a plain one in the default mode) and shared (reported)."""
+    s = "s" if size > 1 else ""
+    jobs = f"{size} cluster job{s} ({mode.label})"
+    per_job, goal = f"{size} plain job{s}, per-job", f"<= {CLUSTER_GOAL:g}x"
+    rows = [
+        Row("11", f"{jobs}: resident processes (watchers)", f"{len(ours.pids)} ({ours.watchers})", per_job,
+            str(len(plain.pids)), n=1),
+        compare("11", f"{jobs}: resident RSS, total", ours.rss, per_job, plain.rss, fmt_mb, goal,
+                at_most=CLUSTER_GOAL),
+        compare("11", f"{jobs}: resident USS, total", ours.uss, per_job, plain.uss, fmt_mb, goal,
+                at_most=CLUSTER_GOAL),
+        compare("11", f"{jobs}: idle wake-ups per minute, over {window:g} s", [ours.woke / minutes], per_job,
+                [plain.woke / minutes], lambda v: f"{v:.1f}", "report"),
+    ]
+    if size > 1:
+        ref = f"{size} plain jobs, shared"
+        rows += [compare("11", f"{jobs}: resident RSS, total", ours.rss, ref, shared.rss, fmt_mb, "report"),
+                 compare("11", f"{jobs}: resident USS, total", ours.uss, ref, shared.uss, fmt_mb, "report")]
+    return rows
+
+
 def note(what: str, since: float) -> None:
     print(f"[11] {what} at {time.monotonic() - since:.0f} s", file=sys.stderr, flush=True)
 
 
+@dataclass
+class Setups:
+    """What the figure started: `close` ends all of it, also after a failure, the database last
+    (a cluster job's uninstall releases its lease)."""
+
+    bench: Bench
+    pip: subprocess.Popen[bytes]
+    scenarios: list[Scenario] = field(default_factory=list)
+    daemons: list[Supervisord] = field(default_factory=list)
+    pg: Optional[PgServer] = None
+
+    def close(self) -> None:
+        try:
+            end_install(self.pip)
+            for daemon in self.daemons:
+                daemon.stop()
+            for sc in self.scenarios:
+                sc.cleanup()
+            for daemon in self.daemons:
+                daemon.wait_stopped()
+        finally:
+            if self.pg is not None:
+                self.pg.close()
+
+    def start_supervisord(self, venv: str, sizes: tuple[int, ...]) -> dict[int, Side]:
+        supervisord = supervisor_ready(venv, self.pip)
+        theirs: dict[int, Side] = {}
+        if supervisord is None:
+            return theirs
+        for size in sizes:
+            daemon = Supervisord(self.bench, self.bench.mkdir(f"supervisord-{size}"), size)
+            self.daemons.append(daemon)
+            daemon.start(supervisord)
+        for daemon in self.daemons:
+            daemon.wait_running()
+            assert daemon.proc is not None
+            theirs[daemon.programs] = Side(f"supervisord, {daemon.programs} programs", [daemon.proc.pid])
+        return theirs
+
+
+def find_residents(mode: Mode, size: int, sc: Scenario, side: Side) -> None:
+    """The side's processes; a cluster mode's must include its watchers (one per job, or one above
+    the house), the tick's process that became one."""
+    side.pids = residents(sc)
+    side.watchers = watchers(side.pids)
+    print(f"[11] {side.label}: {len(side.pids)} resident processes, {side.watchers} watchers", file=sys.stderr)
+    if not side.pids:
+        raise BenchError(f"{side.label}: no resident process found")
+    expected = (1 if "--shared" in mode.options else size) if mode.cluster else 0
+    if side.watchers != expected:
+        raise BenchError(f"{side.label}: {side.watchers} watchers among its residents, expected {expected}")
+
+
 def scale_figure(bench: Bench, plan: Plan) -> list[Row]:
     mode = "quick" if plan is QUICK else "full"
-    jobs = JOBS[mode]
-    sizes = (jobs, 1)
+    sizes = (JOBS[mode], 1)
     began = time.monotonic()
     venv, pip = start_supervisor_install(bench)
-    scenarios: list[Scenario] = []
-    daemons: list[Supervisord] = []
+    setups = Setups(bench, pip)
+    modes = [m for m in MODES if m.quick or mode == "full"]
+    no_cluster = ""
     try:
-        ours: dict[tuple[str, int], tuple[Scenario, Side]] = {}
-        for index, (label, options) in enumerate(MODES):
+        if any(m.cluster for m in modes):  # a connection per held job (a house's too), room for the rest
+            setups.pg, no_cluster = start_database(bench, sum(sizes) * sum(m.cluster for m in modes) + 20)
+            note("PostgreSQL started", began)
+        ours: dict[tuple[Mode, int], tuple[Scenario, Side]] = {}
+        for index, m in enumerate(modes):
+            if m.cluster and setups.pg is None:
+                continue
+            options = [*m.options, *(["--cluster", setups.pg.url] if m.cluster and setups.pg else [])]
             for size in sizes:
                 sc = bench.scenario(f"scale{index}-{size}")
-                scenarios.append(sc)
+                setups.scenarios.append(sc)
                 start_jobs(sc, size, options)
-                ours[label, size] = sc, Side(f"{size} jobs ({label})")
-        supervisord = supervisor_ready(venv, pip)
-        theirs: dict[int, Side] = {}
-        if supervisord is not None:
-            for size in sizes:
-                daemon = Supervisord(bench, bench.mkdir(f"supervisord-{size}"), size)
-                daemons.append(daemon)
-                daemon.start(supervisord)
-            for daemon in daemons:
-                daemon.wait_running()
-                assert daemon.proc is not None
-                theirs[daemon.programs] = Side(f"supervisord, {daemon.programs} programs", [daemon.proc.pid])
-        note(f"{sum(sizes) * len(MODES)} jobs and supervisord started", began)
+                ours[m, size] = sc, Side(f"{size} job{'s' * (size > 1)} ({m.label})")
+            note(f"{m.label} started", began)
+        theirs = setups.start_supervisord(venv, sizes)
+        note("supervisord started", began)
         time.sleep(SETTLE)
-        for sc, side in ours.values():
-            side.pids = residents(sc)
-            if not side.pids:
-                raise BenchError(f"{side.label}: no resident process found")
+        for (m, size), (sc, side) in ours.items():
+            find_residents(m, size, sc, side)
         minutes = measure([side for _, side in ours.values()] + list(theirs.values()), WINDOW[mode]) / 60
         note("measured", began)
     finally:
-        end_install(pip)
-        for daemon in daemons:
-            daemon.stop()
-        for sc in scenarios:
-            sc.cleanup()
-        for daemon in daemons:
-            daemon.wait_stopped()
+        setups.close()
         note("cleaned up", began)
     rows = []
-    for label, _ in MODES:
+    for m in MODES:
         for size in sizes:
-            rows += rows_for(label, ours[label, size][1], theirs.get(size), size, minutes, WINDOW[mode])
+            if m.cluster and (m, size) not in ours:
+                rows.append(Row("11", f"{size} cluster job{'s' * (size > 1)} ({m.label})", "-",
+                                goal="full run only" if m not in modes else no_cluster))
+            elif m.cluster:
+                rows += cluster_rows(m, size, ours[m, size][1], ours[PER_JOB, size][1], ours[SHARED, size][1],
+                                     minutes, WINDOW[mode])
+            else:
+                rows += rows_for(m.label, ours[m, size][1], theirs.get(size), size, minutes, WINDOW[mode])
     return rows
 
 
