@@ -41,6 +41,10 @@ class RunState(Record):
         ("lock_path", ""),
         ("stdout_log", ""),
         ("stderr_log", ""),
+        # The inodes of the daemon's stdout and stderr pipes (None: not piped, or an older file): an
+        # adoption after a kill -9 of the shared resident reads those pipes again, and no others.
+        ("stdout_pipe", None),
+        ("stderr_pipe", None),
         ("lean", False),
         ("adhoc", False),
         ("house", ""),  # a shared job's (install --shared): the socket of the resident that supervises it
@@ -80,6 +84,8 @@ class RunState(Record):
     lock_path: str
     stdout_log: str
     stderr_log: str
+    stdout_pipe: Optional[int]
+    stderr_pipe: Optional[int]
     lean: bool
     adhoc: bool
     house: str
