@@ -46,8 +46,7 @@ class Setup:
         return os.stat(self.fifos[n]).st_ino
 
     def orphan(self, **recorded: Any) -> None:
-        pipes = {"stdout_pipe": self.inode(1), "stderr_pipe": self.inode(2)}
-        pipes.update(recorded)
+        pipes: dict[str, Any] = {"stdout_pipe": self.inode(1), "stderr_pipe": self.inode(2), **recorded}
         state = RunState(name="web", phase=Phase.RUNNING, boot_id="fake-boot", supervisor_pid=DEAD_HOUSE,
                          supervisor_start=5, pid=self.daemon.pid, pid_start=self.world.start_time(self.daemon.pid),
                          command=self.job.command, lock_path=self.job.lock_path, house="/fake/.old.sock", **pipes)

@@ -181,8 +181,7 @@ class Lifecycle:
         state = self.state
         state.pid, state.pid_start = child.pid, self.seams.start_time(child.pid)
         state.stdout_pipe, state.stderr_pipe = pipe_inode(child.stdout), pipe_inode(child.stderr)
-        state.started_at = iso(self.seams.wall())
-        state.next_start_at = None
+        state.started_at, state.next_start_at = iso(self.seams.wall()), None
         state.backoff_seconds = 0.0  # the message stays: a hint about the last exit still holds
         self.enter(Phase.RUNNING)
         self._note(f"started pid {child.pid}: {shell_join(job.command)}")
