@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 from typing import Any, Optional
 
 import pytest
 from fakeworld import SUPERVISOR, FakeLock, FakeProc, FakeWorld
 
 from watchdog_singleton.job.model import Job
+from watchdog_singleton.proc import procs
+from watchdog_singleton.proc.procs import UNKNOWN_EXIT
 from watchdog_singleton.proc.spawn import Spawned
 from watchdog_singleton.state.phases import Phase
 from watchdog_singleton.state.store import RunState, StateStore
 from watchdog_singleton.supervisor.adopt import adopt_orphans
 from watchdog_singleton.supervisor.house import SIGTERM, House
+from watchdog_singleton.tick.launch import previous_history
 
 T0 = 1000.0
 DEAD_HOUSE = 3_999_999  # the killed resident: no process of the fake world
@@ -165,3 +169,30 @@ def test_each_start_records_the_inodes_of_the_daemons_output_pipes(tmp_path: Any
     assert len(made) == 1 and seen and seen[0].pid != s.daemon.pid
     assert (seen[0].stdout_pipe, seen[0].stderr_pipe) == made[0]
     assert seen[0].supervisor_pid == SUPERVISOR
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["/bin/true"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("phase", [Phase.RUNNING, Phase.EXITED])
+def test_a_daemon_that_ended_while_no_supervisor_ran_is_told_by_the_next_start(tmp_path: Any, phase: str) -> None:
+    s = Setup(tmp_path)
+    daemon, house = dead_pid(), dead_pid()
+    s.store.save(RunState(name="web", phase=phase, boot_id=procs.boot_id(), supervisor_pid=house,
+                          supervisor_start=5, pid=daemon, pid_start=7, house="/fake/.old.sock", restarts=2))
+    history = previous_history(s.store, "web")  # the tick that starts it, holding its lock
+    s.house.take(s.job, FakeLock(s.job.lock_path), history=history)
+    seen: list[RunState] = []
+    s.world.at(T0 + 1, lambda: seen.extend(filter(None, [s.store.load("web")])))
+    s.finish()
+    line = (f"pid {daemon} ended while no supervisor ran (after the shared supervisor pid {house} died); "
+            "how is unknown")
+    if phase == Phase.RUNNING:
+        assert line in s.log("err")
+        assert seen[0].last_exit_code == UNKNOWN_EXIT and seen[0].restarts == 2
+    else:  # its end was recorded: nothing to add
+        assert "ended while no supervisor ran" not in s.log("err")
+        assert seen[0].last_exit_code is None
