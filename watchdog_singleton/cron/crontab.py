@@ -125,8 +125,10 @@ def shared_resident_lives(job: Job, state_root: str) -> str:
     A shared job's lock held means its daemon runs, but not that anything supervises it: after a
     kill -9 of the resident the daemon holds the lock on. So the line runs the launcher (which
     adopts it, supervisor/adopt.py) unless the file `PID START`, ours and no symlink, in a folder of
-    ours, names a live process of that start time (field 22 of /proc/PID/stat; 3 is its state, Z for
-    a zombie). A pid reused by another process would have another start time.
+    ours, names a live process of ours with that start time (field 22 of /proc/PID/stat; 3 is its
+    state, Z for a zombie). A pid reused by another process would have another start time. The
+    stat line is cut through its last ") " first: the name before it (comm, in parentheses) is
+    anyone's to choose, spaces and parentheses included, and would shift the fields after it.
     """
     from ..lock.flock import default_lock_dir
     from ..supervisor.housewire import pid_path
@@ -138,7 +140,8 @@ def shared_resident_lives(job: Job, state_root: str) -> str:
     else:
         where, checks = f'e={shlex.quote(folder)}; h="$e"/{name}; ', '-O "$e" -a ! -h "$e" -a '
     return (f'{where}test {checks}-f "$h" -a -O "$h" -a ! -h "$h" && read p s < "$h" && '
-            'read -r x < /proc/"$p"/stat && set -f -- $x && [ "${22}" = "$s" -a "$3" != Z ]')
+            'read -r x < /proc/"$p"/stat && test -O /proc/"$p" && set -f -- ${x##*) } && '
+            '[ "${20}" = "$s" -a "$1" != Z ]')
 
 
 SPARSE_GAP_MINUTES = 10

@@ -18,8 +18,10 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 
 
 # What goes on from one supervisor of a job to the next: the restart count and the run record.
+# (The history handed on may also hold UNSEEN: a line for the log, RunState.ended_unseen's.)
 CARRIED = ("restarts", "last_exit_code", "last_exit_at", "runs", "failures", "timeouts", "skipped", "last_due",
            "last_start_at", "last_result", "last_duration", "history")
+UNSEEN = "ended_unseen"
 
 
 class RunState(Record):
@@ -41,6 +43,10 @@ class RunState(Record):
         ("lock_path", ""),
         ("stdout_log", ""),
         ("stderr_log", ""),
+        # The inodes of the daemon's stdout and stderr pipes (None: not piped, or an older file): an
+        # adoption after a kill -9 of the shared resident reads those pipes again, and no others.
+        ("stdout_pipe", None),
+        ("stderr_pipe", None),
         ("lean", False),
         ("adhoc", False),
         ("house", ""),  # a shared job's (install --shared): the socket of the resident that supervises it
@@ -80,6 +86,8 @@ class RunState(Record):
     lock_path: str
     stdout_log: str
     stderr_log: str
+    stdout_pipe: Optional[int]
+    stderr_pipe: Optional[int]
     lean: bool
     adhoc: bool
     house: str
@@ -105,6 +113,18 @@ class RunState(Record):
 
     def daemon_alive(self) -> bool:
         return procs.is_alive(self.pid, self.pid_start, self.boot_id)
+
+    def ended_unseen(self) -> str:
+        """A line for the job's log when this record's daemon ended while no supervisor ran (its
+        supervisor killed, then the daemon gone, this boot, with no end recorded); "" otherwise.
+        Read by the next start, which holds the job's lock: nothing else can still write it."""
+        if self.phase != "running" or self.pid is None or not self.supervisor_pid or self.lean:
+            return ""
+        if self.boot_id != procs.boot_id() or self.supervisor_alive() or self.daemon_alive():
+            return ""
+        which = "the shared supervisor" if self.house else "its supervisor"
+        return (f"pid {self.pid} ended while no supervisor ran (after {which} pid {self.supervisor_pid} died); "
+                "how is unknown")
 
     def supervisor_trouble(self) -> str:
         """"gone" (SIGKILLed) or "stopped" (SIGSTOP, a debugger) when the supervisor this record

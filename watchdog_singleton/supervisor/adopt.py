@@ -14,9 +14,12 @@ by its daemon and its token), with these differences while that daemon lives:
 - Its lock is the daemon's (`Borrowed`). When the daemon ends, what is left of its tree is stopped
   (the member's ordinary leftover stop, by its token), and the lock is taken at the restart; should
   something still hold it, whatever carries the job's token or holds the file is stopped first.
-- Its output went to pipes whose reader was the dead resident: what it wrote since is gone, and its
-  next write gets SIGPIPE (EPIPE if it ignores that), which ends most daemons; then it is restarted
-  with new pipes, into its log files again.
+- Its output went to pipes whose reader was the dead resident. Until the adoption its writes fail:
+  SIGPIPE, which ends most daemons (then it is restarted with new pipes), or EPIPE for one that
+  ignores SIGPIPE, and what it meant to write is lost. The adoption reads those pipes again
+  (`reattach`): opening /proc/PID/fd/1 (and 2) gives a new read end of the same pipe, as for a
+  FIFO, so its writes work again and go into its log files. Only the pipes its supervisor made
+  are opened (their inodes are in the run state); anything else at fd 1 or 2 is left alone.
 
 A periodic job is not adopted: its run ends on its own, and the next tick starts the job again.
 """
@@ -24,6 +27,7 @@ A periodic job is not adopted: its run ends on its own, and the next tick starts
 from __future__ import annotations
 
 import os
+import stat
 
 from ..lock.flock import STALE_SECONDS, FlockLock
 from ..proc import procs
@@ -33,7 +37,7 @@ from ..state.store import CARRIED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
-    from typing import Callable
+    from typing import Callable, Optional
 
     from ..job.model import Job
     from ..lock.flock import SingletonLock
@@ -42,6 +46,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from .pump import OutputPump
 
     MakeLock = Callable[[str, str], SingletonLock]
+    FdPath = Callable[[int, int], str]
 
 EBUSY = 16  # errno's number; the errno module stays out of the resident
 
@@ -67,19 +72,25 @@ def orphans(house: House, root: str) -> list[tuple[Job, RunState]]:
     return found
 
 
-def adopt_orphans(house: House, root: str, make_lock: MakeLock = FlockLock) -> list[str]:
+def proc_fd_path(pid: int, fd: int) -> str:
+    return f"/proc/{pid}/fd/{fd}"
+
+
+def adopt_orphans(house: House, root: str, make_lock: MakeLock = FlockLock,
+                  fd_path: FdPath = proc_fd_path) -> list[str]:
     """Adopt every orphan of `root` (see the module docstring); the names adopted."""
     adopted = []
     for job, state in orphans(house, root):
         try:
-            if adopt(house, job, state, make_lock):
+            if adopt(house, job, state, make_lock, fd_path):
                 adopted.append(job.name)
         except Exception as exc:  # that job stays as it was (unsupervised); the others are adopted
             house.failures.append(f"{job.name}: could not adopt it: {exc}")
     return adopted
 
 
-def adopt(house: House, job: Job, state: RunState, make_lock: MakeLock = FlockLock) -> bool:
+def adopt(house: House, job: Job, state: RunState, make_lock: MakeLock = FlockLock,
+          fd_path: FdPath = proc_fd_path) -> bool:
     """Make the running daemon of `state` a member of `house`, watched until it ends."""
     seams = house.seams
     pid, start = state.pid, state.pid_start
@@ -98,6 +109,8 @@ def adopt(house: House, job: Job, state: RunState, make_lock: MakeLock = FlockLo
                     "ends will not be known, and what it wrote since that supervisor died is lost")
     sup.life.enter(Phase.RUNNING)
     sup.output.note(f"adopted running pid {pid}: its shared supervisor (pid {state.supervisor_pid}) died")
+    mine.stdout_pipe, mine.stderr_pipe = state.stdout_pipe, state.stderr_pipe
+    reattach(member, pid, fd_path)
     ended = Ended(member, pid)
     try:
         cancel = watch(pid, ended)
@@ -109,6 +122,50 @@ def adopt(house: House, job: Job, state: RunState, make_lock: MakeLock = FlockLo
         cancel()
         ended()
     return True
+
+
+def reattach(member: Member, pid: int, fd_path: FdPath = proc_fd_path) -> None:
+    """Read the adopted daemon's stdout and stderr into its log files again, through a new read end
+    of each pipe its supervisor made; said in its log either way."""
+    sup = member.sup
+    sinks = ((1, "stdout", sup.state.stdout_pipe, sup.output.out), (2, "stderr", sup.state.stderr_pipe, sup.output.err))
+    read, left = [], []
+    for number, what, inode, sink in sinks:
+        if inode is None or sink is None:
+            left.append(f"its {what} (no pipe of its supervisor's on record)")
+            continue
+        try:
+            fd = open_pipe(fd_path(pid, number), inode)
+        except OSError as exc:
+            left.append(f"its {what} ({exc.strerror or exc})")
+            continue
+        if fd is None:
+            left.append(f"its {what} (no longer the pipe its supervisor made)")
+            continue
+        sup.pump.watch(fd, sink)
+        read.append(what)
+    if read:
+        sup.output.note(f"reading its {' and '.join(read)} again: what it wrote since its shared supervisor "
+                        "died is lost (those writes failed)")
+    if left:
+        sup.output.note(f"not read: {', '.join(left)}; its writes there fail (SIGPIPE or EPIPE) until it "
+                        "is started again")
+
+
+def open_pipe(path: str, inode: int) -> Optional[int]:
+    """A new read end (non-blocking) of the pipe at `path` (a /proc/PID/fd link) if it is the pipe
+    `inode`; None if it is anything else. A same-user process's pipe opens like a FIFO."""
+    if not is_pipe(os.stat(path), inode):  # nothing else is opened: a device's open can have effects
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not is_pipe(os.fstat(fd), inode):  # it changed between the look and the open
+        os.close(fd)
+        return None
+    return fd
+
+
+def is_pipe(info: os.stat_result, inode: int) -> bool:
+    return stat.S_ISFIFO(info.st_mode) and info.st_ino == inode
 
 
 class Ended:

@@ -247,6 +247,8 @@ class AnchorLink:
         mine = sup.state
         start = state.pid_start if state.pid == pid else seams.start_time(pid)
         mine.pid, mine.pid_start, mine.started_at = pid, start, state.started_at
+        if state.pid == pid:  # the same pipes: a later adoption without the anchor reads them again
+            mine.stdout_pipe, mine.stderr_pipe = state.stdout_pipe, state.stderr_pipe
         mine.message = f"adopted from a shared supervisor that died (pid {state.supervisor_pid}), through its anchor"
         sup.life.enter(Phase.RUNNING)
         sup.output.note(f"adopted running pid {pid} from its anchor: its shared supervisor "

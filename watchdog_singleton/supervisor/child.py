@@ -15,6 +15,8 @@ launcher's lean mode and notify's hooks use it too) and the words for a start th
 
 from __future__ import annotations
 
+import os
+
 from ..errors import CANNOT_EXECUTE
 from ..proc import procs, tree
 from ..proc.spawn import SpawnError
@@ -34,6 +36,17 @@ def exit_report(job: Job, code: int, lasted: float, message: str, log: str) -> s
     detail = f" ({message})" if message else ""
     return f"{job.name} {procs.exit_text(code)} {lasted:.1f} s after it started{detail}" + (f"; see {log}" if log
                                                                                                else "")
+
+
+def pipe_inode(fd: Optional[int]) -> Optional[int]:
+    """The inode of the daemon's output pipe whose read end is `fd`: recorded, so that an adoption
+    after a kill -9 of the shared resident reads that pipe again, and nothing else (adopt.py)."""
+    if fd is None:
+        return None
+    try:
+        return os.fstat(fd).st_ino
+    except OSError:
+        return None
 
 
 def start_failure(job: Job, exc: Exception) -> tuple[int, str]:

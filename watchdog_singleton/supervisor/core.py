@@ -35,7 +35,7 @@ from ..errors import UserError
 from ..job.daemonenv import daemon_env
 from ..proc.children import Wakeups
 from ..state.phases import Phase
-from ..state.store import CARRIED, RunState, StateKeeper
+from ..state.store import CARRIED, UNSEEN, RunState, StateKeeper
 from .decisions import BURST, restart_delay
 from .io import Output
 from .life import Lifecycle
@@ -93,6 +93,8 @@ class Supervisor:
         self.state = first_state(job, seams, adhoc, history)
         self.state.house = house  # the shared resident's socket: it supervises this job among others
         self.output = Output(passthrough, seams.open_sink)
+        if history and history.get(UNSEEN):
+            self.output.note(str(history[UNSEEN]))  # its daemon's end in the gap before us
         self.keeper = StateKeeper(store, self.state, self.output.note)
         # Claim the job before anything else: a launcher that finds a fresh lock file (the old
         # one deleted) sees this live supervisor and leaves.

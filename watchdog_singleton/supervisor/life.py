@@ -27,7 +27,7 @@ from ..proc.spawn import SpawnError
 from ..quoting import shell_join
 from ..state.phases import Phase, allowed
 from ..timefmt import iso
-from .child import Child, Exit, Follow, exit_report, start_failure
+from .child import Child, Exit, Follow, exit_report, pipe_inode, start_failure
 from .decisions import DONE, LIFETIME, TIMEOUT, RestartPolicy, finite
 
 TYPE_CHECKING = False
@@ -180,8 +180,8 @@ class Lifecycle:
             self.pump.watch(child.stderr, err)
         state = self.state
         state.pid, state.pid_start = child.pid, self.seams.start_time(child.pid)
-        state.started_at = iso(self.seams.wall())
-        state.next_start_at = None
+        state.stdout_pipe, state.stderr_pipe = pipe_inode(child.stdout), pipe_inode(child.stderr)
+        state.started_at, state.next_start_at = iso(self.seams.wall()), None
         state.backoff_seconds = 0.0  # the message stays: a hint about the last exit still holds
         self.enter(Phase.RUNNING)
         self._note(f"started pid {child.pid}: {shell_join(job.command)}")

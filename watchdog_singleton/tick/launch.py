@@ -20,7 +20,7 @@ from ..lock.flock import REPAIRED, FlockLock
 from ..proc import procs
 from ..proc.children import become_subreaper
 from ..state.phases import Phase
-from ..state.store import CARRIED, RunState, StateStore
+from ..state.store import CARRIED, UNSEEN, RunState, StateStore
 from ..timefmt import now_iso
 from . import runargs
 from .becoming import memfd_of
@@ -148,7 +148,11 @@ def previous_history(states: StateStore, name: str) -> dict[str, object]:
     state = states.load(name)
     if state is None:
         return {}
-    return {key: getattr(state, key) for key in CARRIED}
+    history: dict[str, object] = {key: getattr(state, key) for key in CARRIED}
+    unseen = state.ended_unseen()
+    if unseen:  # its end was never recorded: the new supervisor says so, and how it ended is unknown
+        history.update({UNSEEN: unseen, "last_exit_code": procs.UNKNOWN_EXIT, "last_exit_at": None})
+    return history
 
 
 def acquire(lock: FlockLock, job: Job, states: StateStore, patient: bool) -> bool:
