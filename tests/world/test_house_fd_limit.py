@@ -125,11 +125,11 @@ def test_a_start_without_a_descriptor_left_is_named_so_in_its_log(tmp_path: Any)
     job = make_job(tmp, "web")
     house.take(job, FakeLock(job.lock_path))
     house._turn()
+    house.close()  # the log written out
     with open(job.stderr_log) as f:
         log = f.read()
     assert "cannot start /bin/daemon: the supervisor is out of file descriptors" in log
     assert "Too many open files" not in log
-    house.close()
 
 
 def test_out_of_descriptors_in_one_jobs_handling_is_named_so_in_its_log(tmp_path: Any) -> None:
@@ -146,9 +146,9 @@ def test_out_of_descriptors_in_one_jobs_handling_is_named_so_in_its_log(tmp_path
     assert "web" not in house.members
     [failure] = house.failures
     assert "(out of file descriptors" in failure and "OSError" not in failure and "Errno" not in failure
+    house.close()  # the log written out
     with open(job.stderr_log) as f:
         assert "the shared supervisor failed on this job (out of file descriptors" in f.read()
-    house.close()
 
 
 def test_a_user_lookup_without_a_descriptor_left_is_no_missing_user(monkeypatch: Any) -> None:
