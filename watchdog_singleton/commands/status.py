@@ -116,7 +116,10 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         "lock_path": lock_path,
         "lock_held": lock_held,
         "lean": bool(job and job.lean),
-        "shared": bool(job.shared if job is not None else state is not None and state.house),
+        # Whether the shared resident supervises it: a shared job it had no room for runs under a
+        # supervisor of its own (tick/handover.py) and is shown as such while that one lives.
+        "shared": bool(state.house) if state is not None and supervisor else
+                  bool(job.shared if job is not None else state is not None and state.house),
         "message": state.message if state else "",
         "periodic": bool(job and job.periodic),
         "every": job.every if job and job.every else None,
