@@ -192,3 +192,21 @@ def test_the_resident_raises_its_soft_limit_to_the_hard_one_and_remembers_the_ol
     out = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=60,
                          check=True, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))).stdout
     assert out.split() == ["64", str(hard), str(hard)]
+
+
+def test_the_anchor_raising_its_limit_loads_only_fdlimit_and_resource() -> None:
+    """The anchor's pinned modules (test_house_anchor.py) plus what its main loads to raise its limit:
+    proc/fdlimit.py and `resource` (a 19 KiB C module: about 28 KiB more USS, measured)."""
+    import watchdog_singleton
+
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(watchdog_singleton.__file__)))
+    probe = (f"import sys; sys.path.insert(0, {parent!r}); "
+             "from watchdog_singleton.supervisor import anchor; "
+             "from watchdog_singleton.proc.fdlimit import raise_soft; "
+             "raise_soft(); print('resource' in sys.modules, *sorted(m for m in sys.modules "
+             "if m.startswith('watchdog_singleton')))")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    assert out.split() == ["True", "watchdog_singleton", "watchdog_singleton.proc", "watchdog_singleton.proc.fdlimit",
+                           "watchdog_singleton.supervisor", "watchdog_singleton.supervisor.anchor",
+                           "watchdog_singleton.supervisor.housewire"]
