@@ -27,7 +27,8 @@ dead resident left it, and each adopted daemon's exit status, which only its par
 now) can know. The anchor exits once a resident exits and no job is held (a stop, an uninstall,
 the last job gone), and gives up after STORM_STARTS new residents within STORM_SECONDS (what is
 left then falls back to a tick's adoption, supervisor/adopt.py). SIGTERM, SIGINT, SIGHUP and
-SIGUSR2 are passed on to the resident. It loads only this module and housewire.py: about 2 MiB of
+SIGUSR2 are passed on to the resident. It loads only this module and housewire.py, and at its start
+proc/fdlimit.py with `resource` to raise its open-file limit (4 descriptors a job): about 2 MiB of
 private memory.
 """
 
