@@ -52,6 +52,14 @@ class HostView:
         return cls(entries, known, cron_daemon_running(), lock.locked_files(), zones)
 
 
+def _shared(job: Optional[Job], state: Optional[RunState], supervisor: bool) -> bool:
+    """Whether the shared resident supervises it: a shared job it had no room for runs under a
+    supervisor of its own (tick/handover.py), and is shown so while that one lives."""
+    if state is not None and supervisor:
+        return bool(state.house)
+    return bool(job.shared if job is not None else state is not None and state.house)
+
+
 def describe(name: str, job: Optional[Job], state: Optional[RunState], host: HostView,
              state_error: Optional[str] = None, state_dir: str = "") -> dict[str, Any]:
     """NAME as status shows it. `state_error`: why its run state could not be read (then its lock
@@ -116,7 +124,7 @@ def describe(name: str, job: Optional[Job], state: Optional[RunState], host: Hos
         "lock_path": lock_path,
         "lock_held": lock_held,
         "lean": bool(job and job.lean),
-        "shared": bool(job.shared if job is not None else state is not None and state.house),
+        "shared": _shared(job, state, supervisor),
         "message": state.message if state else "",
         "periodic": bool(job and job.periodic),
         "every": job.every if job and job.every else None,

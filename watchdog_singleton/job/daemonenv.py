@@ -18,13 +18,26 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from .model import Job
 
 
+def account() -> pwd.struct_passwd:
+    """Our passwd entry. The lookup opens /etc/passwd (or asks NSS): with no descriptor left it
+    fails as a KeyError, as if we had no user; that failure is named for what it is."""
+    try:
+        return pwd.getpwuid(os.getuid())
+    except KeyError:
+        try:
+            os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError as exc:  # EMFILE, ENFILE: the lookup could not open its files
+            raise OSError(exc.errno, f"cannot read the user database: {exc.strerror}") from None
+        raise
+
+
 def daemon_env(job: Job, inherit: Optional[dict[str, str]] = None, token: Optional[int] = None) -> dict[str, str]:
     """The daemon's environment: the same whether cron or the user's shell started it; with a
     cluster lease's fencing `token`, that and the database to check it with."""
     if inherit is not None:
         env = procs.clean_environ(inherit)
     else:
-        user = pwd.getpwuid(os.getuid())
+        user = account()
         env = {"HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name,
                "SHELL": user.pw_shell or "/bin/sh", "PATH": "/usr/local/bin:/usr/bin:/bin"}
     env.update(job.env)

@@ -61,10 +61,13 @@ def close_all_but(keep: tuple[int, ...]) -> None:
 
 def spawn(argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, ...] = (),
           capture: bool = True, stdio: tuple[Optional[int], Optional[int], Optional[int]] = (None, None, None),
-          ) -> Spawned:
+          nofile: Optional[int] = None) -> Spawned:
     """fork + exec `argv` in a new session, stdin from /dev/null; stdout and stderr on pipes
     (or inherited when not `capture`); `pass_fds` stay open in the child. `stdio` gives a
-    descriptor for stdin, stdout or stderr instead (-1: /dev/null), for a helper process."""
+    descriptor for stdin, stdout or stderr instead (-1: /dev/null), for a helper process.
+    `nofile`: the child's soft RLIMIT_NOFILE (the shared resident raised its own: fdlimit.py)."""
+    if nofile is not None:
+        from .fdlimit import set_soft  # loaded here, before the fork: the child only calls it
     pipes = [output_pipe(), output_pipe()] if capture else []
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -89,6 +92,8 @@ def spawn(argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, .
             close_all_but(tuple(pass_fds) + (err_w,))  # err_w closes itself at exec
             for fd in pass_fds:
                 os.set_inheritable(fd, True)
+            if nofile is not None:
+                set_soft(nofile)  # what the resident was started with, not its raised limit
             stage = "chdir"
             os.chdir(cwd)
             stage = "exec"
@@ -113,5 +118,9 @@ def spawn(argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, .
         if stage == "chdir":
             raise SpawnError(f"cannot enter working directory {cwd}: {os.strerror(number)}", CANNOT_EXECUTE)
         code = NOT_FOUND if number == errno.ENOENT else CANNOT_EXECUTE
+        if number in (errno.EMFILE, errno.ENFILE):  # ours or the child's before exec, not the program's
+            from .fdlimit import said
+
+            raise SpawnError(f"cannot start {argv[0]}: the supervisor is {said(number)}", code)
         raise SpawnError(f"cannot start {argv[0]}: {os.strerror(number)}", code)
     return Spawned(pid, pipes[0][0] if pipes else None, pipes[1][0] if pipes else None)

@@ -27,7 +27,8 @@ dead resident left it, and each adopted daemon's exit status, which only its par
 now) can know. The anchor exits once a resident exits and no job is held (a stop, an uninstall,
 the last job gone), and gives up after STORM_STARTS new residents within STORM_SECONDS (what is
 left then falls back to a tick's adoption, supervisor/adopt.py). SIGTERM, SIGINT, SIGHUP and
-SIGUSR2 are passed on to the resident. It loads only this module and housewire.py: about 2 MiB of
+SIGUSR2 are passed on to the resident. It loads only this module and housewire.py, and at its start
+proc/fdlimit.py with `resource` to raise its open-file limit (4 descriptors a job): about 2 MiB of
 private memory.
 """
 
@@ -230,7 +231,8 @@ def is_child(pid: int) -> bool:
     return True
 
 
-def starter(package_parent: str, root: str, house: tuple[int, int, str], env: dict[str, str]) -> Start:
+def starter(package_parent: str, root: str, house: tuple[int, int, str], env: dict[str, str],
+            nofile: Optional[int] = None) -> Start:
     """Start a new resident as the tick does (tick/handover.py exec_house), with no first job and
     the link to us: it adopts what we hand it."""
     import _socket
@@ -245,7 +247,7 @@ def starter(package_parent: str, root: str, house: tuple[int, int, str], env: di
                 ours.close()
                 from ..tick.becoming import exec_resident
 
-                exec_resident(package_parent, root, house, theirs.detach(), env)
+                exec_resident(package_parent, root, house, theirs.detach(), env, nofile)
             finally:
                 os._exit(FAILED)
         theirs.close()
@@ -259,10 +261,14 @@ def main(argv: list[str]) -> int:
     import select
 
     root, resident_text, link_text, house_fd, house_dir_fd, house_dir = argv
+    from ..proc.fdlimit import raise_soft
+
+    nofile = raise_soft()  # 4 descriptors a job; each new resident is told the limit we were started with
     package_parent = __file__.rsplit("/watchdog_singleton/", 1)[0]
     link = Link(_socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, int(link_text)))
     anchor = Anchor(int(resident_text), link,
-                    starter(package_parent, root, (int(house_fd), int(house_dir_fd), house_dir), dict(os.environ)),
+                    starter(package_parent, root, (int(house_fd), int(house_dir_fd), house_dir), dict(os.environ),
+                            nofile),
                     is_child)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)

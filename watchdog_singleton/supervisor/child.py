@@ -19,6 +19,7 @@ import os
 
 from ..errors import CANNOT_EXECUTE
 from ..proc import procs, tree
+from ..proc.fdlimit import out_of
 from ..proc.spawn import SpawnError
 from ..proc.stop import stop_job
 
@@ -50,11 +51,14 @@ def pipe_inode(fd: Optional[int]) -> Optional[int]:
 
 
 def start_failure(job: Job, exc: Exception) -> tuple[int, str]:
-    """The exit code and the message of a command that could not start (126: found, not run)."""
+    """The exit code and the message of a command that could not start (126: found, not run).
+    EMFILE is the supervisor's, not the command's: named so (proc/fdlimit.py)."""
     if isinstance(exc, SpawnError):
         return exc.code, str(exc)
-    if isinstance(exc, OSError):
-        return CANNOT_EXECUTE, f"cannot start {job.command[0]}: {exc.strerror}"
+    if isinstance(exc, OSError):  # ours, before the fork: a pipe, /dev/null, the user database
+        short = out_of(exc)
+        why = f"the supervisor is {short}" if short else exc.strerror
+        return CANNOT_EXECUTE, f"cannot start {job.command[0]}: {why}"
     return CANNOT_EXECUTE, str(exc)
 
 

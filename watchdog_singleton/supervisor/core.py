@@ -85,7 +85,7 @@ class Supervisor:
                  inherit_env: Optional[dict[str, str]] = None, ready: Optional[Ready] = None,
                  history: Optional[dict[str, Any]] = None, seams: Optional[Seams] = None,
                  cluster: Optional[ClusterLease] = None, wakeups: Optional[Wakeups] = None,
-                 house: str = "") -> None:
+                 house: str = "", note: str = "") -> None:
         self.lock = lock
         self.store = store
         self.adhoc = adhoc
@@ -105,6 +105,7 @@ class Supervisor:
                               wake=self.wakeups.wake, passthrough=passthrough, inherit_env=inherit_env, ready=ready,
                               cluster=cluster)
         self.guard = self.life.guard
+        self.first_note = note  # written to the log once it is open (the tick's word on why we run)
 
     @property
     def job(self) -> Job:
@@ -141,6 +142,8 @@ class Supervisor:
         self.pump = life.pump = pump
         self.wait = self.seams.wait or self.pump.wait
         self.output.open(life.job, self.wakeups.wake)
+        if self.first_note:
+            self.output.note(self.first_note)
         self.watch = LockWatch(self.lock, self.output.note, self.seams.clock())
         life.begin()
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import _signal
 
 from ..proc.children import Wakeups
+from ..proc.fdlimit import out_of, room
 from ..state.phases import Phase
 from .core import Supervisor
 from .pump import OutputPump, PumpShare
@@ -90,6 +91,12 @@ class House:
         self.wakeups.close()
 
     # -- what the socket asks ----------------------------------------------------------------
+    def room(self) -> Optional[str]:
+        """None if one more job fits in our descriptors (its share, and a margin for a restart's
+        pipes and a notifier); else why not, for the tick, which then runs it under a supervisor
+        of its own. Jobs already ours (adopted, handed back by the anchor) are never refused."""
+        return room(self.seams.fd_count(), self.seams.fd_limit())
+
     def take(self, job: Job, lock: SingletonLock, ready: Optional[Ready] = None,
              history: Optional[dict[str, Any]] = None) -> None:
         """Supervise `job`, whose lock the caller holds (its descriptors are ours from now on)."""
@@ -292,7 +299,8 @@ class House:
         """A failure of ours in one job's handling: its tree is stopped, its lock released, the
         reason written to its log; the other jobs run on."""
         sup = member.sup
-        text = (f"the shared supervisor failed on this job ({exc.__class__.__name__}: {exc}): "
+        what = out_of(exc) or f"{exc.__class__.__name__}: {exc}"  # EMFILE is no missing user, say
+        text = (f"the shared supervisor failed on this job ({what}): "
                 "its tree is stopped and its lock released; the next tick starts it again")
         self.failures.append(f"{member.name}: {text}")
         life = sup.life

@@ -23,12 +23,15 @@ from ..files import read_to_end
 from ..job.model import Job
 from ..lock.flock import REPAIRED, FlockLock
 from ..proc import procs
+from ..proc.fdlimit import out_of, raise_soft
+from ..proc.spawn import spawn
 from ..state.store import StateStore
 from .adopt import adopt_orphans
 from .anchorlink import AnchorLink
 from .house import House
 from .housewire import WireError, house_name, peer_uid, receive, send, socket_path
 from .resident import RESIDENT_MALLOC, ready_text
+from .seams import Seams
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -143,6 +146,12 @@ class Door:
             self._hang_up(conn)
 
     def _take(self, conn: _socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+        refused = self.house.room()
+        if refused is not None:  # before `taken`: the tick still holds NAME's lock and starts it itself
+            for fd in fds:
+                os.close(fd)  # our copies only: the lock stays the tick's
+            self._answer(conn, {"refused": refused})
+            return
         try:
             job = Job.from_dict(message["job"])
             lock = FlockLock(job.lock_dir, job.name)
@@ -168,7 +177,7 @@ class Door:
         try:
             self.house.take(job, lock, ready=ready, history=message.get("history") or {})
         except Exception as exc:
-            ready(f"{job.name}: the shared supervisor could not take it: {exc}")
+            ready(f"{job.name}: the shared supervisor could not take it: {out_of(exc) or exc}")
             return
         member = self.house.members.get(job.name)
         if member is not None:
@@ -220,6 +229,10 @@ def main(argv: list[str]) -> int:
     for key in RESIDENT_MALLOC:  # ours, read by glibc at our start; not the daemons'
         os.environ.pop(key, None)
     hand_over = marshal.loads(read_to_end(int(job_fd)))
+    # Room for a few descriptors a job, as systemd gives itself; each daemon gets back the soft limit
+    # the tick (or the anchor, for the residents it starts) was started with.
+    started_with = raise_soft()
+    nofile = hand_over.get("nofile") or started_with
     # No first job: a tick found its job's daemon running on after its resident died (adopt.py).
     job = Job.from_dict(hand_over["job"]) if hand_over["job"] is not None else None
     cluster = job is not None and bool(job.cluster)  # the cluster house: its first job is a cluster job
@@ -247,7 +260,12 @@ def main(argv: list[str]) -> int:
         ready_fd = -1
 
     path = socket_path(hand_over["house_dir"], root, cluster)
-    house = House(StateStore(root), socket_path=path)
+
+    def spawn_daemon(*args: Any, **kwargs: Any) -> Any:
+        kwargs["nofile"] = nofile
+        return spawn(*args, **kwargs)
+    seams = Seams(spawn=spawn_daemon)
+    house = House(StateStore(root), seams=seams, socket_path=path)
     beat_fd = hand_over.get("beat_fd", -1)  # the cluster house's: to its watcher, our parent
     if cluster:
         from ..cluster.watcher import beat
@@ -276,7 +294,7 @@ def main(argv: list[str]) -> int:
             ready(None)
         return house.run()
     except Exception as exc:
-        ready(f"{what}: the shared supervisor could not run: {exc or exc.__class__.__name__}")
+        ready(f"{what}: the shared supervisor could not run: {out_of(exc) or exc or exc.__class__.__name__}")
         return FAILED
     finally:
         if door is not None:

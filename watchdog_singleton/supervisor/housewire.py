@@ -10,7 +10,9 @@ A message is a length and a marshalled dict; descriptors (a job's held lock) rid
 bytes as SCM_RIGHTS. marshal is built in: reading it loads nothing into the resident. Requests:
 
     {"op": "take", "job": Job.to_dict(), "history": {...}} + [lock fd, folder fd]
-        -> {"taken": PID}, then {"ready": "ok PID" | a problem} once the daemon runs its settle time
+        -> {"taken": PID}, then {"ready": "ok PID" | a problem} once the daemon runs its settle time;
+           or {"refused": WHY} when it has no descriptors left for one more job (proc/fdlimit.py):
+           nothing was taken, and the tick runs NAME under a supervisor of its own
     {"op": "stop", "name": NAME}   -> {"stopped": True | False}  once its tree is gone
     {"op": "reload", "name": NAME} -> {"reloaded": True | False}
     {"op": "ping"}                 -> {"pid": PID, "jobs": [NAME, ...]}

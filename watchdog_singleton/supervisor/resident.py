@@ -76,7 +76,8 @@ def main(argv: list[str]) -> int:
         supervisor = Supervisor(job, lock, StateStore(root), adhoc=hand_over["adhoc"], cluster=cluster,
                                 passthrough=hand_over["passthrough"],
                                 inherit_env=dict(os.environ) if hand_over["adhoc"] else None,
-                                ready=ready if ready_fd >= 0 else None, history=hand_over["history"])
+                                ready=ready if ready_fd >= 0 else None, history=hand_over["history"],
+                                note=hand_over.get("note", ""))
         if supervisor.guard is not None and beat_fd >= 0:
             from ..cluster.watcher import beat
 

@@ -12,6 +12,7 @@ from ..files import ensure_dir
 from ..job.model import JobStore
 from ..proc import procs
 from ..proc.children import has_children, own_children
+from ..proc.fdlimit import in_use, soft_limit
 from ..proc.spawn import spawn
 from .logsink import LogSink
 
@@ -51,7 +52,8 @@ class Seams:
                  open_sink: Callable[[str, int, int], LogSink] = LogSink,
                  stderr: Callable[[str], None] = to_stderr, strict: bool = False, house: bool = False,
                  alive: Callable[[Optional[int], Optional[int], Optional[str]], bool] = procs.is_alive,
-                 watch_exit: Optional[WatchExit] = None) -> None:
+                 watch_exit: Optional[WatchExit] = None, fd_count: Callable[[], int] = in_use,
+                 fd_limit: Callable[[], Optional[int]] = soft_limit) -> None:
         self.clock = clock
         self.wall = wall
         self.spawn = spawn
@@ -79,6 +81,8 @@ class Seams:
         # (pid, on_exit) -> cancel: call on_exit() once the process `pid` (not our child) has ended;
         # ProcessLookupError if it is gone already. None: a pidfd in the shared resident's poll (adopt.py).
         self.watch_exit = watch_exit
+        self.fd_count = fd_count  # the descriptors we hold, and our soft limit: the shared resident's room
+        self.fd_limit = fd_limit
         self.known: Callable[[], set[int]] = set  # the shared resident's children it accounts for (for_job)
 
     def for_job(self, reap: Callable[[], list[tuple[int, int]]], sleep: Callable[[float], None],

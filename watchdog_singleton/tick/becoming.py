@@ -7,6 +7,10 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
+    from typing import Optional
+
 HOUSE_BOOT = ("import sys; sys.path.append(sys.argv[1]); from watchdog_singleton.supervisor.housemain import main; "
               "sys.exit(main(sys.argv[2:]))")
 
@@ -26,16 +30,17 @@ def memfd_of(hand_over: dict[str, object]) -> int:
 
 
 def exec_resident(package_parent: str, root: str, house: tuple[int, int, str], anchor_fd: int,
-                  env: dict[str, str]) -> None:
+                  env: dict[str, str], nofile: Optional[int] = None) -> None:
     """In a child of the anchor: become a new resident with no first job, which adopts the jobs the
-    anchor hands it over `anchor_fd` (supervisor/anchorlink.py)."""
+    anchor hands it over `anchor_fd` (supervisor/anchorlink.py). `nofile`: the soft open-file limit
+    the anchor was started with (it raised its own, which we inherit), for the daemons."""
     from ..proc.children import become_subreaper
     from ..proc.spawn import close_all_but
 
     house_fd, house_dir_fd, house_dir = house
     job_fd = memfd_of({"job": None, "lock_fd": None, "dir_fd": None, "house_fd": house_fd,
                        "house_dir_fd": house_dir_fd, "house_dir": house_dir, "ready_fd": -1, "history": {},
-                       "anchor_fd": anchor_fd, "from_anchor": True})
+                       "anchor_fd": anchor_fd, "from_anchor": True, "nofile": nofile})
     keep = (house_fd, house_dir_fd, anchor_fd, job_fd)
     for fd in keep:
         os.set_inheritable(fd, True)

@@ -5,7 +5,9 @@ resident, or become that resident.
        NAME with the held lock's descriptors (SCM_RIGHTS);
     2. the resident answers `taken` at once, then the readiness line a resident of its own would
        write ("ok PID" or a problem); the tick prints it as today and exits;
-    3. no answer, or no `taken`: nothing of NAME started, so whoever holds `.house.lock` decides. The
+    3. `refused` (the resident has no descriptors left for one more job: proc/fdlimit.py): the tick
+       runs NAME under a supervisor of its own, as if it were not shared, and says why in its log;
+    4. no answer, or no `taken`: nothing of NAME started, so whoever holds `.house.lock` decides. The
        tick that takes it becomes the resident (detached, as today's detach does) with NAME as its
        first job; one that does not (another tick is becoming it, or one is exiting) connects again.
 
@@ -38,11 +40,13 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 FIND_HOUSE_SECONDS = 10.0  # how long a tick tries to reach or become the resident (one may be starting)
 TAKEN_SECONDS = 10.0  # a resident answers `taken` as soon as its loop reads the request
 RETRY = 0.02
+REFUSED = "refused "  # the start of find_house's answer when the resident would not take NAME
 
 
 def find_house(job: Job, lock: FlockLock, root: str, history: dict[str, object]
                ) -> tuple[Optional[str], Optional[FlockLock]]:
-    """(the resident's readiness line, None) once a resident took NAME; (None, the house lock) when
+    """(the resident's readiness line, None) once a resident took NAME (REFUSED and why: it would
+    not, and NAME's lock is still ours alone); (None, the house lock) when
     this tick is to become the resident; (None, None) when none answered in FIND_HOUSE_SECONDS."""
     house_dir = default_lock_dir(root)
     cluster = bool(job.cluster)  # a cluster job goes to the cluster house (supervisor/housecluster.py)
@@ -62,7 +66,7 @@ def find_house(job: Job, lock: FlockLock, root: str, history: dict[str, object]
 
 def offer(path: str, job: Job, lock: FlockLock, history: dict[str, object]) -> Optional[str]:
     """NAME handed to the resident at `path`: its readiness line ("" if it went silent after
-    taking NAME), or None if no resident took it (then nothing of NAME was started)."""
+    taking NAME), REFUSED and why, or None if no resident took it (then nothing of NAME was started)."""
     try:
         sock = connect(path, TAKEN_SECONDS)
     except OSError:  # none there (ENOENT, ECONNREFUSED), one of another user, or one that hangs
@@ -75,6 +79,8 @@ def offer(path: str, job: Job, lock: FlockLock, history: dict[str, object]) -> O
             return None
         for fd in fds:
             os.close(fd)
+        if answer is not None and "refused" in answer:
+            return REFUSED + str(answer["refused"])
         if answer is None or "taken" not in answer:
             return None
         sock.settimeout(max(0.0, job.settle) + 60.0)  # the start, then the settle time, then its answer

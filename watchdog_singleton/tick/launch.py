@@ -104,12 +104,16 @@ def launch(args: runargs.RunArgs) -> int:
 
 def hand_over_shared(job: Job, lock: FlockLock, root: str, history: dict[str, object], quiet: bool) -> int:
     """A shared job (install --shared): hand NAME to the user's shared resident, or become it."""
-    from .handover import exec_house, find_house
+    from .handover import REFUSED, exec_house, find_house
 
     answer, house = find_house(job, lock, root, history)
     if house is not None:
         return detach(lambda ready_fd: exec_house(job, lock, house, root, ready_fd, history), lock, job.name,
                       quiet=quiet, also=house)
+    if answer is not None and answer.startswith(REFUSED):  # it has no room: NAME as if not shared, said once
+        note = f"{answer[len(REFUSED):]}: {job.name} runs under a supervisor of its own"
+        return detach(lambda ready_fd: exec_supervisor(job, lock, root, False, False, ready_fd, history, note),
+                      lock, job.name, quiet=quiet)
     lock.release()  # the resident holds it now (and so will the daemon), or nobody could take NAME
     if answer is None:
         print(f"watchdog-singleton: {job.name}: the shared supervisor neither answers nor exits; "
@@ -238,9 +242,10 @@ BOOT = ("import sys; sys.path.append(sys.argv[1]); from watchdog_singleton.super
 
 
 def exec_supervisor(job: Job, lock: FlockLock, root: str, adhoc: bool, passthrough: bool,
-                    ready_fd: Optional[int], history: dict[str, object]) -> None:
+                    ready_fd: Optional[int], history: dict[str, object], note: str = "") -> None:
     """Become NAME's resident supervisor: exec it in this process, handing over the lock. A
-    cluster job's supervisor is a child of this process, which becomes its watcher (cluster/watcher.py)."""
+    cluster job's supervisor is a child of this process, which becomes its watcher (cluster/watcher.py).
+    `note`: a line for NAME's log once it is open (why a shared job runs under a supervisor of its own)."""
     beat_fd = None
     if job.cluster:
         from ..cluster import Timing
@@ -251,7 +256,7 @@ def exec_supervisor(job: Job, lock: FlockLock, root: str, adhoc: bool, passthrou
     job_fd = memfd_of({"job": job.to_dict(), "adhoc": adhoc, "passthrough": passthrough,
                        "ready_fd": -1 if ready_fd is None else ready_fd, "lock_fd": lock.fd,
                        "dir_fd": lock.dir_fd, "history": history,
-                       "beat_fd": -1 if beat_fd is None else beat_fd})
+                       "beat_fd": -1 if beat_fd is None else beat_fd, "note": note})
     for fd in (lock.fd, lock.dir_fd, ready_fd, beat_fd):
         if fd is not None:
             os.set_inheritable(fd, True)
