@@ -62,7 +62,8 @@ def started() -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.stdout.close()
 
 
-SLEEPER = "import signal, time\nsignal.signal(signal.SIGHUP, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(120)\n"
+SLEEPER = ("import signal, time\nsignal.signal(signal.SIGHUP, signal.SIG_IGN)\nprint('ready', flush=True)\n"
+           "time.sleep(120)\n")
 
 
 def test_our_processes_above_the_jobs_are_known_by_their_program_and_a_jobs_are_not(
