@@ -90,6 +90,10 @@ def start_now(ctx: Context, job: Job, why_kept: str) -> str:
         raise UserError(f"{exc} ({why_kept})", exc.exit_code) from None
 
 
+ANSWER_WAIT = 5.0  # how long a live shared resident may take to answer a ping (it answers between turns)
+LOOK_WAIT = 5.0  # after SIGHUP, how long it has to put its socket back (housemain.Door.look) and answer
+
+
 def ask_house(state: RunState, message: dict[str, object], timeout: float) -> Optional[dict[str, object]]:
     """Ask the shared resident that supervises NAME (install --shared); None if it does not answer."""
     from ..supervisor.housewire import ask
@@ -100,14 +104,58 @@ def ask_house(state: RunState, message: dict[str, object], timeout: float) -> Op
         return None
 
 
-def is_shared_resident(pid: int) -> bool:
-    """Whether `pid` is a shared resident (supervisor/housemain.py): it holds every shared job's lock,
-    and a signal to it would stop them all."""
+def _ping(state: RunState, timeout: float) -> Optional[str]:
+    """None if the shared resident answers a ping at its socket; else why not, in a few words."""
+    from ..supervisor.housewire import WireError, ask
+
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"watchdog_singleton.supervisor.housemain" in f.read()
+        return None if ask(state.house, {"op": "ping"}, timeout) else "does not answer"
+    except (FileNotFoundError, ConnectionRefusedError):
+        return f"has no socket at {state.house}"
+    except WireError as exc:
+        return f"cannot be reached: {exc}"
+    except OSError:  # a timeout: it is stopped (SIGSTOP) or hung
+        return "does not answer"
+
+
+def reach_house(state: Optional[RunState]) -> None:
+    """Before a command changes anything of a shared job: its live resident must answer, as only it
+    may stop or restart the job (stopping its tree around it, the resident starts it again at once;
+    signalling the resident stops every job of it). One that does not (its socket deleted by a /tmp
+    cleaner, or it is slow) gets SIGHUP, which makes it put its socket back at once, and a short
+    while; then UserError (exit 1): nothing changed. A dead resident needs nothing: the command
+    stops the tree itself."""
+    if state is None or not state.house or not state.supervisor_alive():
+        return
+    pid = state.supervisor_pid
+    assert pid is not None
+    why = _ping(state, ANSWER_WAIT)
+    if why is None:
+        return
+    try:
+        os.kill(pid, 1)  # SIGHUP: every lock, its socket, lock and pid files looked at at once
     except OSError:
-        return False
+        pass
+    deadline = time.monotonic() + LOOK_WAIT
+    while why is not None and time.monotonic() < deadline and state.supervisor_alive():
+        time.sleep(0.05)
+        why = _ping(state, max(0.1, deadline - time.monotonic()))
+    if why is None or not state.supervisor_alive():
+        return
+    raise house_unreachable(state, why)
+
+
+def house_unreachable(state: RunState, why: str, changed: str = "nothing changed") -> UserError:
+    """The one line of a command that may not act on a shared job: who, why, and what to do."""
+    pid = state.supervisor_pid
+    proc = procs.read_proc(pid) if pid else None
+    if proc is not None and proc.state in ("T", "t"):
+        why, cure = "is stopped (SIGSTOP)", f"`kill -CONT {pid}`"
+    else:
+        cure = "try again in a minute"
+    return UserError(f"{state.name} is supervised by the shared resident pid {pid}, which {why}: {changed}; "
+                     f"{cure}, or `kill {pid}` stops every shared job it runs (the next tick starts a new one)",
+                     FAILED)
 
 
 def tell_to_reload(state: Optional[RunState]) -> bool:
@@ -135,9 +183,13 @@ def stop_processes(lock_path: str, state: Optional[RunState], grace: float,
     supervisor = None
     shared = state is not None and bool(state.house)
     if state is not None and shared and state.supervisor_alive():
-        # One request to the shared resident, never a signal: that would stop all its jobs. If it
-        # does not answer, NAME's tree is stopped below, by its daemon and its marker.
+        # One request to the shared resident, never a signal: that would stop all its jobs. Never
+        # around it either: it would start NAME again at once. Only a dead one's jobs are stopped below.
+        reach_house(state)
         answer = ask_house(state, {"op": "stop", "name": state.name}, grace + 15.0)
+        if answer is None and state.supervisor_alive():
+            raise house_unreachable(state, f"did not answer the stop within {grace + 15.0:g} s",
+                                    "its stop may still be under way")
         found += 1 if answer and answer.get("stopped") else 0
     elif state is not None and state.supervisor_alive():
         assert state.supervisor_pid is not None and state.supervisor_start is not None
@@ -151,8 +203,10 @@ def stop_processes(lock_path: str, state: Optional[RunState], grace: float,
             known.insert(0, (state.supervisor_pid, state.supervisor_start))
         return [pid for pid, start in known if pid and procs.is_alive(pid, start, state.boot_id)]
 
+    # Never our processes above the jobs (procs.is_infrastructure, stop_job's default `spare`): a
+    # shared resident and its anchor hold every shared job's lock, and a signal to either stops them all.
     stopped = stop_job(lock_path, grace, supervisor=supervisor, roots=roots, holders=lock_path, stopper=stopper,
-                       exclude_self=False, spare=is_shared_resident)  # it holds every shared job's lock
+                       exclude_self=False)
     if stopped.left:
         raise UserError(f"could not stop pids {sorted(stopped.left)} (stuck in the kernel?)", FAILED)
     return found + stopped.found

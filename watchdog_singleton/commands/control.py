@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import FAILED, OK, UserError
 from ..job.model import Job, check_name
-from .common import Context, Echo, start_now, stop_processes
+from .common import Context, Echo, reach_house, start_now, stop_processes
 
 
 def _set_enabled(ctx: Context, job: Job, on: bool) -> None:
@@ -30,6 +30,7 @@ def stop(name: str, ctx: Context, echo: Echo) -> int:
         echo(stop_chain(ctx.root, name))  # the scheduler ends it; it shows as stopped until uninstalled
         return OK
     job, state = ctx.known(name)
+    reach_house(state)  # a shared job's live resident must answer first, or nothing changes
     if job is not None:
         job.enabled = False
         ctx.jobs.save(job)  # the launcher reads this: no tick starts NAME again, whatever its line

@@ -9,7 +9,7 @@ from .. import paths
 from ..errors import FAILED, OK, UserError
 from ..job.model import check_name
 from ..lock.flock import default_lock_dir
-from .common import Context, Echo, stop_processes
+from .common import Context, Echo, reach_house, stop_processes
 
 
 def purge(name: str, ctx: Context, logs: list[str]) -> list[str]:
@@ -52,6 +52,8 @@ def uninstall(name: str, ctx: Context, echo: Echo, keep_running: bool = False, p
         has_line = None  # crontab(1) refused (cron.deny): stopping must not depend on it
     if not known and state is None and not has_line:
         raise ctx.jobs.no_such_job(name)
+    if not keep_running:
+        reach_house(state)  # a shared job's live resident must answer first, or nothing changes
     # The definition goes first: a tick of a line still in the crontab then finds nothing to run.
     ctx.jobs.delete(name)
     lock_path = job.lock_path if job else (state.lock_path if state else

@@ -167,6 +167,26 @@ def command_line(pid: int) -> str:
     return " ".join(a.decode(errors="replace") for a in args)
 
 
+# The programs (`python -c PROGRAM`) of our own processes above the jobs: the shared resident
+# (tick/becoming.py HOUSE_BOOT), its anchor (supervisor/anchor.py BOOT) and a cluster watcher
+# (cluster/watcher.py BOOT, above a cluster job's own supervisor or above the cluster house).
+INFRASTRUCTURE = tuple(b"from watchdog_singleton.%s import main" % module for module in (
+    b"supervisor.housemain", b"supervisor.anchor", b"cluster.watcher"))
+
+
+def is_infrastructure(pid: int) -> bool:
+    """Whether `pid` is one of ours above the jobs (INFRASTRUCTURE). Never a stop's to signal: the
+    resident and its anchor hold every shared job's lock, the anchor passes SIGTERM on to the
+    resident, and either way every job of theirs would stop, not the one asked for."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return False
+    program = args[args.index(b"-c") + 1] if b"-c" in args[:-1] else b""
+    return any(marker in program for marker in INFRASTRUCTURE)
+
+
 def identities(table: dict[int, Proc], pids: Iterable[int]) -> dict[int, int]:
     return {pid: table[pid].start for pid in pids if pid in table}
 

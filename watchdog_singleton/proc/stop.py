@@ -44,12 +44,13 @@ def stop_job(token: str, grace: float, *, roots: Callable[[], Iterable[int]] = t
              stopper: Optional[Stopper] = None, on_first: Optional[Callable[[int], None]] = None,
              alive: Callable[[int, int], bool] = procs.is_alive, exclude_self: bool = True,
              find: Optional[Callable[[], dict[int, int]]] = None,
-             spare: Callable[[int], bool] = lambda pid: False) -> Stopped:
+             spare: Callable[[int], bool] = procs.is_infrastructure) -> Stopped:
     """Stop the job whose processes carry `token` (see the module docstring); `roots` is asked
     once, after the supervisor is gone. Without `exclude_self`, a caller inside the tree (a
     command the daemon ran) is part of what it stops. `find`, when given, is the tree instead
     (the shared resident's, rooted at one job's daemon among the others'). A holder of `holders`
-    that `spare` names is left alone (the shared resident, which holds every shared job's lock)."""
+    that `spare` names is left alone: by default our own processes above the jobs (the shared
+    resident and its anchor hold every shared job's lock; procs.is_infrastructure)."""
     stopper = stopper or Stopper()
     found = 0
     if supervisor is not None and alive(*supervisor):
@@ -79,7 +80,6 @@ def _with_holders(finder: Finder, path: str, spare: Callable[[int], bool]) -> Ca
     def find() -> dict[int, int]:
         table = finder.scan()
         tree = finder.members(table)
-        holders = {pid for pid in procs.holding_file(table, path) - {os.getpid()} if not spare(pid)}
-        tree.update(procs.identities(table, holders))
-        return tree
+        tree.update(procs.identities(table, procs.holding_file(table, path) - {os.getpid()}))
+        return {pid: start for pid, start in tree.items() if not spare(pid)}
     return find

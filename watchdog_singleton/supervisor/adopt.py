@@ -188,12 +188,12 @@ class Ended:
 def free_lock(house: House, job: Job) -> None:
     """Stop whatever still holds `job`'s lock once its adopted daemon ended: the processes that
     carry its token, and ours that hold the file open (a lock inherited by one that cleared its
-    environment). The resident itself does not hold it."""
+    environment). Never the resident or its anchor (procs.is_infrastructure), which hold it too."""
     seams = house.seams
     member = house.members.get(job.name)
     stopper = member.sup.life.child.stopper if member is not None else None
     stop_job(job.lock_path, job.grace, holders=job.lock_path, scan=seams.scan, stopper=stopper,
-             spare=lambda pid: pid == seams.pid)
+             spare=lambda pid: pid == seams.pid or procs.is_infrastructure(pid))  # the anchor holds it too
 
 
 class Borrowed:

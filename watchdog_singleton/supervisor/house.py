@@ -15,7 +15,8 @@ to its log, and the others run on. A job's tree is its daemon, what descends fro
 carries its token (child.Child in shared mode), never the resident's other children. Every stop
 (asked over the socket, or by a job's own run: its timeout, its lifetime, its daemon's leftovers)
 sends SIGTERM and waits out its grace beside the loop, never holding another job's restart. Each daemon
-inherits only its own lock's descriptors. SIGTERM stops every job, SIGHUP reopens every log,
+inherits only its own lock's descriptors. SIGTERM stops every job, SIGHUP reopens every log and
+looks at once at every lock and at the resident's own socket, lock and pid files,
 SIGUSR2 re-reads every definition; one job is stopped or re-read through the socket (housewire.py),
 never a signal, which would reach all of them.
 """
@@ -208,8 +209,9 @@ class House:
             for member in self._each():
                 if sig in (SIGTERM, SIGINT):
                     member.sup.request_stop()
-                elif sig == SIGHUP:
+                elif sig == SIGHUP:  # logs rotated, or a command found our socket gone: look at once
                     self._guard(member, member.sup.output.reopen)
+                    member.sup.watch.soon()  # every lock, then our own files (`looks`) in that wake-up
                 elif sig == SIGUSR2:
                     self._guard(member, member.sup.reload)
 
