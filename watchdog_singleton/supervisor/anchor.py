@@ -211,6 +211,7 @@ class Anchor:
 
 # -- the real process ------------------------------------------------------------------------
 def reap_all() -> list[tuple[int, int]]:
+    """procs.reap_exited's loop, written here: the anchor loads its module and the wire only."""
     exited: list[tuple[int, int]] = []
     while True:
         try:
