@@ -9,7 +9,8 @@ import os
 import signal
 
 from conftest import Sandbox, is_zombie, wait_for
-from test_house_adopt_e2e import NEVER, kill_anchor, residents
+from sharedkit import kill_anchor, residents
+from test_house_adopt_e2e import NEVER
 
 # Every 0.2 s: one line on stderr, and whether that write worked, in the record file.
 DAEMON = """\

@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from conftest import Sandbox, is_zombie, pids_with_arg, wait_for
+from sharedkit import residents
 from userkit import read_bytes
 
 from watchdog_singleton.cluster import Timing
@@ -43,13 +44,6 @@ def token(box: Sandbox, name: str) -> str:
         return ""
 
 
-def houses(box: Sandbox) -> list[int]:
-    found = []
-    for pid in pids_with_arg("--state-dir", box.user.uid):
-        cmdline = read_bytes(f"/proc/{pid}/cmdline")
-        if b"housemain" in cmdline and box.dir.encode() in cmdline:
-            found.append(pid)
-    return found
 
 
 def parent(pid: int) -> int:
@@ -67,7 +61,7 @@ def two_jobs(box: Sandbox, pg: PgCluster) -> tuple[list[tuple[str, str]], int, i
     for name, marker in jobs:
         wait_for(lambda name=name: token(box, name), 15, what=f"{name}'s token")  # type: ignore[misc]
         assert len(live(box, marker)) == 1
-    [house] = houses(box)
+    [house] = residents(box)
     watcher = parent(house)
     assert b"watchdog_singleton.cluster.watcher" in read_bytes(f"/proc/{watcher}/cmdline")
     return jobs, house, watcher
@@ -100,7 +94,7 @@ def test_two_shared_cluster_jobs_hold_their_leases_in_one_cluster_house(sandbox:
     assert token(sandbox, victim) == held
     assert live(sandbox, victim_marker) not in ([], before)
     assert live(sandbox, other_marker) == kept
-    assert houses(sandbox) == [house] and parent(house) == watcher
+    assert residents(sandbox) == [house] and parent(house) == watcher
     # stop of one leaves the other running; uninstall ends the house and its watcher.
     assert "stopped" in sandbox.ok("stop", victim).stdout
     assert live(sandbox, victim_marker) == [] and live(sandbox, other_marker) == kept

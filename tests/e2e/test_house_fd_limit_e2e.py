@@ -10,6 +10,7 @@ import re
 import subprocess
 
 from conftest import Sandbox, pids_with_arg, wait_for
+from sharedkit import residents
 from userkit import read_bytes
 
 NEVER = "0 0 1 1 *"
@@ -40,13 +41,6 @@ def open_files(pid: int) -> tuple[str, str]:
     return found.group(1).decode(), found.group(2).decode()
 
 
-def residents(box: Sandbox) -> list[int]:
-    found = []
-    for pid in pids_with_arg("--state-dir", box.user.uid):
-        cmdline = read_bytes(f"/proc/{pid}/cmdline")
-        if b"housemain" in cmdline and box.dir.encode() in cmdline:
-            found.append(pid)
-    return found
 
 
 def one_each(box: Sandbox, jobs: list[tuple[str, str]]) -> dict[str, int]:
