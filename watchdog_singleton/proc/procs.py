@@ -158,13 +158,18 @@ def holding_file(table: dict[int, Proc], path: str) -> set[int]:
     return found
 
 
-def command_line(pid: int) -> str:
+def arguments(pid: int) -> Optional[list[bytes]]:
+    """`pid`'s command line, argument by argument; None if it cannot be read (gone, not ours)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read().rstrip(b"\0").split(b"\0")
+            return f.read().rstrip(b"\0").split(b"\0")
     except OSError:
-        return "?"
-    return " ".join(a.decode(errors="replace") for a in args)
+        return None
+
+
+def command_line(pid: int) -> str:
+    args = arguments(pid)
+    return "?" if args is None else " ".join(a.decode(errors="replace") for a in args)
 
 
 # The programs (`python -c PROGRAM`) of our own processes above the jobs: the shared resident
@@ -178,11 +183,7 @@ def is_infrastructure(pid: int) -> bool:
     """Whether `pid` is one of ours above the jobs (INFRASTRUCTURE). Never a stop's to signal: the
     resident and its anchor hold every shared job's lock, the anchor passes SIGTERM on to the
     resident, and either way every job of theirs would stop, not the one asked for."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read().split(b"\0")
-    except OSError:
-        return False
+    args = arguments(pid) or []
     program = args[args.index(b"-c") + 1] if b"-c" in args[:-1] else b""
     return any(marker in program for marker in INFRASTRUCTURE)
 

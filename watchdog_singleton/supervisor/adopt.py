@@ -101,15 +101,10 @@ def adopt(house: House, job: Job, state: RunState, make_lock: MakeLock = FlockLo
     member = house.members.get(job.name)
     if member is None:
         return False  # it failed to open; house.take said why in its log
-    sup = member.sup
-    sup.life.child.pid, sup.life.child.started, sup.life.child.adopted = pid, seams.clock(), True
-    mine = sup.state
-    mine.pid, mine.pid_start, mine.started_at = pid, start, state.started_at
-    mine.message = (f"adopted from a shared supervisor that died (pid {state.supervisor_pid}): how the daemon "
-                    "ends will not be known, and what it wrote since that supervisor died is lost")
-    sup.life.enter(Phase.RUNNING)
-    sup.output.note(f"adopted running pid {pid}: its shared supervisor (pid {state.supervisor_pid}) died")
-    mine.stdout_pipe, mine.stderr_pipe = state.stdout_pipe, state.stderr_pipe
+    running(member, state, pid, start,
+            message=(f"adopted from a shared supervisor that died (pid {state.supervisor_pid}): how the daemon "
+                     "ends will not be known, and what it wrote since that supervisor died is lost"),
+            note=f"adopted running pid {pid}: its shared supervisor (pid {state.supervisor_pid}) died")
     reattach(member, pid, fd_path)
     ended = Ended(member, pid)
     try:
@@ -122,6 +117,21 @@ def adopt(house: House, job: Job, state: RunState, make_lock: MakeLock = FlockLo
         cancel()
         ended()
     return True
+
+
+def running(member: Member, state: RunState, pid: int, start: Optional[int], message: str, note: str) -> None:
+    """`member` supervises `pid`, the running daemon of `state` (a dead resident's): no child of
+    ours, so its leftovers are always looked for in /proc when it ends (Child.adopted). A tick's
+    adoption and the anchor's hand-over (anchorlink.py) both come through here."""
+    sup = member.sup
+    sup.life.child.pid, sup.life.child.started, sup.life.child.adopted = pid, sup.seams.clock(), True
+    mine = sup.state
+    mine.pid, mine.pid_start, mine.started_at = pid, start, state.started_at
+    if state.pid == pid:  # the same daemon: its output pipes on record, for a later adoption to read
+        mine.stdout_pipe, mine.stderr_pipe = state.stdout_pipe, state.stderr_pipe
+    mine.message = message
+    sup.life.enter(Phase.RUNNING)
+    sup.output.note(note)
 
 
 def reattach(member: Member, pid: int, fd_path: FdPath = proc_fd_path) -> None:

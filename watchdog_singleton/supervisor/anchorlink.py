@@ -24,8 +24,8 @@ without one: its daemons are its own children, untouched.
 from __future__ import annotations
 
 from ..lock.flock import FlockLock
-from ..state.phases import Phase
 from ..state.store import CARRIED
+from .adopt import running
 from .housewire import receive, send
 
 TYPE_CHECKING = False
@@ -241,18 +241,13 @@ class AnchorLink:
         return True
 
     def _running(self, member: Member, state: Any, pid: int, pipes: list[int]) -> None:
-        sup, seams = member.sup, self.house.seams
+        sup = member.sup
         # Not our child: the old tree's leftovers are the anchor's, so they are looked for in /proc.
-        sup.life.child.pid, sup.life.child.started, sup.life.child.adopted = pid, seams.clock(), True
-        mine = sup.state
-        start = state.pid_start if state.pid == pid else seams.start_time(pid)
-        mine.pid, mine.pid_start, mine.started_at = pid, start, state.started_at
-        if state.pid == pid:  # the same pipes: a later adoption without the anchor reads them again
-            mine.stdout_pipe, mine.stderr_pipe = state.stdout_pipe, state.stderr_pipe
-        mine.message = f"adopted from a shared supervisor that died (pid {state.supervisor_pid}), through its anchor"
-        sup.life.enter(Phase.RUNNING)
-        sup.output.note(f"adopted running pid {pid} from its anchor: its shared supervisor "
-                        f"(pid {state.supervisor_pid}) died; its output and exit status are kept")
+        start = state.pid_start if state.pid == pid else self.house.seams.start_time(pid)
+        running(member, state, pid, start,
+                message=f"adopted from a shared supervisor that died (pid {state.supervisor_pid}), through its anchor",
+                note=(f"adopted running pid {pid} from its anchor: its shared supervisor "
+                      f"(pid {state.supervisor_pid}) died; its output and exit status are kept"))
         out, err = sup.output.out, sup.output.err
         if len(pipes) == 2 and out is not None and err is not None:
             sup.pump.watch(pipes[0], out)
