@@ -438,3 +438,36 @@ def test_an_adopted_daemons_leftovers_are_looked_for_though_every_child_of_ours_
     assert TERM in leftover.signals and leftover.pid in s.world.deaths
     again = [p for p in s.world.spawned if p.token == s.jobs["a"].lock_path and p.pid != a.pid]
     assert again and again[0].born >= s.world.deaths[leftover.pid], "restarted beside the old tree's leftover"
+
+
+def test_an_answer_the_resident_no_longer_reads_is_a_hang_up_too(tmp_path: Any) -> None:
+    """A stopped anchor, continued after its resident let go: its answer to a drop finds the link
+    closed before it reads the EOF. That is the same hang-up: it must end, not keep the locks."""
+    s = Setup(tmp_path)
+    s.take("a")
+    s.take("b")
+    s.house._turn()
+    assert s.anchor.link is not None
+    s.anchor.link.close()  # the resident's end went while we were stopped
+    s.anchor.message({"op": "drop", "name": "b"}, [])  # read late: our answer cannot be sent
+    assert s.anchor.timeout() == 2.0 and not s.anchor.done
+    s.world.now += 2
+    s.anchor.look()
+    assert s.anchor.done and s.anchor.held == {} and s.starts == []
+
+
+def test_a_daemon_handed_over_by_an_anchor_that_is_gone_is_watched_by_its_pidfd(tmp_path: Any) -> None:
+    """Its end came from the anchor (its parent); once the link is lost, the pidfd tells it."""
+    s = Setup(tmp_path)
+    s.take("a")
+    s.take("b")
+    s.house._turn()
+    a, b = s.daemon("a"), s.daemon("b")
+    s.kill_resident()
+    s.wire.anchor = None  # the anchor goes: EOF on the link
+    s.wire.inbox.append((None, []))
+    s.world.at(T0 + 1, s.wire._deliver)
+    s.world.at(T0 + 2, lambda: s.world.exit(a.pid, 1))  # nobody reaps it for us now
+    run_until(s, T0 + 10)
+    assert s.births("a") == [0.0, 2.0] and s.births("b") == [0.0]
+    assert b.signals == [TERM]

@@ -92,10 +92,8 @@ def adopt_orphans(house: House, root: str, make_lock: MakeLock = FlockLock,
 def adopt(house: House, job: Job, state: RunState, make_lock: MakeLock = FlockLock,
           fd_path: FdPath = proc_fd_path) -> bool:
     """Make the running daemon of `state` a member of `house`, watched until it ends."""
-    seams = house.seams
     pid, start = state.pid, state.pid_start
     assert pid is not None and start is not None
-    watch = seams.watch_exit or pidfd_watch(house.pump)
     lock = Borrowed(make_lock(job.lock_dir, job.name), lambda: free_lock(house, job))
     house.take(job, lock, history={key: getattr(state, key) for key in CARRIED})
     member = house.members.get(job.name)
@@ -106,17 +104,24 @@ def adopt(house: House, job: Job, state: RunState, make_lock: MakeLock = FlockLo
                      "ends will not be known, and what it wrote since that supervisor died is lost"),
             note=f"adopted running pid {pid}: its shared supervisor (pid {state.supervisor_pid}) died")
     reattach(member, pid, fd_path)
+    watch_end(house, member, pid, start)
+    return True
+
+
+def watch_end(house: House, member: Member, pid: int, start: Optional[int]) -> None:
+    """Its end, seen through a pidfd (it is not our child), goes to the member's inbox with an
+    unknown status: for a tick's adoption, and for the anchor's once the anchor is gone."""
+    watch = house.seams.watch_exit or pidfd_watch(house.pump)
     ended = Ended(member, pid)
     try:
         cancel = watch(pid, ended)
     except ProcessLookupError:
         ended()
-        return True
+        return
     member.on_leave.append(cancel)
-    if seams.start_time(pid) != start:  # it ended before the watch began, and its pid went to another
+    if start is not None and house.seams.start_time(pid) != start:  # it ended before the watch began, its pid another's
         cancel()
         ended()
-    return True
 
 
 def running(member: Member, state: RunState, pid: int, start: Optional[int], message: str, note: str) -> None:

@@ -177,8 +177,10 @@ class Anchor:
             return False
         try:
             self.link.send(message, fds)
-        except OSError:
+        except OSError:  # its end is closed: as an EOF (a resident that lives on let go of us, see look)
             self._closed()
+            if self.resident is not None:
+                self.hung_up_at = self.clock()
             return False
         return True
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from ..lock.flock import FlockLock
 from ..state.store import CARRIED
-from .adopt import running
+from .adopt import running, watch_end
 from .housewire import receive, send
 
 TYPE_CHECKING = False
@@ -171,6 +171,12 @@ class AnchorLink:
         sock.close()
         self.house.failures.append(LOST)
         for member in list(self.house.members.values()):
+            child = member.sup.life.child
+            if child.adopted and child.pid is not None:  # its end came from the anchor: a pidfd now
+                try:
+                    watch_end(self.house, member, child.pid, member.sup.state.pid_start)
+                except Exception as exc:
+                    self.house.failures.append(f"{member.name}: could not watch its daemon: {exc}")
             try:
                 member.sup.output.note(LOST)
             except Exception:
