@@ -138,6 +138,27 @@ def test_a_stopped_resident_is_named_as_stopped_and_its_job_is_left_alone(
         os.kill(resident.pid, signal.SIGCONT)
 
 
+def test_a_stopped_resident_is_not_asked_nor_waited_for(
+        tmp_path: Any, started: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    resident = spawn(SLEEPER + "# " + HOUSE_BOOT)
+    daemon = spawn(SLEEPER)
+    started.extend((resident, daemon))
+    state = shared_state(tmp_path, resident, daemon)
+    asked: list[float] = []
+
+    def ping(state: Any, wait: float) -> str:
+        asked.append(wait)
+        return "gives no answer"
+    monkeypatch.setattr(common, "_ping", ping)
+    os.kill(resident.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(UserError) as caught:
+            common.reach_house(state)
+        assert "is stopped (SIGSTOP)" in str(caught.value) and asked == []
+    finally:
+        os.kill(resident.pid, signal.SIGCONT)
+
+
 ANSWERS_ON_SIGHUP = textwrap.dedent("""
     import _socket, signal, sys, time
     sys.path.insert(0, sys.argv[2])

@@ -129,6 +129,9 @@ def reach_house(state: Optional[RunState]) -> None:
         return
     pid = state.supervisor_pid
     assert pid is not None
+    proc = procs.read_proc(pid)
+    if proc is not None and proc.state in ("T", "t"):  # stopped: it cannot answer, so no wait for it
+        raise house_unreachable(state, "is stopped (SIGSTOP)")
     why = _ping(state, ANSWER_WAIT)
     if why is None:
         return
