@@ -130,6 +130,9 @@ def test_a_stopped_resident_is_named_as_stopped_and_its_job_is_left_alone(
     state = shared_state(tmp_path, resident, daemon)
     os.kill(resident.pid, signal.SIGSTOP)
     try:
+        # kill() returns before the process has stopped: the command is asked once it has.
+        wait_for(lambda: getattr(procs.read_proc(resident.pid), "state", "") in ("T", "t"), 10,
+                 what="the resident to stop")
         with pytest.raises(UserError) as caught:
             common.reach_house(state)
         assert "is stopped (SIGSTOP)" in str(caught.value) and f"`kill -CONT {resident.pid}`" in str(caught.value)
@@ -152,9 +155,37 @@ def test_a_stopped_resident_is_not_asked_nor_waited_for(
     monkeypatch.setattr(common, "_ping", ping)
     os.kill(resident.pid, signal.SIGSTOP)
     try:
+        # kill() returns before the process has stopped: the command is asked once it has.
+        wait_for(lambda: getattr(procs.read_proc(resident.pid), "state", "") in ("T", "t"), 10,
+                 what="the resident to stop")
         with pytest.raises(UserError) as caught:
             common.reach_house(state)
         assert "is stopped (SIGSTOP)" in str(caught.value) and asked == []
+    finally:
+        os.kill(resident.pid, signal.SIGCONT)
+
+
+def test_a_resident_stopped_while_asked_is_named_without_waiting_out_the_look(
+        tmp_path: Any, started: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    resident = spawn(SLEEPER + "# " + HOUSE_BOOT)
+    daemon = spawn(SLEEPER)
+    started.extend((resident, daemon))
+    state = shared_state(tmp_path, resident, daemon)
+    asked: list[float] = []
+
+    def ping(state: Any, wait: float) -> str:
+        asked.append(wait)
+        if len(asked) == 1:  # it goes quiet at the first question, stopped by its owner
+            os.kill(resident.pid, signal.SIGSTOP)
+            wait_for(lambda: getattr(procs.read_proc(resident.pid), "state", "") in ("T", "t"), 10,
+                     what="the resident to stop")
+        return "gives no answer"
+    monkeypatch.setattr(common, "_ping", ping)
+    try:
+        with pytest.raises(UserError) as caught:
+            common.reach_house(state)
+        assert "is stopped (SIGSTOP)" in str(caught.value) and len(asked) == 1, asked
+        assert daemon.poll() is None
     finally:
         os.kill(resident.pid, signal.SIGCONT)
 

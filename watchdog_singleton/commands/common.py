@@ -129,8 +129,7 @@ def reach_house(state: Optional[RunState]) -> None:
         return
     pid = state.supervisor_pid
     assert pid is not None
-    proc = procs.read_proc(pid)
-    if proc is not None and proc.state in ("T", "t"):  # stopped: it cannot answer, so no wait for it
+    if _stopped(pid):  # it cannot answer, so no wait for it
         raise house_unreachable(state, "is stopped (SIGSTOP)")
     why = _ping(state, ANSWER_WAIT)
     if why is None:
@@ -141,6 +140,8 @@ def reach_house(state: Optional[RunState]) -> None:
         pass
     deadline = time.monotonic() + LOOK_WAIT
     while why is not None and time.monotonic() < deadline and state.supervisor_alive():
+        if _stopped(pid):  # stopped while asked: no answer can come
+            break
         time.sleep(0.05)
         why = _ping(state, max(0.1, deadline - time.monotonic()))
     if why is None or not state.supervisor_alive():
@@ -148,11 +149,16 @@ def reach_house(state: Optional[RunState]) -> None:
     raise house_unreachable(state, why)
 
 
+def _stopped(pid: int) -> bool:
+    """True if process PID is stopped (SIGSTOP, or traced)."""
+    proc = procs.read_proc(pid)
+    return proc is not None and proc.state in ("T", "t")
+
+
 def house_unreachable(state: RunState, why: str, changed: str = "nothing changed") -> UserError:
     """The one line of a command that may not act on a shared job: who, why, and what to do."""
     pid = state.supervisor_pid
-    proc = procs.read_proc(pid) if pid else None
-    if proc is not None and proc.state in ("T", "t"):
+    if pid and _stopped(pid):
         why, cure = "is stopped (SIGSTOP)", f"`kill -CONT {pid}`"
     else:
         cure = "try again in a minute"
