@@ -210,3 +210,18 @@ def test_the_anchor_raising_its_limit_loads_only_fdlimit_and_resource() -> None:
     assert out.split() == ["True", "watchdog_singleton", "watchdog_singleton.proc", "watchdog_singleton.proc.fdlimit",
                            "watchdog_singleton.supervisor", "watchdog_singleton.supervisor.anchor",
                            "watchdog_singleton.supervisor.housewire"]
+
+
+def test_a_failure_notifier_of_the_resident_gets_the_limit_it_was_started_with(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Not only daemons: every child of a process that raised its own limit (the notifier too,
+    which notify.launch starts without naming a limit) gets the limit it was started with."""
+    from watchdog_singleton.job import notify
+    from watchdog_singleton.proc import spawn as spawning
+
+    out = tmp_path / "limit"
+    monkeypatch.setattr(spawning, "children_nofile", 64)
+    monkeypatch.setattr(notify, "BOOT", f"import os; os.system('ulimit -Sn > {out}')")
+    pid = notify.launch({"event": "failed", "name": "web"}, {"PATH": "/usr/bin:/bin"})
+    os.waitpid(pid, 0)
+    assert out.read_text().split() == ["64"]

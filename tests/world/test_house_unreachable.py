@@ -217,3 +217,18 @@ def test_a_resident_without_its_socket_is_told_to_look_and_asked_again(
     started.extend((resident, daemon))
     common.reach_house(shared_state(tmp_path, resident, daemon))  # SIGHUP, its socket back, an answer
     assert os.path.exists(tmp_path / ".house-x.sock")
+
+
+def test_a_changed_definition_the_live_resident_does_not_take_is_told_not_dropped(
+        tmp_path: Any, started: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    resident = spawn(SLEEPER + "# " + HOUSE_BOOT)
+    daemon = spawn(SLEEPER)
+    started.extend((resident, daemon))
+    state = shared_state(tmp_path, resident, daemon)
+    monkeypatch.setattr(common, "ask_house", lambda *args: None)
+    assert common.tell_to_reload(state) is False  # alive, no answer: install and apply warn
+    warning = common.not_reloaded(state.name)
+    assert warning.startswith("warning: ") and "\n" not in warning and f"restart {state.name}" in warning
+    resident.kill()
+    resident.wait()
+    assert common.tell_to_reload(state) is None  # nothing runs that could take it: nothing to say

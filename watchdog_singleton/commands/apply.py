@@ -14,7 +14,7 @@ from ..errors import FAILED, OK, UserError
 from ..job.model import Job
 from ..lock.flock import commit_lock_dir
 from .cluster import check_cron_driver
-from .common import Context, Echo, start_now, stop_processes, tell_to_reload
+from .common import Context, Echo, not_reloaded, start_now, stop_processes, tell_to_reload
 from .install import build_job, needs_restart, replace_running_copy
 
 ACTIONS = ("create", "update", "restart", "remove", "unchanged")
@@ -148,9 +148,11 @@ def apply(path: str, ctx: Context, echo: Echo, warn: Echo, dry_run: bool = False
             echo(f"installed {step.name} (enable = false: not started)")
         elif step.action == "update":
             # A running supervisor takes the settings that need no restart at once, as after install.
-            told = not step.stops and not step.starts and tell_to_reload(ctx.states.load(step.name))
+            told = None if step.stops or step.starts else tell_to_reload(ctx.states.load(step.name))
             echo(f"updated {step.name}" + ("; stopped it (enable = false)" if step.stops else
                                           "; it runs on with the new settings" if told else ""))
+            if told is False:
+                warn(not_reloaded(step.name))
     failed = start_all(ctx, [s for s in acting if s.starts], echo, warn)
     if cron_daemon_running() is False:
         warn("warning: no cron daemon runs on this host: the entries will not fire until one does")
@@ -206,7 +208,7 @@ def start_all(ctx: Context, steps: list[Step], echo: Echo, warn: Echo) -> int:
         notes: list[str] = []
         try:
             if step.action == "create":  # a copy left by `uninstall --keep-running`: adopt or stop it
-                replace_running_copy(ctx, step.job, None, notes.append)
+                replace_running_copy(ctx, step.job, None, notes.append, notes.append)
             notes.append(start_now(ctx, step.job, f"{step.name} stays installed: cron tries again at the next tick"))
             return True, "\n".join(notes)
         except UserError as exc:

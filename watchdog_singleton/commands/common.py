@@ -167,20 +167,27 @@ def house_unreachable(state: RunState, why: str, changed: str = "nothing changed
                      FAILED)
 
 
-def tell_to_reload(state: Optional[RunState]) -> bool:
+def tell_to_reload(state: Optional[RunState]) -> Optional[bool]:
     """Ask NAME's running supervisor to re-read its definition (SIGUSR2, or a shared job's request
-    to the shared resident); False if none runs."""
+    to the shared resident): True if told, None if none runs, False if a live shared resident did
+    not take it (the caller says so: the new settings then wait for the job's next start)."""
     if state is None or not state.supervisor_alive():
-        return False
+        return None
     if state.house:
         answer = ask_house(state, {"op": "reload", "name": state.name}, 10.0)
-        return bool(answer and answer.get("reloaded"))
+        return bool(answer and answer.get("reloaded")) or (None if not state.supervisor_alive() else False)
     assert state.supervisor_pid is not None
     try:
         os.kill(state.supervisor_pid, 12)  # SIGUSR2
-    except (ProcessLookupError, PermissionError):
-        return False
+    except (ProcessLookupError, PermissionError):  # gone, or its pid another user's now
+        return None
     return True
+
+
+def not_reloaded(name: str) -> str:
+    """The warning when a running job's supervisor did not take its changed definition."""
+    return (f"warning: the shared supervisor of {name} did not take the new settings, so {name} runs on "
+            f"with the old ones until its next start; `watchdog-singleton restart {name}` applies them now")
 
 
 def stop_processes(lock_path: str, state: Optional[RunState], grace: float,

@@ -14,7 +14,7 @@ from ..job.request import InstallRequest as InstallRequest  # also where callers
 from ..lock.flock import commit_lock_dir
 from ..quoting import shell_join
 from .cluster import check_cron_driver, driver_problem, grace_note
-from .common import Context, Echo, start_now, stop_processes, tell_to_reload
+from .common import Context, Echo, not_reloaded, start_now, stop_processes, tell_to_reload
 
 
 def build_job(req: InstallRequest, ctx: Context, environ: dict[str, str]) -> Job:
@@ -58,7 +58,7 @@ def install(req: InstallRequest, ctx: Context, echo: Echo, warn: Echo,
             warn(note)
     if not req.start:
         return OK
-    replace_running_copy(ctx, job, previous, echo)
+    replace_running_copy(ctx, job, previous, echo, warn)
     echo(start_now(ctx, job, f"{job.name} stays installed: cron tries again at the next tick; "
                              f"'watchdog-singleton uninstall {job.name}' removes it"))
     return OK
@@ -71,7 +71,7 @@ def needs_restart(old: Job, new: Job) -> bool:
     return new.needs_restart_from(old)
 
 
-def replace_running_copy(ctx: Context, job: Job, previous: Optional[Job], echo: Echo) -> None:
+def replace_running_copy(ctx: Context, job: Job, previous: Optional[Job], echo: Echo, warn: Echo) -> None:
     """A copy that runs already is adopted when it runs what the new definition says, and
     stopped otherwise (a changed definition, or one left by `uninstall --keep-running`)."""
     state = ctx.states.load(job.name)
@@ -85,8 +85,12 @@ def replace_running_copy(ctx: Context, job: Job, previous: Optional[Job], echo: 
     if same:
         if previous is None:
             echo(f"adopted the copy of {job.name} left running (pid {pid}): it runs the same command")
-        elif not previous.same_definition(job) and tell_to_reload(state):
-            echo(f"{job.name} runs on (pid {pid}) with the new settings")
+        elif not previous.same_definition(job):
+            told = tell_to_reload(state)
+            if told:
+                echo(f"{job.name} runs on (pid {pid}) with the new settings")
+            elif told is False:
+                warn(not_reloaded(job.name))
         return
     old_lock = previous.lock_path if previous is not None else state.lock_path
     stop_processes(old_lock, state, previous.grace if previous is not None else job.grace)

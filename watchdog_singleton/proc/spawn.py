@@ -19,6 +19,9 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from typing import Optional
 
 PIPE_SIZE = 1024 * 1024
+# The soft open-file limit of every child, once this process raised its own (the shared resident:
+# fdlimit.py): its daemons and its failure notifiers alike get the limit it was started with.
+children_nofile: Optional[int] = None
 MAX_FD = 65536  # closerange's upper bound (close_range(2) makes it cheap where the kernel has it)
 
 
@@ -65,7 +68,8 @@ def spawn(argv: list[str], cwd: str, env: dict[str, str], pass_fds: tuple[int, .
     """fork + exec `argv` in a new session, stdin from /dev/null; stdout and stderr on pipes
     (or inherited when not `capture`); `pass_fds` stay open in the child. `stdio` gives a
     descriptor for stdin, stdout or stderr instead (-1: /dev/null), for a helper process.
-    `nofile`: the child's soft RLIMIT_NOFILE (the shared resident raised its own: fdlimit.py)."""
+    `nofile`: the child's soft RLIMIT_NOFILE (by default `children_nofile`)."""
+    nofile = children_nofile if nofile is None else nofile
     if nofile is not None:
         from .fdlimit import set_soft  # loaded here, before the fork: the child only calls it
     pipes = [output_pipe(), output_pipe()] if capture else []

@@ -23,8 +23,8 @@ from ..files import read_to_end
 from ..job.model import Job
 from ..lock.flock import REPAIRED, FlockLock
 from ..proc import procs
+from ..proc import spawn as spawning
 from ..proc.fdlimit import out_of, raise_soft
-from ..proc.spawn import spawn
 from ..state.store import StateStore
 from .adopt import adopt_orphans
 from .anchorlink import AnchorLink
@@ -261,10 +261,8 @@ def main(argv: list[str]) -> int:
 
     path = socket_path(hand_over["house_dir"], root, cluster)
 
-    def spawn_daemon(*args: Any, **kwargs: Any) -> Any:
-        kwargs["nofile"] = nofile
-        return spawn(*args, **kwargs)
-    seams = Seams(spawn=spawn_daemon)
+    spawning.children_nofile = nofile  # daemons and notifiers: never our raised limit
+    seams = Seams()
     house = House(StateStore(root), seams=seams, socket_path=path)
     beat_fd = hand_over.get("beat_fd", -1)  # the cluster house's: to its watcher, our parent
     if cluster:
