@@ -74,7 +74,8 @@ class FarmWorld(FakeWorld):
             f.write("".join(f"{c}\n" for c in commands))
         workdir = os.path.join(str(folder), "tasks.txt.farm")
         os.makedirs(os.path.join(workdir, "logs"), mode=0o700, exist_ok=True)
-        store = self.store = SqliteStore(os.path.join(workdir, "farm.sqlite"), clock=lambda: self.now)
+        store = self.store = SqliteStore(os.path.join(workdir, "farm.sqlite"), clock=lambda: self.now,
+                                         wall=lambda: self.now + self.wall_offset)
         store.add(tasklist.read(listing, at_start=True))
         o = Options(tasklist=listing, workdir=workdir, cwd=str(folder), **{"progress_every": 3600.0, **options})
         return Farm(o, store, Runner(), MARKER, echo=lambda _: None, warn=self.warnings.append,

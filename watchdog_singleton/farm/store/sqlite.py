@@ -1,5 +1,12 @@
 """The farm's store in one SQLite file on a local disk: the engine for one host, the default
-(the interface, the states and the rules: __init__.py)."""
+(the interface, the states and the rules: __init__.py).
+
+Lease times are CLOCK_BOOTTIME, the clock of the farm's own give-up deadline (lease.py): every
+farm that shares the file runs on this host, and a step of the wall clock (NTP, `date -s`) must
+not make live leases run out, nor a dead farm's last longer. That clock restarts at each boot:
+the `meta` table names the boot the leases were written in, and leases of an earlier boot (whose
+farms are all dead) have run out; a database of a version that kept them on the wall clock has
+them moved to this clock once. `started` and `ended` stay on the wall clock, for people."""
 
 from __future__ import annotations
 
@@ -8,7 +15,9 @@ import sqlite3
 import time
 from typing import Callable, Iterable, Optional
 
+from ...proc.procs import boot_id
 from .. import place
+from ..nursery import boottime
 from ..tasklist import Task
 from . import FAILED_STATE, FINISHED, LOST_LIMIT, STATES, TODO, Claim, Row, StoreError
 
@@ -39,7 +48,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     ended REAL
 );
 CREATE INDEX IF NOT EXISTS tasks_todo ON tasks (state, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """,
+    "lease_clock": "SELECT value FROM meta WHERE key = 'lease_clock'",
+    "stamp": "INSERT OR REPLACE INTO meta (key, value) VALUES ('lease_clock', ?)",
+    "shift_leases": "UPDATE tasks SET lease_expires = lease_expires + ? WHERE lease_expires IS NOT NULL",
+    "end_leases": "UPDATE tasks SET lease_expires = 0 WHERE lease_expires IS NOT NULL",
     "last_seq": "SELECT coalesce(max(seq), 0) FROM tasks",
     "insert": "INSERT OR IGNORE INTO tasks (id, seq, line, command) VALUES (?, ?, ?, ?)",
     "claimable": "SELECT id, command, gen, attempts FROM tasks WHERE state = 'todo' ORDER BY seq LIMIT ?",
@@ -70,9 +84,13 @@ CREATE INDEX IF NOT EXISTS tasks_todo ON tasks (state, seq);
 class SqliteStore:
     """The store in one SQLite file on a local disk (WAL: `farm status` reads while the farm writes)."""
 
-    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: str, clock: Callable[[], float] = boottime, wall: Callable[[], float] = time.time,
+                 boot: Callable[[], str] = boot_id) -> None:
         self.path = path
-        self.clock = clock
+        self.clock = clock  # leases: CLOCK_BOOTTIME
+        self.wall = wall  # started, ended
+        self.boot = boot
+        self.stamped = False  # the leases are known to be on this boot's clock
         self.identity: Optional[tuple[int, int]] = None  # (st_dev, st_ino) of the file we opened
         if path != ":memory:":
             check_sqlite_files(path)
@@ -103,6 +121,20 @@ class SqliteStore:
 
     def _write(self) -> "_Tx":
         return _Tx(self, "BEGIN IMMEDIATE")
+
+    def _on_this_boot(self) -> None:
+        """Inside a write, before this process reads or writes a lease: the leases on this boot's
+        CLOCK_BOOTTIME (see the module's docstring). `stamped` is set once that write committed."""
+        if self.stamped:
+            return
+        stamp = f"boottime {self.boot()}"
+        row = self.db.execute(SQL["lease_clock"]).fetchone()
+        if row is None:  # written by a version that kept them on the wall clock: the same moments here
+            self.db.execute(SQL["shift_leases"], (self.clock() - self.wall(),))
+        elif row[0] != stamp:  # an earlier boot's: their farms are dead
+            self.db.execute(SQL["end_leases"])
+        if row is None or row[0] != stamp:
+            self.db.execute(SQL["stamp"], (stamp,))
 
     def _read(self) -> "_Tx":
         return _Tx(self, "")
@@ -151,16 +183,21 @@ class SqliteStore:
 
     def claim(self, holder: str, lease: float, limit: int) -> list[Claim]:
         self._still_there()
-        now = self.clock()
         with self._write():
+            self._on_this_boot()
+            now, wall = self.clock(), self.wall()
             rows = self.db.execute(SQL["claimable"], (limit,)).fetchall()
-            self.db.executemany(SQL["claim"], [(holder, now + lease, now, r[0]) for r in rows])
+            self.db.executemany(SQL["claim"], [(holder, now + lease, wall, r[0]) for r in rows])
+        self.stamped = True
         return [Claim(r[0], r[1], r[2] + 1, r[3] + 1) for r in rows]
 
     def heartbeat(self, holder: str, lease: float) -> int:
         self._still_there()
         with self._write():
-            return self.db.execute(SQL["heartbeat"], (self.clock() + lease, holder)).rowcount
+            self._on_this_boot()
+            renewed: int = self.db.execute(SQL["heartbeat"], (self.clock() + lease, holder)).rowcount
+        self.stamped = True
+        return renewed
 
     def holding(self, holder: str) -> set[tuple[str, int]]:
         """(id, gen) of the tasks `holder` runs now: after a heartbeat renewed fewer, which were taken."""
@@ -168,7 +205,7 @@ class SqliteStore:
 
     def finish(self, claim: Claim, code: int) -> bool:
         with self._write():
-            return self.db.execute(SQL["finish"], (code, self.clock(), claim.id, claim.gen)).rowcount == 1
+            return self.db.execute(SQL["finish"], (code, self.wall(), claim.id, claim.gen)).rowcount == 1
 
     def fail(self, claim: Claim, code: int, retries: int) -> str:
         """Record a failed attempt; the task goes back to todo while it has retries left.
@@ -178,24 +215,26 @@ class SqliteStore:
             if row is None:
                 return ""
             state = TODO if row[0] < retries else FAILED_STATE
-            self.db.execute(SQL["fail"], (state, code, self.clock(), claim.id, claim.gen))
+            self.db.execute(SQL["fail"], (state, code, self.wall(), claim.id, claim.gen))
         return state
 
     def release(self, claim: Claim) -> bool:
         """Back to todo without counting a failure: the farm stopped it (SIGUSR1, --timeout)."""
         with self._write():
-            return self.db.execute(SQL["release"], (self.clock(), claim.id, claim.gen)).rowcount == 1
+            return self.db.execute(SQL["release"], (self.wall(), claim.id, claim.gen)).rowcount == 1
 
     def sweep(self, dead_holder_prefix: Optional[str] = None, alive: Optional[str] = None) -> list[str]:
         """Running tasks whose lease ran out (or whose holder starts with `dead_holder_prefix` and
         is not `alive`: farms of this host that our host lock proves dead) go back to todo."""
-        now = self.clock()
         with self._write():
+            self._on_this_boot()
+            now, wall = self.clock(), self.wall()
             rows = self.db.execute(SQL["lost"], (now, dead_holder_prefix, dead_holder_prefix, dead_holder_prefix,
                                                  alive or "")).fetchall()
             for tid, lost, _failures in rows:
                 state = FAILED_STATE if lost >= LOST_LIMIT else TODO
-                self.db.execute(SQL["sweep"], (state, now, tid))
+                self.db.execute(SQL["sweep"], (state, wall, tid))
+        self.stamped = True
         return [r[0] for r in rows]
 
     def retry(self, ids: Iterable[str] = ()) -> int:
