@@ -64,6 +64,7 @@ def _check(req: FarmRequest) -> None:
     if not os.access(req.tasklist, os.R_OK):
         raise UserError(f"task list {req.tasklist} is not readable")
     tasklist.check(req.tasklist, os.stat(req.tasklist))
+    tasklist.check_lines(req.tasklist)  # a NUL byte: refused before anything is created
 
 
 def check_workdir(workdir: str) -> None:
@@ -187,8 +188,13 @@ def status(workdir: Optional[str], db: Optional[str], as_json: bool, echo: Echo)
 
 
 def retry(workdir: Optional[str], db: Optional[str], ids: list[str], echo: Echo) -> int:
-    _, store = _open(workdir, db)
+    folder, store = _open(workdir, db)
     try:
+        if ids:  # a mistyped id is bad input, not "0 retried"
+            known = {r.id for r in store.rows()}
+            unknown = [i for i in ids if i not in known]
+            if unknown:
+                raise UserError(f"no task {', '.join(unknown)} in {folder} (farm status lists them)")
         n = store.retry(ids)
     finally:
         store.close()

@@ -126,6 +126,20 @@ def read(path: str, at_start: bool = False) -> Iterator[Task]:
             raise UserError(f"cannot read task list {path}: {exc.strerror}") from None
 
 
+def check_lines(path: str) -> None:
+    """Refuse (exit 2) a list with a line the farm cannot run (a NUL byte in a task), before the
+    farm creates or changes anything: a scan for the byte, and a parse only when it is there
+    (in a comment it is harmless)."""
+    try:
+        with open(path, "rb") as f:
+            clean = all(b"\0" not in chunk for chunk in iter(lambda: f.read(1 << 20), b""))
+    except OSError as exc:
+        raise UserError(f"cannot read task list {path}: {exc.strerror}") from None
+    if not clean:
+        for _task in read(path, at_start=True):
+            pass
+
+
 def check(path: str, st: os.stat_result) -> None:
     """Refuse (exit 2) a list someone else could write: another user's (root's is fine), or one
     others may write. A symlink to a list is fine: what counts is the file it names."""
