@@ -181,7 +181,7 @@ class Farm:
                 next_beat = now + beat_every
                 self.outage.probed(now)
                 self._heartbeat()
-                self.store.sweep()
+                take_back(self.store, self.warn)
             if self.o.task_timeout:
                 for slot in self.slots:
                     if slot.pid and slot.code is None and slot.stopper is None and now >= slot.deadline:
@@ -376,3 +376,12 @@ class Farm:
             return
         if added:
             self.warn(f"farm: {added} task(s) added from {self.o.tasklist}")
+
+
+def take_back(store: Guarded, warn: Callable[[str], None]) -> None:
+    """Tasks whose lease ran out (a farm killed on another node, or cut off) go back to todo:
+    they run a second time, so say it."""
+    back = store.sweep()
+    if back:
+        warn(f"farm: {len(back)} task(s) whose lease ran out (their farm died or was cut off) "
+             "went back to todo, to run again")
