@@ -145,6 +145,20 @@ def _driver() -> Any:
     return psycopg
 
 
+def url_problem(url: str) -> str:
+    """Why libpq cannot take `url` (its syntax, an unknown parameter), asked without connecting:
+    bad input, which no retry mends; "" when it can, or when psycopg is missing (said elsewhere)."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return ""
+    try:
+        conninfo_to_dict(url)
+    except Exception as exc:  # psycopg.ProgrammingError: libpq's own words  # noqa: BLE001
+        return f"cluster {redact(url)!r}: {_first_line(exc)}"
+    return ""
+
+
 def holder_host(holder: str) -> str:
     """The host part of a holder id (host:boot_id:pid:start)."""
     return holder.split(":", 1)[0]

@@ -34,19 +34,22 @@ def check_options(given: Optional[str], lease: Optional[float], standby: bool, r
     the option that cannot be: job.clusteropts.check_cluster (what job building checks), then
     whether psycopg can be imported here. `given` None: $WATCHDOG_SINGLETON_CLUSTER of `environ`."""
     url, seconds = check_cluster(given, lease, standby, rotate, sync, environ)
-    problem = driver_problem() if url else ""
+    problem = driver_problem(url) if url else ""
     if problem:
         raise UserError(problem, field="cluster")
     return url, seconds
 
 
-def driver_problem() -> str:
-    """Why this interpreter cannot talk to a cluster database; "" when it can."""
+def driver_problem(url: str = "") -> str:
+    """Why this interpreter cannot talk to the cluster database at `url` (no psycopg, or a URL
+    libpq cannot parse); "" when it can."""
     try:
         import psycopg  # noqa: F401  (the launcher imports it lazily; here we only ask whether it can)
     except ImportError:
         return need_psycopg()
-    return ""
+    from ..cluster.postgres import url_problem
+
+    return url_problem(url) if url else ""
 
 
 _CRON_DRIVER: dict[tuple[str, str], str] = {}

@@ -41,6 +41,17 @@ def job_url(name: str, given: Optional[str]) -> str:
                     f"({name} is not a cluster job installed on this host)", USAGE)
 
 
+def checked_url(name: str, given: Optional[str]) -> str:
+    """job_url, and a URL libpq cannot parse is bad input (exit 2), not an unreachable database (3)."""
+    from ..cluster.postgres import url_problem
+
+    url = job_url(name, given)
+    problem = url_problem(url) if url.split("://", 1)[0].lower() in ("postgresql", "postgres") else ""
+    if problem:
+        raise UserError(problem, USAGE)
+    return url
+
+
 def unknown(name: str) -> str:
     return f"no such job: no lease named {name} in the cluster database"
 
@@ -49,7 +60,7 @@ def check(name: str, token: int, cluster: Optional[str], warn: Echo) -> int:
     check_name(name)
     if not 1 <= token <= MAX_TOKEN:
         raise UserError(f"--token {token} is out of range: 1 to {MAX_TOKEN}", USAGE)
-    engine = open_cluster(job_url(name, cluster))
+    engine = open_cluster(checked_url(name, cluster))
     try:
         if engine.check(name, token):
             return OK
@@ -73,7 +84,7 @@ def check(name: str, token: int, cluster: Optional[str], warn: Echo) -> int:
 
 def status(name: str, cluster: Optional[str], echo: Echo, warn: Echo, as_json: bool) -> int:
     check_name(name)
-    engine = open_cluster(job_url(name, cluster))
+    engine = open_cluster(checked_url(name, cluster))
     try:
         info = engine.status(name)
     except LeaseError as exc:

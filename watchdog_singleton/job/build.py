@@ -72,7 +72,7 @@ def given_options(request: Any) -> dict[str, Any]:
 
 def build_job(request: Any, root: str, environ: dict[str, str], *, command: str = INSTALL,
               jobs: Optional[Definitions] = None, logs: bool = True,
-              driver: Optional[Callable[[], str]] = None) -> Job:
+              driver: Optional[Callable[[str], str]] = None) -> Job:
     """Check every input of `request` and build the definition (see the module's docstring).
     `environ` is the shell the job is made from: install keeps its PATH and loader variables
     (model.SNAPSHOT_ENV) and reads $WATCHDOG_SINGLETON_CLUSTER there."""
@@ -96,7 +96,7 @@ def build_job(request: Any, root: str, environ: dict[str, str], *, command: str 
     cluster, lease = check_cluster(given["cluster"], given["lease"], given["standby"], given["rotate"],
                                    given["sync"], environ)
     if cluster and driver is not None:
-        problem = driver()
+        problem = driver(cluster)
         if problem:
             raise UserError(problem, field="cluster")
     if cluster and given["lean"]:

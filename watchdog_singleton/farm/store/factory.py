@@ -19,6 +19,11 @@ def is_postgres(db: Optional[str]) -> bool:
 def check_place(db: Optional[str], workdir: str) -> None:
     """Refuse a SQLite database on a network file system, or not ours alone, before anything is created."""
     if is_postgres(db):
+        from ...cluster.postgres import url_problem
+
+        problem = url_problem(str(db))
+        if problem:
+            raise UserError(problem.replace("cluster ", "--db ", 1))
         return
     path = sqlite_path(db, workdir)
     if path == ":memory:":
