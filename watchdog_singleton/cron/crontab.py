@@ -108,7 +108,10 @@ def render(job: Job, python: str, state_root: str, flock_binary: Optional[str], 
                  own_supervisor_lives(job) if adoptable(job) else "")
         if lives:
             lock_dir, lock = '"$d"', '"$l"'
-            first = f"d={shlex.quote(job.lock_dir)}; l=\"$d\"/{shlex.quote(job.name + '.lock')}; "
+            # A job's own supervisor's file names the job too: the name goes into a variable of its own.
+            file = (f"n={job.name}; l=\"$d/$n.lock\"" if not job.shared else
+                    f"l=\"$d\"/{shlex.quote(job.name + '.lock')}")  # a valid name needs no quotes (check_name)
+            first = f"d={shlex.quote(job.lock_dir)}; {file}; "
             held += f" && {{ {lives}; }} 2>/dev/null"
         else:
             first = ""
@@ -157,7 +160,8 @@ def own_supervisor_lives(job: Job) -> str:
     version) runs the launcher, which finds that supervisor alive and stamps the file for it."""
     from ..lock.supfile import file_name
 
-    return pid_file_lives(f'h="$d"/{shlex.quote(file_name(job.name))}; ')
+    assert file_name("$n").count("$n") == 1
+    return pid_file_lives(f'h="$d/{file_name("$n")}"; ')
 
 
 def pid_file_lives(where: str, checks: str = "") -> str:

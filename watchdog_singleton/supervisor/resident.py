@@ -57,20 +57,23 @@ def hold_supfile(job: Job, hand_over: dict[str, Any]) -> Optional[SupervisorFile
     return held
 
 
-def adopting(job: Job, lock: FlockLock, hand_over: dict[str, Any], holder: list[Supervisor]
-             ) -> tuple[SingletonLock, Optional[Seams], Optional[Callable[[], None]]]:
+def adopting(job: Job, lock: SingletonLock, hand_over: dict[str, Any], holder: list[Supervisor],
+             seams: Optional[Seams] = None) -> tuple[SingletonLock, Optional[Seams], Optional[Callable[[], None]]]:
     """With "adopt" in the hand-over (the run state of a daemon whose supervisor died, tick/launch.py):
-    the lock to hold (`Borrowed`: the daemon's), seams whose reaping hears the adopted daemon's end,
-    and the adoption, for once the supervisor's pump is open (supervisor/adopt.py)."""
+    the lock to hold (`Borrowed`: the daemon's), `seams` (new ones by default) whose reaping also hears
+    the adopted daemon's end, and the adoption, for once the supervisor's pump is open
+    (supervisor/adopt.py); `holder` gets the supervisor once it is made."""
     if not hand_over.get("adopt"):
-        return lock, None, None
+        return lock, seams, None
     from .adopt import Borrowed, adopt_own, free_lock, reaping_with
 
     state = RunState.from_dict(hand_over["adopt"])
     inbox: list[tuple[int, int]] = []
-    seams = Seams(reap=reaping_with(inbox))
+    seams = seams or Seams()
+    seams.reap = reaping_with(inbox, seams.reap)
 
     def free() -> None:
+        assert seams is not None
         free_lock(seams, job, holder[0].life.child.stopper if holder else None)
 
     return Borrowed(lock, free), seams, lambda: adopt_own(holder[0], state, inbox)
