@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,8 +20,8 @@ from watchdog_singleton.lock.supfile import file_name
 PID, START = 4242, 987654
 
 
-def job_in(locks: Path, name: str = "web", **options: object) -> Job:
-    return Job(name=name, command=["/bin/true"], workdir="/", lock_dir=str(locks), **options)  # type: ignore[arg-type]
+def job_in(locks: Path, name: str = "web", **options: Any) -> Job:
+    return Job(name=name, command=["/bin/true"], workdir="/", lock_dir=str(locks), **options)
 
 
 def tick(tmp_path: Path, job: Job, pid_file: str | None, stat: str = "") -> bool:
@@ -86,7 +87,7 @@ def test_a_file_of_another_user_runs_the_launcher(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("options", [{"periodic": True, "every": 60.0}, {"lean": True},
                                      {"cluster": "postgresql://db/ws"}])
-def test_jobs_with_nothing_to_adopt_keep_the_plain_line(tmp_path: Path, options: dict[str, object]) -> None:
+def test_jobs_with_nothing_to_adopt_keep_the_plain_line(tmp_path: Path, options: dict[str, Any]) -> None:
     line = render(job_in(tmp_path, **options), "/p", "/s", "/usr/bin/flock").decode()
     assert file_name("") not in line and '"$h"' not in line
 
