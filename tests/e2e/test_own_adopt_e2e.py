@@ -66,3 +66,74 @@ def test_a_tick_after_kill_9_of_a_jobs_own_supervisor_adopts_its_daemon(sandbox:
     wait_for(lambda: gone(daemon) and gone(adopter), 10, what="the adopted daemon and its supervisor to end")
     info = sandbox.status(name)
     assert not info["running"] and info["pid"] is None, info
+
+
+def start_time(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(") ", 1)[1].split()[19]
+
+
+def install_sleeper(sandbox: Sandbox, base: str) -> tuple[str, int, int, str]:
+    """A job whose daemon sleeps: its name, daemon, supervisor, and its supervisor file's path."""
+    name = sandbox.job(base)
+    sandbox.ok("install", name, "--schedule", NEVER, "--grace", "2", "--",
+               "/usr/bin/python3", "-c", "import time; time.sleep(10**6)", f"marker-{name}")
+    info = sandbox.status(name)
+    return name, info["pid"], info["supervisor_pid"], os.path.join(sandbox.lock_dir(), f".sup.{name}.pid")
+
+
+def test_a_missing_supervisor_file_is_written_by_the_next_tick_for_the_live_supervisor(sandbox: Sandbox) -> None:
+    """As for a supervisor of an older version, which keeps none: one tick runs the launcher, which
+    writes the file for the live supervisor on record; the ticks after it leave in the shell."""
+    name, daemon, supervisor, path = install_sleeper(sandbox, "nofile")
+    with open(path) as f:
+        assert f.read() == f"{supervisor} {start_time(supervisor)}\n"
+    assert os.stat(path).st_uid == sandbox.user.uid and os.stat(path).st_mode & 0o777 == 0o600
+    os.unlink(path)
+    sandbox.fire_tick(name)
+    with open(path) as f:
+        assert f.read() == f"{supervisor} {start_time(supervisor)}\n"
+    written = os.stat(path).st_mtime_ns
+    sandbox.fire_tick(name)
+    assert os.stat(path).st_mtime_ns == written, "a tick ran the launcher with its supervisor on file alive"
+    info = sandbox.status(name)
+    assert info["supervisor_pid"] == supervisor and info["pid"] == daemon
+
+
+def tick_output(sandbox: Sandbox, name: str) -> str:
+    proc = sandbox.fire_tick(name, wait=False)
+    out, _ = proc.communicate(timeout=60)
+    return out.decode(errors="replace")
+
+
+def test_a_planted_supervisor_file_is_never_trusted_nor_used(sandbox: Sandbox) -> None:
+    """A symlink (to a file naming the live supervisor), then a file of another user: the line does
+    not take either for a live supervisor, and the launcher will not use them: while the supervisor
+    lives it leaves quietly; once it is killed it adopts nothing and says why, in one line."""
+    name, daemon, supervisor, path = install_sleeper(sandbox, "planted")
+    with open(path) as f:
+        line = f.read()
+    decoy = sandbox.path("decoy")
+    with open(decoy, "w") as f:
+        f.write(line)
+    os.chown(decoy, sandbox.user.uid, sandbox.user.gid)
+    os.unlink(path)
+    os.symlink(decoy, path)
+    os.lchown(path, sandbox.user.uid, sandbox.user.gid)
+    assert tick_output(sandbox, name) == ""  # the launcher found the supervisor alive: nothing to say
+    assert sandbox.status(name)["supervisor_pid"] == supervisor
+
+    os.kill(supervisor, signal.SIGKILL)
+    wait_for(lambda: gone(supervisor), 10, what="the supervisor to die")
+    said = tick_output(sandbox, name).splitlines()
+    assert len(said) == 1 and path in said[0] and said[0].startswith("watchdog-singleton: "), said
+    os.unlink(path)
+    with open(path, "w") as f:
+        f.write(line)
+    os.chown(path, 65534, 65534)  # nobody's
+    said = tick_output(sandbox, name).splitlines()
+    assert len(said) == 1 and "belongs to uid 65534" in said[0], said
+    info = sandbox.status(name)
+    assert info["pid"] == daemon and info["supervisor"] == "gone", info
+    assert "stopped" in sandbox.ok("stop", name).stdout
+    wait_for(lambda: gone(daemon), 10, what="the daemon to end")

@@ -159,6 +159,11 @@ def take_supfile(supfile: SupervisorFile, job: Job, states: StateStore, patient:
                 return False
             raise
         if time.monotonic() >= deadline:
+            state = states.load(job.name)
+            if not patient and state is not None and state.phase in SETTLED and state.supervisor_alive():
+                # The line ran us although it lives: its lock file, or this file, is missing or
+                # not as it was (a /tmp cleaner). It puts them back at once, not at its next check.
+                ask_to_look(state)
             return False
         time.sleep(0.05)
 
