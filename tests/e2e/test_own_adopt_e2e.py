@@ -11,7 +11,7 @@ import os
 import signal
 
 from conftest import Sandbox, holds_for, is_zombie, wait_for
-from test_adopt_pipes_e2e import DAEMON, read, records
+from test_adopt_pipes_e2e import install_writer, read, writes_fail, written_again
 from test_house_adopt_e2e import NEVER
 
 
@@ -20,15 +20,9 @@ def gone(pid: int) -> bool:
 
 
 def test_a_tick_after_kill_9_of_a_jobs_own_supervisor_adopts_its_daemon(sandbox: Sandbox) -> None:
-    name = sandbox.job("own")
-    script, record, logs = sandbox.path("daemon.py"), sandbox.path("record"), sandbox.mkdir("logs")
-    with open(script, "w") as f:
-        f.write(DAEMON)
-    os.chown(logs, sandbox.user.uid, sandbox.user.gid)
-    sandbox.ok("install", name, "--schedule", NEVER, "--grace", "2", "--log-dir", logs, "--",
-               "/usr/bin/python3", script, record)
+    name, record, err_log = install_writer(sandbox, "own")
     info = sandbox.status(name)
-    err_log, daemon, old = info["stderr_log"], info["pid"], info["supervisor_pid"]
+    daemon, old = info["pid"], info["supervisor_pid"]
     wait_for(lambda: "line 3\n" in read(err_log), 20, what="the daemon's lines in its log")
 
     # While the supervisor lives, a tick leaves in the shell: no second supervisor, nothing adopted.
@@ -37,9 +31,7 @@ def test_a_tick_after_kill_9_of_a_jobs_own_supervisor_adopts_its_daemon(sandbox:
 
     os.kill(old, signal.SIGKILL)
     wait_for(lambda: gone(old), 10, what="the supervisor to die")
-    wait_for(lambda: any(r.startswith("failed") for _, r in records(record)[-3:]), 10,
-             what="the daemon's writes to fail with no reader")
-    failing_since = max(n for n, r in records(record) if r.startswith("failed"))
+    failing_since = writes_fail(record)
     assert sandbox.status(name)["supervisor"] == "gone"
 
     sandbox.fire_tick(name)  # the daemon holds the lock: the line finds the supervisor dead
@@ -48,13 +40,7 @@ def test_a_tick_after_kill_9_of_a_jobs_own_supervisor_adopts_its_daemon(sandbox:
     adopter = info["supervisor_pid"]
     assert info["pid"] == daemon and info["supervisor"] == "" and info["phase"] == "running", info
 
-    def written_again() -> bool:
-        later = [(n, r) for n, r in records(record) if n > failing_since]
-        return len(later) >= 3 and all(r == "ok" for _, r in later[-3:])
-    wait_for(written_again, 10, what="the daemon's writes to succeed again")
-    last_ok = max(n for n, r in records(record) if r == "ok")
-    wait_for(lambda: f"line {last_ok}\n" in read(err_log), 10, what="its new lines in the job's log")
-    assert "reading its stdout and stderr again" in read(err_log)
+    written_again(record, err_log, failing_since)
     assert f"adopted running pid {daemon}: its supervisor (pid {old}) died" in read(err_log)
 
     # The new supervisor's file names it: the next tick leaves in the shell, adopting nothing twice.
