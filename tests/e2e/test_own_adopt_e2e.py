@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 
-from conftest import Sandbox, holds_for, is_zombie, wait_for
+from conftest import Sandbox, holds_for, is_zombie, pids_with_arg, wait_for
 from test_adopt_pipes_e2e import install_writer, read, writes_fail, written_again
 from test_house_adopt_e2e import NEVER
 
@@ -123,3 +123,25 @@ def test_a_planted_supervisor_file_is_never_trusted_nor_used(sandbox: Sandbox) -
     assert info["pid"] == daemon and info["supervisor"] == "gone", info
     assert "stopped" in sandbox.ok("stop", name).stdout
     wait_for(lambda: gone(daemon), 10, what="the daemon to end")
+
+
+def test_restart_and_uninstall_of_an_adopted_job_end_its_whole_tree(sandbox: Sandbox) -> None:
+    name, daemon, supervisor, _ = install_sleeper(sandbox, "again")
+    marker = f"marker-{name}"
+    os.kill(supervisor, signal.SIGKILL)
+    wait_for(lambda: gone(supervisor), 10, what="the supervisor to die")
+    sandbox.fire_tick(name)
+    info = wait_for(lambda: (lambda i: i if i["supervisor_pid"] not in (None, supervisor) else None)(
+        sandbox.status(name)), 20, what="a new supervisor")
+    assert info["pid"] == daemon and info["running"], info
+    adopter = info["supervisor_pid"]
+
+    sandbox.ok("restart", name)
+    wait_for(lambda: gone(daemon) and gone(adopter), 10, what="the adopted daemon and its supervisor to end")
+    info = sandbox.status(name)
+    assert info["running"] and info["pid"] != daemon and info["supervisor_pid"] not in (None, adopter), info
+    assert pids_with_arg(marker, sandbox.user.uid) == [info["pid"]]
+
+    sandbox.ok("uninstall", name)
+    assert pids_with_arg(marker, sandbox.user.uid) == []
+    assert sandbox.run_as(["flock", "-n", info["lock_path"], "true"]).returncode == 0, "its lock is still held"

@@ -158,9 +158,10 @@ def take_supfile(supfile: SupervisorFile, job: Job, states: StateStore, patient:
             if state is not None and state.supervisor_alive():
                 return False
             raise
-        if time.monotonic() >= deadline:
-            state = states.load(job.name)
-            if not patient and state is not None and state.phase in SETTLED and state.supervisor_alive():
+        state = states.load(job.name)
+        alive = state is not None and state.supervisor_alive()
+        if alive or time.monotonic() >= deadline:
+            if alive and not patient and state is not None and state.phase in SETTLED:
                 # The line ran us although it lives: its lock file, or this file, is missing or
                 # not as it was (a /tmp cleaner). It puts them back at once, not at its next check.
                 ask_to_look(state)
