@@ -109,8 +109,8 @@ def adopt_orphans(house: House, root: str, make_lock: MakeLock = FlockLock,
 def adopt(house: House, job: Job, state: RunState, make_lock: MakeLock = FlockLock,
           fd_path: FdPath = proc_fd_path) -> bool:
     """Make the running daemon of `state` a member of `house`, watched until it ends."""
-    pid, start = state.pid, state.pid_start
-    assert pid is not None and start is not None
+    assert state.pid is not None and state.pid_start is not None
+
     def free() -> None:
         member = house.members.get(job.name)
         free_lock(house.seams, job, member.sup.life.child.stopper if member is not None else None)
