@@ -165,7 +165,7 @@ def test_foreign_crontab_is_byte_identical_through_every_command(sandbox: Sandbo
     text = sandbox.crontab()
     assert text.startswith(TRICKY_CRONTAB)
     assert text.count(f"#watchdog-singleton:{a}".encode()) == 1
-    assert b"\n0 0 * * 7 test" in text and b"\n@reboot test" in text
+    assert b"\n0 0 * * 7 d=" in text and b"\n@reboot d=" in text
     same = sandbox.crontab()
     install_sleeper(sandbox, a)
     assert sandbox.crontab() == same  # same input, same crontab

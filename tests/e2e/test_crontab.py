@@ -31,6 +31,8 @@ from conftest import (
 from watchdog_singleton.cron import crontab
 from watchdog_singleton.errors import LOCK_HELD
 from watchdog_singleton.job.model import Job
+from watchdog_singleton.lock.supfile import file_name
+from watchdog_singleton.proc import procs
 
 OWN_USER = f"{TEST_USER}3"
 
@@ -55,6 +57,8 @@ def test_the_rendered_line_runs_the_launcher_from_root_only_when_the_lock_is_fre
     j = job("x")
     j.lock_dir = str(tmp_path)
     open(j.lock_path, "w").close()
+    me = os.getpid()  # the job's own supervisor, alive: a held lock needs no launcher (lock/supfile.py)
+    (tmp_path / file_name("x")).write_text(f"{me} {procs.start_time(me)}\n")
     line = crontab.render(j, str(python), "/s", str(flock), "-I").decode()
     command = line.split(" ", 5)[5].rsplit(" #watchdog-singleton:", 1)[0].replace("\\%", "%")
     for code, launched in ((LOCK_HELD, False), (1, True), (0, True)):

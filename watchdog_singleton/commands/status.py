@@ -160,7 +160,8 @@ def _supervisor_trouble(name: str, state: Optional[RunState], running: bool) -> 
                          "new shared supervisor, which adopts it")
     if trouble == "gone" and running and state is not None:
         return trouble, (f"its supervisor ({state.supervisor_pid}) is gone: the daemon runs on and holds the lock, "
-                         f"but nothing restarts it or reads its output; `restart {name}` gives it a new one")
+                         "unsupervised until the job's next cron tick, which adopts it (a periodic run ends on "
+                         f"its own first); `restart {name}` gives it a new supervisor now")
     if trouble == "stopped" and state is not None:
         return trouble, (f"its supervisor ({state.supervisor_pid}) is stopped (SIGSTOP): nothing restarts the "
                          "daemon or reads its output until it gets SIGCONT")

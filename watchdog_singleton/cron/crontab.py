@@ -102,10 +102,17 @@ def render(job: Job, python: str, state_root: str, flock_binary: Optional[str], 
         held = f"[ $? = {LOCK_HELD} ]"
         # A shared job's line also checks its resident lives (a cluster house's watcher ends every tree
         # with it, so there is nothing to adopt); the paths go into variables: cron cuts at 1000 bytes.
-        if job.shared and not job.cluster:
+        # So does a daemon's line with its own supervisor's pid file: after a kill -9 of that
+        # supervisor the daemon holds the lock on, and the launcher adopts it (supervisor/adopt.py).
+        lives = ("" if job.cluster else shared_resident_lives(job, state_root) if job.shared else
+                 own_supervisor_lives(job) if adoptable(job) else "")
+        if lives:
             lock_dir, lock = '"$d"', '"$l"'
-            first = f"d={shlex.quote(job.lock_dir)}; l=\"$d\"/{shlex.quote(job.name + '.lock')}; "
-            held += f" && {{ {shared_resident_lives(job, state_root)}; }} 2>/dev/null"
+            # A job's own supervisor's file names the job too: the name goes into a variable of its own.
+            file = (f"n={job.name}; l=\"$d/$n.lock\"" if not job.shared else
+                    f"l=\"$d\"/{shlex.quote(job.name + '.lock')}")  # a valid name needs no quotes (check_name)
+            first = f"d={shlex.quote(job.lock_dir)}; {file}; "
+            held += f" && {{ {lives}; }} 2>/dev/null"
         else:
             first = ""
         command = (f"{first}test -O {lock_dir} -a ! -h {lock_dir} -a -f {lock} -a -O {lock} -a ! -h {lock} && "
@@ -136,9 +143,29 @@ def shared_resident_lives(job: Job, state_root: str) -> str:
     folder = default_lock_dir(state_root, create=False)
     name = shlex.quote(os.path.basename(pid_path(folder, state_root)))
     if folder == job.lock_dir:  # "$d", checked before the flock
-        where, checks = f'h="$d"/{name}; ', ""
-    else:
-        where, checks = f'e={shlex.quote(folder)}; h="$e"/{name}; ', '-O "$e" -a ! -h "$e" -a '
+        return pid_file_lives(f'h="$d"/{name}; ')
+    return pid_file_lives(f'e={shlex.quote(folder)}; h="$e"/{name}; ', '-O "$e" -a ! -h "$e" -a ')
+
+
+def adoptable(job: Job) -> bool:
+    """A job whose own supervisor's death the line looks for: a daemon kept alive by a supervisor
+    of its own. Not a periodic job (its run ends on its own; the next tick starts the job), nor a
+    lean one (no supervisor), nor a cluster job (its watcher stops the tree with its supervisor)."""
+    return not (job.shared or job.periodic or job.lean or job.cluster)
+
+
+def own_supervisor_lives(job: Job) -> str:
+    """Shell builtins only: true while the job's own supervisor named in its `PID START` file
+    (lock/supfile.py, in the job's lock folder "$d") runs. A missing file (a supervisor of an older
+    version) runs the launcher, which finds that supervisor alive and stamps the file for it."""
+    from ..lock.supfile import file_name
+
+    assert file_name("$n").count("$n") == 1
+    return pid_file_lives(f'h="$d/{file_name("$n")}"; ')
+
+
+def pid_file_lives(where: str, checks: str = "") -> str:
+    """The test of a `PID START` file at "$h" (set by `where`; `checks`: tests of its folder)."""
     return (f'{where}test {checks}-f "$h" -a -O "$h" -a ! -h "$h" && read p s < "$h" && '
             'read -r x < /proc/"$p"/stat && test -O /proc/"$p" && set -f -- ${x##*) } && '
             '[ "${20}" = "$s" -a "$1" != Z ]')

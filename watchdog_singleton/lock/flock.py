@@ -350,11 +350,11 @@ def _flock_problem(path: str, exc: OSError) -> str:
 
 
 class FlockLock:
-    """flock(2) on `<dir>/<name>.lock`, with the checks that keep it a singleton."""
+    """flock(2) on `<dir>/<name>.lock` (or another `suffix`), with the checks that keep it a singleton."""
 
-    def __init__(self, lock_dir: str, name: str) -> None:
+    def __init__(self, lock_dir: str, name: str, suffix: str = ".lock") -> None:
         self.lock_dir = lock_dir
-        self.name = f"{name}.lock"
+        self.name = f"{name}{suffix}"
         self.path = os.path.join(lock_dir, self.name)
         self.dir_fd: Optional[int] = None
         self.fd: Optional[int] = None

@@ -1,6 +1,7 @@
-"""Adoption: a new shared resident takes over the daemons a dead one (kill -9, the OOM killer) left.
+"""Adoption: a new supervisor takes over the daemons a dead one (kill -9, the OOM killer) left.
 
-    adopted = adopt_orphans(house, root)   # at the resident's start, before its loop
+    adopted = adopt_orphans(house, root)   # a new shared resident, at its start, before its loop
+    adopt_own(sup, state, inbox)           # a job's own supervisor, from a tick (resident.py)
 
 An orphan is a shared job whose recorded supervisor is dead while its recorded daemon (pid and
 start time, this boot) runs on: the daemon holds the job's lock (it inherited it), so no tick can
@@ -22,6 +23,12 @@ by its daemon and its token), with these differences while that daemon lives:
   are opened (their inodes are in the run state); anything else at fd 1 or 2 is left alone.
 
 A periodic job is not adopted: its run ends on its own, and the next tick starts the job again.
+
+A job's own supervisor (not shared) is adopted the same way, one job at a time: its crontab line
+finds the lock held and the `PID START` file of its supervisor (lock/supfile.py) naming no live
+process; the launcher takes that file's flock (so two ticks never both adopt), checks the run state
+(`orphan`) and becomes the job's supervisor in adopted mode (`adopt_own`): a `Borrowed` lock, the
+daemon its child of record, its pipes read again, its end watched through a pidfd in its own poll.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from ..proc import procs
 from ..proc.stop import stop_job
 from ..state.phases import Phase
 from ..state.store import CARRIED
+from .pump import OutputPump
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
@@ -41,14 +49,26 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 
     from ..job.model import Job
     from ..lock.flock import SingletonLock
+    from ..proc.tree import Stopper
     from ..state.store import RunState
+    from .core import Supervisor
     from .house import House, Member
-    from .pump import OutputPump
+    from .seams import Seams
 
     MakeLock = Callable[[str, str], SingletonLock]
     FdPath = Callable[[int, int], str]
 
 EBUSY = 16  # errno's number; the errno module stays out of the resident
+
+
+def orphan(job: Job, state: Optional[RunState], alive: Callable[[Optional[int], Optional[int], Optional[str]], bool]
+           ) -> bool:
+    """Whether `state`, the record of `job` (a daemon kept alive, neither periodic nor a cluster
+    job's), names a dead supervisor and a daemon that runs on (pid, start time, this boot)."""
+    if state is None or job.periodic or job.cluster:
+        return False
+    return not alive(state.supervisor_pid, state.supervisor_start, state.boot_id) and \
+        alive(state.pid, state.pid_start, state.boot_id)
 
 
 def orphans(house: House, root: str) -> list[tuple[Job, RunState]]:
@@ -63,11 +83,8 @@ def orphans(house: House, root: str) -> list[tuple[Job, RunState]]:
         except Exception:  # one unreadable file never keeps the others from being adopted
             continue
         # A cluster job is never adopted: its lease is its own house's, whose watcher ends its tree.
-        if state is None or job is None or not job.shared or job.periodic or job.cluster or not state.house:
-            continue
-        if seams.alive(state.supervisor_pid, state.supervisor_start, state.boot_id):
-            continue  # supervised (or a tick holds it for a moment)
-        if seams.alive(state.pid, state.pid_start, state.boot_id):
+        # A live supervisor: supervised (or a tick holds it for a moment).
+        if job is not None and job.shared and state is not None and state.house and orphan(job, state, seams.alive):
             found.append((job, state))
     return found
 
@@ -92,43 +109,91 @@ def adopt_orphans(house: House, root: str, make_lock: MakeLock = FlockLock,
 def adopt(house: House, job: Job, state: RunState, make_lock: MakeLock = FlockLock,
           fd_path: FdPath = proc_fd_path) -> bool:
     """Make the running daemon of `state` a member of `house`, watched until it ends."""
-    pid, start = state.pid, state.pid_start
-    assert pid is not None and start is not None
-    lock = Borrowed(make_lock(job.lock_dir, job.name), lambda: free_lock(house, job))
+    assert state.pid is not None and state.pid_start is not None
+
+    def free() -> None:
+        member = house.members.get(job.name)
+        free_lock(house.seams, job, member.sup.life.child.stopper if member is not None else None)
+
+    lock = Borrowed(make_lock(job.lock_dir, job.name), free)
     house.take(job, lock, history={key: getattr(state, key) for key in CARRIED})
     member = house.members.get(job.name)
     if member is None:
         return False  # it failed to open; house.take said why in its log
-    running(member, state, pid, start,
-            message=(f"adopted from a shared supervisor that died (pid {state.supervisor_pid}): how the daemon "
-                     "ends will not be known, and what it wrote since that supervisor died is lost"),
-            note=f"adopted running pid {pid}: its shared supervisor (pid {state.supervisor_pid}) died")
-    reattach(member, pid, fd_path)
-    watch_end(house, member, pid, start)
+    cancel = took_over(member.sup, state, house.pump, member.inbox, fd_path, shared=True)
+    if cancel is not None:
+        member.on_leave.append(cancel)
     return True
 
 
-def watch_end(house: House, member: Member, pid: int, start: Optional[int]) -> None:
-    """Its end, seen through a pidfd (it is not our child), goes to the member's inbox with an
-    unknown status: for a tick's adoption, and for the anchor's once the anchor is gone."""
-    watch = house.seams.watch_exit or pidfd_watch(house.pump)
-    ended = Ended(member, pid)
+def adopt_own(sup: Supervisor, state: RunState, inbox: list[tuple[int, int]],
+              fd_path: FdPath = proc_fd_path) -> None:
+    """`sup`, a job's own supervisor started by a tick that found `state`'s daemon running on with
+    its supervisor dead (`orphan`), supervises that daemon from now on (the module docstring);
+    its end comes to `inbox`, which the supervisor's reaping reads (`reaping_with`)."""
+    pump = sup.pump
+    assert isinstance(pump, OutputPump)  # a supervisor of its own polls its own pump
+    took_over(sup, state, pump, inbox, fd_path, shared=False)
+
+
+def took_over(sup: Supervisor, state: RunState, pump: OutputPump, inbox: list[tuple[int, int]], fd_path: FdPath,
+              shared: bool) -> Optional[Callable[[], None]]:
+    """The adoption proper, for the shared resident and a supervisor of its own alike: the daemon
+    our child of record, its pipes read again, its end watched; the watch's cancel."""
+    pid, start = state.pid, state.pid_start
+    assert pid is not None and start is not None
+    what = "shared supervisor" if shared else "supervisor"
+    running(sup, state, pid, start,
+            message=(f"adopted from {'a' if shared else 'its'} {what} that died (pid {state.supervisor_pid}): how the "
+                     "daemon ends will not be known, and what it wrote since that supervisor died is lost"),
+            note=f"adopted running pid {pid}: its {what} (pid {state.supervisor_pid}) died")
+    reattach(sup, pid, fd_path, f"its {what}")
+    return watch_end(sup, pump, inbox, pid, start)
+
+
+def reaping_with(inbox: list[tuple[int, int]], reap: Callable[[], list[tuple[int, int]]] = procs.reap_exited
+                 ) -> Callable[[], list[tuple[int, int]]]:
+    """A supervisor of its own's reaping (`Seams.reap`): its children's exits, and the end of an
+    adopted daemon (no child of ours) that `watch_end` put in `inbox`."""
+    def both() -> list[tuple[int, int]]:
+        done = list(reap())
+        if inbox:
+            done += inbox
+            inbox.clear()
+        return done
+    return both
+
+
+def watch_member(house: House, member: Member, pid: int, start: Optional[int]) -> None:
+    """A shared job's adopted daemon: its end to the member's inbox, the watch ended with the job."""
+    cancel = watch_end(member.sup, house.pump, member.inbox, pid, start)
+    if cancel is not None:
+        member.on_leave.append(cancel)
+
+
+def watch_end(sup: Supervisor, pump: OutputPump, inbox: list[tuple[int, int]], pid: int, start: Optional[int]
+              ) -> Optional[Callable[[], None]]:
+    """Its end, seen through a pidfd in `pump`'s poll (it is not our child), goes to `inbox` with an
+    unknown status: for a tick's adoption, and for the anchor's once the anchor is gone. The
+    watch's cancel; None if it had ended already (its end is in `inbox`)."""
+    watch = sup.seams.watch_exit or pidfd_watch(pump)
+    ended = Ended(sup, inbox, pid)
     try:
         cancel = watch(pid, ended)
     except ProcessLookupError:
         ended()
-        return
-    member.on_leave.append(cancel)
-    if start is not None and house.seams.start_time(pid) != start:  # it ended before the watch began, its pid another's
+        return None
+    if start is not None and sup.seams.start_time(pid) != start:  # it ended before the watch began, its pid another's
         cancel()
         ended()
+        return None
+    return cancel
 
 
-def running(member: Member, state: RunState, pid: int, start: Optional[int], message: str, note: str) -> None:
-    """`member` supervises `pid`, the running daemon of `state` (a dead resident's): no child of
+def running(sup: Supervisor, state: RunState, pid: int, start: Optional[int], message: str, note: str) -> None:
+    """`sup` supervises `pid`, the running daemon of `state` (a dead supervisor's): no child of
     ours, so its leftovers are always looked for in /proc when it ends (Child.adopted). A tick's
     adoption and the anchor's hand-over (anchorlink.py) both come through here."""
-    sup = member.sup
     sup.life.child.pid, sup.life.child.started, sup.life.child.adopted = pid, sup.seams.clock(), True
     mine = sup.state
     mine.pid, mine.pid_start, mine.started_at = pid, start, state.started_at
@@ -139,10 +204,9 @@ def running(member: Member, state: RunState, pid: int, start: Optional[int], mes
     sup.output.note(note)
 
 
-def reattach(member: Member, pid: int, fd_path: FdPath = proc_fd_path) -> None:
+def reattach(sup: Supervisor, pid: int, fd_path: FdPath = proc_fd_path, who: str = "its shared supervisor") -> None:
     """Read the adopted daemon's stdout and stderr into its log files again, through a new read end
     of each pipe its supervisor made; said in its log either way."""
-    sup = member.sup
     sinks = ((1, "stdout", sup.state.stdout_pipe, sup.output.out), (2, "stderr", sup.state.stderr_pipe, sup.output.err))
     read, left = [], []
     for number, what, inode, sink in sinks:
@@ -160,7 +224,7 @@ def reattach(member: Member, pid: int, fd_path: FdPath = proc_fd_path) -> None:
         sup.pump.watch(fd, sink)
         read.append(what)
     if read:
-        sup.output.note(f"reading its {' and '.join(read)} again: what it wrote since its shared supervisor "
+        sup.output.note(f"reading its {' and '.join(read)} again: what it wrote since {who} "
                         "died is lost (those writes failed)")
     if left:
         sup.output.note(f"not read: {', '.join(left)}; its writes there fail (SIGPIPE or EPIPE) until it "
@@ -184,29 +248,27 @@ def is_pipe(info: os.stat_result, inode: int) -> bool:
 
 
 class Ended:
-    """The adopted daemon `pid` ended: its exit, with an unknown status, goes to the member's inbox
-    (the house's next turn acts on it as on any exit it reaped)."""
+    """The adopted daemon `pid` ended: its exit, with an unknown status, goes to `inbox` (the next
+    reap acts on it as on any exit: the house's next turn, or a supervisor of its own's loop)."""
 
-    __slots__ = ("member", "pid", "done")
+    __slots__ = ("sup", "inbox", "pid", "done")
 
-    def __init__(self, member: Member, pid: int) -> None:
-        self.member, self.pid, self.done = member, pid, False
+    def __init__(self, sup: Supervisor, inbox: list[tuple[int, int]], pid: int) -> None:
+        self.sup, self.inbox, self.pid, self.done = sup, inbox, pid, False
 
     def __call__(self) -> None:
         if self.done:
             return
         self.done = True
-        if self.member.sup.life.child.pid == self.pid:
-            self.member.inbox.append((self.pid, procs.UNKNOWN_EXIT))
+        if self.sup.life.child.pid == self.pid:
+            self.inbox.append((self.pid, procs.UNKNOWN_EXIT))
 
 
-def free_lock(house: House, job: Job) -> None:
+def free_lock(seams: Seams, job: Job, stopper: Optional[Stopper]) -> None:
     """Stop whatever still holds `job`'s lock once its adopted daemon ended: the processes that
     carry its token, and ours that hold the file open (a lock inherited by one that cleared its
-    environment). Never the resident or its anchor (procs.is_infrastructure), which hold it too."""
-    seams = house.seams
-    member = house.members.get(job.name)
-    stopper = member.sup.life.child.stopper if member is not None else None
+    environment). Never the supervisor itself, nor the shared resident or its anchor
+    (procs.is_infrastructure), which hold it too."""
     stop_job(job.lock_path, job.grace, holders=job.lock_path, scan=seams.scan, stopper=stopper,
              spare=lambda pid: pid == seams.pid or procs.is_infrastructure(pid))  # the anchor holds it too
 

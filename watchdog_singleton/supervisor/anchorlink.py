@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from ..lock.flock import FlockLock
 from ..state.store import CARRIED
-from .adopt import running, watch_end
+from .adopt import running, watch_member
 from .housewire import receive, send
 
 TYPE_CHECKING = False
@@ -174,7 +174,7 @@ class AnchorLink:
             child = member.sup.life.child
             if child.adopted and child.pid is not None:  # its end came from the anchor: a pidfd now
                 try:
-                    watch_end(self.house, member, child.pid, member.sup.state.pid_start)
+                    watch_member(self.house, member, child.pid, member.sup.state.pid_start)
                 except Exception as exc:
                     self.house.failures.append(f"{member.name}: could not watch its daemon: {exc}")
             try:
@@ -250,7 +250,7 @@ class AnchorLink:
         sup = member.sup
         # Not our child: the old tree's leftovers are the anchor's, so they are looked for in /proc.
         start = state.pid_start if state.pid == pid else self.house.seams.start_time(pid)
-        running(member, state, pid, start,
+        running(sup, state, pid, start,
                 message=f"adopted from a shared supervisor that died (pid {state.supervisor_pid}), through its anchor",
                 note=(f"adopted running pid {pid} from its anchor: its shared supervisor "
                       f"(pid {state.supervisor_pid}) died; its output and exit status are kept"))

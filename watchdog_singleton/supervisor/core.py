@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
     from ..cluster import ClusterLease
     from ..job.model import Job
     from ..lock.flock import SingletonLock
+    from ..lock.supfile import SupervisorFile
     from ..state.store import StateStore
     from .periodic_plan import PeriodicPlan
     from .pump import Pump
@@ -85,8 +86,9 @@ class Supervisor:
                  inherit_env: Optional[dict[str, str]] = None, ready: Optional[Ready] = None,
                  history: Optional[dict[str, Any]] = None, seams: Optional[Seams] = None,
                  cluster: Optional[ClusterLease] = None, wakeups: Optional[Wakeups] = None,
-                 house: str = "", note: str = "") -> None:
+                 house: str = "", note: str = "", supfile: Optional[SupervisorFile] = None) -> None:
         self.lock = lock
+        self.supfile = supfile  # a job's own supervisor's `PID START` file, held (lock/supfile.py)
         self.store = store
         self.adhoc = adhoc
         seams = self.seams = seams or Seams()
@@ -119,9 +121,12 @@ class Supervisor:
         self.life.stopping = True
 
     # -- main loop -------------------------------------------------------------------------
-    def run(self) -> int:
+    def run(self, opened: Optional[Callable[[], None]] = None) -> int:
+        """The loop, until the end; `opened` runs once the pump and logs are open (an adoption)."""
         self.open(OutputPump(self.wakeups.open(), self.seams.clock))
         try:
+            if opened is not None:
+                opened()
             while True:
                 self._handle_events()
                 if self.over():
@@ -171,13 +176,18 @@ class Supervisor:
                 self.guard.close()  # after the tree is gone: a standby may take over at once
         finally:
             self.lock.release()
+            if self.supfile is not None:
+                self.supfile.release()  # after the lock: a tick that finds it free finds the lock free too
 
     def _tick(self, now: float) -> None:
         """The timed chores: the run's (readiness, deadlines, the lease), the lock watch, a failed
         state write."""
         self.life.tick(now)
-        if self.watch.due(now) and self.watch.check(now) == DUPLICATE:
-            self.life.duplicate = True
+        if self.watch.due(now):
+            if self.supfile is not None:
+                self.supfile.look()  # deleted by a /tmp cleaner: put back, as the lock is
+            if self.watch.check(now) == DUPLICATE:
+                self.life.duplicate = True
         if not self.life.duplicate and (self.keeper.error is not None or self.watch.next_check != self._healed_at):
             self._healed_at = self.watch.next_check  # once per lock check, or every wake while failing
             self.keeper.heal()

@@ -17,6 +17,7 @@ from ..errors import FAILED, OK, UserError
 from ..job.model import Job, JobStore, check_name
 from ..job.options import RUN
 from ..lock.flock import REPAIRED, FlockLock
+from ..lock.supfile import SupervisorFile
 from ..proc import procs
 from ..proc.children import become_subreaper
 from ..state.phases import Phase
@@ -75,16 +76,25 @@ def launch(args: runargs.RunArgs) -> int:
     if args.cron and not job.enabled:
         return OK
     states = StateStore(root)
+    supfile = None if adhoc or job.shared or job.lean or job.cluster else SupervisorFile(job.lock_dir, job.name)
+    if supfile is not None and not take_supfile(supfile, job, states, patient=not args.cron):
+        return OK if args.cron else report_held(job, states, args.detach)  # NAME's supervisor holds it
     lock = FlockLock(job.lock_dir, job.name)
     if not acquire(lock, job, states, patient=not args.cron):
         if args.cron and job.shared and not adhoc:
             return adopt_shared(job, states, root)
+        if args.cron and supfile is not None:
+            return adopt_own(job, supfile, states, root)
+        if supfile is not None:
+            supfile.release()
         return OK if args.cron else report_held(job, states, args.detach)
     if args.cron:
         # Re-read after locking: a stop or uninstall may have raced this tick.
         current = JobStore(root).load(job.name)
         if current is None or not current.enabled:
             lock.release()
+            if supfile is not None:
+                supfile.release()
             return OK
     passthrough = adhoc and not job.stdout_log
     # From cron, always in the background: cron's child (and its mail pipe) must not live as
@@ -96,9 +106,10 @@ def launch(args: runargs.RunArgs) -> int:
     if job.shared and not adhoc:
         return hand_over_shared(job, lock, root, history, quiet=args.cron or not args.detach)
     if background:
-        return detach(lambda ready_fd: exec_supervisor(job, lock, root, adhoc, passthrough, ready_fd, history),
-                      lock, job.name, quiet=args.cron)
-    exec_supervisor(job, lock, root, adhoc, passthrough, None, history)
+        return detach(lambda ready_fd: exec_supervisor(job, lock, root, adhoc, passthrough, ready_fd, history,
+                                                       supfile=supfile),
+                      lock, job.name, quiet=args.cron, also=supfile.lock if supfile is not None else None)
+    exec_supervisor(job, lock, root, adhoc, passthrough, None, history, supfile=supfile)
     return FAILED  # not reached: exec_supervisor replaces this process
 
 
@@ -131,6 +142,53 @@ def adopt_shared(job: Job, states: StateStore, root: str) -> int:
     if house is None:
         return OK
     return detach(lambda ready_fd: exec_house(None, None, house, root, ready_fd, {}), house, job.name, quiet=True)
+
+
+def take_supfile(supfile: SupervisorFile, job: Job, states: StateStore, patient: bool) -> bool:
+    """Take the flock of NAME's supervisor file (lock/supfile.py) before NAME's lock: False when
+    NAME's supervisor (or a tick about to be one) holds it. A file we must not use (another user's,
+    a symlink) is refused with one line, unless NAME's recorded supervisor lives (then all is well)."""
+    deadline = time.monotonic() + (MANUAL_LOCK_WAIT if patient else 0.0)
+    while True:
+        try:
+            if supfile.try_acquire():
+                return True
+        except UserError:
+            state = states.load(job.name)
+            if state is not None and state.supervisor_alive():
+                return False
+            raise
+        state = states.load(job.name)
+        alive = state is not None and state.supervisor_alive()
+        if alive or time.monotonic() >= deadline:
+            if alive and not patient and state is not None and state.phase in SETTLED:
+                # The line ran us although it lives: its lock file, or this file, is missing or
+                # not as it was (a /tmp cleaner). It puts them back at once, not at its next check.
+                ask_to_look(state)
+            return False
+        time.sleep(0.05)
+
+
+def adopt_own(job: Job, supfile: SupervisorFile, states: StateStore, root: str) -> int:
+    """A tick found NAME's lock held, and holds NAME's supervisor file (so no supervisor of NAME
+    holds it). A live supervisor on record (of an older version, which keeps no file) gets its
+    `PID START` written, so the crontab line leaves in the shell again. A dead one whose daemon runs
+    on: become NAME's supervisor, adopting that daemon (supervisor/adopt.py). Anything else: leave."""
+    from ..supervisor.adopt import orphan
+
+    state = states.load(job.name)
+    current = JobStore(root).load(job.name)  # a stop or uninstall may have raced this tick
+    if state is not None and state.supervisor_alive() and state.supervisor_pid is not None:
+        supfile.stamp(state.supervisor_pid, state.supervisor_start)
+    if current is None or not current.enabled or not orphan(current, state, procs.is_alive):
+        supfile.release()  # a periodic run ends on its own; the next tick starts the job again
+        return OK
+    assert state is not None
+    history = previous_history(states, job.name)
+    lock = FlockLock(job.lock_dir, job.name)  # not ours: its daemon's until it ends (adopt.Borrowed)
+    return detach(lambda ready_fd: exec_supervisor(current, lock, root, False, False, ready_fd, history,
+                                                   supfile=supfile, adopt=state.to_dict()),
+                  lock, job.name, quiet=True, also=supfile.lock)
 
 
 def report_held(job: Job, states: StateStore, detach: bool) -> int:
@@ -242,10 +300,13 @@ BOOT = ("import sys; sys.path.append(sys.argv[1]); from watchdog_singleton.super
 
 
 def exec_supervisor(job: Job, lock: FlockLock, root: str, adhoc: bool, passthrough: bool,
-                    ready_fd: Optional[int], history: dict[str, object], note: str = "") -> None:
-    """Become NAME's resident supervisor: exec it in this process, handing over the lock. A
-    cluster job's supervisor is a child of this process, which becomes its watcher (cluster/watcher.py).
-    `note`: a line for NAME's log once it is open (why a shared job runs under a supervisor of its own)."""
+                    ready_fd: Optional[int], history: dict[str, object], note: str = "",
+                    supfile: Optional[SupervisorFile] = None, adopt: Optional[dict[str, object]] = None) -> None:
+    """Become NAME's resident supervisor: exec it in this process, handing over the lock (and the
+    flock of its supervisor file). A cluster job's supervisor is a child of this process, which
+    becomes its watcher (cluster/watcher.py). `note`: a line for NAME's log once it is open (why a
+    shared job runs under a supervisor of its own). `adopt`: the run state of a daemon whose
+    supervisor died, which the new one takes over (its lock is the daemon's, not handed over)."""
     beat_fd = None
     if job.cluster:
         from ..cluster import Timing
@@ -256,14 +317,17 @@ def exec_supervisor(job: Job, lock: FlockLock, root: str, adhoc: bool, passthrou
     job_fd = memfd_of({"job": job.to_dict(), "adhoc": adhoc, "passthrough": passthrough,
                        "ready_fd": -1 if ready_fd is None else ready_fd, "lock_fd": lock.fd,
                        "dir_fd": lock.dir_fd, "history": history,
-                       "beat_fd": -1 if beat_fd is None else beat_fd, "note": note})
-    for fd in (lock.fd, lock.dir_fd, ready_fd, beat_fd):
+                       "beat_fd": -1 if beat_fd is None else beat_fd, "note": note, "adopt": adopt,
+                       "sup_fd": supfile.lock.fd if supfile else None,
+                       "sup_dir_fd": supfile.lock.dir_fd if supfile else None})
+    sup_fds = supfile.inheritable_fds() if supfile else ()
+    for fd in (lock.fd, lock.dir_fd, ready_fd, beat_fd, *sup_fds):
         if fd is not None:
             os.set_inheritable(fd, True)
     become_subreaper()
     from ..proc.spawn import close_all_but
 
-    close_all_but(tuple(fd for fd in (lock.fd, lock.dir_fd, ready_fd, job_fd, beat_fd) if fd is not None))
+    close_all_but(tuple(fd for fd in (lock.fd, lock.dir_fd, ready_fd, job_fd, beat_fd, *sup_fds) if fd is not None))
     # Its own marker, never another job's: a job started from inside another job's tree must
     # not be taken for part of it (and stopped with it).
     env = procs.clean_environ(dict(os.environ))

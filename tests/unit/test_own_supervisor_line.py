@@ -1,0 +1,106 @@
+"""The crontab line of a daemon kept alive by a supervisor of its own reads that supervisor's
+`PID START` file (lock/supfile.py) with shell builtins once the lock is held, as a shared job's line
+reads its resident's: the launcher runs only when the file names no live process of ours. Run under
+sh, with a stand-in flock(1) that says "held" and a folder standing in for /proc."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watchdog_singleton.cron.crontab import render
+from watchdog_singleton.errors import LOCK_HELD
+from watchdog_singleton.job.model import Job
+from watchdog_singleton.lock.supfile import file_name
+
+PID, START = 4242, 987654
+
+
+def job_in(locks: Path, name: str = "web", **options: Any) -> Job:
+    return Job(name=name, command=["/bin/true"], workdir="/", lock_dir=str(locks), **options)
+
+
+def tick(tmp_path: Path, job: Job, pid_file: str | None, stat: str = "") -> bool:
+    """Whether NAME's line ran the launcher (a stand-in that leaves a mark), its lock held."""
+    locks, proc, mark = Path(job.lock_dir), tmp_path / "proc", tmp_path / "ran"
+    locks.mkdir(parents=True, exist_ok=True)
+    (proc / str(PID)).mkdir(parents=True, exist_ok=True)
+    (proc / str(PID) / "stat").write_text(stat)
+    Path(job.lock_path).write_text("")
+    if pid_file is not None:
+        (locks / file_name(job.name)).write_text(pid_file)
+    flock, python = tmp_path / "flock", tmp_path / "python"
+    flock.write_text(f"#!/bin/sh\nexit {LOCK_HELD}\n")
+    python.write_text(f"#!/bin/sh\ntouch {mark}\n")
+    for tool in (flock, python):
+        tool.chmod(0o755)
+    line = render(job, str(python), str(tmp_path / "state"), str(flock)).decode()
+    command = line.split(" ", 5)[5].replace('/proc/"$p"', f'{proc}/"$p"')
+    run = subprocess.run(["sh", "-c", command], capture_output=True)
+    assert run.stdout == b"" and run.stderr == b"", run
+    return mark.exists()
+
+
+def stat_line(state: str = "S", start: int = START) -> str:
+    return f"{PID} (sup ervisor) {state} " + " ".join(str(n) for n in range(1, 19)) + f" {start} 20 21\n"
+
+
+def test_a_held_lock_whose_supervisor_lives_runs_no_launcher(tmp_path: Path) -> None:
+    assert not tick(tmp_path, job_in(tmp_path / "locks"), f"{PID} {START}\n", stat_line())
+
+
+@pytest.mark.parametrize("pid_file, stat", [
+    (f"{PID} {START}\n", ""),  # no such process
+    (f"{PID} {START}\n", stat_line(start=START + 1)),  # its pid reused by another process
+    (f"{PID} {START}\n", stat_line(state="Z")),  # killed, not yet reaped
+    (None, stat_line()),  # no file: a supervisor of an older version; the launcher writes it for it
+    ("", stat_line()),  # empty
+])
+def test_a_held_lock_whose_supervisor_is_not_seen_alive_runs_the_launcher(
+        tmp_path: Path, pid_file: str | None, stat: str) -> None:
+    assert tick(tmp_path, job_in(tmp_path / "locks"), pid_file, stat)
+
+
+def test_a_symlink_in_place_of_the_file_runs_the_launcher(tmp_path: Path) -> None:
+    job = job_in(tmp_path / "locks")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text(f"{PID} {START}\n")
+    (tmp_path / "locks").mkdir()
+    os.symlink(elsewhere, os.path.join(job.lock_dir, file_name(job.name)))
+    assert tick(tmp_path, job, None, stat_line())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file a foreign owner")
+def test_a_file_of_another_user_runs_the_launcher(tmp_path: Path) -> None:
+    job = job_in(tmp_path / "locks")
+    (tmp_path / "locks").mkdir()
+    planted = os.path.join(job.lock_dir, file_name(job.name))
+    with open(planted, "w") as f:
+        f.write(f"{PID} {START}\n")
+    os.chown(planted, 65534, 65534)
+    assert tick(tmp_path, job, None, stat_line())
+
+
+@pytest.mark.parametrize("options", [{"periodic": True, "every": 60.0}, {"lean": True},
+                                     {"cluster": "postgresql://db/ws"}])
+def test_jobs_with_nothing_to_adopt_keep_the_plain_line(tmp_path: Path, options: dict[str, Any]) -> None:
+    line = render(job_in(tmp_path, **options), "/p", "/s", "/usr/bin/flock").decode()
+    assert file_name("") not in line and '"$h"' not in line
+
+
+def test_the_line_stays_under_crons_1000_bytes_with_long_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cron cuts a line at 1000 bytes: the paths and the name go into variables, each once."""
+    home = "/home/" + "u" * 24 + "/" + "x" * 50
+    name = "n" * 64  # the longest name check_name allows
+    lock_dir = "/tmp/watchdog-singleton-" + "a" * 16 + "/" + "l" * 30
+    python, root = home + "/venv/bin/python3", home + "/.local/state/watchdog-singleton/" + "h" * 30
+    own = render(job_in(Path(lock_dir), name), python, root, "/usr/bin/flock", "-I")
+    assert b".sup.$n.pid" in own
+    assert len(own) < 1000, len(own)
+    monkeypatch.setenv("WATCHDOG_SINGLETON_LOCK_DIR", lock_dir)  # the shared resident's files beside the lock
+    shared = render(job_in(Path(lock_dir), name, shared=True), python, root, "/usr/bin/flock", "-I")
+    assert len(own) <= len(shared), "a job's own line costs more bytes than a shared job's"
