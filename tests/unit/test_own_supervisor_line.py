@@ -104,3 +104,34 @@ def test_the_line_stays_under_crons_1000_bytes_with_long_paths(monkeypatch: pyte
     monkeypatch.setenv("WATCHDOG_SINGLETON_LOCK_DIR", lock_dir)  # the shared resident's files beside the lock
     shared = render(job_in(Path(lock_dir), name, shared=True), python, root, "/usr/bin/flock", "-I")
     assert len(own) <= len(shared), "a job's own line costs more bytes than a shared job's"
+
+
+def command_of(line: bytes, name: str) -> bytes:
+    """What cron runs of our line: all after the five schedule fields, up to our tag."""
+    return line.split(b" ", 5)[5].rsplit(b" #watchdog-singleton:" + name.encode(), 1)[0]
+
+
+def test_paths_too_long_for_the_check_drop_it_rather_than_be_cut() -> None:
+    """Past cron's MAX_COMMAND the shell would run a cut command: the check for a dead supervisor
+    goes (the line still guards the lock), and it is never cut."""
+    from watchdog_singleton.cron.crontab import MAX_COMMAND, guarded
+
+    launcher = "cd / && exec /usr/bin/python3 -m watchdog_singleton run --cron --state-dir /s web"
+    for length in range(50, 800, 5):  # the shortest lock folder whose checked line is too long
+        job = job_in(Path("/tmp/" + "d" * length), "web")
+        if len(guarded(job, launcher, "/s", "/usr/bin/flock")) > MAX_COMMAND:
+            break
+    else:
+        pytest.fail("no lock folder made the checked line too long")
+    command = command_of(render(job, "/usr/bin/python3", "/s", "/usr/bin/flock"), "web")
+    assert len(command) <= MAX_COMMAND, len(command)
+    assert b".sup." not in command and b"flock -n" in command
+
+
+def test_paths_too_long_for_any_line_are_refused_as_bad_input(tmp_path: Path) -> None:
+    from watchdog_singleton.errors import USAGE, UserError
+
+    deep = "/tmp/" + "/".join(["x" * 200] * 3)
+    with pytest.raises(UserError) as caught:
+        render(job_in(Path(deep), "web"), "/usr/bin/python3", deep, "/usr/bin/flock")
+    assert caught.value.exit_code == USAGE and "past the 999 that cron reads" in str(caught.value)

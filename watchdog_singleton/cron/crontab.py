@@ -26,6 +26,9 @@ from ..job.model import Job
 from ..job.schedule import FIELDS, expand
 
 TAG = "#watchdog-singleton:"
+# cron reads at most this much of a line's command (Vixie cron's MAX_COMMAND, 1000 with its NUL) and
+# drops the rest unseen: our tag comes after the command, so only the command must fit.
+MAX_COMMAND = 999
 DISABLED = "#disabled "
 LINE_RE = re.compile(rb"^(?P<off>#disabled )?(?P<body>.*) #watchdog-singleton:(?P<name>[A-Za-z0-9_.@+-]+)$")
 
@@ -91,39 +94,46 @@ def render(job: Job, python: str, state_root: str, flock_binary: Optional[str], 
     The launcher runs from / (and with `isolation`, -I or -P): cron starts jobs in $HOME, where a
     stray json.py or dataclasses.py would otherwise shadow the standard library.
     """
-    lock_dir = shlex.quote(job.lock_dir)
-    lock = shlex.quote(job.lock_path)
     flag = f" {isolation}" if isolation else ""
     launcher = (f"cd / && exec {shlex.quote(python)}{flag} -m watchdog_singleton run --cron "
                 f"--state-dir {shlex.quote(state_root)} {job.name}")
-    if flock_binary:
-        # Only a lock file that is ours is probed; anything odd goes to the launcher, which says why
-        # (another user's file held in a folder they may write would look like a running copy).
-        held = f"[ $? = {LOCK_HELD} ]"
-        # A shared job's line also checks its resident lives (a cluster house's watcher ends every tree
-        # with it, so there is nothing to adopt); the paths go into variables: cron cuts at 1000 bytes.
-        # So does a daemon's line with its own supervisor's pid file: after a kill -9 of that
-        # supervisor the daemon holds the lock on, and the launcher adopts it (supervisor/adopt.py).
-        lives = ("" if job.cluster else shared_resident_lives(job, state_root) if job.shared else
-                 own_supervisor_lives(job) if adoptable(job) else "")
-        if lives:
-            lock_dir, lock = '"$d"', '"$l"'
-            # A job's own supervisor's file names the job too: the name goes into a variable of its own.
-            file = (f"n={job.name}; l=\"$d/$n.lock\"" if not job.shared else
-                    f"l=\"$d\"/{shlex.quote(job.name + '.lock')}")  # a valid name needs no quotes (check_name)
-            first = f"d={shlex.quote(job.lock_dir)}; {file}; "
-            held += f" && {{ {lives}; }} 2>/dev/null"
-        else:
-            first = ""
-        command = (f"{first}test -O {lock_dir} -a ! -h {lock_dir} -a -f {lock} -a -O {lock} -a ! -h {lock} && "
-                   f"{shlex.quote(flock_binary)} -n -E {LOCK_HELD} {lock} true 2>/dev/null; "
-                   f"{held} || {{ {launcher}; }}")
-    else:
-        command = launcher
+    command = guarded(job, launcher, state_root, flock_binary) if flock_binary else launcher
+    if len(cron_escape(command)) > MAX_COMMAND and flock_binary:
+        # Past cron's cut the line would run half a command: without the check for a dead
+        # supervisor it is shorter (a kill -9 of the supervisor is then mended by `restart NAME`).
+        command = guarded(job, launcher, state_root, flock_binary, lives=False)
+    if len(cron_escape(command)) > MAX_COMMAND:
+        raise UserError(f"the crontab line of {job.name} would run a command of {len(cron_escape(command))} bytes, "
+                        f"past the {MAX_COMMAND} that cron reads: choose a shorter --lock-dir, state folder "
+                        "or interpreter path")
     line = f"{job.cron_schedule} {cron_escape(command)} {TAG}{job.name}"
     if "\n" in line or "\r" in line:
         raise UserError("a newline cannot go into a crontab line")
     return line.encode()
+
+
+def guarded(job: Job, launcher: str, state_root: str, flock_binary: str, lives: bool = True) -> str:
+    """The command of a job's line: the launcher unless its lock is held by a copy that is supervised.
+
+    Only a lock file that is ours is probed; anything odd goes to the launcher, which says why
+    (another user's file held in a folder they may write would look like a running copy). A shared
+    job's line also checks its resident lives, and a daemon's line its own supervisor (after a kill
+    -9 of either the daemon holds the lock on, and the launcher adopts it: supervisor/adopt.py); a
+    cluster job's watcher ends its tree with its supervisor, so there is nothing to adopt. The
+    paths go into variables, each written once: cron reads MAX_COMMAND bytes of a command.
+    """
+    held = f"[ $? = {LOCK_HELD} ]"
+    check = ("" if job.cluster or not lives else shared_resident_lives(job, state_root) if job.shared else
+             own_supervisor_lives(job) if adoptable(job) else "")
+    if check:
+        held += f" && {{ {check}; }} 2>/dev/null"
+    # A job's own supervisor's file names the job too: then the name has a variable of its own.
+    lock = (f'n={job.name}; l="$d/$n.lock"' if check and not job.shared else
+            f'l="$d"/{shlex.quote(job.name + ".lock")}')  # a valid name needs no quotes (check_name)
+    return (f"d={shlex.quote(job.lock_dir)}; {lock}; "
+            'test -O "$d" -a ! -h "$d" -a -f "$l" -a -O "$l" -a ! -h "$l" && '
+            f'{shlex.quote(flock_binary)} -n -E {LOCK_HELD} "$l" true 2>/dev/null; '
+            f"{held} || {{ {launcher}; }}")
 
 
 def shared_resident_lives(job: Job, state_root: str) -> str:
