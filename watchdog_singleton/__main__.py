@@ -12,8 +12,26 @@ import sys
 from typing import List, Optional
 
 
+def drop_coerced_locale() -> None:
+    """Take back the LC_CTYPE the interpreter put in os.environ when it coerced the C locale
+    (PEP 538: no LANG, LC_ALL or LC_CTYPE, as under cron): a job keeps the shell's environment,
+    and this variable was never the shell's. /proc/self/environ still holds what we were given."""
+    import os
+
+    if "LC_CTYPE" not in os.environ:
+        return
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            given = f.read().split(b"\0")
+    except OSError:
+        return
+    if not any(item.startswith(b"LC_CTYPE=") for item in given):
+        del os.environ["LC_CTYPE"]
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    drop_coerced_locale()
     if args[:1] == ["run"]:
         from .tick.launch import main as launch_main
 

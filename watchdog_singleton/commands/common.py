@@ -14,6 +14,7 @@ from .. import paths
 from ..cron.crontab import CrontabEditor, CrontabIO, render
 from ..errors import FAILED, UserError
 from ..job.model import Job, JobStore
+from ..lock.flock import folder_problem
 from ..proc import procs
 from ..proc.stop import stop_job
 from ..proc.tree import Stopper
@@ -131,6 +132,12 @@ def reach_house(state: Optional[RunState]) -> None:
     assert pid is not None
     if _stopped(pid):  # it cannot answer, so no wait for it
         raise house_unreachable(state, "is stopped (SIGSTOP)")
+    taken = _folder_taken(state.house)
+    if taken:  # it puts nothing back in another user's folder: no SIGHUP, no wait can help
+        raise UserError(f"{state.name} is supervised by the shared resident pid {pid}, which cannot be reached: "
+                        f"{taken} (its lock folder was removed, then made again by someone else): nothing changed; "
+                        f"`kill {pid}` stops every shared job it runs, and the next tick of each starts it "
+                        "again in a lock folder of yours", FAILED)
     why = _ping(state, ANSWER_WAIT)
     if why is None:
         return
@@ -147,6 +154,11 @@ def reach_house(state: Optional[RunState]) -> None:
     if why is None or not state.supervisor_alive():
         return
     raise house_unreachable(state, why)
+
+
+def _folder_taken(socket: str) -> Optional[str]:
+    """Why the folder of the resident's socket is no longer ours, or None."""
+    return folder_problem(os.path.dirname(socket))
 
 
 def _stopped(pid: int) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any, Optional
 
 from .. import paths
@@ -24,10 +25,16 @@ def purge(name: str, ctx: Context, logs: list[str]) -> list[str]:
         shutil.rmtree(folder)
         removed.append(folder)
     for log in logs:
-        for path in [log] + glob.glob(glob.escape(log) + ".[0-9]*"):
-            if os.path.isfile(path) and not os.path.islink(path):
-                os.unlink(path)
-                removed.append(path)
+        # The rotated copies are LOG.1 ... LOG.N exactly: not LOG.2023-archive.txt beside them.
+        rotated = [p for p in glob.glob(glob.escape(log) + ".[0-9]*") if p[len(log) + 1:].isdigit()]
+        for path in [log] + sorted(rotated):
+            try:
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid():  # another user's: not ours to remove
+                    os.unlink(path)
+                    removed.append(path)
+            except OSError:  # gone meanwhile, or a sticky folder that is not ours
+                continue
     return removed
 
 

@@ -25,13 +25,14 @@ module for an ad-hoc run. The schedule's check (python-crontab) runs only for a 
 
 from __future__ import annotations
 
+import errno
 import os
 
 from .. import paths
 from ..envvars import LOCK_DIR_ENV
 from ..errors import UserError
 from ..files import check_log_file, creatable_dir_problem
-from ..lock.flock import check_lock_dir, default_lock_dir, is_own_default, resolve_lock_dir
+from ..lock.flock import check_lock_dir, check_lock_file, default_lock_dir, is_own_default, resolve_lock_dir
 from ..timefmt import now_iso
 from . import options
 from .clusteropts import check_cluster
@@ -89,6 +90,8 @@ def build_job(request: Any, root: str, environ: dict[str, str], *, command: str 
     workdir = os.path.abspath(given["workdir"] or os.getcwd())
     if not os.path.isdir(workdir):
         raise UserError(f"working directory {workdir} does not exist", field="workdir")
+    if not os.access(workdir, os.X_OK):  # else the first start fails, and every tick after it
+        raise UserError(f"cannot enter working directory {workdir}: {os.strerror(errno.EACCES)}", field="workdir")
     with about("command"):
         argv = resolve_command(list(request.command), workdir, env.get("PATH"))
     check_numbers(given)
@@ -184,6 +187,7 @@ def lock_dir_for(command: str, name: str, given: dict[str, Any], root: str, jobs
             default_lock_dir(root, create=command == RUN)
     with about("lock_dir"):
         check_usable_lock_dir(lock_dir, allow)
+        check_lock_file(lock_dir, name)
     return lock_dir
 
 

@@ -281,6 +281,25 @@ def check_lock_dir(path: str, allow_network_fs: bool = False) -> None:
         raise UserError(_network_fs_message(path, fs))
 
 
+def check_lock_file(lock_dir: str, name: str) -> None:
+    """Refuse a NAME.lock that is no regular file of ours (another user made it first in a folder
+    others may write): the launcher would refuse it at every tick. Missing is fine."""
+    path = os.path.join(lock_dir, f"{name}.lock")
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return  # missing, or the folder is not ours to look in: check_lock_dir says so
+    if st.st_uid != os.getuid():
+        raise UserError(not_ours(path, lock_dir, st.st_uid))
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"lock file {path} is not a regular file: refusing to use it")
+
+
+def not_ours(path: str, lock_dir: str, owner: int) -> str:
+    return (f"lock file {path} belongs to uid {owner}, not to you: refusing to use it "
+            f"(whoever may write {lock_dir} can block the job so: use a lock folder only you can write)")
+
+
 def _network_fs_message(path: str, fs: str) -> str:
     return (f"lock folder {path} is on {fs}: flock there is not a per-host lock you can trust; "
             "use local /tmp or pass --allow-network-fs")
@@ -406,8 +425,7 @@ class FlockLock:
         return fd
 
     def _not_ours(self, owner: int) -> str:
-        return (f"lock file {self.path} belongs to uid {owner}, not to you: refusing to use it "
-                f"(whoever may write {self.lock_dir} can block the job so: use a lock folder only you can write)")
+        return not_ours(self.path, self.lock_dir, owner)
 
     def _is_at_path(self, fd: int) -> bool:
         try:

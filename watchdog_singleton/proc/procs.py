@@ -9,6 +9,7 @@ Standard library only, and light: the resident supervisor imports this.
 from __future__ import annotations
 
 import os
+import stat
 
 from ..envvars import JOB_ENV, NAME_ENV, TOKEN_ENV
 
@@ -132,12 +133,18 @@ def reap_exited() -> list[tuple[int, int]]:
 
 
 def holding_file(table: dict[int, Proc], path: str) -> set[int]:
-    """Our processes with an open descriptor on `path`'s inode (holders of an inherited lock)."""
+    """Our processes with an open descriptor on `path`'s inode (holders of an inherited lock).
+
+    Only a regular file of ours at `path` is looked up: a symlink another user planted in a lock
+    folder others may write would otherwise name whatever file of ours it points to, and every
+    stop signals these holders."""
+    uid = os.getuid()
     try:
-        target = os.stat(path)
+        target = os.stat(path, follow_symlinks=False)
     except OSError:
         return set()
-    uid = os.getuid()
+    if target.st_uid != uid or not stat.S_ISREG(target.st_mode):
+        return set()
     found = set()
     for info in table.values():
         if info.uid != uid or info.pid == os.getpid():

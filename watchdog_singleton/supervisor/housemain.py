@@ -50,8 +50,10 @@ class Door:
         self.house_lock = house_lock
         self.pid_file = path[:-len(".sock")] + ".pid"  # housewire.pid_path: the crontab line reads it
         self.open: set[_socket.socket] = set()
-        self.sock, self.ino = self._bind()
-        self.pid_ino = write_pid_file(self.pid_file)
+        self.sock: Optional[_socket.socket] = None
+        self.ino: Optional[int] = None
+        self.pid_ino: Optional[int] = None
+        self.look()  # binds and writes the pid file only in the folder of the house lock we hold
         house.looks.append(self.look)
 
     def _bind(self) -> tuple[_socket.socket, int]:
@@ -72,34 +74,39 @@ class Door:
 
     def look(self) -> None:
         """With the jobs' lock watch: a /tmp cleaner that deleted the house lock or the socket
-        has them put back (as each job's lock is), so the next tick still finds us."""
+        has them put back (as each job's lock is), so the next tick still finds us. Nothing is
+        made in a folder that is not the house lock's, ours: one another user made at that name
+        after a cleaner (the anchor starts us on the old folder's name) is left alone."""
         if not self.house_lock.still_ours() and self.house_lock.repair() != REPAIRED:
             return  # another resident holds the path now (or the folder cannot be had): it serves there
         self.house_lock.refresh()
         if self.pid_ino is None or file_ino(self.pid_file) != self.pid_ino:
             self.pid_ino = write_pid_file(self.pid_file)
         here = file_ino(self.path)
-        if here == self.ino:
+        if self.sock is not None and here == self.ino:
             return
         old = self.sock
         self.sock, self.ino = self._bind()
-        self.house.pump.unlisten(old.fileno())
-        old.close()
+        if old is not None:
+            self.house.pump.unlisten(old.fileno())
+            old.close()
 
     def close(self) -> None:
-        self.house.pump.unlisten(self.sock.fileno())
+        if self.sock is not None:
+            self.house.pump.unlisten(self.sock.fileno())
         for path, ino in ((self.path, self.ino), (self.pid_file, self.pid_ino)):
             try:
-                if file_ino(path) == ino:
+                if ino is not None and file_ino(path) == ino:
                     os.unlink(path)
             except OSError:
                 pass
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
         for conn in list(self.open):
             self._hang_up(conn)
 
     def _accept(self) -> None:
-        while True:
+        while self.sock is not None:
             try:
                 fd, _ = self.sock._accept()  # type: ignore[attr-defined]  # _socket's accept: no socket.py
             except OSError:  # BlockingIOError: none left; anything else: the next poll tries again
