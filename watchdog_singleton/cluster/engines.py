@@ -12,7 +12,7 @@ from ..errors import USAGE, UserError
 from . import Timing, redact
 
 if TYPE_CHECKING:
-    from . import ClusterLease
+    from . import ClusterLease, SharedLink
 
 
 def open_cluster(url: str, timing: Optional[Timing] = None, holder: Optional[str] = None,
@@ -23,5 +23,17 @@ def open_cluster(url: str, timing: Optional[Timing] = None, holder: Optional[str
         from .postgres import PostgresLease
 
         return PostgresLease(url, timing or Timing(), holder=holder, host=host)
+    raise UserError(f"cluster {redact(url)!r}: unknown kind; use postgresql://USER@HOST/DB "
+                    "(the password goes in ~/.pgpass)", USAGE)
+
+
+def open_link(url: str, timing: Timing, host: Optional[str] = None) -> "SharedLink":
+    """One connection to `url` for the engines of many jobs (the cluster house): `lease_for`
+    gives each job's engine, `renew_all` renews all their grants in one round trip."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresLink
+
+        return PostgresLink(url, timing.attempt, host=host)
     raise UserError(f"cluster {redact(url)!r}: unknown kind; use postgresql://USER@HOST/DB "
                     "(the password goes in ~/.pgpass)", USAGE)

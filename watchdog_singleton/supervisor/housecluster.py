@@ -42,7 +42,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
     from typing import Callable, Optional
 
-    from ..cluster import ClusterLease
+    from ..cluster import ClusterLease, SharedLink
+    from ..cluster.renewer import Renewer
     from ..job.model import Job
     from .core import Supervisor
     from .house import Member
@@ -58,12 +59,6 @@ def head_for(timing: Timing) -> float:
 def room_of(timing: Timing) -> float:
     """From the give-up deadline to the last moment SIGKILL may go to the tree."""
     return max(0.0, timing.stop_budget() - KILL_LANDS)
-
-
-def open_engine(job: Job) -> ClusterLease:
-    from ..cluster.engines import open_cluster
-
-    return open_cluster(job.cluster, Timing.for_lease(job.lease))  # connects at its first ask
 
 
 def beat_of(now: float, jobs: list[tuple[Timing, float, bool, bool, float]]) -> tuple[float, float, float]:
@@ -91,12 +86,14 @@ class ClusterDuty:
     """The cluster house's part in House: each job's lease engine, and the beats to the watcher."""
 
     def __init__(self, members: dict[str, Member], send: Callable[[float, float], None],
-                 clock: Callable[[], float] = boottime, engine: Callable[[Job], ClusterLease] = open_engine,
+                 clock: Callable[[], float] = boottime, engine: Optional[Callable[[Job], ClusterLease]] = None,
                  beside: bool = True) -> None:
         self.members = members  # the house's: a job no longer there is no longer beaten for
         self.send = send
         self.clock = clock  # the leases' clock (CLOCK_BOOTTIME; the fake world's in tests)
-        self.engine = engine
+        self.engine = engine or self.shared_engine  # tests: engines of their own (a fake database)
+        self.links: dict[str, SharedLink] = {}  # by database URL: one connection each
+        self.renewers: dict[SharedLink, Renewer] = {}  # by link: one renew thread each
         self.beside = beside  # the gates' round trips in threads of their own (False: inline, tests)
         self.sups: dict[str, Supervisor] = {}
         self.lock = _thread.allocate_lock()  # one beat at a time: the loop's and the renew threads'
@@ -107,17 +104,39 @@ class ClusterDuty:
     def cluster_for(self, job: Job) -> ClusterLease:
         return self.engine(job)
 
+    def shared_engine(self, job: Job) -> ClusterLease:
+        """JOB's lease engine over the house's one connection to its database (opened at the first ask)."""
+        from ..cluster.engines import open_link
+
+        timing = Timing.for_lease(job.lease)
+        link = self.links.get(job.cluster)
+        if link is None:
+            link = self.links[job.cluster] = open_link(job.cluster, timing)
+        return link.lease_for(timing)
+
     def join(self, sup: Supervisor) -> None:
-        """A cluster job taken: its guard waits for nothing in the loop, its deadlines beat."""
+        """A cluster job taken: its guard waits for nothing in the loop, its grant is renewed with
+        the others on its database, its deadlines beat."""
         guard = sup.guard
         assert guard is not None
         guard.timing = guard.keeper.timing = replace(guard.timing, head=head_for(guard.timing))
         guard.patient = False
         guard.beside = self.beside
         guard.keeper.on_deadline = lambda deadline: self.beat()
+        link: Optional[SharedLink] = getattr(guard.cluster, "link", None)
+        if link is not None:
+            guard.together = self.renewer_for(link, guard.clock, guard.threaded)
         with self.lock:
             self.sups[sup.job.name] = sup
         self.beat()
+
+    def renewer_for(self, link: SharedLink, clock: Callable[[], float], threaded: bool) -> Renewer:
+        from ..cluster.renewer import Renewer
+
+        renewer = self.renewers.get(link)
+        if renewer is None:
+            renewer = self.renewers[link] = Renewer(link, clock, threaded, told=self.beat)
+        return renewer
 
     def wrap(self, wait: Callable[[float], None]) -> Callable[[float], None]:
         """The house's wait (its loop's, and a stop's pauses): never past the next give-up
