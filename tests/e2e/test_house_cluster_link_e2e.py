@@ -64,7 +64,7 @@ def test_five_shared_cluster_jobs_hold_one_connection_and_survive_its_loss(sandb
     jobs = [install(sandbox, str(pg_cluster), f"c{i}") for i in range(JOBS)]
     names = [name for name, _ in jobs]
     try:
-        for name, marker in jobs:
+        for name in names:
             wait_for(lambda name=name: os.path.exists(sandbox.path(name + ".token")), 20,  # type: ignore[misc]
                      what=f"{name}'s daemon")
         [house] = residents(sandbox)

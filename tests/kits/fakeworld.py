@@ -245,7 +245,8 @@ class FakeLink:
         for grant, ttl in asks:
             self.db.beats[(grant.name, self.host)] = now
             row = self.db.leases.get(grant.name)
-            if row is None or row["holder"] != grant.holder or row["generation"] != grant.token or row["expires"] <= now:
+            mine = row is not None and (row["holder"], row["generation"]) == (grant.holder, grant.token)
+            if row is None or not mine or row["expires"] <= now:
                 continue
             row["expires"] = now + ttl
             renewed[grant.name] = Grant(grant.name, grant.holder, grant.token, str(row["expires"]))

@@ -215,16 +215,19 @@ class PostgresLink:
         self.psycopg = _driver()
         self.conn: Any = None
         self.lock = _thread.RLock()  # held for each round trip (and the schema's creation inside one)
+        self.retune = False  # a user with a shorter round trip came: reconnect with its timeouts
 
     def lease_for(self, timing: Timing, holder: Optional[str] = None) -> PostgresLease:
         """A job's engine whose round trips go over this connection (its close leaves it open)."""
-        with self.lock:
-            if timing.attempt < self.attempt:
-                self.attempt = timing.attempt
-                self.drop()  # reopened with the shorter timeouts at the next round trip
+        if timing.attempt < self.attempt:  # never waits for a round trip in flight (the house's loop calls this)
+            self.attempt = timing.attempt
+            self.retune = True  # reopened with the shorter timeouts at the next round trip
         return PostgresLease(self.url, timing, holder=holder, host=self.host, link=self)
 
     def connect(self) -> Any:
+        if self.retune:
+            self.retune = False
+            self.drop()
         if self.conn is not None and not self.conn.closed:
             return self.conn
         psycopg = self.psycopg
