@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+import pytest
+
 from conftest import Sandbox, holds_for, is_zombie, pids_with_arg, wait_for
 from sharedkit import residents
 
-from watchdog_singleton.cluster import Timing
+from watchdog_singleton.cluster import LeaseUnavailable, Timing
 
 if TYPE_CHECKING:
     from pgkit import PgCluster
@@ -88,3 +90,48 @@ def test_five_shared_cluster_jobs_hold_one_connection_and_survive_its_loss(sandb
     finally:
         for name in names:
             sandbox.ws("uninstall", name)
+
+
+def test_renew_all_renews_every_grant_in_one_statement_and_leaves_out_one_taken(pg_cluster: PgCluster) -> None:
+    """PostgresLink.renew_all on the real schema: each row its own lease, a row another host took
+    is not in the answer (lost for that job alone), and a busy connection is an outage, not a wait."""
+    import secrets
+    import threading
+
+    from watchdog_singleton.cluster.engines import open_link
+
+    names = [f"ra-{secrets.token_hex(3)}-{i}" for i in range(3)]
+    short, long = Timing.for_lease(6.0), Timing.for_lease(60.0)
+    link = open_link(pg_cluster.url_with_passfile, long, host="h1")
+    try:
+        engines = [link.lease_for(short), link.lease_for(short), link.lease_for(long)]
+        grants = [engine.acquire(name) for engine, name in zip(engines, names)]
+        assert all(g is not None for g in grants)
+        # Another host takes the first row (as after its expiry): a new holder, a new token.
+        pg_cluster.psql(f"UPDATE ws_lease SET holder = 'h2:b:1:1', generation = generation + 1 "
+                        f"WHERE name = '{names[0]}'", dbname=pg_cluster.dbname)
+        asks = [(g, t.lease) for g, t in zip(grants, (short, short, long)) if g is not None]
+        renewed = link.renew_all(asks, short.attempt)
+        assert sorted(renewed) == sorted(names[1:])
+        left = pg_cluster.psql(f"SELECT name, round(extract(epoch FROM expires_at - renewed_at)) FROM ws_lease "
+                               f"WHERE name IN ('{names[1]}', '{names[2]}') ORDER BY name", dbname=pg_cluster.dbname)
+        assert left.split() == [f"{names[1]}|6", f"{names[2]}|60"]
+        # The connection held by another round trip for longer than ours may take: unavailable.
+        held = threading.Event()
+        done = threading.Event()
+
+        def hold() -> None:
+            with link.lock:  # type: ignore[attr-defined]
+                held.set()
+                done.wait(10)
+        threading.Thread(target=hold, daemon=True).start()
+        assert held.wait(5)
+        try:
+            with pytest.raises(LeaseUnavailable, match="busy"):
+                link.renew_all(asks[1:], 0.2)
+        finally:
+            done.set()
+        for engine, grant in zip(engines[1:], grants[1:]):
+            assert grant is not None and engine.release(grant)
+    finally:
+        link.drop()

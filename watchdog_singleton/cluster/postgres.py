@@ -216,9 +216,11 @@ class PostgresLink:
         self.conn: Any = None
         self.lock = _thread.RLock()  # held for each round trip (and the schema's creation inside one)
         self.retune = False  # a user with a shorter round trip came: reconnect with its timeouts
+        self.shared = False  # engines of several jobs use it (`lease_for`)
 
     def lease_for(self, timing: Timing, holder: Optional[str] = None) -> PostgresLease:
         """A job's engine whose round trips go over this connection (its close leaves it open)."""
+        self.shared = True
         if timing.attempt < self.attempt:  # never waits for a round trip in flight (the house's loop calls this)
             self.attempt = timing.attempt
             self.retune = True  # reopened with the shorter timeouts at the next round trip
@@ -242,56 +244,75 @@ class PostgresLink:
         """Run one statement (with its timeout) and return its rows (`every`) or its first row
         only; creates the schema on first use. Every driver error becomes LeaseUnavailable, and
         the connection is renewed."""
+        self._take(attempt)
+        try:
+            return self._execute(sql, params, attempt, create, every)
+        finally:
+            self.lock.release()
+
+    def _take(self, attempt: float) -> None:
+        """The connection. Shared (the cluster house), within one round trip's time: another job's
+        round trip in flight delays ours by at most that, and a queue of them (an outage, each
+        connect timing out) fails ours as an outage would instead of holding up the house's loop."""
+        if not self.shared:
+            self.lock.acquire()  # one job's own: as psycopg's own lock would have it
+        elif not self.lock.acquire(True, max(attempt, 0.001)):
+            raise LeaseUnavailable(f"cluster database {redact(self.url)}: its connection stayed busy "
+                                   f"for {attempt:g} s (another job's round trip)")
+
+    def _execute(self, sql: str, params: dict[str, Any], attempt: float, create: bool,
+                 every: bool) -> list[tuple[Any, ...]]:
         psycopg = self.psycopg
         timeout = statement_timeout(attempt)
-        with self.lock:
-            conn = self.connect()
+        conn = self.connect()
+        try:
             try:
-                try:
-                    cur = conn.execute(timeout + sql, params)
-                except psycopg.errors.UndefinedTable:
-                    if not create:
-                        raise
-                    self.ensure_schema()
-                    cur = conn.execute(timeout + sql, params)
-                cur.nextset()
-                if not cur.description:
-                    return []
-                rows: list[tuple[Any, ...]] = cur.fetchall() if every else [cur.fetchone()]
-                return [row for row in rows if row is not None]
+                cur = conn.execute(timeout + sql, params)
             except psycopg.errors.UndefinedTable:
-                raise
-            except psycopg.Error as exc:
-                self.drop()
-                raise LeaseUnavailable(f"cluster database {redact(self.url)}: {_first_line(exc)}") from None
+                if not create:
+                    raise
+                self.ensure_schema()
+                cur = conn.execute(timeout + sql, params)
+            cur.nextset()
+            if not cur.description:
+                return []
+            rows: list[tuple[Any, ...]] = cur.fetchall() if every else [cur.fetchone()]
+            return [row for row in rows if row is not None]
+        except psycopg.errors.UndefinedTable:
+            raise
+        except psycopg.Error as exc:
+            self.drop()
+            raise LeaseUnavailable(f"cluster database {redact(self.url)}: {_first_line(exc)}") from None
 
     def rows(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         psycopg = self.psycopg
-        with self.lock:
-            conn = self.connect()
-            try:
-                cur = conn.execute(sql, params)
-                rows: list[tuple[Any, ...]] = cur.fetchall()
-                return rows
-            except psycopg.errors.UndefinedTable:
-                return []
-            except psycopg.Error as exc:
-                self.drop()
-                raise LeaseUnavailable(f"cluster database {redact(self.url)}: {_first_line(exc)}") from None
+        self._take(self.attempt)
+        try:
+            cur = self.connect().execute(sql, params)
+            rows: list[tuple[Any, ...]] = cur.fetchall()
+            return rows
+        except psycopg.errors.UndefinedTable:
+            return []
+        except psycopg.Error as exc:
+            self.drop()
+            raise LeaseUnavailable(f"cluster database {redact(self.url)}: {_first_line(exc)}") from None
+        finally:
+            self.lock.release()
 
     def ensure_schema(self) -> None:
         """Create the tables if missing (one transaction, serialised); refuse a newer schema."""
-        with self.lock:
-            conn = self.connect()
-            try:
-                cur = conn.execute(SCHEMA)
-                while cur.nextset():
-                    pass
-                row = cur.fetchone()
-            except self.psycopg.Error as exc:
-                self.drop()
-                raise LeaseUnavailable(f"cluster database {redact(self.url)}: cannot create the lease tables: "
-                                       f"{_first_line(exc)}") from None
+        self._take(self.attempt)
+        try:
+            cur = self.connect().execute(SCHEMA)
+            while cur.nextset():
+                pass
+            row = cur.fetchone()
+        except self.psycopg.Error as exc:
+            self.drop()
+            raise LeaseUnavailable(f"cluster database {redact(self.url)}: cannot create the lease tables: "
+                                   f"{_first_line(exc)}") from None
+        finally:
+            self.lock.release()
         version = int(row[0]) if row else 0
         if version != SCHEMA_VERSION:
             raise LeaseError(f"cluster database {redact(self.url)} has lease schema version {version}; "
@@ -315,10 +336,10 @@ class PostgresLink:
         return renewed
 
     def drop(self) -> None:
-        """Close the connection (it may be broken already); the next round trip opens another."""
-        with self.lock:
-            close_quietly(self.conn)
-            self.conn = None
+        """Close the connection (it may be broken already); the next round trip opens another.
+        Only with the connection taken (`_take`), or by its only user."""
+        close_quietly(self.conn)
+        self.conn = None
 
 
 class PostgresLease:
