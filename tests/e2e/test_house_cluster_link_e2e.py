@@ -10,7 +10,6 @@ import os
 from typing import TYPE_CHECKING
 
 import pytest
-
 from conftest import Sandbox, holds_for, is_zombie, pids_with_arg, wait_for
 from sharedkit import residents
 
