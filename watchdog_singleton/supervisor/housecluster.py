@@ -11,8 +11,17 @@ a watcher above itself (tick/handover.py, as a cluster job's own supervisor does
 its parent and a subreaper, so when the house dies everything below it (every job's tree) comes
 to the watcher, which stops it all.
 
-Each job is a `core.Supervisor` with its ClusterGuard, renew thread and LeaseGate, as a supervisor
-of its own has them. What the house adds is one beat for all of them: a deadline W and a grace g
+Each job is a `core.Supervisor` with its ClusterGuard and LeaseGate, as a supervisor of its own
+has them, and its own lease row, token and give-up deadline. What they share is the database:
+one connection per database URL (`shared_engine`: each job's engine over the URL's link), and
+one renew thread per link (cluster/renewer.py) that renews every grant held there in one
+statement once any of them is due. Each job's G is still sent + renew_deadline from the send
+time of the statement that renewed it (read before waiting for the connection, so never later
+than the real send); a row that does not come back is lost for its job alone, a database error
+is a retry for all, each until its own G. The gate's asks, releases and turns go over the same
+connection, one round trip at a time, each waiting for it at most one round trip's time.
+
+What the house adds is one beat for all of them: a deadline W and a grace g
 such that, should the house stop answering (SIGSTOP, a hang) or die, the watcher stopping every
 tree at W with g (then SIGKILL) ends each job's tree before its lease can pass. For job j, with
 G its give-up deadline (CLOCK_BOOTTIME, from the send time of its last renew that succeeded,
@@ -26,8 +35,11 @@ W = min W_j and g = min over j of min(g_j, K_j - W), so W + g <= K_j for every j
 start is why the watcher never stops all the trees when one job loses its lease while the house
 is well: the house gives up on j at G and switches j to its second line (W_j = K) before W = G +
 head comes. It is taken out of the grace (`Timing.head`), half the room at most. Beats are sent
-from the renew threads (each grant and renew), and from every wait of the house's loop, which
-never sleeps past the next G.
+at each grant, once after each renew round trip (for all the jobs it renewed), and from every
+wait of the house's loop, which never sleeps past the next G. The batched renew keeps this
+true: renewing a job early, or telling its new G a moment after the round trip's other answers,
+only ever moves that job's G (so W) later, and a watcher acting on the earlier W is early, never
+late; a new grant (a G that was not counted before) is told at once, as before.
 """
 
 from __future__ import annotations
