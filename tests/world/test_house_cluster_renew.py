@@ -265,3 +265,31 @@ def test_the_house_opens_one_link_per_database_url(monkeypatch: pytest.MonkeyPat
             for i, url in enumerate(list(dbs) * 3)]
     assert opened == list(dbs)
     assert len({id(e.link) for e in made}) == 2  # type: ignore[attr-defined]
+
+
+def test_a_sync_job_leaves_the_round_trip_between_runs_and_a_daemon_stays_in_it(tmp_path: Any) -> None:
+    """A --sync periodic job (every 10 s, runs 5 s) beside a daemon on the same link: each run's
+    grant is renewed with the daemon's while it runs, given back after it, and never renewed
+    after that; the daemon's grant is renewed through it all."""
+    s = Setup(tmp_path)
+    try:
+        s.take("d")
+        s.take("p", periodic=True, every=10.0, sync=True, restart="never")
+
+        def runs_five_seconds(proc: FakeProc) -> None:
+            if proc.token == s.jobs["p"].lock_path:
+                s.world.after(5.0, lambda: s.world.exit(proc.pid, 0))
+        s.world.on_spawn = runs_five_seconds
+        s.run_until(T0 + 7)
+        assert s.expiry("p") is None, "p's grant outlived its run"
+        s.run_until(T0 + 34)
+        assert [round(p.born - T0) for p in s.daemons("p")] == [0, 10, 20, 30]
+        assert len(s.daemons("d")) == 1 and s.expiry("d") is not None
+        assert per_job_renews(s.db) == []
+        with_p = [r for r in s.link.rounds if "p" in r]
+        assert with_p and all("d" in r for r in s.link.rounds)
+        assert len(with_p) < len(s.link.rounds)  # p left the round trip between its runs
+        assert s.db.slots["p"][1] == 4  # one slot per run
+        assert s.expiry("p") is not None  # the fourth run holds it (T0+30 to T0+35)
+    finally:
+        s.close()
