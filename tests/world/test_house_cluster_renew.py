@@ -293,3 +293,34 @@ def test_a_sync_job_leaves_the_round_trip_between_runs_and_a_daemon_stays_in_it(
         assert s.expiry("p") is not None  # the fourth run holds it (T0+30 to T0+35)
     finally:
         s.close()
+
+
+def test_the_renew_thread_renews_together_on_time_and_ends_with_its_last_grant() -> None:
+    """The threaded Renewer on the real clock (a lease of 1.2 s: a renew every 0.2 s): one round
+    trip for both grants each time, and no thread left once the last grant is removed."""
+    from conftest import holds_for, wait_for
+
+    from watchdog_singleton.cluster.keeper import boottime
+
+    fast = Timing.for_lease(1.2)
+    clock = [boottime()]
+
+    class Live(SlowLink):
+        def renew_all(self, asks: list[tuple[Grant, float]], attempt: float) -> dict[str, Grant]:
+            self.clock[0] = boottime()
+            return super().renew_all(asks, attempt)
+
+    link = Live(clock, took=0.0)
+    renewer = Renewer(link, clock=boottime, threaded=True)
+    a, b = held_keeper("a", clock, fast), held_keeper("b", clock, fast)
+    for keeper in (a, b):
+        keeper.clock = boottime
+        renewer.add(keeper, lambda: None)
+    wait_for(lambda: len(link.asked) >= 3, 5, what="three renews")
+    assert all(sorted(names) == ["a", "b"] for names in link.asked)
+    assert a.give_up_at > boottime() and not a.lost(boottime()) and not b.lost(boottime())
+    renewer.remove(a)
+    renewer.remove(b)
+    wait_for(lambda: not renewer.running, 5, what="the renew thread's end")
+    asked = len(link.asked)
+    assert holds_for(lambda: len(link.asked) == asked, 3 * fast.retry), "renewed after the last grant left"
