@@ -212,23 +212,62 @@ class FakeDatabase:
     def host(self, name: str, lease: float) -> "FakeCluster":
         return FakeCluster(self, name, lease)
 
+    def link(self, host: str) -> "FakeLink":
+        """One connection of HOST's for the engines of many jobs (the cluster house's SharedLink)."""
+        return FakeLink(self, host)
+
+    def ask(self, host: str, what: str) -> float:
+        self.calls.append((host, what))
+        if what in self.fail_next:
+            self.fail_next.discard(what)
+            raise LeaseUnavailable("cluster database postgresql://u@db/ws: server closed the connection")
+        if not self.reachable:
+            raise LeaseUnavailable("cannot reach cluster database postgresql://u@db/ws: timeout expired")
+        return self.world.now
+
+
+class FakeLink:
+    """SharedLink over a FakeDatabase: what postgres.PostgresLink does, renew_all's one statement
+    included; `rounds` lists the names each renew_all asked for."""
+
+    def __init__(self, db: FakeDatabase, host: str) -> None:
+        self.db, self.host = db, host
+        self.rounds: list[list[str]] = []
+        self.drops = 0
+
+    def lease_for(self, timing: Any) -> "FakeCluster":
+        return FakeCluster(self.db, self.host, timing.lease, link=self)
+
+    def renew_all(self, asks: list[tuple[Grant, float]], attempt: float) -> dict[str, Grant]:
+        self.rounds.append([grant.name for grant, _ in asks])
+        now = self.db.ask(self.host, "renew_all")
+        renewed: dict[str, Grant] = {}
+        for grant, ttl in asks:
+            self.db.beats[(grant.name, self.host)] = now
+            row = self.db.leases.get(grant.name)
+            mine = row is not None and (row["holder"], row["generation"]) == (grant.holder, grant.token)
+            if row is None or not mine or row["expires"] <= now:
+                continue
+            row["expires"] = now + ttl
+            renewed[grant.name] = Grant(grant.name, grant.holder, grant.token, str(row["expires"]))
+        return renewed
+
+    def drop(self) -> None:
+        self.drops += 1
+
 
 class FakeCluster:
-    """ClusterLease for one host over a FakeDatabase."""
+    """ClusterLease for one host over a FakeDatabase; `link`: its connection (shared by the
+    engines `FakeLink.lease_for` gives, else its own)."""
 
-    def __init__(self, db: FakeDatabase, host: str, lease: float) -> None:
+    def __init__(self, db: FakeDatabase, host: str, lease: float, link: Optional[FakeLink] = None) -> None:
         self.db, self.host, self.lease = db, host, lease
         self.holder = f"{host}:boot:1:1"
         self.seen_holder = ""
+        self.link = link or FakeLink(db, host)
 
     def _ask(self, what: str) -> float:
-        self.db.calls.append((self.host, what))
-        if what in self.db.fail_next:
-            self.db.fail_next.discard(what)
-            raise LeaseUnavailable("cluster database postgresql://u@db/ws: server closed the connection")
-        if not self.db.reachable:
-            raise LeaseUnavailable("cannot reach cluster database postgresql://u@db/ws: timeout expired")
-        return self.db.world.now
+        return self.db.ask(self.host, what)
 
     def _beat(self, name: str, now: float) -> None:
         self.db.beats[(name, self.host)] = now

@@ -78,6 +78,19 @@ if TYPE_CHECKING:
 
         def close(self) -> None: ...
 
+    class SharedLink(Protocol):
+        """One connection to a database for the engines of many jobs (the cluster house)."""
+
+        def lease_for(self, timing: Timing) -> ClusterLease:
+            """A job's engine whose round trips go over this connection (its close leaves it open)."""
+
+        def renew_all(self, asks: list[tuple[Grant, float]], attempt: float) -> dict[str, Grant]:
+            """Renew each grant (with its lease's seconds) in one round trip; the grants that came
+            back, by name (one missing is lost). Raises LeaseUnavailable: nothing is known."""
+
+        def drop(self) -> None:
+            """Close the connection; the next round trip opens another."""
+
 
 MAX_TOKEN = 2**63 - 1  # a bigint
 DEFAULT_LEASE: float = OPTIONS["lease"].default  # Timing.for_lease renews every sixth of it

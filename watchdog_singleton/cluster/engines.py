@@ -12,16 +12,33 @@ from ..errors import USAGE, UserError
 from . import Timing, redact
 
 if TYPE_CHECKING:
-    from . import ClusterLease
+    from . import ClusterLease, SharedLink
 
 
 def open_cluster(url: str, timing: Optional[Timing] = None, holder: Optional[str] = None,
                  host: Optional[str] = None) -> "ClusterLease":
     """The engine for `url`'s scheme. Connects lazily: the first call may raise LeaseUnavailable."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in ("postgresql", "postgres"):
+    if _postgres(url):
         from .postgres import PostgresLease
 
         return PostgresLease(url, timing or Timing(), holder=holder, host=host)
-    raise UserError(f"cluster {redact(url)!r}: unknown kind; use postgresql://USER@HOST/DB "
-                    "(the password goes in ~/.pgpass)", USAGE)
+    raise _unknown(url)
+
+
+def open_link(url: str, timing: Timing, host: Optional[str] = None) -> "SharedLink":
+    """One connection to `url` for the engines of many jobs (the cluster house): `lease_for`
+    gives each job's engine, `renew_all` renews all their grants in one round trip."""
+    if _postgres(url):
+        from .postgres import PostgresLink
+
+        return PostgresLink(url, timing.attempt, host=host)
+    raise _unknown(url)
+
+
+def _postgres(url: str) -> bool:
+    return "://" in url and url.split("://", 1)[0].lower() in ("postgresql", "postgres")
+
+
+def _unknown(url: str) -> UserError:
+    return UserError(f"cluster {redact(url)!r}: unknown kind; use postgresql://USER@HOST/DB "
+                     "(the password goes in ~/.pgpass)", USAGE)

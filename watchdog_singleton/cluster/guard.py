@@ -16,9 +16,10 @@ runs then that a slow round trip could hold up. Tests pass `threaded=False` and 
 and the supervisor's tick renews inline.
 
 In the shared resident, whose loop serves other jobs too, the guard is `patient = False`: it
-never waits for its renew thread, and with `beside = True` the gate's round trips (acquire, the
-sync slot, the turn) run in a thread of their own (`ask_beside`), whose answer the next `gate`
-takes; the loop only waits for a wake.
+never waits for its renew thread (in the cluster house it has none: `together`, renewer.py,
+renews every job's grant on that database in one round trip from one thread), and with
+`beside = True` the gate's round trips (acquire, the sync slot, the turn) run in a thread of
+their own (`ask_beside`), whose answer the next `gate` takes; the loop only waits for a wake.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annot
 
     from ..job.model import Job
     from . import ClusterLease
+    from .renewer import Renewer
 
 
 def heartbeat_tick(job: Job) -> float:
@@ -80,6 +82,7 @@ class ClusterGuard:
         self.asking = False  # that thread runs
         self._closing = _thread.allocate_lock()  # `close` and the end of that thread, one at a time
         self.closed = False
+        self.together: Optional[Renewer] = None  # the cluster house: one renewer for every job on the database
 
     # -- asking --------------------------------------------------------------------------------
     @property
@@ -168,11 +171,20 @@ class ClusterGuard:
         return max(0.0, when - self.clock())
 
     def tick(self) -> None:
-        """Inline mode: renew when due. Threaded: the renew thread does it."""
-        if not self.threaded and self.keeper.due(self.clock()):
+        """Inline mode: renew when due (with `together`: every grant on the database once any is
+        due). Threaded: the renew thread does it."""
+        if self.threaded:
+            return
+        if self.together is not None:
+            self.together.tick()
+        elif self.keeper.due(self.clock()):
             self.keeper.renew()
 
     def start_renewing(self) -> None:
+        if self.together is not None:
+            if self.keeper.grant is not None:
+                self.together.add(self.keeper, self.wake)
+            return
         if not self.threaded or self._stop_lock is not None or self.keeper.grant is None:
             return
         stop, done = _thread.allocate_lock(), _thread.allocate_lock()
@@ -203,6 +215,9 @@ class ClusterGuard:
             done.release()
 
     def stop_renewing(self) -> None:
+        if self.together is not None:
+            self.together.remove(self.keeper)  # never waits: an answer in flight goes to no one
+            return
         stop, done = self._stop_lock, self._done_lock
         self._stop_lock = self._done_lock = None
         if stop is None or done is None:

@@ -68,7 +68,7 @@ class LeaseKeeper:
             self._granted(grant, sent)
         return grant
 
-    def _granted(self, grant: Grant, sent: float) -> None:
+    def _granted(self, grant: Grant, sent: float, tell: bool = True) -> None:
         # The deadline before the grant: the shared resident reads both from another thread, and
         # a new grant beside an old, passed deadline would look like a lease being lost.
         self.give_up_at = sent + self.timing.renew_deadline
@@ -76,7 +76,8 @@ class LeaseKeeper:
         self._lost = False
         self.problem = ""
         self.grant = grant
-        self.on_deadline(self.give_up_at)
+        if tell:
+            self.on_deadline(self.give_up_at)
 
     def due(self, now: float) -> bool:
         return self.grant is not None and now >= self.next_renew
@@ -93,21 +94,40 @@ class LeaseKeeper:
 
     def renew(self) -> str:
         """One renew attempt; never raises for an unreachable engine (RETRY)."""
-        if self.grant is None or self._lost:
-            return LOST
         sent = self.clock()
-        if sent >= self.give_up_at:
-            return self._lose(f"no renew of {self.name} succeeded for {self.timing.renew_deadline:g} s")
+        verdict = self.asking(sent)
+        if verdict is not None:
+            return verdict
+        assert self.grant is not None
         try:
             renewed = self.cluster.renew(self.grant)
         except LeaseUnavailable as exc:
-            self.problem = str(exc)
-            self.next_renew = min(sent + self.timing.retry, self.give_up_at)
-            return RETRY
+            return self.failed(str(exc), sent)
+        return self.answered(renewed, sent)
+
+    def asking(self, sent: float) -> Optional[str]:
+        """Before a renew sent at `sent`: LOST when there is nothing to renew any more, else None."""
+        if self.grant is None or self._lost:
+            return LOST
+        if sent >= self.give_up_at:
+            return self._lose(f"no renew of {self.name} succeeded for {self.timing.renew_deadline:g} s")
+        return None
+
+    def answered(self, renewed: Optional[Grant], sent: float, tell: bool = True) -> str:
+        """The engine's answer to the renew sent at `sent` (None: our row did not come back).
+        `tell=False`: the new deadline is not passed to `on_deadline` (the caller tells once for
+        many keepers; a later deadline told late is safe, the watcher acts on the earlier one)."""
         if renewed is None:
-            return self._lose(f"lease {self.name} token {self.grant.token} was lost (expired or taken)")
-        self._granted(renewed, sent)
+            token = self.grant.token if self.grant is not None else None
+            return self._lose(f"lease {self.name} token {token} was lost (expired or taken)")
+        self._granted(renewed, sent, tell)
         return RENEWED
+
+    def failed(self, problem: str, sent: float) -> str:
+        """The renew sent at `sent` got no answer: try again at the next retry, until the deadline."""
+        self.problem = problem
+        self.next_renew = min(sent + self.timing.retry, self.give_up_at)
+        return RETRY
 
     def _lose(self, why: str) -> str:
         self._lost = True

@@ -198,38 +198,87 @@ def _first_line(exc: BaseException) -> str:
     return " ".join(text.splitlines()[0].split())
 
 
-class PostgresLease:
-    """ClusterLease on one PostgreSQL database; one connection, opened on first use and again
-    after any failure."""
+RENEW_ALL = """
+WITH ask AS (
+  SELECT * FROM unnest(%(names)s::text[], %(holders)s::text[], %(tokens)s::bigint[], %(ttls)s::float8[])
+    AS a(name, holder, token, ttl)),
+beat AS (
+  INSERT INTO ws_host AS h (name, host, seen_at) SELECT name, %(host)s, now() FROM ask
+  ON CONFLICT (name, host) DO UPDATE SET seen_at = now())
+UPDATE ws_lease l SET renewed_at = now(), expires_at = now() + make_interval(secs => ask.ttl)
+FROM ask
+WHERE l.name = ask.name AND l.holder = ask.holder AND l.generation = ask.token AND l.expires_at > now()
+RETURNING l.name, l.generation, l.expires_at
+"""
 
-    def __init__(self, url: str, timing: Timing, holder: Optional[str] = None, host: Optional[str] = None) -> None:
+
+class PostgresLink:
+    """One connection to one database, opened on first use and again after any failure, with its
+    round trips one at a time (a psycopg connection is not for concurrent use). A job's own
+    supervisor has one per engine; the cluster house has one per database URL, shared by the
+    engines of all its jobs there (`lease_for`), which also renews all their grants in one
+    statement (`renew_all`)."""
+
+    def __init__(self, url: str, attempt: float, host: Optional[str] = None) -> None:
+        import _thread
         import os
 
         self.url = url
-        self.timing = timing
-        self.holder = holder or holder_id()
+        self.attempt = attempt  # the connection's timeouts: the shortest round trip of its users
         self.host = host or os.uname().nodename
         self.psycopg = _driver()
         self.conn: Any = None
-        self.seen_holder = ""  # after an acquire that got nothing: the host that holds the lease
+        self.lock = _thread.RLock()  # held for each round trip (and the schema's creation inside one)
+        self.retune = False  # a user with a shorter round trip came: reconnect with its timeouts
+        self.shared = False  # engines of several jobs use it (`lease_for`)
 
-    # -- the connection ---------------------------------------------------------------------
-    def _connect(self) -> Any:
+    def lease_for(self, timing: Timing, holder: Optional[str] = None) -> PostgresLease:
+        """A job's engine whose round trips go over this connection (its close leaves it open)."""
+        self.shared = True
+        if timing.attempt < self.attempt:  # never waits for a round trip in flight (the house's loop calls this)
+            self.attempt = timing.attempt
+            self.retune = True  # reopened with the shorter timeouts at the next round trip
+        return PostgresLease(self.url, timing, holder=holder, host=self.host, link=self)
+
+    def connect(self) -> Any:
+        if self.retune:
+            self.retune = False
+            self.drop()
         if self.conn is not None and not self.conn.closed:
             return self.conn
         psycopg = self.psycopg
         try:
-            self.conn = connect(psycopg, self.url, self.timing.attempt)
+            self.conn = connect(psycopg, self.url, self.attempt)
         except psycopg.Error as exc:
             raise LeaseUnavailable(f"cannot reach cluster database {redact(self.url)}: {_first_line(exc)}") from None
         return self.conn
 
-    def _execute(self, sql: str, params: dict[str, Any], create: bool = True) -> Optional[tuple[Any, ...]]:
-        """Run one statement (with its timeout) and return its first row; creates the schema on
-        first use. Every driver error becomes LeaseUnavailable, and the connection is renewed."""
+    def execute(self, sql: str, params: dict[str, Any], attempt: float, create: bool = True,
+                every: bool = False) -> list[tuple[Any, ...]]:
+        """Run one statement (with its timeout) and return its rows (`every`) or its first row
+        only; creates the schema on first use. Every driver error becomes LeaseUnavailable, and
+        the connection is renewed."""
+        self._take(attempt)
+        try:
+            return self._execute(sql, params, attempt, create, every)
+        finally:
+            self.lock.release()
+
+    def _take(self, attempt: float) -> None:
+        """The connection. Shared (the cluster house), within one round trip's time: another job's
+        round trip in flight delays ours by at most that, and a queue of them (an outage, each
+        connect timing out) fails ours as an outage would instead of holding up the house's loop."""
+        if not self.shared:
+            self.lock.acquire()  # one job's own: as psycopg's own lock would have it
+        elif not self.lock.acquire(True, max(attempt, 0.001)):
+            raise LeaseUnavailable(f"cluster database {redact(self.url)}: its connection stayed busy "
+                                   f"for {attempt:g} s (another job's round trip)")
+
+    def _execute(self, sql: str, params: dict[str, Any], attempt: float, create: bool,
+                 every: bool) -> list[tuple[Any, ...]]:
         psycopg = self.psycopg
-        timeout = statement_timeout(self.timing.attempt)
-        conn = self._connect()
+        timeout = statement_timeout(attempt)
+        conn = self.connect()
         try:
             try:
                 cur = conn.execute(timeout + sql, params)
@@ -239,47 +288,107 @@ class PostgresLease:
                 self.ensure_schema()
                 cur = conn.execute(timeout + sql, params)
             cur.nextset()
-            row: Optional[tuple[Any, ...]] = cur.fetchone() if cur.description else None
-            return row
+            if not cur.description:
+                return []
+            rows: list[tuple[Any, ...]] = cur.fetchall() if every else [cur.fetchone()]
+            return [row for row in rows if row is not None]
         except psycopg.errors.UndefinedTable:
             raise
         except psycopg.Error as exc:
-            self.close()
+            self.drop()
             raise LeaseUnavailable(f"cluster database {redact(self.url)}: {_first_line(exc)}") from None
 
-    def _rows(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    def rows(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         psycopg = self.psycopg
-        conn = self._connect()
+        self._take(self.attempt)
         try:
-            cur = conn.execute(sql, params)
+            cur = self.connect().execute(sql, params)
             rows: list[tuple[Any, ...]] = cur.fetchall()
             return rows
         except psycopg.errors.UndefinedTable:
             return []
         except psycopg.Error as exc:
-            self.close()
+            self.drop()
             raise LeaseUnavailable(f"cluster database {redact(self.url)}: {_first_line(exc)}") from None
+        finally:
+            self.lock.release()
 
     def ensure_schema(self) -> None:
         """Create the tables if missing (one transaction, serialised); refuse a newer schema."""
-        conn = self._connect()
+        self._take(self.attempt)
         try:
-            cur = conn.execute(SCHEMA)
+            cur = self.connect().execute(SCHEMA)
             while cur.nextset():
                 pass
             row = cur.fetchone()
         except self.psycopg.Error as exc:
-            self.close()
+            self.drop()
             raise LeaseUnavailable(f"cluster database {redact(self.url)}: cannot create the lease tables: "
                                    f"{_first_line(exc)}") from None
+        finally:
+            self.lock.release()
         version = int(row[0]) if row else 0
         if version != SCHEMA_VERSION:
             raise LeaseError(f"cluster database {redact(self.url)} has lease schema version {version}; "
                              f"this watchdog-singleton knows version {SCHEMA_VERSION}")
 
-    def close(self) -> None:
+    def renew_all(self, asks: list[tuple[Grant, float]], attempt: float) -> dict[str, Grant]:
+        """Renew every grant of `asks` (each with its lease's seconds) in one statement: the grants
+        that came back, by name; a grant missing is lost (expired, released or taken). Raises
+        LeaseUnavailable, and then nothing is known of any of them."""
+        if not asks:
+            return {}
+        grants = {grant.name: grant for grant, _ in asks}
+        params = {"names": [g.name for g, _ in asks], "holders": [g.holder for g, _ in asks],
+                  "tokens": [g.token for g, _ in asks], "ttls": [float(ttl) for _, ttl in asks], "host": self.host}
+        rows = self.execute(RENEW_ALL, params, attempt, every=True)
+        renewed: dict[str, Grant] = {}
+        for name, token, expires in rows:
+            grant = grants.get(name)
+            if grant is not None and grant.token == int(token):
+                renewed[name] = Grant(name, grant.holder, grant.token, expires.isoformat())
+        return renewed
+
+    def drop(self) -> None:
+        """Close the connection (it may be broken already); the next round trip opens another.
+        Only with the connection taken (`_take`), or by its only user."""
         close_quietly(self.conn)
         self.conn = None
+
+
+class PostgresLease:
+    """ClusterLease on one PostgreSQL database, over a connection of its own or, in the cluster
+    house, over one it shares with the other jobs there (`PostgresLink.lease_for`)."""
+
+    def __init__(self, url: str, timing: Timing, holder: Optional[str] = None, host: Optional[str] = None,
+                 link: Optional[PostgresLink] = None) -> None:
+        self.url = url
+        self.timing = timing
+        self.holder = holder or holder_id()
+        self.owns = link is None  # our own connection: `close` closes it; a shared one stays open
+        self.link = link or PostgresLink(url, timing.attempt, host)
+        self.host = self.link.host
+        self.psycopg = self.link.psycopg
+        self.seen_holder = ""  # after an acquire that got nothing: the host that holds the lease
+
+    # -- the connection ---------------------------------------------------------------------
+    def _connect(self) -> Any:
+        return self.link.connect()
+
+    def _execute(self, sql: str, params: dict[str, Any], create: bool = True) -> Optional[tuple[Any, ...]]:
+        """Run one statement over the link and return its first row (see PostgresLink.execute)."""
+        rows = self.link.execute(sql, params, self.timing.attempt, create)
+        return rows[0] if rows else None
+
+    def _rows(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return self.link.rows(sql, params)
+
+    def ensure_schema(self) -> None:
+        self.link.ensure_schema()
+
+    def close(self) -> None:
+        if self.owns:
+            self.link.drop()
 
     # -- the lease ---------------------------------------------------------------------------
     def acquire(self, name: str) -> Optional[Grant]:
