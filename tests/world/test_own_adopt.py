@@ -18,6 +18,7 @@ from watchdog_singleton.state.store import CARRIED, RunState, StateStore
 from watchdog_singleton.supervisor.adopt import orphan
 from watchdog_singleton.supervisor.core import Supervisor
 from watchdog_singleton.supervisor.resident import adopting
+from watchdog_singleton.timefmt import iso, unix_time
 
 T0 = 1000.0
 DEAD = 3_999_999  # the killed supervisor: no process of the fake world
@@ -27,7 +28,7 @@ class Own:
     """One job whose supervisor was SIGKILLed, its daemon running on (init's now), and the new
     supervisor a tick made to adopt it, as resident.main makes it."""
 
-    def __init__(self, tmp_path: Any, **options: Any) -> None:
+    def __init__(self, tmp_path: Any, started_at: str = "2024-01-01T00:00:00Z", **options: Any) -> None:
         self.world = FakeWorld()
         logs = os.path.join(str(tmp_path), "logs")
         self.job = Job(name="j", command=["/bin/daemon"], workdir="/", lock_dir=os.path.join(str(tmp_path), "locks"),
@@ -36,7 +37,7 @@ class Own:
         self.store = StateStore(os.path.join(str(tmp_path), "state"))
         self.old = RunState(name="j", phase=Phase.RUNNING, boot_id="fake-boot", supervisor_pid=DEAD,
                             supervisor_start=5, pid=self.daemon.pid, pid_start=self.world.start_time(self.daemon.pid),
-                            started_at="2024-01-01T00:00:00Z", command=self.job.command,
+                            started_at=started_at, command=self.job.command,
                             lock_path=self.job.lock_path, restarts=4)
         self.store.save(self.old)
         self.lock = HeldLock(self.world, self.job.lock_path)
@@ -148,3 +149,27 @@ def test_only_a_dead_supervisors_running_daemon_is_adopted(tmp_path: Any) -> Non
         # job's watcher stops its tree with its supervisor
     s.world.exit(s.daemon.pid, 0)
     assert not orphan(s.job, s.old, alive)  # nothing runs: its lock is free, the tick starts it
+
+
+def test_an_adopted_daemons_max_lifetime_counts_from_its_own_start(tmp_path: Any) -> None:
+    """Started 90 s before the adoption with --max-lifetime 100: it is restarted 10 s after, not
+    100 s after (nor never, as before), and a quick-exit count sees a run of its true length."""
+    s = Own(tmp_path, started_at=iso(T0 - 90), max_lifetime=100.0)  # the fake wall clock is at T0
+    s.run(stop_at=T0 + 30)
+    assert s.daemon.signals[:1] == [TERM], "its lifetime was not enforced after the adoption"
+    assert T0 + 10 <= s.world.deaths[s.daemon.pid] < T0 + 12
+    assert "--max-lifetime 100 s reached" in log_of(s.sup)
+    assert len(s.world.spawned) == 1, "not started again after its lifetime"
+
+
+def test_times_written_by_iso_read_back_in_any_zone(monkeypatch: Any) -> None:
+    import time
+
+    for zone in ("UTC", "Europe/Paris", "America/St_Johns", "Asia/Kolkata"):
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+        for t in (0, 951782400, 1709164800, 1796000000.7, 4102444800):
+            assert unix_time(iso(t)) == int(t), (zone, iso(t))
+    monkeypatch.undo()
+    time.tzset()
+    assert unix_time("2024-01-01T00:00:00Z") is None and unix_time("") is None

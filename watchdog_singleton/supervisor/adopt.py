@@ -41,6 +41,7 @@ from ..proc import procs
 from ..proc.stop import stop_job
 from ..state.phases import Phase
 from ..state.store import CARRIED
+from ..timefmt import unix_time
 from .pump import OutputPump
 
 TYPE_CHECKING = False
@@ -194,7 +195,12 @@ def running(sup: Supervisor, state: RunState, pid: int, start: Optional[int], me
     """`sup` supervises `pid`, the running daemon of `state` (a dead supervisor's): no child of
     ours, so its leftovers are always looked for in /proc when it ends (Child.adopted). A tick's
     adoption and the anchor's hand-over (anchorlink.py) both come through here."""
-    sup.life.child.pid, sup.life.child.started, sup.life.child.adopted = pid, sup.seams.clock(), True
+    # Its run began when it started, not now: --max-lifetime and a quick exit count from then.
+    began = unix_time(state.started_at) if state.pid == pid and state.started_at else None
+    age = max(0.0, sup.seams.wall() - began) if began is not None else 0.0
+    sup.life.child.pid, sup.life.child.started, sup.life.child.adopted = pid, sup.seams.clock() - age, True
+    if sup.life.periodic is None and sup.job.max_lifetime > 0:
+        sup.life.deadline = sup.life.child.started + sup.job.max_lifetime
     mine = sup.state
     mine.pid, mine.pid_start, mine.started_at = pid, start, state.started_at
     if state.pid == pid:  # the same daemon: its output pipes on record, for a later adoption to read
