@@ -72,12 +72,13 @@ def test_a_missing_supervisor_file_is_written_by_the_next_tick_for_the_live_supe
     """As for a supervisor of an older version, which keeps none: one tick runs the launcher, which
     writes the file for the live supervisor on record; the ticks after it leave in the shell."""
     name, daemon, supervisor, path = install_sleeper(sandbox, "nofile")
-    with open(path) as f:
-        assert f.read() == f"{supervisor} {start_time(supervisor)}\n"
+    with open(path) as f:  # PID START FD: its descriptor on this very file (the line's cheap test)
+        fd = int(f.read().split()[2])
+    assert os.path.samefile(f"/proc/{supervisor}/fd/{fd}", path)
     assert os.stat(path).st_uid == sandbox.user.uid and os.stat(path).st_mode & 0o777 == 0o600
     os.unlink(path)
     sandbox.fire_tick(name)
-    with open(path) as f:
+    with open(path) as f:  # written by the launcher for it: no descriptor, the start time decides
         assert f.read() == f"{supervisor} {start_time(supervisor)}\n"
     written = os.stat(path).st_mtime_ns
     sandbox.fire_tick(name)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from watchdog_singleton.cron.crontab import render
+from watchdog_singleton.cron.crontab import MAX_COMMAND, render
 from watchdog_singleton.errors import LOCK_HELD
 from watchdog_singleton.job.model import Job
 from watchdog_singleton.lock.supfile import file_name
@@ -93,14 +93,15 @@ def test_jobs_with_nothing_to_adopt_keep_the_plain_line(tmp_path: Path, options:
 
 
 def test_the_line_stays_under_crons_1000_bytes_with_long_paths(monkeypatch: pytest.MonkeyPatch) -> None:
-    """cron cuts a line at 1000 bytes: the paths and the name go into variables, each once."""
+    """cron reads MAX_COMMAND bytes of a command: the paths and the name go into variables, each
+    once, so even long ones leave room for the check."""
     home = "/home/" + "u" * 24 + "/" + "x" * 50
     name = "n" * 64  # the longest name check_name allows
     lock_dir = "/tmp/watchdog-singleton-" + "a" * 16 + "/" + "l" * 30
     python, root = home + "/venv/bin/python3", home + "/.local/state/watchdog-singleton/" + "h" * 30
     own = render(job_in(Path(lock_dir), name), python, root, "/usr/bin/flock", "-I")
     assert b".sup.$n.pid" in own
-    assert len(own) < 1000, len(own)
+    assert len(command_of(own, name)) <= MAX_COMMAND, len(command_of(own, name))
     monkeypatch.setenv("WATCHDOG_SINGLETON_LOCK_DIR", lock_dir)  # the shared resident's files beside the lock
     shared = render(job_in(Path(lock_dir), name, shared=True), python, root, "/usr/bin/flock", "-I")
     assert len(own) <= len(shared), "a job's own line costs more bytes than a shared job's"
@@ -114,7 +115,7 @@ def command_of(line: bytes, name: str) -> bytes:
 def test_paths_too_long_for_the_check_drop_it_rather_than_be_cut() -> None:
     """Past cron's MAX_COMMAND the shell would run a cut command: the check for a dead supervisor
     goes (the line still guards the lock), and it is never cut."""
-    from watchdog_singleton.cron.crontab import MAX_COMMAND, guarded
+    from watchdog_singleton.cron.crontab import guarded
 
     launcher = "cd / && exec /usr/bin/python3 -m watchdog_singleton run --cron --state-dir /s web"
     for length in range(50, 800, 5):  # the shortest lock folder whose checked line is too long
@@ -134,4 +135,33 @@ def test_paths_too_long_for_any_line_are_refused_as_bad_input(tmp_path: Path) ->
     deep = "/tmp/" + "/".join(["x" * 200] * 3)
     with pytest.raises(UserError) as caught:
         render(job_in(Path(deep), "web"), "/usr/bin/python3", deep, "/usr/bin/flock")
-    assert caught.value.exit_code == USAGE and "past the 999 that cron reads" in str(caught.value)
+    assert caught.value.exit_code == USAGE and f"past the {MAX_COMMAND} that cron reads" in str(caught.value)
+
+
+def holding(tmp_path: Path, job: Job, fd: int, target: Path | None = None) -> None:
+    """Process PID (the fake /proc's) holds `target` (by default NAME's supervisor file) at `fd`."""
+    fds = tmp_path / "proc" / str(PID) / "fd"
+    fds.mkdir(parents=True, exist_ok=True)
+    os.symlink(target or Path(job.lock_dir) / file_name(job.name), fds / str(fd))
+
+
+def test_a_supervisor_holding_its_file_at_the_stamped_fd_is_alive_without_reading_its_stat(tmp_path: Path) -> None:
+    """The cheap test: the file's FD, open in process PID, is this very file; /proc/PID/stat is
+    not read (here it is empty, which the start-time test would take for a dead process)."""
+    job = job_in(tmp_path / "locks")
+    holding(tmp_path, job, 5)
+    assert not tick(tmp_path, job, f"{PID} {START} 5\n", "")
+
+
+@pytest.mark.parametrize("fd, target", [(6, None), (5, "copy")])
+def test_a_stamped_fd_that_is_not_this_file_falls_back_to_the_start_time(
+        tmp_path: Path, fd: int, target: str | None) -> None:
+    """Another descriptor number, or that number on another file (a pid reused by a stranger, a
+    file put back by a cleaner): the start time decides, as for a file without FD."""
+    job = job_in(tmp_path / "locks")
+    copy = tmp_path / "copy"
+    copy.write_text(f"{PID} {START} 5\n")
+    holding(tmp_path, job, fd, copy if target else None)
+    assert tick(tmp_path, job, f"{PID} {START} 5\n", ""), "taken for alive with neither test passing"
+    (tmp_path / "ran").unlink()
+    assert not tick(tmp_path, job, f"{PID} {START} 5\n", stat_line()), "the start-time test did not follow"

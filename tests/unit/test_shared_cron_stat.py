@@ -33,7 +33,7 @@ def lives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stat: str, owner: int
     if owner is not None:
         os.chown(proc / str(PID), owner, owner)
     snippet = shared_resident_lives(job, str(root))
-    assert snippet.count('/proc/"$p"') == 2  # the stat file, and the owner test
+    assert snippet.count('/proc/"$p"') == 3  # the descriptor, the stat file, and the owner test
     snippet = snippet.replace('/proc/"$p"', f'{proc}/"$p"')
     run = subprocess.run(["sh", "-c", f'd="$1"; {snippet}', "sh", str(locks)], capture_output=True)
     return run.returncode == 0
@@ -60,3 +60,24 @@ def test_a_zombie_resident_with_spaces_in_its_name_is_dead(tmp_path: Path, monke
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the stand-in a foreign owner")
 def test_a_process_of_another_user_is_not_the_resident(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not lives(tmp_path, monkeypatch, stat_line("daemon"), owner=65534)
+
+
+def test_a_resident_holding_its_pid_file_at_the_stamped_fd_needs_no_stat(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cheap test (housemain.write_pid_file keeps the file open and names the descriptor):
+    no /proc/PID/stat read, which here would say dead (a zombie)."""
+    locks, root, proc = tmp_path / "locks", tmp_path / "state", tmp_path / "proc"
+    for folder in (locks, root, proc / str(PID) / "fd"):
+        folder.mkdir(parents=True)
+    monkeypatch.setenv("WATCHDOG_SINGLETON_LOCK_DIR", str(locks))
+    job = Job(name="web", command=["/bin/true"], workdir="/", lock_dir=str(locks), shared=True)
+    pid_file = Path(pid_path(str(locks), str(root)))
+    pid_file.write_text(f"{PID} {START} 7\n")
+    os.symlink(pid_file, proc / str(PID) / "fd" / "7")
+    (proc / str(PID) / "stat").write_text(stat_line("daemon", state="Z"))
+    snippet = shared_resident_lives(job, str(root)).replace('/proc/"$p"', f'{proc}/"$p"')
+    run = subprocess.run(["sh", "-c", f'd="$1"; {snippet}', "sh", str(locks)], capture_output=True)
+    assert run.returncode == 0, run
+    os.unlink(proc / str(PID) / "fd" / "7")  # it holds it no more: the start time decides (a zombie)
+    run = subprocess.run(["sh", "-c", f'd="$1"; {snippet}', "sh", str(locks)], capture_output=True)
+    assert run.returncode != 0, run

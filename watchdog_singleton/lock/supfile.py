@@ -1,8 +1,8 @@
-"""A job's own supervisor's `PID START` file: `.sup.NAME.pid` beside NAME's lock.
+"""A job's own supervisor's `PID START FD` file: `.sup.NAME.pid` beside NAME's lock.
 
     held = SupervisorFile(job.lock_dir, job.name)
     if held.try_acquire():      # flock(2), O_CLOEXEC: the daemon never inherits it
-        held.stamp()            # "PID START": our pid, and field 22 of /proc/PID/stat
+        held.stamp(pid, start)  # "PID START FD": us, field 22 of /proc/PID/stat, our fd on it
 
 Whoever holds its flock is NAME's one supervisor: the launcher takes it before NAME's lock, and the
 supervisor it becomes keeps it for its life; a launcher that adopts a daemon whose supervisor was
@@ -35,12 +35,12 @@ def file_name(name: str) -> str:
 
 
 class SupervisorFile:
-    """The flock and the `PID START` line of NAME's one supervisor (see the module docstring)."""
+    """The flock and the `PID START FD` line of NAME's one supervisor (see the module docstring)."""
 
     def __init__(self, lock_dir: str, name: str) -> None:
         self.lock = FlockLock(lock_dir, PREFIX + name, suffix=SUFFIX)
         self.path = self.lock.path
-        self.line = b""  # the last line stamped: written again when a deleted file is put back
+        self.stamped: tuple[int, int, bool] = (0, 0, False)  # stamped again when a deleted file is put back
 
     def try_acquire(self) -> bool:
         """True: ours now; False: another supervisor (or a launcher becoming one) holds it.
@@ -51,15 +51,21 @@ class SupervisorFile:
         """Only across the launcher's exec into the supervisor; never the daemon's."""
         return self.lock.inheritable_fds()
 
-    def stamp(self, pid: int, start: Optional[int]) -> bool:
-        """Write `PID START`: the process the crontab line checks (start: field 22 of its
-        /proc/PID/stat). False if it could not be written (the line then runs the launcher, which
-        looks at the run state)."""
+    def stamp(self, pid: int, start: Optional[int], holds: bool = True) -> bool:
+        """Write `PID START FD`: the process the crontab line checks (start: field 22 of its
+        /proc/PID/stat; FD: its descriptor on this very file, which `holds` says it keeps: the
+        line's cheap test). A supervisor of an older version stamped for it holds none: `PID
+        START`. False if it could not be written (the line then runs the launcher, which looks at
+        the run state)."""
         fd = self.lock.fd
         if fd is None or start is None:
             return False
-        line = self.line = f"{pid} {start}\n".encode()
-        return self._write(fd, line)
+        self.stamped = (pid, start, holds)
+        return self._write(fd, self._line())
+
+    def _line(self) -> bytes:
+        pid, start, holds = self.stamped
+        return f"{pid} {start} {self.lock.fd}\n".encode() if holds else f"{pid} {start}\n".encode()
 
     @staticmethod
     def _write(fd: int, line: bytes) -> bool:
@@ -78,7 +84,8 @@ class SupervisorFile:
         if not self.lock.still_ours():
             if self.lock.repair() != REPAIRED or self.lock.fd is None:
                 return  # held by another at the path, or not now: the next look tries again
-            self._write(self.lock.fd, self.line)
+            if self.stamped[0]:
+                self._write(self.lock.fd, self._line())  # its descriptor may be another one now
         self.lock.refresh()
 
     def release(self) -> None:

@@ -53,6 +53,7 @@ class Door:
         self.sock: Optional[_socket.socket] = None
         self.ino: Optional[int] = None
         self.pid_ino: Optional[int] = None
+        self.pid_fd: Optional[int] = None  # ours on the pid file, named in it (the crontab line's test)
         self.look()  # binds and writes the pid file only in the folder of the house lock we hold
         house.looks.append(self.look)
 
@@ -81,7 +82,7 @@ class Door:
             return  # another resident holds the path now (or the folder cannot be had): it serves there
         self.house_lock.refresh()
         if self.pid_ino is None or file_ino(self.pid_file) != self.pid_ino:
-            self.pid_ino = write_pid_file(self.pid_file)
+            self.pid_ino, self.pid_fd = write_pid_file(self.pid_file, self.pid_fd)
         here = file_ino(self.path)
         if self.sock is not None and here == self.ino:
             return
@@ -100,6 +101,9 @@ class Door:
                     os.unlink(path)
             except OSError:
                 pass
+        if self.pid_fd is not None:
+            os.close(self.pid_fd)
+            self.pid_fd = None
         if self.sock is not None:
             self.sock.close()
         for conn in list(self.open):
@@ -213,22 +217,27 @@ def file_ino(path: str) -> Optional[int]:
         return None
 
 
-def write_pid_file(path: str) -> Optional[int]:
-    """`PID START` into `path` (our private lock folder, beside the house lock only we hold), for
-    the crontab line of a shared job: while that process lives, a held lock needs no Python. A
-    new file renamed over the old: a reader sees the old or the new, never half."""
+def write_pid_file(path: str, old_fd: Optional[int]) -> tuple[Optional[int], Optional[int]]:
+    """`PID START FD` into `path` (our private lock folder, beside the house lock only we hold), for
+    the crontab line of a shared job: while that process lives, a held lock needs no Python. FD is
+    our descriptor on the file, kept open (close-on-exec) for the line's cheap test
+    (cron/crontab.py's pid_file_lives). A new file renamed over the old: a reader sees the old or
+    the new, never half. Its inode and our descriptor on it (`old_fd` closed), or (None, old_fd)."""
     me = os.getpid()
     tmp = f"{path}.{me}.new"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, f"{me} {procs.start_time(me)}\n".encode())
-        finally:
+            os.write(fd, f"{me} {procs.start_time(me)} {fd}\n".encode())
+            os.rename(tmp, path)
+        except OSError:
             os.close(fd)
-        os.rename(tmp, path)
+            raise
     except OSError:
-        return None  # the next look tries again; meanwhile a held lock's tick runs Python and finds us
-    return file_ino(path)
+        return None, old_fd  # the next look tries again; meanwhile a held lock's tick runs Python and finds us
+    if old_fd is not None:
+        os.close(old_fd)
+    return file_ino(path), fd
 
 
 def main(argv: list[str]) -> int:

@@ -179,7 +179,7 @@ def adopt_own(job: Job, supfile: SupervisorFile, states: StateStore, root: str) 
     state = states.load(job.name)
     current = JobStore(root).load(job.name)  # a stop or uninstall may have raced this tick
     if state is not None and state.supervisor_alive() and state.supervisor_pid is not None:
-        supfile.stamp(state.supervisor_pid, state.supervisor_start)
+        supfile.stamp(state.supervisor_pid, state.supervisor_start, holds=False)
     if current is None or not current.enabled or not orphan(current, state, procs.is_alive):
         supfile.release()  # a periodic run ends on its own; the next tick starts the job again
         return OK
