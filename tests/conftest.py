@@ -260,6 +260,10 @@ class Sandbox:
         self.note_crontab()
         for name in self.left_installed():
             self.ws("uninstall", name)
+        ours = tuple(f"#watchdog-singleton:{n}".encode() for n in self.jobs)
+        kept = [line for line in self.crontab().splitlines(keepends=True) if not line.rstrip(b"\n").endswith(ours)]
+        if len(kept) != len(self.crontab().splitlines()):  # an uninstall refused (a test's own doing): not the next test's
+            self.set_crontab(b"".join(kept))
         if self.crontab_before is not None:  # foreign lines a test wrote must not meet the next test
             ours = tuple(f"#watchdog-singleton:{n}".encode() for n in self.jobs)
             self.set_crontab(b"".join(line for line in self.crontab_before.splitlines(keepends=True)
