@@ -260,9 +260,11 @@ class Sandbox:
         self.note_crontab()
         for name in self.left_installed():
             self.ws("uninstall", name)
+        # A line an uninstall refused to remove (a test's own doing) must not meet the next test.
         ours = tuple(f"#watchdog-singleton:{n}".encode() for n in self.jobs)
-        kept = [line for line in self.crontab().splitlines(keepends=True) if not line.rstrip(b"\n").endswith(ours)]
-        if len(kept) != len(self.crontab().splitlines()):  # an uninstall refused (a test's own doing): not the next test's
+        lines = self.crontab().splitlines(keepends=True)
+        kept = [line for line in lines if not line.rstrip(b"\n").endswith(ours)]
+        if len(kept) != len(lines):
             self.set_crontab(b"".join(kept))
         if self.crontab_before is not None:  # foreign lines a test wrote must not meet the next test
             ours = tuple(f"#watchdog-singleton:{n}".encode() for n in self.jobs)
