@@ -25,14 +25,14 @@ TIMING = Timing.for_lease(LEASE)
 NEVER = "0 0 1 1 *"  # cron does not fire it during a test
 
 
-def install(box: Sandbox, url: str, base: str) -> tuple[str, str]:
+def install(box: Sandbox, url: str, base: str, grace: float = 5.0) -> tuple[str, str]:
     """A shared cluster job whose daemon writes its fencing token, then sleeps; (name, marker)."""
     name = box.job(base)
     marker = f"marker-{name}"
     script = (f'echo "$WATCHDOG_SINGLETON_FENCING_TOKEN" > {box.path(name + ".token")}; '
               f'exec /usr/bin/python3 -c "import time; time.sleep(10**6)" {marker}')
     box.ok("install", name, "--shared", "--cluster", url, "--lease", f"{LEASE:g}", "--schedule", NEVER,
-           "--grace", "5", "--", "/bin/sh", "-c", script)
+           "--grace", f"{grace:g}", "--", "/bin/sh", "-c", script)
     return name, marker
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 from conftest import Sandbox, holds_for, is_zombie, pids_with_arg, wait_for
 from sharedkit import residents
+from test_house_cluster_e2e import TIMING, install
 
 from watchdog_singleton.cluster import LeaseUnavailable, Timing
 
@@ -20,21 +21,7 @@ if TYPE_CHECKING:
 
 pytest_plugins = ["pgkit"]
 
-LEASE = 6.0  # renew every second, give up 4 s after a renew's send
-TIMING = Timing.for_lease(LEASE)
-NEVER = "0 0 1 1 *"  # cron does not fire it during a test
 JOBS = 5
-
-
-def install(box: Sandbox, url: str, base: str) -> tuple[str, str]:
-    """A shared cluster job whose daemon writes its fencing token, then sleeps; (name, marker)."""
-    name = box.job(base)
-    marker = f"marker-{name}"
-    script = (f'echo "$WATCHDOG_SINGLETON_FENCING_TOKEN" > {box.path(name + ".token")}; '
-              f'exec /usr/bin/python3 -c "import time; time.sleep(10**6)" {marker}')
-    box.ok("install", name, "--shared", "--cluster", url, "--lease", f"{LEASE:g}", "--schedule", NEVER,
-           "--grace", "1", "--", "/bin/sh", "-c", script)
-    return name, marker
 
 
 def live(box: Sandbox, marker: str) -> list[int]:
@@ -62,7 +49,7 @@ def all_renewed_after(pg: PgCluster, names: list[str], after: dict[str, float]) 
 
 def test_five_shared_cluster_jobs_hold_one_connection_and_survive_its_loss(sandbox: Sandbox,
                                                                             pg_cluster: PgCluster) -> None:
-    jobs = [install(sandbox, str(pg_cluster), f"c{i}") for i in range(JOBS)]
+    jobs = [install(sandbox, str(pg_cluster), f"c{i}", grace=1.0) for i in range(JOBS)]
     names = [name for name, _ in jobs]
     try:
         for name in names:

@@ -122,72 +122,65 @@ def test_stop_of_a_shared_job_whose_live_resident_has_no_socket_changes_nothing(
     assert daemon.poll() is None and resident.poll() is None, "the job's tree was stopped around its resident"
 
 
+class Resident:
+    """A stand-in shared resident and its job's daemon, with what the command asked it."""
+
+    def __init__(self, tmp_path: Any, started: list[subprocess.Popen[bytes]]) -> None:
+        self.proc = spawn(SLEEPER + "# " + HOUSE_BOOT)
+        self.daemon = spawn(SLEEPER)
+        started.extend((self.proc, self.daemon))
+        self.state = shared_state(tmp_path, self.proc, self.daemon)
+        self.asked: list[float] = []
+
+    def stop(self) -> None:
+        """SIGSTOP, and until it has taken: kill() returns before the process has stopped."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        wait_for(lambda: getattr(procs.read_proc(self.proc.pid), "state", "") in ("T", "t"), 10,
+                 what="the resident to stop")
+
+    def reached(self) -> str:
+        """reach_house's refusal (it must refuse), the resident continued after it either way."""
+        try:
+            with pytest.raises(UserError) as caught:
+                common.reach_house(self.state)
+            return str(caught.value)
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+
 def test_a_stopped_resident_is_named_as_stopped_and_its_job_is_left_alone(
         tmp_path: Any, started: list[subprocess.Popen[bytes]], quick: None) -> None:
-    resident = spawn(SLEEPER + "# " + HOUSE_BOOT)
-    daemon = spawn(SLEEPER)
-    started.extend((resident, daemon))
-    state = shared_state(tmp_path, resident, daemon)
-    os.kill(resident.pid, signal.SIGSTOP)
-    try:
-        # kill() returns before the process has stopped: the command is asked once it has.
-        wait_for(lambda: getattr(procs.read_proc(resident.pid), "state", "") in ("T", "t"), 10,
-                 what="the resident to stop")
-        with pytest.raises(UserError) as caught:
-            common.reach_house(state)
-        assert "is stopped (SIGSTOP)" in str(caught.value) and f"`kill -CONT {resident.pid}`" in str(caught.value)
-        assert daemon.poll() is None
-    finally:
-        os.kill(resident.pid, signal.SIGCONT)
+    r = Resident(tmp_path, started)
+    r.stop()
+    refused = r.reached()
+    assert "is stopped (SIGSTOP)" in refused and f"`kill -CONT {r.proc.pid}`" in refused
+    assert r.daemon.poll() is None
 
 
 def test_a_stopped_resident_is_not_asked_nor_waited_for(
         tmp_path: Any, started: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
-    resident = spawn(SLEEPER + "# " + HOUSE_BOOT)
-    daemon = spawn(SLEEPER)
-    started.extend((resident, daemon))
-    state = shared_state(tmp_path, resident, daemon)
-    asked: list[float] = []
+    r = Resident(tmp_path, started)
 
     def ping(state: Any, wait: float) -> str:
-        asked.append(wait)
+        r.asked.append(wait)
         return "gives no answer"
     monkeypatch.setattr(common, "_ping", ping)
-    os.kill(resident.pid, signal.SIGSTOP)
-    try:
-        # kill() returns before the process has stopped: the command is asked once it has.
-        wait_for(lambda: getattr(procs.read_proc(resident.pid), "state", "") in ("T", "t"), 10,
-                 what="the resident to stop")
-        with pytest.raises(UserError) as caught:
-            common.reach_house(state)
-        assert "is stopped (SIGSTOP)" in str(caught.value) and asked == []
-    finally:
-        os.kill(resident.pid, signal.SIGCONT)
+    r.stop()
+    assert "is stopped (SIGSTOP)" in r.reached() and r.asked == []
 
 
 def test_a_resident_stopped_while_asked_is_named_without_waiting_out_the_look(
         tmp_path: Any, started: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
-    resident = spawn(SLEEPER + "# " + HOUSE_BOOT)
-    daemon = spawn(SLEEPER)
-    started.extend((resident, daemon))
-    state = shared_state(tmp_path, resident, daemon)
-    asked: list[float] = []
+    r = Resident(tmp_path, started)
 
     def ping(state: Any, wait: float) -> str:
-        asked.append(wait)
-        if len(asked) == 1:  # it goes quiet at the first question, stopped by its owner
-            os.kill(resident.pid, signal.SIGSTOP)
-            wait_for(lambda: getattr(procs.read_proc(resident.pid), "state", "") in ("T", "t"), 10,
-                     what="the resident to stop")
+        r.asked.append(wait)
+        if len(r.asked) == 1:  # it goes quiet at the first question, stopped by its owner
+            r.stop()
         return "gives no answer"
     monkeypatch.setattr(common, "_ping", ping)
-    try:
-        with pytest.raises(UserError) as caught:
-            common.reach_house(state)
-        assert "is stopped (SIGSTOP)" in str(caught.value) and len(asked) == 1, asked
-        assert daemon.poll() is None
-    finally:
-        os.kill(resident.pid, signal.SIGCONT)
+    assert "is stopped (SIGSTOP)" in r.reached() and len(r.asked) == 1, r.asked
+    assert r.daemon.poll() is None
 
 
 ANSWERS_ON_SIGHUP = textwrap.dedent("""
@@ -221,10 +214,8 @@ def test_a_resident_without_its_socket_is_told_to_look_and_asked_again(
 
 def test_a_changed_definition_the_live_resident_does_not_take_is_told_not_dropped(
         tmp_path: Any, started: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
-    resident = spawn(SLEEPER + "# " + HOUSE_BOOT)
-    daemon = spawn(SLEEPER)
-    started.extend((resident, daemon))
-    state = shared_state(tmp_path, resident, daemon)
+    r = Resident(tmp_path, started)
+    resident, state = r.proc, r.state
     monkeypatch.setattr(common, "ask_house", lambda *args: None)
     assert common.tell_to_reload(state) is False  # alive, no answer: install and apply warn
     warning = common.not_reloaded(state.name)
