@@ -172,6 +172,11 @@ def test_a_state_folder_on_a_full_tmpfs_does_not_stop_a_restarting_job(sandbox: 
         assert info["restarts"] >= before + 2 and info["supervisor_pid"], info
     finally:
         sandbox.ws("uninstall", name, env=env)
+        try:  # the private lock folder this state folder recorded: cleanup reads only the sandbox's own
+            with open(os.path.join(disk, "watchdog-singleton", os.uname().nodename, "lock-dir")) as f:
+                sandbox.tmp_paths.append(f.read().strip())
+        except OSError:
+            pass
         subprocess.run(["umount", "-l", disk], check=False)
 
 

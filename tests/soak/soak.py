@@ -630,12 +630,16 @@ def cleanup(runner: Runner, jobs: list[Job], workdir: str) -> None:
     runner.wait_all(1.0)
     if user.dedicated:
         subprocess.run(["crontab", "-u", user.name, "-r"], capture_output=True)
+    folders = {os.path.dirname(job.lock_path) for job in jobs if job.lock_path}
     for job in jobs:
         if job.lock_path:
             try:
                 os.unlink(job.lock_path)
             except OSError:
                 pass
+    for folder in folders:  # the private lock folder: the supervisor files, the shared resident's
+        if os.path.isdir(folder) and not os.path.islink(folder) and os.stat(folder).st_uid == user.uid:
+            shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
