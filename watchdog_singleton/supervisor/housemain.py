@@ -37,6 +37,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays out of the resident supervisor's memory; annotations are strings
     from typing import Any, Optional
 
+    from .core import Supervisor
+
 READ_TIMEOUT = 2.0  # a peer of ours that connects and says nothing holds the loop this long at most
 
 
@@ -180,19 +182,13 @@ class Door:
             lock.release()
             self._hang_up(conn)
             return
-        holder: list[Any] = []
-
         def ready(problem: Optional[str]) -> None:
-            self._answer(conn, {"ready": ready_text(holder[0] if holder else None, problem)})
+            self._answer(conn, {"ready": ready_text(member_sup(self.house, job.name), problem)})
 
         try:
             self.house.take(job, lock, ready=ready, history=message.get("history") or {})
         except Exception as exc:
             ready(f"{job.name}: the shared supervisor could not take it: {out_of(exc) or exc}")
-            return
-        member = self.house.members.get(job.name)
-        if member is not None:
-            holder.append(member.sup)
 
     def _answer(self, conn: _socket.socket, message: dict[str, Any]) -> None:
         try:
@@ -240,6 +236,13 @@ def write_pid_file(path: str, old_fd: Optional[int]) -> tuple[Optional[int], Opt
     return file_ino(path), fd
 
 
+def member_sup(house: House, name: str) -> Optional[Supervisor]:
+    """The supervisor of job `name` in `house` (it reports its start from inside `take`, so it is
+    looked up when it does): a periodic job's start is its supervisor waiting, not the resident."""
+    member = house.members.get(name)
+    return member.sup if member is not None else None
+
+
 def main(argv: list[str]) -> int:
     _, root, job_fd = argv
     for key in RESIDENT_MALLOC:  # ours, read by glibc at our start; not the daemons'
@@ -262,14 +265,15 @@ def main(argv: list[str]) -> int:
     for fd in (*house_lock.inheritable_fds(), *(lock.inheritable_fds() if lock else ()), ready_fd, anchor_fd):
         if fd >= 0:
             os.set_inheritable(fd, False)  # each daemon gets its own lock through spawn's pass_fds, nothing else
-    holder: list[Any] = []
+    holder: list[House] = []  # once made: the job's supervisor is found in it when it reports
 
     def ready(problem: Optional[str]) -> None:
         nonlocal ready_fd
         if ready_fd < 0:
             return
+        sup = member_sup(holder[0], job.name) if holder and job is not None else None
         try:
-            os.write(ready_fd, ready_text(holder[0] if holder else None, problem).encode())
+            os.write(ready_fd, ready_text(sup, problem).encode())
             os.close(ready_fd)
         except OSError:
             pass
@@ -280,6 +284,7 @@ def main(argv: list[str]) -> int:
     spawning.children_nofile = nofile  # daemons and notifiers: never our raised limit
     seams = Seams()
     house = House(StateStore(root), seams=seams, socket_path=path)
+    holder.append(house)
     beat_fd = hand_over.get("beat_fd", -1)  # the cluster house's: to its watcher, our parent
     if cluster:
         from ..cluster.watcher import beat
@@ -301,9 +306,6 @@ def main(argv: list[str]) -> int:
             adopt_orphans(house, root)  # the daemons a resident before us left running, ours again
         if job is not None and lock is not None:
             house.take(job, lock, ready=ready, history=hand_over["history"])
-            member = house.members.get(job.name)
-            if member is not None:
-                holder.append(member.sup)
         else:
             ready(None)
         return house.run()
