@@ -460,6 +460,9 @@ def table(infos: list[dict[str, Any]]) -> str:
 
 def history_table(info: dict[str, Any]) -> str:
     """`status NAME --history`: the last runs of a periodic job, oldest first."""
+    if not info.get("periodic") and not info.get("history"):
+        return (f"{info['name']}: no runs to list: --history lists a periodic job's runs, and {info['name']} is kept "
+                f"alive (restarted {info.get('restarts', 0)} time(s); `status {info['name']}` shows it)")
     if not info["history"]:
         return f"{info['name']}: no runs recorded"
     rows = [("DUE", "STARTED", "DURATION", "RESULT")]
