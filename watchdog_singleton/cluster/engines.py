@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def open_cluster(url: str, timing: Optional[Timing] = None, holder: Optional[str] = None,
                  host: Optional[str] = None) -> "ClusterLease":
     """The engine for `url`'s scheme. Connects lazily: the first call may raise LeaseUnavailable."""
-    if _postgres(url):
+    if is_postgres_url(url):
         from .postgres import PostgresLease
 
         return PostgresLease(url, timing or Timing(), holder=holder, host=host)
@@ -28,14 +28,15 @@ def open_cluster(url: str, timing: Optional[Timing] = None, holder: Optional[str
 def open_link(url: str, timing: Timing, host: Optional[str] = None) -> "SharedLink":
     """One connection to `url` for the engines of many jobs (the cluster house): `lease_for`
     gives each job's engine, `renew_all` renews all their grants in one round trip."""
-    if _postgres(url):
+    if is_postgres_url(url):
         from .postgres import PostgresLink
 
         return PostgresLink(url, timing.attempt, host=host)
     raise _unknown(url)
 
 
-def _postgres(url: str) -> bool:
+def is_postgres_url(url: str) -> bool:
+    """Whether `url` names a PostgreSQL database (the scheme, in any case)."""
     return "://" in url and url.split("://", 1)[0].lower() in ("postgresql", "postgres")
 
 

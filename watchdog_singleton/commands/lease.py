@@ -14,7 +14,7 @@ import json
 from typing import Callable, Optional
 
 from ..cluster import MAX_TOKEN, LeaseError, cluster_url
-from ..cluster.engines import open_cluster
+from ..cluster.engines import is_postgres_url, open_cluster
 from ..envvars import CLUSTER_ENV
 from ..errors import NO_SUCH_JOB, OK, STALE, USAGE, UserError
 from ..job.model import check_name
@@ -46,7 +46,7 @@ def checked_url(name: str, given: Optional[str]) -> str:
     from ..cluster.postgres import url_problem
 
     url = job_url(name, given)
-    problem = url_problem(url) if url.split("://", 1)[0].lower() in ("postgresql", "postgres") else ""
+    problem = url_problem(url) if is_postgres_url(url) else ""
     if problem:
         raise UserError(problem, USAGE)
     return url
